@@ -1,0 +1,237 @@
+"""The ``AgentService`` servicer: one ``Connect`` stream per agent session.
+
+The stream handler owns two things: a reader task that applies what the agent reports, and the
+loop that drains the session's outbox (assignments, cancels) onto the wire, with a heartbeat
+whenever the outbox has been quiet for one interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+from flowyard.v1 import agent_pb2 as pb
+from flowyard.v1 import agent_pb2_grpc as pb_grpc
+from google.protobuf.duration_pb2 import Duration
+
+from control_plane import __version__
+from control_plane.api import convert
+from control_plane.api.errors import streaming
+from control_plane.errors import InvalidArgument
+from control_plane.orchestration import clock
+from control_plane.orchestration.agents import (
+    AgentRegistry,
+    AgentSession,
+    AssignMessage,
+    CancelMessage,
+    Outgoing,
+)
+from control_plane.orchestration.catalog import Catalog
+from control_plane.orchestration.changes import Notifier
+from control_plane.orchestration.reports import AgentReports, InfraKind, InfraReport
+from control_plane.orchestration.validation import pool_name
+
+log = logging.getLogger(__name__)
+
+Context = Any
+HELLO_TIMEOUT_SECONDS = 30.0
+MAX_CAPACITY = 10_000
+
+INFRA_KINDS = {
+    pb.INFRA_EVENT_KIND_PENDING: InfraKind.PENDING,
+    pb.INFRA_EVENT_KIND_UNSCHEDULABLE: InfraKind.UNSCHEDULABLE,
+    pb.INFRA_EVENT_KIND_IMAGE_PULL_ERROR: InfraKind.IMAGE_PULL_ERROR,
+    pb.INFRA_EVENT_KIND_CRASH_LOOP: InfraKind.CRASH_LOOP,
+    pb.INFRA_EVENT_KIND_OOM_KILLED: InfraKind.OOM_KILLED,
+    pb.INFRA_EVENT_KIND_EVICTED: InfraKind.EVICTED,
+    pb.INFRA_EVENT_KIND_FAILED: InfraKind.FAILED,
+    pb.INFRA_EVENT_KIND_SUCCEEDED: InfraKind.SUCCEEDED,
+    pb.INFRA_EVENT_KIND_DELETED: InfraKind.DELETED,
+}
+
+
+class AgentServicer(pb_grpc.AgentServiceServicer):
+    """Agent sessions."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        agents: AgentRegistry,
+        reports: AgentReports,
+        notifier: Notifier,
+        heartbeat: timedelta,
+        lease: timedelta,
+    ) -> None:
+        self._catalog = catalog
+        self._agents = agents
+        self._reports = reports
+        self._notifier = notifier
+        self._heartbeat = heartbeat
+        self._lease = lease
+
+    @streaming
+    async def Connect(
+        self, request_iterator: AsyncIterator[pb.ConnectRequest], context: Context
+    ) -> AsyncIterator[pb.ConnectResponse]:
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_SECONDS)
+        except (StopAsyncIteration, TimeoutError):
+            raise InvalidArgument("the first message of Connect must be Hello") from None
+        if first.WhichOneof("message") != "hello":
+            raise InvalidArgument("the first message of Connect must be Hello")
+        session = await self._open(first.hello)
+        self._agents.add(session)
+        log.info(
+            "agent %s connected to pool %s (session %s)",
+            session.agent_name,
+            session.pool_name,
+            session.id,
+        )
+        reader = asyncio.create_task(
+            self._read(request_iterator, session), name=f"agent-reader-{session.id}"
+        )
+        try:
+            yield pb.ConnectResponse(
+                welcome=pb.Welcome(
+                    session_id=session.id,
+                    heartbeat_interval=_duration(self._heartbeat),
+                    lease_duration=_duration(self._lease),
+                    server_version=__version__,
+                )
+            )
+            await self._reports.adopt(
+                session, [(o.run_id, o.attempt) for o in first.hello.observed_runs]
+            )
+            self._notifier.wake_dispatcher()
+            while True:
+                try:
+                    message = await asyncio.wait_for(
+                        session.outbox.get(), self._heartbeat.total_seconds()
+                    )
+                except TimeoutError:
+                    yield pb.ConnectResponse(
+                        heartbeat=pb.Heartbeat(sent_time=convert.timestamp(clock.now()))
+                    )
+                    continue
+                if message is None:
+                    break
+                yield _outgoing(message)
+        finally:
+            self._agents.remove(session)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            log.info("agent %s disconnected (session %s)", session.agent_name, session.id)
+            await self._reports.session_closed(session)
+            self._notifier.wake_dispatcher()
+        if reader.done() and not reader.cancelled() and reader.exception():
+            raise reader.exception()  # type: ignore[misc]
+
+    async def _open(self, hello: pb.Hello) -> AgentSession:
+        if not hello.agent_name or len(hello.agent_name) > 200:
+            raise InvalidArgument("hello.agent_name: required, at most 200 characters")
+        pool_name(hello.pool, "hello.pool")
+        if not 0 <= hello.capacity <= MAX_CAPACITY:
+            raise InvalidArgument(f"hello.capacity: must be between 0 and {MAX_CAPACITY}")
+        pool = await self._catalog.get_pool(hello.pool)
+        if hello.runtime and hello.runtime != pool.type.value:
+            raise InvalidArgument(
+                f"hello.runtime: pool {pool.name!r} is a {pool.type.value} pool; "
+                f"start the agent with --runtime {pool.type.value}"
+            )
+        return AgentSession(
+            agent_name=hello.agent_name,
+            pool_id=pool.id,
+            pool_name=pool.name,
+            runtime=hello.runtime,
+            credits=hello.capacity,
+        )
+
+    async def _read(
+        self, requests: AsyncIterator[pb.ConnectRequest], session: AgentSession
+    ) -> None:
+        try:
+            async for request in requests:
+                await self._apply(session, request)
+        finally:
+            session.close()
+
+    async def _apply(self, session: AgentSession, request: pb.ConnectRequest) -> None:
+        kind = request.WhichOneof("message")
+        if kind == "credit":
+            if request.credit.credits < 1 or request.credit.credits > MAX_CAPACITY:
+                log.warning("agent %s sent an invalid credit grant", session.agent_name)
+                return
+            session.credits = min(MAX_CAPACITY, session.credits + request.credit.credits)
+            self._notifier.wake_dispatcher()
+        elif kind == "accepted":
+            accepted = request.accepted
+            at = (
+                convert.from_timestamp(accepted.receive_time)
+                if accepted.HasField("receive_time")
+                else clock.now()
+            )
+            await self._reports.accepted(session, accepted.run_id, accepted.attempt, at)
+        elif kind == "submitted":
+            submitted = request.submitted
+            await self._reports.submitted(
+                session, submitted.run_id, submitted.attempt, submitted.infrastructure_id
+            )
+        elif kind == "submit_failed":
+            failed = request.submit_failed
+            await self._reports.submit_failed(
+                session, failed.run_id, failed.attempt, failed.reason[:2000]
+            )
+        elif kind == "infra_event":
+            event = request.infra_event
+            infra_kind = INFRA_KINDS.get(event.kind)
+            if infra_kind is None:
+                return
+            await self._reports.infra_event(
+                session,
+                InfraReport(
+                    run_id=event.run_id,
+                    attempt=event.attempt,
+                    kind=infra_kind,
+                    reason=event.reason[:200],
+                    message=event.message[:2000],
+                    exit_code=event.exit_code,
+                    log_tail=tuple(line[:2000] for line in event.log_tail[-200:]),
+                ),
+            )
+        elif kind == "cancelled":
+            await self._reports.cancelled(
+                session, request.cancelled.run_id, request.cancelled.attempt
+            )
+        elif kind == "hello":
+            log.warning("agent %s sent a second Hello; ignored", session.agent_name)
+
+
+def _outgoing(message: Outgoing) -> pb.ConnectResponse:
+    if isinstance(message, AssignMessage):
+        return pb.ConnectResponse(
+            assign=pb.Assign(
+                run_id=message.run_id,
+                attempt=message.attempt,
+                lease_deadline=convert.timestamp(message.lease_deadline),
+                deployment_name=message.deployment_name,
+                flow_name=message.flow_name,
+                base_job_template_json=convert.dumps(message.base_job_template),
+                job_variables_json=convert.dumps(message.job_variables),
+                engine_token=message.engine_token,
+            )
+        )
+    assert isinstance(message, CancelMessage)
+    return pb.ConnectResponse(
+        cancel=pb.Cancel(run_id=message.run_id, attempt=message.attempt, reason=message.reason)
+    )
+
+
+def _duration(value: timedelta) -> Duration:
+    duration = Duration()
+    duration.FromTimedelta(value)
+    return duration

@@ -1,0 +1,213 @@
+"""The ``ControlPlaneService`` servicer: parse the request, call a use case, build the reply."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from flowyard.v1 import control_plane_pb2 as pb
+from flowyard.v1 import control_plane_pb2_grpc as pb_grpc
+
+from control_plane.api import convert
+from control_plane.api.errors import streaming, unary
+from control_plane.orchestration import validation
+from control_plane.orchestration.agents import AgentRegistry
+from control_plane.orchestration.catalog import Catalog, DeploymentSpec
+from control_plane.orchestration.runs import RunRequest, Runs
+from control_plane.orchestration.signals import Signals, run_key
+from control_plane.store import logs as logs_repo
+from control_plane.store.db import Database
+
+Context = Any  # grpc.aio.ServicerContext, whose generic parameters the stubs do not use
+
+#: Lines per TailLogs message.
+TAIL_BATCH = 500
+#: A follow stream re-reads at least this often even without a notification.
+TAIL_RECHECK_SECONDS = 30.0
+
+
+class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
+    """Pools, deployments, runs and logs for users."""
+
+    def __init__(
+        self, db: Database, catalog: Catalog, runs: Runs, agents: AgentRegistry, signals: Signals
+    ) -> None:
+        self._db = db
+        self._catalog = catalog
+        self._runs = runs
+        self._agents = agents
+        self._signals = signals
+
+    @unary
+    async def CreatePool(
+        self, request: pb.CreatePoolRequest, context: Context
+    ) -> pb.CreatePoolResponse:
+        pool = await self._catalog.create_pool(
+            request.name,
+            convert.pool_type(request.type),
+            request.base_job_template_json,
+            request.concurrency_limit,
+        )
+        return pb.CreatePoolResponse(pool=convert.pool_to_proto(pool, 0))
+
+    @unary
+    async def GetPool(self, request: pb.GetPoolRequest, context: Context) -> pb.GetPoolResponse:
+        pool = await self._catalog.get_pool(request.name)
+        return pb.GetPoolResponse(
+            pool=convert.pool_to_proto(pool, self._agents.count_in_pool(pool.id))
+        )
+
+    @unary
+    async def ListPools(
+        self, request: pb.ListPoolsRequest, context: Context
+    ) -> pb.ListPoolsResponse:
+        pools = await self._catalog.list_pools()
+        return pb.ListPoolsResponse(
+            pools=[convert.pool_to_proto(p, self._agents.count_in_pool(p.id)) for p in pools]
+        )
+
+    @unary
+    async def UpsertDeployment(
+        self, request: pb.UpsertDeploymentRequest, context: Context
+    ) -> pb.UpsertDeploymentResponse:
+        d = request.deployment
+        deployment, created = await self._catalog.upsert_deployment(
+            DeploymentSpec(
+                name=d.name,
+                entrypoint=d.entrypoint,
+                source=convert.source_from_proto(d.source),
+                pool=d.pool,
+                flow_name=d.flow_name,
+                parameters_json=d.parameters_json,
+                parameter_schema_json=d.parameter_schema_json,
+                job_variables_json=d.job_variables_json,
+                tags=tuple(d.tags),
+                description=d.description,
+            )
+        )
+        return pb.UpsertDeploymentResponse(
+            deployment=convert.deployment_to_proto(deployment), created=created
+        )
+
+    @unary
+    async def GetDeployment(
+        self, request: pb.GetDeploymentRequest, context: Context
+    ) -> pb.GetDeploymentResponse:
+        deployment = await self._catalog.get_deployment(request.name)
+        return pb.GetDeploymentResponse(deployment=convert.deployment_to_proto(deployment))
+
+    @unary
+    async def ListDeployments(
+        self, request: pb.ListDeploymentsRequest, context: Context
+    ) -> pb.ListDeploymentsResponse:
+        deployments = await self._catalog.list_deployments(request.pool)
+        return pb.ListDeploymentsResponse(
+            deployments=[convert.deployment_to_proto(d) for d in deployments]
+        )
+
+    @unary
+    async def DeleteDeployment(
+        self, request: pb.DeleteDeploymentRequest, context: Context
+    ) -> pb.DeleteDeploymentResponse:
+        await self._catalog.delete_deployment(request.name)
+        return pb.DeleteDeploymentResponse()
+
+    @unary
+    async def CreateRun(
+        self, request: pb.CreateRunRequest, context: Context
+    ) -> pb.CreateRunResponse:
+        run, created = await self._runs.create(
+            RunRequest(
+                deployment_name=request.deployment_name,
+                parameters_json=request.parameters_json,
+                job_variables_json=request.job_variables_json,
+                idempotency_key=request.idempotency_key,
+                scheduled_at=(
+                    convert.from_timestamp(request.scheduled_time)
+                    if request.HasField("scheduled_time")
+                    else None
+                ),
+            )
+        )
+        return pb.CreateRunResponse(run=convert.run_to_proto(run), created=created)
+
+    @unary
+    async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
+        run, history = await self._runs.get(request.run_id)
+        return pb.GetRunResponse(
+            run=convert.run_to_proto(run), history=[convert.state_to_proto(h) for h in history]
+        )
+
+    @unary
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
+        types = [convert.state_type(t, "state_types") for t in request.state_types]
+        runs, token = await self._runs.list(
+            request.deployment_name, types, request.page_size, request.page_token
+        )
+        return pb.ListRunsResponse(
+            runs=[convert.run_to_proto(r) for r in runs], next_page_token=token
+        )
+
+    @unary
+    async def CancelRun(
+        self, request: pb.CancelRunRequest, context: Context
+    ) -> pb.CancelRunResponse:
+        run = await self._runs.cancel(request.run_id, request.reason)
+        return pb.CancelRunResponse(run=convert.run_to_proto(run))
+
+    @streaming
+    async def WatchRun(
+        self, request: pb.WatchRunRequest, context: Context
+    ) -> AsyncIterator[pb.WatchRunResponse]:
+        run_id = validation.run_id(request.run_id)
+        last_version = -1
+        while True:
+            changed = self._signals.waiter(run_key(run_id))
+            run = await self._runs.current(run_id)
+            if run.version != last_version:
+                last_version = run.version
+                yield pb.WatchRunResponse(run=convert.run_to_proto(run))
+            if run.is_terminal:
+                return
+            await _wait(changed)
+
+    @streaming
+    async def TailLogs(
+        self, request: pb.TailLogsRequest, context: Context
+    ) -> AsyncIterator[pb.TailLogsResponse]:
+        run_id = validation.run_id(request.run_id)
+        if request.after_attempt < 0 or request.after_seq < 0:
+            raise_invalid("after_attempt/after_seq: must not be negative")
+        attempt, seq = request.after_attempt, request.after_seq
+        while True:
+            changed = self._signals.waiter(run_key(run_id))
+            # Read the state before the lines: every line of a run is stored before its
+            # terminal state, so a terminal state read first means no line can be missed.
+            run = await self._runs.current(run_id)
+            async with self._db.read() as conn:
+                lines = await logs_repo.read_after(conn, run_id, attempt, seq, TAIL_BATCH)
+            if lines:
+                attempt, seq = lines[-1].attempt, lines[-1].seq
+                yield pb.TailLogsResponse(
+                    lines=[convert.log_to_proto(line) for line in lines],
+                    state=convert.current_state(run),
+                )
+                continue
+            if not request.follow or run.is_terminal:
+                yield pb.TailLogsResponse(state=convert.current_state(run))
+                return
+            await _wait(changed)
+
+
+def raise_invalid(message: str) -> None:
+    """Reject the request as malformed."""
+    from control_plane.errors import InvalidArgument
+
+    raise InvalidArgument(message)
+
+
+async def _wait(event: asyncio.Event) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), TAIL_RECHECK_SECONDS)

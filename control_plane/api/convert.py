@@ -1,0 +1,171 @@
+"""Conversions between domain objects and ``flowyard.v1`` messages, at the edge only."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from flowyard.v1 import types_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from control_plane.errors import InvalidArgument
+from control_plane.models import Deployment, LogRecord, LogStream, Pool, PoolType, Run, StateRecord
+from control_plane.orchestration.states import StateType
+
+POOL_TYPES = {
+    PoolType.PROCESS: types_pb2.POOL_TYPE_PROCESS,
+    PoolType.KUBERNETES: types_pb2.POOL_TYPE_KUBERNETES,
+}
+STATE_TYPES: dict[StateType, types_pb2.StateType.ValueType] = {
+    t: types_pb2.StateType.Value(f"STATE_TYPE_{t.value}") for t in StateType
+}
+LOG_STREAMS: dict[LogStream, types_pb2.LogStream.ValueType] = {
+    s: types_pb2.LogStream.Value(f"LOG_STREAM_{s.name}") for s in LogStream
+}
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    """A protobuf Timestamp, or None for an unset time."""
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def from_timestamp(value: Timestamp) -> datetime:
+    """A UTC datetime from a protobuf Timestamp."""
+    return value.ToDatetime(tzinfo=UTC)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text for a JSON field."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def pool_type(value: types_pb2.PoolType.ValueType) -> PoolType:
+    """The domain pool type; INVALID_ARGUMENT for UNSPECIFIED or unknown values."""
+    for domain, wire in POOL_TYPES.items():
+        if wire == value:
+            return domain
+    raise InvalidArgument("type: must be POOL_TYPE_PROCESS or POOL_TYPE_KUBERNETES")
+
+
+def state_type(value: types_pb2.StateType.ValueType, field: str) -> StateType:
+    """The domain state type; INVALID_ARGUMENT for UNSPECIFIED or unknown values."""
+    for domain, wire in STATE_TYPES.items():
+        if wire == value:
+            return domain
+    raise InvalidArgument(f"{field}: not a state type")
+
+
+def log_stream(value: types_pb2.LogStream.ValueType) -> LogStream:
+    """The domain log stream (unknown values become UNSPECIFIED)."""
+    for domain, wire in LOG_STREAMS.items():
+        if wire == value:
+            return domain
+    return LogStream.UNSPECIFIED
+
+
+def pool_to_proto(pool: Pool, connected_agents: int) -> types_pb2.WorkPool:
+    """A WorkPool message."""
+    return types_pb2.WorkPool(
+        name=pool.name,
+        type=POOL_TYPES[pool.type],
+        base_job_template_json=dumps(pool.base_job_template),
+        concurrency_limit=pool.concurrency_limit,
+        paused=pool.paused,
+        create_time=timestamp(pool.created_at),
+        update_time=timestamp(pool.updated_at),
+        connected_agents=connected_agents,
+    )
+
+
+def source_to_proto(source: dict[str, Any]) -> types_pb2.Source:
+    """A Source message from the stored source document."""
+    return types_pb2.Source(local=types_pb2.LocalSource(path=source["local"]["path"]))
+
+
+def source_from_proto(source: types_pb2.Source) -> dict[str, Any]:
+    """The stored source document from a Source message ({} when no kind is set)."""
+    if source.WhichOneof("kind") == "local":
+        return {"local": {"path": source.local.path}}
+    return {}
+
+
+def deployment_to_proto(deployment: Deployment) -> types_pb2.Deployment:
+    """A Deployment message."""
+    return types_pb2.Deployment(
+        id=deployment.id,
+        name=deployment.name,
+        flow_name=deployment.flow_name,
+        entrypoint=deployment.entrypoint,
+        source=source_to_proto(deployment.source),
+        pool=deployment.pool_name,
+        parameters_json=dumps(deployment.parameters),
+        parameter_schema_json=dumps(deployment.parameter_schema)
+        if deployment.parameter_schema
+        else "",
+        job_variables_json=dumps(deployment.job_variables),
+        tags=deployment.tags,
+        description=deployment.description,
+        create_time=timestamp(deployment.created_at),
+        update_time=timestamp(deployment.updated_at),
+    )
+
+
+def state_to_proto(record: StateRecord) -> types_pb2.RunState:
+    """A RunState message from a history row."""
+    return types_pb2.RunState(
+        type=STATE_TYPES[record.type],
+        name=record.name,
+        message=record.message,
+        timestamp=timestamp(record.created_at),
+        attempt=record.attempt,
+    )
+
+
+def current_state(run: Run) -> types_pb2.RunState:
+    """The run's current state as a RunState message."""
+    return state_to_proto(
+        StateRecord(run.attempt, run.state_type, run.state_name, run.state_message, run.state_time)
+    )
+
+
+def run_to_proto(run: Run) -> types_pb2.FlowRun:
+    """A FlowRun message."""
+    return types_pb2.FlowRun(
+        id=run.id,
+        deployment_id=run.deployment_id,
+        deployment_name=run.deployment_name,
+        flow_name=run.flow_name,
+        pool=run.pool_name,
+        parameters_json=dumps(run.parameters),
+        job_variables_json=dumps(run.job_variables),
+        idempotency_key=run.idempotency_key or "",
+        state=current_state(run),
+        attempt=run.attempt,
+        scheduled_time=timestamp(run.scheduled_at),
+        create_time=timestamp(run.created_at),
+        accept_time=timestamp(run.accepted_at),
+        start_time=timestamp(run.started_at),
+        end_time=timestamp(run.ended_at),
+        infrastructure_id=run.infrastructure_id,
+        agent_name=run.agent_name,
+        result_summary=run.result_summary,
+    )
+
+
+def log_to_proto(line: LogRecord) -> types_pb2.LogLine:
+    """A LogLine message."""
+    return types_pb2.LogLine(
+        run_id=line.run_id,
+        attempt=line.attempt,
+        seq=line.seq,
+        timestamp=timestamp(line.timestamp),
+        level=line.level,
+        stream=LOG_STREAMS[line.stream],
+        logger=line.logger,
+        text=line.text,
+    )

@@ -1,0 +1,207 @@
+"""The ``EngineService`` servicer: the engine of one run attempt, authenticated by its token.
+
+``Report`` handles one engine stream with a reader task (state proposals, log batches,
+heartbeats) and a watcher task that pushes ``CancelFlow`` as soon as the run is CANCELLING;
+both feed one queue that the handler drains onto the wire, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+from flowyard.v1 import engine_pb2 as pb
+from flowyard.v1 import engine_pb2_grpc as pb_grpc
+from google.protobuf.duration_pb2 import Duration
+
+from control_plane.api import convert
+from control_plane.api.errors import streaming, unary
+from control_plane.errors import InvalidArgument, NotFound, Unauthenticated
+from control_plane.models import LogRecord, Run
+from control_plane.orchestration import clock, validation
+from control_plane.orchestration.catalog import Catalog
+from control_plane.orchestration.reports import EngineReports, Proposal, truncate_line
+from control_plane.orchestration.signals import Signals, run_key
+from control_plane.orchestration.states import StateType
+from control_plane.store import catalog as catalog_repo
+from control_plane.store.db import Database
+
+log = logging.getLogger(__name__)
+
+Context = Any
+OPEN_TIMEOUT_SECONDS = 30.0
+MAX_BATCH_LINES = 10_000
+
+
+def bearer_token(context: Context) -> str:
+    """The token from the call's ``authorization: Bearer <token>`` metadata."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value.removeprefix("Bearer ").strip()
+    raise Unauthenticated("missing 'authorization: Bearer <token>' metadata")
+
+
+class EngineServicer(pb_grpc.EngineServiceServicer):
+    """Engines of running attempts."""
+
+    def __init__(
+        self,
+        db: Database,
+        catalog: Catalog,
+        reports: EngineReports,
+        signals: Signals,
+        heartbeat: timedelta,
+    ) -> None:
+        self._db = db
+        self._catalog = catalog
+        self._reports = reports
+        self._signals = signals
+        self._heartbeat = heartbeat
+
+    async def _authorize(self, run_id: str, attempt: int, context: Context) -> Run:
+        validation.run_id(run_id)
+        if attempt < 1:
+            raise InvalidArgument("attempt: must be 1 or more")
+        return await self._reports.authorize(run_id, attempt, bearer_token(context))
+
+    @unary
+    async def StartRun(self, request: pb.StartRunRequest, context: Context) -> pb.StartRunResponse:
+        run = await self._authorize(request.run_id, request.attempt, context)
+        if run.is_terminal:
+            from control_plane.errors import FailedPrecondition
+
+            raise FailedPrecondition(f"run {run.id} is already {run.state_type.value}")
+        async with self._db.read() as conn:
+            deployment = await catalog_repo.get_deployment(conn, id=run.deployment_id)
+        if deployment is None:
+            raise NotFound(f"the deployment of run {run.id} no longer exists")
+        heartbeat = Duration()
+        heartbeat.FromTimedelta(self._heartbeat)
+        return pb.StartRunResponse(
+            run=convert.run_to_proto(run),
+            entrypoint=deployment.entrypoint,
+            source=convert.source_to_proto(deployment.source),
+            heartbeat_interval=heartbeat,
+        )
+
+    @streaming
+    async def Report(
+        self, request_iterator: AsyncIterator[pb.ReportRequest], context: Context
+    ) -> AsyncIterator[pb.ReportResponse]:
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), OPEN_TIMEOUT_SECONDS)
+        except (StopAsyncIteration, TimeoutError):
+            raise InvalidArgument("the first message of Report must be Open") from None
+        if first.WhichOneof("message") != "open":
+            raise InvalidArgument("the first message of Report must be Open")
+        run = await self._authorize(first.open.run_id, first.open.attempt, context)
+        stored = await self._reports.stored_seq(run)
+        yield pb.ReportResponse(
+            opened=pb.Opened(stored_seq=stored, state=convert.current_state(run))
+        )
+        out: asyncio.Queue[pb.ReportResponse | None] = asyncio.Queue()
+        tasks = [
+            asyncio.create_task(
+                self._read(request_iterator, run, stored, out), name=f"engine-reader-{run.id}"
+            ),
+            asyncio.create_task(self._watch_cancel(run, out), name=f"engine-cancel-{run.id}"),
+        ]
+        try:
+            while (message := await out.get()) is not None:
+                yield message
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _read(
+        self,
+        requests: AsyncIterator[pb.ReportRequest],
+        run: Run,
+        stored: int,
+        out: asyncio.Queue[pb.ReportResponse | None],
+    ) -> None:
+        try:
+            async for request in requests:
+                kind = request.WhichOneof("message")
+                if kind == "log_batch":
+                    stored = await self._store(run, request.log_batch, stored)
+                    out.put_nowait(pb.ReportResponse(log_ack=pb.LogAck(stored_seq=stored)))
+                elif kind == "propose_state":
+                    out.put_nowait(await self._propose(run, request.propose_state))
+        except Exception:
+            log.exception("engine stream of run %s failed", run.id)
+        finally:
+            out.put_nowait(None)
+
+    async def _store(self, run: Run, batch: pb.LogBatch, stored: int) -> int:
+        lines = batch.lines[:MAX_BATCH_LINES]
+        records = [
+            LogRecord(
+                run_id=run.id,
+                attempt=run.attempt,
+                seq=line.seq,
+                timestamp=convert.from_timestamp(line.timestamp)
+                if line.HasField("timestamp")
+                else clock.now(),
+                level=min(max(line.level, 0), 100),
+                stream=convert.log_stream(line.stream),
+                logger=line.logger[:200],
+                text=truncate_line(line.text),
+            )
+            for line in lines
+            if line.seq > stored
+        ]
+        if records:
+            await self._reports.store_logs(run, records)
+            stored = max(stored, max(r.seq for r in records))
+        return stored
+
+    async def _propose(self, run: Run, message: pb.ProposeState) -> pb.ReportResponse:
+        try:
+            proposed = convert.state_type(message.type, "propose_state.type")
+        except InvalidArgument as exc:
+            return pb.ReportResponse(
+                state_result=pb.StateResult(
+                    transition_id=message.transition_id, accepted=False, reason=str(exc)
+                )
+            )
+        result = await self._reports.propose(
+            run.id,
+            run.attempt,
+            Proposal(
+                transition_id=message.transition_id[:64],
+                type=proposed,
+                name=message.name[:64],
+                message=message.message[:100_000],
+                result_summary=message.result_summary,
+            ),
+        )
+        return pb.ReportResponse(
+            state_result=pb.StateResult(
+                transition_id=message.transition_id,
+                accepted=result.accepted,
+                state=convert.current_state(result.run),
+                reason=result.reason,
+            )
+        )
+
+    async def _watch_cancel(self, run: Run, out: asyncio.Queue[pb.ReportResponse | None]) -> None:
+        """Push CancelFlow once, as soon as the run is CANCELLING."""
+        while True:
+            changed = self._signals.waiter(run_key(run.id))
+            current = await self._reports.current(run.id)
+            if current is None or current.is_terminal:
+                return
+            if current.state_type is StateType.CANCELLING:
+                out.put_nowait(
+                    pb.ReportResponse(cancel=pb.CancelFlow(reason=current.state_message))
+                )
+                return
+            await changed.wait()

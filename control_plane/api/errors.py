@@ -1,0 +1,82 @@
+"""Maps control-plane errors to gRPC status codes: the one place that does it."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from control_plane import errors
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[errors.FlowyardError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+}
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def status_of(error: errors.FlowyardError) -> grpc.StatusCode:
+    """The status code for a domain error."""
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return grpc.StatusCode.UNKNOWN
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.FlowyardError) -> None:
+    """End the call with the error's status and message (never a traceback)."""
+    await context.abort(status_of(error), str(error))
+
+
+def unary(
+    method: Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
+    """Wrap a unary handler so domain errors become their status and bugs become INTERNAL."""
+
+    @functools.wraps(method)
+    async def wrapper(
+        self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
+    ) -> Resp:
+        try:
+            return await method(self, request, context)
+        except errors.FlowyardError as exc:
+            await abort(context, exc)
+            raise AssertionError("unreachable") from exc
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            raise
+
+    return wrapper
+
+
+def streaming(
+    method: Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]]:
+    """Like ``unary``, for handlers that stream responses."""
+
+    @functools.wraps(method)
+    async def wrapper(
+        self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
+    ) -> AsyncIterator[Resp]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except errors.FlowyardError as exc:
+            await abort(context, exc)
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+    return wrapper

@@ -1,0 +1,97 @@
+"""``flowyard demo``: the whole system on one machine, started and cleaned up in one command.
+
+It starts a control plane on a temporary SQLite database and a process agent, deploys
+``examples/hello``, runs it, follows its logs to the end, prints the final state, and stops
+every process it started, whatever happens.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from flowyard.v1 import control_plane_pb2 as pb
+from flowyard.v1 import types_pb2
+
+import control_plane
+from control_plane.cli import output
+from control_plane.cli.client import Client, describe
+from control_plane.cli.processes import Child, StartError, start_agent, start_server
+
+POOL = "demo"
+AGENT_READY_SECONDS = 30.0
+
+
+def example_dir() -> Path:
+    """The ``examples/hello`` directory of the source tree."""
+    return Path(control_plane.__file__).resolve().parents[1] / "examples" / "hello"
+
+
+def run_demo(name: str) -> int:
+    """Run the demo; the exit code is 0 when the flow COMPLETED."""
+    from control_plane.cli.main import build_deployment, follow_logs
+
+    source = example_dir()
+    if not (source / "flow.py").exists():
+        output.errors.print(f"error: the demo flow is missing: {source / 'flow.py'}")
+        return 1
+    workdir = Path(tempfile.mkdtemp(prefix="flowyard-demo-"))
+    children: list[Child] = []
+    ok = False
+    try:
+        say(f"Starting a control plane (SQLite in {workdir}) ...")
+        server = start_server(workdir / "server")
+        children.append(server)
+        address = server.extra["address"]
+        client = Client.connect(address)
+        client.stub.CreatePool(pb.CreatePoolRequest(name=POOL, type=types_pb2.POOL_TYPE_PROCESS))
+        say(f"Control plane on {address}; starting a process agent for pool {POOL!r} ...")
+        children.append(start_agent(address, POOL, workdir / "agent", name="demo-agent"))
+        wait_for_agent(client, children[-1])
+        deployment = build_deployment(
+            "flow.py:hello", name="hello", pool=POOL, source=source, parameters={}
+        )
+        client.stub.UpsertDeployment(pb.UpsertDeploymentRequest(deployment=deployment))
+        created = client.stub.CreateRun(
+            pb.CreateRunRequest(deployment_name="hello", parameters_json=f'{{"name": "{name}"}}')
+        )
+        say(f"Deployed examples/hello; run {created.run.id} created. Its logs:")
+        state = follow_logs(client.stub, created.run.id, follow=True)
+        output.console.print("Final state:", output.state_text(state))
+        ok = state.type == types_pb2.STATE_TYPE_COMPLETED
+        client.close()
+    except StartError as exc:
+        output.errors.print(f"error: {exc}")
+    except grpc.RpcError as error:
+        output.errors.print(f"error: {describe(error, 'the demo control plane')}")
+    finally:
+        for child in reversed(children):
+            child.stop()
+        if ok:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            output.errors.print(f"The demo's logs are kept in {workdir}")
+    return 0 if ok else 1
+
+
+def wait_for_agent(client: Client, agent: Child) -> None:
+    """Wait until the agent's session is open (the pool reports it connected)."""
+    deadline = time.monotonic() + AGENT_READY_SECONDS
+    while time.monotonic() < deadline:
+        pool = client.stub.GetPool(pb.GetPoolRequest(name=POOL)).pool
+        if pool.connected_agents > 0:
+            return
+        if not agent.alive():
+            raise StartError(f"the agent exited during start-up:\n{agent.log_tail()}")
+        time.sleep(0.05)
+    raise StartError(
+        f"the agent did not connect within {AGENT_READY_SECONDS} s:\n{agent.log_tail()}"
+    )
+
+
+def say(text: str) -> None:
+    """A progress line, dimmed, on stderr (stdout carries the flow's logs)."""
+    output.errors.print(f"[dim]{text}[/dim]")

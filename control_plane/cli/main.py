@@ -1,0 +1,523 @@
+"""The ``flowyard`` command: the control plane server and the user CLI.
+
+Every command talks to the control plane over gRPC (``--server`` / ``FLOWYARD_SERVER``). A
+server error is printed as one line (``error: <what the server said> (<STATUS>)``) with exit
+code 1; a run that ends other than COMPLETED under ``--watch`` exits 1 too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import grpc
+from flowyard.v1 import control_plane_pb2 as pb
+from flowyard.v1 import types_pb2
+from rich.table import Table
+
+from control_plane.cli import output
+from control_plane.cli.client import Client, default_server, describe
+from control_plane.config import DEFAULT_PORT, ServerConfig
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _parse_assignments(values: tuple[str, ...], option: str) -> dict[str, Any]:
+    """``k=v`` pairs; a value that parses as JSON is taken as JSON (3, true, [1]), else text."""
+    result: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=option)
+        try:
+            result[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            result[key] = raw
+    return result
+
+
+class Session:
+    """Per-invocation state: the server address and a lazily made client."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self._client: Client | None = None
+
+    @property
+    def stub(self) -> Any:
+        """The ControlPlaneService stub."""
+        if self._client is None:
+            self._client = Client.connect(self.server)
+        return self._client.stub
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--server",
+    default=default_server,
+    show_default=f"$FLOWYARD_SERVER or 127.0.0.1:{DEFAULT_PORT}",
+    help="Control plane address (host:port).",
+)
+@click.pass_context
+def cli(ctx: click.Context, server: str) -> None:
+    """Flowyard: run Python flows on Kubernetes or as local processes."""
+    ctx.obj = Session(server)
+
+
+# ----------------------------------------------------------------------------- server
+
+
+@cli.group()
+def server() -> None:
+    """Run the control plane."""
+
+
+@server.command("start")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option(
+    "--port", default=DEFAULT_PORT, show_default=True, type=int, help="Port (0: any free port)."
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="FLOWYARD_DATA_DIR",
+    help="Where the SQLite database lives (default ~/.flowyard).",
+)
+@click.option(
+    "--db-url",
+    envvar="FLOWYARD_DB_URL",
+    help="SQLAlchemy URL of the database instead of SQLite in --data-dir.",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write host:port here once serving.",
+)
+@click.option(
+    "--lease-seconds",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="How long an assignment may go unaccepted before it is re-queued.",
+)
+@click.option("--log-level", default="INFO", show_default=True, envvar="FLOWYARD_LOG_LEVEL")
+def server_start(
+    host: str,
+    port: int,
+    data_dir: Path | None,
+    db_url: str | None,
+    ready_file: Path | None,
+    lease_seconds: float,
+    log_level: str,
+) -> None:
+    """Start the control plane (gRPC) and serve until SIGTERM/SIGINT."""
+    from control_plane.server import serve
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+    config = ServerConfig(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        db_url=db_url,
+        ready_file=ready_file,
+        lease_seconds=lease_seconds,
+    )
+    asyncio.run(serve(config))
+
+
+# ----------------------------------------------------------------------------- pools
+
+
+@cli.group()
+def pool() -> None:
+    """Manage work pools."""
+
+
+@pool.command("create")
+@click.argument("name")
+@click.option(
+    "--type",
+    "pool_type",
+    type=click.Choice(["process", "kubernetes"]),
+    default="process",
+    show_default=True,
+)
+@click.option(
+    "--concurrency-limit", type=int, default=0, show_default=True, help="0 means unlimited."
+)
+@click.option("--template", type=click.File(), help="Base job template JSON file.")
+@click.pass_obj
+def pool_create(
+    session: Session, name: str, pool_type: str, concurrency_limit: int, template: Any
+) -> None:
+    """Create a work pool."""
+    response = session.stub.CreatePool(
+        pb.CreatePoolRequest(
+            name=name,
+            type=types_pb2.PoolType.Value(f"POOL_TYPE_{pool_type.upper()}"),
+            base_job_template_json=template.read() if template else "",
+            concurrency_limit=concurrency_limit,
+        )
+    )
+    output.console.print(f"Created {pool_type} pool {response.pool.name!r}")
+
+
+@pool.command("ls")
+@click.pass_obj
+def pool_ls(session: Session) -> None:
+    """List work pools."""
+    response = session.stub.ListPools(pb.ListPoolsRequest())
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "TYPE", "CONCURRENCY", "AGENTS", "PAUSED"):
+        table.add_column(column)
+    for p in response.pools:
+        table.add_row(
+            p.name,
+            types_pb2.PoolType.Name(p.type).removeprefix("POOL_TYPE_").lower(),
+            str(p.concurrency_limit or "unlimited"),
+            str(p.connected_agents),
+            "yes" if p.paused else "no",
+        )
+    output.console.print(table)
+
+
+# ----------------------------------------------------------------------------- deployments
+
+
+@cli.command()
+@click.argument("entrypoint")
+@click.option("--name", "-n", required=True, help="Deployment name.")
+@click.option("--pool", "-p", "pool_name", required=True, help="Work pool that runs it.")
+@click.option(
+    "--source",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=".",
+    show_default=True,
+    help="Directory holding the code; the entrypoint is relative to it.",
+)
+@click.option(
+    "--param", "params", multiple=True, metavar="KEY=VALUE", help="Default parameter (repeatable)."
+)
+@click.option(
+    "--job-variable",
+    "job_variables",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Job variable (repeatable).",
+)
+@click.option("--tag", "tags", multiple=True, help="Tag (repeatable).")
+@click.option("--description", default="", help="Free-form description.")
+@click.pass_obj
+def deploy(
+    session: Session,
+    entrypoint: str,
+    name: str,
+    pool_name: str,
+    source: Path,
+    params: tuple[str, ...],
+    job_variables: tuple[str, ...],
+    tags: tuple[str, ...],
+    description: str,
+) -> None:
+    """Create or update a deployment of ENTRYPOINT (path/to/file.py:fn or pkg.module:fn).
+
+    The flow's parameter schema is derived from the function's signature without running it.
+    """
+    deployment = build_deployment(
+        entrypoint,
+        name=name,
+        pool=pool_name,
+        source=source,
+        parameters=_parse_assignments(params, "--param"),
+        job_variables=_parse_assignments(job_variables, "--job-variable"),
+        tags=tags,
+        description=description,
+    )
+    response = session.stub.UpsertDeployment(pb.UpsertDeploymentRequest(deployment=deployment))
+    verb = "Created" if response.created else "Updated"
+    output.console.print(
+        f"{verb} deployment {response.deployment.name!r} ({entrypoint} in pool {pool_name!r})"
+    )
+
+
+def build_deployment(
+    entrypoint: str,
+    *,
+    name: str,
+    pool: str,
+    source: Path,
+    parameters: dict[str, Any],
+    job_variables: dict[str, Any] | None = None,
+    tags: tuple[str, ...] = (),
+    description: str = "",
+) -> types_pb2.Deployment:
+    """A Deployment message for local code, with the parameter schema derived from it."""
+    from engine.errors import EngineError
+    from engine.schema import parameter_schema
+
+    source = source.resolve()
+    try:
+        schema = parameter_schema(source, entrypoint)
+    except (EngineError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    return types_pb2.Deployment(
+        name=name,
+        entrypoint=entrypoint,
+        source=types_pb2.Source(local=types_pb2.LocalSource(path=str(source))),
+        pool=pool,
+        parameters_json=json.dumps(parameters),
+        parameter_schema_json=json.dumps(schema),
+        job_variables_json=json.dumps(job_variables or {}),
+        tags=list(tags),
+        description=description,
+    )
+
+
+@cli.group()
+def deployment() -> None:
+    """Inspect deployments."""
+
+
+@deployment.command("ls")
+@click.option("--pool", "pool_name", default="", help="Only this pool's deployments.")
+@click.pass_obj
+def deployment_ls(session: Session, pool_name: str) -> None:
+    """List deployments."""
+    response = session.stub.ListDeployments(pb.ListDeploymentsRequest(pool=pool_name))
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "ENTRYPOINT", "POOL", "SOURCE"):
+        table.add_column(column)
+    for d in response.deployments:
+        table.add_row(d.name, d.entrypoint, d.pool, d.source.local.path)
+    output.console.print(table)
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@cli.command("run")
+@click.argument("deployment_name", metavar="DEPLOYMENT")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Parameter (repeatable); values are JSON or text.",
+)
+@click.option(
+    "--job-variable",
+    "job_variables",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Job variable override (repeatable).",
+)
+@click.option(
+    "--idempotency-key", default="", help="Repeat-safe key: the same key returns the same run."
+)
+@click.option(
+    "--watch", is_flag=True, help="Follow the run's logs until it ends; exit 1 unless it COMPLETED."
+)
+@click.pass_obj
+def run_command(
+    session: Session,
+    deployment_name: str,
+    params: tuple[str, ...],
+    job_variables: tuple[str, ...],
+    idempotency_key: str,
+    watch: bool,
+) -> None:
+    """Create a run of DEPLOYMENT."""
+    response = session.stub.CreateRun(
+        pb.CreateRunRequest(
+            deployment_name=deployment_name,
+            parameters_json=json.dumps(_parse_assignments(params, "--param")),
+            job_variables_json=json.dumps(_parse_assignments(job_variables, "--job-variable")),
+            idempotency_key=idempotency_key,
+        )
+    )
+    run = response.run
+    note = "" if response.created else " (existing run for this idempotency key)"
+    output.errors.print(f"Created run {run.id} of {deployment_name!r}{note}")
+    if not watch:
+        output.console.print(run.id)
+        return
+    final = follow_logs(session.stub, run.id, follow=True)
+    finish(final)
+
+
+def follow_logs(
+    stub: Any, run_id: str, follow: bool, show_attempt: bool = False
+) -> types_pb2.RunState:
+    """Print a run's logs (history, then live lines with ``follow``); return the last state seen.
+
+    If the stream breaks, it reconnects from the last line printed: nothing is missed or
+    printed twice.
+    """
+    attempt, seq = 0, 0
+    state = types_pb2.RunState()
+    failures = 0
+    while True:
+        try:
+            for message in stub.TailLogs(
+                pb.TailLogsRequest(
+                    run_id=run_id, after_attempt=attempt, after_seq=seq, follow=follow
+                )
+            ):
+                failures = 0
+                output.print_lines(message.lines, show_attempt)
+                if message.lines:
+                    attempt, seq = message.lines[-1].attempt, message.lines[-1].seq
+                state = message.state
+            return state
+        except grpc.RpcError as error:
+            if error.code() is not grpc.StatusCode.UNAVAILABLE or failures >= 30:
+                raise
+            failures += 1
+            time.sleep(min(2.0, 0.1 * 2**failures))
+
+
+def finish(state: types_pb2.RunState) -> None:
+    """Print a run's final state; exit 1 unless it COMPLETED."""
+    text = output.state_text(state)
+    if state.message and output.state_name(state.type) != "COMPLETED":
+        first = state.message.strip().splitlines()[0] if state.message.strip() else ""
+        output.console.print(text, f"- {first}")
+    else:
+        output.console.print(text)
+    if state.type != types_pb2.STATE_TYPE_COMPLETED:
+        sys.exit(1)
+
+
+@cli.group()
+def runs() -> None:
+    """Inspect runs."""
+
+
+@runs.command("ls")
+@click.option("--deployment", "deployment_name", default="", help="Only this deployment's runs.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(
+        [output.state_name(v) for v in types_pb2.StateType.values() if v], case_sensitive=False
+    ),
+    help="Only runs in this state (repeatable).",
+)
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@click.pass_obj
+def runs_ls(session: Session, deployment_name: str, states: tuple[str, ...], limit: int) -> None:
+    """List runs, newest first."""
+    response = session.stub.ListRuns(
+        pb.ListRunsRequest(
+            deployment_name=deployment_name,
+            state_types=[types_pb2.StateType.Value(f"STATE_TYPE_{s.upper()}") for s in states],
+            page_size=limit,
+        )
+    )
+    output.console.print(output.runs_table(response.runs))
+
+
+@runs.command("show")
+@click.argument("run_id", metavar="RUN")
+@click.pass_obj
+def runs_show(session: Session, run_id: str) -> None:
+    """Show a run and its state history."""
+    response = session.stub.GetRun(pb.GetRunRequest(run_id=run_id))
+    run = response.run
+    fields = [
+        ("Run", run.id),
+        ("Deployment", run.deployment_name),
+        ("Flow", run.flow_name),
+        ("Pool", run.pool),
+        ("State", output.state_text(run.state)),
+        ("Attempt", str(run.attempt)),
+        ("Parameters", run.parameters_json),
+        ("Agent", run.agent_name or "-"),
+        ("Infrastructure", run.infrastructure_id or "-"),
+        ("Result", run.result_summary or "-"),
+    ]
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for label, value in fields:
+        table.add_row(label, value)
+    output.console.print(table)
+    history = Table(box=None, pad_edge=False, title="History", title_justify="left")
+    for column in ("TIME", "ATTEMPT", "STATE", "MESSAGE"):
+        history.add_column(column)
+    for state in response.history:
+        first = state.message.strip().splitlines()[0] if state.message.strip() else ""
+        history.add_row(
+            state.timestamp.ToDatetime().strftime("%H:%M:%S.%f")[:-3],
+            str(state.attempt),
+            output.state_text(state),
+            first,
+        )
+    output.console.print(history)
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run ends.")
+@click.pass_obj
+def logs(session: Session, run_id: str, follow: bool) -> None:
+    """Print a run's logs."""
+    follow_logs(session.stub, run_id, follow=follow)
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--reason", default="", help="Why; stored with the state.")
+@click.pass_obj
+def cancel(session: Session, run_id: str, reason: str) -> None:
+    """Cancel a run."""
+    response = session.stub.CancelRun(pb.CancelRunRequest(run_id=run_id, reason=reason))
+    output.console.print(f"Run {run_id}:", output.state_text(response.run.state))
+
+
+@cli.command()
+@click.option("--name", default="world", show_default=True, help="Who the demo flow greets.")
+def demo(name: str) -> None:
+    """Run a flow end to end on a throw-away local control plane and process agent."""
+    from control_plane.cli.demo import run_demo
+
+    sys.exit(run_demo(name))
+
+
+def main() -> None:
+    """Entry point of the ``flowyard`` console script."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except grpc.RpcError as error:
+        address = _last_address()
+        output.errors.print(f"error: {describe(error, address)}")
+        sys.exit(1)
+
+
+def _last_address() -> str:
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):
+        if arg == "--server" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--server="):
+            return arg.split("=", 1)[1]
+    return default_server()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Starting and stopping a local control plane and agent as child processes.
+
+Used by ``flowyard demo``, the end-to-end tests and the benchmarks: each child gets its own
+log file, start-up waits on a readiness condition with a deadline (never a fixed sleep), and
+stopping is SIGTERM, a grace period, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STOP_GRACE_SECONDS = 10.0
+
+
+class StartError(RuntimeError):
+    """A child process did not become ready; the message includes the end of its log."""
+
+
+def script(name: str) -> list[str]:
+    """The command of one of our console scripts, next to the running interpreter if there."""
+    candidate = Path(sys.executable).with_name(name)
+    if candidate.exists():
+        return [str(candidate)]
+    found = shutil.which(name)
+    if found:
+        return [found]
+    modules = {
+        "flowyard": "control_plane.cli.main",
+        "flowyard-agent": "agent.main",
+        "flowyard-engine": "engine.main",
+    }
+    return [sys.executable, "-m", modules[name]]
+
+
+@dataclass
+class Child:
+    """A running child process and its log file."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self.process.pid
+
+    def alive(self) -> bool:
+        """Whether the child is still running."""
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the child's log."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> int:
+        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL. Returns the exit code."""
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.alive():
+            self.process.kill()
+        self.process.wait()
+
+
+def _spawn(name: str, command: list[str], log_path: Path, env: dict[str, str] | None) -> Child:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
+    return Child(name, process, log_path)
+
+
+def start_server(
+    data_dir: Path,
+    *,
+    port: int = 0,
+    db_url: str | None = None,
+    extra_args: list[str] | None = None,
+    timeout: float = 30.0,
+) -> Child:
+    """Start ``flowyard server start`` and wait until it serves; ``extra["address"]`` is set."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ready = data_dir / f"server-{time.monotonic_ns()}.ready"
+    command = [
+        *script("flowyard"),
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--ready-file",
+        str(ready),
+    ]
+    if db_url:
+        command += ["--db-url", db_url]
+    child = _spawn("control plane", command + (extra_args or []), data_dir / "server.log", None)
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if not child.alive():
+            raise StartError(f"the control plane exited during start-up:\n{child.log_tail()}")
+        if time.monotonic() > deadline:
+            child.kill()
+            raise StartError(
+                f"the control plane did not start within {timeout} s:\n{child.log_tail()}"
+            )
+        time.sleep(0.02)
+    child.extra["address"] = ready.read_text().strip()
+    ready.unlink()
+    return child
+
+
+def start_agent(
+    address: str,
+    pool: str,
+    work_dir: Path,
+    *,
+    name: str = "local-agent",
+    capacity: int = 4,
+    extra_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Child:
+    """Start ``flowyard-agent`` with the process runtime (readiness: see ``wait_for_agent``)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        *script("flowyard-agent"),
+        "--pool",
+        pool,
+        "--server",
+        address,
+        "--runtime",
+        "process",
+        "--name",
+        name,
+        "--capacity",
+        str(capacity),
+        "--work-dir",
+        str(work_dir),
+        *(extra_args or []),
+    ]
+    return _spawn(f"agent {name}", command, work_dir / "agent.log", env)

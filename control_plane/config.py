@@ -1,0 +1,45 @@
+"""Server configuration: one frozen dataclass, read from flags and ``FLOWYARD_*`` variables once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PORT = 7700
+
+
+def default_data_dir() -> Path:
+    """Where the server keeps its database when neither --data-dir nor --db-url is given."""
+    env = os.environ.get("FLOWYARD_DATA_DIR")
+    return Path(env) if env else Path.home() / ".flowyard"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``flowyard server start`` can be told."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_dir: Path | None = None
+    db_url: str | None = None
+    #: A file the server writes "host:port" into once it is serving (port 0 picks a free port).
+    ready_file: Path | None = None
+    #: Cadence the server asks agents to heartbeat at (told in Welcome).
+    agent_heartbeat_seconds: float = 10.0
+    #: How long an assignment may go unaccepted/unsubmitted before it is re-queued.
+    lease_seconds: float = 30.0
+    #: Cadence the server asks engines to heartbeat at (told in StartRun).
+    engine_heartbeat_seconds: float = 10.0
+    #: Seconds in-flight RPCs get to finish on SIGTERM/SIGINT before they are cancelled.
+    shutdown_grace_seconds: float = 5.0
+
+    def resolved_data_dir(self) -> Path:
+        """The data directory in use."""
+        return self.data_dir if self.data_dir is not None else default_data_dir()
+
+    def resolved_db_url(self) -> str:
+        """The SQLAlchemy URL of the database: --db-url, or SQLite in the data directory."""
+        if self.db_url:
+            return self.db_url
+        return f"sqlite+aiosqlite:///{self.resolved_data_dir() / 'flowyard.db'}"

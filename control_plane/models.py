@@ -1,0 +1,126 @@
+"""Domain objects: plain typed dataclasses. Protobuf messages exist only at the API edge."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from control_plane.orchestration.states import StateType
+
+JSONObject = dict[str, Any]
+
+
+class PoolType(enum.StrEnum):
+    """The runtime a pool's agents use."""
+
+    PROCESS = "process"
+    KUBERNETES = "kubernetes"
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A work pool."""
+
+    id: str
+    name: str
+    type: PoolType
+    base_job_template: JSONObject
+    concurrency_limit: int
+    paused: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A deployment: a flow, its code's source, its defaults and its pool."""
+
+    id: str
+    name: str
+    flow_name: str
+    entrypoint: str
+    source: JSONObject
+    pool_id: str
+    pool_name: str
+    parameters: JSONObject
+    parameter_schema: JSONObject | None
+    job_variables: JSONObject
+    tags: list[str]
+    description: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Run:
+    """A flow run as stored, with the names of its deployment and pool."""
+
+    id: str
+    deployment_id: str
+    deployment_name: str
+    pool_id: str
+    pool_name: str
+    flow_name: str
+    parameters: JSONObject
+    job_variables: JSONObject
+    idempotency_key: str | None
+    state_type: StateType
+    state_name: str
+    state_message: str
+    state_time: datetime
+    version: int
+    last_transition_id: str | None
+    attempt: int
+    scheduled_at: datetime
+    created_at: datetime
+    accepted_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    agent_session_id: str | None
+    agent_name: str
+    lease_deadline: datetime | None
+    infrastructure_id: str
+    engine_token_hash: str | None
+    result_summary: str
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the run can never change again."""
+        return self.state_type.is_terminal
+
+
+@dataclass(frozen=True)
+class StateRecord:
+    """One row of a run's state history."""
+
+    attempt: int
+    type: StateType
+    name: str
+    message: str
+    created_at: datetime
+
+
+class LogStream(enum.StrEnum):
+    """Where a log line came from (stored values)."""
+
+    UNSPECIFIED = "unknown"
+    LOGGER = "logger"
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    SYSTEM = "system"
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One stored log line."""
+
+    run_id: str
+    attempt: int
+    seq: int
+    timestamp: datetime
+    level: int
+    stream: LogStream
+    logger: str
+    text: str

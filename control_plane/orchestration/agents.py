@@ -1,0 +1,98 @@
+"""Connected agent sessions: who is connected to which pool, with how much credit.
+
+A session lives exactly as long as its ``Connect`` stream. The dispatcher pushes assignments
+into a session's outbox only while the session has credit; the stream handler drains the
+outbox onto the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AssignMessage:
+    """Run one attempt (pushed to the agent as ``Assign``)."""
+
+    run_id: str
+    attempt: int
+    lease_deadline: datetime
+    deployment_name: str
+    flow_name: str
+    base_job_template: dict[str, Any]
+    job_variables: dict[str, Any]
+    engine_token: str
+
+
+@dataclass(frozen=True)
+class CancelMessage:
+    """Tear down a run's infrastructure (pushed to the agent as ``Cancel``)."""
+
+    run_id: str
+    attempt: int
+    reason: str
+
+
+Outgoing = AssignMessage | CancelMessage
+
+
+@dataclass(eq=False)
+class AgentSession:
+    """One connected agent stream."""
+
+    agent_name: str
+    pool_id: str
+    pool_name: str
+    runtime: str
+    credits: int
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    outbox: asyncio.Queue[Outgoing | None] = field(default_factory=asyncio.Queue)
+
+    def send(self, message: Outgoing) -> None:
+        """Queue a message for the agent."""
+        self.outbox.put_nowait(message)
+
+    def close(self) -> None:
+        """Ask the stream handler to end the stream."""
+        self.outbox.put_nowait(None)
+
+
+class AgentRegistry:
+    """The sessions connected to this control plane."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, AgentSession] = {}
+
+    def add(self, session: AgentSession) -> None:
+        """Register a session once its Hello was accepted."""
+        self._sessions[session.id] = session
+
+    def remove(self, session: AgentSession) -> None:
+        """Forget a session whose stream ended."""
+        self._sessions.pop(session.id, None)
+
+    def get(self, session_id: str | None) -> AgentSession | None:
+        """The connected session with this id, if it is still connected."""
+        return self._sessions.get(session_id) if session_id else None
+
+    def all(self) -> list[AgentSession]:
+        """Every connected session."""
+        return list(self._sessions.values())
+
+    def count_in_pool(self, pool_id: str) -> int:
+        """How many agents are connected to a pool."""
+        return sum(1 for s in self._sessions.values() if s.pool_id == pool_id)
+
+    def with_credit(self) -> dict[str, list[AgentSession]]:
+        """Sessions that can take an assignment, by pool id, most credit first."""
+        pools: dict[str, list[AgentSession]] = {}
+        for session in self._sessions.values():
+            if session.credits > 0:
+                pools.setdefault(session.pool_id, []).append(session)
+        for sessions in pools.values():
+            sessions.sort(key=lambda s: s.credits, reverse=True)
+        return pools

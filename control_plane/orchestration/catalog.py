@@ -1,0 +1,187 @@
+"""Use cases for work pools and deployments: validate, then store in one unit of work."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from control_plane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from control_plane.models import Deployment, Pool, PoolType
+from control_plane.orchestration import clock, templates, validation
+from control_plane.store import catalog as repo
+from control_plane.store import runs as runs_repo
+from control_plane.store.db import Database
+from engine.entrypoints import InvalidEntrypoint, parse_entrypoint
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """What a caller says about a deployment (everything but ids and times)."""
+
+    name: str
+    entrypoint: str
+    source: dict[str, Any]
+    pool: str
+    flow_name: str = ""
+    parameters_json: str = ""
+    parameter_schema_json: str = ""
+    job_variables_json: str = ""
+    tags: tuple[str, ...] = ()
+    description: str = ""
+
+
+class Catalog:
+    """Pools and deployments."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create_pool(
+        self, name: str, pool_type: PoolType, template_json: str, concurrency_limit: int
+    ) -> Pool:
+        """Create a pool; ALREADY_EXISTS if the name is taken."""
+        validation.pool_name(name)
+        if concurrency_limit < 0:
+            raise InvalidArgument("concurrency_limit: must be 0 (unlimited) or more")
+        template = validation.json_object(template_json, "base_job_template_json")
+        template = (
+            templates.check_template(template)
+            if template
+            else templates.default_template(pool_type)
+        )
+        now = clock.now()
+        pool = Pool(
+            id=uuid.uuid4().hex,
+            name=name,
+            type=pool_type,
+            base_job_template=template,
+            concurrency_limit=concurrency_limit,
+            paused=False,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self._db.write() as conn:
+            if await repo.get_pool(conn, name=name) is not None:
+                raise AlreadyExists(f"pool {name!r} already exists")
+            await repo.insert_pool(conn, pool)
+        return pool
+
+    async def get_pool(self, name: str) -> Pool:
+        """The pool with this name; NOT_FOUND otherwise."""
+        validation.pool_name(name)
+        async with self._db.read() as conn:
+            pool = await repo.get_pool(conn, name=name)
+        if pool is None:
+            raise NotFound(f"pool {name!r} not found")
+        return pool
+
+    async def list_pools(self) -> list[Pool]:
+        """Every pool."""
+        async with self._db.read() as conn:
+            return await repo.list_pools(conn)
+
+    async def upsert_deployment(self, spec: DeploymentSpec) -> tuple[Deployment, bool]:
+        """Create or replace a deployment; returns it and whether it is new."""
+        validation.deployment_name(spec.name, "deployment.name")
+        try:
+            entrypoint = parse_entrypoint(spec.entrypoint)
+        except InvalidEntrypoint as exc:
+            raise InvalidArgument(f"deployment.entrypoint: {exc}") from None
+        _check_source(spec.source)
+        if not spec.pool:
+            raise InvalidArgument("deployment.pool: required")
+        validation.pool_name(spec.pool, "deployment.pool")
+        flow_name = spec.flow_name or entrypoint.function
+        schema_obj = validation.json_object(
+            spec.parameter_schema_json, "deployment.parameter_schema_json"
+        )
+        schema = (
+            validation.json_schema(schema_obj, "deployment.parameter_schema_json")
+            if schema_obj
+            else None
+        )
+        parameters = validation.json_object(spec.parameters_json, "deployment.parameters_json")
+        validation.partial_parameters(parameters, schema, flow_name)
+        job_variables = validation.json_object(
+            spec.job_variables_json, "deployment.job_variables_json"
+        )
+        for tag in spec.tags:
+            if not tag or len(tag) > 100:
+                raise InvalidArgument(f"deployment.tags: {tag!r} must be 1-100 characters")
+        now = clock.now()
+        async with self._db.write() as conn:
+            pool = await repo.get_pool(conn, name=spec.pool)
+            if pool is None:
+                raise NotFound(
+                    f"pool {spec.pool!r} not found: create it first with 'flowyard pool create {spec.pool}'"
+                )
+            templates.check_job_variables(
+                job_variables, pool.base_job_template, "deployment.job_variables_json"
+            )
+            existing = await repo.get_deployment(conn, name=spec.name)
+            deployment = Deployment(
+                id=existing.id if existing else uuid.uuid4().hex,
+                name=spec.name,
+                flow_name=flow_name,
+                entrypoint=spec.entrypoint,
+                source=spec.source,
+                pool_id=pool.id,
+                pool_name=pool.name,
+                parameters=parameters,
+                parameter_schema=schema,
+                job_variables=job_variables,
+                tags=list(spec.tags),
+                description=spec.description,
+                created_at=existing.created_at if existing else now,
+                updated_at=now,
+            )
+            if existing is None:
+                await repo.insert_deployment(conn, deployment)
+            else:
+                await repo.update_deployment(conn, deployment)
+        return deployment, existing is None
+
+    async def get_deployment(self, name: str) -> Deployment:
+        """The deployment with this name; NOT_FOUND otherwise."""
+        validation.deployment_name(name)
+        async with self._db.read() as conn:
+            deployment = await repo.get_deployment(conn, name=name)
+        if deployment is None:
+            raise NotFound(f"deployment {name!r} not found")
+        return deployment
+
+    async def list_deployments(self, pool: str) -> list[Deployment]:
+        """Deployments, optionally of one pool."""
+        async with self._db.read() as conn:
+            pool_id = None
+            if pool:
+                found = await repo.get_pool(conn, name=validation.pool_name(pool, "pool"))
+                if found is None:
+                    raise NotFound(f"pool {pool!r} not found")
+                pool_id = found.id
+            return await repo.list_deployments(conn, pool_id=pool_id)
+
+    async def delete_deployment(self, name: str) -> None:
+        """Delete a deployment and its finished runs; FAILED_PRECONDITION while runs are active."""
+        validation.deployment_name(name)
+        async with self._db.write() as conn:
+            deployment = await repo.get_deployment(conn, name=name)
+            if deployment is None:
+                raise NotFound(f"deployment {name!r} not found")
+            unfinished = await runs_repo.count_unfinished(conn, deployment.id)
+            if unfinished:
+                raise FailedPrecondition(
+                    f"deployment {name!r} has {unfinished} unfinished run(s): cancel them first"
+                )
+            await runs_repo.delete_runs_of_deployment(conn, deployment.id)
+            await repo.delete_deployment(conn, deployment.id)
+
+
+def _check_source(source: dict[str, Any]) -> None:
+    local = source.get("local")
+    if not isinstance(local, dict):
+        raise InvalidArgument("deployment.source: required (a local path)")
+    path = local.get("path", "")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise InvalidArgument(f"deployment.source.local.path: {path!r} must be an absolute path")

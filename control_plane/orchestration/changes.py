@@ -1,0 +1,46 @@
+"""What every state change shares: retry on a lost compare-and-set, then tell whoever waits."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from control_plane.models import Run
+from control_plane.orchestration.signals import Signals, run_key
+from control_plane.orchestration.states import StateType
+
+T = TypeVar("T")
+MAX_ATTEMPTS = 8
+
+
+class Conflict(Exception):
+    """The run changed between our read and our compare-and-set; read again and retry."""
+
+
+async def retrying(operation: Callable[[], Awaitable[T]]) -> T:
+    """Run a unit of work again while it loses compare-and-set races (rare: writers queue)."""
+    for _ in range(MAX_ATTEMPTS - 1):
+        try:
+            return await operation()
+        except Conflict:
+            continue
+    return await operation()
+
+
+class Notifier:
+    """Publishes committed run changes to waiters and to the dispatcher."""
+
+    def __init__(self, signals: Signals, wake_dispatcher: Callable[[], None]) -> None:
+        self.signals = signals
+        self._wake = wake_dispatcher
+
+    def changed(self, run: Run) -> None:
+        """A run's state or logs changed (call after the commit)."""
+        self.signals.notify(run_key(run.id))
+        # A finished run frees a pool slot; a re-queued one is dispatchable again.
+        if run.state_type.is_terminal or run.state_type is StateType.SCHEDULED:
+            self._wake()
+
+    def wake_dispatcher(self) -> None:
+        """Something that affects dispatch changed (new run, new credit)."""
+        self._wake()

@@ -1,0 +1,458 @@
+"""What agents and engines report, applied to runs under the state rules.
+
+Agent reports are fenced: a report counts only if the reporting session holds the run, or the
+run's holder was an earlier session of the same agent that is no longer connected (the agent
+restarted or reconnected); the new session then takes the run over. Engine reports are
+authenticated by the attempt's token before they get here.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from control_plane.errors import FailedPrecondition, NotFound, PermissionDenied
+from control_plane.models import LogRecord, LogStream, Run
+from control_plane.orchestration import clock, tokens
+from control_plane.orchestration.agents import AgentRegistry, AgentSession, CancelMessage
+from control_plane.orchestration.changes import Conflict, Notifier, retrying
+from control_plane.orchestration.states import (
+    ASSIGNED,
+    INFRASTRUCTURE_PENDING,
+    SUBMITTED,
+    Actor,
+    State,
+    StateType,
+    crash_target,
+    rejection,
+)
+from control_plane.store import logs as logs_repo
+from control_plane.store import runs as repo
+from control_plane.store.db import Database
+
+log = logging.getLogger(__name__)
+
+MAX_LINE_BYTES = 64 * 1024
+
+
+class InfraKind(enum.Enum):
+    """What an agent saw happen to a run's infrastructure."""
+
+    PENDING = "pending"
+    UNSCHEDULABLE = "unschedulable"
+    IMAGE_PULL_ERROR = "image pull error"
+    CRASH_LOOP = "crash loop"
+    OOM_KILLED = "OOM killed"
+    EVICTED = "evicted"
+    FAILED = "failed"
+    SUCCEEDED = "succeeded"
+    DELETED = "deleted"
+
+
+#: Kinds after which the infrastructure no longer runs the engine.
+ENDING = frozenset(
+    {
+        InfraKind.OOM_KILLED,
+        InfraKind.EVICTED,
+        InfraKind.FAILED,
+        InfraKind.SUCCEEDED,
+        InfraKind.DELETED,
+    }
+)
+
+
+@dataclass(frozen=True)
+class InfraReport:
+    """An ``InfraEvent`` from an agent."""
+
+    run_id: str
+    attempt: int
+    kind: InfraKind
+    reason: str = ""
+    message: str = ""
+    exit_code: int = 0
+    log_tail: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A state the engine proposes."""
+
+    transition_id: str
+    type: StateType
+    name: str = ""
+    message: str = ""
+    result_summary: str = ""
+
+
+@dataclass(frozen=True)
+class ProposalResult:
+    """The answer to a proposal: whether it was taken, and the run's state after it."""
+
+    accepted: bool
+    run: Run
+    reason: str = ""
+
+
+class AgentReports:
+    """Applies what agent sessions report."""
+
+    def __init__(
+        self, db: Database, notifier: Notifier, agents: AgentRegistry, lease: timedelta
+    ) -> None:
+        self._db = db
+        self._notifier = notifier
+        self._agents = agents
+        self._lease = lease
+
+    async def adopt(self, session: AgentSession, observed: list[tuple[str, int]]) -> None:
+        """Take over runs whose infrastructure a (re)connecting agent sees; tear down the rest."""
+        for run_id, attempt in observed:
+            async with self._db.read() as conn:
+                run = await repo.get_run(conn, run_id) if len(run_id) == 32 else None
+            if run is None or run.is_terminal or run.attempt != attempt:
+                session.send(CancelMessage(run_id, attempt, "the run is finished or unknown"))
+                continue
+            held = await self._hold(session, run)
+            if held is not None and held.state_type is StateType.CANCELLING:
+                session.send(CancelMessage(run_id, attempt, held.state_message))
+
+    async def accepted(
+        self, session: AgentSession, run_id: str, attempt: int, at: datetime
+    ) -> None:
+        """The agent took the assignment: extend the lease until it submits."""
+
+        async def apply() -> Run | None:
+            async with self._db.write() as conn:
+                run = await self._held_run(conn, session, run_id, attempt)
+                if run is None or run.state_type is not StateType.PENDING:
+                    return None
+                updated = await repo.set_columns(
+                    conn, run, accepted_at=at, lease_deadline=clock.now() + self._lease
+                )
+                if updated is None:
+                    raise Conflict
+                return updated
+
+        await retrying(apply)
+
+    async def submitted(
+        self, session: AgentSession, run_id: str, attempt: int, infrastructure_id: str
+    ) -> None:
+        """The run's infrastructure exists: PENDING/Submitted, no lease any more."""
+
+        async def apply() -> Run | None:
+            async with self._db.write() as conn:
+                run = await self._held_run(conn, session, run_id, attempt)
+                if run is None or run.is_terminal:
+                    return None
+                columns = {"infrastructure_id": infrastructure_id[:300], "lease_deadline": None}
+                if run.state_type is StateType.PENDING and run.state_name == ASSIGNED:
+                    updated = await repo.compare_and_set(
+                        conn,
+                        run,
+                        State(StateType.PENDING, SUBMITTED, f"Submitted as {infrastructure_id}"),
+                        now=clock.now(),
+                        **columns,
+                    )
+                else:
+                    # The engine may already have reported RUNNING: keep its state.
+                    updated = await repo.set_columns(conn, run, **columns)
+                if updated is None:
+                    raise Conflict
+                return updated
+
+        run = await retrying(apply)
+        if run is not None:
+            self._notifier.changed(run)
+
+    async def submit_failed(
+        self, session: AgentSession, run_id: str, attempt: int, reason: str
+    ) -> None:
+        """The agent could not create the infrastructure: the run crashes with the reason."""
+        await self._end(
+            session, run_id, attempt, f"The agent could not start the run: {reason}", ()
+        )
+
+    async def infra_event(self, session: AgentSession, report: InfraReport) -> None:
+        """Record what happened to the infrastructure; an ending event crashes an unfinished run."""
+        if report.kind in ENDING:
+            detail = _describe_end(report)
+            await self._end(session, report.run_id, report.attempt, detail, report.log_tail)
+            return
+        text = f"Infrastructure {report.kind.value}: {report.reason} {report.message}".strip()
+
+        async def apply() -> Run | None:
+            async with self._db.write() as conn:
+                run = await self._held_run(conn, session, report.run_id, report.attempt)
+                if run is None or run.is_terminal:
+                    return None
+                await self._system_lines(conn, run, [text], level=30)
+                if run.state_type is StateType.PENDING and report.kind is InfraKind.PENDING:
+                    updated = await repo.compare_and_set(
+                        conn,
+                        run,
+                        State(StateType.PENDING, INFRASTRUCTURE_PENDING, text),
+                        now=clock.now(),
+                    )
+                    if updated is None:
+                        raise Conflict
+                    return updated
+                return run
+
+        run = await retrying(apply)
+        if run is not None:
+            self._notifier.changed(run)
+
+    async def cancelled(self, session: AgentSession, run_id: str, attempt: int) -> None:
+        """A cancelled run's infrastructure is gone: CANCELLING becomes CANCELLED."""
+
+        async def apply() -> Run | None:
+            async with self._db.write() as conn:
+                run = await self._held_run(conn, session, run_id, attempt)
+                if run is None or run.state_type is not StateType.CANCELLING:
+                    return None
+                updated = await repo.compare_and_set(
+                    conn,
+                    run,
+                    State(StateType.CANCELLED, message=run.state_message),
+                    now=clock.now(),
+                    lease_deadline=None,
+                )
+                if updated is None:
+                    raise Conflict
+                return updated
+
+        run = await retrying(apply)
+        if run is not None:
+            self._notifier.changed(run)
+
+    async def session_closed(self, session: AgentSession) -> None:
+        """Put back assignments the departed agent never accepted; the rest wait for the lease.
+
+        Runs it submitted keep running: their engines report on their own, and the agent
+        takes them over again when it reconnects.
+        """
+        async with self._db.read() as conn:
+            held = await repo.runs_of_session(conn, session.id)
+        for run in held:
+            if run.accepted_at is None and run.state_name == ASSIGNED:
+                await self._requeue(run.id, run.attempt, "the agent disconnected before accepting")
+
+    async def _requeue(self, run_id: str, attempt: int, why: str) -> None:
+        async def apply() -> Run | None:
+            async with self._db.write() as conn:
+                run = await repo.get_run(conn, run_id)
+                if run is None or run.attempt != attempt or run.state_name != ASSIGNED:
+                    return None
+                updated = await requeue(conn, run, why)
+                if updated is None:
+                    raise Conflict
+                return updated
+
+        run = await retrying(apply)
+        if run is not None:
+            self._notifier.changed(run)
+
+    async def _end(
+        self, session: AgentSession, run_id: str, attempt: int, detail: str, tail: tuple[str, ...]
+    ) -> None:
+        async def apply() -> Run | None:
+            async with self._db.write() as conn:
+                run = await self._held_run(conn, session, run_id, attempt)
+                if run is None or run.is_terminal:
+                    return None
+                target = crash_target(run.state_type)
+                if rejection(run.state_type, target, Actor.AGENT):
+                    return None
+                if tail:
+                    await self._system_lines(
+                        conn, run, ["Last lines of the infrastructure's output:", *tail], level=40
+                    )
+                message = run.state_message if target is StateType.CANCELLED else detail
+                updated = await repo.compare_and_set(
+                    conn, run, State(target, message=message), now=clock.now(), lease_deadline=None
+                )
+                if updated is None:
+                    raise Conflict
+                return updated
+
+        run = await retrying(apply)
+        if run is not None:
+            self._notifier.changed(run)
+
+    async def _held_run(
+        self, conn: AsyncConnection, session: AgentSession, run_id: str, attempt: int
+    ) -> Run | None:
+        run = await repo.get_run(conn, run_id)
+        if run is None or run.attempt != attempt:
+            return None
+        if run.agent_session_id == session.id:
+            return run
+        if self._may_take_over(session, run):
+            updated = await repo.set_columns(conn, run, agent_session_id=session.id)
+            if updated is None:
+                raise Conflict
+            return updated
+        log.info(
+            "ignoring a report about run %s from agent %s, which does not hold it",
+            run_id,
+            session.agent_name,
+        )
+        return None
+
+    async def _hold(self, session: AgentSession, run: Run) -> Run | None:
+        async def apply() -> Run | None:
+            async with self._db.write() as conn:
+                return await self._held_run(conn, session, run.id, run.attempt)
+
+        return await retrying(apply)
+
+    def _may_take_over(self, session: AgentSession, run: Run) -> bool:
+        return (
+            run.pool_id == session.pool_id
+            and run.agent_name == session.agent_name
+            and self._agents.get(run.agent_session_id) is None
+        )
+
+    async def _system_lines(
+        self, conn: AsyncConnection, run: Run, texts: list[str], level: int
+    ) -> None:
+        await append_system_lines(conn, self._db.dialect, run, texts, level)
+
+
+async def requeue(conn: AsyncConnection, run: Run, why: str) -> Run | None:
+    """Put a claimed, unsubmitted run back in the queue (same attempt, claim and token cleared)."""
+    return await repo.compare_and_set(
+        conn,
+        run,
+        State(StateType.SCHEDULED, "Scheduled", f"Back in the queue: {why}"),
+        now=clock.now(),
+        agent_session_id=None,
+        agent_name="",
+        lease_deadline=None,
+        engine_token_hash=None,
+        accepted_at=None,
+    )
+
+
+async def append_system_lines(
+    conn: AsyncConnection, dialect: str, run: Run, texts: list[str], level: int
+) -> None:
+    """Add lines written by Flowyard itself after the attempt's last line."""
+    seq = await logs_repo.max_seq(conn, run.id, run.attempt)
+    now = clock.now()
+    await logs_repo.insert_lines(
+        conn,
+        [
+            LogRecord(run.id, run.attempt, seq + i, now, level, LogStream.SYSTEM, "flowyard", text)
+            for i, text in enumerate(texts, start=1)
+        ],
+        dialect,
+    )
+
+
+def _describe_end(report: InfraReport) -> str:
+    match report.kind:
+        case InfraKind.SUCCEEDED:
+            return "The engine exited (code 0) without reporting a final state"
+        case InfraKind.FAILED:
+            return (
+                f"The engine exited with code {report.exit_code} before reporting a final state"
+                + (f": {report.message}" if report.message else "")
+            )
+        case InfraKind.DELETED:
+            return "The run's infrastructure was deleted" + (
+                f": {report.message}" if report.message else ""
+            )
+        case _:
+            return f"The run's infrastructure was {report.kind.value}: {report.reason} {report.message}".strip()
+
+
+class EngineReports:
+    """Applies what engines report; every call is authenticated by the attempt's token."""
+
+    def __init__(self, db: Database, notifier: Notifier) -> None:
+        self._db = db
+        self._notifier = notifier
+
+    async def authorize(self, run_id: str, attempt: int, token: str) -> Run:
+        """The run, if ``token`` is its current attempt's engine token."""
+        async with self._db.read() as conn:
+            run = await repo.get_run(conn, run_id)
+        if run is None:
+            raise NotFound(f"run {run_id} not found")
+        if not tokens.matches(token, run.engine_token_hash):
+            raise PermissionDenied(f"this token does not belong to run {run_id} attempt {attempt}")
+        if run.attempt != attempt:
+            raise FailedPrecondition(
+                f"attempt {attempt} of run {run_id} is no longer current (now {run.attempt})"
+            )
+        return run
+
+    async def current(self, run_id: str) -> Run | None:
+        """The run as stored now (for an already authenticated stream)."""
+        async with self._db.read() as conn:
+            return await repo.get_run(conn, run_id)
+
+    async def stored_seq(self, run: Run) -> int:
+        """Highest log seq stored for the run's current attempt."""
+        async with self._db.read() as conn:
+            return await logs_repo.max_seq(conn, run.id, run.attempt)
+
+    async def store_logs(self, run: Run, lines: list[LogRecord]) -> None:
+        """Store a batch (duplicates of stored lines are dropped) and wake log tailers."""
+        async with self._db.write() as conn:
+            await logs_repo.insert_lines(conn, lines, self._db.dialect)
+        self._notifier.signals.notify(f"run:{run.id}")
+
+    async def propose(self, run_id: str, attempt: int, proposal: Proposal) -> ProposalResult:
+        """Apply a state proposal of the engine of ``attempt``."""
+
+        async def apply() -> ProposalResult:
+            async with self._db.write() as conn:
+                run = await repo.get_run(conn, run_id)
+                if run is None:
+                    raise NotFound(f"run {run_id} not found")
+                if run.attempt != attempt:
+                    return ProposalResult(False, run, f"attempt {attempt} is no longer current")
+                if proposal.transition_id and run.last_transition_id == proposal.transition_id:
+                    return ProposalResult(True, run)
+                refused = rejection(run.state_type, proposal.type, Actor.ENGINE)
+                if refused:
+                    return ProposalResult(False, run, refused)
+                columns: dict[str, object] = {"lease_deadline": None}
+                if proposal.type is StateType.COMPLETED:
+                    columns["result_summary"] = proposal.result_summary[:2000]
+                message = proposal.message
+                if proposal.type is StateType.CANCELLED:
+                    message = run.state_message  # the user's reason, not how the engine heard it
+                updated = await repo.compare_and_set(
+                    conn,
+                    run,
+                    State(proposal.type, proposal.name, message),
+                    now=clock.now(),
+                    transition_id=proposal.transition_id or None,
+                    **columns,
+                )
+                if updated is None:
+                    raise Conflict
+                return ProposalResult(True, updated)
+
+        result = await retrying(apply)
+        if result.accepted:
+            self._notifier.changed(result.run)
+        return result
+
+
+def truncate_line(text: str) -> str:
+    """A log line cut to the size limit, with a marker saying how much was cut."""
+    data = text.encode()
+    if len(data) <= MAX_LINE_BYTES:
+        return text
+    kept = data[:MAX_LINE_BYTES].decode(errors="ignore")
+    return f"{kept}… [truncated {len(data) - len(kept.encode())} bytes]"

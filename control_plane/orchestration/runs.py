@@ -1,0 +1,214 @@
+"""Use cases for flow runs driven by users: create, read, list, cancel."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from control_plane.errors import FailedPrecondition, InvalidArgument, NotFound
+from control_plane.models import Run, StateRecord
+from control_plane.orchestration import clock, templates, validation
+from control_plane.orchestration.agents import AgentRegistry, CancelMessage
+from control_plane.orchestration.changes import Conflict, Notifier, retrying
+from control_plane.orchestration.states import (
+    Actor,
+    State,
+    StateType,
+    cancel_target,
+    rejection,
+)
+from control_plane.store import catalog as catalog_repo
+from control_plane.store import runs as repo
+from control_plane.store.db import Database
+
+MAX_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 50
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What CreateRun asks for."""
+
+    deployment_name: str
+    parameters_json: str = ""
+    job_variables_json: str = ""
+    idempotency_key: str = ""
+    scheduled_at: datetime | None = None
+
+
+class Runs:
+    """Flow runs as users see them."""
+
+    def __init__(self, db: Database, notifier: Notifier, agents: AgentRegistry) -> None:
+        self._db = db
+        self._notifier = notifier
+        self._agents = agents
+
+    async def create(self, request: RunRequest) -> tuple[Run, bool]:
+        """Create a run (or return the one with the same idempotency key)."""
+        validation.deployment_name(request.deployment_name, "deployment_name")
+        parameters = validation.json_object(request.parameters_json, "parameters_json")
+        job_variables = validation.json_object(request.job_variables_json, "job_variables_json")
+        key = request.idempotency_key or None
+        if key is not None and len(key) > 200:
+            raise InvalidArgument("idempotency_key: longer than 200 characters")
+        now = clock.now()
+        async with self._db.write() as conn:
+            deployment = await catalog_repo.get_deployment(conn, name=request.deployment_name)
+            if deployment is None:
+                raise NotFound(f"deployment {request.deployment_name!r} not found")
+            if key is not None:
+                existing = await repo.get_run_by_key(conn, deployment.id, key)
+                if existing is not None:
+                    return existing, False
+            merged = {**deployment.parameters, **parameters}
+            validation.parameters(merged, deployment.parameter_schema, deployment.flow_name)
+            pool = await catalog_repo.get_pool(conn, id=deployment.pool_id)
+            assert pool is not None  # a deployment's pool cannot be deleted under it
+            templates.check_job_variables(
+                {**deployment.job_variables, **job_variables},
+                pool.base_job_template,
+                "job_variables_json",
+            )
+            values: dict[str, Any] = {
+                "id": uuid.uuid4().hex,
+                "deployment_id": deployment.id,
+                "pool_id": deployment.pool_id,
+                "flow_name": deployment.flow_name,
+                "parameters": merged,
+                "job_variables": job_variables,
+                "idempotency_key": key,
+                "state_type": StateType.SCHEDULED.value,
+                "state_name": "Scheduled",
+                "state_message": "",
+                "state_time": now,
+                "version": 1,
+                "last_transition_id": None,
+                "attempt": 1,
+                "scheduled_at": request.scheduled_at or now,
+                "created_at": now,
+                "agent_session_id": None,
+                "agent_name": "",
+                "infrastructure_id": "",
+                "result_summary": "",
+            }
+            created = await repo.insert_run(conn, values, self._db.dialect)
+            run = await (
+                repo.get_run(conn, values["id"])
+                if created
+                else repo.get_run_by_key(conn, deployment.id, key or "")
+            )
+        assert run is not None
+        if created:
+            self._notifier.wake_dispatcher()
+        return run, created
+
+    async def get(self, run_id: str) -> tuple[Run, list[StateRecord]]:
+        """A run and its state history; NOT_FOUND if there is no such run."""
+        validation.run_id(run_id)
+        async with self._db.read() as conn:
+            run = await repo.get_run(conn, run_id)
+            if run is None:
+                raise NotFound(f"run {run_id} not found")
+            return run, await repo.history(conn, run_id)
+
+    async def current(self, run_id: str) -> Run:
+        """The run as stored now; NOT_FOUND if there is no such run."""
+        validation.run_id(run_id)
+        async with self._db.read() as conn:
+            run = await repo.get_run(conn, run_id)
+        if run is None:
+            raise NotFound(f"run {run_id} not found")
+        return run
+
+    async def list(
+        self,
+        deployment_name: str,
+        state_types: list[StateType],
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[Run], str]:
+        """One page of runs, newest first, and the token of the next page ("" at the end)."""
+        if page_size < 0 or page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument(
+                f"page_size: must be between 1 and {MAX_PAGE_SIZE} (0 for {DEFAULT_PAGE_SIZE})"
+            )
+        limit = page_size or DEFAULT_PAGE_SIZE
+        before = _decode_page_token(page_token) if page_token else None
+        async with self._db.read() as conn:
+            deployment_id = None
+            if deployment_name:
+                validation.deployment_name(deployment_name, "deployment_name")
+                deployment = await catalog_repo.get_deployment(conn, name=deployment_name)
+                if deployment is None:
+                    raise NotFound(f"deployment {deployment_name!r} not found")
+                deployment_id = deployment.id
+            runs = await repo.list_runs(
+                conn,
+                deployment_id=deployment_id,
+                state_types=state_types,
+                limit=limit + 1,
+                before=before,
+            )
+        if len(runs) <= limit:
+            return runs, ""
+        last = runs[limit - 1]
+        return runs[:limit], _encode_page_token(last.created_at, last.id)
+
+    async def cancel(self, run_id: str, reason: str) -> Run:
+        """Cancel a run: CANCELLED at once if it holds no infrastructure, else CANCELLING."""
+        validation.run_id(run_id)
+        if len(reason) > 1000:
+            raise InvalidArgument("reason: longer than 1000 characters")
+
+        async def attempt() -> Run:
+            async with self._db.write() as conn:
+                run = await repo.get_run(conn, run_id)
+                if run is None:
+                    raise NotFound(f"run {run_id} not found")
+                if run.state_type is StateType.CANCELLING:
+                    return run
+                if run.is_terminal:
+                    raise FailedPrecondition(
+                        f"run {run_id} is already {run.state_type.value} and cannot be cancelled"
+                    )
+                target = cancel_target(run.state_type, self._holds_infrastructure(run))
+                refused = rejection(run.state_type, target, Actor.USER)
+                if refused:
+                    raise FailedPrecondition(refused)
+                message = f"Cancelled by user: {reason}" if reason else "Cancelled by user"
+                updated = await repo.compare_and_set(
+                    conn, run, State(target, message=message), now=clock.now()
+                )
+                if updated is None:
+                    raise Conflict
+                return updated
+
+        run = await retrying(attempt)
+        self._notifier.changed(run)
+        session = self._agents.get(run.agent_session_id)
+        if run.state_type is StateType.CANCELLING and session is not None:
+            session.send(CancelMessage(run.id, run.attempt, run.state_message))
+        return run
+
+    def _holds_infrastructure(self, run: Run) -> bool:
+        # A PENDING run whose agent is gone and which was never submitted has nothing to tear
+        # down; anything further along may have a live engine that must be told.
+        if run.state_type is StateType.PENDING:
+            return bool(run.infrastructure_id) or self._agents.get(run.agent_session_id) is not None
+        return run.state_type is not StateType.SCHEDULED
+
+
+def _encode_page_token(created_at: datetime, run_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{run_id}".encode()).decode()
+
+
+def _decode_page_token(token: str) -> tuple[datetime, str]:
+    try:
+        created, run_id = base64.urlsafe_b64decode(token.encode()).decode().split("|")
+        return datetime.fromisoformat(created), validation.run_id(run_id)
+    except (ValueError, InvalidArgument):
+        raise InvalidArgument("page_token: not a token returned by ListRuns") from None

@@ -1,0 +1,286 @@
+"""Repository of flow runs and their state history. Functions take a connection and never commit.
+
+Every state change goes through ``compare_and_set``: an UPDATE guarded by the run's version,
+plus one history row, in the caller's transaction. A caller that loses the race gets None
+and re-reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from control_plane.models import Run, StateRecord
+from control_plane.orchestration.states import ACTIVE, State, StateType
+from control_plane.store.dialects import insert_ignoring_duplicates
+from control_plane.store.tables import (
+    UTCDateTime,
+    deployments,
+    flow_runs,
+    log_lines,
+    pools,
+    run_states,
+)
+
+_RUN_COLUMNS = (
+    *flow_runs.c,
+    deployments.c.name.label("deployment_name"),
+    pools.c.name.label("pool_name"),
+)
+_FIELDS = {field.name for field in dataclasses.fields(Run)}
+
+
+def _select_runs() -> Any:
+    return (
+        select(*_RUN_COLUMNS)
+        .join(deployments, deployments.c.id == flow_runs.c.deployment_id)
+        .join(pools, pools.c.id == flow_runs.c.pool_id)
+    )
+
+
+def _run(row: Row[Any]) -> Run:
+    values = {name: getattr(row, name) for name in _FIELDS}
+    values["state_type"] = StateType(values["state_type"])
+    return Run(**values)
+
+
+async def insert_run(conn: AsyncConnection, values: dict[str, Any], dialect: str) -> bool:
+    """Store a new run and its first history row; False if its idempotency key is taken."""
+    inserted = await conn.execute(insert_ignoring_duplicates(flow_runs, dialect).values(**values))
+    if inserted.rowcount != 1:
+        return False
+    await _insert_history(
+        conn,
+        values["id"],
+        values["attempt"],
+        State(StateType(values["state_type"]), values["state_name"], values["state_message"]),
+        values["created_at"],
+    )
+    return True
+
+
+async def get_run(conn: AsyncConnection, run_id: str) -> Run | None:
+    """The run with this id, if any."""
+    row = (await conn.execute(_select_runs().where(flow_runs.c.id == run_id))).first()
+    return _run(row) if row else None
+
+
+async def get_run_by_key(conn: AsyncConnection, deployment_id: str, key: str) -> Run | None:
+    """The run of a deployment created with this idempotency key, if any."""
+    query = _select_runs().where(
+        flow_runs.c.deployment_id == deployment_id, flow_runs.c.idempotency_key == key
+    )
+    row = (await conn.execute(query)).first()
+    return _run(row) if row else None
+
+
+async def list_runs(
+    conn: AsyncConnection,
+    *,
+    deployment_id: str | None,
+    state_types: Iterable[StateType],
+    limit: int,
+    before: tuple[datetime, str] | None,
+) -> list[Run]:
+    """Runs newest first; ``before`` is the (created_at, id) of the last run of the previous page."""
+    query = _select_runs()
+    if deployment_id is not None:
+        query = query.where(flow_runs.c.deployment_id == deployment_id)
+    types = [t.value for t in state_types]
+    if types:
+        query = query.where(flow_runs.c.state_type.in_(types))
+    if before is not None:
+        created, run_id = before
+        query = query.where(
+            or_(
+                flow_runs.c.created_at < created,
+                and_(flow_runs.c.created_at == created, flow_runs.c.id < run_id),
+            )
+        )
+    query = query.order_by(flow_runs.c.created_at.desc(), flow_runs.c.id.desc()).limit(limit)
+    return [_run(row) for row in await conn.execute(query)]
+
+
+async def history(conn: AsyncConnection, run_id: str) -> list[StateRecord]:
+    """Every state the run has been in, oldest first."""
+    rows = await conn.execute(
+        select(run_states).where(run_states.c.run_id == run_id).order_by(run_states.c.id)
+    )
+    return [
+        StateRecord(
+            attempt=row.attempt,
+            type=StateType(row.type),
+            name=row.name,
+            message=row.message,
+            created_at=row.created_at,
+        )
+        for row in rows
+    ]
+
+
+async def compare_and_set(
+    conn: AsyncConnection,
+    run: Run,
+    state: State,
+    *,
+    now: datetime,
+    transition_id: str | None = None,
+    **columns: Any,
+) -> Run | None:
+    """Move ``run`` to ``state`` if nobody changed it since it was read; None if somebody did.
+
+    ``columns`` are further columns to set in the same UPDATE (agent, lease, attempt, ...).
+    """
+    changes: dict[str, Any] = {
+        "state_type": state.type,
+        "state_name": state.display_name,
+        "state_message": state.message,
+        "state_time": now,
+        "version": run.version + 1,
+        "last_transition_id": transition_id,
+        **columns,
+    }
+    if state.type.is_terminal:
+        changes["ended_at"] = now
+    if state.type is StateType.RUNNING:
+        changes["started_at"] = now
+    updated = await _guarded_update(conn, run, changes)
+    if updated is None:
+        return None
+    await _insert_history(conn, run.id, updated.attempt, state, now)
+    return updated
+
+
+async def set_columns(conn: AsyncConnection, run: Run, **columns: Any) -> Run | None:
+    """Set columns other than the state, guarded by the version like a transition."""
+    return await _guarded_update(conn, run, {"version": run.version + 1, **columns})
+
+
+async def _guarded_update(conn: AsyncConnection, run: Run, changes: dict[str, Any]) -> Run | None:
+    values = {
+        key: (value.value if isinstance(value, StateType) else value)
+        for key, value in changes.items()
+    }
+    result = await conn.execute(
+        update(flow_runs)
+        .where(flow_runs.c.id == run.id, flow_runs.c.version == run.version)
+        .values(**values)
+    )
+    if result.rowcount != 1:
+        return None
+    return dataclasses.replace(run, **changes)
+
+
+async def _insert_history(
+    conn: AsyncConnection, run_id: str, attempt: int, state: State, now: datetime
+) -> None:
+    await conn.execute(
+        insert(run_states).values(
+            run_id=run_id,
+            attempt=attempt,
+            type=state.type.value,
+            name=state.display_name,
+            message=state.message,
+            created_at=now,
+        )
+    )
+
+
+async def due_runs(conn: AsyncConnection, pool_id: str, now: datetime, limit: int) -> list[Run]:
+    """SCHEDULED runs of a pool whose time has come, oldest due first."""
+    query = (
+        _select_runs()
+        .where(
+            flow_runs.c.pool_id == pool_id,
+            flow_runs.c.state_type == StateType.SCHEDULED.value,
+            flow_runs.c.scheduled_at <= now,
+        )
+        .order_by(flow_runs.c.scheduled_at, flow_runs.c.id)
+        .limit(limit)
+    )
+    return [_run(row) for row in await conn.execute(query)]
+
+
+async def count_active(conn: AsyncConnection, pool_id: str) -> int:
+    """How many runs of a pool hold a claim or infrastructure (PENDING, RUNNING, CANCELLING)."""
+    query = select(func.count()).where(
+        flow_runs.c.pool_id == pool_id,
+        flow_runs.c.state_type.in_([t.value for t in ACTIVE]),
+    )
+    return int((await conn.execute(query)).scalar_one())
+
+
+async def next_scheduled_time(conn: AsyncConnection, pool_ids: Iterable[str]) -> datetime | None:
+    """When the next SCHEDULED run of these pools is due."""
+    ids = list(pool_ids)
+    if not ids:
+        return None
+    query = select(func.min(flow_runs.c.scheduled_at)).where(
+        flow_runs.c.pool_id.in_(ids), flow_runs.c.state_type == StateType.SCHEDULED.value
+    )
+    value = (await conn.execute(query)).scalar_one_or_none()
+    return _as_utc(value)
+
+
+async def expired_leases(conn: AsyncConnection, now: datetime, limit: int) -> list[Run]:
+    """PENDING or CANCELLING runs whose assignment lease ran out before the agent submitted."""
+    query = (
+        _select_runs()
+        .where(
+            flow_runs.c.state_type.in_([StateType.PENDING.value, StateType.CANCELLING.value]),
+            flow_runs.c.lease_deadline <= now,
+        )
+        .order_by(flow_runs.c.lease_deadline)
+        .limit(limit)
+    )
+    return [_run(row) for row in await conn.execute(query)]
+
+
+async def next_lease_deadline(conn: AsyncConnection) -> datetime | None:
+    """The earliest lease deadline of any run."""
+    query = select(func.min(flow_runs.c.lease_deadline)).where(
+        flow_runs.c.state_type.in_([StateType.PENDING.value, StateType.CANCELLING.value]),
+        flow_runs.c.lease_deadline.is_not(None),
+    )
+    return _as_utc((await conn.execute(query)).scalar_one_or_none())
+
+
+async def runs_of_session(conn: AsyncConnection, session_id: str) -> list[Run]:
+    """Non-terminal runs held by an agent session."""
+    query = _select_runs().where(
+        flow_runs.c.agent_session_id == session_id,
+        flow_runs.c.state_type.in_([t.value for t in ACTIVE]),
+    )
+    return [_run(row) for row in await conn.execute(query)]
+
+
+async def count_unfinished(conn: AsyncConnection, deployment_id: str) -> int:
+    """How many runs of a deployment are not terminal."""
+    query = select(func.count()).where(
+        flow_runs.c.deployment_id == deployment_id,
+        flow_runs.c.state_type.not_in([t.value for t in StateType if t.is_terminal]),
+    )
+    return int((await conn.execute(query)).scalar_one())
+
+
+async def delete_runs_of_deployment(conn: AsyncConnection, deployment_id: str) -> None:
+    """Remove every run of a deployment with its history and logs."""
+    ids = select(flow_runs.c.id).where(flow_runs.c.deployment_id == deployment_id)
+    await conn.execute(delete(log_lines).where(log_lines.c.run_id.in_(ids)))
+    await conn.execute(delete(run_states).where(run_states.c.run_id.in_(ids)))
+    await conn.execute(delete(flow_runs).where(flow_runs.c.deployment_id == deployment_id))
+
+
+def _as_utc(value: Any) -> datetime | None:
+    # Aggregates bypass the column type, so SQLite hands back a naive datetime or a string.
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    result = UTCDateTime().process_result_value(value, None)  # type: ignore[arg-type]
+    return result

@@ -1,0 +1,155 @@
+"""The database schema, as SQLAlchemy Core tables.
+
+Every change to these tables comes with an Alembic migration in ``migrations/versions``.
+Timestamps are timezone-aware UTC in and out, whatever the database stores.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+pools = Table(
+    "pools",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("type", String(16), nullable=False),
+    Column("base_job_template", JSON, nullable=False),
+    Column("concurrency_limit", Integer, nullable=False),
+    Column("paused", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("flow_name", String(200), nullable=False),
+    Column("entrypoint", String(1000), nullable=False),
+    Column("source", JSON, nullable=False),
+    Column("pool_id", String(32), ForeignKey("pools.id"), nullable=False),
+    Column("parameters", JSON, nullable=False),
+    Column("parameter_schema", JSON, nullable=True),
+    Column("job_variables", JSON, nullable=False),
+    Column("tags", JSON, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+flow_runs = Table(
+    "flow_runs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("deployment_id", String(32), ForeignKey("deployments.id"), nullable=False),
+    Column("pool_id", String(32), ForeignKey("pools.id"), nullable=False),
+    Column("flow_name", String(200), nullable=False),
+    Column("parameters", JSON, nullable=False),
+    Column("job_variables", JSON, nullable=False),
+    Column("idempotency_key", String(200), nullable=True),
+    # Current state; the version column makes every change a compare-and-set.
+    Column("state_type", String(16), nullable=False),
+    Column("state_name", String(64), nullable=False),
+    Column("state_message", Text, nullable=False),
+    Column("state_time", UTCDateTime, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("last_transition_id", String(64), nullable=True),
+    Column("attempt", Integer, nullable=False),
+    Column("scheduled_at", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("accepted_at", UTCDateTime, nullable=True),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("ended_at", UTCDateTime, nullable=True),
+    # The claim: which agent session holds the current attempt, until when.
+    Column("agent_session_id", String(32), nullable=True),
+    Column("agent_name", String(200), nullable=False),
+    Column("lease_deadline", UTCDateTime, nullable=True),
+    Column("infrastructure_id", String(300), nullable=False),
+    Column("engine_token_hash", String(64), nullable=True),
+    Column("result_summary", Text, nullable=False),
+    UniqueConstraint("deployment_id", "idempotency_key"),
+    Index(None, "pool_id", "state_type", "scheduled_at"),
+    Index(None, "deployment_id", "created_at"),
+    Index(None, "created_at"),
+    Index(None, "state_type", "lease_deadline"),
+)
+
+run_states = Table(
+    "run_states",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("run_id", String(32), ForeignKey("flow_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index(None, "run_id", "id"),
+)
+
+log_lines = Table(
+    "log_lines",
+    metadata,
+    Column("run_id", String(32), ForeignKey("flow_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("timestamp", UTCDateTime, nullable=False),
+    Column("level", Integer, nullable=False),
+    Column("stream", String(8), nullable=False),
+    Column("logger", String(200), nullable=False),
+    Column("text", Text, nullable=False),
+    # (run, attempt, seq) identifies a line: a resent line is dropped, never stored twice.
+    PrimaryKeyConstraint("run_id", "attempt", "seq"),
+)

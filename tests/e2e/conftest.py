@@ -1,0 +1,165 @@
+"""End-to-end harness: the real control plane, agent and engine as processes on loopback.
+
+Every process a test starts is registered with ``System`` and stopped at teardown; a test that
+leaves an engine process behind fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from flowyard.v1 import control_plane_pb2 as pb
+from flowyard.v1 import control_plane_pb2_grpc, types_pb2
+
+from control_plane.cli.processes import Child, script, start_agent, start_server
+
+POOL = "e2e"
+DEADLINE = 60.0
+
+
+def wait_for(
+    condition: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition"
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists (and is not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@dataclass
+class System:
+    """A control plane and agents started for one test, plus a CLI bound to them."""
+
+    root: Path
+    server: Child
+    channel: grpc.Channel
+    stub: control_plane_pb2_grpc.ControlPlaneServiceStub
+    agents: list[Child] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return self.server.extra["address"]
+
+    def cli(self, *args: str, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
+        """Run the ``flowyard`` CLI against this control plane."""
+        return subprocess.run(
+            [*script("flowyard"), "--server", self.address, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+
+    def start_agent(self, name: str = "agent-1", capacity: int = 4) -> Child:
+        agent = start_agent(self.address, POOL, self.root / name, name=name, capacity=capacity)
+        self.agents.append(agent)
+        wait_for(
+            lambda: self.pool().connected_agents > 0 or not agent.alive(), what="agent connected"
+        )
+        assert agent.alive(), agent.log_tail()
+        return agent
+
+    def pool(self) -> types_pb2.WorkPool:
+        return self.stub.GetPool(pb.GetPoolRequest(name=POOL)).pool
+
+    def write_flow(self, name: str, code: str) -> Path:
+        source = self.root / "flows" / name
+        source.mkdir(parents=True, exist_ok=True)
+        (source / "flow.py").write_text(code)
+        return source
+
+    def deploy(self, name: str, code: str, function: str = "main", *params: str) -> None:
+        source = self.write_flow(name, code)
+        result = self.cli(
+            "deploy",
+            f"flow.py:{function}",
+            "--name",
+            name,
+            "--pool",
+            POOL,
+            "--source",
+            str(source),
+            *params,
+        )
+        assert result.returncode == 0, result.stderr
+
+    def create_run(self, deployment: str, **params: Any) -> str:
+        response = self.stub.CreateRun(
+            pb.CreateRunRequest(deployment_name=deployment, parameters_json=json.dumps(params))
+        )
+        return response.run.id
+
+    def run(self, run_id: str) -> types_pb2.FlowRun:
+        return self.stub.GetRun(pb.GetRunRequest(run_id=run_id)).run
+
+    def wait_terminal(self, run_id: str, timeout: float = DEADLINE) -> types_pb2.FlowRun:
+        """Block on WatchRun until the run is terminal."""
+        last = None
+        for message in self.stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=timeout):
+            last = message.run
+        assert last is not None
+        return last
+
+    def logs(self, run_id: str) -> list[types_pb2.LogLine]:
+        return [
+            line for m in self.stub.TailLogs(pb.TailLogsRequest(run_id=run_id)) for line in m.lines
+        ]
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> Iterator[System]:
+    server = start_server(tmp_path / "server")
+    channel = grpc.insecure_channel(server.extra["address"])
+    stub = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+    stub.CreatePool(pb.CreatePoolRequest(name=POOL, type=types_pb2.POOL_TYPE_PROCESS))
+    system = System(tmp_path, server, channel, stub)
+    try:
+        yield system
+    finally:
+        channel.close()
+        for agent in system.agents:
+            agent.stop()
+        server.stop()
+    leaked = _engines_under(tmp_path)
+    for pid in leaked:
+        os.kill(pid, 9)
+    assert not leaked, f"engine processes left running: {leaked}"
+
+
+def _engines_under(root: Path) -> list[int]:
+    """Engine processes whose working directory is inside this test's directory."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if cwd.startswith(str(root)) and b"execute" in cmdline and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found

@@ -1,0 +1,154 @@
+"""Flows run end to end: control plane, process agent and engine as real processes."""
+
+import os
+import signal
+import subprocess
+
+from flowyard.v1 import types_pb2
+
+from control_plane.cli.processes import script
+
+from .conftest import System, pid_alive, wait_for
+
+CHATTY = """
+import logging
+import sys
+
+log = logging.getLogger("chatty")
+
+
+def main(n: int = 10) -> int:
+    for i in range(n):
+        if i % 3 == 0:
+            print(f"line {i}")
+        elif i % 3 == 1:
+            log.info("line %d", i)
+        else:
+            print(f"line {i}", file=sys.stderr)
+    return n
+"""
+
+FAILING = """
+def main() -> None:
+    raise ValueError("the answer is not 42")
+"""
+
+SLEEPY = """
+import time
+
+
+def main() -> None:
+    print("going to sleep", flush=True)
+    time.sleep(600)
+    print("woke up")
+"""
+
+
+def test_logs_arrive_complete_in_order_without_duplicates(system: System) -> None:
+    system.start_agent()
+    system.deploy("chatty", CHATTY)
+    n = 600
+    result = system.cli("run", "chatty", "--param", f"n={n}", "--watch")
+    assert result.returncode == 0, result.stderr
+    printed = [line.split()[-2:] for line in result.stdout.splitlines() if " line " in f" {line}"]
+    assert [int(number) for _, number in printed] == list(range(n))
+    assert result.stdout.rstrip().endswith("COMPLETED")
+
+    # Stored lines: numbered 1..N without gaps, the flow's lines in order among the engine's own.
+    run_id = result.stderr.split()[2]
+    lines = system.logs(run_id)
+    assert [line.seq for line in lines] == list(range(1, len(lines) + 1))
+    flow_lines = [line for line in lines if line.text.startswith("line ")]
+    assert [line.text for line in flow_lines] == [f"line {i}" for i in range(n)]
+    streams = {line.text: line.stream for line in flow_lines[:3]}
+    assert streams == {
+        "line 0": types_pb2.LOG_STREAM_STDOUT,
+        "line 1": types_pb2.LOG_STREAM_LOGGER,
+        "line 2": types_pb2.LOG_STREAM_STDERR,
+    }
+    run = system.run(run_id)
+    assert run.state.type == types_pb2.STATE_TYPE_COMPLETED
+    assert run.result_summary == str(n)
+
+
+def test_logs_follow_prints_history_then_live_lines_and_ends_with_the_run(system: System) -> None:
+    system.start_agent()
+    system.deploy("sleepy", SLEEPY)
+    run_id = system.create_run("sleepy")
+    wait_for(
+        lambda: any("going to sleep" in line.text for line in system.logs(run_id)),
+        what="first line",
+    )
+    follower = subprocess.Popen(
+        [*script("flowyard"), "--server", system.address, "logs", run_id, "--follow"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert follower.stdout is not None
+    history = [follower.stdout.readline() for _ in range(3)]  # written before we followed
+    assert "going to sleep" in history[-1], history
+    assert follower.poll() is None, "a follower must keep waiting while the run is live"
+    assert system.cli("cancel", run_id).returncode == 0
+    rest, _ = follower.communicate(timeout=30)  # ends by itself once the run is terminal
+    assert follower.returncode == 0
+    live = [line for line in rest.splitlines() if line.strip()]
+    assert live and "cancel" in live[-1].lower()  # the engine's last line, printed live
+    assert "going to sleep" not in rest  # nothing printed twice
+
+
+def test_raising_flow_ends_failed_with_its_exception(system: System) -> None:
+    system.start_agent()
+    system.deploy("failing", FAILING)
+    result = system.cli("run", "failing", "--watch")
+    assert result.returncode == 1
+    assert "FAILED" in result.stdout and "ValueError: the answer is not 42" in result.stdout
+    run_id = result.stderr.split()[2]
+    run = system.run(run_id)
+    assert run.state.type == types_pb2.STATE_TYPE_FAILED
+    assert run.state.message.startswith("ValueError: the answer is not 42")
+    assert "Traceback" in run.state.message and 'flow.py", line 3, in main' in run.state.message
+    assert any("ValueError: the answer is not 42" in line.text for line in system.logs(run_id))
+
+
+def test_cancelled_sleeping_flow_ends_cancelled_and_its_process_is_gone(system: System) -> None:
+    system.start_agent()
+    system.deploy("sleepy", SLEEPY)
+    run_id = system.create_run("sleepy")
+    wait_for(lambda: system.run(run_id).state.type == types_pb2.STATE_TYPE_RUNNING, what="RUNNING")
+    pid = int(system.run(run_id).infrastructure_id.rsplit("/", 1)[1])
+    assert pid_alive(pid)
+    result = system.cli("cancel", run_id, "--reason", "test over")
+    assert result.returncode == 0, result.stderr
+    run = system.wait_terminal(run_id, timeout=30)
+    assert run.state.type == types_pb2.STATE_TYPE_CANCELLED
+    assert "test over" in run.state.message
+    wait_for(lambda: not pid_alive(pid), timeout=15, what="engine process gone")
+    assert not any("woke up" in line.text for line in system.logs(run_id))
+
+
+def test_agent_killed_and_restarted_runs_the_next_flow(system: System) -> None:
+    agent = system.start_agent(name="phoenix")
+    system.deploy("chatty", CHATTY)
+    first = system.create_run("chatty", n=3)
+    assert system.wait_terminal(first).state.type == types_pb2.STATE_TYPE_COMPLETED
+    os.kill(agent.pid, signal.SIGKILL)
+    agent.process.wait()
+    wait_for(lambda: system.pool().connected_agents == 0, what="agent gone")
+    queued = system.create_run("chatty", n=4)
+    system.start_agent(name="phoenix")
+    run = system.wait_terminal(queued)
+    assert run.state.type == types_pb2.STATE_TYPE_COMPLETED
+    assert run.result_summary == "4"
+
+
+def test_bad_requests_get_one_clear_line_and_store_nothing(system: System) -> None:
+    system.deploy("chatty", CHATTY)
+    missing = system.cli("run", "nope")
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "error: deployment 'nope' not found (NOT_FOUND)"
+    unknown = system.cli("run", "chatty", "--param", "colour=red")
+    assert unknown.returncode == 1
+    assert "unknown parameter 'colour'" in unknown.stderr and "(INVALID_ARGUMENT)" in unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1
+    listed = system.cli("runs", "ls")
+    assert listed.returncode == 0 and "chatty" not in listed.stdout

@@ -1,0 +1,199 @@
+"""A real control plane in the test's event loop: grpc.aio on port 0, a SQLite file.
+
+The tests talk to it through the generated stubs, playing the agent and the engine where a
+test needs to drive the protocol message by message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from flowyard.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    control_plane_pb2,
+    control_plane_pb2_grpc,
+    engine_pb2,
+    engine_pb2_grpc,
+    types_pb2,
+)
+
+from control_plane.config import ServerConfig
+from control_plane.server import App, build
+
+FLOW = """
+def hello(name: str, count: int = 1) -> str:
+    return name * count
+"""
+SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "count": {"type": "integer", "default": 1}},
+    "required": ["name"],
+    "additionalProperties": False,
+}
+RECEIVE_TIMEOUT = 10.0
+
+
+@dataclass
+class Plane:
+    """A running control plane and stubs for its three services."""
+
+    app: App
+    address: str
+    data_dir: Path
+    channel: grpc.aio.Channel
+    control: control_plane_pb2_grpc.ControlPlaneServiceStub
+    agents: agent_pb2_grpc.AgentServiceStub
+    engines: engine_pb2_grpc.EngineServiceStub
+
+    async def pool(self, name: str = "pool-a") -> types_pb2.WorkPool:
+        response = await self.control.CreatePool(
+            control_plane_pb2.CreatePoolRequest(name=name, type=types_pb2.POOL_TYPE_PROCESS)
+        )
+        return response.pool
+
+    async def deployment(self, name: str = "hello", pool: str = "pool-a") -> types_pb2.Deployment:
+        source = self.data_dir / "src"
+        source.mkdir(exist_ok=True)
+        (source / "flow.py").write_text(FLOW)
+        response = await self.control.UpsertDeployment(
+            control_plane_pb2.UpsertDeploymentRequest(
+                deployment=types_pb2.Deployment(
+                    name=name,
+                    entrypoint="flow.py:hello",
+                    source=types_pb2.Source(local=types_pb2.LocalSource(path=str(source))),
+                    pool=pool,
+                    parameter_schema_json=json.dumps(SCHEMA),
+                )
+            )
+        )
+        return response.deployment
+
+    async def run(self, deployment: str = "hello", **params: Any) -> types_pb2.FlowRun:
+        response = await self.control.CreateRun(
+            control_plane_pb2.CreateRunRequest(
+                deployment_name=deployment, parameters_json=json.dumps(params or {"name": "x"})
+            )
+        )
+        return response.run
+
+    async def get(self, run_id: str) -> control_plane_pb2.GetRunResponse:
+        return await self.control.GetRun(control_plane_pb2.GetRunRequest(run_id=run_id))
+
+    async def wait_state(
+        self, run_id: str, state: types_pb2.StateType.ValueType, wait: float = RECEIVE_TIMEOUT
+    ) -> types_pb2.FlowRun:
+        """Watch the run until it is in ``state`` (fails on timeout or on another terminal state)."""
+
+        async def watch() -> types_pb2.FlowRun:
+            async for message in self.control.WatchRun(
+                control_plane_pb2.WatchRunRequest(run_id=run_id)
+            ):
+                if message.run.state.type == state:
+                    return message.run
+            raise AssertionError(f"run ended in {message.run.state} before reaching {state}")
+
+        return await asyncio.wait_for(watch(), wait)
+
+
+class Stream:
+    """One bidirectional call driven message by message."""
+
+    def __init__(self, call_factory: Any, metadata: Any = None) -> None:
+        self._outgoing: asyncio.Queue[Any] = asyncio.Queue()
+        self._incoming: asyncio.Queue[Any] = asyncio.Queue()
+        self.call = call_factory(self._requests(), metadata=metadata)
+        # A timed-out read must not cancel the call, so one task reads and the test waits on
+        # the queue it fills.
+        self._reader = asyncio.create_task(self._read(), name="test-stream-reader")
+
+    async def _read(self) -> None:
+        try:
+            while (message := await self.call.read()) is not grpc.aio.EOF:
+                self._incoming.put_nowait(message)
+            self._incoming.put_nowait(grpc.aio.EOF)
+        except grpc.aio.AioRpcError as error:
+            self._incoming.put_nowait(error)
+
+    async def _requests(self) -> AsyncIterator[Any]:
+        while (message := await self._outgoing.get()) is not None:
+            yield message
+
+    def send(self, message: Any) -> None:
+        self._outgoing.put_nowait(message)
+
+    async def receive(self, kind: str, wait: float = RECEIVE_TIMEOUT) -> Any:
+        """The next message of ``kind`` (heartbeats are skipped)."""
+        while True:
+            message = await asyncio.wait_for(self._incoming.get(), wait)
+            if isinstance(message, grpc.aio.AioRpcError):
+                raise message
+            assert message is not grpc.aio.EOF, "the stream ended"
+            got = message.WhichOneof("message")
+            if got == "heartbeat":
+                continue
+            assert got == kind, f"expected {kind}, got {message}"
+            return getattr(message, kind)
+
+    async def close(self) -> None:
+        self._outgoing.put_nowait(None)
+        self.call.cancel()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await self._reader
+
+
+def agent_stream(
+    plane: Plane,
+    pool: str = "pool-a",
+    capacity: int = 1,
+    name: str = "agent-1",
+    observed: list[agent_pb2.ObservedRun] | None = None,
+) -> Stream:
+    stream = Stream(plane.agents.Connect)
+    stream.send(
+        agent_pb2.ConnectRequest(
+            hello=agent_pb2.Hello(
+                agent_name=name,
+                pool=pool,
+                capacity=capacity,
+                runtime="process",
+                observed_runs=observed or [],
+            )
+        )
+    )
+    return stream
+
+
+def engine_stream(plane: Plane, run_id: str, attempt: int, token: str) -> Stream:
+    stream = Stream(plane.engines.Report, metadata=(("authorization", f"Bearer {token}"),))
+    stream.send(engine_pb2.ReportRequest(open=engine_pb2.Open(run_id=run_id, attempt=attempt)))
+    return stream
+
+
+@pytest.fixture
+async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
+    config = ServerConfig(port=0, data_dir=tmp_path, lease_seconds=1.5, agent_heartbeat_seconds=1.0)
+    app = await build(config)
+    await app.start()
+    address = f"127.0.0.1:{app.port}"
+    channel = grpc.aio.insecure_channel(address)
+    yield Plane(
+        app,
+        address,
+        tmp_path,
+        channel,
+        control_plane_pb2_grpc.ControlPlaneServiceStub(channel),
+        agent_pb2_grpc.AgentServiceStub(channel),
+        engine_pb2_grpc.EngineServiceStub(channel),
+    )
+    await channel.close()
+    await app.stop(0.5)
