@@ -1,0 +1,203 @@
+"""The runs this agent holds: assignments in, runtime calls, reports and credit out.
+
+The manager is the agent's bookkeeping between the session (which speaks protobuf) and the
+runtime (which creates infrastructure). It outlives sessions: a submission or a cancellation
+in progress continues while the agent reconnects, and what it reports waits in the outbox.
+
+Slots: each held attempt takes one of ``capacity`` slots from its Assign until it ends
+(exit, cancel or failed submission); the freed slot goes back to the server as
+``CreditGrant(1)``, unless the server had pushed beyond capacity and no slot is really free.
+An Assign for an attempt already held or recently finished takes no slot, so its credit is
+returned at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+
+from agent.errors import SubmitError
+from agent.models import Assignment, InfraExit, RunKey, RunningInfra
+from agent.reports import (
+    Accepted,
+    Cancelled,
+    CreditGranted,
+    Exited,
+    Outbox,
+    Report,
+    SubmitFailed,
+    Submitted,
+)
+from agent.runtimes.base import Runtime
+from agent.tasks import TaskSet
+
+__all__ = ["HelloState", "RunManager"]
+
+logger = logging.getLogger(__name__)
+
+# How many ended attempts to remember, to answer a repeated Assign without re-running it.
+_FINISHED_MEMORY = 1024
+
+
+@dataclass(frozen=True)
+class HelloState:
+    """What a new session announces: free slots and the infrastructure still running."""
+
+    capacity: int
+    observed: tuple[RunningInfra, ...]
+
+
+@dataclass(eq=False)
+class _HeldRun:
+    assignment: Assignment
+    infrastructure_id: str | None = None
+    cancel_requested: bool = False
+
+
+@dataclass(frozen=True)
+class _Finished:
+    infrastructure_id: str | None
+    final: Report
+
+
+class RunManager:
+    """Holds attempts, drives the runtime and queues every report in the outbox."""
+
+    def __init__(self, runtime: Runtime, outbox: Outbox, capacity: int) -> None:
+        self._runtime = runtime
+        self._outbox = outbox
+        self._capacity = capacity
+        self._held: dict[RunKey, _HeldRun] = {}
+        self._finished: OrderedDict[RunKey, _Finished] = OrderedDict()
+        self._tasks = TaskSet("runs")
+
+    @property
+    def free_slots(self) -> int:
+        """Slots not taken by a held attempt."""
+        return max(0, self._capacity - len(self._held))
+
+    def hello(self) -> HelloState:
+        """Restate credit and running infrastructure for a new session.
+
+        Pending credit grants are dropped: the free slots they stand for are in ``capacity``.
+        """
+        self._outbox.take_credits()
+        return HelloState(capacity=self.free_slots, observed=tuple(self._runtime.observe()))
+
+    def assign(self, assignment: Assignment, received: datetime) -> None:
+        """Take an assignment: acknowledge it now and submit it in the background."""
+        key = assignment.key
+        self._outbox.put(Accepted(key, received))
+        held = self._held.get(key)
+        if held is not None:
+            logger.info("assignment %s repeated; it is already held", key)
+            if held.infrastructure_id is not None:
+                self._outbox.put(Submitted(key, held.infrastructure_id))
+            self._outbox.put(CreditGranted(1))
+            return
+        finished = self._finished.get(key)
+        if finished is not None:
+            logger.info("assignment %s repeated; it already ended, reporting that again", key)
+            if finished.infrastructure_id is not None:
+                self._outbox.put(Submitted(key, finished.infrastructure_id))
+            self._outbox.put(finished.final)
+            self._outbox.put(CreditGranted(1))
+            return
+        if self.free_slots == 0:
+            # The server owns the claim; refusing would strand the run until its lease ends.
+            logger.warning("assignment %s arrived with no free slot; running it anyway", key)
+        logger.info(
+            "assignment received: run %s (deployment %r, flow %r)",
+            key,
+            assignment.deployment_name,
+            assignment.flow_name,
+        )
+        self._held[key] = _HeldRun(assignment)
+        self._tasks.spawn(f"submit:{key}", self._submit(key, assignment))
+
+    def cancel(self, key: RunKey, reason: str) -> None:
+        """Tear down an attempt; answer Cancelled at once if this agent does not hold it."""
+        held = self._held.get(key)
+        if held is None:
+            logger.info("cancel %s (%s): not running here, answering cancelled", key, reason)
+            self._outbox.put(Cancelled(key))
+            return
+        if held.cancel_requested:
+            return
+        logger.info("cancel %s: %s", key, reason or "no reason given")
+        held.cancel_requested = True
+        if held.infrastructure_id is not None:
+            self._tasks.spawn(f"cancel:{key}", self._cancel(key))
+        # Otherwise the submission in progress cancels it as soon as it exists.
+
+    def on_exit(self, ended: InfraExit) -> None:
+        """The runtime's exit callback: report the end and free the slot."""
+        key = ended.key
+        held = self._held.pop(key, None)
+        if held is None:
+            logger.warning("infrastructure of %s ended but the run is not held here", key)
+            self._outbox.put(Exited(ended))
+            return
+        if held.infrastructure_id is None:
+            # The exit overtook the submission's own report: keep Submitted first.
+            held.infrastructure_id = ended.infrastructure_id
+            self._outbox.put(Submitted(key, ended.infrastructure_id))
+        final: Report
+        if held.cancel_requested:
+            final = Cancelled(key)
+            logger.info("run %s cancelled: %s is gone", key, ended.infrastructure_id)
+        else:
+            final = Exited(ended)
+            logger.info(
+                "run %s exited with code %d (%s)", key, ended.exit_code, ended.infrastructure_id
+            )
+        self._finish(key, held.infrastructure_id, final)
+
+    async def close(self, grace: float) -> None:
+        """Let submissions and cancellations finish for ``grace`` seconds, then cancel them."""
+        await self._tasks.stop(grace)
+
+    async def _submit(self, key: RunKey, assignment: Assignment) -> None:
+        try:
+            infrastructure_id = await self._runtime.submit(assignment)
+        except SubmitError as error:
+            self._submit_failed(key, str(error))
+            return
+        except Exception as error:
+            logger.exception("run %s: unexpected error while submitting", key)
+            self._submit_failed(key, f"internal agent error: {type(error).__name__}: {error}")
+            return
+        held = self._held.get(key)
+        if held is None or held.infrastructure_id is not None:
+            return  # the exit was already reported, Submitted first
+        held.infrastructure_id = infrastructure_id
+        logger.info("run %s submitted: %s", key, infrastructure_id)
+        self._outbox.put(Submitted(key, infrastructure_id))
+        if held.cancel_requested:
+            self._tasks.spawn(f"cancel:{key}", self._cancel(key))
+
+    def _submit_failed(self, key: RunKey, reason: str) -> None:
+        held = self._held.pop(key, None)
+        if held is not None and held.cancel_requested:
+            # Nothing was created, which is all a cancellation asks for.
+            self._finish(key, None, Cancelled(key))
+            return
+        logger.error("run %s: submit failed: %s", key, reason)
+        self._finish(key, None, SubmitFailed(key, reason))
+
+    def _finish(self, key: RunKey, infrastructure_id: str | None, final: Report) -> None:
+        self._finished[key] = _Finished(infrastructure_id, final)
+        self._finished.move_to_end(key)
+        while len(self._finished) > _FINISHED_MEMORY:
+            self._finished.popitem(last=False)
+        self._outbox.put(final)
+        # Normally true; after the server pushed beyond capacity, the slot is not really free.
+        if self.free_slots > 0:
+            self._outbox.put(CreditGranted(1))
+
+    async def _cancel(self, key: RunKey) -> None:
+        if not await self._runtime.cancel(key):
+            # The infrastructure ended before the cancel reached it; its exit was reported.
+            logger.info("cancel %s: the infrastructure had already ended", key)

@@ -1,0 +1,249 @@
+"""The process runtime: each attempt is ``<engine-command> execute <run-id>`` on this machine.
+
+Every engine gets its own session (and so its own process group), a working directory
+``<work-dir>/<run-id>-<attempt>/`` and an output file ``<work-dir>/<run-id>-<attempt>.log``,
+whose last lines become the exit's log tail. Engines outlive the agent: closing the runtime
+stops watching them but never kills them, because they report to the control plane themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO, ClassVar
+
+from agent.errors import ConfigurationError, SubmitError
+from agent.models import Assignment, InfraExit, RunKey, RunningInfra
+from agent.runtimes.base import ExitCallback, Runtime
+from agent.runtimes.pgroup import signal_group, wait_group_gone
+from agent.settings import ProcessSettings
+from agent.tasks import TaskSet
+
+__all__ = ["ProcessRuntime", "read_tail"]
+
+logger = logging.getLogger(__name__)
+
+# Run ids become file names: accept only what cannot escape the work directory.
+_SAFE_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+# After SIGKILL the kernel ends the group promptly; this only bounds a pathological wait.
+_KILL_WAIT_SECONDS = 5.0
+# Enough bytes for 50 long lines without reading a huge log file whole.
+_TAIL_BYTES = 256 * 1024
+
+
+@dataclass(eq=False)
+class _Engine:
+    """One engine process and the tasks that watch and stop it."""
+
+    key: RunKey
+    process: asyncio.subprocess.Process
+    infrastructure_id: str
+    log_path: Path
+    terminator: asyncio.Task[None] | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ProcessRuntime(Runtime):
+    """Runs each attempt as a local engine process in its own process group."""
+
+    name: ClassVar[str] = "process"
+
+    def __init__(
+        self, settings: ProcessSettings, *, server: str, hostname: str | None = None
+    ) -> None:
+        self._settings = settings
+        self._server = server
+        self._hostname = hostname or socket.gethostname()
+        self._work_dir: Path | None = None
+        self._on_exit: ExitCallback | None = None
+        self._engines: dict[RunKey, _Engine] = {}
+        # Spawns are short; serialising them makes "already running?" and "start" atomic.
+        self._spawn_lock = asyncio.Lock()
+        self._tasks = TaskSet("process-runtime")
+
+    @property
+    def work_dir(self) -> Path:
+        """Where per-run directories and log files go (known once started)."""
+        if self._work_dir is None:
+            raise RuntimeError("the process runtime has not been started")
+        return self._work_dir
+
+    async def start(self, on_exit: ExitCallback) -> None:
+        """Create the work directory and remember where exits go."""
+        try:
+            if self._settings.work_dir is None:
+                path = await asyncio.to_thread(tempfile.mkdtemp, prefix="flowyard-agent-")
+                self._work_dir = Path(path)
+            else:
+                await asyncio.to_thread(self._settings.work_dir.mkdir, parents=True, exist_ok=True)
+                self._work_dir = self._settings.work_dir.resolve()
+        except OSError as error:
+            raise ConfigurationError(f"cannot create the work directory: {error}") from error
+        self._on_exit = on_exit
+        logger.info("process runtime: work directory %s", self._work_dir)
+
+    async def submit(self, assignment: Assignment) -> str:
+        """Start the engine for ``assignment`` unless it is already running."""
+        key = assignment.key
+        if not _SAFE_RUN_ID.fullmatch(key.run_id) or key.attempt < 0:
+            raise SubmitError(f"invalid run id or attempt: {key.run_id!r} attempt {key.attempt}")
+        async with self._spawn_lock:
+            existing = self._engines.get(key)
+            if existing is not None:
+                logger.info("run %s is already running as %s", key, existing.infrastructure_id)
+                return existing.infrastructure_id
+            engine = await self._spawn(assignment)
+            self._engines[key] = engine
+            self._tasks.spawn(f"watch:{key}", self._watch(engine))
+            return engine.infrastructure_id
+
+    async def cancel(self, key: RunKey) -> bool:
+        """Stop the engine's whole process group: SIGTERM, grace period, then SIGKILL."""
+        engine = self._engines.get(key)
+        if engine is None:
+            return False
+        if engine.terminator is None:
+            engine.terminator = self._tasks.spawn(f"terminate:{key}", self._terminate(engine))
+        await engine.ended.wait()
+        return True
+
+    def observe(self) -> list[RunningInfra]:
+        """The engines still running, oldest first."""
+        return [RunningInfra(e.key, e.infrastructure_id) for e in self._engines.values()]
+
+    async def close(self) -> None:
+        """Stop watching; the engine processes keep running and report on their own."""
+        await self._tasks.stop(grace=0)
+        if self._engines:
+            logger.info(
+                "leaving %d engine process(es) running: %s",
+                len(self._engines),
+                ", ".join(e.infrastructure_id for e in self._engines.values()),
+            )
+
+    async def _spawn(self, assignment: Assignment) -> _Engine:
+        key = assignment.key
+        command = self._settings.engine_command
+        stem = f"{key.run_id}-{key.attempt}"
+        cwd = self.work_dir / stem
+        log_path = self.work_dir / f"{stem}.log"
+        env = {
+            **os.environ,
+            "FLOWYARD_SERVER": self._server,
+            "FLOWYARD_RUN_ID": key.run_id,
+            "FLOWYARD_RUN_ATTEMPT": str(key.attempt),
+            "FLOWYARD_RUN_TOKEN": assignment.engine_token,
+        }
+        try:
+            output = await asyncio.to_thread(_prepare, cwd, log_path)
+        except OSError as error:
+            raise SubmitError(f"cannot prepare the run directory {cwd}: {error}") from error
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                "execute",
+                key.run_id,
+                cwd=cwd,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=output,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except FileNotFoundError as error:
+            raise SubmitError(
+                f"engine command not found: {command[0]!r} (check --engine-command)"
+            ) from error
+        except PermissionError as error:
+            raise SubmitError(f"engine command is not executable: {command[0]!r}") from error
+        except OSError as error:
+            raise SubmitError(f"cannot start the engine {command[0]!r}: {error}") from error
+        finally:
+            # The child has its own copy of the descriptor.
+            output.close()
+        return _Engine(
+            key=key,
+            process=process,
+            infrastructure_id=f"process/{self._hostname}/{process.pid}",
+            log_path=log_path,
+        )
+
+    async def _watch(self, engine: _Engine) -> None:
+        returncode = await engine.process.wait()
+        if engine.terminator is not None:
+            # A cancel is in progress: report only once the whole group is gone.
+            await asyncio.wait([engine.terminator])
+        tail = await asyncio.to_thread(read_tail, engine.log_path, self._settings.log_tail_lines)
+        signal_number = -returncode if returncode < 0 else None
+        ended = InfraExit(
+            key=engine.key,
+            infrastructure_id=engine.infrastructure_id,
+            exit_code=128 + signal_number if signal_number is not None else returncode,
+            observe_time=datetime.now(UTC),
+            log_tail=tail,
+            signal_number=signal_number,
+        )
+        del self._engines[engine.key]
+        engine.ended.set()
+        if self._on_exit is not None:
+            self._on_exit(ended)
+
+    async def _terminate(self, engine: _Engine) -> None:
+        pgid = engine.process.pid  # the leader of a new session: its pid is the group id
+        grace = self._settings.cancel_grace
+        logger.info("run %s: SIGTERM to process group %d", engine.key, pgid)
+        signal_group(pgid, signal.SIGTERM)
+        if await _stopped_within(grace, engine.process, pgid):
+            return
+        logger.warning(
+            "run %s: process group %d still running after %.1f s, sending SIGKILL",
+            engine.key,
+            pgid,
+            grace,
+        )
+        signal_group(pgid, signal.SIGKILL)
+        if not await _stopped_within(_KILL_WAIT_SECONDS, engine.process, pgid):
+            logger.error("run %s: process group %d survived SIGKILL", engine.key, pgid)
+
+
+async def _stopped_within(seconds: float, process: asyncio.subprocess.Process, pgid: int) -> bool:
+    """Whether the leader is reaped and the rest of its group gone within ``seconds``."""
+    try:
+        async with asyncio.timeout(seconds):
+            await process.wait()
+            await wait_group_gone(pgid)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _prepare(cwd: Path, log_path: Path) -> BinaryIO:
+    cwd.mkdir(parents=True, exist_ok=True)
+    # Append: a re-run of the same attempt (after an agent restart) keeps the earlier output.
+    return log_path.open("ab")
+
+
+def read_tail(path: Path, lines: int) -> tuple[str, ...]:
+    """The last ``lines`` lines of a text file (empty if the file does not exist)."""
+    if lines <= 0:
+        return ()
+    try:
+        with path.open("rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            start = max(0, size - _TAIL_BYTES)
+            file.seek(start)
+            data = file.read()
+    except FileNotFoundError:
+        return ()
+    rows = data.decode("utf-8", errors="replace").splitlines()
+    if start > 0 and rows:
+        rows = rows[1:]  # probably cut in the middle
+    return tuple(rows[-lines:])

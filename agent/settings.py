@@ -1,0 +1,229 @@
+"""The agent's configuration: frozen dataclasses, read from flags and environment in one place.
+
+:func:`parse_settings` is the only code that looks at ``argv`` and ``FLOWYARD_*`` variables;
+everything else receives the dataclass it needs as an argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_SERVER",
+    "RUNTIMES",
+    "AgentSettings",
+    "BackoffSettings",
+    "ConnectionSettings",
+    "ProcessSettings",
+    "Settings",
+    "build_parser",
+    "default_engine_command",
+    "parse_settings",
+]
+
+DEFAULT_SERVER = "127.0.0.1:7700"
+DEFAULT_CAPACITY = 4
+RUNTIMES = ("process", "kubernetes")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class BackoffSettings:
+    """Reconnect delays in seconds: full jitter over ``min(cap, base * 2**failures)``."""
+
+    base: float = 0.5
+    cap: float = 30.0
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """Where the control plane is and how the agent keeps its stream healthy."""
+
+    server: str = DEFAULT_SERVER
+    backoff: BackoffSettings = field(default_factory=BackoffSettings)
+    # HTTP/2 pings detect a half-open TCP connection even when neither side has data to send.
+    keepalive_time: float = 30.0
+    keepalive_timeout: float = 10.0
+    # How long to wait for Welcome after Hello before treating the attempt as failed.
+    welcome_timeout: float = 30.0
+    # Used when a Welcome does not carry a heartbeat interval.
+    default_heartbeat_interval: float = 10.0
+    # A server silent for this many heartbeat intervals is treated as gone.
+    silent_intervals: int = 3
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Who the agent is and how much work it takes."""
+
+    pool: str
+    name: str
+    capacity: int = DEFAULT_CAPACITY
+    runtime: str = "process"
+    # On SIGTERM: how long in-flight work (a submission, the last reports) may take to finish.
+    shutdown_grace: float = 5.0
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    """The process runtime: how engines are started and stopped on this machine."""
+
+    engine_command: tuple[str, ...]
+    # None: a fresh temporary directory is created when the runtime starts.
+    work_dir: Path | None = None
+    cancel_grace: float = 10.0
+    log_tail_lines: int = 50
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the agent needs, grouped by the part of the agent that uses it."""
+
+    agent: AgentSettings
+    connection: ConnectionSettings
+    process: ProcessSettings
+    log_level: str = "INFO"
+
+
+def default_engine_command(executable: str) -> tuple[str, ...]:
+    """The engine beside this interpreter: its ``flowyard-engine`` script, else ``-m engine.main``."""
+    script = Path(executable).parent / "flowyard-engine"
+    if script.is_file():
+        return (str(script),)
+    return (executable, "-m", "engine.main")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``flowyard-agent`` command line (defaults that come from the environment are None)."""
+    parser = argparse.ArgumentParser(
+        prog="flowyard-agent",
+        description="Take runs of one Flowyard work pool and run them on this machine.",
+    )
+    parser.add_argument("--pool", help="work pool to serve (env FLOWYARD_POOL); required")
+    parser.add_argument(
+        "--server",
+        help=f"control plane address HOST:PORT (env FLOWYARD_SERVER, default {DEFAULT_SERVER})",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="process",
+        help="where runs execute (default: process)",
+    )
+    parser.add_argument(
+        "--name",
+        help="agent name, stable across restarts (env FLOWYARD_AGENT_NAME, default: host name)",
+    )
+    parser.add_argument(
+        "--capacity",
+        help=f"runs held at once (env FLOWYARD_AGENT_CAPACITY, default {DEFAULT_CAPACITY})",
+    )
+    parser.add_argument(
+        "--work-dir",
+        help="directory for per-run working directories and logs (default: a new temporary directory)",
+    )
+    parser.add_argument(
+        "--engine-command",
+        help="command that runs the engine, split like a shell would "
+        "(default: flowyard-engine beside this Python)",
+    )
+    parser.add_argument(
+        "--cancel-grace-seconds",
+        default="10",
+        help="after SIGTERM, how long a cancelled engine may take before SIGKILL (default 10)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="agent log level (default INFO)",
+    )
+    return parser
+
+
+def parse_settings(
+    argv: Sequence[str] | None,
+    environ: Mapping[str, str],
+    *,
+    hostname: str | None = None,
+    executable: str | None = None,
+) -> Settings:
+    """Build :class:`Settings` from command-line arguments, falling back to ``environ``.
+
+    Invalid input ends the program the argparse way: a usage message and exit status 2.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    pool = (args.pool or environ.get("FLOWYARD_POOL", "")).strip()
+    if not pool:
+        parser.error("a pool is required: pass --pool or set FLOWYARD_POOL")
+
+    server = (args.server or environ.get("FLOWYARD_SERVER") or DEFAULT_SERVER).strip()
+    if not server:
+        parser.error("--server must be HOST:PORT")
+
+    name = (
+        args.name or environ.get("FLOWYARD_AGENT_NAME") or hostname or socket.gethostname()
+    ).strip()
+    if not name:
+        parser.error("the agent name must not be empty")
+
+    if args.capacity is not None:
+        capacity = _positive_int(parser, "--capacity", args.capacity)
+    elif "FLOWYARD_AGENT_CAPACITY" in environ:
+        capacity = _positive_int(
+            parser, "FLOWYARD_AGENT_CAPACITY", environ["FLOWYARD_AGENT_CAPACITY"]
+        )
+    else:
+        capacity = DEFAULT_CAPACITY
+
+    cancel_grace = _non_negative_float(parser, "--cancel-grace-seconds", args.cancel_grace_seconds)
+
+    if args.engine_command is not None:
+        try:
+            engine_command = tuple(shlex.split(args.engine_command))
+        except ValueError as error:
+            parser.error(f"--engine-command: {error}")
+        if not engine_command:
+            parser.error("--engine-command must not be empty")
+    else:
+        engine_command = default_engine_command(executable or sys.executable)
+
+    work_dir = Path(args.work_dir).expanduser() if args.work_dir else None
+
+    return Settings(
+        agent=AgentSettings(pool=pool, name=name, capacity=capacity, runtime=args.runtime),
+        connection=ConnectionSettings(server=server),
+        process=ProcessSettings(
+            engine_command=engine_command, work_dir=work_dir, cancel_grace=cancel_grace
+        ),
+        log_level=args.log_level,
+    )
+
+
+def _positive_int(parser: argparse.ArgumentParser, what: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        parser.error(f"{what} must be a positive integer, got {text!r}")
+    if value < 1:
+        parser.error(f"{what} must be a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_float(parser: argparse.ArgumentParser, what: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        parser.error(f"{what} must be a number of seconds, got {text!r}")
+    if not 0 <= value < float("inf"):  # also rejects NaN
+        parser.error(f"{what} must be a finite, non-negative number, got {text!r}")
+    return value
