@@ -1,0 +1,116 @@
+"""Preparing and calling the flow function: fetch, load, bind, call, and judge the result.
+
+Nothing here talks to the control plane: the runner reports what these functions return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.entrypoints import parse_entrypoint
+from engine.errors import ParameterError, SourceError
+from engine.loader import load_entrypoint
+from engine.model import RunSpec, StateType
+from engine.params import BoundCall, bind_parameters
+from engine.storage import fetch_code
+from engine.tracebacks import describe_exception, format_user_traceback
+
+__all__ = ["Outcome", "PreparedFlow", "call_flow", "prepare_flow", "summarize_result"]
+
+RESULT_SUMMARY_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class PreparedFlow:
+    """A flow function ready to be called."""
+
+    source_dir: Path
+    function: Callable[..., Any]
+    call: BoundCall
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the flow ended, as the terminal state to propose."""
+
+    state: StateType
+    message: str = ""
+    result_summary: str = ""
+
+
+def prepare_flow(spec: RunSpec, workdir: Path, announce: Callable[[str], None]) -> PreparedFlow:
+    """Fetch the code, enter its directory, load the entrypoint and bind the parameters.
+
+    The working directory becomes the source directory and the source directory goes first
+    on ``sys.path``, for the rest of the process: the flow's own imports rely on both.
+
+    Raises:
+        FlowSetupError: with the message to store with the FAILED state.
+    """
+    if spec.source is None:
+        raise SourceError(spec.source_problem)
+    source_dir = fetch_code(spec.source, workdir)
+    announce(f"Fetched code from {spec.source.describe()}")
+    os.chdir(source_dir)
+    sys.path.insert(0, str(source_dir))
+    entrypoint = parse_entrypoint(spec.entrypoint)
+    function = load_entrypoint(entrypoint, source_dir)
+    return PreparedFlow(source_dir, function, bind_parameters(function, _parameters(spec)))
+
+
+def _parameters(spec: RunSpec) -> dict[str, Any]:
+    if not spec.parameters_json.strip():
+        return {}
+    try:
+        parameters = json.loads(spec.parameters_json)
+    except json.JSONDecodeError as exc:
+        raise ParameterError(f"the run's parameters are not valid JSON: {exc}") from exc
+    if not isinstance(parameters, dict):
+        raise ParameterError(
+            f"the run's parameters must be a JSON object, not {type(parameters).__name__}"
+        )
+    return parameters
+
+
+def call_flow(flow: PreparedFlow) -> Any:
+    """Call the function in this thread; coroutine functions run in a new event loop."""
+    result = flow.function(*flow.call.args, **flow.call.kwargs)
+    if inspect.isawaitable(result):
+        return asyncio.run(_await(result))
+    return result
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def completed(result: Any) -> Outcome:
+    """The outcome of a flow that returned ``result``."""
+    return Outcome(StateType.COMPLETED, result_summary=summarize_result(result))
+
+
+def failed(exc: BaseException) -> Outcome:
+    """The outcome of a flow that raised ``exc``: its description and the user's traceback."""
+    return Outcome(
+        StateType.FAILED,
+        message=f"{describe_exception(exc)}\n\n{format_user_traceback(exc)}",
+    )
+
+
+def summarize_result(result: Any) -> str:
+    """``repr(result)``, cut to 200 characters (a failing ``__repr__`` is described instead)."""
+    try:
+        text = repr(result)
+    except Exception as exc:
+        text = f"<{type(result).__name__} object; repr() raised {describe_exception(exc)}>"
+    if len(text) > RESULT_SUMMARY_LIMIT:
+        text = text[: RESULT_SUMMARY_LIMIT - 1] + "…"
+    return text

@@ -1,0 +1,282 @@
+"""The attempt's log lines between capture and acknowledgement.
+
+Lines are written from any thread (the flow, its threads, the engine) and read by the
+reporter's event loop, so the buffer is a plain lock-protected structure.
+
+Numbering is lazy: a line gets its seq when it is first handed to the wire, not when it is
+written. That is what lets the buffer stay bounded without gaps: when the control plane is
+unreachable and the buffer is full, the oldest lines *not yet numbered* are dropped and one
+marker line ("N log lines dropped: ...") takes a single seq in their place. Lines that were
+numbered keep their seq until acknowledged, because the server may already have stored
+them; the reporter resends them after a reconnect and the server drops the duplicates.
+The number of numbered-but-unacknowledged lines is capped (``max_in_flight``) so that the
+droppable part of the buffer never runs out.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.model import LogLine, LogStream
+
+__all__ = [
+    "BATCH_DELAY",
+    "BATCH_MAX_BYTES",
+    "BATCH_MAX_LINES",
+    "MAX_LINE_BYTES",
+    "LogBuffer",
+    "truncate_line",
+]
+
+MAX_LINE_BYTES = 64 * 1024
+"""Longer lines are cut, with a visible marker saying how much was cut."""
+BATCH_DELAY = 0.2
+"""A batch is sent at the latest this long after its first line was written..."""
+BATCH_MAX_LINES = 500
+"""...or as soon as this many lines are waiting..."""
+BATCH_MAX_BYTES = 1024 * 1024
+"""...or this many bytes of text."""
+
+SYSTEM_LOGGER = "flowyard.engine"
+
+# Room kept for the marker so that a truncated line stays within MAX_LINE_BYTES.
+_MARKER_ROOM = 48
+
+
+def truncate_line(text: str, limit: int = MAX_LINE_BYTES) -> str:
+    """``text`` if it fits in ``limit`` UTF-8 bytes, else its head and "… [truncated N bytes]"."""
+    if len(text) * 4 <= limit:  # fast path: cannot exceed the limit even if all 4-byte chars
+        return text
+    encoded = text.encode("utf-8", errors="replace")
+    if len(encoded) <= limit:
+        return text
+    head = encoded[: limit - _MARKER_ROOM].decode("utf-8", errors="ignore")
+    cut = len(encoded) - len(head.encode("utf-8"))
+    return f"{head}… [truncated {cut} bytes]"
+
+
+def _size(text: str) -> int:
+    """UTF-8 size of ``text``; batch limits are about what goes on the wire."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", errors="replace"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A written line that has no seq yet."""
+
+    timestamp: float
+    level: int
+    stream: LogStream
+    logger: str
+    text: str
+    size: int
+
+
+class LogBuffer:
+    """Thread-safe store of the attempt's lines until the control plane acknowledges them."""
+
+    def __init__(
+        self,
+        *,
+        capacity: int = 100_000,
+        max_in_flight: int = 10_000,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 < max_in_flight < capacity:
+            raise ValueError("max_in_flight must be positive and smaller than capacity")
+        self._capacity = capacity
+        self._max_in_flight = max_in_flight
+        self._clock = clock
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._queued: deque[_Entry] = deque()
+        self._queued_bytes = 0
+        self._numbered: deque[LogLine] = deque()
+        self._send_index = 0  # first line of _numbered not yet sent on the current stream
+        self._next_seq = 1
+        self._acked_seq = 0
+        self._dropped = 0
+        self._dropped_since = 0.0
+        # Monotonic time the oldest unsent line was written (kept while the in-flight window
+        # is full, so the lines are due at once when it opens); None: nothing unsent.
+        self._oldest_unsent_at: float | None = None
+        self._urgent = False
+        self._interrupted = False
+        self._listener: Callable[[], None] | None = None
+
+    # -- writers (any thread) ------------------------------------------------------------
+
+    def set_listener(self, listener: Callable[[], None] | None) -> None:
+        """Call ``listener`` (from the writing thread) whenever a batch may have become due."""
+        with self._lock:
+            self._listener = listener
+
+    def write(self, level: int, stream: LogStream, logger: str, text: str) -> None:
+        """Add one line; never blocks on the network, drops the oldest unnumbered if full."""
+        text = truncate_line(text)
+        entry = _Entry(self._clock(), level, stream, logger, text, _size(text))
+        with self._lock:
+            if len(self._queued) + len(self._numbered) >= self._capacity and self._queued:
+                dropped = self._queued.popleft()
+                self._queued_bytes -= dropped.size
+                if self._dropped == 0:
+                    self._dropped_since = dropped.timestamp
+                self._dropped += 1
+            self._queued.append(entry)
+            self._queued_bytes += entry.size
+            notify = self._oldest_unsent_at is None or self._batch_full()
+            if self._oldest_unsent_at is None:
+                self._oldest_unsent_at = self._monotonic()
+            listener = self._listener
+        if notify and listener is not None:
+            listener()
+
+    # -- the reporter (its event loop thread) --------------------------------------------
+
+    def opened(self, stored_seq: int) -> None:
+        """A new stream was opened and the server has every line up to ``stored_seq``.
+
+        Acknowledges those lines and schedules every other numbered line for resending.
+        """
+        with self._lock:
+            self._ack_locked(stored_seq)
+            # An engine restarted for the same attempt continues after what is stored.
+            self._next_seq = max(self._next_seq, stored_seq + 1)
+            self._send_index = 0
+            if self._numbered:
+                self._oldest_unsent_at = 0.0  # resend at once
+            self._changed.notify_all()
+
+    def ack(self, stored_seq: int) -> None:
+        """The server stored every line up to ``stored_seq``."""
+        with self._lock:
+            self._ack_locked(stored_seq)
+            self._changed.notify_all()
+
+    def _ack_locked(self, stored_seq: int) -> None:
+        self._acked_seq = max(self._acked_seq, stored_seq)
+        while self._numbered and self._numbered[0].seq <= stored_seq:
+            self._numbered.popleft()
+            self._send_index = max(0, self._send_index - 1)
+
+    def batch_delay(self) -> float | None:
+        """Seconds until the next batch is due (0: now), or None if there is nothing to send."""
+        with self._lock:
+            if not self._has_sendable():
+                return None
+            if self._urgent or self._batch_full() or self._oldest_unsent_at is None:
+                return 0.0
+            return max(0.0, self._oldest_unsent_at + BATCH_DELAY - self._monotonic())
+
+    def next_batch(
+        self, max_lines: int = BATCH_MAX_LINES, max_bytes: int = BATCH_MAX_BYTES
+    ) -> list[LogLine]:
+        """The next lines to send, in seq order, numbering written lines as needed."""
+        with self._lock:
+            batch: list[LogLine] = []
+            size = 0
+            while len(batch) < max_lines:
+                if self._send_index < len(self._numbered):
+                    line_size = _size(self._numbered[self._send_index].text)
+                elif len(self._numbered) < self._max_in_flight and (self._dropped or self._queued):
+                    line_size = self._queued[0].size if not self._dropped else 0
+                else:
+                    break
+                # A batch stays under the limit; a single line is never over it (truncation).
+                if batch and size + line_size > max_bytes:
+                    break
+                if self._send_index < len(self._numbered):
+                    line = self._numbered[self._send_index]
+                else:
+                    line = self._number_next()
+                self._send_index += 1
+                batch.append(line)
+                size += line_size
+            if not (self._queued or self._dropped or self._send_index < len(self._numbered)):
+                self._oldest_unsent_at = None
+            return batch
+
+    def _number_next(self) -> LogLine:
+        if self._dropped:
+            line = LogLine(
+                seq=self._next_seq,
+                timestamp=self._dropped_since,
+                level=30,
+                stream=LogStream.SYSTEM,
+                logger=SYSTEM_LOGGER,
+                text=f"{self._dropped} log lines dropped: the control plane was unreachable",
+            )
+            self._dropped = 0
+        else:
+            entry = self._queued.popleft()
+            self._queued_bytes -= entry.size
+            line = LogLine(
+                self._next_seq, entry.timestamp, entry.level, entry.stream, entry.logger, entry.text
+            )
+        self._next_seq += 1
+        self._numbered.append(line)
+        return line
+
+    def _has_sendable(self) -> bool:
+        if self._send_index < len(self._numbered):
+            return True
+        return len(self._numbered) < self._max_in_flight and bool(self._dropped or self._queued)
+
+    def _batch_full(self) -> bool:
+        unsent = len(self._numbered) - self._send_index + len(self._queued)
+        return unsent >= BATCH_MAX_LINES or self._queued_bytes >= BATCH_MAX_BYTES
+
+    # -- the main thread -----------------------------------------------------------------
+
+    def wait_acknowledged(self, timeout: float) -> bool:
+        """Send everything at once from now on, and wait until what was written is stored.
+
+        Returns False on timeout or if :meth:`interrupt` was called.
+        """
+        deadline = self._monotonic() + timeout
+        with self._lock:
+            self._urgent = True
+            target = self._next_seq - 1 + len(self._queued) + (1 if self._dropped else 0)
+            listener = self._listener
+        if listener is not None:
+            listener()
+        with self._lock:
+            while not self._all_acknowledged(target):
+                remaining = deadline - self._monotonic()
+                if remaining <= 0 or self._interrupted:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
+    def _all_acknowledged(self, target: int) -> bool:
+        if self._acked_seq >= target:
+            return True
+        # Lines dropped while waiting lower the seq the last line gets: nothing pending at
+        # all is also done.
+        return not (self._numbered or self._queued or self._dropped)
+
+    def interrupt(self) -> None:
+        """Wake :meth:`wait_acknowledged` for good: the reporter gave up."""
+        with self._lock:
+            self._interrupted = True
+            self._changed.notify_all()
+
+    # -- introspection -------------------------------------------------------------------
+
+    @property
+    def acked_seq(self) -> int:
+        """Highest seq the control plane acknowledged."""
+        with self._lock:
+            return self._acked_seq
+
+    @property
+    def pending(self) -> int:
+        """Lines written but not acknowledged yet (a pending drop marker counts as one)."""
+        with self._lock:
+            return len(self._numbered) + len(self._queued) + (1 if self._dropped else 0)

@@ -1,0 +1,85 @@
+"""The engine's plain data: what to run, states, log lines.
+
+These are the shapes the engine works with inside; :mod:`engine.wire` converts them to and
+from the ``flowyard.v1`` protobuf messages at the edge.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from engine.storage import CodeSource
+
+__all__ = ["LogLine", "LogStream", "OpenedInfo", "RunSpec", "StateResult", "StateType"]
+
+
+class StateType(enum.Enum):
+    """The run state types the engine sees or proposes (names match ``flowyard.v1``)."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    SCHEDULED = "SCHEDULED"
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CRASHED = "CRASHED"
+    CANCELLING = "CANCELLING"
+    CANCELLED = "CANCELLED"
+
+
+class LogStream(enum.Enum):
+    """Where a log line came from (names match ``flowyard.v1.LogStream``)."""
+
+    LOGGER = "LOGGER"
+    STDOUT = "STDOUT"
+    STDERR = "STDERR"
+    SYSTEM = "SYSTEM"
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One numbered line of the attempt's logs."""
+
+    seq: int
+    timestamp: float
+    """Seconds since the epoch, by this machine's clock."""
+    level: int
+    stream: LogStream
+    logger: str
+    text: str
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What StartRun told the engine to run."""
+
+    run_id: str
+    attempt: int
+    flow_name: str
+    entrypoint: str
+    source: CodeSource | None
+    """None when the run carries no source the engine knows how to fetch."""
+    source_problem: str
+    """Why ``source`` is None, for the FAILED message."""
+    parameters_json: str
+    heartbeat_interval: float
+    """Seconds between heartbeats on the Report stream."""
+
+
+@dataclass(frozen=True)
+class StateResult:
+    """The control plane's answer to a state proposal."""
+
+    accepted: bool
+    state: StateType
+    """The run's state after the proposal (its current state if rejected)."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class OpenedInfo:
+    """The control plane's answer to the first Open of the engine."""
+
+    stored_seq: int
+    state: StateType

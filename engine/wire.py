@@ -1,0 +1,133 @@
+"""Conversions between the engine's dataclasses and the ``flowyard.v1`` messages.
+
+With :mod:`engine.reporter` and :mod:`engine.stream`, the only modules that touch generated code:
+everything else in the engine works with :mod:`engine.model`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from flowyard.v1 import engine_pb2, types_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from engine.model import LogLine, LogStream, OpenedInfo, RunSpec, StateResult, StateType
+from engine.storage import LocalSource
+
+__all__ = [
+    "log_batch_to_proto",
+    "new_transition_id",
+    "opened_from_proto",
+    "proposal_to_proto",
+    "run_spec_from_proto",
+    "state_result_from_proto",
+    "state_type_from_proto",
+    "state_type_to_proto",
+]
+
+DEFAULT_HEARTBEAT_INTERVAL = 10.0
+
+_STREAMS: dict[LogStream, types_pb2.LogStream.ValueType] = {
+    LogStream.LOGGER: types_pb2.LOG_STREAM_LOGGER,
+    LogStream.STDOUT: types_pb2.LOG_STREAM_STDOUT,
+    LogStream.STDERR: types_pb2.LOG_STREAM_STDERR,
+    LogStream.SYSTEM: types_pb2.LOG_STREAM_SYSTEM,
+}
+
+
+def new_transition_id() -> str:
+    """A fresh proposal id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+def state_type_to_proto(state: StateType) -> types_pb2.StateType.ValueType:
+    """``StateType.RUNNING`` → ``STATE_TYPE_RUNNING``."""
+    return types_pb2.StateType.Value(f"STATE_TYPE_{state.value}")
+
+
+def state_type_from_proto(value: types_pb2.StateType.ValueType) -> StateType:
+    """``STATE_TYPE_RUNNING`` → ``StateType.RUNNING``; unknown numbers are UNSPECIFIED."""
+    try:
+        name = types_pb2.StateType.Name(value)
+    except ValueError:
+        return StateType.UNSPECIFIED
+    return StateType(name.removeprefix("STATE_TYPE_"))
+
+
+def opened_from_proto(message: engine_pb2.Opened) -> OpenedInfo:
+    """The Opened answer as plain data."""
+    return OpenedInfo(message.stored_seq, state_type_from_proto(message.state.type))
+
+
+def state_result_from_proto(message: engine_pb2.StateResult) -> StateResult:
+    """A StateResult as plain data."""
+    return StateResult(
+        accepted=message.accepted,
+        state=state_type_from_proto(message.state.type),
+        reason=message.reason,
+    )
+
+
+def proposal_to_proto(
+    transition_id: str,
+    state: StateType,
+    *,
+    message: str = "",
+    result_summary: str = "",
+) -> engine_pb2.ReportRequest:
+    """A ProposeState request."""
+    return engine_pb2.ReportRequest(
+        propose_state=engine_pb2.ProposeState(
+            transition_id=transition_id,
+            type=state_type_to_proto(state),
+            message=message,
+            result_summary=result_summary,
+        )
+    )
+
+
+def log_batch_to_proto(lines: Sequence[LogLine]) -> engine_pb2.ReportRequest:
+    """A LogBatch request; run id and attempt are left for the server to fill from the stream."""
+    batch = engine_pb2.LogBatch()
+    for line in lines:
+        timestamp = Timestamp()
+        seconds = int(line.timestamp)
+        timestamp.seconds = seconds
+        timestamp.nanos = int((line.timestamp - seconds) * 1e9)
+        batch.lines.append(
+            types_pb2.LogLine(
+                seq=line.seq,
+                timestamp=timestamp,
+                level=line.level,
+                stream=_STREAMS[line.stream],
+                logger=line.logger,
+                text=line.text,
+            )
+        )
+    return engine_pb2.ReportRequest(log_batch=batch)
+
+
+def run_spec_from_proto(response: engine_pb2.StartRunResponse) -> RunSpec:
+    """What StartRun answered, as plain data."""
+    source: LocalSource | None = None
+    problem = ""
+    kind = response.source.WhichOneof("kind")
+    if kind == "local":
+        source = LocalSource(Path(response.source.local.path))
+    elif kind is None:
+        problem = "the run has no source to fetch the flow's code from"
+    else:  # a newer control plane with a source kind this engine does not know
+        problem = f"this engine cannot fetch code from a {kind!r} source"
+    interval = response.heartbeat_interval.ToTimedelta().total_seconds()
+    return RunSpec(
+        run_id=response.run.id,
+        attempt=response.run.attempt,
+        flow_name=response.run.flow_name,
+        entrypoint=response.entrypoint,
+        source=source,
+        source_problem=problem,
+        parameters_json=response.run.parameters_json,
+        heartbeat_interval=interval if interval > 0 else DEFAULT_HEARTBEAT_INTERVAL,
+    )
