@@ -114,6 +114,7 @@ async def build(config: ServerConfig) -> App:
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
         AgentServicer(
+            db,
             catalog,
             agents,
             AgentReports(db, notifier, agents, lease),

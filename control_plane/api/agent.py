@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+import grpc
 from flowyard.v1 import agent_pb2 as pb
 from flowyard.v1 import agent_pb2_grpc as pb_grpc
 from google.protobuf.duration_pb2 import Duration
@@ -34,6 +35,7 @@ from control_plane.orchestration.catalog import Catalog
 from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.reports import AgentReports, InfraKind, InfraReport
 from control_plane.orchestration.validation import pool_name
+from control_plane.store.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
 
     def __init__(
         self,
+        db: Database,
         catalog: Catalog,
         agents: AgentRegistry,
         reports: AgentReports,
@@ -66,6 +69,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         heartbeat: timedelta,
         lease: timedelta,
     ) -> None:
+        self._db = db
         self._catalog = catalog
         self._agents = agents
         self._reports = reports
@@ -83,7 +87,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             raise InvalidArgument("the first message of Connect must be Hello") from None
         if first.WhichOneof("message") != "hello":
             raise InvalidArgument("the first message of Connect must be Hello")
-        session = await self._open(first.hello)
+        session = await self._db.shielded(self._open(first.hello))
         self._agents.add(session)
         log.info(
             "agent %s connected to pool %s (session %s)",
@@ -103,9 +107,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                     server_version=__version__,
                 )
             )
-            await self._reports.adopt(
-                session, [(o.run_id, o.attempt) for o in first.hello.observed_runs]
-            )
+            observed = [(o.run_id, o.attempt) for o in first.hello.observed_runs]
+            await self._db.shielded(self._reports.adopt(session, observed))
             self._notifier.wake_dispatcher()
             while True:
                 try:
@@ -126,10 +129,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             log.info("agent %s disconnected (session %s)", session.agent_name, session.id)
-            await self._reports.session_closed(session)
+            await self._db.shielded(self._reports.session_closed(session))
             self._notifier.wake_dispatcher()
-        if reader.done() and not reader.cancelled() and reader.exception():
-            raise reader.exception()  # type: ignore[misc]
 
     async def _open(self, hello: pb.Hello) -> AgentSession:
         if not hello.agent_name or len(hello.agent_name) > 200:
@@ -156,7 +157,14 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     ) -> None:
         try:
             async for request in requests:
-                await self._apply(session, request)
+                await self._db.shielded(self._apply(session, request))
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            raise
+        except Exception:
+            # The agent reconnects and re-sends its reports; end this session cleanly.
+            log.exception(
+                "agent %s: applying a report failed; ending the session", session.agent_name
+            )
         finally:
             session.close()
 

@@ -12,6 +12,8 @@ from flowyard.v1 import control_plane_pb2_grpc as pb_grpc
 
 from control_plane.api import convert
 from control_plane.api.errors import streaming, unary
+from control_plane.errors import InvalidArgument
+from control_plane.models import LogRecord, Run
 from control_plane.orchestration import validation
 from control_plane.orchestration.agents import AgentRegistry
 from control_plane.orchestration.catalog import Catalog, DeploymentSpec
@@ -165,7 +167,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         last_version = -1
         while True:
             changed = self._signals.waiter(run_key(run_id))
-            run = await self._runs.current(run_id)
+            run = await self._db.shielded(self._runs.current(run_id))
             if run.version != last_version:
                 last_version = run.version
                 yield pb.WatchRunResponse(run=convert.run_to_proto(run))
@@ -179,15 +181,11 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
     ) -> AsyncIterator[pb.TailLogsResponse]:
         run_id = validation.run_id(request.run_id)
         if request.after_attempt < 0 or request.after_seq < 0:
-            raise_invalid("after_attempt/after_seq: must not be negative")
+            raise InvalidArgument("after_attempt/after_seq: must not be negative")
         attempt, seq = request.after_attempt, request.after_seq
         while True:
             changed = self._signals.waiter(run_key(run_id))
-            # Read the state before the lines: every line of a run is stored before its
-            # terminal state, so a terminal state read first means no line can be missed.
-            run = await self._runs.current(run_id)
-            async with self._db.read() as conn:
-                lines = await logs_repo.read_after(conn, run_id, attempt, seq, TAIL_BATCH)
+            run, lines = await self._db.shielded(self._read_tail(run_id, attempt, seq))
             if lines:
                 attempt, seq = lines[-1].attempt, lines[-1].seq
                 yield pb.TailLogsResponse(
@@ -200,12 +198,13 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 return
             await _wait(changed)
 
-
-def raise_invalid(message: str) -> None:
-    """Reject the request as malformed."""
-    from control_plane.errors import InvalidArgument
-
-    raise InvalidArgument(message)
+    async def _read_tail(self, run_id: str, attempt: int, seq: int) -> tuple[Run, list[LogRecord]]:
+        # Read the state before the lines: every line of a run is stored before its
+        # terminal state, so a terminal state read first means no line can be missed.
+        run = await self._runs.current(run_id)
+        async with self._db.read() as conn:
+            lines = await logs_repo.read_after(conn, run_id, attempt, seq, TAIL_BATCH)
+        return run, lines
 
 
 async def _wait(event: asyncio.Event) -> None:

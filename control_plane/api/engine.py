@@ -20,7 +20,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from control_plane.api import convert
 from control_plane.api.errors import streaming, unary
-from control_plane.errors import InvalidArgument, NotFound, Unauthenticated
+from control_plane.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from control_plane.models import LogRecord, Run
 from control_plane.orchestration import clock, validation
 from control_plane.orchestration.catalog import Catalog
@@ -72,8 +72,6 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
     async def StartRun(self, request: pb.StartRunRequest, context: Context) -> pb.StartRunResponse:
         run = await self._authorize(request.run_id, request.attempt, context)
         if run.is_terminal:
-            from control_plane.errors import FailedPrecondition
-
             raise FailedPrecondition(f"run {run.id} is already {run.state_type.value}")
         async with self._db.read() as conn:
             deployment = await catalog_repo.get_deployment(conn, id=run.deployment_id)
@@ -98,8 +96,10 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
             raise InvalidArgument("the first message of Report must be Open") from None
         if first.WhichOneof("message") != "open":
             raise InvalidArgument("the first message of Report must be Open")
-        run = await self._authorize(first.open.run_id, first.open.attempt, context)
-        stored = await self._reports.stored_seq(run)
+        run = await self._db.shielded(
+            self._authorize(first.open.run_id, first.open.attempt, context)
+        )
+        stored = await self._db.shielded(self._reports.stored_seq(run))
         yield pb.ReportResponse(
             opened=pb.Opened(stored_seq=stored, state=convert.current_state(run))
         )
@@ -131,10 +131,12 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
             async for request in requests:
                 kind = request.WhichOneof("message")
                 if kind == "log_batch":
-                    stored = await self._store(run, request.log_batch, stored)
+                    stored = await self._db.shielded(self._store(run, request.log_batch, stored))
                     out.put_nowait(pb.ReportResponse(log_ack=pb.LogAck(stored_seq=stored)))
                 elif kind == "propose_state":
-                    out.put_nowait(await self._propose(run, request.propose_state))
+                    out.put_nowait(
+                        await self._db.shielded(self._propose(run, request.propose_state))
+                    )
         except Exception:
             log.exception("engine stream of run %s failed", run.id)
         finally:
@@ -196,7 +198,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         """Push CancelFlow once, as soon as the run is CANCELLING."""
         while True:
             changed = self._signals.waiter(run_key(run.id))
-            current = await self._reports.current(run.id)
+            current = await self._db.shielded(self._reports.current(run.id))
             if current is None or current.is_terminal:
                 return
             if current.state_type is StateType.CANCELLING:

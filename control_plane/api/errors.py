@@ -42,14 +42,19 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.Flowy
 def unary(
     method: Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
 ) -> Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
-    """Wrap a unary handler so domain errors become their status and bugs become INTERNAL."""
+    """Wrap a unary handler so domain errors become their status and bugs become INTERNAL.
+
+    The servicer must have a ``_db`` (``control_plane.store.db.Database``).
+    """
 
     @functools.wraps(method)
     async def wrapper(
         self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> Resp:
         try:
-            return await method(self, request, context)
+            # Shielded: a client that hangs up mid-call never leaves a half-done transaction.
+            response: Resp = await self._db.shielded(method(self, request, context))
+            return response
         except errors.FlowyardError as exc:
             await abort(context, exc)
             raise AssertionError("unreachable") from exc

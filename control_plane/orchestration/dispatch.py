@@ -60,7 +60,7 @@ class Dispatcher:
         while True:
             self._wake.clear()
             try:
-                next_time = await self.dispatch_once()
+                next_time = await self._db.shielded(self.dispatch_once())
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -148,6 +148,10 @@ class Dispatcher:
             self._notifier.changed(run)
 
     async def _expire_leases(self, now: datetime) -> None:
+        # Most passes find nothing: look with a reader before queueing for the write lock.
+        async with self._db.read() as conn:
+            if not await repo.expired_leases(conn, now, 1):
+                return
         changed: list[Run] = []
         async with self._db.write() as conn:
             for run in await repo.expired_leases(conn, now, LEASE_BATCH):

@@ -20,6 +20,7 @@ from control_plane.models import LogRecord, LogStream, Run
 from control_plane.orchestration import clock, tokens
 from control_plane.orchestration.agents import AgentRegistry, AgentSession, CancelMessage
 from control_plane.orchestration.changes import Conflict, Notifier, retrying
+from control_plane.orchestration.signals import run_key
 from control_plane.orchestration.states import (
     ASSIGNED,
     INFRASTRUCTURE_PENDING,
@@ -408,7 +409,7 @@ class EngineReports:
         """Store a batch (duplicates of stored lines are dropped) and wake log tailers."""
         async with self._db.write() as conn:
             await logs_repo.insert_lines(conn, lines, self._db.dialect)
-        self._notifier.signals.notify(f"run:{run.id}")
+        self._notifier.signals.notify(run_key(run.id))
 
     async def propose(self, run_id: str, attempt: int, proposal: Proposal) -> ProposalResult:
         """Apply a state proposal of the engine of ``attempt``."""

@@ -4,6 +4,11 @@
 block ends without an exception and rolled back otherwise. Repositories take that connection
 and never commit. ``Database.read()`` gives a connection for reads only.
 
+A unit of work that is cancelled half-way (a client hung up, the server is stopping) could leave
+a transaction open or a connection checked out, so callers that can be cancelled run their
+database work through ``Database.shielded``: it finishes (commits or rolls back) even when the
+caller is cancelled, and ``close()`` waits for such work before closing the pool.
+
 SQLite allows one writer at a time. Rather than let concurrent writers collide on the file lock
 (and spin on ``busy_timeout``), writers inside this process queue on an asyncio lock; WAL mode
 lets readers proceed while a write is in progress. PostgreSQL needs no such lock.
@@ -13,15 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from control_plane.store import migrate
+
+T = TypeVar("T")
+#: How long ``close()`` waits for shielded work still in flight.
+CLOSE_WAIT_SECONDS = 10.0
 
 
 class Database:
@@ -31,6 +40,7 @@ class Database:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        self._in_flight: set[asyncio.Future[Any]] = set()
 
     @classmethod
     async def open(cls, url: str) -> Database:
@@ -56,8 +66,21 @@ class Database:
         async with self.engine.connect() as connection:
             yield connection
 
+    async def shielded(self, work: Awaitable[T]) -> T:
+        """Run ``work`` to its end even if the caller is cancelled meanwhile.
+
+        The caller still sees its own cancellation at once; the work finishes in the
+        background and ``close()`` waits for it.
+        """
+        task = asyncio.ensure_future(work)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        return await asyncio.shield(task)
+
     async def close(self) -> None:
-        """Close every pooled connection."""
+        """Wait for shielded work still in flight, then close every pooled connection."""
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=CLOSE_WAIT_SECONDS)
         await self.engine.dispose()
 
 

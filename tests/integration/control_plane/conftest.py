@@ -40,6 +40,7 @@ SCHEMA = {
     "additionalProperties": False,
 }
 RECEIVE_TIMEOUT = 10.0
+STOP_TIMEOUT = 15.0
 
 
 @dataclass
@@ -196,4 +197,5 @@ async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
         engine_pb2_grpc.EngineServiceStub(channel),
     )
     await channel.close()
-    await app.stop(0.5)
+    # A stop that hangs is a bug in itself: fail fast and say so.
+    await asyncio.wait_for(app.stop(0.5), STOP_TIMEOUT)
