@@ -523,7 +523,8 @@ Global___SubmitFailed: _TypeAlias = SubmitFailed  # noqa: Y015
 class InfraEvent(_message.Message):
     """InfraEvent reports something the runtime observed about a run's infrastructure.
     An event that ends the infrastructure (FAILED, SUCCEEDED, DELETED, OOM_KILLED,
-    EVICTED) before the engine reported a terminal state makes the run CRASHED.
+    EVICTED), or any event with gave_up set, before the engine reported a terminal state
+    makes the run CRASHED.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -536,6 +537,7 @@ class InfraEvent(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     LOG_TAIL_FIELD_NUMBER: _builtins.int
     OBSERVE_TIME_FIELD_NUMBER: _builtins.int
+    GAVE_UP_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run's id."""
     attempt: _builtins.int
@@ -548,6 +550,11 @@ class InfraEvent(_message.Message):
     """Human-readable detail."""
     exit_code: _builtins.int
     """Exit code of the engine process or container, when it exited."""
+    gave_up: _builtins.bool
+    """The runtime gave up on this attempt (e.g. its pod did not start within
+    pod_start_timeout_seconds) and tore its infrastructure down: the run crashes with
+    this event's reason and message.
+    """
     @_builtins.property
     def log_tail(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The last lines of the infrastructure's own output, copied into the run's logs on a crash."""
@@ -567,10 +574,11 @@ class InfraEvent(_message.Message):
         exit_code: _builtins.int = ...,
         log_tail: _abc.Iterable[_builtins.str] | None = ...,
         observe_time: _timestamp_pb2.Timestamp | None = ...,
+        gave_up: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["observe_time", b"observe_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "exit_code", b"exit_code", "kind", b"kind", "log_tail", b"log_tail", "message", b"message", "observe_time", b"observe_time", "reason", b"reason", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "exit_code", b"exit_code", "gave_up", b"gave_up", "kind", b"kind", "log_tail", b"log_tail", "message", b"message", "observe_time", b"observe_time", "reason", b"reason", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

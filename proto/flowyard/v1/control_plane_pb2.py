@@ -26,7 +26,7 @@ from flowyard.v1 import types_pb2 as flowyard_dot_v1_dot_types__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66lowyard/v1/control_plane.proto\x12\x0b\x66lowyard.v1\x1a\x17\x66lowyard/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x01\n\x11\x43reatePoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.flowyard.v1.PoolType\x12\x1e\n\x16\x62\x61se_job_template_json\x18\x03 \x01(\t\x12\x19\n\x11\x63oncurrency_limit\x18\x04 \x01(\x05\"9\n\x12\x43reatePoolResponse\x12#\n\x04pool\x18\x01 \x01(\x0b\x32\x15.flowyard.v1.WorkPool\"\x1e\n\x0eGetPoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"6\n\x0fGetPoolResponse\x12#\n\x04pool\x18\x01 \x01(\x0b\x32\x15.flowyard.v1.WorkPool\"\x12\n\x10ListPoolsRequest\"9\n\x11ListPoolsResponse\x12$\n\x05pools\x18\x01 \x03(\x0b\x32\x15.flowyard.v1.WorkPool\"F\n\x17UpsertDeploymentRequest\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.flowyard.v1.Deployment\"X\n\x18UpsertDeploymentResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.flowyard.v1.Deployment\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"$\n\x14GetDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x15GetDeploymentResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.flowyard.v1.Deployment\"&\n\x16ListDeploymentsRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"G\n\x17ListDeploymentsResponse\x12,\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x17.flowyard.v1.Deployment\"\'\n\x17\x44\x65leteDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteDeploymentResponse\"\xad\x01\n\x10\x43reateRunRequest\x12\x17\n\x0f\x64\x65ployment_name\x18\x01 \x01(\t\x12\x17\n\x0fparameters_json\x18\x02 \x01(\t\x12\x1a\n\x12job_variables_json\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x32\n\x0escheduled_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x11\x43reateRunResponse\x12!\n\x03run\x18\x01 \x01(\x0b\x32\x14.flowyard.v1.FlowRun\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"[\n\x0eGetRunResponse\x12!\n\x03run\x18\x01 \x01(\x0b\x32\x14.flowyard.v1.FlowRun\x12&\n\x07history\x18\x02 \x03(\x0b\x32\x15.flowyard.v1.RunState\"~\n\x0fListRunsRequest\x12\x17\n\x0f\x64\x65ployment_name\x18\x01 \x01(\t\x12+\n\x0bstate_types\x18\x02 \x03(\x0e\x32\x16.flowyard.v1.StateType\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"O\n\x10ListRunsResponse\x12\"\n\x04runs\x18\x01 \x03(\x0b\x32\x14.flowyard.v1.FlowRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"6\n\x11\x43\x61ncelRunResponse\x12!\n\x03run\x18\x01 \x01(\x0b\x32\x14.flowyard.v1.FlowRun\"!\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"5\n\x10WatchRunResponse\x12!\n\x03run\x18\x01 \x01(\x0b\x32\x14.flowyard.v1.FlowRun\"[\n\x0fTailLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x15\n\rafter_attempt\x18\x02 \x01(\x05\x12\x11\n\tafter_seq\x18\x03 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\"]\n\x10TailLogsResponse\x12#\n\x05lines\x18\x01 \x03(\x0b\x32\x14.flowyard.v1.LogLine\x12$\n\x05state\x18\x02 \x01(\x0b\x32\x15.flowyard.v1.RunState2\xa8\x08\n\x13\x43ontrolPlaneService\x12M\n\nCreatePool\x12\x1e.flowyard.v1.CreatePoolRequest\x1a\x1f.flowyard.v1.CreatePoolResponse\x12\x44\n\x07GetPool\x12\x1b.flowyard.v1.GetPoolRequest\x1a\x1c.flowyard.v1.GetPoolResponse\x12J\n\tListPools\x12\x1d.flowyard.v1.ListPoolsRequest\x1a\x1e.flowyard.v1.ListPoolsResponse\x12_\n\x10UpsertDeployment\x12$.flowyard.v1.UpsertDeploymentRequest\x1a%.flowyard.v1.UpsertDeploymentResponse\x12V\n\rGetDeployment\x12!.flowyard.v1.GetDeploymentRequest\x1a\".flowyard.v1.GetDeploymentResponse\x12\\\n\x0fListDeployments\x12#.flowyard.v1.ListDeploymentsRequest\x1a$.flowyard.v1.ListDeploymentsResponse\x12_\n\x10\x44\x65leteDeployment\x12$.flowyard.v1.DeleteDeploymentRequest\x1a%.flowyard.v1.DeleteDeploymentResponse\x12J\n\tCreateRun\x12\x1d.flowyard.v1.CreateRunRequest\x1a\x1e.flowyard.v1.CreateRunResponse\x12\x41\n\x06GetRun\x12\x1a.flowyard.v1.GetRunRequest\x1a\x1b.flowyard.v1.GetRunResponse\x12G\n\x08ListRuns\x12\x1c.flowyard.v1.ListRunsRequest\x1a\x1d.flowyard.v1.ListRunsResponse\x12J\n\tCancelRun\x12\x1d.flowyard.v1.CancelRunRequest\x1a\x1e.flowyard.v1.CancelRunResponse\x12I\n\x08WatchRun\x12\x1c.flowyard.v1.WatchRunRequest\x1a\x1d.flowyard.v1.WatchRunResponse0\x01\x12I\n\x08TailLogs\x12\x1c.flowyard.v1.TailLogsRequest\x1a\x1d.flowyard.v1.TailLogsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66lowyard/v1/control_plane.proto\x12\x0b\x66lowyard.v1\x1a\x17\x66lowyard/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x01\n\x11\x43reatePoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.flowyard.v1.PoolType\x12\x1e\n\x16\x62\x61se_job_template_json\x18\x03 \x01(\t\x12\x19\n\x11\x63oncurrency_limit\x18\x04 \x01(\x05\"9\n\x12\x43reatePoolResponse\x12#\n\x04pool\x18\x01 \x01(\x0b\x32\x15.flowyard.v1.WorkPool\"\x1e\n\x0eGetPoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"6\n\x0fGetPoolResponse\x12#\n\x04pool\x18\x01 \x01(\x0b\x32\x15.flowyard.v1.WorkPool\"\x12\n\x10ListPoolsRequest\"9\n\x11ListPoolsResponse\x12$\n\x05pools\x18\x01 \x03(\x0b\x32\x15.flowyard.v1.WorkPool\"F\n\x17UpsertDeploymentRequest\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.flowyard.v1.Deployment\"X\n\x18UpsertDeploymentResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.flowyard.v1.Deployment\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"$\n\x14GetDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x15GetDeploymentResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.flowyard.v1.Deployment\"&\n\x16ListDeploymentsRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"G\n\x17ListDeploymentsResponse\x12,\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x17.flowyard.v1.Deployment\"\'\n\x17\x44\x65leteDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteDeploymentResponse\"N\n\x17RenderDeploymentRequest\x12\x17\n\x0f\x64\x65ployment_name\x18\x01 \x01(\t\x12\x1a\n\x12job_variables_json\x18\x02 \x01(\t\"M\n\x18RenderDeploymentResponse\x12\x15\n\rmanifest_json\x18\x01 \x01(\t\x12\x1a\n\x12job_variables_json\x18\x02 \x01(\t\"\xad\x01\n\x10\x43reateRunRequest\x12\x17\n\x0f\x64\x65ployment_name\x18\x01 \x01(\t\x12\x17\n\x0fparameters_json\x18\x02 \x01(\t\x12\x1a\n\x12job_variables_json\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x32\n\x0escheduled_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x11\x43reateRunResponse\x12!\n\x03run\x18\x01 \x01(\x0b\x32\x14.flowyard.v1.FlowRun\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"[\n\x0eGetRunResponse\x12!\n\x03run\x18\x01 \x01(\x0b\x32\x14.flowyard.v1.FlowRun\x12&\n\x07history\x18\x02 \x03(\x0b\x32\x15.flowyard.v1.RunState\"~\n\x0fListRunsRequest\x12\x17\n\x0f\x64\x65ployment_name\x18\x01 \x01(\t\x12+\n\x0bstate_types\x18\x02 \x03(\x0e\x32\x16.flowyard.v1.StateType\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"O\n\x10ListRunsResponse\x12\"\n\x04runs\x18\x01 \x03(\x0b\x32\x14.flowyard.v1.FlowRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"6\n\x11\x43\x61ncelRunResponse\x12!\n\x03run\x18\x01 \x01(\x0b\x32\x14.flowyard.v1.FlowRun\"!\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"5\n\x10WatchRunResponse\x12!\n\x03run\x18\x01 \x01(\x0b\x32\x14.flowyard.v1.FlowRun\"[\n\x0fTailLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x15\n\rafter_attempt\x18\x02 \x01(\x05\x12\x11\n\tafter_seq\x18\x03 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\"]\n\x10TailLogsResponse\x12#\n\x05lines\x18\x01 \x03(\x0b\x32\x14.flowyard.v1.LogLine\x12$\n\x05state\x18\x02 \x01(\x0b\x32\x15.flowyard.v1.RunState2\x89\t\n\x13\x43ontrolPlaneService\x12M\n\nCreatePool\x12\x1e.flowyard.v1.CreatePoolRequest\x1a\x1f.flowyard.v1.CreatePoolResponse\x12\x44\n\x07GetPool\x12\x1b.flowyard.v1.GetPoolRequest\x1a\x1c.flowyard.v1.GetPoolResponse\x12J\n\tListPools\x12\x1d.flowyard.v1.ListPoolsRequest\x1a\x1e.flowyard.v1.ListPoolsResponse\x12_\n\x10UpsertDeployment\x12$.flowyard.v1.UpsertDeploymentRequest\x1a%.flowyard.v1.UpsertDeploymentResponse\x12V\n\rGetDeployment\x12!.flowyard.v1.GetDeploymentRequest\x1a\".flowyard.v1.GetDeploymentResponse\x12\\\n\x0fListDeployments\x12#.flowyard.v1.ListDeploymentsRequest\x1a$.flowyard.v1.ListDeploymentsResponse\x12_\n\x10\x44\x65leteDeployment\x12$.flowyard.v1.DeleteDeploymentRequest\x1a%.flowyard.v1.DeleteDeploymentResponse\x12_\n\x10RenderDeployment\x12$.flowyard.v1.RenderDeploymentRequest\x1a%.flowyard.v1.RenderDeploymentResponse\x12J\n\tCreateRun\x12\x1d.flowyard.v1.CreateRunRequest\x1a\x1e.flowyard.v1.CreateRunResponse\x12\x41\n\x06GetRun\x12\x1a.flowyard.v1.GetRunRequest\x1a\x1b.flowyard.v1.GetRunResponse\x12G\n\x08ListRuns\x12\x1c.flowyard.v1.ListRunsRequest\x1a\x1d.flowyard.v1.ListRunsResponse\x12J\n\tCancelRun\x12\x1d.flowyard.v1.CancelRunRequest\x1a\x1e.flowyard.v1.CancelRunResponse\x12I\n\x08WatchRun\x12\x1c.flowyard.v1.WatchRunRequest\x1a\x1d.flowyard.v1.WatchRunResponse0\x01\x12I\n\x08TailLogs\x12\x1c.flowyard.v1.TailLogsRequest\x1a\x1d.flowyard.v1.TailLogsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -61,30 +61,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEDEPLOYMENTREQUEST']._serialized_end=886
   _globals['_DELETEDEPLOYMENTRESPONSE']._serialized_start=888
   _globals['_DELETEDEPLOYMENTRESPONSE']._serialized_end=914
-  _globals['_CREATERUNREQUEST']._serialized_start=917
-  _globals['_CREATERUNREQUEST']._serialized_end=1090
-  _globals['_CREATERUNRESPONSE']._serialized_start=1092
-  _globals['_CREATERUNRESPONSE']._serialized_end=1163
-  _globals['_GETRUNREQUEST']._serialized_start=1165
-  _globals['_GETRUNREQUEST']._serialized_end=1196
-  _globals['_GETRUNRESPONSE']._serialized_start=1198
-  _globals['_GETRUNRESPONSE']._serialized_end=1289
-  _globals['_LISTRUNSREQUEST']._serialized_start=1291
-  _globals['_LISTRUNSREQUEST']._serialized_end=1417
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1419
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1498
-  _globals['_CANCELRUNREQUEST']._serialized_start=1500
-  _globals['_CANCELRUNREQUEST']._serialized_end=1550
-  _globals['_CANCELRUNRESPONSE']._serialized_start=1552
-  _globals['_CANCELRUNRESPONSE']._serialized_end=1606
-  _globals['_WATCHRUNREQUEST']._serialized_start=1608
-  _globals['_WATCHRUNREQUEST']._serialized_end=1641
-  _globals['_WATCHRUNRESPONSE']._serialized_start=1643
-  _globals['_WATCHRUNRESPONSE']._serialized_end=1696
-  _globals['_TAILLOGSREQUEST']._serialized_start=1698
-  _globals['_TAILLOGSREQUEST']._serialized_end=1789
-  _globals['_TAILLOGSRESPONSE']._serialized_start=1791
-  _globals['_TAILLOGSRESPONSE']._serialized_end=1884
-  _globals['_CONTROLPLANESERVICE']._serialized_start=1887
-  _globals['_CONTROLPLANESERVICE']._serialized_end=2951
+  _globals['_RENDERDEPLOYMENTREQUEST']._serialized_start=916
+  _globals['_RENDERDEPLOYMENTREQUEST']._serialized_end=994
+  _globals['_RENDERDEPLOYMENTRESPONSE']._serialized_start=996
+  _globals['_RENDERDEPLOYMENTRESPONSE']._serialized_end=1073
+  _globals['_CREATERUNREQUEST']._serialized_start=1076
+  _globals['_CREATERUNREQUEST']._serialized_end=1249
+  _globals['_CREATERUNRESPONSE']._serialized_start=1251
+  _globals['_CREATERUNRESPONSE']._serialized_end=1322
+  _globals['_GETRUNREQUEST']._serialized_start=1324
+  _globals['_GETRUNREQUEST']._serialized_end=1355
+  _globals['_GETRUNRESPONSE']._serialized_start=1357
+  _globals['_GETRUNRESPONSE']._serialized_end=1448
+  _globals['_LISTRUNSREQUEST']._serialized_start=1450
+  _globals['_LISTRUNSREQUEST']._serialized_end=1576
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1578
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1657
+  _globals['_CANCELRUNREQUEST']._serialized_start=1659
+  _globals['_CANCELRUNREQUEST']._serialized_end=1709
+  _globals['_CANCELRUNRESPONSE']._serialized_start=1711
+  _globals['_CANCELRUNRESPONSE']._serialized_end=1765
+  _globals['_WATCHRUNREQUEST']._serialized_start=1767
+  _globals['_WATCHRUNREQUEST']._serialized_end=1800
+  _globals['_WATCHRUNRESPONSE']._serialized_start=1802
+  _globals['_WATCHRUNRESPONSE']._serialized_end=1855
+  _globals['_TAILLOGSREQUEST']._serialized_start=1857
+  _globals['_TAILLOGSREQUEST']._serialized_end=1948
+  _globals['_TAILLOGSRESPONSE']._serialized_start=1950
+  _globals['_TAILLOGSRESPONSE']._serialized_end=2043
+  _globals['_CONTROLPLANESERVICE']._serialized_start=2046
+  _globals['_CONTROLPLANESERVICE']._serialized_end=3207
 # @@protoc_insertion_point(module_scope)

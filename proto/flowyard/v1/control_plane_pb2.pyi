@@ -351,6 +351,62 @@ class DeleteDeploymentResponse(_message.Message):
 Global___DeleteDeploymentResponse: _TypeAlias = DeleteDeploymentResponse  # noqa: Y015
 
 @_typing.final
+class RenderDeploymentRequest(_message.Message):
+    """RenderDeploymentRequest names the deployment to render."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_NAME_FIELD_NUMBER: _builtins.int
+    JOB_VARIABLES_JSON_FIELD_NUMBER: _builtins.int
+    deployment_name: _builtins.str
+    """The deployment's name."""
+    job_variables_json: _builtins.str
+    """Job variables as a JSON object, over the deployment's (as CreateRun would take them)."""
+    def __init__(
+        self,
+        *,
+        deployment_name: _builtins.str = ...,
+        job_variables_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_name", b"deployment_name", "job_variables_json", b"job_variables_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenderDeploymentRequest: _TypeAlias = RenderDeploymentRequest  # noqa: Y015
+
+@_typing.final
+class RenderDeploymentResponse(_message.Message):
+    """RenderDeploymentResponse carries the rendered infrastructure."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANIFEST_JSON_FIELD_NUMBER: _builtins.int
+    JOB_VARIABLES_JSON_FIELD_NUMBER: _builtins.int
+    manifest_json: _builtins.str
+    """The rendered manifest as a JSON object: a batch/v1 Job for kubernetes pools, the
+    resolved job configuration for process pools. The engine token is never included.
+    """
+    job_variables_json: _builtins.str
+    """The job variables after merging the template's defaults, the deployment's and the
+    overrides, as a JSON object.
+    """
+    def __init__(
+        self,
+        *,
+        manifest_json: _builtins.str = ...,
+        job_variables_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_variables_json", b"job_variables_json", "manifest_json", b"manifest_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenderDeploymentResponse: _TypeAlias = RenderDeploymentResponse  # noqa: Y015
+
+@_typing.final
 class CreateRunRequest(_message.Message):
     """CreateRunRequest asks for a new run of a deployment."""
 

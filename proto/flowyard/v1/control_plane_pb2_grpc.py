@@ -76,6 +76,11 @@ class ControlPlaneServiceStub:
                 request_serializer=flowyard_dot_v1_dot_control__plane__pb2.DeleteDeploymentRequest.SerializeToString,
                 response_deserializer=flowyard_dot_v1_dot_control__plane__pb2.DeleteDeploymentResponse.FromString,
                 _registered_method=True)
+        self.RenderDeployment = channel.unary_unary(
+                '/flowyard.v1.ControlPlaneService/RenderDeployment',
+                request_serializer=flowyard_dot_v1_dot_control__plane__pb2.RenderDeploymentRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_control__plane__pb2.RenderDeploymentResponse.FromString,
+                _registered_method=True)
         self.CreateRun = channel.unary_unary(
                 '/flowyard.v1.ControlPlaneService/CreateRun',
                 request_serializer=flowyard_dot_v1_dot_control__plane__pb2.CreateRunRequest.SerializeToString,
@@ -162,6 +167,15 @@ class ControlPlaneServiceServicer:
 
     def DeleteDeployment(self, request, context):
         """Deletes a deployment. FAILED_PRECONDITION while it has runs that are not terminal.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenderDeployment(self, request, context):
+        """Dry run: renders the infrastructure a run of the deployment would get (for a
+        kubernetes pool, the batch/v1 Job manifest) from the pool's base job template, the
+        deployment's job variables and the given overrides. Nothing is created.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -254,6 +268,11 @@ def add_ControlPlaneServiceServicer_to_server(servicer, server):
                     servicer.DeleteDeployment,
                     request_deserializer=flowyard_dot_v1_dot_control__plane__pb2.DeleteDeploymentRequest.FromString,
                     response_serializer=flowyard_dot_v1_dot_control__plane__pb2.DeleteDeploymentResponse.SerializeToString,
+            ),
+            'RenderDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenderDeployment,
+                    request_deserializer=flowyard_dot_v1_dot_control__plane__pb2.RenderDeploymentRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_control__plane__pb2.RenderDeploymentResponse.SerializeToString,
             ),
             'CreateRun': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateRun,
@@ -482,6 +501,33 @@ class ControlPlaneService:
             '/flowyard.v1.ControlPlaneService/DeleteDeployment',
             flowyard_dot_v1_dot_control__plane__pb2.DeleteDeploymentRequest.SerializeToString,
             flowyard_dot_v1_dot_control__plane__pb2.DeleteDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenderDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.ControlPlaneService/RenderDeployment',
+            flowyard_dot_v1_dot_control__plane__pb2.RenderDeploymentRequest.SerializeToString,
+            flowyard_dot_v1_dot_control__plane__pb2.RenderDeploymentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,11 @@ class ControlPlaneServiceStub:
     """Lists deployments, ordered by name."""
     DeleteDeployment: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.DeleteDeploymentRequest, _control_plane_pb2.DeleteDeploymentResponse]
     """Deletes a deployment. FAILED_PRECONDITION while it has runs that are not terminal."""
+    RenderDeployment: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.RenderDeploymentRequest, _control_plane_pb2.RenderDeploymentResponse]
+    """Dry run: renders the infrastructure a run of the deployment would get (for a
+    kubernetes pool, the batch/v1 Job manifest) from the pool's base job template, the
+    deployment's job variables and the given overrides. Nothing is created.
+    """
     CreateRun: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.CreateRunRequest, _control_plane_pb2.CreateRunResponse]
     """Creates a flow run of a deployment. Parameters are merged over the deployment's
     defaults and validated against its parameter schema (INVALID_ARGUMENT naming the
@@ -105,6 +110,11 @@ class ControlPlaneServiceAsyncStub(ControlPlaneServiceStub):
     """Lists deployments, ordered by name."""
     DeleteDeployment: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.DeleteDeploymentRequest, _control_plane_pb2.DeleteDeploymentResponse]  # type: ignore[assignment]
     """Deletes a deployment. FAILED_PRECONDITION while it has runs that are not terminal."""
+    RenderDeployment: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.RenderDeploymentRequest, _control_plane_pb2.RenderDeploymentResponse]  # type: ignore[assignment]
+    """Dry run: renders the infrastructure a run of the deployment would get (for a
+    kubernetes pool, the batch/v1 Job manifest) from the pool's base job template, the
+    deployment's job variables and the given overrides. Nothing is created.
+    """
     CreateRun: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.CreateRunRequest, _control_plane_pb2.CreateRunResponse]  # type: ignore[assignment]
     """Creates a flow run of a deployment. Parameters are merged over the deployment's
     defaults and validated against its parameter schema (INVALID_ARGUMENT naming the
@@ -195,6 +205,17 @@ class ControlPlaneServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_plane_pb2.DeleteDeploymentResponse, _abc.Awaitable[_control_plane_pb2.DeleteDeploymentResponse]]:
         """Deletes a deployment. FAILED_PRECONDITION while it has runs that are not terminal."""
+
+    @_abc_1.abstractmethod
+    def RenderDeployment(
+        self,
+        request: _control_plane_pb2.RenderDeploymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.RenderDeploymentResponse, _abc.Awaitable[_control_plane_pb2.RenderDeploymentResponse]]:
+        """Dry run: renders the infrastructure a run of the deployment would get (for a
+        kubernetes pool, the batch/v1 Job manifest) from the pool's base job template, the
+        deployment's job variables and the given overrides. Nothing is created.
+        """
 
     @_abc_1.abstractmethod
     def CreateRun(
