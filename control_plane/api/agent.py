@@ -209,6 +209,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                     message=event.message[:2000],
                     exit_code=event.exit_code,
                     log_tail=tuple(line[:2000] for line in event.log_tail[-200:]),
+                    gave_up=event.gave_up,
                 ),
             )
         elif kind == "cancelled":

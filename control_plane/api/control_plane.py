@@ -117,6 +117,17 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         return pb.DeleteDeploymentResponse()
 
     @unary
+    async def RenderDeployment(
+        self, request: pb.RenderDeploymentRequest, context: Context
+    ) -> pb.RenderDeploymentResponse:
+        manifest, variables = await self._catalog.render(
+            request.deployment_name, request.job_variables_json
+        )
+        return pb.RenderDeploymentResponse(
+            manifest_json=convert.dumps(manifest), job_variables_json=convert.dumps(variables)
+        )
+
+    @unary
     async def CreateRun(
         self, request: pb.CreateRunRequest, context: Context
     ) -> pb.CreateRunResponse:

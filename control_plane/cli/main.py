@@ -190,6 +190,22 @@ def pool_ls(session: Session) -> None:
     output.console.print(table)
 
 
+@pool.command("template")
+@click.option(
+    "--type",
+    "pool_type",
+    type=click.Choice(["process", "kubernetes"]),
+    default="kubernetes",
+    show_default=True,
+)
+def pool_template(pool_type: str) -> None:
+    """Print the default base job template of a pool type (JSON), to start a custom one from."""
+    from control_plane.models import PoolType
+    from control_plane.orchestration.templates import default_template
+
+    output.console.print_json(json.dumps(default_template(PoolType(pool_type))))
+
+
 # ----------------------------------------------------------------------------- deployments
 
 
@@ -299,6 +315,105 @@ def deployment_ls(session: Session, pool_name: str) -> None:
     for d in response.deployments:
         table.add_row(d.name, d.entrypoint, d.pool, d.source.local.path)
     output.console.print(table)
+
+
+@deployment.command("render")
+@click.argument("name")
+@click.option(
+    "--job-variable",
+    "job_variables",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Job variable override (repeatable), as for a run.",
+)
+@click.option(
+    "--output", "-o", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True
+)
+@click.pass_obj
+def deployment_render(
+    session: Session, name: str, job_variables: tuple[str, ...], fmt: str
+) -> None:
+    """Dry run: print the infrastructure a run of NAME would get (a Kubernetes Job manifest).
+
+    Nothing is created. The engine token never appears: it reaches the container through a
+    per-run Secret.
+    """
+    response = session.stub.RenderDeployment(
+        pb.RenderDeploymentRequest(
+            deployment_name=name,
+            job_variables_json=json.dumps(_parse_assignments(job_variables, "--job-variable")),
+        )
+    )
+    manifest = json.loads(response.manifest_json)
+    if fmt == "json":
+        output.console.print_json(json.dumps(manifest))
+    else:
+        import yaml
+
+        click.echo(yaml.safe_dump(manifest, sort_keys=False), nl=False)
+
+
+@cli.group("agent")
+def agent_group() -> None:
+    """Install agents."""
+
+
+@agent_group.command("install")
+@click.option("--pool", "pool_name", required=True, help="Work pool the agent serves.")
+@click.option(
+    "--namespace",
+    default="flowyard",
+    show_default=True,
+    help="Namespace of the agent and its Jobs.",
+)
+@click.option("--image", required=True, help="Agent image (built from Dockerfile.agent).")
+@click.option(
+    "--server",
+    "server_address",
+    required=True,
+    help="Control plane address as seen from the cluster (host:port).",
+)
+@click.option(
+    "--name",
+    default="flowyard-agent",
+    show_default=True,
+    help="Name of the agent's Kubernetes objects.",
+)
+@click.option(
+    "--capacity",
+    type=click.IntRange(1, 10_000),
+    default=10,
+    show_default=True,
+    help="Runs the agent holds at once.",
+)
+@click.option(
+    "--token",
+    default="",
+    envvar="FLOWYARD_AGENT_TOKEN",
+    help="Agent token stored in the agent's Secret.",
+)
+def agent_install(
+    pool_name: str,
+    namespace: str,
+    image: str,
+    server_address: str,
+    name: str,
+    capacity: int,
+    token: str,
+) -> None:
+    """Print the manifests that install an agent in a cluster: pipe them to `kubectl apply -f -`."""
+    from agent.kubernetes.install import install_manifests, to_yaml
+
+    manifests = install_manifests(
+        pool=pool_name,
+        namespace=namespace,
+        image=image,
+        server=server_address,
+        agent_token=token,
+        name=name,
+        capacity=capacity,
+    )
+    click.echo(to_yaml(manifests), nl=False)
 
 
 # ----------------------------------------------------------------------------- runs

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from control_plane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from control_plane.models import Deployment, Pool, PoolType
+from control_plane.models import Deployment, JSONObject, Pool, PoolType
 from control_plane.orchestration import clock, templates, validation
 from control_plane.store import catalog as repo
 from control_plane.store import runs as runs_repo
@@ -46,7 +46,7 @@ class Catalog:
             raise InvalidArgument("concurrency_limit: must be 0 (unlimited) or more")
         template = validation.json_object(template_json, "base_job_template_json")
         template = (
-            templates.check_template(template)
+            templates.check_template(template, pool_type)
             if template
             else templates.default_template(pool_type)
         )
@@ -161,6 +161,19 @@ class Catalog:
                     raise NotFound(f"pool {pool!r} not found")
                 pool_id = found.id
             return await repo.list_deployments(conn, pool_id=pool_id)
+
+    async def render(self, name: str, job_variables_json: str) -> tuple[JSONObject, JSONObject]:
+        """Dry run: the manifest a run of the deployment would get, and its job variables."""
+        deployment = await self.get_deployment(name)
+        overrides = validation.json_object(job_variables_json, "job_variables_json")
+        async with self._db.read() as conn:
+            pool = await repo.get_pool(conn, id=deployment.pool_id)
+        assert pool is not None  # a deployment's pool cannot be deleted under it
+        template = pool.base_job_template
+        variables = templates.job_variables_for_run(
+            template, deployment.job_variables, overrides, "job_variables_json"
+        )
+        return templates.render(pool, template, variables, deployment), variables
 
     async def delete_deployment(self, name: str) -> None:
         """Delete a deployment and its finished runs; FAILED_PRECONDITION while runs are active."""

@@ -18,6 +18,9 @@ import asyncio
 import contextlib
 import logging
 from datetime import datetime, timedelta
+from typing import Any
+
+from agent.templates import resolve_variables
 
 from control_plane.models import Run
 from control_plane.orchestration import clock, tokens
@@ -106,7 +109,7 @@ class Dispatcher:
                 )
             if capacity <= 0:
                 return
-            deployments: dict[str, dict[str, object]] = {}
+            deployments: dict[str, dict[str, Any]] = {}
             for run in await repo.due_runs(conn, pool_id, now, capacity):
                 session = max(sessions, key=lambda s: credits[s.id])
                 if credits[session.id] <= 0:
@@ -141,7 +144,9 @@ class Dispatcher:
                     deployment_name=run.deployment_name,
                     flow_name=run.flow_name,
                     base_job_template=pool.base_job_template,
-                    job_variables={**deployments[run.deployment_id], **run.job_variables},
+                    job_variables=resolve_variables(
+                        pool.base_job_template, deployments[run.deployment_id], run.job_variables
+                    ),
                     engine_token=token,
                 )
             )

@@ -77,6 +77,8 @@ class InfraReport:
     message: str = ""
     exit_code: int = 0
     log_tail: tuple[str, ...] = field(default_factory=tuple)
+    #: The runtime gave up on the attempt (e.g. its pod never started) and tore it down.
+    gave_up: bool = False
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,7 @@ class AgentReports:
 
     async def infra_event(self, session: AgentSession, report: InfraReport) -> None:
         """Record what happened to the infrastructure; an ending event crashes an unfinished run."""
-        if report.kind in ENDING:
+        if report.kind in ENDING or report.gave_up:
             detail = _describe_end(report)
             await self._end(session, report.run_id, report.attempt, detail, report.log_tail)
             return
@@ -358,6 +360,9 @@ async def append_system_lines(
 
 
 def _describe_end(report: InfraReport) -> str:
+    if report.gave_up:
+        what = f"{report.reason}: {report.message}" if report.message else report.reason
+        return f"The run's infrastructure never started ({report.kind.value}): {what}"
     match report.kind:
         case InfraKind.SUCCEEDED:
             return "The engine exited (code 0) without reporting a final state"

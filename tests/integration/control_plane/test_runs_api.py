@@ -370,3 +370,55 @@ async def test_agent_for_unknown_pool_is_refused(plane: Plane) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await agent.receive("welcome")
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_infrastructure_that_never_starts_crashes_the_run_with_the_reason(
+    ready: Plane,
+) -> None:
+    agent = agent_stream(ready, capacity=1)
+    await agent.receive("welcome")
+    run = await ready.run()
+    await agent.receive("assign")
+    agent.send(agent_pb2.ConnectRequest(accepted=agent_pb2.Accepted(run_id=run.id, attempt=1)))
+    agent.send(
+        agent_pb2.ConnectRequest(
+            submitted=agent_pb2.Submitted(run_id=run.id, attempt=1, infrastructure_id="ns/job")
+        )
+    )
+    # A diagnosis on its own is news for the logs, not the end of the run...
+    agent.send(
+        agent_pb2.ConnectRequest(
+            infra_event=agent_pb2.InfraEvent(
+                run_id=run.id,
+                attempt=1,
+                kind=agent_pb2.INFRA_EVENT_KIND_IMAGE_PULL_ERROR,
+                reason="ErrImagePull",
+                message='failed to pull "bad/image:1"',
+            )
+        )
+    )
+    # ...until the runtime gives up at the pod-start deadline.
+    agent.send(
+        agent_pb2.ConnectRequest(
+            infra_event=agent_pb2.InfraEvent(
+                run_id=run.id,
+                attempt=1,
+                kind=agent_pb2.INFRA_EVENT_KIND_IMAGE_PULL_ERROR,
+                reason="ImagePullBackOff",
+                message='Back-off pulling image "bad/image:1"',
+                gave_up=True,
+            )
+        )
+    )
+    crashed = await ready.wait_state(run.id, S.STATE_TYPE_CRASHED)
+    assert "ImagePullBackOff" in crashed.state.message
+    assert "bad/image:1" in crashed.state.message
+    history = [h.type for h in (await ready.get(run.id)).history]
+    assert history.count(S.STATE_TYPE_CRASHED) == 1
+    texts = [
+        line.text
+        async for m in ready.control.TailLogs(pb.TailLogsRequest(run_id=run.id))
+        for line in m.lines
+    ]
+    assert any("ErrImagePull" in t for t in texts)
+    await agent.close()

@@ -89,9 +89,9 @@ def test_template_placeholders_must_be_declared() -> None:
         "variables": {"type": "object", "properties": {"image": {"type": "string"}}},
     }
     with pytest.raises(InvalidArgument, match="placeholder\\(s\\) extra used"):
-        templates.check_template(template)
+        templates.check_template(template, PoolType.PROCESS)
 
 
 def test_default_templates_are_valid() -> None:
     for pool_type in PoolType:
-        templates.check_template(templates.default_template(pool_type))
+        templates.check_template(templates.default_template(pool_type), pool_type)

@@ -1,0 +1,213 @@
+"""The manifests that install one agent in a cluster (``flowyard agent install``-style output).
+
+One agent serves one pool in one namespace and creates its runs' Jobs there. It runs as its own
+ServiceAccount, bound to a namespaced Role that grants only the verbs the agent uses
+(:data:`AGENT_RULES`): nothing cluster-wide, no access to other namespaces. A deployment whose
+``namespace`` job variable points elsewhere needs the same Role and a RoleBinding there.
+
+Pure: dicts out, and YAML text via PyYAML (not the Kubernetes client).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+__all__ = ["AGENT_RULES", "AGENT_UID", "install_manifests", "to_yaml"]
+
+AGENT_UID: Final = 10001
+"""The non-root user of the agent image (see ``Dockerfile.agent``)."""
+
+AGENT_RULES: Final[tuple[dict[str, Any], ...]] = (
+    # Create, watch and clean up run Jobs; patch is for ownership and cancellation.
+    {
+        "apiGroups": ["batch"],
+        "resources": ["jobs"],
+        "verbs": ["create", "get", "list", "watch", "delete", "patch"],
+    },
+    # Diagnose pods (pending, image pull errors, OOMKilled) and read their log tail.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    # The per-attempt Secret holding the engine token; patch sets its owner reference.
+    {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "verbs": ["create", "get", "list", "watch", "delete", "patch"],
+    },
+    # Scheduling and image-pull failures are reported as events.
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
+)
+"""The Role's rules: exactly the API calls the agent makes, in its own namespace."""
+
+_DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_TOKEN_SECRET_SUFFIX: Final = "-token"
+
+
+def install_manifests(
+    *,
+    pool: str,
+    namespace: str,
+    image: str,
+    server: str,
+    agent_token: str = "",
+    name: str = "flowyard-agent",
+    capacity: int = 10,
+) -> list[dict[str, Any]]:
+    """The objects to apply, in order, to run agent ``name`` for ``pool`` in ``namespace``.
+
+    ServiceAccount, Role, RoleBinding, the Secret with the agent token (key ``token``), and a
+    single-replica Deployment. ``agent_token`` may be empty: the control plane does not ask
+    agents for a token yet, and when it does the Secret is where the agent reads it from
+    (``FLOWYARD_TOKEN``), so existing installs only need the Secret updated.
+
+    Raises:
+        ValueError: a name that Kubernetes would refuse, or a capacity below 1.
+    """
+    for what, value in (("namespace", namespace), ("name", name)):
+        # The name also prefixes the token Secret's name, hence the shorter limit.
+        limit = 63 - len(_TOKEN_SECRET_SUFFIX) if what == "name" else 63
+        if not _DNS_LABEL.fullmatch(value) or len(value) > limit:
+            raise ValueError(
+                f"{what} {value!r} must be lowercase letters, digits and '-', at most "
+                f"{limit} characters, starting and ending with a letter or digit"
+            )
+    for what, value in (("pool", pool), ("image", image), ("server", server)):
+        if not value.strip():
+            raise ValueError(f"{what} must not be empty")
+    if capacity < 1:
+        raise ValueError(f"capacity must be 1 or more, got {capacity}")
+
+    labels = {
+        "app.kubernetes.io/name": "flowyard-agent",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/part-of": "flowyard",
+    }
+
+    def metadata(object_name: str) -> dict[str, Any]:
+        return {"name": object_name, "namespace": namespace, "labels": dict(labels)}
+
+    token_secret = name + _TOKEN_SECRET_SUFFIX
+    service_account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": metadata(name),
+    }
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": metadata(name),
+        "rules": [{key: list(value) for key, value in rule.items()} for rule in AGENT_RULES],
+    }
+    role_binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": metadata(name),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+    }
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            **metadata(token_secret),
+            "annotations": {
+                "flowyard.io/description": (
+                    "The token agent " + name + " presents to the control plane."
+                )
+            },
+        },
+        "type": "Opaque",
+        "stringData": {"token": agent_token},
+    }
+
+    def probe(**timing: int) -> dict[str, Any]:
+        return {"exec": {"command": ["flowyard-agent", "--probe"]}, "timeoutSeconds": 5, **timing}
+
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(name),
+        "spec": {
+            "replicas": 1,
+            # Never two agents of the same name at once, not even during a rollout: the old
+            # pod is gone before the new one starts.
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": dict(labels)},
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {
+                    "serviceAccountName": name,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": AGENT_UID,
+                        "runAsGroup": AGENT_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    # Enough for the agent to stop watching and close its stream cleanly.
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [
+                        {
+                            "name": "agent",
+                            "image": image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "args": [
+                                "--pool",
+                                pool,
+                                "--server",
+                                server,
+                                "--runtime",
+                                "kubernetes",
+                                "--namespace",
+                                namespace,
+                                "--capacity",
+                                str(capacity),
+                            ],
+                            "env": [
+                                {"name": "FLOWYARD_SERVER", "value": server},
+                                {"name": "FLOWYARD_POOL", "value": pool},
+                                {
+                                    "name": "FLOWYARD_AGENT_NAME",
+                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                                },
+                                {
+                                    "name": "FLOWYARD_TOKEN",
+                                    "valueFrom": {
+                                        "secretKeyRef": {"name": token_secret, "key": "token"}
+                                    },
+                                },
+                            ],
+                            "resources": {
+                                "requests": {"cpu": "100m", "memory": "128Mi"},
+                                "limits": {"cpu": "1", "memory": "512Mi"},
+                            },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "readinessProbe": probe(periodSeconds=10),
+                            # Generous: restarting does not help while the control plane is
+                            # unreachable, and the agent reconnects by itself.
+                            "livenessProbe": probe(
+                                initialDelaySeconds=30, periodSeconds=30, failureThreshold=4
+                            ),
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    return [service_account, role, role_binding, secret, deployment]
+
+
+def to_yaml(manifests: list[dict[str, Any]]) -> str:
+    """``manifests`` as one multi-document YAML stream, keys in the order they were built."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        # Objects used twice are written out twice: kubectl users read these files, and
+        # "&id001"/"*id001" anchors would only puzzle them.
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    text: str = yaml.dump_all(manifests, Dumper=Dumper, sort_keys=False, default_flow_style=False)
+    return text

@@ -1,0 +1,146 @@
+"""The manifests that install an agent in a cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from agent.kubernetes.install import install_manifests, to_yaml
+
+ARGS: dict[str, Any] = {
+    "pool": "k8s-pool",
+    "namespace": "flowyard",
+    "image": "registry.example.com/flowyard-agent:0.1.0",
+    "server": "flowyard.example.com:50051",
+}
+
+# What the agent does, and nothing else.
+ALLOWED = {
+    ("batch", "jobs"): {"create", "get", "list", "watch", "delete", "patch"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "pods/log"): {"get"},
+    ("", "secrets"): {"create", "get", "list", "watch", "delete", "patch"},
+    ("", "events"): {"get", "list", "watch"},
+}
+
+
+def by_kind(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {m["kind"]: m for m in manifests}
+
+
+def test_every_manifest_validates() -> None:
+    manifests = install_manifests(**ARGS, agent_token="t0ken")
+    assert [m["kind"] for m in manifests] == [
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Secret",
+        "Deployment",
+    ]
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, kubernetes_validate.latest_version(), strict=True)
+        assert manifest["metadata"]["namespace"] == "flowyard"
+
+
+def test_role_grants_only_what_the_agent_uses() -> None:
+    role = by_kind(install_manifests(**ARGS))["Role"]
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}  # no resourceNames tricks
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    assert granted == ALLOWED
+    assert all("*" not in verbs for verbs in granted.values())
+
+
+def test_binding_ties_the_role_to_the_service_account() -> None:
+    kinds = by_kind(install_manifests(**ARGS, name="agent-a"))
+    binding = kinds["RoleBinding"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": kinds["Role"]["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "agent-a", "namespace": "flowyard"}
+    ]
+    spec = kinds["Deployment"]["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == kinds["ServiceAccount"]["metadata"]["name"]
+
+
+def test_deployment() -> None:
+    kinds = by_kind(install_manifests(**ARGS, name="agent-a", capacity=25, agent_token="t"))
+    deployment = kinds["Deployment"]
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    [agent] = pod["containers"]
+    assert agent["image"] == ARGS["image"]
+    assert agent["args"] == [
+        "--pool",
+        "k8s-pool",
+        "--server",
+        "flowyard.example.com:50051",
+        "--runtime",
+        "kubernetes",
+        "--namespace",
+        "flowyard",
+        "--capacity",
+        "25",
+    ]
+    assert agent["resources"]["requests"] and agent["resources"]["limits"]
+    assert agent["securityContext"]["allowPrivilegeEscalation"] is False
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert agent[probe]["exec"]["command"] == ["flowyard-agent", "--probe"]
+    env = {item["name"]: item for item in agent["env"]}
+    assert env["FLOWYARD_SERVER"]["value"] == ARGS["server"]
+    assert env["FLOWYARD_POOL"]["value"] == "k8s-pool"
+    assert env["FLOWYARD_AGENT_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    secret = kinds["Secret"]
+    assert env["FLOWYARD_TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": secret["metadata"]["name"], "key": "token"}
+    }
+    assert secret["stringData"] == {"token": "t"}
+
+
+def test_the_token_may_be_empty() -> None:
+    secret = by_kind(install_manifests(**ARGS))["Secret"]
+    assert secret["stringData"] == {"token": ""}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"namespace": "Bad_Namespace"},
+        {"name": "agent.with.dots"},
+        {"name": "a" * 60},
+        {"pool": " "},
+        {"capacity": 0},
+    ],
+)
+def test_bad_input_is_rejected(overrides: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        install_manifests(**{**ARGS, **overrides})
+
+
+def test_to_yaml_round_trips() -> None:
+    manifests = install_manifests(**ARGS)
+    text = to_yaml(manifests)
+    assert text.count("\n---\n") == len(manifests) - 1
+    assert list(yaml.safe_load_all(text)) == manifests
+    assert text.startswith("apiVersion: v1\nkind: ServiceAccount\n")
+
+
+def test_to_yaml_writes_shared_objects_out() -> None:
+    shared = {"app": "x"}
+    text = to_yaml([{"a": shared, "b": shared}])
+    assert "&" not in text and "*" not in text
+    assert yaml.safe_load(text) == {"a": shared, "b": shared}
