@@ -1,0 +1,52 @@
+"""Failures a test can inject into the fake API server.
+
+- :meth:`Faults.drop_watches`: every open watch connection breaks now (by default abruptly, as
+  when an API server restarts: the client's read fails mid-stream; ``graceful=True`` ends the
+  chunked stream cleanly instead, as the server does when a watch times out).
+- :meth:`Faults.compact`: every resource version so far becomes too old, as after etcd
+  compaction: a watch from one gets an ``ERROR`` event with a 410 Expired ``Status``, a list with
+  one gets HTTP 410. Lists and new watches from the current version, and open watches that are
+  up to date, keep working.
+- :meth:`Faults.fail_next`: the next ``count`` API requests fail with ``status`` (a proper
+  ``Status`` body; 429 carries ``Retry-After: 1``). Note that urllib3, under the kubernetes
+  client, retries idempotent requests (GET, PUT, DELETE) that get 429/503 with ``Retry-After``
+  by itself, so those failures may be consumed without the caller seeing them.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from tests.fakekube import errors
+from tests.fakekube.store import Store
+
+
+class Faults:
+    """Switches a test flips to make the fake cluster misbehave like a real one can."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._pending: list[int] = []
+        self.abrupt_drops = True
+
+    def drop_watches(self, *, graceful: bool = False) -> None:
+        """Close every open watch connection now."""
+        self.abrupt_drops = not graceful
+        self._store.drop_watches()
+
+    def compact(self) -> None:
+        """Make every resource version up to now too old (410 Gone) to watch or list from."""
+        self._store.compact()
+
+    def fail_next(self, count: int, status: int = 500) -> None:
+        """Answer the next ``count`` API requests with HTTP ``status``."""
+        with self._lock:
+            self._pending.extend([status] * count)
+
+    def take(self) -> errors.ApiError | None:
+        """The failure for the request being served, if one is pending."""
+        with self._lock:
+            if not self._pending:
+                return None
+            return errors.injected(self._pending.pop(0))
