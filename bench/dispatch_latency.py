@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 
 import grpc
-from flowyard.v1 import control_plane_pb2 as pb
-from flowyard.v1 import control_plane_pb2_grpc, types_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from control_plane.cli.main import build_deployment
 from control_plane.cli.processes import start_agent, start_server
+from flowyard.v1 import control_plane_pb2 as pb
+from flowyard.v1 import control_plane_pb2_grpc, types_pb2
 
 FLOW = "def noop() -> None:\n    return None\n"
 

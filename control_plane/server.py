@@ -19,14 +19,6 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
-from flowyard.v1 import (
-    agent_pb2,
-    agent_pb2_grpc,
-    control_plane_pb2,
-    control_plane_pb2_grpc,
-    engine_pb2,
-    engine_pb2_grpc,
-)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -42,6 +34,14 @@ from control_plane.orchestration.reports import AgentReports, EngineReports
 from control_plane.orchestration.runs import Runs
 from control_plane.orchestration.signals import Signals
 from control_plane.store.db import Database
+from flowyard.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    control_plane_pb2,
+    control_plane_pb2_grpc,
+    engine_pb2,
+    engine_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ from collections.abc import Callable
 
 import grpc
 import grpc.aio
-from flowyard.v1 import engine_pb2, engine_pb2_grpc
 
 from engine.cancellation import block_termination_signals
 from engine.errors import ControlPlaneRejected, ControlPlaneUnavailable, ReportError
@@ -35,6 +34,7 @@ from engine.model import OpenedInfo, RunSpec, StateResult, StateType
 from engine.settings import EngineSettings
 from engine.stream import FATAL_CODES, Proposal, ReportStream, backoff_delay, refusal
 from engine.wire import new_transition_id, proposal_to_proto, run_spec_from_proto
+from flowyard.v1 import engine_pb2, engine_pb2_grpc
 
 __all__ = ["Reporter"]
 

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 
 import grpc
 import grpc.aio
-from flowyard.v1 import engine_pb2, engine_pb2_grpc
 
 from engine.errors import ControlPlaneRejected, ReportError, RunNotStartable
 from engine.logbuffer import LogBuffer
 from engine.model import OpenedInfo, StateResult, StateType
 from engine.settings import EngineSettings
 from engine.wire import log_batch_to_proto, opened_from_proto, state_result_from_proto
+from flowyard.v1 import engine_pb2, engine_pb2_grpc
 
 __all__ = ["FATAL_CODES", "Proposal", "ReportStream", "backoff_delay"]
 

@@ -10,11 +10,11 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from flowyard.v1 import engine_pb2, types_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from engine.model import LogLine, LogStream, OpenedInfo, RunSpec, StateResult, StateType
 from engine.storage import LocalSource
+from flowyard.v1 import engine_pb2, types_pb2
 
 __all__ = [
     "log_batch_to_proto",

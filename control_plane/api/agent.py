@@ -15,8 +15,6 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
-from flowyard.v1 import agent_pb2 as pb
-from flowyard.v1 import agent_pb2_grpc as pb_grpc
 from google.protobuf.duration_pb2 import Duration
 
 from control_plane import __version__
@@ -36,6 +34,8 @@ from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.reports import AgentReports, InfraKind, InfraReport
 from control_plane.orchestration.validation import pool_name
 from control_plane.store.db import Database
+from flowyard.v1 import agent_pb2 as pb
+from flowyard.v1 import agent_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from flowyard.v1 import control_plane_pb2 as pb
-from flowyard.v1 import control_plane_pb2_grpc as pb_grpc
-
 from control_plane.api import convert
 from control_plane.api.errors import streaming, unary
 from control_plane.errors import InvalidArgument
@@ -21,6 +18,8 @@ from control_plane.orchestration.runs import RunRequest, Runs
 from control_plane.orchestration.signals import Signals, run_key
 from control_plane.store import logs as logs_repo
 from control_plane.store.db import Database
+from flowyard.v1 import control_plane_pb2 as pb
+from flowyard.v1 import control_plane_pb2_grpc as pb_grpc
 
 Context = Any  # grpc.aio.ServicerContext, whose generic parameters the stubs do not use
 

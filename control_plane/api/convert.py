@@ -6,12 +6,12 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from flowyard.v1 import types_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from control_plane.errors import InvalidArgument
 from control_plane.models import Deployment, LogRecord, LogStream, Pool, PoolType, Run, StateRecord
 from control_plane.orchestration.states import StateType
+from flowyard.v1 import types_pb2
 
 POOL_TYPES = {
     PoolType.PROCESS: types_pb2.POOL_TYPE_PROCESS,

@@ -14,8 +14,6 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
-from flowyard.v1 import engine_pb2 as pb
-from flowyard.v1 import engine_pb2_grpc as pb_grpc
 from google.protobuf.duration_pb2 import Duration
 
 from control_plane.api import convert
@@ -29,6 +27,8 @@ from control_plane.orchestration.signals import Signals, run_key
 from control_plane.orchestration.states import StateType
 from control_plane.store import catalog as catalog_repo
 from control_plane.store.db import Database
+from flowyard.v1 import engine_pb2 as pb
+from flowyard.v1 import engine_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 

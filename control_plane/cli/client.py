@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass
 
 import grpc
-from flowyard.v1 import control_plane_pb2_grpc
 
 from control_plane.config import DEFAULT_PORT
+from flowyard.v1 import control_plane_pb2_grpc
 
 DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
 

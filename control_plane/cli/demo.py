@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import grpc
-from flowyard.v1 import control_plane_pb2 as pb
-from flowyard.v1 import types_pb2
 
 import control_plane
 from control_plane.cli import output
 from control_plane.cli.client import Client, describe
 from control_plane.cli.processes import Child, StartError, start_agent, start_server
+from flowyard.v1 import control_plane_pb2 as pb
+from flowyard.v1 import types_pb2
 
 POOL = "demo"
 AGENT_READY_SECONDS = 30.0

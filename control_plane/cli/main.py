@@ -18,13 +18,13 @@ from typing import Any, TypeVar
 
 import click
 import grpc
-from flowyard.v1 import control_plane_pb2 as pb
-from flowyard.v1 import types_pb2
 from rich.table import Table
 
 from control_plane.cli import output
 from control_plane.cli.client import Client, default_server, describe
 from control_plane.config import DEFAULT_PORT, ServerConfig
+from flowyard.v1 import control_plane_pb2 as pb
+from flowyard.v1 import types_pb2
 
 F = TypeVar("F", bound=Callable[..., Any])
 

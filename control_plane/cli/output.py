@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from flowyard.v1 import types_pb2
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from flowyard.v1 import types_pb2
 
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)

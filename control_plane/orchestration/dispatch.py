@@ -21,7 +21,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from agent.templates import resolve_variables
-
 from control_plane.models import Run
 from control_plane.orchestration import clock, tokens
 from control_plane.orchestration.agents import AgentRegistry, AgentSession, AssignMessage

@@ -17,10 +17,10 @@ from typing import Any
 
 import grpc
 import pytest
-from flowyard.v1 import control_plane_pb2 as pb
-from flowyard.v1 import control_plane_pb2_grpc, types_pb2
 
 from control_plane.cli.processes import Child, script, start_agent, start_server
+from flowyard.v1 import control_plane_pb2 as pb
+from flowyard.v1 import control_plane_pb2_grpc, types_pb2
 
 POOL = "e2e"
 DEADLINE = 60.0

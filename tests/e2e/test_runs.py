@@ -4,9 +4,8 @@ import os
 import signal
 import subprocess
 
-from flowyard.v1 import types_pb2
-
 from control_plane.cli.processes import script
+from flowyard.v1 import types_pb2
 
 from .conftest import System, pid_alive, wait_for
 

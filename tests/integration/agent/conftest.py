@@ -21,8 +21,9 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from flowyard.v1 import agent_pb2, agent_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
+
+from flowyard.v1 import agent_pb2, agent_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+
 from flowyard.v1 import agent_pb2
 
 if TYPE_CHECKING:

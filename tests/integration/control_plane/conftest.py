@@ -16,6 +16,9 @@ from typing import Any
 
 import grpc
 import pytest
+
+from control_plane.config import ServerConfig
+from control_plane.server import App, build
 from flowyard.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -25,9 +28,6 @@ from flowyard.v1 import (
     engine_pb2_grpc,
     types_pb2,
 )
-
-from control_plane.config import ServerConfig
-from control_plane.server import App, build
 
 FLOW = """
 def hello(name: str, count: int = 1) -> str:

@@ -5,6 +5,7 @@ import sqlite3
 
 import grpc
 import pytest
+
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
 

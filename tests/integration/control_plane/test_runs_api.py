@@ -7,9 +7,10 @@ import uuid
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from flowyard.v1 import agent_pb2, engine_pb2, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from .conftest import Plane, agent_stream, engine_stream
 

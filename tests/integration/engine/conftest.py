@@ -20,8 +20,9 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from flowyard.v1 import engine_pb2, engine_pb2_grpc, types_pb2
 from google.protobuf.duration_pb2 import Duration
+
+from flowyard.v1 import engine_pb2, engine_pb2_grpc, types_pb2
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
 TOKEN = "engine-token-for-tests"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+
 from flowyard.v1 import types_pb2
 
 if TYPE_CHECKING:  # conftest is not importable at run time under --import-mode=importlib

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from flowyard.v1 import engine_pb2, types_pb2
 from google.protobuf.duration_pb2 import Duration
 
 from engine.model import LogLine, LogStream, StateType
@@ -18,6 +17,7 @@ from engine.wire import (
     state_type_from_proto,
     state_type_to_proto,
 )
+from flowyard.v1 import engine_pb2, types_pb2
 
 
 def test_state_types_round_trip() -> None:

@@ -1,0 +1,44 @@
+"""Reports become protobuf at the edge: every event kind, gave_up and the log tail survive."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from agent.models import InfraEvent, InfraEventKind, RunKey
+from agent.reports import InfraObserved
+from agent.session import _report_to_proto
+from flowyard.v1 import agent_pb2
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("kind", list(InfraEventKind))
+def test_every_kind_has_its_proto_value(kind: InfraEventKind) -> None:
+    event = InfraEvent(RunKey("r", 2), "default/flowyard-r-2", kind, NOW)
+    message = _report_to_proto(InfraObserved(event)).infra_event
+    assert agent_pb2.InfraEventKind.Name(message.kind) == f"INFRA_EVENT_KIND_{kind.name}"
+
+
+def test_an_infra_event_keeps_everything() -> None:
+    event = InfraEvent(
+        RunKey("r", 2),
+        "default/flowyard-r-2",
+        InfraEventKind.IMAGE_PULL_ERROR,
+        NOW,
+        reason="ImagePullBackOff",
+        message='Back-off pulling image "bad/image:1"',
+        log_tail=("a", "b"),
+        gave_up=True,
+    )
+    message = _report_to_proto(InfraObserved(event))
+    assert message.WhichOneof("message") == "infra_event"
+    infra = message.infra_event
+    assert (infra.run_id, infra.attempt) == ("r", 2)
+    assert infra.reason == "ImagePullBackOff"
+    assert infra.message == 'Back-off pulling image "bad/image:1"'
+    assert list(infra.log_tail) == ["a", "b"]
+    assert infra.gave_up
+    assert infra.exit_code == 0  # none known
+    assert infra.observe_time.ToDatetime(tzinfo=UTC) == NOW
