@@ -15,6 +15,7 @@ import grpc.aio
 
 from agent.backoff import Backoff
 from agent.errors import SessionRejected, StreamBroken
+from agent.health import HealthFile
 from agent.reports import Outbox
 from agent.runs import RunManager
 from agent.session import Session
@@ -45,6 +46,7 @@ async def run_connection(
     manager: RunManager,
     outbox: Outbox,
     stop: asyncio.Event,
+    health: HealthFile | None = None,
 ) -> None:
     """Hold a session until ``stop`` is set, reconnecting with backoff whenever one ends.
 
@@ -64,6 +66,7 @@ async def run_connection(
                     runtime_name=runtime_name,
                     manager=manager,
                     outbox=outbox,
+                    health=health,
                 )
                 await _run_until_stopped(session, stop, agent.shutdown_grace)
             reason = "the session ended"

@@ -1,15 +1,24 @@
-"""Plain data the agent passes around: what to run, what is running, how it ended.
+"""Plain data the agent passes around: what to run, what is running, what happened to it.
 
 These are what runtimes see; protobuf messages never get past the session module.
 """
 
 from __future__ import annotations
 
+import enum
 import signal
 from dataclasses import dataclass, field
 from datetime import datetime
 
-__all__ = ["Assignment", "InfraExit", "RunKey", "RunningInfra"]
+__all__ = [
+    "ENDING_KINDS",
+    "Assignment",
+    "InfraEvent",
+    "InfraEventKind",
+    "InfraExit",
+    "RunKey",
+    "RunningInfra",
+]
 
 
 @dataclass(frozen=True, order=True)
@@ -45,9 +54,60 @@ class RunningInfra:
     infrastructure_id: str
 
 
+class InfraEventKind(enum.Enum):
+    """What a runtime saw happen to an attempt's infrastructure."""
+
+    PENDING = "pending"
+    UNSCHEDULABLE = "unschedulable"
+    IMAGE_PULL_ERROR = "image pull error"
+    CRASH_LOOP = "crash loop"
+    OOM_KILLED = "OOM killed"
+    EVICTED = "evicted"
+    FAILED = "failed"
+    SUCCEEDED = "succeeded"
+    DELETED = "deleted"
+
+
+ENDING_KINDS = frozenset(
+    {
+        InfraEventKind.OOM_KILLED,
+        InfraEventKind.EVICTED,
+        InfraEventKind.FAILED,
+        InfraEventKind.SUCCEEDED,
+        InfraEventKind.DELETED,
+    }
+)
+"""Kinds after which the infrastructure no longer runs the engine."""
+
+
+@dataclass(frozen=True)
+class InfraEvent:
+    """Something a runtime observed about an attempt's infrastructure.
+
+    An event :attr:`ends` the attempt when its kind is one of :data:`ENDING_KINDS` or the
+    runtime gave up on it (and tore the infrastructure down); a runtime reports exactly one
+    ending event per attempt and any number of other events before it.
+    """
+
+    key: RunKey
+    infrastructure_id: str
+    kind: InfraEventKind
+    observe_time: datetime
+    reason: str = ""
+    message: str = ""
+    exit_code: int | None = None
+    log_tail: tuple[str, ...] = ()
+    gave_up: bool = False
+
+    @property
+    def ends(self) -> bool:
+        """Whether the attempt's infrastructure is over after this event."""
+        return self.gave_up or self.kind in ENDING_KINDS
+
+
 @dataclass(frozen=True)
 class InfraExit:
-    """The end of a run's infrastructure, as the runtime observed it.
+    """The exit of a local engine process, as the process runtime observed it.
 
     ``exit_code`` follows the shell's convention: ``128 + N`` when signal N ended the
     process, in which case ``signal_number`` is N.
@@ -78,6 +138,19 @@ class InfraExit:
         if self.signal_number is not None:
             return f"the engine was killed by {_signal_name(self.signal_number)}"
         return f"the engine exited with code {self.exit_code}"
+
+    def to_event(self) -> InfraEvent:
+        """The ending event this exit stands for: succeeded on exit 0, failed otherwise."""
+        return InfraEvent(
+            key=self.key,
+            infrastructure_id=self.infrastructure_id,
+            kind=InfraEventKind.SUCCEEDED if self.succeeded else InfraEventKind.FAILED,
+            observe_time=self.observe_time,
+            reason=self.reason,
+            message=self.message,
+            exit_code=self.exit_code,
+            log_tail=self.log_tail,
+        )
 
 
 def _signal_name(number: int) -> str:

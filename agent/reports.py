@@ -14,13 +14,13 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent.models import InfraExit, RunKey
+from agent.models import InfraEvent, RunKey
 
 __all__ = [
     "Accepted",
     "Cancelled",
     "CreditGranted",
-    "Exited",
+    "InfraObserved",
     "Outbox",
     "Report",
     "SubmitFailed",
@@ -53,10 +53,10 @@ class SubmitFailed:
 
 
 @dataclass(frozen=True)
-class Exited:
-    """The attempt's infrastructure ended on its own."""
+class InfraObserved:
+    """Something happened to the attempt's infrastructure (``event.ends``: it is over)."""
 
-    exit: InfraExit
+    event: InfraEvent
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class CreditGranted:
     credits: int = 1
 
 
-Report = Accepted | Submitted | SubmitFailed | Exited | Cancelled | CreditGranted
+Report = Accepted | Submitted | SubmitFailed | InfraObserved | Cancelled | CreditGranted
 
 
 class Outbox:

@@ -2,8 +2,8 @@
 
 Shutdown order matters: first the session (no new work arrives), then the run manager's
 submissions and cancellations (grace period, then cancel), then the runtime's watchers.
-Engine processes are never killed on shutdown: they report to the control plane on their
-own, and a restarted agent's new session does not need them gone.
+Engines (processes or Kubernetes Jobs) are never killed on shutdown: they report to the
+control plane on their own, and a restarted agent adopts what is still running.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import signal
 
 from agent.connection import run_connection
+from agent.health import HealthFile
 from agent.reports import Outbox
 from agent.runs import RunManager
 from agent.runtimes import make_runtime
@@ -35,7 +36,7 @@ async def run_agent(settings: Settings, stop: asyncio.Event | None = None) -> No
     runtime = make_runtime(settings)
     outbox = Outbox()
     manager = RunManager(runtime, outbox, settings.agent.capacity)
-    await runtime.start(manager.on_exit)
+    await runtime.start(manager.on_event)
     loop = asyncio.get_running_loop()
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, _request_stop, stop, signum)
@@ -55,6 +56,7 @@ async def run_agent(settings: Settings, stop: asyncio.Event | None = None) -> No
             manager=manager,
             outbox=outbox,
             stop=stop,
+            health=HealthFile(settings.health.file),
         )
     finally:
         for signum in _STOP_SIGNALS:

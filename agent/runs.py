@@ -5,10 +5,15 @@ runtime (which creates infrastructure). It outlives sessions: a submission or a 
 in progress continues while the agent reconnects, and what it reports waits in the outbox.
 
 Slots: each held attempt takes one of ``capacity`` slots from its Assign until it ends
-(exit, cancel or failed submission); the freed slot goes back to the server as
+(ending event, cancel or failed submission); the freed slot goes back to the server as
 ``CreditGrant(1)``, unless the server had pushed beyond capacity and no slot is really free.
 An Assign for an attempt already held or recently finished takes no slot, so its credit is
 returned at once.
+
+Adoption: infrastructure the runtime finds without having created it in this process (after
+a restart) is announced in every Hello and held like a submitted attempt, so its events and
+its end are reported, and a ``Cancel`` tears it down. A ``Cancel`` for an attempt that is not
+held still asks the runtime to remove whatever infrastructure it may have left behind.
 """
 
 from __future__ import annotations
@@ -19,12 +24,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from agent.errors import SubmitError
-from agent.models import Assignment, InfraExit, RunKey, RunningInfra
+from agent.models import Assignment, InfraEvent, RunKey, RunningInfra
 from agent.reports import (
     Accepted,
     Cancelled,
     CreditGranted,
-    Exited,
+    InfraObserved,
     Outbox,
     Report,
     SubmitFailed,
@@ -51,9 +56,12 @@ class HelloState:
 
 @dataclass(eq=False)
 class _HeldRun:
-    assignment: Assignment
+    # None for infrastructure adopted without an Assign in this process.
+    assignment: Assignment | None
     infrastructure_id: str | None = None
+    submitting: bool = False
     cancel_requested: bool = False
+    cancel_started: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,7 @@ class RunManager:
         self._capacity = capacity
         self._held: dict[RunKey, _HeldRun] = {}
         self._finished: OrderedDict[RunKey, _Finished] = OrderedDict()
+        self._orphan_cancels: set[RunKey] = set()
         self._tasks = TaskSet("runs")
 
     @property
@@ -78,13 +87,28 @@ class RunManager:
         """Slots not taken by a held attempt."""
         return max(0, self._capacity - len(self._held))
 
+    def held(self) -> tuple[RunKey, ...]:
+        """The attempts held now, submitted or adopted."""
+        return tuple(self._held)
+
     def hello(self) -> HelloState:
         """Restate credit and running infrastructure for a new session.
 
-        Pending credit grants are dropped: the free slots they stand for are in ``capacity``.
+        Infrastructure the runtime sees but this manager does not hold yet is adopted first,
+        so its slot is not offered again. Pending credit grants are dropped: the free slots
+        they stand for are in ``capacity``.
         """
         self._outbox.take_credits()
-        return HelloState(capacity=self.free_slots, observed=tuple(self._runtime.observe()))
+        observed = tuple(self._runtime.observe())
+        for infra in observed:
+            if infra.key not in self._held:
+                logger.info(
+                    "adopting run %s: its infrastructure %s exists",
+                    infra.key,
+                    infra.infrastructure_id,
+                )
+                self._held[infra.key] = _HeldRun(None, infra.infrastructure_id)
+        return HelloState(capacity=self.free_slots, observed=observed)
 
     def assign(self, assignment: Assignment, received: datetime) -> None:
         """Take an assignment: acknowledge it now and submit it in the background."""
@@ -93,6 +117,8 @@ class RunManager:
         held = self._held.get(key)
         if held is not None:
             logger.info("assignment %s repeated; it is already held", key)
+            if held.assignment is None:
+                held.assignment = assignment
             if held.infrastructure_id is not None:
                 self._outbox.put(Submitted(key, held.infrastructure_id))
             self._outbox.put(CreditGranted(1))
@@ -114,44 +140,68 @@ class RunManager:
             assignment.deployment_name,
             assignment.flow_name,
         )
-        self._held[key] = _HeldRun(assignment)
+        self._held[key] = _HeldRun(assignment, submitting=True)
         self._tasks.spawn(f"submit:{key}", self._submit(key, assignment))
 
     def cancel(self, key: RunKey, reason: str) -> None:
-        """Tear down an attempt; answer Cancelled at once if this agent does not hold it."""
+        """Tear down an attempt; for one not held, remove what the runtime may have left."""
         held = self._held.get(key)
         if held is None:
-            logger.info("cancel %s (%s): not running here, answering cancelled", key, reason)
-            self._outbox.put(Cancelled(key))
+            if key in self._orphan_cancels:
+                return
+            logger.info("cancel %s (%s): not held here, removing any leftover", key, reason)
+            self._orphan_cancels.add(key)
+            self._tasks.spawn(f"cancel-leftover:{key}", self._cancel_leftover(key))
             return
         if held.cancel_requested:
             return
         logger.info("cancel %s: %s", key, reason or "no reason given")
         held.cancel_requested = True
-        if held.infrastructure_id is not None:
-            self._tasks.spawn(f"cancel:{key}", self._cancel(key))
+        if not held.submitting:
+            self._start_cancel(key, held)
         # Otherwise the submission in progress cancels it as soon as it exists.
 
-    def on_exit(self, ended: InfraExit) -> None:
-        """The runtime's exit callback: report the end and free the slot."""
-        key = ended.key
-        held = self._held.pop(key, None)
+    def on_event(self, event: InfraEvent) -> None:
+        """The runtime's event callback: report the event; an ending one frees the slot."""
+        key = event.key
+        held = self._held.get(key)
         if held is None:
-            logger.warning("infrastructure of %s ended but the run is not held here", key)
-            self._outbox.put(Exited(ended))
+            logger.info(
+                "ignoring %s of run %s (%s): the run is not held here",
+                event.kind.value,
+                key,
+                event.reason,
+            )
             return
         if held.infrastructure_id is None:
-            # The exit overtook the submission's own report: keep Submitted first.
-            held.infrastructure_id = ended.infrastructure_id
-            self._outbox.put(Submitted(key, ended.infrastructure_id))
+            # The event overtook the submission's own report: keep Submitted first.
+            held.infrastructure_id = event.infrastructure_id
+            self._outbox.put(Submitted(key, event.infrastructure_id))
+        if not event.ends:
+            if not held.cancel_requested:
+                logger.info(
+                    "run %s: infrastructure %s: %s %s",
+                    key,
+                    event.kind.value,
+                    event.reason,
+                    event.message,
+                )
+                self._outbox.put(InfraObserved(event))
+            return
+        del self._held[key]
         final: Report
         if held.cancel_requested:
             final = Cancelled(key)
-            logger.info("run %s cancelled: %s is gone", key, ended.infrastructure_id)
+            logger.info("run %s cancelled: %s is gone", key, event.infrastructure_id)
         else:
-            final = Exited(ended)
+            final = InfraObserved(event)
             logger.info(
-                "run %s exited with code %d (%s)", key, ended.exit_code, ended.infrastructure_id
+                "run %s ended: %s%s (%s) %s",
+                key,
+                event.kind.value,
+                " (gave up)" if event.gave_up else "",
+                event.reason,
+                event.message,
             )
         self._finish(key, held.infrastructure_id, final)
 
@@ -170,13 +220,15 @@ class RunManager:
             self._submit_failed(key, f"internal agent error: {type(error).__name__}: {error}")
             return
         held = self._held.get(key)
-        if held is None or held.infrastructure_id is not None:
-            return  # the exit was already reported, Submitted first
-        held.infrastructure_id = infrastructure_id
-        logger.info("run %s submitted: %s", key, infrastructure_id)
-        self._outbox.put(Submitted(key, infrastructure_id))
+        if held is None:
+            return  # it already ended, Submitted first
+        held.submitting = False
+        if held.infrastructure_id is None:
+            held.infrastructure_id = infrastructure_id
+            logger.info("run %s submitted: %s", key, infrastructure_id)
+            self._outbox.put(Submitted(key, infrastructure_id))
         if held.cancel_requested:
-            self._tasks.spawn(f"cancel:{key}", self._cancel(key))
+            self._start_cancel(key, held)
 
     def _submit_failed(self, key: RunKey, reason: str) -> None:
         held = self._held.pop(key, None)
@@ -197,7 +249,23 @@ class RunManager:
         if self.free_slots > 0:
             self._outbox.put(CreditGranted(1))
 
+    def _start_cancel(self, key: RunKey, held: _HeldRun) -> None:
+        if not held.cancel_started:
+            held.cancel_started = True
+            self._tasks.spawn(f"cancel:{key}", self._cancel(key))
+
     async def _cancel(self, key: RunKey) -> None:
         if not await self._runtime.cancel(key):
-            # The infrastructure ended before the cancel reached it; its exit was reported.
+            # The infrastructure ended before the cancel reached it; its end was reported.
             logger.info("cancel %s: the infrastructure had already ended", key)
+
+    async def _cancel_leftover(self, key: RunKey) -> None:
+        try:
+            if await self._runtime.cancel(key):
+                logger.info("cancel %s: removed infrastructure left behind", key)
+        except Exception:
+            # Still answer: the server must not keep the run CANCELLING because of cleanup.
+            logger.exception("cancel %s: could not remove leftover infrastructure", key)
+        finally:
+            self._orphan_cancels.discard(key)
+        self._outbox.put(Cancelled(key))

@@ -17,17 +17,17 @@ from datetime import UTC, datetime
 
 import grpc
 import grpc.aio
-from flowyard.v1 import agent_pb2, agent_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent import __version__
 from agent.errors import SessionError, SessionRejected, StreamBroken
-from agent.models import Assignment, RunKey
+from agent.health import HealthFile
+from agent.models import Assignment, InfraEvent, InfraEventKind, RunKey
 from agent.reports import (
     Accepted,
     Cancelled,
     CreditGranted,
-    Exited,
+    InfraObserved,
     Outbox,
     Report,
     SubmitFailed,
@@ -36,6 +36,7 @@ from agent.reports import (
 from agent.runs import HelloState, RunManager
 from agent.settings import AgentSettings, ConnectionSettings
 from agent.tasks import cancel_and_wait, wait_first
+from flowyard.v1 import agent_pb2, agent_pb2_grpc
 
 __all__ = ["FATAL_CODES", "Session", "Welcome"]
 
@@ -52,6 +53,18 @@ FATAL_CODES = frozenset(
 """Status codes that mean the server refuses this agent as configured: reconnecting won't help."""
 
 _Call = grpc.aio.StreamStreamCall[agent_pb2.ConnectRequest, agent_pb2.ConnectResponse]
+
+_KINDS: dict[InfraEventKind, agent_pb2.InfraEventKind.ValueType] = {
+    InfraEventKind.PENDING: agent_pb2.INFRA_EVENT_KIND_PENDING,
+    InfraEventKind.UNSCHEDULABLE: agent_pb2.INFRA_EVENT_KIND_UNSCHEDULABLE,
+    InfraEventKind.IMAGE_PULL_ERROR: agent_pb2.INFRA_EVENT_KIND_IMAGE_PULL_ERROR,
+    InfraEventKind.CRASH_LOOP: agent_pb2.INFRA_EVENT_KIND_CRASH_LOOP,
+    InfraEventKind.OOM_KILLED: agent_pb2.INFRA_EVENT_KIND_OOM_KILLED,
+    InfraEventKind.EVICTED: agent_pb2.INFRA_EVENT_KIND_EVICTED,
+    InfraEventKind.FAILED: agent_pb2.INFRA_EVENT_KIND_FAILED,
+    InfraEventKind.SUCCEEDED: agent_pb2.INFRA_EVENT_KIND_SUCCEEDED,
+    InfraEventKind.DELETED: agent_pb2.INFRA_EVENT_KIND_DELETED,
+}
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,7 @@ class Session:
         runtime_name: str,
         manager: RunManager,
         outbox: Outbox,
+        health: HealthFile | None = None,
     ) -> None:
         self._stub = agent_pb2_grpc.AgentServiceStub(channel)
         self._agent = agent
@@ -83,6 +97,7 @@ class Session:
         self._runtime_name = runtime_name
         self._manager = manager
         self._outbox = outbox
+        self._health = health
         self._closing = asyncio.Event()
         self._last_seen = 0.0
         self.welcome: Welcome | None = None
@@ -108,6 +123,7 @@ class Session:
     async def _exchange(self, call: _Call) -> None:
         welcome = await self._handshake(call)
         self.welcome = welcome
+        self._server_alive()
         logger.info(
             "connected to %s: session %s (heartbeat every %g s, server %s)",
             self._connection.server,
@@ -181,10 +197,17 @@ class Session:
         elif kind == "cancel":
             cancel = message.cancel
             self._manager.cancel(RunKey(cancel.run_id, cancel.attempt), cancel.reason)
+        elif kind == "heartbeat":
+            self._server_alive()
         elif kind == "welcome":
             logger.warning("ignoring a second Welcome in session %s", message.welcome.session_id)
-        elif kind != "heartbeat":
+        else:
             logger.debug("ignoring a message of unknown kind %r", kind)
+
+    def _server_alive(self) -> None:
+        """The server is alive and talking to us: tell the liveness probe."""
+        if self._health is not None:
+            self._health.touch()
 
     async def _write(self, call: _Call, welcome: Welcome) -> None:
         loop = asyncio.get_running_loop()
@@ -282,30 +305,28 @@ def _report_to_proto(report: Report) -> agent_pb2.ConnectRequest:
                     run_id=key.run_id, attempt=key.attempt, reason=reason
                 )
             )
-        case Exited(ended):
-            kind = (
-                agent_pb2.INFRA_EVENT_KIND_SUCCEEDED
-                if ended.succeeded
-                else agent_pb2.INFRA_EVENT_KIND_FAILED
-            )
-            return agent_pb2.ConnectRequest(
-                infra_event=agent_pb2.InfraEvent(
-                    run_id=ended.key.run_id,
-                    attempt=ended.key.attempt,
-                    kind=kind,
-                    reason=ended.reason,
-                    message=ended.message,
-                    exit_code=ended.exit_code,
-                    log_tail=ended.log_tail,
-                    observe_time=_timestamp(ended.observe_time),
-                )
-            )
+        case InfraObserved(event):
+            return agent_pb2.ConnectRequest(infra_event=_infra_event_to_proto(event))
         case Cancelled(key):
             return agent_pb2.ConnectRequest(
                 cancelled=agent_pb2.Cancelled(run_id=key.run_id, attempt=key.attempt)
             )
         case CreditGranted(credits):
             return agent_pb2.ConnectRequest(credit=agent_pb2.CreditGrant(credits=credits))
+
+
+def _infra_event_to_proto(event: InfraEvent) -> agent_pb2.InfraEvent:
+    return agent_pb2.InfraEvent(
+        run_id=event.key.run_id,
+        attempt=event.key.attempt,
+        kind=_KINDS[event.kind],
+        reason=event.reason,
+        message=event.message,
+        exit_code=event.exit_code or 0,
+        log_tail=event.log_tail,
+        observe_time=_timestamp(event.observe_time),
+        gave_up=event.gave_up,
+    )
 
 
 def _heartbeat() -> agent_pb2.Heartbeat:

@@ -7,6 +7,7 @@ everything else receives the dataclass it needs as an argument.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import socket
 import sys
@@ -15,22 +16,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "DEFAULT_HEALTH_FILE",
+    "DEFAULT_NAMESPACE",
     "DEFAULT_SERVER",
     "RUNTIMES",
     "AgentSettings",
+    "ApiRetrySettings",
     "BackoffSettings",
     "ConnectionSettings",
+    "HealthSettings",
+    "KubernetesSettings",
+    "Probe",
     "ProcessSettings",
     "Settings",
     "build_parser",
     "default_engine_command",
+    "parse_command",
     "parse_settings",
 ]
 
 DEFAULT_SERVER = "127.0.0.1:7700"
 DEFAULT_CAPACITY = 4
+DEFAULT_NAMESPACE = "default"
+DEFAULT_HEALTH_FILE = Path("/tmp/flowyard-agent.health")
 RUNTIMES = ("process", "kubernetes")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# A Kubernetes namespace name: an RFC 1123 DNS label.
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,50 @@ class ProcessSettings:
 
 
 @dataclass(frozen=True)
+class ApiRetrySettings:
+    """Retries of one Kubernetes API call after 429, 5xx or a connection error."""
+
+    # Tries in all, the first one included.
+    attempts: int = 6
+    backoff: BackoffSettings = field(default_factory=lambda: BackoffSettings(base=0.2, cap=5.0))
+    # A longer Retry-After is cut short: callers have deadlines of their own.
+    max_retry_after: float = 30.0
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    """The Kubernetes runtime: which cluster, where Jobs go, how they are watched."""
+
+    # A kubeconfig path (or several, joined like $KUBECONFIG); None: the in-cluster config.
+    kubeconfig: str | None = None
+    # Where Jobs go when their template names no namespace; always watched.
+    namespace: str = DEFAULT_NAMESPACE
+    # What engines inside pods dial to reach the control plane.
+    engine_server: str = DEFAULT_SERVER
+    retry: ApiRetrySettings = field(default_factory=ApiRetrySettings)
+    # Server-side timeout of one watch request; the watch then resumes where it was.
+    watch_timeout: float = 300.0
+    # Delays between failed list/watch requests.
+    watch_backoff: BackoffSettings = field(default_factory=BackoffSettings)
+    # The first list of Jobs and pods must succeed within this, or the agent exits.
+    startup_timeout: float = 60.0
+    # How long a cancel waits for the deleted Job to disappear.
+    cancel_timeout: float = 60.0
+    # Pod-start deadline of an adopted Job whose own annotation is missing.
+    default_pod_start_timeout: float = 300.0
+    log_tail_lines: int = 50
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    """The liveness file: touched on Welcome and on every server heartbeat."""
+
+    file: Path = DEFAULT_HEALTH_FILE
+    # ``--probe`` fails when the file is older than this.
+    max_age: float = 90.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the agent needs, grouped by the part of the agent that uses it."""
 
@@ -89,6 +145,15 @@ class Settings:
     connection: ConnectionSettings
     process: ProcessSettings
     log_level: str = "INFO"
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """``--probe``: check the liveness file instead of running the agent."""
+
+    health: HealthSettings
 
 
 def default_engine_command(executable: str) -> tuple[str, ...]:
@@ -139,6 +204,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="after SIGTERM, how long a cancelled engine may take before SIGKILL (default 10)",
     )
     parser.add_argument(
+        "--kubeconfig",
+        help="kubeconfig file for the kubernetes runtime (env KUBECONFIG; "
+        "default: the in-cluster service account)",
+    )
+    parser.add_argument(
+        "--namespace",
+        help="namespace of Jobs whose template names none, always watched "
+        f"(env FLOWYARD_NAMESPACE, default {DEFAULT_NAMESPACE})",
+    )
+    parser.add_argument(
+        "--engine-server",
+        help="control plane address HOST:PORT as engines inside pods reach it "
+        "(env FLOWYARD_ENGINE_SERVER, default: --server)",
+    )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="liveness check: exit 0 if the running agent heard from the control plane "
+        "within 90 s (its health file, env FLOWYARD_AGENT_HEALTH_FILE), else 1",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -146,6 +232,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="agent log level (default INFO)",
     )
     return parser
+
+
+def parse_command(
+    argv: Sequence[str] | None,
+    environ: Mapping[str, str],
+    *,
+    hostname: str | None = None,
+    executable: str | None = None,
+) -> Settings | Probe:
+    """What the command line asks for: run the agent with :class:`Settings`, or a :class:`Probe`.
+
+    Invalid input ends the program the argparse way: a usage message and exit status 2.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.probe:
+        return Probe(_health(environ))
+    return _settings(parser, args, environ, hostname, executable)
 
 
 def parse_settings(
@@ -160,8 +264,16 @@ def parse_settings(
     Invalid input ends the program the argparse way: a usage message and exit status 2.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return _settings(parser, parser.parse_args(argv), environ, hostname, executable)
 
+
+def _settings(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    hostname: str | None,
+    executable: str | None,
+) -> Settings:
     pool = (args.pool or environ.get("FLOWYARD_POOL", "")).strip()
     if not pool:
         parser.error("a pool is required: pass --pool or set FLOWYARD_POOL")
@@ -206,7 +318,32 @@ def parse_settings(
             engine_command=engine_command, work_dir=work_dir, cancel_grace=cancel_grace
         ),
         log_level=args.log_level,
+        kubernetes=_kubernetes(parser, args, environ, server),
+        health=_health(environ),
     )
+
+
+def _kubernetes(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    server: str,
+) -> KubernetesSettings:
+    kubeconfig = (args.kubeconfig or environ.get("KUBECONFIG") or "").strip() or None
+    namespace = (args.namespace or environ.get("FLOWYARD_NAMESPACE") or DEFAULT_NAMESPACE).strip()
+    if not _NAMESPACE.fullmatch(namespace):
+        parser.error(f"--namespace must be a Kubernetes namespace name, got {namespace!r}")
+    engine_server = (args.engine_server or environ.get("FLOWYARD_ENGINE_SERVER") or server).strip()
+    if not engine_server:
+        parser.error("--engine-server must be HOST:PORT")
+    return KubernetesSettings(
+        kubeconfig=kubeconfig, namespace=namespace, engine_server=engine_server
+    )
+
+
+def _health(environ: Mapping[str, str]) -> HealthSettings:
+    path = environ.get("FLOWYARD_AGENT_HEALTH_FILE", "").strip()
+    return HealthSettings(file=Path(path).expanduser() if path else DEFAULT_HEALTH_FILE)
 
 
 def _positive_int(parser: argparse.ArgumentParser, what: str, text: str) -> int:

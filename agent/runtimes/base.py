@@ -1,9 +1,9 @@
-"""The interface every runtime implements: submit, cancel, observe, report exits.
+"""The interface every runtime implements: submit, cancel, observe, report events.
 
 A runtime knows how to create and tear down a run's infrastructure on one kind of platform
 (local processes, Kubernetes Jobs). It sees plain dataclasses only, never protobuf, and it
-never talks to the control plane: it reports the end of an attempt's infrastructure through
-the :data:`ExitCallback` given to :meth:`Runtime.start`.
+never talks to the control plane: it reports what happens to an attempt's infrastructure
+through the :data:`EventCallback` given to :meth:`Runtime.start`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import abc
 from collections.abc import Callable
 from typing import ClassVar
 
-from agent.models import Assignment, InfraExit, RunKey, RunningInfra
+from agent.models import Assignment, InfraEvent, RunKey, RunningInfra
 
-__all__ = ["ExitCallback", "Runtime"]
+__all__ = ["EventCallback", "Runtime"]
 
-ExitCallback = Callable[[InfraExit], None]
-"""Called once per attempt when its infrastructure has ended (on its own or cancelled)."""
+EventCallback = Callable[[InfraEvent], None]
+"""Called for each event of an attempt; exactly once per attempt with an ending event."""
 
 
 class Runtime(abc.ABC):
@@ -27,28 +27,36 @@ class Runtime(abc.ABC):
     """The value sent as ``Hello.runtime``."""
 
     @abc.abstractmethod
-    async def start(self, on_exit: ExitCallback) -> None:
-        """Prepare the runtime; afterwards every ended attempt is passed to ``on_exit``."""
+    async def start(self, on_event: EventCallback) -> None:
+        """Prepare the runtime; afterwards what happens to attempts is passed to ``on_event``.
+
+        When this returns, :meth:`observe` knows the infrastructure that already exists.
+        """
 
     @abc.abstractmethod
     async def submit(self, assignment: Assignment) -> str:
         """Create the attempt's infrastructure and return its infrastructure id.
 
-        Submitting an attempt that is already running returns the existing id and creates
-        nothing. Raises :class:`~agent.errors.SubmitError` with a reason for a person.
+        Submitting an attempt whose infrastructure already exists returns the existing id
+        and creates nothing. Raises :class:`~agent.errors.SubmitError` with a reason for a
+        person.
         """
 
     @abc.abstractmethod
     async def cancel(self, key: RunKey) -> bool:
         """Tear down the attempt's infrastructure and return once it is gone.
 
-        The exit is still passed to the exit callback. Returns False, at once, if the
-        runtime has no infrastructure for ``key``.
+        The ending event of an attempt the runtime was reporting on is still passed to the
+        event callback. Returns False if there was no infrastructure for ``key``.
         """
 
     @abc.abstractmethod
     def observe(self) -> list[RunningInfra]:
-        """The attempts whose infrastructure is still running."""
+        """The attempts whose infrastructure is still running.
+
+        The caller holds them from now on: the runtime reports their events, including
+        those of infrastructure it did not create itself (found after a restart).
+        """
 
     @abc.abstractmethod
     async def close(self) -> None:

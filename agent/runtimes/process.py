@@ -22,7 +22,7 @@ from typing import BinaryIO, ClassVar
 
 from agent.errors import ConfigurationError, SubmitError
 from agent.models import Assignment, InfraExit, RunKey, RunningInfra
-from agent.runtimes.base import ExitCallback, Runtime
+from agent.runtimes.base import EventCallback, Runtime
 from agent.runtimes.pgroup import signal_group, wait_group_gone
 from agent.settings import ProcessSettings
 from agent.tasks import TaskSet
@@ -63,7 +63,7 @@ class ProcessRuntime(Runtime):
         self._server = server
         self._hostname = hostname or socket.gethostname()
         self._work_dir: Path | None = None
-        self._on_exit: ExitCallback | None = None
+        self._on_event: EventCallback | None = None
         self._engines: dict[RunKey, _Engine] = {}
         # Spawns are short; serialising them makes "already running?" and "start" atomic.
         self._spawn_lock = asyncio.Lock()
@@ -76,7 +76,7 @@ class ProcessRuntime(Runtime):
             raise RuntimeError("the process runtime has not been started")
         return self._work_dir
 
-    async def start(self, on_exit: ExitCallback) -> None:
+    async def start(self, on_event: EventCallback) -> None:
         """Create the work directory and remember where exits go."""
         try:
             if self._settings.work_dir is None:
@@ -87,7 +87,7 @@ class ProcessRuntime(Runtime):
                 self._work_dir = self._settings.work_dir.resolve()
         except OSError as error:
             raise ConfigurationError(f"cannot create the work directory: {error}") from error
-        self._on_exit = on_exit
+        self._on_event = on_event
         logger.info("process runtime: work directory %s", self._work_dir)
 
     async def submit(self, assignment: Assignment) -> str:
@@ -193,8 +193,8 @@ class ProcessRuntime(Runtime):
         )
         del self._engines[engine.key]
         engine.ended.set()
-        if self._on_exit is not None:
-            self._on_exit(ended)
+        if self._on_event is not None:
+            self._on_event(ended.to_event())
 
     async def _terminate(self, engine: _Engine) -> None:
         pgid = engine.process.pid  # the leader of a new session: its pid is the group id

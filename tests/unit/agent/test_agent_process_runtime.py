@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigurationError, SubmitError
-from agent.models import Assignment, InfraExit, RunKey, RunningInfra
+from agent.models import Assignment, InfraEvent, InfraEventKind, RunKey, RunningInfra
 from agent.runtimes.process import ProcessRuntime, read_tail
 from agent.settings import ProcessSettings
 
@@ -23,12 +23,14 @@ class Exits:
     """Collects what the runtime reports through its exit callback."""
 
     def __init__(self) -> None:
-        self.items: list[InfraExit] = []
+        self.items: list[InfraEvent] = []
 
-    def __call__(self, ended: InfraExit) -> None:
+    def __call__(self, ended: InfraEvent) -> None:
+        # The process runtime reports only ends: succeeded or failed.
+        assert ended.ends and ended.kind in (InfraEventKind.SUCCEEDED, InfraEventKind.FAILED)
         self.items.append(ended)
 
-    def of(self, key: RunKey) -> InfraExit | None:
+    def of(self, key: RunKey) -> InfraEvent | None:
         return next((e for e in self.items if e.key == key), None)
 
 
@@ -91,8 +93,8 @@ async def test_submit_runs_the_engine_and_reports_its_exit(
     assert ended is not None
     assert ended.infrastructure_id == infrastructure_id
     assert ended.exit_code == 3
-    assert not ended.succeeded
-    assert ended.signal_number is None
+    assert ended.kind is InfraEventKind.FAILED
+    assert ended.reason == "Error"
     assert ended.message == "the engine exited with code 3"
     assert ended.observe_time.tzinfo is not None
     tail = list(ended.log_tail)
@@ -113,7 +115,7 @@ async def test_successful_exit(runtime: ProcessRuntime, exits: Exits, eventually
     await runtime.submit(assignment("exit0-b"))
     await eventually(lambda: bool(exits.items))
     assert exits.items[0].exit_code == 0
-    assert exits.items[0].succeeded
+    assert exits.items[0].kind is InfraEventKind.SUCCEEDED
     assert exits.items[0].reason == "Completed"
 
 
@@ -144,9 +146,9 @@ async def test_cancel_kills_the_whole_process_group(
     assert not alive(child)
     ended = exits.of(key)
     assert ended is not None
-    assert ended.signal_number == 15
     assert ended.exit_code == 128 + 15
     assert ended.reason == "Signaled"
+    assert ended.message == "the engine was killed by SIGTERM"
     assert runtime.observe() == []
 
 
@@ -170,7 +172,8 @@ async def test_cancel_escalates_to_sigkill_after_the_grace_period(
         assert not alive(pid)
         assert not alive(child)
         ended = exits.of(key)
-        assert ended is not None and ended.signal_number == 9
+        assert ended is not None and ended.exit_code == 128 + 9
+        assert ended.message == "the engine was killed by SIGKILL"
     finally:
         await runtime.close()
 

@@ -1,4 +1,5 @@
-"""The run manager's bookkeeping against a fake runtime: reports, credits, cancels, repeats."""
+"""The run manager's bookkeeping against a fake runtime: reports, credits, cancels, repeats,
+intermediate events and adoption."""
 
 from __future__ import annotations
 
@@ -9,19 +10,19 @@ from datetime import UTC, datetime
 import pytest
 
 from agent.errors import SubmitError
-from agent.models import Assignment, InfraExit, RunKey, RunningInfra
+from agent.models import Assignment, InfraEvent, InfraEventKind, InfraExit, RunKey, RunningInfra
 from agent.reports import (
     Accepted,
     Cancelled,
     CreditGranted,
-    Exited,
+    InfraObserved,
     Outbox,
     Report,
     SubmitFailed,
     Submitted,
 )
 from agent.runs import RunManager
-from agent.runtimes.base import ExitCallback, Runtime
+from agent.runtimes.base import EventCallback, Runtime
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -32,15 +33,15 @@ class FakeRuntime(Runtime):
     name = "fake"
 
     def __init__(self) -> None:
-        self.on_exit: ExitCallback | None = None
+        self.on_event: EventCallback | None = None
         self.running: dict[RunKey, str] = {}
         self.submits: list[RunKey] = []
         self.cancels: list[RunKey] = []
         self.gate: asyncio.Event | None = None
         self.fail_with: str | None = None
 
-    async def start(self, on_exit: ExitCallback) -> None:
-        self.on_exit = on_exit
+    async def start(self, on_event: EventCallback) -> None:
+        self.on_event = on_event
 
     async def submit(self, assignment: Assignment) -> str:
         self.submits.append(assignment.key)
@@ -65,10 +66,21 @@ class FakeRuntime(Runtime):
 
     def end(self, key: RunKey, exit_code: int = 0, signal_number: int | None = None) -> None:
         infrastructure_id = self.running.pop(key)
-        assert self.on_exit is not None
-        self.on_exit(
-            InfraExit(key, infrastructure_id, exit_code, NOW, ("last line",), signal_number)
+        assert self.on_event is not None
+        self.on_event(
+            InfraExit(
+                key, infrastructure_id, exit_code, NOW, ("last line",), signal_number
+            ).to_event()
         )
+
+    def emit(self, key: RunKey, kind: InfraEventKind, reason: str, gave_up: bool = False) -> None:
+        """Report an event about running infrastructure; an ending one removes it."""
+        infrastructure_id = self.running[key]
+        event = InfraEvent(key, infrastructure_id, kind, NOW, reason, gave_up=gave_up)
+        if event.ends:
+            del self.running[key]
+        assert self.on_event is not None
+        self.on_event(event)
 
 
 def assignment(run_id: str, attempt: int = 1) -> Assignment:
@@ -95,7 +107,7 @@ def outbox() -> Outbox:
 @pytest.fixture
 async def manager(runtime: FakeRuntime, outbox: Outbox) -> AsyncIterator[RunManager]:
     manager = RunManager(runtime, outbox, capacity=2)
-    await runtime.start(manager.on_exit)
+    await runtime.start(manager.on_event)
     yield manager
     await manager.close(grace=1.0)
 
@@ -122,9 +134,11 @@ async def test_assignment_is_accepted_submitted_and_its_exit_reported(
 
     runtime.end(key, exit_code=1)
     reports = drain(outbox)
-    assert [type(r) for r in reports] == [Exited, CreditGranted]
-    exited = reports[0]
-    assert isinstance(exited, Exited) and exited.exit.exit_code == 1
+    assert [type(r) for r in reports] == [InfraObserved, CreditGranted]
+    ended = reports[0]
+    assert isinstance(ended, InfraObserved)
+    assert ended.event.exit_code == 1
+    assert ended.event.kind is InfraEventKind.FAILED
     assert manager.free_slots == 2
 
 
@@ -143,12 +157,15 @@ async def test_failed_submission_reports_the_reason_and_frees_the_slot(
     assert manager.free_slots == 2
 
 
-async def test_cancel_of_an_unknown_run_answers_cancelled_at_once(
+async def test_cancel_of_an_unknown_run_removes_leftovers_and_answers_cancelled(
     manager: RunManager, runtime: FakeRuntime, outbox: Outbox
 ) -> None:
     manager.cancel(RunKey("ghost", 3), "user asked")
+    manager.cancel(RunKey("ghost", 3), "asked again")  # one cleanup at a time
+    await settle()
     assert drain(outbox) == [Cancelled(RunKey("ghost", 3))]
-    assert runtime.cancels == []
+    # The runtime is asked, in case infrastructure was left behind (after a restart).
+    assert runtime.cancels == [RunKey("ghost", 3)]
 
 
 async def test_cancel_reports_cancelled_instead_of_the_exit(
@@ -243,7 +260,7 @@ async def test_hello_restates_free_slots_and_running_infrastructure(
     assert state.observed == (RunningInfra(RunKey("r1", 1), "fake/r1"),)
     # The freed slot is in capacity now, so its pending grant must not be sent as well.
     assert not any(isinstance(r, CreditGranted) for r in outbox.pending())
-    assert any(isinstance(r, Exited) for r in outbox.pending())
+    assert any(isinstance(r, InfraObserved) for r in outbox.pending())
 
 
 async def test_assign_beyond_capacity_still_runs(
@@ -260,3 +277,114 @@ async def test_assign_beyond_capacity_still_runs(
     assert not any(isinstance(r, CreditGranted) for r in drain(outbox))
     runtime.end(RunKey("r2", 1))
     assert CreditGranted(1) in drain(outbox)
+
+
+async def test_intermediate_events_are_reported_without_ending_the_run(
+    manager: RunManager, runtime: FakeRuntime, outbox: Outbox
+) -> None:
+    key = RunKey("r1", 1)
+    manager.assign(assignment("r1"), NOW)
+    await settle()
+    drain(outbox)
+    runtime.emit(key, InfraEventKind.PENDING, "Pending")
+    runtime.emit(key, InfraEventKind.IMAGE_PULL_ERROR, "ErrImagePull")
+    reports = drain(outbox)
+    assert [r.event.reason for r in reports if isinstance(r, InfraObserved)] == [
+        "Pending",
+        "ErrImagePull",
+    ]
+    assert manager.held() == (key,)
+    assert manager.free_slots == 1
+
+    runtime.emit(key, InfraEventKind.IMAGE_PULL_ERROR, "ImagePullBackOff", gave_up=True)
+    reports = drain(outbox)
+    assert [type(r) for r in reports] == [InfraObserved, CreditGranted]
+    final = reports[0]
+    assert isinstance(final, InfraObserved) and final.event.gave_up and final.event.ends
+    assert manager.held() == ()
+
+
+async def test_an_event_before_the_submission_returns_keeps_submitted_first(
+    manager: RunManager, runtime: FakeRuntime, outbox: Outbox
+) -> None:
+    key = RunKey("r1", 1)
+    runtime.gate = asyncio.Event()
+    manager.assign(assignment("r1"), NOW)
+    await settle()
+    runtime.running[key] = "fake/r1"
+    runtime.emit(key, InfraEventKind.PENDING, "Pending")
+    runtime.gate.set()
+    await settle()
+    reports = drain(outbox)
+    assert [type(r) for r in reports] == [Accepted, Submitted, InfraObserved]
+
+
+async def test_cancel_waits_for_a_submission_even_after_an_early_event(
+    manager: RunManager, runtime: FakeRuntime, outbox: Outbox
+) -> None:
+    key = RunKey("r1", 1)
+    runtime.gate = asyncio.Event()
+    manager.assign(assignment("r1"), NOW)
+    await settle()
+    runtime.running[key] = "fake/r1"
+    runtime.emit(key, InfraEventKind.PENDING, "Pending")
+    manager.cancel(key, "")
+    await settle()
+    assert runtime.cancels == []  # the infrastructure may not exist yet
+    runtime.gate.set()
+    await settle()
+    assert runtime.cancels == [key]
+    assert drain(outbox)[-2:] == [Cancelled(key), CreditGranted(1)]
+
+
+async def test_events_of_runs_not_held_are_not_reported(
+    manager: RunManager, runtime: FakeRuntime, outbox: Outbox
+) -> None:
+    runtime.running[RunKey("stranger", 1)] = "fake/stranger"
+    runtime.emit(RunKey("stranger", 1), InfraEventKind.FAILED, "Error")
+    assert drain(outbox) == []
+
+
+async def test_hello_adopts_infrastructure_it_did_not_submit(
+    manager: RunManager, runtime: FakeRuntime, outbox: Outbox
+) -> None:
+    key = RunKey("adopted", 2)
+    runtime.running[key] = "ns/flowyard-adopted-2"
+    state = manager.hello()
+    assert state.observed == (RunningInfra(key, "ns/flowyard-adopted-2"),)
+    # Held: it takes a slot, and its end is reported like any other.
+    assert state.capacity == 1
+    assert manager.held() == (key,)
+    runtime.end(key, exit_code=0)
+    reports = drain(outbox)
+    assert [type(r) for r in reports] == [InfraObserved, CreditGranted]
+    assert manager.free_slots == 2
+
+
+async def test_a_repeated_assign_of_an_adopted_run_is_not_submitted(
+    manager: RunManager, runtime: FakeRuntime, outbox: Outbox
+) -> None:
+    key = RunKey("adopted", 1)
+    runtime.running[key] = "ns/flowyard-adopted-1"
+    manager.hello()
+    manager.assign(assignment("adopted"), NOW)
+    await settle()
+    assert runtime.submits == []
+    assert drain(outbox) == [
+        Accepted(key, NOW),
+        Submitted(key, "ns/flowyard-adopted-1"),
+        CreditGranted(1),
+    ]
+
+
+async def test_cancel_of_an_adopted_run_tears_it_down(
+    manager: RunManager, runtime: FakeRuntime, outbox: Outbox
+) -> None:
+    key = RunKey("orphan", 1)
+    runtime.running[key] = "ns/flowyard-orphan-1"
+    manager.hello()
+    manager.cancel(key, "the run is finished or unknown")
+    await settle()
+    assert runtime.cancels == [key]
+    assert drain(outbox) == [Cancelled(key), CreditGranted(1)]
+    assert runtime.running == {}

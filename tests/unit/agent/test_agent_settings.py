@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from pathlib import Path
 
 import pytest
 
-from agent.errors import RuntimeNotAvailable
+from agent.errors import ConfigurationError
 from agent.main import main
-from agent.runtimes import ProcessRuntime, make_runtime
-from agent.settings import DEFAULT_SERVER, Settings, default_engine_command, parse_settings
+from agent.runtimes import KubernetesRuntime, ProcessRuntime, make_runtime
+from agent.settings import (
+    DEFAULT_HEALTH_FILE,
+    DEFAULT_SERVER,
+    HealthSettings,
+    Probe,
+    Settings,
+    default_engine_command,
+    parse_command,
+    parse_settings,
+)
 
 
 def parse(argv: list[str], env: dict[str, str] | None = None, **kwargs: str) -> Settings:
@@ -123,15 +134,96 @@ def test_process_runtime_is_built_from_settings() -> None:
     assert isinstance(make_runtime(settings), ProcessRuntime)
 
 
-def test_kubernetes_runtime_is_not_available_yet() -> None:
+def test_kubernetes_defaults() -> None:
+    settings = parse(["--pool", "p", "--server", "cp:1", "--runtime", "kubernetes"])
+    assert settings.agent.runtime == "kubernetes"
+    assert settings.kubernetes.kubeconfig is None
+    assert settings.kubernetes.namespace == "default"
+    # Engines dial the same address as the agent unless told otherwise.
+    assert settings.kubernetes.engine_server == "cp:1"
+    assert settings.health.file == DEFAULT_HEALTH_FILE
+    assert settings.health.max_age == 90.0
+
+
+def test_kubernetes_flags_and_environment() -> None:
+    env = {
+        "KUBECONFIG": "/env/kubeconfig",
+        "FLOWYARD_NAMESPACE": "from-env",
+        "FLOWYARD_ENGINE_SERVER": "env-cp:2",
+        "FLOWYARD_AGENT_HEALTH_FILE": "/run/agent.health",
+    }
+    settings = parse(["--pool", "p", "--runtime", "kubernetes"], env)
+    assert settings.kubernetes.kubeconfig == "/env/kubeconfig"
+    assert settings.kubernetes.namespace == "from-env"
+    assert settings.kubernetes.engine_server == "env-cp:2"
+    assert settings.health.file == Path("/run/agent.health")
+    settings = parse(
+        [
+            "--pool",
+            "p",
+            "--runtime",
+            "kubernetes",
+            "--kubeconfig",
+            "/flag/kubeconfig",
+            "--namespace",
+            "flows",
+            "--engine-server",
+            "cp.flowyard.svc:7700",
+        ],
+        env,
+    )
+    assert settings.kubernetes.kubeconfig == "/flag/kubeconfig"
+    assert settings.kubernetes.namespace == "flows"
+    assert settings.kubernetes.engine_server == "cp.flowyard.svc:7700"
+
+
+@pytest.mark.parametrize("namespace", ["Flows", "-x", "a_b", "x" * 64])
+def test_invalid_namespace_exits_2(namespace: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse(["--pool", "p", "--namespace", namespace])
+    assert exited.value.code == 2
+    assert "--namespace" in capsys.readouterr().err
+
+
+def test_kubernetes_runtime_is_built_from_settings() -> None:
     settings = parse(["--pool", "p", "--runtime", "kubernetes"])
-    with pytest.raises(RuntimeNotAvailable, match="not available yet"):
-        make_runtime(settings)
+    assert isinstance(make_runtime(settings), KubernetesRuntime)
 
 
-def test_main_exits_2_for_the_kubernetes_runtime(
-    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+def test_probe_needs_no_pool(tmp_path: Path) -> None:
+    command = parse_command(["--probe"], {"FLOWYARD_AGENT_HEALTH_FILE": str(tmp_path / "h")})
+    assert command == Probe(HealthSettings(file=tmp_path / "h", max_age=90.0))
+
+
+def test_probe_exit_status_follows_the_health_file_age(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert main(["--pool", "p", "--runtime", "kubernetes", "--server", "127.0.0.1:1"]) == 2
+    health = tmp_path / "agent.health"
+    monkeypatch.setenv("FLOWYARD_AGENT_HEALTH_FILE", str(health))
+    assert main(["--probe"]) == 1  # never touched
+    health.touch()
+    assert main(["--probe"]) == 0
+    old = time.time() - 91
+    os.utime(health, (old, old))
+    assert main(["--probe"]) == 1
+
+
+async def test_kubernetes_runtime_without_any_configuration_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Outside a cluster, with no kubeconfig: a clear error, not a traceback.
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    settings = parse(["--pool", "p", "--runtime", "kubernetes"])
+    runtime = make_runtime(settings)
+    with pytest.raises(ConfigurationError, match="in-cluster"):
+        await runtime.start(lambda event: None)
+
+
+def test_main_exits_2_for_an_unreadable_kubeconfig(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "missing-kubeconfig"
+    argv = ["--pool", "p", "--runtime", "kubernetes", "--kubeconfig", str(missing)]
+    assert main([*argv, "--server", "127.0.0.1:1"]) == 2
     # Logged to stderr, which pytest may capture through either fixture.
-    assert "not available yet" in capsys.readouterr().err + caplog.text
+    assert "cannot load the Kubernetes configuration" in capsys.readouterr().err + caplog.text

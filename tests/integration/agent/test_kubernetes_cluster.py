@@ -1,0 +1,232 @@
+"""The Kubernetes runtime with the official client against the fake cluster (HTTP, real watches).
+
+The fake kubelet runs each pod's command as a local process; ``flowyard-engine`` is a script on
+PATH whose behaviour is picked by the run id's first word: ``exit<N>`` prints its environment and
+exits with N, ``sleep`` sleeps, ``gate`` exits 0 once the file named by FAKE_ENGINE_GATE exists,
+``oom`` kills itself with SIGKILL (the kubelet reports OOMKilled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.kubernetes import manifests
+from agent.models import Assignment, InfraEvent, InfraEventKind, RunKey, RunningInfra
+from agent.runtimes.kubernetes import KubernetesRuntime
+from agent.settings import BackoffSettings, KubernetesSettings
+from tests.fakekube import FakeCluster
+
+Kind = InfraEventKind
+
+ENGINE = textwrap.dedent(
+    """\
+    #!{python}
+    import os, sys, time
+
+    run_id = sys.argv[-1]
+    mode = run_id.split("-")[0]
+    print("token=" + os.environ.get("FLOWYARD_RUN_TOKEN", ""))
+    print("server=" + os.environ.get("FLOWYARD_SERVER", ""), flush=True)
+    if mode.startswith("exit"):
+        print("engine output", flush=True)
+        sys.exit(int(mode[4:]))
+    elif mode == "sleep":
+        time.sleep(300)
+    elif mode == "gate":
+        while not os.path.exists(os.environ["FAKE_ENGINE_GATE"]):
+            time.sleep(0.02)
+    elif mode == "oom":
+        os.kill(os.getpid(), 9)
+    """
+)
+
+
+class Events:
+    def __init__(self) -> None:
+        self.items: list[InfraEvent] = []
+
+    def __call__(self, event: InfraEvent) -> None:
+        self.items.append(event)
+
+    def end_of(self, key: RunKey) -> InfraEvent | None:
+        return next((e for e in self.items if e.key == key and e.ends), None)
+
+
+async def until(condition: Any, within: float = 15.0, what: str = "condition") -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not (value := condition()):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(0.02)
+    return value
+
+
+def assignment(run_id: str, token: str = "engine-token", **variables: Any) -> Assignment:
+    return Assignment(
+        key=RunKey(run_id, 1),
+        deployment_name="etl",
+        flow_name="main",
+        base_job_template_json=json.dumps(manifests.default_template()),
+        job_variables_json=json.dumps({"image": "example/flow:1", **variables}),
+        engine_token=token,
+    )
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCluster]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    engine = bin_dir / "flowyard-engine"
+    engine.write_text(ENGINE.format(python=sys.executable))
+    engine.chmod(0o755)
+    # The fake kubelet starts pods with this process's environment.
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_ENGINE_GATE", str(tmp_path / "release"))
+    with FakeCluster(tmp_path / "cluster") as running:
+        yield running
+
+
+@pytest.fixture
+def settings(cluster: FakeCluster) -> KubernetesSettings:
+    return KubernetesSettings(
+        kubeconfig=str(cluster.kubeconfig),
+        namespace="default",
+        engine_server="cp.example:7700",
+        watch_backoff=BackoffSettings(base=0.05, cap=0.5),
+        cancel_timeout=15.0,
+    )
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events()
+
+
+@pytest.fixture
+async def runtime(settings: KubernetesSettings, events: Events) -> AsyncIterator[KubernetesRuntime]:
+    runtime = KubernetesRuntime(settings, pool="it-pool")
+    await runtime.start(events)
+    yield runtime
+    await runtime.close()
+
+
+async def test_a_run_succeeds_and_its_secret_belongs_to_its_job(
+    runtime: KubernetesRuntime, cluster: FakeCluster, events: Events
+) -> None:
+    key = RunKey("exit0-a", 1)
+    assert await runtime.submit(assignment("exit0-a")) == "default/flowyard-exit0-a-1"
+    end = await until(lambda: events.end_of(key), what="the end")
+    assert (end.kind, end.reason, end.exit_code) == (Kind.SUCCEEDED, "Completed", 0)
+    [job] = cluster.jobs()
+    [secret] = cluster.secrets()
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
+
+
+async def test_a_failed_run_reports_exit_code_and_log_tail(
+    runtime: KubernetesRuntime, events: Events
+) -> None:
+    key = RunKey("exit3-b", 1)
+    await runtime.submit(assignment("exit3-b"))
+    end = await until(lambda: events.end_of(key), what="the end")
+    assert (end.kind, end.exit_code) == (Kind.FAILED, 3)
+    # The engine got its token from the Secret and the address engines use.
+    assert end.log_tail == ("token=engine-token", "server=cp.example:7700", "engine output")
+
+
+async def test_an_image_that_cannot_be_pulled_gives_up_at_the_deadline(
+    runtime: KubernetesRuntime, cluster: FakeCluster, events: Events
+) -> None:
+    key = RunKey("exit0-c", 1)
+    await runtime.submit(assignment("exit0-c", image="bad/image:1", pod_start_timeout_seconds=2))
+    end = await until(lambda: events.end_of(key), what="giving up")
+    assert end.gave_up and end.kind is Kind.IMAGE_PULL_ERROR
+    assert end.reason in ("ErrImagePull", "ImagePullBackOff")
+    assert "bad/image:1" in end.message
+    # Seen before the deadline too, as a non-ending event.
+    assert any(e.kind is Kind.IMAGE_PULL_ERROR and not e.ends for e in events.items)
+    await until(lambda: not cluster.jobs() and not cluster.secrets(), what="the Job deleted")
+
+
+async def test_cancel_deletes_the_job(
+    runtime: KubernetesRuntime, cluster: FakeCluster, events: Events
+) -> None:
+    key = RunKey("sleep-d", 1)
+    await runtime.submit(assignment("sleep-d"))
+    await until(
+        lambda: any(p["status"].get("phase") == "Running" for p in cluster.pods()),
+        what="the pod running",
+    )
+    assert await runtime.cancel(key) is True
+    assert cluster.jobs() == []
+    end = events.end_of(key)
+    assert end is not None and end.kind is Kind.DELETED
+    await until(lambda: not cluster.pods(), what="the pod gone")
+
+
+async def test_a_second_submission_adopts_the_job(
+    settings: KubernetesSettings, cluster: FakeCluster, events: Events
+) -> None:
+    key = RunKey("sleep-e", 1)
+    first = KubernetesRuntime(settings, pool="it-pool")
+    await first.start(events)
+    infrastructure_id = await first.submit(assignment("sleep-e", token="old"))
+    await first.close()
+    second = KubernetesRuntime(settings, pool="it-pool")
+    await second.start(events)
+    try:
+        assert second.observe() == [RunningInfra(key, infrastructure_id)]
+        assert await second.submit(assignment("sleep-e", token="new")) == infrastructure_id
+        assert cluster.create_count("jobs") == 1
+        assert await second.cancel(key) is True
+    finally:
+        await second.close()
+
+
+async def test_no_event_is_lost_across_compaction_and_dropped_watches(
+    runtime: KubernetesRuntime, cluster: FakeCluster, events: Events, tmp_path: Path
+) -> None:
+    key = RunKey("gate-f", 1)
+    await runtime.submit(assignment("gate-f"))
+    await until(lambda: cluster.open_watches() >= 2, what="the watches")
+    cluster.faults.compact()
+    cluster.faults.drop_watches()
+    (tmp_path / "release").touch()
+    end = await until(lambda: events.end_of(key), what="the end")
+    assert end.kind is Kind.SUCCEEDED
+
+
+async def test_oom_killed_and_evicted(
+    runtime: KubernetesRuntime, cluster: FakeCluster, events: Events
+) -> None:
+    oom = RunKey("oom-g", 1)
+    await runtime.submit(assignment("oom-g"))
+    end = await until(lambda: events.end_of(oom), what="the OOM kill")
+    assert (end.kind, end.exit_code) == (Kind.OOM_KILLED, 137)
+
+    evicted = RunKey("sleep-h", 1)
+    await runtime.submit(assignment("sleep-h"))
+    pod = await until(
+        lambda: next(
+            (
+                p
+                for p in cluster.pods()
+                if p["metadata"]["labels"].get("job-name") == "flowyard-sleep-h-1"
+                and p["status"].get("phase") == "Running"
+            ),
+            None,
+        ),
+        what="the pod running",
+    )
+    cluster.evict_pod(pod["metadata"]["name"])
+    end = await until(lambda: events.end_of(evicted), what="the eviction")
+    assert end.kind is Kind.EVICTED
