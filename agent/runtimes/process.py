@@ -9,6 +9,7 @@ stops watching them but never kills them, because they report to the control pla
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -26,6 +27,7 @@ from agent.runtimes.base import EventCallback, Runtime
 from agent.runtimes.pgroup import signal_group, wait_group_gone
 from agent.settings import ProcessSettings
 from agent.tasks import TaskSet
+from agent.templates import TemplateError, apply_values, resolve_variables
 
 __all__ = ["ProcessRuntime", "read_tail"]
 
@@ -137,6 +139,7 @@ class ProcessRuntime(Runtime):
         log_path = self.work_dir / f"{stem}.log"
         env = {
             **os.environ,
+            **_job_env(assignment),
             "FLOWYARD_SERVER": self._server,
             "FLOWYARD_RUN_ID": key.run_id,
             "FLOWYARD_RUN_ATTEMPT": str(key.attempt),
@@ -229,6 +232,26 @@ def _prepare(cwd: Path, log_path: Path) -> BinaryIO:
     cwd.mkdir(parents=True, exist_ok=True)
     # Append: a re-run of the same attempt (after an agent restart) keeps the earlier output.
     return log_path.open("ab")
+
+
+def _job_env(assignment: Assignment) -> dict[str, str]:
+    """The ``env`` the pool's template renders for this attempt (the ``env`` job variable)."""
+    try:
+        template = json.loads(assignment.base_job_template_json or "{}")
+        variables = json.loads(assignment.job_variables_json or "{}")
+        configuration = apply_values(
+            template.get("job_configuration", {}),
+            resolve_variables(template, variables),
+            environ=os.environ,
+        )
+    except (ValueError, TemplateError) as error:
+        raise SubmitError(f"cannot render the pool's job template: {error}") from error
+    env = configuration.get("env") if isinstance(configuration, dict) else None
+    if env is None:
+        return {}
+    if not isinstance(env, dict):
+        raise SubmitError("the pool's job template renders 'env' to something other than an object")
+    return {str(name): str(value) for name, value in env.items()}
 
 
 def read_tail(path: Path, lines: int) -> tuple[str, ...]:

@@ -151,3 +151,23 @@ def test_bad_requests_get_one_clear_line_and_store_nothing(system: System) -> No
     assert len(unknown.stderr.strip().splitlines()) == 1
     listed = system.cli("runs", "ls")
     assert listed.returncode == 0 and "chatty" not in listed.stdout
+
+
+ENVY = '''
+import os
+
+
+def main() -> str:
+    return os.environ["GREETING"] + " " + os.environ["TARGET"]
+'''
+
+
+def test_env_job_variable_reaches_the_engine_merged_over_the_deployments(system: System) -> None:
+    system.start_agent()
+    system.deploy(
+        "envy", ENVY, "main", "--job-variable", 'env={"GREETING": "hi", "TARGET": "nobody"}'
+    )
+    result = system.cli("run", "envy", "--job-variable", 'env={"TARGET": "there"}', "--watch")
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_id = result.stderr.split()[2]
+    assert system.run(run_id).result_summary == "'hi there'"
