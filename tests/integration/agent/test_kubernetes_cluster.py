@@ -168,7 +168,7 @@ async def test_cancel_deletes_the_job(
     )
     assert await runtime.cancel(key) is True
     assert cluster.jobs() == []
-    end = events.end_of(key)
+    end = await until(lambda: events.end_of(key), what="the end after the cancel")
     assert end is not None and end.kind is Kind.DELETED
     await until(lambda: not cluster.pods(), what="the pod gone")
 
