@@ -84,6 +84,7 @@ class Run:
     infrastructure_id: str
     engine_token_hash: str | None
     result_summary: str
+    last_heartbeat_at: datetime | None = None
 
     @property
     def is_terminal(self) -> bool:

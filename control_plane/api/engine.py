@@ -100,6 +100,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
             self._authorize(first.open.run_id, first.open.attempt, context)
         )
         stored = await self._db.shielded(self._reports.stored_seq(run))
+        await self._db.shielded(self._reports.heartbeat(run))
         yield pb.ReportResponse(
             opened=pb.Opened(stored_seq=stored, state=convert.current_state(run))
         )
@@ -137,6 +138,8 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                     out.put_nowait(
                         await self._db.shielded(self._propose(run, request.propose_state))
                     )
+                elif kind == "heartbeat":
+                    await self._db.shielded(self._reports.heartbeat(run))
         except Exception:
             log.exception("engine stream of run %s failed", run.id)
         finally:

@@ -405,6 +405,11 @@ class EngineReports:
         async with self._db.read() as conn:
             return await repo.get_run(conn, run_id)
 
+    async def heartbeat(self, run: Run) -> None:
+        """The engine of ``run`` is alive now (a liveness mark, not a state change)."""
+        async with self._db.write() as conn:
+            await repo.touch_heartbeat(conn, run.id, run.attempt, clock.now())
+
     async def stored_seq(self, run: Run) -> int:
         """Highest log seq stored for the run's current attempt."""
         async with self._db.read() as conn:

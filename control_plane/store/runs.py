@@ -191,6 +191,15 @@ async def _insert_history(
     )
 
 
+async def touch_heartbeat(conn: AsyncConnection, run_id: str, attempt: int, now: datetime) -> None:
+    """Record that the engine of the run's current attempt is alive (no version change)."""
+    await conn.execute(
+        update(flow_runs)
+        .where(flow_runs.c.id == run_id, flow_runs.c.attempt == attempt)
+        .values(last_heartbeat_at=now)
+    )
+
+
 async def due_runs(conn: AsyncConnection, pool_id: str, now: datetime, limit: int) -> list[Run]:
     """SCHEDULED runs of a pool whose time has come, oldest due first."""
     query = (

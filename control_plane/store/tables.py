@@ -118,6 +118,8 @@ flow_runs = Table(
     Column("lease_deadline", UTCDateTime, nullable=True),
     Column("infrastructure_id", String(300), nullable=False),
     Column("engine_token_hash", String(64), nullable=True),
+    # When the engine of the current attempt last said it is alive.
+    Column("last_heartbeat_at", UTCDateTime, nullable=True),
     Column("result_summary", Text, nullable=False),
     UniqueConstraint("deployment_id", "idempotency_key"),
     Index(None, "pool_id", "state_type", "scheduled_at"),
