@@ -200,6 +200,47 @@ async def touch_heartbeat(conn: AsyncConnection, run_id: str, attempt: int, now:
     )
 
 
+async def silent_engines(conn: AsyncConnection, before: datetime, limit: int) -> list[Run]:
+    """RUNNING runs whose engine has not said it is alive since ``before``."""
+    last_sign = func.coalesce(flow_runs.c.last_heartbeat_at, flow_runs.c.started_at)
+    query = (
+        _select_runs()
+        .where(flow_runs.c.state_type == StateType.RUNNING.value, last_sign < before)
+        .order_by(last_sign)
+        .limit(limit)
+    )
+    return [_run(row) for row in await conn.execute(query)]
+
+
+async def overdue_scheduled(conn: AsyncConnection, before: datetime, limit: int) -> list[Run]:
+    """SCHEDULED runs still named "Scheduled" that were due before ``before``."""
+    query = (
+        _select_runs()
+        .where(
+            flow_runs.c.state_type == StateType.SCHEDULED.value,
+            flow_runs.c.state_name == "Scheduled",
+            flow_runs.c.scheduled_at < before,
+        )
+        .order_by(flow_runs.c.scheduled_at)
+        .limit(limit)
+    )
+    return [_run(row) for row in await conn.execute(query)]
+
+
+async def stuck_cancelling(conn: AsyncConnection, before: datetime, limit: int) -> list[Run]:
+    """CANCELLING runs that entered CANCELLING before ``before``."""
+    query = (
+        _select_runs()
+        .where(
+            flow_runs.c.state_type == StateType.CANCELLING.value,
+            flow_runs.c.state_time < before,
+        )
+        .order_by(flow_runs.c.state_time)
+        .limit(limit)
+    )
+    return [_run(row) for row in await conn.execute(query)]
+
+
 async def due_runs(conn: AsyncConnection, pool_id: str, now: datetime, limit: int) -> list[Run]:
     """SCHEDULED runs of a pool whose time has come, oldest due first."""
     query = (

@@ -199,3 +199,37 @@ async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
     await channel.close()
     # A stop that hangs is a bug in itself: fail fast and say so.
     await asyncio.wait_for(app.stop(0.5), STOP_TIMEOUT)
+
+
+@pytest.fixture
+async def ready(plane: Plane) -> Plane:
+    await plane.pool()
+    await plane.deployment()
+    return plane
+
+
+async def drive_to_running(plane: Plane) -> tuple[Stream, Stream, str, str]:
+    agent = agent_stream(plane, capacity=1)
+    await agent.receive("welcome")
+    run = await plane.run()
+    assign = await agent.receive("assign")
+    agent.send(agent_pb2.ConnectRequest(accepted=agent_pb2.Accepted(run_id=run.id, attempt=1)))
+    agent.send(
+        agent_pb2.ConnectRequest(
+            submitted=agent_pb2.Submitted(run_id=run.id, attempt=1, infrastructure_id="process/h/1")
+        )
+    )
+    await plane.wait_state(run.id, types_pb2.STATE_TYPE_PENDING)
+    engine = engine_stream(plane, run.id, 1, assign.engine_token)
+    opened = await engine.receive("opened")
+    assert opened.stored_seq == 0
+    engine.send(
+        engine_pb2.ReportRequest(
+            propose_state=engine_pb2.ProposeState(
+                transition_id="t-run", type=types_pb2.STATE_TYPE_RUNNING
+            )
+        )
+    )
+    result = await engine.receive("state_result")
+    assert result.accepted, result.reason
+    return agent, engine, run.id, assign.engine_token

@@ -12,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from flowyard.v1 import agent_pb2, engine_pb2, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
 
-from .conftest import Plane, agent_stream, engine_stream
+from .conftest import Plane, agent_stream, drive_to_running, engine_stream
 
 S = types_pb2
 
@@ -20,13 +20,6 @@ S = types_pb2
 def stored_runs(plane: Plane) -> int:
     with sqlite3.connect(plane.data_dir / "flowyard.db") as db:
         return int(db.execute("SELECT count(*) FROM flow_runs").fetchone()[0])
-
-
-@pytest.fixture
-async def ready(plane: Plane) -> Plane:
-    await plane.pool()
-    await plane.deployment()
-    return plane
 
 
 async def test_unknown_deployment_is_not_found_and_stores_nothing(ready: Plane) -> None:
@@ -153,31 +146,6 @@ async def test_disconnected_agent_releases_unaccepted_assignments_at_once(ready:
     await agent.receive("assign")
     await agent.close()
     await ready.wait_state(run.id, S.STATE_TYPE_SCHEDULED, wait=1.0)
-
-
-async def drive_to_running(plane: Plane) -> tuple[object, object, str, str]:
-    agent = agent_stream(plane, capacity=1)
-    await agent.receive("welcome")
-    run = await plane.run()
-    assign = await agent.receive("assign")
-    agent.send(agent_pb2.ConnectRequest(accepted=agent_pb2.Accepted(run_id=run.id, attempt=1)))
-    agent.send(
-        agent_pb2.ConnectRequest(
-            submitted=agent_pb2.Submitted(run_id=run.id, attempt=1, infrastructure_id="process/h/1")
-        )
-    )
-    await plane.wait_state(run.id, S.STATE_TYPE_PENDING)
-    engine = engine_stream(plane, run.id, 1, assign.engine_token)
-    opened = await engine.receive("opened")
-    assert opened.stored_seq == 0
-    engine.send(
-        engine_pb2.ReportRequest(
-            propose_state=engine_pb2.ProposeState(transition_id="t-run", type=S.STATE_TYPE_RUNNING)
-        )
-    )
-    result = await engine.receive("state_result")
-    assert result.accepted, result.reason
-    return agent, engine, run.id, assign.engine_token
 
 
 def lines(*texts: str, start: int = 1) -> engine_pb2.ReportRequest:

@@ -1,0 +1,121 @@
+"""The reaper's rules against a real server: silent engines, late runs, stuck cancels."""
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+from control_plane.orchestration import clock
+from control_plane.orchestration.changes import Notifier
+from control_plane.orchestration.liveness import LivenessPolicy, Reaper
+from control_plane.orchestration.signals import Signals
+from flowyard.v1 import control_plane_pb2 as pb
+from flowyard.v1 import engine_pb2, types_pb2
+
+from .conftest import Plane, agent_stream, drive_to_running
+
+S = types_pb2
+LONG_AGO = clock.now() - timedelta(hours=1)
+
+
+def reaper(plane: Plane, started_long_ago: bool = True, **policy: float) -> Reaper:
+    notifier = Notifier(Signals(), plane.app.dispatcher.wake)
+    return Reaper(
+        plane.app.db,
+        plane.app.agents,
+        notifier,
+        LivenessPolicy(**{k: timedelta(seconds=v) for k, v in policy.items()}),
+        started_at=LONG_AGO if started_long_ago else clock.now(),
+    )
+
+
+async def sweep_until(
+    plane: Plane,
+    reap: Reaper,
+    run_id: str,
+    done: Callable[[types_pb2.FlowRun], bool],
+    within: float = 10,
+) -> types_pb2.FlowRun:
+    deadline = time.monotonic() + within
+    while True:
+        await reap.sweep_once()
+        run = (await plane.get(run_id)).run
+        if done(run):
+            return run
+        assert time.monotonic() < deadline, f"run still {run.state}"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_silent_engine_crashes_its_run(ready: Plane) -> None:
+    agent, engine, run_id, _ = await drive_to_running(ready)
+    await engine.close()  # the engine is gone: no more heartbeats
+    reap = reaper(ready, engine_grace=0.5)
+    run = await sweep_until(ready, reap, run_id, lambda r: r.state.type == S.STATE_TYPE_CRASHED)
+    assert "The engine stopped reporting: last heartbeat" in run.state.message
+    await agent.close()
+
+
+async def test_an_engine_that_heartbeats_keeps_its_run_even_without_its_agent(ready: Plane) -> None:
+    agent, engine, run_id, _ = await drive_to_running(ready)
+    await agent.close()  # disconnected is not lost
+    reap = reaper(ready, engine_grace=1.0)
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        engine.send(engine_pb2.ReportRequest(heartbeat=engine_pb2.EngineHeartbeat()))
+        await asyncio.sleep(0.2)
+        assert not await reap.sweep_once()
+    assert (await ready.get(run_id)).run.state.type == S.STATE_TYPE_RUNNING
+    await engine.close()
+
+
+async def test_a_restarted_control_plane_gives_engines_time_to_come_back(ready: Plane) -> None:
+    agent, engine, run_id, _ = await drive_to_running(ready)
+    await engine.close()
+    await asyncio.sleep(0.3)
+    reap = reaper(ready, started_long_ago=False, engine_grace=0.2)
+    assert not await reap.sweep_once()  # up for less than the grace: nobody is judged yet
+    assert (await ready.get(run_id)).run.state.type == S.STATE_TYPE_RUNNING
+    await agent.close()
+
+
+async def test_an_undispatched_run_is_marked_late_and_stays_dispatchable(ready: Plane) -> None:
+    run = await ready.run()
+    reap = reaper(ready, late_after=0.2)
+    late = await sweep_until(ready, reap, run.id, lambda r: r.state.name == "Late")
+    assert late.state.type == S.STATE_TYPE_SCHEDULED and "not yet dispatched" in late.state.message
+    before = len((await ready.get(run.id)).history)
+    await reap.sweep_once()  # Late is not marked twice
+    assert len((await ready.get(run.id)).history) == before
+    agent = agent_stream(ready, capacity=1)
+    await agent.receive("welcome")
+    assert (await agent.receive("assign")).run_id == run.id
+    await agent.close()
+
+
+async def test_a_stuck_cancel_is_forced_and_the_agent_told_again(ready: Plane) -> None:
+    agent, engine, run_id, _ = await drive_to_running(ready)
+    await ready.control.CancelRun(pb.CancelRunRequest(run_id=run_id, reason="stop"))
+    assert (await agent.receive("cancel")).run_id == run_id  # ...and the agent never answers
+    reap = reaper(ready, cancelling_timeout=0.3)
+    run = await sweep_until(ready, reap, run_id, lambda r: r.state.type == S.STATE_TYPE_CANCELLED)
+    assert "forced" in run.state.message and "stop" in run.state.message
+    assert (await agent.receive("cancel")).run_id == run_id
+    await engine.close()
+    await agent.close()
+
+
+async def test_reaper_task_runs_and_stops(ready: Plane) -> None:
+    reap = reaper(ready, late_after=0.1)
+    run = await ready.run()
+    task = asyncio.create_task(reap.run(), name="test-reaper")
+    try:
+        await asyncio.wait_for(_until_late(ready, run.id), 10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _until_late(plane: Plane, run_id: str) -> None:
+    # This reaper is not wired to the server's notifications, so read until it shows.
+    while (await plane.get(run_id)).run.state.name != "Late":  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
