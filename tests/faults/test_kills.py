@@ -91,3 +91,15 @@ def test_agent_killed_after_assignment_before_accepting_loses_nothing(faulty: Sy
     assert run.state.type == types_pb2.STATE_TYPE_COMPLETED
     assert ticks(faulty, run_id) == [0, 1, 2]  # ran once
     assert not pid_alive(agent.pid)
+
+
+def test_agent_killed_while_its_flow_runs_does_not_stop_the_run(faulty: System) -> None:
+    agent = faulty.start_agent(name="mortal")
+    faulty.deploy("ticker", TICKER)
+    n = 60
+    run_id = faulty.create_run("ticker", n=n, pause=0.03)
+    wait_for(lambda: len(ticks(faulty, run_id)) >= 5, what="the flow running")
+    agent.kill()  # disconnected is not lost: the engine reports on its own
+    run = faulty.wait_terminal(run_id, timeout=60)
+    assert run.state.type == types_pb2.STATE_TYPE_COMPLETED
+    assert ticks(faulty, run_id) == list(range(n))
