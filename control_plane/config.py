@@ -7,6 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_PORT = 7700
+#: gRPC's own default, and what a client receives unless it raises its limit: a request the
+#: server accepts can be answered back to any client.
+DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
+#: About five seconds of CreateRun calls on SQLite on two cores, well inside usual deadlines.
+DEFAULT_MAX_CONCURRENT_CALLS = 1000
 
 
 def default_data_dir() -> Path:
@@ -33,6 +38,12 @@ class ServerConfig:
     engine_heartbeat_seconds: float = 10.0
     #: Seconds in-flight RPCs get to finish on SIGTERM/SIGINT before they are cancelled.
     shutdown_grace_seconds: float = 5.0
+    #: Requests worked on at once, counted as units of database work in flight (including
+    #: the background loops' and those of callers that hung up); past it, user calls are
+    #: refused with RESOURCE_EXHAUSTED and a retry hint (``control_plane.admission``).
+    max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS
+    #: Largest request message accepted; a larger one gets RESOURCE_EXHAUSTED from gRPC.
+    max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE_MESSAGE_BYTES
 
     def resolved_data_dir(self) -> Path:
         """The data directory in use."""

@@ -5,6 +5,10 @@ Flowyard services plus the standard health and reflection services, starts the d
 and runs until SIGTERM/SIGINT. Shutdown: health goes NOT_SERVING, agent streams are told to
 end, in-flight calls get ``shutdown_grace_seconds``, then the dispatcher is cancelled and
 awaited and the database closed.
+
+User calls pass admission control first (``control_plane.admission``); the gRPC limits below
+are set so that under a burst it is admission control, with its retry hint, that refuses
+calls, never gRPC's own queues.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from control_plane.admission import Admission
 from control_plane.api.agent import AgentServicer
 from control_plane.api.control_plane import ControlPlaneServicer
 from control_plane.api.engine import EngineServicer
@@ -45,22 +50,65 @@ from flowyard.v1 import (
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: Responses should fit a default client's 4 MiB receive limit; this is higher so that a client
+#: that raised its own limit can take a larger page, yet a response that grew by mistake is
+#: refused here rather than sent to every client that asks.
+MAX_SEND_MESSAGE_BYTES = 16 * 1024 * 1024
+#: Streams one HTTP/2 connection may hold open. An agent or an engine uses one or two per
+#: connection; a busy client (a load test, a dashboard following many runs) may use many, and
+#: past this its gRPC library queues new calls until one ends instead of failing them. The
+#: limit keeps one connection from holding unbounded server state; the server as a whole is
+#: bounded by admission control, which can answer with a retry hint.
+MAX_STREAMS_PER_CONNECTION = 1000
+#: Calls that arrived but that the event loop has not yet taken wait in gRPC's pending queue.
+#: Past ``grpc.server.max_pending_requests`` gRPC refuses some of them at random, and past the
+#: hard limit all of them; their clients see CANCELLED or INTERNAL, with no hint. With gRPC's
+#: defaults (1,000 and 3,000) a reconnect storm of 2,000 agents lost 3-6 % of its streams that
+#: way, and a burst of 3,000 CreateRun calls a quarter of its calls. Set well above any burst,
+#: so that admission control, not gRPC, decides who is turned away and tells them when to
+#: come back.
+MAX_PENDING_REQUESTS = 10_000
+MAX_PENDING_REQUESTS_HARD = 20_000
+#: A call still not taken from the pending queue after this long is cancelled by gRPC. The
+#: loop takes calls within moments, even in a burst, unless it is stuck; by then an agent has
+#: given up waiting for its Welcome (30 s) and reconnects, so holding a call longer serves
+#: no one.
+MAX_UNREQUESTED_SECONDS = 30
 SERVICE_NAMES = (
     control_plane_pb2.DESCRIPTOR.services_by_name["ControlPlaneService"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name,
 )
-SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    # Accept client keepalive pings as often as every 10 s, even on idle streams, so agents
-    # and engines can detect half-open connections without being sent GOAWAY.
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-]
+#: The services whose unary calls go through admission control (see control_plane.admission).
+ADMITTED_SERVICES = (SERVICE_NAMES[0],)
+
+
+def server_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """The gRPC server's channel arguments.
+
+    ``maximum_concurrent_rpcs`` (grpc.aio's own limit) is deliberately not used: it counts the
+    long-lived agent and engine streams too, so a reconnect storm would lock users out, and it
+    refuses with a bare "Concurrent RPC limit exceeded!" that says nothing of when to retry.
+    """
+    return [
+        ("grpc.max_receive_message_length", config.max_receive_message_bytes),
+        ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+        # gRPC's "overload protection" counts a stream against the limit until the server has
+        # freed it, after the client has seen it end; a client at the limit then opens a stream
+        # it has room for by its own count and gets REFUSED_STREAM, seen as UNAVAILABLE with no
+        # hint. Counting as HTTP/2 does keeps such calls waiting in the client instead.
+        ("grpc.http.overload_protection", 0),
+        ("grpc.server.max_pending_requests", MAX_PENDING_REQUESTS),
+        ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_REQUESTS_HARD),
+        ("grpc.server_max_unrequested_time_in_server", MAX_UNREQUESTED_SECONDS),
+        # Accept client keepalive pings as often as every 10 s, even on idle streams, so agents
+        # and engines can detect half-open connections without being sent GOAWAY.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+    ]
 
 
 @dataclass
@@ -108,7 +156,8 @@ async def build(config: ServerConfig) -> App:
     catalog = Catalog(db)
     runs = Runs(db, notifier, agents)
 
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    admission = Admission(config.max_concurrent_calls, lambda: db.in_flight, ADMITTED_SERVICES)
+    server = grpc.aio.server(interceptors=[admission], options=server_options(config))
     control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(
         ControlPlaneServicer(db, catalog, runs, agents, signals), server
     )

@@ -22,7 +22,12 @@ from rich.table import Table
 
 from control_plane.cli import output
 from control_plane.cli.client import Client, default_server, describe
-from control_plane.config import DEFAULT_PORT, ServerConfig
+from control_plane.config import (
+    DEFAULT_MAX_CONCURRENT_CALLS,
+    DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
+    DEFAULT_PORT,
+    ServerConfig,
+)
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
 
@@ -107,6 +112,22 @@ def server() -> None:
     show_default=True,
     help="How long an assignment may go unaccepted before it is re-queued.",
 )
+@click.option(
+    "--max-concurrent-calls",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_CONCURRENT_CALLS,
+    show_default=True,
+    envvar="FLOWYARD_MAX_CONCURRENT_CALLS",
+    help="User calls worked on at once; more are refused (RESOURCE_EXHAUSTED) with a retry hint.",
+)
+@click.option(
+    "--max-message-bytes",
+    type=click.IntRange(min=1024),
+    default=DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
+    show_default=True,
+    envvar="FLOWYARD_MAX_MESSAGE_BYTES",
+    help="Largest request accepted; larger ones get RESOURCE_EXHAUSTED.",
+)
 @click.option("--log-level", default="INFO", show_default=True, envvar="FLOWYARD_LOG_LEVEL")
 def server_start(
     host: str,
@@ -115,6 +136,8 @@ def server_start(
     db_url: str | None,
     ready_file: Path | None,
     lease_seconds: float,
+    max_concurrent_calls: int,
+    max_message_bytes: int,
     log_level: str,
 ) -> None:
     """Start the control plane (gRPC) and serve until SIGTERM/SIGINT."""
@@ -130,6 +153,8 @@ def server_start(
         db_url=db_url,
         ready_file=ready_file,
         lease_seconds=lease_seconds,
+        max_concurrent_calls=max_concurrent_calls,
+        max_receive_message_bytes=max_message_bytes,
     )
     asyncio.run(serve(config))
 

@@ -66,6 +66,15 @@ class Database:
         async with self.engine.connect() as connection:
             yield connection
 
+    @property
+    def in_flight(self) -> int:
+        """Units of work started through ``shielded`` and not yet finished, queued or running.
+
+        It includes work whose caller has gone, which is why admission control weighs it
+        rather than the calls it is answering.
+        """
+        return len(self._in_flight)
+
     async def shielded(self, work: Awaitable[T]) -> T:
         """Run ``work`` to its end even if the caller is cancelled meanwhile.
 

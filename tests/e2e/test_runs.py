@@ -153,13 +153,13 @@ def test_bad_requests_get_one_clear_line_and_store_nothing(system: System) -> No
     assert listed.returncode == 0 and "chatty" not in listed.stdout
 
 
-ENVY = '''
+ENVY = """
 import os
 
 
 def main() -> str:
     return os.environ["GREETING"] + " " + os.environ["TARGET"]
-'''
+"""
 
 
 def test_env_job_variable_reaches_the_engine_merged_over_the_deployments(system: System) -> None:
