@@ -38,6 +38,12 @@ class ServerConfig:
     engine_heartbeat_seconds: float = 10.0
     #: Seconds in-flight RPCs get to finish on SIGTERM/SIGINT before they are cancelled.
     shutdown_grace_seconds: float = 5.0
+    #: A RUNNING run whose engine is silent this long is CRASHED.
+    engine_grace_seconds: float = 60.0
+    #: A SCHEDULED run not dispatched this long after it was due is marked Late.
+    late_after_seconds: float = 15.0
+    #: A run CANCELLING this long is forced to CANCELLED.
+    cancelling_timeout_seconds: float = 300.0
     #: Requests worked on at once, counted as units of database work in flight (including
     #: the background loops' and those of callers that hung up); past it, user calls are
     #: refused with RESOURCE_EXHAUSTED and a retry hint (``control_plane.admission``).

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +35,7 @@ from control_plane.orchestration.agents import AgentRegistry
 from control_plane.orchestration.catalog import Catalog
 from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.dispatch import Dispatcher
+from control_plane.orchestration.liveness import LivenessPolicy, Reaper
 from control_plane.orchestration.reports import AgentReports, EngineReports
 from control_plane.orchestration.runs import Runs
 from control_plane.orchestration.signals import Signals
@@ -118,17 +119,21 @@ class App:
     db: Database
     agents: AgentRegistry
     dispatcher: Dispatcher
+    reaper: Reaper
     server: grpc.aio.Server
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     port: int
-    dispatcher_task: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
         """Serve, report SERVING, and start dispatching."""
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self.dispatcher_task = asyncio.create_task(self.dispatcher.run(), name="dispatcher")
+        self.tasks = [
+            asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
+            asyncio.create_task(self.reaper.run(), name="reaper"),
+        ]
 
     async def stop(self, grace: float) -> None:
         """Stop gracefully: NOT_SERVING, end agent streams, drain calls, stop dispatching."""
@@ -136,10 +141,11 @@ class App:
         for session in self.agents.all():
             session.close()
         await self.server.stop(grace)
-        if self.dispatcher_task is not None:
-            self.dispatcher_task.cancel()
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self.dispatcher_task
+                await task
         await self.db.close()
 
 
@@ -153,6 +159,16 @@ async def build(config: ServerConfig) -> App:
     notifier = Notifier(signals, lambda: dispatcher_ref[0].wake())
     dispatcher = Dispatcher(db, agents, notifier, lease)
     dispatcher_ref.append(dispatcher)
+    reaper = Reaper(
+        db,
+        agents,
+        notifier,
+        LivenessPolicy(
+            engine_grace=timedelta(seconds=config.engine_grace_seconds),
+            late_after=timedelta(seconds=config.late_after_seconds),
+            cancelling_timeout=timedelta(seconds=config.cancelling_timeout_seconds),
+        ),
+    )
     catalog = Catalog(db)
     runs = Runs(db, notifier, agents)
 
@@ -189,7 +205,7 @@ async def build(config: ServerConfig) -> App:
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     port = server.add_insecure_port(f"{config.host}:{config.port}")
-    return App(db, agents, dispatcher, server, health_servicer, port)
+    return App(db, agents, dispatcher, reaper, server, health_servicer, port)
 
 
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:

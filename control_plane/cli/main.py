@@ -128,6 +128,27 @@ def server() -> None:
     envvar="FLOWYARD_MAX_MESSAGE_BYTES",
     help="Largest request accepted; larger ones get RESOURCE_EXHAUSTED.",
 )
+@click.option(
+    "--engine-grace-seconds",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="A RUNNING run whose engine is silent this long is CRASHED.",
+)
+@click.option(
+    "--late-after-seconds",
+    type=click.FloatRange(min=0.1),
+    default=15.0,
+    show_default=True,
+    help="A run not dispatched this long after it was due is marked Late.",
+)
+@click.option(
+    "--cancelling-timeout-seconds",
+    type=click.FloatRange(min=0.1),
+    default=300.0,
+    show_default=True,
+    help="A run CANCELLING this long is forced to CANCELLED.",
+)
 @click.option("--log-level", default="INFO", show_default=True, envvar="FLOWYARD_LOG_LEVEL")
 def server_start(
     host: str,
@@ -138,6 +159,9 @@ def server_start(
     lease_seconds: float,
     max_concurrent_calls: int,
     max_message_bytes: int,
+    engine_grace_seconds: float,
+    late_after_seconds: float,
+    cancelling_timeout_seconds: float,
     log_level: str,
 ) -> None:
     """Start the control plane (gRPC) and serve until SIGTERM/SIGINT."""
@@ -155,6 +179,9 @@ def server_start(
         lease_seconds=lease_seconds,
         max_concurrent_calls=max_concurrent_calls,
         max_receive_message_bytes=max_message_bytes,
+        engine_grace_seconds=engine_grace_seconds,
+        late_after_seconds=late_after_seconds,
+        cancelling_timeout_seconds=cancelling_timeout_seconds,
     )
     asyncio.run(serve(config))
 

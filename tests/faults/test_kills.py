@@ -103,3 +103,22 @@ def test_agent_killed_while_its_flow_runs_does_not_stop_the_run(faulty: System) 
     run = faulty.wait_terminal(run_id, timeout=60)
     assert run.state.type == types_pb2.STATE_TYPE_COMPLETED
     assert ticks(faulty, run_id) == list(range(n))
+
+
+def test_node_lost_agent_and_engine_killed_ends_crashed_by_silence(faulty: System) -> None:
+    # The whole machine goes away: nobody is left to report the exit, so only the engine's
+    # silence can tell. Restart the control plane with a short grace to see it happen.
+    data_dir = faulty.server.log_path.parent
+    port = int(faulty.address.rsplit(":", 1)[1])
+    faulty.server.stop()
+    faulty.server = start_server(data_dir, port=port, extra_args=["--engine-grace-seconds", "2"])
+    agent = faulty.start_agent(name="doomed")
+    faulty.deploy("sleepy", SLEEPY)
+    run_id = faulty.create_run("sleepy")
+    wait_for(lambda: faulty.run(run_id).state.type == types_pb2.STATE_TYPE_RUNNING, what="RUNNING")
+    pid = engine_pid(faulty, run_id)
+    agent.kill()
+    os.kill(pid, signal.SIGKILL)
+    run = faulty.wait_terminal(run_id, timeout=30)
+    assert run.state.type == types_pb2.STATE_TYPE_CRASHED
+    assert "The engine stopped reporting" in run.state.message
