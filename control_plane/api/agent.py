@@ -20,8 +20,8 @@ from google.protobuf.duration_pb2 import Duration
 from control_plane import __version__
 from control_plane.api import convert
 from control_plane.api.errors import streaming
-from control_plane.errors import InvalidArgument
-from control_plane.orchestration import clock
+from control_plane.errors import FlowyardError, InvalidArgument
+from control_plane.orchestration import clock, validation
 from control_plane.orchestration.agents import (
     AgentRegistry,
     AgentSession,
@@ -32,7 +32,6 @@ from control_plane.orchestration.agents import (
 from control_plane.orchestration.catalog import Catalog
 from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.reports import AgentReports, InfraKind, InfraReport
-from control_plane.orchestration.validation import pool_name
 from control_plane.store.db import Database
 from flowyard.v1 import agent_pb2 as pb
 from flowyard.v1 import agent_pb2_grpc as pb_grpc
@@ -42,6 +41,9 @@ log = logging.getLogger(__name__)
 Context = Any
 HELLO_TIMEOUT_SECONDS = 30.0
 MAX_CAPACITY = 10_000
+MAX_AGENT_NAME_CHARS = 200
+MAX_OBSERVED_RUNS = 10_000
+MAX_INFRASTRUCTURE_ID_CHARS = 300
 
 INFRA_KINDS = {
     pb.INFRA_EVENT_KIND_PENDING: InfraKind.PENDING,
@@ -123,6 +125,10 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 if message is None:
                     break
                 yield _outgoing(message)
+            # The reader closes the session when the agent hangs up, or when a report is
+            # invalid: then the stream ends with that error rather than quietly.
+            if reader.done() and not reader.cancelled() and (failure := reader.result()):
+                raise failure
         finally:
             self._agents.remove(session)
             reader.cancel()
@@ -133,15 +139,22 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             self._notifier.wake_dispatcher()
 
     async def _open(self, hello: pb.Hello) -> AgentSession:
-        if not hello.agent_name or len(hello.agent_name) > 200:
-            raise InvalidArgument("hello.agent_name: required, at most 200 characters")
-        pool_name(hello.pool, "hello.pool")
+        validation.text(hello.agent_name, "hello.agent_name", MAX_AGENT_NAME_CHARS, required=True)
+        validation.pool_name(hello.pool, "hello.pool")
         if not 0 <= hello.capacity <= MAX_CAPACITY:
-            raise InvalidArgument(f"hello.capacity: must be between 0 and {MAX_CAPACITY}")
+            raise InvalidArgument(
+                f"hello.capacity: must be between 0 and {MAX_CAPACITY}, got {hello.capacity}"
+            )
+        if len(hello.observed_runs) > MAX_OBSERVED_RUNS:
+            raise InvalidArgument(
+                f"hello.observed_runs: at most {MAX_OBSERVED_RUNS} runs "
+                f"({len(hello.observed_runs)})"
+            )
         pool = await self._catalog.get_pool(hello.pool)
         if hello.runtime and hello.runtime != pool.type.value:
             raise InvalidArgument(
-                f"hello.runtime: pool {pool.name!r} is a {pool.type.value} pool; "
+                f"hello.runtime: {validation.shown(hello.runtime)} does not fit: "
+                f"pool {pool.name!r} is a {pool.type.value} pool; "
                 f"start the agent with --runtime {pool.type.value}"
             )
         return AgentSession(
@@ -154,12 +167,16 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
 
     async def _read(
         self, requests: AsyncIterator[pb.ConnectRequest], session: AgentSession
-    ) -> None:
+    ) -> FlowyardError | None:
+        """Apply reports until the agent hangs up; returns the error of an invalid one."""
         try:
             async for request in requests:
                 await self._db.shielded(self._apply(session, request))
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             raise
+        except FlowyardError as exc:
+            log.warning("agent %s sent an invalid report: %s", session.agent_name, exc)
+            return exc
         except Exception:
             # The agent reconnects and re-sends its reports; end this session cleanly.
             log.exception(
@@ -167,6 +184,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             )
         finally:
             session.close()
+        return None
 
     async def _apply(self, session: AgentSession, request: pb.ConnectRequest) -> None:
         kind = request.WhichOneof("message")
@@ -179,7 +197,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         elif kind == "accepted":
             accepted = request.accepted
             at = (
-                convert.from_timestamp(accepted.receive_time)
+                convert.from_timestamp(accepted.receive_time, "accepted.receive_time")
                 if accepted.HasField("receive_time")
                 else clock.now()
             )
@@ -187,12 +205,16 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         elif kind == "submitted":
             submitted = request.submitted
             await self._reports.submitted(
-                session, submitted.run_id, submitted.attempt, submitted.infrastructure_id
+                session,
+                submitted.run_id,
+                submitted.attempt,
+                # The id is also quoted in the run's state message: keep both bounded.
+                convert.storable(submitted.infrastructure_id[:MAX_INFRASTRUCTURE_ID_CHARS]),
             )
         elif kind == "submit_failed":
             failed = request.submit_failed
             await self._reports.submit_failed(
-                session, failed.run_id, failed.attempt, failed.reason[:2000]
+                session, failed.run_id, failed.attempt, convert.storable(failed.reason[:2000])
             )
         elif kind == "infra_event":
             event = request.infra_event
@@ -205,10 +227,10 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                     run_id=event.run_id,
                     attempt=event.attempt,
                     kind=infra_kind,
-                    reason=event.reason[:200],
-                    message=event.message[:2000],
+                    reason=convert.storable(event.reason[:200]),
+                    message=convert.storable(event.message[:2000]),
                     exit_code=event.exit_code,
-                    log_tail=tuple(line[:2000] for line in event.log_tail[-200:]),
+                    log_tail=tuple(convert.storable(line[:2000]) for line in event.log_tail[-200:]),
                     gave_up=event.gave_up,
                 ),
             )

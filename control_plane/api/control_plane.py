@@ -20,11 +20,14 @@ from control_plane.store import logs as logs_repo
 from control_plane.store.db import Database
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import control_plane_pb2_grpc as pb_grpc
+from flowyard.v1 import types_pb2
 
 Context = Any  # grpc.aio.ServicerContext, whose generic parameters the stubs do not use
 
 #: Lines per TailLogs message.
 TAIL_BATCH = 500
+#: Bytes of lines per TailLogs message, far below a default client's 4 MiB receive limit.
+TAIL_MESSAGE_BYTES = 1 << 20
 #: A follow stream re-reads at least this often even without a notification.
 TAIL_RECHECK_SECONDS = 30.0
 
@@ -137,7 +140,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 job_variables_json=request.job_variables_json,
                 idempotency_key=request.idempotency_key,
                 scheduled_at=(
-                    convert.from_timestamp(request.scheduled_time)
+                    convert.from_timestamp(request.scheduled_time, "scheduled_time")
                     if request.HasField("scheduled_time")
                     else None
                 ),
@@ -154,7 +157,9 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
 
     @unary
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
-        types = [convert.state_type(t, "state_types") for t in request.state_types]
+        types = [
+            convert.state_type(t, f"state_types[{i}]") for i, t in enumerate(request.state_types)
+        ]
         runs, token = await self._runs.list(
             request.deployment_name, types, request.page_size, request.page_token
         )
@@ -198,10 +203,9 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             run, lines = await self._db.shielded(self._read_tail(run_id, attempt, seq))
             if lines:
                 attempt, seq = lines[-1].attempt, lines[-1].seq
-                yield pb.TailLogsResponse(
-                    lines=[convert.log_to_proto(line) for line in lines],
-                    state=convert.current_state(run),
-                )
+                state = convert.current_state(run)
+                for chunk in _by_size([convert.log_to_proto(line) for line in lines]):
+                    yield pb.TailLogsResponse(lines=chunk, state=state)
                 continue
             if not request.follow or run.is_terminal:
                 yield pb.TailLogsResponse(state=convert.current_state(run))
@@ -215,6 +219,20 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         async with self._db.read() as conn:
             lines = await logs_repo.read_after(conn, run_id, attempt, seq, TAIL_BATCH)
         return run, lines
+
+
+def _by_size(lines: list[types_pb2.LogLine]) -> list[list[types_pb2.LogLine]]:
+    """Lines split into messages of at most TAIL_MESSAGE_BYTES (a larger line goes alone)."""
+    chunks: list[list[types_pb2.LogLine]] = [[]]
+    size = 0
+    for line in lines:
+        line_size = line.ByteSize()
+        if chunks[-1] and size + line_size > TAIL_MESSAGE_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(line)
+        size += line_size
+    return chunks
 
 
 async def _wait(event: asyncio.Event) -> None:

@@ -20,6 +20,9 @@ POOL_TYPES = {
 STATE_TYPES: dict[StateType, types_pb2.StateType.ValueType] = {
     t: types_pb2.StateType.Value(f"STATE_TYPE_{t.value}") for t in StateType
 }
+#: The range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+MIN_SECONDS = -62_135_596_800
+MAX_SECONDS = 253_402_300_799
 LOG_STREAMS: dict[LogStream, types_pb2.LogStream.ValueType] = {
     s: types_pb2.LogStream.Value(f"LOG_STREAM_{s.name}") for s in LogStream
 }
@@ -34,9 +37,22 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     return ts
 
 
-def from_timestamp(value: Timestamp) -> datetime:
-    """A UTC datetime from a protobuf Timestamp."""
+def from_timestamp(value: Timestamp, field: str) -> datetime:
+    """A UTC datetime from a protobuf Timestamp; INVALID_ARGUMENT naming ``field`` if it is
+    outside what a Timestamp may hold (0001-01-01 to 9999-12-31, nanos below one second)."""
+    if not (MIN_SECONDS <= value.seconds <= MAX_SECONDS and 0 <= value.nanos < 1_000_000_000):
+        raise InvalidArgument(
+            f"{field}: not a valid time (seconds={value.seconds}, nanos={value.nanos}): seconds "
+            f"must be between {MIN_SECONDS} (0001-01-01) and {MAX_SECONDS} (9999-12-31), "
+            "nanos between 0 and 999999999"
+        )
     return value.ToDatetime(tzinfo=UTC)
+
+
+def storable(text: str) -> str:
+    """Text reported by an agent or engine as it can be stored: NUL, which PostgreSQL text
+    columns refuse, becomes U+FFFD (the rest of the text is kept)."""
+    return text.replace("\x00", "\ufffd")
 
 
 def dumps(value: Any) -> str:
@@ -57,7 +73,8 @@ def state_type(value: types_pb2.StateType.ValueType, field: str) -> StateType:
     for domain, wire in STATE_TYPES.items():
         if wire == value:
             return domain
-    raise InvalidArgument(f"{field}: not a state type")
+    names = ", ".join(types_pb2.StateType.Name(wire) for wire in STATE_TYPES.values())
+    raise InvalidArgument(f"{field}: {value} is not a state type; use one of {names}")
 
 
 def log_stream(value: types_pb2.LogStream.ValueType) -> LogStream:

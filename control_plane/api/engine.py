@@ -18,7 +18,13 @@ from google.protobuf.duration_pb2 import Duration
 
 from control_plane.api import convert
 from control_plane.api.errors import streaming, unary
-from control_plane.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from control_plane.errors import (
+    FailedPrecondition,
+    FlowyardError,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+)
 from control_plane.models import LogRecord, Run
 from control_plane.orchestration import clock, validation
 from control_plane.orchestration.catalog import Catalog
@@ -35,13 +41,23 @@ log = logging.getLogger(__name__)
 Context = Any
 OPEN_TIMEOUT_SECONDS = 30.0
 MAX_BATCH_LINES = 10_000
+#: Sizes of the columns that proposals and log lines are stored in.
+MAX_TRANSITION_ID_CHARS = 64
+MAX_STATE_NAME_CHARS = 64
+MAX_STATE_MESSAGE_CHARS = 100_000
+MAX_LOGGER_CHARS = 200
+
+#: What the reader hands the stream: an answer, the error that ends the stream, or its end.
+Outgoing = pb.ReportResponse | FlowyardError | None
 
 
 def bearer_token(context: Context) -> str:
     """The token from the call's ``authorization: Bearer <token>`` metadata."""
     for key, value in context.invocation_metadata() or ():
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-            return value.removeprefix("Bearer ").strip()
+            token = value.removeprefix("Bearer ").strip()
+            if token:
+                return token
     raise Unauthenticated("missing 'authorization: Bearer <token>' metadata")
 
 
@@ -62,15 +78,16 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         self._signals = signals
         self._heartbeat = heartbeat
 
-    async def _authorize(self, run_id: str, attempt: int, context: Context) -> Run:
-        validation.run_id(run_id)
+    async def _authorize(self, run_id: str, attempt: int, context: Context, field: str) -> Run:
+        token = bearer_token(context)
+        validation.run_id(run_id, f"{field}run_id")
         if attempt < 1:
-            raise InvalidArgument("attempt: must be 1 or more")
-        return await self._reports.authorize(run_id, attempt, bearer_token(context))
+            raise InvalidArgument(f"{field}attempt: must be 1 or more, got {attempt}")
+        return await self._reports.authorize(run_id, attempt, token)
 
     @unary
     async def StartRun(self, request: pb.StartRunRequest, context: Context) -> pb.StartRunResponse:
-        run = await self._authorize(request.run_id, request.attempt, context)
+        run = await self._authorize(request.run_id, request.attempt, context, "")
         if run.is_terminal:
             raise FailedPrecondition(f"run {run.id} is already {run.state_type.value}")
         async with self._db.read() as conn:
@@ -90,6 +107,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
     async def Report(
         self, request_iterator: AsyncIterator[pb.ReportRequest], context: Context
     ) -> AsyncIterator[pb.ReportResponse]:
+        bearer_token(context)  # no credentials: refuse before reading anything
         try:
             first = await asyncio.wait_for(anext(request_iterator), OPEN_TIMEOUT_SECONDS)
         except (StopAsyncIteration, TimeoutError):
@@ -97,14 +115,13 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         if first.WhichOneof("message") != "open":
             raise InvalidArgument("the first message of Report must be Open")
         run = await self._db.shielded(
-            self._authorize(first.open.run_id, first.open.attempt, context)
+            self._authorize(first.open.run_id, first.open.attempt, context, "open.")
         )
-        stored = await self._db.shielded(self._reports.stored_seq(run))
-        await self._db.shielded(self._reports.heartbeat(run))
+        stored = await self._db.shielded(self._reports.open(run))
         yield pb.ReportResponse(
             opened=pb.Opened(stored_seq=stored, state=convert.current_state(run))
         )
-        out: asyncio.Queue[pb.ReportResponse | None] = asyncio.Queue()
+        out: asyncio.Queue[Outgoing] = asyncio.Queue()
         tasks = [
             asyncio.create_task(
                 self._read(request_iterator, run, stored, out), name=f"engine-reader-{run.id}"
@@ -113,6 +130,8 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         ]
         try:
             while (message := await out.get()) is not None:
+                if isinstance(message, FlowyardError):
+                    raise message
                 yield message
         finally:
             for task in tasks:
@@ -126,7 +145,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         requests: AsyncIterator[pb.ReportRequest],
         run: Run,
         stored: int,
-        out: asyncio.Queue[pb.ReportResponse | None],
+        out: asyncio.Queue[Outgoing],
     ) -> None:
         try:
             async for request in requests:
@@ -140,32 +159,19 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                     )
                 elif kind == "heartbeat":
                     await self._db.shielded(self._reports.heartbeat(run))
+        except FlowyardError as exc:
+            # Ends the stream with the error's status once what was answered before is sent.
+            out.put_nowait(exc)
         except Exception:
             log.exception("engine stream of run %s failed", run.id)
         finally:
             out.put_nowait(None)
 
     async def _store(self, run: Run, batch: pb.LogBatch, stored: int) -> int:
-        lines = batch.lines[:MAX_BATCH_LINES]
-        records = [
-            LogRecord(
-                run_id=run.id,
-                attempt=run.attempt,
-                seq=line.seq,
-                timestamp=convert.from_timestamp(line.timestamp)
-                if line.HasField("timestamp")
-                else clock.now(),
-                level=min(max(line.level, 0), 100),
-                stream=convert.log_stream(line.stream),
-                logger=line.logger[:200],
-                text=truncate_line(line.text),
-            )
-            for line in lines
-            if line.seq > stored
-        ]
+        records = _new_lines(run, batch, stored)
         if records:
             await self._reports.store_logs(run, records)
-            stored = max(stored, max(r.seq for r in records))
+            stored = records[-1].seq
         return stored
 
     async def _propose(self, run: Run, message: pb.ProposeState) -> pb.ReportResponse:
@@ -177,15 +183,31 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                     transition_id=message.transition_id, accepted=False, reason=str(exc)
                 )
             )
+        problem = None
+        if len(message.transition_id) > MAX_TRANSITION_ID_CHARS:
+            problem = f"transition_id: longer than {MAX_TRANSITION_ID_CHARS} characters"
+        elif len(message.name) > MAX_STATE_NAME_CHARS:
+            problem = f"name: longer than {MAX_STATE_NAME_CHARS} characters"
+        if problem is not None:
+            current = await self._reports.current(run.id)
+            return pb.ReportResponse(
+                state_result=pb.StateResult(
+                    # The engine matches answers to its proposals by this id: echo it whole.
+                    transition_id=message.transition_id,
+                    accepted=False,
+                    state=convert.current_state(current or run),
+                    reason=f"propose_state.{problem}",
+                )
+            )
         result = await self._reports.propose(
             run.id,
             run.attempt,
             Proposal(
-                transition_id=message.transition_id[:64],
+                transition_id=convert.storable(message.transition_id),
                 type=proposed,
-                name=message.name[:64],
-                message=message.message[:100_000],
-                result_summary=message.result_summary,
+                name=convert.storable(message.name),
+                message=convert.storable(message.message[:MAX_STATE_MESSAGE_CHARS]),
+                result_summary=convert.storable(message.result_summary),
             ),
         )
         return pb.ReportResponse(
@@ -197,7 +219,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
             )
         )
 
-    async def _watch_cancel(self, run: Run, out: asyncio.Queue[pb.ReportResponse | None]) -> None:
+    async def _watch_cancel(self, run: Run, out: asyncio.Queue[Outgoing]) -> None:
         """Push CancelFlow once, as soon as the run is CANCELLING."""
         while True:
             changed = self._signals.waiter(run_key(run.id))
@@ -210,3 +232,58 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                 )
                 return
             await changed.wait()
+
+
+def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
+    """The lines of a batch that are not stored yet, checked as a whole before any is stored.
+
+    Lines up to ``stored`` are resends and are dropped; the rest must continue the attempt's
+    seqs without a gap, so that the acknowledged seq always means "every line up to here".
+    """
+    if len(batch.lines) > MAX_BATCH_LINES:
+        raise InvalidArgument(
+            f"log_batch.lines: at most {MAX_BATCH_LINES} lines per batch ({len(batch.lines)})"
+        )
+    records: list[LogRecord] = []
+    previous = 0
+    for index, line in enumerate(batch.lines):
+        where = f"log_batch.lines[{index}]"
+        if line.run_id and line.run_id != run.id:
+            raise InvalidArgument(
+                f"{where}.run_id: this stream reports run {run.id}; leave run_id empty"
+            )
+        if line.attempt and line.attempt != run.attempt:
+            raise InvalidArgument(
+                f"{where}.attempt: this stream reports attempt {run.attempt}; leave attempt 0"
+            )
+        if line.seq < 1:
+            raise InvalidArgument(f"{where}.seq: must be 1 or more, got {line.seq}")
+        if line.seq <= previous:
+            raise InvalidArgument(
+                f"{where}.seq: {line.seq} after {previous}: send lines in seq order"
+            )
+        previous = line.seq
+        if line.seq <= stored:
+            continue
+        expected = stored + len(records) + 1
+        if line.seq != expected:
+            raise InvalidArgument(
+                f"{where}.seq: expected {expected}, the next after the stored {expected - 1}: "
+                "seqs have no gaps"
+            )
+        records.append(
+            LogRecord(
+                run_id=run.id,
+                attempt=run.attempt,
+                seq=line.seq,
+                timestamp=convert.from_timestamp(line.timestamp, f"{where}.timestamp")
+                if line.HasField("timestamp")
+                else clock.now(),
+                # Levels are informational: an odd number is kept within logging's range.
+                level=min(max(line.level, 0), 100),
+                stream=convert.log_stream(line.stream),
+                logger=convert.storable(line.logger[:MAX_LOGGER_CHARS]),
+                text=convert.storable(truncate_line(line.text)),
+            )
+        )
+    return records

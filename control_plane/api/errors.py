@@ -22,6 +22,10 @@ STATUS: dict[type[errors.FlowyardError], grpc.StatusCode] = {
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
+#: Status messages travel in trailers, percent-encoded beyond ASCII, and clients refuse trailers
+#: over 8 KiB by default: a message is cut to this many UTF-8 bytes (a person reads the start).
+MAX_MESSAGE_BYTES = 1000
+
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
@@ -34,9 +38,19 @@ def status_of(error: errors.FlowyardError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
+def message_of(error: errors.FlowyardError) -> str:
+    """The error's message as a status message: bounded, and valid UTF-8 even when it quotes
+    a value with unpaired surrogates (which JSON escapes can produce)."""
+    data = str(error).encode(errors="backslashreplace")
+    if len(data) <= MAX_MESSAGE_BYTES:
+        return data.decode()
+    kept = data[: MAX_MESSAGE_BYTES - 40].decode(errors="ignore")
+    return f"{kept}… (cut; {len(data)} bytes in all)"
+
+
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.FlowyardError) -> None:
     """End the call with the error's status and message (never a traceback)."""
-    await context.abort(status_of(error), str(error))
+    await context.abort(status_of(error), message_of(error))
 
 
 def unary(

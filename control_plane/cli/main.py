@@ -32,6 +32,8 @@ from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: Upper bound of the server's timing flags (ten years): larger values overflow date arithmetic.
+MAX_INTERVAL_SECONDS = 10 * 365 * 86400.0
 
 
 def _parse_assignments(values: tuple[str, ...], option: str) -> dict[str, Any]:
@@ -130,21 +132,21 @@ def server() -> None:
 )
 @click.option(
     "--engine-grace-seconds",
-    type=click.FloatRange(min=0.1),
+    type=click.FloatRange(min=0.1, max=MAX_INTERVAL_SECONDS),
     default=60.0,
     show_default=True,
     help="A RUNNING run whose engine is silent this long is CRASHED.",
 )
 @click.option(
     "--late-after-seconds",
-    type=click.FloatRange(min=0.1),
+    type=click.FloatRange(min=0.1, max=MAX_INTERVAL_SECONDS),
     default=15.0,
     show_default=True,
     help="A run not dispatched this long after it was due is marked Late.",
 )
 @click.option(
     "--cancelling-timeout-seconds",
-    type=click.FloatRange(min=0.1),
+    type=click.FloatRange(min=0.1, max=MAX_INTERVAL_SECONDS),
     default=300.0,
     show_default=True,
     help="A run CANCELLING this long is forced to CANCELLED.",

@@ -14,6 +14,13 @@ from control_plane.store import runs as runs_repo
 from control_plane.store.db import Database
 from engine.entrypoints import InvalidEntrypoint, parse_entrypoint
 
+MAX_ENTRYPOINT_CHARS = 1000
+MAX_FLOW_NAME_CHARS = 200
+MAX_PATH_CHARS = 4096
+MAX_TAGS = 100
+MAX_TAG_CHARS = 100
+MAX_DESCRIPTION_CHARS = 10_000
+
 
 @dataclass(frozen=True)
 class DeploymentSpec:
@@ -45,11 +52,14 @@ class Catalog:
         if concurrency_limit < 0:
             raise InvalidArgument("concurrency_limit: must be 0 (unlimited) or more")
         template = validation.json_object(template_json, "base_job_template_json")
-        template = (
-            templates.check_template(template, pool_type)
-            if template
-            else templates.default_template(pool_type)
-        )
+        if template:
+            validation.schema_references(
+                template.get("variables"), "base_job_template_json.variables"
+            )
+            with validation.evaluating("base_job_template_json.variables", InvalidArgument):
+                template = templates.check_template(template, pool_type)
+        else:
+            template = templates.default_template(pool_type)
         now = clock.now()
         pool = Pool(
             id=uuid.uuid4().hex,
@@ -84,6 +94,7 @@ class Catalog:
     async def upsert_deployment(self, spec: DeploymentSpec) -> tuple[Deployment, bool]:
         """Create or replace a deployment; returns it and whether it is new."""
         validation.deployment_name(spec.name, "deployment.name")
+        validation.text(spec.entrypoint, "deployment.entrypoint", MAX_ENTRYPOINT_CHARS)
         try:
             entrypoint = parse_entrypoint(spec.entrypoint)
         except InvalidEntrypoint as exc:
@@ -92,7 +103,10 @@ class Catalog:
         if not spec.pool:
             raise InvalidArgument("deployment.pool: required")
         validation.pool_name(spec.pool, "deployment.pool")
-        flow_name = spec.flow_name or entrypoint.function
+        flow_name = (
+            validation.text(spec.flow_name, "deployment.flow_name", MAX_FLOW_NAME_CHARS)
+            or entrypoint.function
+        )
         schema_obj = validation.json_object(
             spec.parameter_schema_json, "deployment.parameter_schema_json"
         )
@@ -106,9 +120,11 @@ class Catalog:
         job_variables = validation.json_object(
             spec.job_variables_json, "deployment.job_variables_json"
         )
-        for tag in spec.tags:
-            if not tag or len(tag) > 100:
-                raise InvalidArgument(f"deployment.tags: {tag!r} must be 1-100 characters")
+        if len(spec.tags) > MAX_TAGS:
+            raise InvalidArgument(f"deployment.tags: at most {MAX_TAGS} tags ({len(spec.tags)})")
+        for index, tag in enumerate(spec.tags):
+            validation.text(tag, f"deployment.tags[{index}]", MAX_TAG_CHARS, required=True)
+        validation.text(spec.description, "deployment.description", MAX_DESCRIPTION_CHARS)
         now = clock.now()
         async with self._db.write() as conn:
             pool = await repo.get_pool(conn, name=spec.pool)
@@ -116,9 +132,14 @@ class Catalog:
                 raise NotFound(
                     f"pool {spec.pool!r} not found: create it first with 'flowyard pool create {spec.pool}'"
                 )
-            templates.check_job_variables(
-                job_variables, pool.base_job_template, "deployment.job_variables_json"
-            )
+            with validation.evaluating(
+                f"the job variables schema of pool {pool.name!r}",
+                FailedPrecondition,
+                validation.POOL_FIX,
+            ):
+                templates.check_job_variables(
+                    job_variables, pool.base_job_template, "deployment.job_variables_json"
+                )
             existing = await repo.get_deployment(conn, name=spec.name)
             deployment = Deployment(
                 id=existing.id if existing else uuid.uuid4().hex,
@@ -170,10 +191,15 @@ class Catalog:
             pool = await repo.get_pool(conn, id=deployment.pool_id)
         assert pool is not None  # a deployment's pool cannot be deleted under it
         template = pool.base_job_template
-        variables = templates.job_variables_for_run(
-            template, deployment.job_variables, overrides, "job_variables_json"
-        )
-        return templates.render(pool, template, variables, deployment), variables
+        with validation.evaluating(
+            f"the job variables schema of pool {pool.name!r}",
+            FailedPrecondition,
+            validation.POOL_FIX,
+        ):
+            variables = templates.job_variables_for_run(
+                template, deployment.job_variables, overrides, "job_variables_json"
+            )
+            return templates.render(pool, template, variables, deployment), variables
 
     async def delete_deployment(self, name: str) -> None:
         """Delete a deployment and its finished runs; FAILED_PRECONDITION while runs are active."""
@@ -197,4 +223,7 @@ def _check_source(source: dict[str, Any]) -> None:
         raise InvalidArgument("deployment.source: required (a local path)")
     path = local.get("path", "")
     if not isinstance(path, str) or not path.startswith("/"):
-        raise InvalidArgument(f"deployment.source.local.path: {path!r} must be an absolute path")
+        raise InvalidArgument(
+            f"deployment.source.local.path: {validation.shown(path)} must be an absolute path"
+        )
+    validation.text(path, "deployment.source.local.path", MAX_PATH_CHARS)

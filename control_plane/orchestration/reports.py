@@ -194,7 +194,10 @@ class AgentReports:
                 run = await self._held_run(conn, session, report.run_id, report.attempt)
                 if run is None or run.is_terminal:
                     return None
-                await self._system_lines(conn, run, [text], level=30)
+                # Once the engine has opened its stream it numbers the attempt's lines itself;
+                # a line of ours in between would take a seq it is about to use.
+                if run.last_heartbeat_at is None:
+                    await self._system_lines(conn, run, [text], level=30)
                 if run.state_type is StateType.PENDING and report.kind is InfraKind.PENDING:
                     updated = await repo.compare_and_set(
                         conn,
@@ -410,9 +413,14 @@ class EngineReports:
         async with self._db.write() as conn:
             await repo.touch_heartbeat(conn, run.id, run.attempt, clock.now())
 
-    async def stored_seq(self, run: Run) -> int:
-        """Highest log seq stored for the run's current attempt."""
-        async with self._db.read() as conn:
+    async def open(self, run: Run) -> int:
+        """An engine stream opens: mark the engine alive and return the highest stored seq.
+
+        One transaction, so no line of the control plane's own can slip in between the seq
+        the engine continues from and the mark that stops such lines (see ``infra_event``).
+        """
+        async with self._db.write() as conn:
+            await repo.touch_heartbeat(conn, run.id, run.attempt, clock.now())
             return await logs_repo.max_seq(conn, run.id, run.attempt)
 
     async def store_logs(self, run: Run, lines: list[LogRecord]) -> None:

@@ -26,6 +26,10 @@ from control_plane.store.db import Database
 
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
+MAX_KEY_CHARS = 200
+MAX_REASON_CHARS = 1000
+#: Longer than any token ListRuns hands out (an ISO time and a run id, in base64).
+MAX_PAGE_TOKEN_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -52,9 +56,7 @@ class Runs:
         validation.deployment_name(request.deployment_name, "deployment_name")
         parameters = validation.json_object(request.parameters_json, "parameters_json")
         job_variables = validation.json_object(request.job_variables_json, "job_variables_json")
-        key = request.idempotency_key or None
-        if key is not None and len(key) > 200:
-            raise InvalidArgument("idempotency_key: longer than 200 characters")
+        key = validation.text(request.idempotency_key, "idempotency_key", MAX_KEY_CHARS) or None
         now = clock.now()
         async with self._db.write() as conn:
             deployment = await catalog_repo.get_deployment(conn, name=request.deployment_name)
@@ -68,11 +70,16 @@ class Runs:
             validation.parameters(merged, deployment.parameter_schema, deployment.flow_name)
             pool = await catalog_repo.get_pool(conn, id=deployment.pool_id)
             assert pool is not None  # a deployment's pool cannot be deleted under it
-            templates.check_job_variables(
-                {**deployment.job_variables, **job_variables},
-                pool.base_job_template,
-                "job_variables_json",
-            )
+            with validation.evaluating(
+                f"the job variables schema of pool {pool.name!r}",
+                FailedPrecondition,
+                validation.POOL_FIX,
+            ):
+                templates.check_job_variables(
+                    {**deployment.job_variables, **job_variables},
+                    pool.base_job_template,
+                    "job_variables_json",
+                )
             values: dict[str, Any] = {
                 "id": uuid.uuid4().hex,
                 "deployment_id": deployment.id,
@@ -161,8 +168,7 @@ class Runs:
     async def cancel(self, run_id: str, reason: str) -> Run:
         """Cancel a run: CANCELLED at once if it holds no infrastructure, else CANCELLING."""
         validation.run_id(run_id)
-        if len(reason) > 1000:
-            raise InvalidArgument("reason: longer than 1000 characters")
+        validation.text(reason, "reason", MAX_REASON_CHARS)
 
         async def attempt() -> Run:
             async with self._db.write() as conn:
@@ -208,7 +214,16 @@ def _encode_page_token(created_at: datetime, run_id: str) -> str:
 
 def _decode_page_token(token: str) -> tuple[datetime, str]:
     try:
+        if len(token) > MAX_PAGE_TOKEN_CHARS or not token.isascii():
+            raise ValueError(token)
         created, run_id = base64.urlsafe_b64decode(token.encode()).decode().split("|")
-        return datetime.fromisoformat(created), validation.run_id(run_id)
+        when = datetime.fromisoformat(created)
+        # Tokens carry an aware UTC time; a naive one cannot be compared with stored times.
+        if when.tzinfo is None:
+            raise ValueError(created)
+        return when, validation.run_id(run_id)
     except (ValueError, InvalidArgument):
-        raise InvalidArgument("page_token: not a token returned by ListRuns") from None
+        raise InvalidArgument(
+            "page_token: not a token returned by ListRuns; pass next_page_token unchanged, "
+            "or leave page_token empty for the first page"
+        ) from None

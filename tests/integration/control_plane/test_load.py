@@ -226,12 +226,6 @@ async def test_an_oversized_log_line_is_stored_truncated_with_a_marker(ready: Pl
     await agent.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=grpc.aio.AioRpcError,
-    reason="TailLogs sends up to 500 lines per message whatever their size, and 500 lines "
-    "of 64 KiB are far over a default client's 4 MiB receive limit",
-)
 async def test_a_tail_of_maximal_lines_fits_a_default_client(ready: Plane) -> None:
     agent, engine, run_id, _ = await drive_to_running(ready)
     seq = 0

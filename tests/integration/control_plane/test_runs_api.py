@@ -1,6 +1,5 @@
 """Runs over gRPC: creation rules, dispatch over the agent stream, the engine protocol, cancel."""
 
-import asyncio
 import sqlite3
 import time
 import uuid
@@ -280,7 +279,7 @@ async def test_engine_exit_without_final_state_crashes_with_the_output(ready: Pl
 
 async def test_reports_from_an_agent_that_does_not_hold_the_run_are_ignored(ready: Plane) -> None:
     agent, engine, run_id, _ = await drive_to_running(ready)
-    intruder = agent_stream(ready, capacity=1, name="intruder")
+    intruder = agent_stream(ready, capacity=0, name="intruder")
     await intruder.receive("welcome")
     intruder.send(
         agent_pb2.ConnectRequest(
@@ -289,24 +288,11 @@ async def test_reports_from_an_agent_that_does_not_hold_the_run_are_ignored(read
             )
         )
     )
-    # The holder's own report after the intruder's is applied; the intruder's never was.
-    agent.send(
-        agent_pb2.ConnectRequest(
-            infra_event=agent_pb2.InfraEvent(
-                run_id=run_id, attempt=1, kind=agent_pb2.INFRA_EVENT_KIND_PENDING, reason="probe"
-            )
-        )
-    )
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        texts = [
-            line.text
-            async for m in ready.control.TailLogs(pb.TailLogsRequest(run_id=run_id))
-            for line in m.lines
-        ]
-        if any("probe" in t for t in texts):
-            break
-        await asyncio.sleep(0.05)
+    # A stream's reports are applied in order: once its later credit grant has been used,
+    # the crash report before it has been dealt with.
+    intruder.send(agent_pb2.ConnectRequest(credit=agent_pb2.CreditGrant(credits=1)))
+    other = await ready.run()
+    assert (await intruder.receive("assign")).run_id == other.id
     assert (await ready.get(run_id)).run.state.type == S.STATE_TYPE_RUNNING
     await intruder.close()
     await engine.close()
@@ -390,4 +376,28 @@ async def test_infrastructure_that_never_starts_crashes_the_run_with_the_reason(
         for line in m.lines
     ]
     assert any("ErrImagePull" in t for t in texts)
+    await agent.close()
+
+
+async def test_an_infra_notice_never_takes_a_seq_the_engine_is_about_to_use(ready: Plane) -> None:
+    agent, engine, run_id, _ = await drive_to_running(ready)
+    agent.send(
+        agent_pb2.ConnectRequest(
+            infra_event=agent_pb2.InfraEvent(
+                run_id=run_id, attempt=1, kind=agent_pb2.INFRA_EVENT_KIND_PENDING, reason="late"
+            )
+        )
+    )
+    agent.send(agent_pb2.ConnectRequest(credit=agent_pb2.CreditGrant(credits=1)))
+    other = await ready.run()
+    assert (await agent.receive("assign")).run_id == other.id  # the notice was applied
+    engine.send(lines("the engine's first line"))
+    assert (await engine.receive("log_ack")).stored_seq == 1
+    texts = [
+        line.text
+        async for m in ready.control.TailLogs(pb.TailLogsRequest(run_id=run_id))
+        for line in m.lines
+    ]
+    assert texts == ["the engine's first line"]
+    await engine.close()
     await agent.close()

@@ -1,8 +1,10 @@
 """Input checks: every rejection names the field and the problem."""
 
+from typing import Any
+
 import pytest
 
-from control_plane.errors import InvalidArgument
+from control_plane.errors import FailedPrecondition, InvalidArgument
 from control_plane.models import PoolType
 from control_plane.orchestration import templates, validation
 
@@ -95,3 +97,106 @@ def test_template_placeholders_must_be_declared() -> None:
 def test_default_templates_are_valid() -> None:
     for pool_type in PoolType:
         templates.check_template(templates.default_template(pool_type), pool_type)
+
+
+@pytest.mark.parametrize(
+    ("check", "value"),
+    [
+        (validation.pool_name, "pool-a\n"),
+        (validation.deployment_name, "hello\n"),
+        (validation.run_id, "0" * 32 + "\n"),
+    ],
+)
+def test_a_trailing_newline_does_not_make_a_name_valid(check: Any, value: str) -> None:
+    with pytest.raises(InvalidArgument):
+        check(value)
+
+
+def test_long_values_are_quoted_short() -> None:
+    with pytest.raises(InvalidArgument) as error:
+        validation.pool_name("x" * 100_000)
+    assert len(str(error.value)) < 300
+    assert "(100000 characters)" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"a": NaN}', "NaN is not a JSON number"),
+        ('{"a": -Infinity}', "-Infinity is not a JSON number"),
+        ('{"a": 1e400}', "the number 1e400 is too large"),
+        ('{"a": ' + "1" * 5000 + "}", "a number longer than 100 characters"),
+        ("[" * 100_000, "nested more than 32 levels deep"),
+        ('{"a":' * 33 + "1" + "}" * 33, "nested more than 32 levels deep"),
+        ('{"a": "\\ud800"}', "unpaired surrogate"),
+        ('{"\\udc00": 1}', "unpaired surrogate"),
+        ('{"a": "' + "x" * (1 << 20) + '"}', "larger than 1048576 bytes"),
+    ],
+)
+def test_json_fields_hold_only_standard_json_of_sane_size(text: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        validation.json_object(text, "parameters_json")
+
+
+def test_json_nested_to_the_limit_is_accepted() -> None:
+    assert validation.json_object('{"a":' * 31 + "{}" + "}" * 31, "f")
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        ({"properties": {"a": {"$ref": "file:///etc/passwd"}}}, "only references within"),
+        ({"properties": {"a": {"$ref": "http://169.254.169.254/"}}}, "only references within"),
+        ({"$id": "http://example.com/", "properties": {}}, r"\$id is not supported"),
+        ({"properties": {"a": {"$ref": "#/nope"}}}, "points nowhere"),
+        ({"$dynamicRef": "#meta"}, "points nowhere"),
+        ({"$ref": "#"}, "lead back to the same place"),
+        ({"allOf": [{"$ref": "#/$defs/x"}], "$defs": {"x": {"not": {"$ref": "#"}}}}, "lead back"),
+        ({"properties": {"a": {"anyOf": [{"$ref": "#/properties/a"}]}}}, "lead back"),
+    ],
+)
+def test_schemas_may_only_refer_to_themselves_and_must_not_loop(
+    schema: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        validation.json_schema({"type": "object", **schema}, "parameter_schema_json")
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        # Recursion that descends into the value ends with the value.
+        {"properties": {"a": {"$ref": "#"}}},
+        {
+            "$defs": {"tree": {"items": {"$ref": "#/$defs/tree"}}},
+            "properties": {"t": {"$ref": "#/$defs/tree"}},
+        },
+        {"properties": {"a/b~c": {"type": "string"}, "n": {"$ref": "#/properties/a~1b~0c"}}},
+        {"$dynamicAnchor": "meta", "properties": {"a": {"$dynamicRef": "#meta"}}},
+    ],
+)
+def test_references_within_a_schema_are_accepted(schema: dict[str, Any]) -> None:
+    validation.json_schema({"type": "object", **schema}, "parameter_schema_json")
+
+
+def test_a_stored_schema_that_cannot_be_evaluated_is_a_failed_precondition() -> None:
+    # Stored before references were checked: running the deployment says what to fix.
+    schema = {"type": "object", "properties": {"a": {"$ref": "http://127.0.0.1:9/x"}}}
+    with pytest.raises(FailedPrecondition, match="parameter_schema_json"):
+        validation.parameters({"a": 1}, schema, "hello")
+    looping = {"type": "object", "properties": {"a": {"$ref": "#/properties/a"}}}
+    with pytest.raises(FailedPrecondition, match="recurse without end"):
+        validation.parameters({"a": 1}, looping, "hello")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("a\x00b", "must not contain NUL"),
+        ("x" * 11, "longer than 10 characters"),
+        (" ", "required"),
+    ],
+)
+def test_free_text_is_bounded_and_storable(value: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        validation.text(value, "description", 10, required=True)
