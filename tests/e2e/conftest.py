@@ -6,6 +6,7 @@ leaves an engine process behind fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -129,24 +130,34 @@ class System:
         ]
 
 
-@pytest.fixture
-def system(tmp_path: Path) -> Iterator[System]:
-    server = start_server(tmp_path / "server")
+@contextlib.contextmanager
+def running_system(root: Path, port: int = 0) -> Iterator[System]:
+    """A control plane (on ``port``, 0 for any) with the process pool, stopped afterwards.
+
+    Agents the test started are stopped too; an engine left running fails the test.
+    """
+    server = start_server(root / "server", port=port)
     channel = grpc.insecure_channel(server.extra["address"])
     stub = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
     stub.CreatePool(pb.CreatePoolRequest(name=POOL, type=types_pb2.POOL_TYPE_PROCESS))
-    system = System(tmp_path, server, channel, stub)
+    system = System(root, server, channel, stub)
     try:
         yield system
     finally:
         channel.close()
         for agent in system.agents:
             agent.stop()
-        server.stop()
-    leaked = _engines_under(tmp_path)
+        system.server.stop()  # the test may have replaced the server it started with
+    leaked = _engines_under(root)
     for pid in leaked:
         os.kill(pid, 9)
     assert not leaked, f"engine processes left running: {leaked}"
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> Iterator[System]:
+    with running_system(tmp_path) as system:
+        yield system
 
 
 def _engines_under(root: Path) -> list[int]:

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
-from control_plane.cli.processes import start_server
-from flowyard.v1 import control_plane_pb2 as pb
-from flowyard.v1 import control_plane_pb2_grpc, types_pb2
-from tests.e2e.conftest import POOL, System, _engines_under
+from tests.e2e.conftest import System, running_system
 
 
 def free_port() -> int:
@@ -27,19 +21,5 @@ def free_port() -> int:
 @pytest.fixture
 def faulty(tmp_path: Path) -> Iterator[System]:
     """Like the end-to-end ``system``, on a fixed port so the control plane can be restarted."""
-
-    port = free_port()
-    server = start_server(tmp_path / "server", port=port)
-    channel = grpc.insecure_channel(server.extra["address"])
-    stub = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
-    stub.CreatePool(pb.CreatePoolRequest(name=POOL, type=types_pb2.POOL_TYPE_PROCESS))
-    system = System(tmp_path, server, channel, stub)
-    try:
+    with running_system(tmp_path, port=free_port()) as system:
         yield system
-    finally:
-        channel.close()
-        for agent in system.agents:
-            agent.stop()
-        system.server.stop()
-        for pid in _engines_under(tmp_path):
-            os.kill(pid, signal.SIGKILL)
