@@ -17,6 +17,13 @@ class Conflict(Exception):
     """The run changed between our read and our compare-and-set; read again and retry."""
 
 
+def claimed(updated: Run | None) -> Run:
+    """The result of a compare-and-set; Conflict if another writer changed the run first."""
+    if updated is None:
+        raise Conflict
+    return updated
+
+
 async def retrying(operation: Callable[[], Awaitable[T]]) -> T:
     """Run a unit of work again while it loses compare-and-set races (rare: writers queue)."""
     for _ in range(MAX_ATTEMPTS - 1):
@@ -40,6 +47,16 @@ class Notifier:
         # A finished run frees a pool slot; a re-queued one is dispatchable again.
         if run.state_type.is_terminal or run.state_type is StateType.SCHEDULED:
             self._wake()
+
+    async def apply(self, operation: Callable[[], Awaitable[Run | None]]) -> Run | None:
+        """Run a unit of work that may change one run, retrying lost races; publish the change.
+
+        ``operation`` returns the changed run, or None when there was nothing to change.
+        """
+        run = await retrying(operation)
+        if run is not None:
+            self.changed(run)
+        return run
 
     def wake_dispatcher(self) -> None:
         """Something that affects dispatch changed (new run, new credit)."""

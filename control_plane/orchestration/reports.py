@@ -19,7 +19,7 @@ from control_plane.errors import FailedPrecondition, NotFound, PermissionDenied
 from control_plane.models import LogRecord, LogStream, Run
 from control_plane.orchestration import clock, tokens
 from control_plane.orchestration.agents import AgentRegistry, AgentSession, CancelMessage
-from control_plane.orchestration.changes import Conflict, Notifier, retrying
+from control_plane.orchestration.changes import Notifier, claimed, retrying
 from control_plane.orchestration.signals import run_key
 from control_plane.orchestration.states import (
     ASSIGNED,
@@ -137,9 +137,7 @@ class AgentReports:
                 updated = await repo.set_columns(
                     conn, run, accepted_at=at, lease_deadline=clock.now() + self._lease
                 )
-                if updated is None:
-                    raise Conflict
-                return updated
+                return claimed(updated)
 
         await retrying(apply)
 
@@ -165,13 +163,9 @@ class AgentReports:
                 else:
                     # The engine may already have reported RUNNING: keep its state.
                     updated = await repo.set_columns(conn, run, **columns)
-                if updated is None:
-                    raise Conflict
-                return updated
+                return claimed(updated)
 
-        run = await retrying(apply)
-        if run is not None:
-            self._notifier.changed(run)
+        await self._notifier.apply(apply)
 
     async def submit_failed(
         self, session: AgentSession, run_id: str, attempt: int, reason: str
@@ -205,14 +199,10 @@ class AgentReports:
                         State(StateType.PENDING, INFRASTRUCTURE_PENDING, text),
                         now=clock.now(),
                     )
-                    if updated is None:
-                        raise Conflict
-                    return updated
+                    return claimed(updated)
                 return run
 
-        run = await retrying(apply)
-        if run is not None:
-            self._notifier.changed(run)
+        await self._notifier.apply(apply)
 
     async def cancelled(self, session: AgentSession, run_id: str, attempt: int) -> None:
         """A cancelled run's infrastructure is gone: CANCELLING becomes CANCELLED."""
@@ -229,13 +219,9 @@ class AgentReports:
                     now=clock.now(),
                     lease_deadline=None,
                 )
-                if updated is None:
-                    raise Conflict
-                return updated
+                return claimed(updated)
 
-        run = await retrying(apply)
-        if run is not None:
-            self._notifier.changed(run)
+        await self._notifier.apply(apply)
 
     async def session_closed(self, session: AgentSession) -> None:
         """Put back assignments the departed agent never accepted; the rest wait for the lease.
@@ -256,13 +242,9 @@ class AgentReports:
                 if run is None or run.attempt != attempt or run.state_name != ASSIGNED:
                     return None
                 updated = await requeue(conn, run, why)
-                if updated is None:
-                    raise Conflict
-                return updated
+                return claimed(updated)
 
-        run = await retrying(apply)
-        if run is not None:
-            self._notifier.changed(run)
+        await self._notifier.apply(apply)
 
     async def _end(
         self, session: AgentSession, run_id: str, attempt: int, detail: str, tail: tuple[str, ...]
@@ -283,13 +265,9 @@ class AgentReports:
                 updated = await repo.compare_and_set(
                     conn, run, State(target, message=message), now=clock.now(), lease_deadline=None
                 )
-                if updated is None:
-                    raise Conflict
-                return updated
+                return claimed(updated)
 
-        run = await retrying(apply)
-        if run is not None:
-            self._notifier.changed(run)
+        await self._notifier.apply(apply)
 
     async def _held_run(
         self, conn: AsyncConnection, session: AgentSession, run_id: str, attempt: int
@@ -301,9 +279,7 @@ class AgentReports:
             return run
         if self._may_take_over(session, run):
             updated = await repo.set_columns(conn, run, agent_session_id=session.id)
-            if updated is None:
-                raise Conflict
-            return updated
+            return claimed(updated)
         log.info(
             "ignoring a report about run %s from agent %s, which does not hold it",
             run_id,
@@ -458,9 +434,7 @@ class EngineReports:
                     transition_id=proposal.transition_id or None,
                     **columns,
                 )
-                if updated is None:
-                    raise Conflict
-                return ProposalResult(True, updated)
+                return ProposalResult(True, claimed(updated))
 
         result = await retrying(apply)
         if result.accepted:

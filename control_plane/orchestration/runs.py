@@ -12,7 +12,7 @@ from control_plane.errors import FailedPrecondition, InvalidArgument, NotFound
 from control_plane.models import Run, StateRecord
 from control_plane.orchestration import clock, templates, validation
 from control_plane.orchestration.agents import AgentRegistry, CancelMessage
-from control_plane.orchestration.changes import Conflict, Notifier, retrying
+from control_plane.orchestration.changes import Notifier, claimed, retrying
 from control_plane.orchestration.states import (
     Actor,
     State,
@@ -189,9 +189,7 @@ class Runs:
                 updated = await repo.compare_and_set(
                     conn, run, State(target, message=message), now=clock.now()
                 )
-                if updated is None:
-                    raise Conflict
-                return updated
+                return claimed(updated)
 
         run = await retrying(attempt)
         self._notifier.changed(run)
