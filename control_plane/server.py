@@ -175,7 +175,8 @@ async def build(config: ServerConfig) -> App:
     admission = Admission(config.max_concurrent_calls, lambda: db.in_flight, ADMITTED_SERVICES)
     server = grpc.aio.server(interceptors=[admission], options=server_options(config))
     control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(
-        ControlPlaneServicer(db, catalog, runs, agents, signals), server
+        ControlPlaneServicer(db, catalog, runs, agents, signals),  # type: ignore[abstract]
+        server,
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
         AgentServicer(

@@ -227,6 +227,7 @@ class Hello(_message.Message):
     RUNTIME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     OBSERVED_RUNS_FIELD_NUMBER: _builtins.int
+    QUEUES_FIELD_NUMBER: _builtins.int
     agent_name: _builtins.str
     """Name of this agent (stable across restarts: host name or pod name)."""
     pool: _builtins.str
@@ -243,6 +244,10 @@ class Hello(_message.Message):
         that is terminal or unknown, and the session holds the others.
         """
 
+    @_builtins.property
+    def queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The pool queues this agent takes runs from; empty means every queue of the pool."""
+
     def __init__(
         self,
         *,
@@ -252,10 +257,11 @@ class Hello(_message.Message):
         runtime: _builtins.str = ...,
         version: _builtins.str = ...,
         observed_runs: _abc.Iterable[Global___ObservedRun] | None = ...,
+        queues: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_name", b"agent_name", "capacity", b"capacity", "observed_runs", b"observed_runs", "pool", b"pool", "runtime", b"runtime", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_name", b"agent_name", "capacity", b"capacity", "observed_runs", b"observed_runs", "pool", b"pool", "queues", b"queues", "runtime", b"runtime", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -335,6 +341,7 @@ class Assign(_message.Message):
     BASE_JOB_TEMPLATE_JSON_FIELD_NUMBER: _builtins.int
     JOB_VARIABLES_JSON_FIELD_NUMBER: _builtins.int
     ENGINE_TOKEN_FIELD_NUMBER: _builtins.int
+    SECRET_ENV_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run's id."""
     attempt: _builtins.int
@@ -353,6 +360,12 @@ class Assign(_message.Message):
     def lease_deadline(self) -> _timestamp_pb2.Timestamp:
         """Accept (and then submit) before this time, or the run goes back to the queue."""
 
+    @_builtins.property
+    def secret_env(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecretEnv]:
+        """Environment variables the engine needs from Kubernetes Secrets (e.g. git
+        credentials): the agent mounts each as a secretKeyRef env var.
+        """
+
     def __init__(
         self,
         *,
@@ -364,14 +377,45 @@ class Assign(_message.Message):
         base_job_template_json: _builtins.str = ...,
         job_variables_json: _builtins.str = ...,
         engine_token: _builtins.str = ...,
+        secret_env: _abc.Iterable[Global___SecretEnv] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease_deadline", b"lease_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "base_job_template_json", b"base_job_template_json", "deployment_name", b"deployment_name", "engine_token", b"engine_token", "flow_name", b"flow_name", "job_variables_json", b"job_variables_json", "lease_deadline", b"lease_deadline", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "base_job_template_json", b"base_job_template_json", "deployment_name", b"deployment_name", "engine_token", b"engine_token", "flow_name", b"flow_name", "job_variables_json", b"job_variables_json", "lease_deadline", b"lease_deadline", "run_id", b"run_id", "secret_env", b"secret_env"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Assign: _TypeAlias = Assign  # noqa: Y015
+
+@_typing.final
+class SecretEnv(_message.Message):
+    """SecretEnv is one environment variable whose value comes from a Kubernetes Secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SECRET_NAME_FIELD_NUMBER: _builtins.int
+    SECRET_KEY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The variable's name."""
+    secret_name: _builtins.str
+    """The Secret's name."""
+    secret_key: _builtins.str
+    """The key inside the Secret."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        secret_name: _builtins.str = ...,
+        secret_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "secret_key", b"secret_key", "secret_name", b"secret_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecretEnv: _TypeAlias = SecretEnv  # noqa: Y015
 
 @_typing.final
 class Cancel(_message.Message):

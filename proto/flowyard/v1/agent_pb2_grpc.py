@@ -27,7 +27,10 @@ if _version_not_supported:
 
 class AgentServiceStub:
     """AgentService is the control plane's side of the agent protocol. One agent per
-    cluster (or per machine, for the process runtime) holds one Connect stream.
+    cluster (or per machine, for the process runtime) holds one Connect stream,
+    authenticated with an agent token of its pool (or an admin token) as gRPC metadata
+    `authorization: Bearer <token>`: no token is UNAUTHENTICATED, a token of another
+    pool is PERMISSION_DENIED.
     """
 
     def __init__(self, channel):
@@ -45,7 +48,10 @@ class AgentServiceStub:
 
 class AgentServiceServicer:
     """AgentService is the control plane's side of the agent protocol. One agent per
-    cluster (or per machine, for the process runtime) holds one Connect stream.
+    cluster (or per machine, for the process runtime) holds one Connect stream,
+    authenticated with an agent token of its pool (or an admin token) as gRPC metadata
+    `authorization: Bearer <token>`: no token is UNAUTHENTICATED, a token of another
+    pool is PERMISSION_DENIED.
     """
 
     def Connect(self, request_iterator, context):
@@ -78,7 +84,10 @@ def add_AgentServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AgentService:
     """AgentService is the control plane's side of the agent protocol. One agent per
-    cluster (or per machine, for the process runtime) holds one Connect stream.
+    cluster (or per machine, for the process runtime) holds one Connect stream,
+    authenticated with an agent token of its pool (or an admin token) as gRPC metadata
+    `authorization: Bearer <token>`: no token is UNAUTHENTICATED, a token of another
+    pool is PERMISSION_DENIED.
     """
 
     @staticmethod

@@ -28,7 +28,10 @@ GRPC_VERSION: str
 
 class AgentServiceStub:
     """AgentService is the control plane's side of the agent protocol. One agent per
-    cluster (or per machine, for the process runtime) holds one Connect stream.
+    cluster (or per machine, for the process runtime) holds one Connect stream,
+    authenticated with an agent token of its pool (or an admin token) as gRPC metadata
+    `authorization: Bearer <token>`: no token is UNAUTHENTICATED, a token of another
+    pool is PERMISSION_DENIED.
     """
 
     @_typing.overload
@@ -47,7 +50,10 @@ class AgentServiceStub:
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
     """AgentService is the control plane's side of the agent protocol. One agent per
-    cluster (or per machine, for the process runtime) holds one Connect stream.
+    cluster (or per machine, for the process runtime) holds one Connect stream,
+    authenticated with an agent token of its pool (or an admin token) as gRPC metadata
+    `authorization: Bearer <token>`: no token is UNAUTHENTICATED, a token of another
+    pool is PERMISSION_DENIED.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -62,7 +68,10 @@ class AgentServiceAsyncStub(AgentServiceStub):
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """AgentService is the control plane's side of the agent protocol. One agent per
-    cluster (or per machine, for the process runtime) holds one Connect stream.
+    cluster (or per machine, for the process runtime) holds one Connect stream,
+    authenticated with an agent token of its pool (or an admin token) as gRPC metadata
+    `authorization: Bearer <token>`: no token is UNAUTHENTICATED, a token of another
+    pool is PERMISSION_DENIED.
     """
 
     @_abc_1.abstractmethod

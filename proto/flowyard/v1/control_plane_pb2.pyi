@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,490 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _TokenKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TokenKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TokenKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TOKEN_KIND_UNSPECIFIED: _TokenKind.ValueType  # 0
+    """Not set."""
+    TOKEN_KIND_ADMIN: _TokenKind.ValueType  # 1
+    """Everything on ControlPlaneService."""
+    TOKEN_KIND_AGENT: _TokenKind.ValueType  # 2
+    """AgentService.Connect for one pool only."""
+
+class TokenKind(_TokenKind, metaclass=_TokenKindEnumTypeWrapper):
+    """TokenKind says what a token may do."""
+
+TOKEN_KIND_UNSPECIFIED: TokenKind.ValueType  # 0
+"""Not set."""
+TOKEN_KIND_ADMIN: TokenKind.ValueType  # 1
+"""Everything on ControlPlaneService."""
+TOKEN_KIND_AGENT: TokenKind.ValueType  # 2
+"""AgentService.Connect for one pool only."""
+Global___TokenKind: _TypeAlias = TokenKind  # noqa: Y015
+
+@_typing.final
+class UpdatePoolRequest(_message.Message):
+    """UpdatePoolRequest names a pool and the fields to change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The pool's name."""
+    concurrency_limit: _builtins.int
+    """New concurrency limit (0 means unlimited), if set."""
+    paused: _builtins.bool
+    """Pause (true) or resume (false), if set."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        concurrency_limit: _builtins.int | None = ...,
+        paused: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_concurrency_limit", b"_concurrency_limit", "_paused", b"_paused", "concurrency_limit", b"concurrency_limit", "paused", b"paused"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_concurrency_limit", b"_concurrency_limit", "_paused", b"_paused", "concurrency_limit", b"concurrency_limit", "name", b"name", "paused", b"paused"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__concurrency_limit: _TypeAlias = _typing.Literal["concurrency_limit"]  # noqa: Y015
+    _WhichOneofArgType__concurrency_limit: _TypeAlias = _typing.Literal["_concurrency_limit", b"_concurrency_limit"]  # noqa: Y015
+    _WhichOneofReturnType__paused: _TypeAlias = _typing.Literal["paused"]  # noqa: Y015
+    _WhichOneofArgType__paused: _TypeAlias = _typing.Literal["_paused", b"_paused"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__concurrency_limit) -> _WhichOneofReturnType__concurrency_limit | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__paused) -> _WhichOneofReturnType__paused | None: ...
+
+Global___UpdatePoolRequest: _TypeAlias = UpdatePoolRequest  # noqa: Y015
+
+@_typing.final
+class UpdatePoolResponse(_message.Message):
+    """UpdatePoolResponse returns the pool after the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pool(self) -> _types_pb2.WorkPool:
+        """The pool as stored."""
+
+    def __init__(
+        self,
+        *,
+        pool: _types_pb2.WorkPool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePoolResponse: _TypeAlias = UpdatePoolResponse  # noqa: Y015
+
+@_typing.final
+class UpsertQueueRequest(_message.Message):
+    """UpsertQueueRequest carries a queue for a pool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    pool: _builtins.str
+    """The pool's name."""
+    @_builtins.property
+    def queue(self) -> _types_pb2.WorkQueue:
+        """The queue to create or update."""
+
+    def __init__(
+        self,
+        *,
+        pool: _builtins.str = ...,
+        queue: _types_pb2.WorkQueue | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool", "queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertQueueRequest: _TypeAlias = UpsertQueueRequest  # noqa: Y015
+
+@_typing.final
+class UpsertQueueResponse(_message.Message):
+    """UpsertQueueResponse returns the pool with its queues."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """True if the queue did not exist before this call."""
+    @_builtins.property
+    def pool(self) -> _types_pb2.WorkPool:
+        """The pool as stored."""
+
+    def __init__(
+        self,
+        *,
+        pool: _types_pb2.WorkPool | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "pool", b"pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertQueueResponse: _TypeAlias = UpsertQueueResponse  # noqa: Y015
+
+@_typing.final
+class PauseDeploymentRequest(_message.Message):
+    """PauseDeploymentRequest pauses or resumes a deployment or one of its schedules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCHEDULE_NAME_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The deployment's name."""
+    schedule_name: _builtins.str
+    """Only this schedule, if set; otherwise the whole deployment."""
+    paused: _builtins.bool
+    """True to pause, false to resume."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        schedule_name: _builtins.str = ...,
+        paused: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "paused", b"paused", "schedule_name", b"schedule_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseDeploymentRequest: _TypeAlias = PauseDeploymentRequest  # noqa: Y015
+
+@_typing.final
+class PauseDeploymentResponse(_message.Message):
+    """PauseDeploymentResponse returns the deployment after the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deployment(self) -> _types_pb2.Deployment:
+        """The deployment as stored."""
+
+    def __init__(
+        self,
+        *,
+        deployment: _types_pb2.Deployment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseDeploymentResponse: _TypeAlias = PauseDeploymentResponse  # noqa: Y015
+
+@_typing.final
+class ListSchedulesRequest(_message.Message):
+    """ListSchedulesRequest names a deployment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_NAME_FIELD_NUMBER: _builtins.int
+    UPCOMING_FIELD_NUMBER: _builtins.int
+    deployment_name: _builtins.str
+    """The deployment's name."""
+    upcoming: _builtins.int
+    """How many upcoming firings to return per schedule (1-100); 0 means 5."""
+    def __init__(
+        self,
+        *,
+        deployment_name: _builtins.str = ...,
+        upcoming: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_name", b"deployment_name", "upcoming", b"upcoming"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSchedulesRequest: _TypeAlias = ListSchedulesRequest  # noqa: Y015
+
+@_typing.final
+class ScheduleStatus(_message.Message):
+    """ScheduleStatus is one schedule and when it fires next."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    NEXT_TIMES_FIELD_NUMBER: _builtins.int
+    SCHEDULED_RUNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> _types_pb2.Schedule:
+        """The schedule."""
+
+    @_builtins.property
+    def next_times(self) -> _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]:
+        """The next firing times, soonest first (empty while the schedule or deployment is paused)."""
+
+    @_builtins.property
+    def scheduled_runs(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.FlowRun]:
+        """Runs already created for upcoming firings, soonest first."""
+
+    def __init__(
+        self,
+        *,
+        schedule: _types_pb2.Schedule | None = ...,
+        next_times: _abc.Iterable[_timestamp_pb2.Timestamp] | None = ...,
+        scheduled_runs: _abc.Iterable[_types_pb2.FlowRun] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_times", b"next_times", "schedule", b"schedule", "scheduled_runs", b"scheduled_runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleStatus: _TypeAlias = ScheduleStatus  # noqa: Y015
+
+@_typing.final
+class ListSchedulesResponse(_message.Message):
+    """ListSchedulesResponse returns each schedule of the deployment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULES_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_PAUSED_FIELD_NUMBER: _builtins.int
+    deployment_paused: _builtins.bool
+    """Whether the whole deployment is paused."""
+    @_builtins.property
+    def schedules(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScheduleStatus]:
+        """The schedules, in the deployment's order."""
+
+    def __init__(
+        self,
+        *,
+        schedules: _abc.Iterable[Global___ScheduleStatus] | None = ...,
+        deployment_paused: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_paused", b"deployment_paused", "schedules", b"schedules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSchedulesResponse: _TypeAlias = ListSchedulesResponse  # noqa: Y015
+
+@_typing.final
+class TokenInfo(_message.Message):
+    """TokenInfo describes a token without its secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The token's id (the part before the dot in the token)."""
+    kind: Global___TokenKind.ValueType
+    """What it may do."""
+    pool: _builtins.str
+    """For agent tokens, the only pool it may connect to."""
+    description: _builtins.str
+    """Free-form description."""
+    revoked: _builtins.bool
+    """Whether it was revoked."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was minted."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When it stops working; unset means never."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        kind: Global___TokenKind.ValueType = ...,
+        pool: _builtins.str = ...,
+        description: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        revoked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "expire_time", b"expire_time", "id", b"id", "kind", b"kind", "pool", b"pool", "revoked", b"revoked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenInfo: _TypeAlias = TokenInfo  # noqa: Y015
+
+@_typing.final
+class CreateTokenRequest(_message.Message):
+    """CreateTokenRequest describes the token to mint."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    kind: Global___TokenKind.ValueType
+    """ADMIN or AGENT."""
+    pool: _builtins.str
+    """Required for AGENT tokens: the pool (it must exist)."""
+    description: _builtins.str
+    """Free-form description (up to 200 characters)."""
+    ttl_seconds: _builtins.int
+    """Lifetime in seconds; 0 means it does not expire."""
+    def __init__(
+        self,
+        *,
+        kind: Global___TokenKind.ValueType = ...,
+        pool: _builtins.str = ...,
+        description: _builtins.str = ...,
+        ttl_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "kind", b"kind", "pool", b"pool", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTokenRequest: _TypeAlias = CreateTokenRequest  # noqa: Y015
+
+@_typing.final
+class CreateTokenResponse(_message.Message):
+    """CreateTokenResponse returns the secret once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    INFO_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """The token to pass as `authorization: Bearer <token>`. It is not shown again."""
+    @_builtins.property
+    def info(self) -> Global___TokenInfo:
+        """The token's description."""
+
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        info: Global___TokenInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTokenResponse: _TypeAlias = CreateTokenResponse  # noqa: Y015
+
+@_typing.final
+class ListTokensRequest(_message.Message):
+    """ListTokensRequest has no filters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTokensRequest: _TypeAlias = ListTokensRequest  # noqa: Y015
+
+@_typing.final
+class ListTokensResponse(_message.Message):
+    """ListTokensResponse returns every token."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenInfo]:
+        """The tokens, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        tokens: _abc.Iterable[Global___TokenInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTokensResponse: _TypeAlias = ListTokensResponse  # noqa: Y015
+
+@_typing.final
+class RevokeTokenRequest(_message.Message):
+    """RevokeTokenRequest names the token to revoke."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The token's id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeTokenRequest: _TypeAlias = RevokeTokenRequest  # noqa: Y015
+
+@_typing.final
+class RevokeTokenResponse(_message.Message):
+    """RevokeTokenResponse returns the revoked token."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def info(self) -> Global___TokenInfo:
+        """The token after revocation."""
+
+    def __init__(
+        self,
+        *,
+        info: Global___TokenInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeTokenResponse: _TypeAlias = RevokeTokenResponse  # noqa: Y015
 
 @_typing.final
 class CreatePoolRequest(_message.Message):
@@ -417,6 +902,7 @@ class CreateRunRequest(_message.Message):
     JOB_VARIABLES_JSON_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     SCHEDULED_TIME_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
     deployment_name: _builtins.str
     """Name of the deployment to run."""
     parameters_json: _builtins.str
@@ -427,6 +913,8 @@ class CreateRunRequest(_message.Message):
     """Optional key (up to 200 characters): a second CreateRun of the same deployment with
     the same key returns the first run instead of creating another.
     """
+    queue: _builtins.str
+    """The pool queue to run in; empty means the deployment's queue."""
     @_builtins.property
     def scheduled_time(self) -> _timestamp_pb2.Timestamp:
         """When the run is due; unset means now."""
@@ -439,10 +927,11 @@ class CreateRunRequest(_message.Message):
         job_variables_json: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
         scheduled_time: _timestamp_pb2.Timestamp | None = ...,
+        queue: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["scheduled_time", b"scheduled_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_name", b"deployment_name", "idempotency_key", b"idempotency_key", "job_variables_json", b"job_variables_json", "parameters_json", b"parameters_json", "scheduled_time", b"scheduled_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_name", b"deployment_name", "idempotency_key", b"idempotency_key", "job_variables_json", b"job_variables_json", "parameters_json", b"parameters_json", "queue", b"queue", "scheduled_time", b"scheduled_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -536,10 +1025,13 @@ class ListRunsRequest(_message.Message):
 
     DEPLOYMENT_NAME_FIELD_NUMBER: _builtins.int
     STATE_TYPES_FIELD_NUMBER: _builtins.int
+    SCHEDULE_NAME_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     deployment_name: _builtins.str
     """Only runs of this deployment, if set."""
+    schedule_name: _builtins.str
+    """Only runs created by this schedule, if set (with deployment_name)."""
     page_size: _builtins.int
     """Maximum runs to return (1-500); 0 means 50."""
     page_token: _builtins.str
@@ -553,12 +1045,13 @@ class ListRunsRequest(_message.Message):
         *,
         deployment_name: _builtins.str = ...,
         state_types: _abc.Iterable[_types_pb2.StateType.ValueType] | None = ...,
+        schedule_name: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_name", b"deployment_name", "page_size", b"page_size", "page_token", b"page_token", "state_types", b"state_types"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_name", b"deployment_name", "page_size", b"page_size", "page_token", b"page_token", "schedule_name", b"schedule_name", "state_types", b"state_types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

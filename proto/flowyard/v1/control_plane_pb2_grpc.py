@@ -33,6 +33,10 @@ class ControlPlaneServiceStub:
     (the message names the field), NOT_FOUND for an unknown pool, deployment or run,
     ALREADY_EXISTS for a duplicate name, FAILED_PRECONDITION for a request the
     current state forbids (e.g. cancelling a finished run).
+
+    Every call carries a token as gRPC metadata `authorization: Bearer <token>`: no token
+    is UNAUTHENTICATED; an agent or engine token is PERMISSION_DENIED here (only admin
+    tokens may call this service).
     """
 
     def __init__(self, channel):
@@ -56,6 +60,16 @@ class ControlPlaneServiceStub:
                 request_serializer=flowyard_dot_v1_dot_control__plane__pb2.ListPoolsRequest.SerializeToString,
                 response_deserializer=flowyard_dot_v1_dot_control__plane__pb2.ListPoolsResponse.FromString,
                 _registered_method=True)
+        self.UpdatePool = channel.unary_unary(
+                '/flowyard.v1.ControlPlaneService/UpdatePool',
+                request_serializer=flowyard_dot_v1_dot_control__plane__pb2.UpdatePoolRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_control__plane__pb2.UpdatePoolResponse.FromString,
+                _registered_method=True)
+        self.UpsertQueue = channel.unary_unary(
+                '/flowyard.v1.ControlPlaneService/UpsertQueue',
+                request_serializer=flowyard_dot_v1_dot_control__plane__pb2.UpsertQueueRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_control__plane__pb2.UpsertQueueResponse.FromString,
+                _registered_method=True)
         self.UpsertDeployment = channel.unary_unary(
                 '/flowyard.v1.ControlPlaneService/UpsertDeployment',
                 request_serializer=flowyard_dot_v1_dot_control__plane__pb2.UpsertDeploymentRequest.SerializeToString,
@@ -75,6 +89,16 @@ class ControlPlaneServiceStub:
                 '/flowyard.v1.ControlPlaneService/DeleteDeployment',
                 request_serializer=flowyard_dot_v1_dot_control__plane__pb2.DeleteDeploymentRequest.SerializeToString,
                 response_deserializer=flowyard_dot_v1_dot_control__plane__pb2.DeleteDeploymentResponse.FromString,
+                _registered_method=True)
+        self.PauseDeployment = channel.unary_unary(
+                '/flowyard.v1.ControlPlaneService/PauseDeployment',
+                request_serializer=flowyard_dot_v1_dot_control__plane__pb2.PauseDeploymentRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_control__plane__pb2.PauseDeploymentResponse.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/flowyard.v1.ControlPlaneService/ListSchedules',
+                request_serializer=flowyard_dot_v1_dot_control__plane__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_control__plane__pb2.ListSchedulesResponse.FromString,
                 _registered_method=True)
         self.RenderDeployment = channel.unary_unary(
                 '/flowyard.v1.ControlPlaneService/RenderDeployment',
@@ -111,6 +135,21 @@ class ControlPlaneServiceStub:
                 request_serializer=flowyard_dot_v1_dot_control__plane__pb2.TailLogsRequest.SerializeToString,
                 response_deserializer=flowyard_dot_v1_dot_control__plane__pb2.TailLogsResponse.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/flowyard.v1.ControlPlaneService/CreateToken',
+                request_serializer=flowyard_dot_v1_dot_control__plane__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_control__plane__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/flowyard.v1.ControlPlaneService/ListTokens',
+                request_serializer=flowyard_dot_v1_dot_control__plane__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_control__plane__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/flowyard.v1.ControlPlaneService/RevokeToken',
+                request_serializer=flowyard_dot_v1_dot_control__plane__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_control__plane__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServiceServicer:
@@ -121,6 +160,10 @@ class ControlPlaneServiceServicer:
     (the message names the field), NOT_FOUND for an unknown pool, deployment or run,
     ALREADY_EXISTS for a duplicate name, FAILED_PRECONDITION for a request the
     current state forbids (e.g. cancelling a finished run).
+
+    Every call carries a token as gRPC metadata `authorization: Bearer <token>`: no token
+    is UNAUTHENTICATED; an agent or engine token is PERMISSION_DENIED here (only admin
+    tokens may call this service).
     """
 
     def CreatePool(self, request, context):
@@ -139,6 +182,20 @@ class ControlPlaneServiceServicer:
 
     def ListPools(self, request, context):
         """Lists all work pools, ordered by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePool(self, request, context):
+        """Changes a pool's concurrency limit or pauses/resumes it. Unset fields are kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertQueue(self, request, context):
+        """Creates a queue in a pool, or updates the one with the same name.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -167,6 +224,20 @@ class ControlPlaneServiceServicer:
 
     def DeleteDeployment(self, request, context):
         """Deletes a deployment. FAILED_PRECONDITION while it has runs that are not terminal.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseDeployment(self, request, context):
+        """Pauses or resumes a deployment's schedules, or just one of them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """Lists a deployment's schedules with their next firing times.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -231,6 +302,27 @@ class ControlPlaneServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """Mints a token. The secret is returned once and stored only hashed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Lists tokens (never their secrets).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Revokes a token: calls with it fail with UNAUTHENTICATED from then on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +340,16 @@ def add_ControlPlaneServiceServicer_to_server(servicer, server):
                     servicer.ListPools,
                     request_deserializer=flowyard_dot_v1_dot_control__plane__pb2.ListPoolsRequest.FromString,
                     response_serializer=flowyard_dot_v1_dot_control__plane__pb2.ListPoolsResponse.SerializeToString,
+            ),
+            'UpdatePool': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePool,
+                    request_deserializer=flowyard_dot_v1_dot_control__plane__pb2.UpdatePoolRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_control__plane__pb2.UpdatePoolResponse.SerializeToString,
+            ),
+            'UpsertQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertQueue,
+                    request_deserializer=flowyard_dot_v1_dot_control__plane__pb2.UpsertQueueRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_control__plane__pb2.UpsertQueueResponse.SerializeToString,
             ),
             'UpsertDeployment': grpc.unary_unary_rpc_method_handler(
                     servicer.UpsertDeployment,
@@ -268,6 +370,16 @@ def add_ControlPlaneServiceServicer_to_server(servicer, server):
                     servicer.DeleteDeployment,
                     request_deserializer=flowyard_dot_v1_dot_control__plane__pb2.DeleteDeploymentRequest.FromString,
                     response_serializer=flowyard_dot_v1_dot_control__plane__pb2.DeleteDeploymentResponse.SerializeToString,
+            ),
+            'PauseDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseDeployment,
+                    request_deserializer=flowyard_dot_v1_dot_control__plane__pb2.PauseDeploymentRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_control__plane__pb2.PauseDeploymentResponse.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=flowyard_dot_v1_dot_control__plane__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_control__plane__pb2.ListSchedulesResponse.SerializeToString,
             ),
             'RenderDeployment': grpc.unary_unary_rpc_method_handler(
                     servicer.RenderDeployment,
@@ -304,6 +416,21 @@ def add_ControlPlaneServiceServicer_to_server(servicer, server):
                     request_deserializer=flowyard_dot_v1_dot_control__plane__pb2.TailLogsRequest.FromString,
                     response_serializer=flowyard_dot_v1_dot_control__plane__pb2.TailLogsResponse.SerializeToString,
             ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=flowyard_dot_v1_dot_control__plane__pb2.CreateTokenRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_control__plane__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=flowyard_dot_v1_dot_control__plane__pb2.ListTokensRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_control__plane__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=flowyard_dot_v1_dot_control__plane__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_control__plane__pb2.RevokeTokenResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'flowyard.v1.ControlPlaneService', rpc_method_handlers)
@@ -320,6 +447,10 @@ class ControlPlaneService:
     (the message names the field), NOT_FOUND for an unknown pool, deployment or run,
     ALREADY_EXISTS for a duplicate name, FAILED_PRECONDITION for a request the
     current state forbids (e.g. cancelling a finished run).
+
+    Every call carries a token as gRPC metadata `authorization: Bearer <token>`: no token
+    is UNAUTHENTICATED; an agent or engine token is PERMISSION_DENIED here (only admin
+    tokens may call this service).
     """
 
     @staticmethod
@@ -393,6 +524,60 @@ class ControlPlaneService:
             '/flowyard.v1.ControlPlaneService/ListPools',
             flowyard_dot_v1_dot_control__plane__pb2.ListPoolsRequest.SerializeToString,
             flowyard_dot_v1_dot_control__plane__pb2.ListPoolsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.ControlPlaneService/UpdatePool',
+            flowyard_dot_v1_dot_control__plane__pb2.UpdatePoolRequest.SerializeToString,
+            flowyard_dot_v1_dot_control__plane__pb2.UpdatePoolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.ControlPlaneService/UpsertQueue',
+            flowyard_dot_v1_dot_control__plane__pb2.UpsertQueueRequest.SerializeToString,
+            flowyard_dot_v1_dot_control__plane__pb2.UpsertQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -501,6 +686,60 @@ class ControlPlaneService:
             '/flowyard.v1.ControlPlaneService/DeleteDeployment',
             flowyard_dot_v1_dot_control__plane__pb2.DeleteDeploymentRequest.SerializeToString,
             flowyard_dot_v1_dot_control__plane__pb2.DeleteDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.ControlPlaneService/PauseDeployment',
+            flowyard_dot_v1_dot_control__plane__pb2.PauseDeploymentRequest.SerializeToString,
+            flowyard_dot_v1_dot_control__plane__pb2.PauseDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.ControlPlaneService/ListSchedules',
+            flowyard_dot_v1_dot_control__plane__pb2.ListSchedulesRequest.SerializeToString,
+            flowyard_dot_v1_dot_control__plane__pb2.ListSchedulesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -690,6 +929,87 @@ class ControlPlaneService:
             '/flowyard.v1.ControlPlaneService/TailLogs',
             flowyard_dot_v1_dot_control__plane__pb2.TailLogsRequest.SerializeToString,
             flowyard_dot_v1_dot_control__plane__pb2.TailLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.ControlPlaneService/CreateToken',
+            flowyard_dot_v1_dot_control__plane__pb2.CreateTokenRequest.SerializeToString,
+            flowyard_dot_v1_dot_control__plane__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.ControlPlaneService/ListTokens',
+            flowyard_dot_v1_dot_control__plane__pb2.ListTokensRequest.SerializeToString,
+            flowyard_dot_v1_dot_control__plane__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.ControlPlaneService/RevokeToken',
+            flowyard_dot_v1_dot_control__plane__pb2.RevokeTokenRequest.SerializeToString,
+            flowyard_dot_v1_dot_control__plane__pb2.RevokeTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,6 +34,10 @@ class ControlPlaneServiceStub:
     (the message names the field), NOT_FOUND for an unknown pool, deployment or run,
     ALREADY_EXISTS for a duplicate name, FAILED_PRECONDITION for a request the
     current state forbids (e.g. cancelling a finished run).
+
+    Every call carries a token as gRPC metadata `authorization: Bearer <token>`: no token
+    is UNAUTHENTICATED; an agent or engine token is PERMISSION_DENIED here (only admin
+    tokens may call this service).
     """
 
     @_typing.overload
@@ -46,6 +50,10 @@ class ControlPlaneServiceStub:
     """Returns one work pool by name."""
     ListPools: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.ListPoolsRequest, _control_plane_pb2.ListPoolsResponse]
     """Lists all work pools, ordered by name."""
+    UpdatePool: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.UpdatePoolRequest, _control_plane_pb2.UpdatePoolResponse]
+    """Changes a pool's concurrency limit or pauses/resumes it. Unset fields are kept."""
+    UpsertQueue: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.UpsertQueueRequest, _control_plane_pb2.UpsertQueueResponse]
+    """Creates a queue in a pool, or updates the one with the same name."""
     UpsertDeployment: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.UpsertDeploymentRequest, _control_plane_pb2.UpsertDeploymentResponse]
     """Creates a deployment, or replaces the one with the same name."""
     GetDeployment: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.GetDeploymentRequest, _control_plane_pb2.GetDeploymentResponse]
@@ -54,6 +62,10 @@ class ControlPlaneServiceStub:
     """Lists deployments, ordered by name."""
     DeleteDeployment: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.DeleteDeploymentRequest, _control_plane_pb2.DeleteDeploymentResponse]
     """Deletes a deployment. FAILED_PRECONDITION while it has runs that are not terminal."""
+    PauseDeployment: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.PauseDeploymentRequest, _control_plane_pb2.PauseDeploymentResponse]
+    """Pauses or resumes a deployment's schedules, or just one of them."""
+    ListSchedules: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.ListSchedulesRequest, _control_plane_pb2.ListSchedulesResponse]
+    """Lists a deployment's schedules with their next firing times."""
     RenderDeployment: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.RenderDeploymentRequest, _control_plane_pb2.RenderDeploymentResponse]
     """Dry run: renders the infrastructure a run of the deployment would get (for a
     kubernetes pool, the batch/v1 Job manifest) from the pool's base job template, the
@@ -83,6 +95,12 @@ class ControlPlaneServiceStub:
     terminal and every line it wrote has been sent. A client that reconnects with the
     position of the last line it received misses nothing and sees nothing twice.
     """
+    CreateToken: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.CreateTokenRequest, _control_plane_pb2.CreateTokenResponse]
+    """Mints a token. The secret is returned once and stored only hashed."""
+    ListTokens: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.ListTokensRequest, _control_plane_pb2.ListTokensResponse]
+    """Lists tokens (never their secrets)."""
+    RevokeToken: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.RevokeTokenRequest, _control_plane_pb2.RevokeTokenResponse]
+    """Revokes a token: calls with it fail with UNAUTHENTICATED from then on."""
 
 @_typing.type_check_only
 class ControlPlaneServiceAsyncStub(ControlPlaneServiceStub):
@@ -93,6 +111,10 @@ class ControlPlaneServiceAsyncStub(ControlPlaneServiceStub):
     (the message names the field), NOT_FOUND for an unknown pool, deployment or run,
     ALREADY_EXISTS for a duplicate name, FAILED_PRECONDITION for a request the
     current state forbids (e.g. cancelling a finished run).
+
+    Every call carries a token as gRPC metadata `authorization: Bearer <token>`: no token
+    is UNAUTHENTICATED; an agent or engine token is PERMISSION_DENIED here (only admin
+    tokens may call this service).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -102,6 +124,10 @@ class ControlPlaneServiceAsyncStub(ControlPlaneServiceStub):
     """Returns one work pool by name."""
     ListPools: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.ListPoolsRequest, _control_plane_pb2.ListPoolsResponse]  # type: ignore[assignment]
     """Lists all work pools, ordered by name."""
+    UpdatePool: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.UpdatePoolRequest, _control_plane_pb2.UpdatePoolResponse]  # type: ignore[assignment]
+    """Changes a pool's concurrency limit or pauses/resumes it. Unset fields are kept."""
+    UpsertQueue: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.UpsertQueueRequest, _control_plane_pb2.UpsertQueueResponse]  # type: ignore[assignment]
+    """Creates a queue in a pool, or updates the one with the same name."""
     UpsertDeployment: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.UpsertDeploymentRequest, _control_plane_pb2.UpsertDeploymentResponse]  # type: ignore[assignment]
     """Creates a deployment, or replaces the one with the same name."""
     GetDeployment: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.GetDeploymentRequest, _control_plane_pb2.GetDeploymentResponse]  # type: ignore[assignment]
@@ -110,6 +136,10 @@ class ControlPlaneServiceAsyncStub(ControlPlaneServiceStub):
     """Lists deployments, ordered by name."""
     DeleteDeployment: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.DeleteDeploymentRequest, _control_plane_pb2.DeleteDeploymentResponse]  # type: ignore[assignment]
     """Deletes a deployment. FAILED_PRECONDITION while it has runs that are not terminal."""
+    PauseDeployment: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.PauseDeploymentRequest, _control_plane_pb2.PauseDeploymentResponse]  # type: ignore[assignment]
+    """Pauses or resumes a deployment's schedules, or just one of them."""
+    ListSchedules: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.ListSchedulesRequest, _control_plane_pb2.ListSchedulesResponse]  # type: ignore[assignment]
+    """Lists a deployment's schedules with their next firing times."""
     RenderDeployment: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.RenderDeploymentRequest, _control_plane_pb2.RenderDeploymentResponse]  # type: ignore[assignment]
     """Dry run: renders the infrastructure a run of the deployment would get (for a
     kubernetes pool, the batch/v1 Job manifest) from the pool's base job template, the
@@ -139,6 +169,12 @@ class ControlPlaneServiceAsyncStub(ControlPlaneServiceStub):
     terminal and every line it wrote has been sent. A client that reconnects with the
     position of the last line it received misses nothing and sees nothing twice.
     """
+    CreateToken: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.CreateTokenRequest, _control_plane_pb2.CreateTokenResponse]  # type: ignore[assignment]
+    """Mints a token. The secret is returned once and stored only hashed."""
+    ListTokens: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.ListTokensRequest, _control_plane_pb2.ListTokensResponse]  # type: ignore[assignment]
+    """Lists tokens (never their secrets)."""
+    RevokeToken: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.RevokeTokenRequest, _control_plane_pb2.RevokeTokenResponse]  # type: ignore[assignment]
+    """Revokes a token: calls with it fail with UNAUTHENTICATED from then on."""
 
 class ControlPlaneServiceServicer(metaclass=_abc_1.ABCMeta):
     """ControlPlaneService is the API for users, the flowyard CLI and generated clients:
@@ -148,6 +184,10 @@ class ControlPlaneServiceServicer(metaclass=_abc_1.ABCMeta):
     (the message names the field), NOT_FOUND for an unknown pool, deployment or run,
     ALREADY_EXISTS for a duplicate name, FAILED_PRECONDITION for a request the
     current state forbids (e.g. cancelling a finished run).
+
+    Every call carries a token as gRPC metadata `authorization: Bearer <token>`: no token
+    is UNAUTHENTICATED; an agent or engine token is PERMISSION_DENIED here (only admin
+    tokens may call this service).
     """
 
     @_abc_1.abstractmethod
@@ -173,6 +213,22 @@ class ControlPlaneServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_plane_pb2.ListPoolsResponse, _abc.Awaitable[_control_plane_pb2.ListPoolsResponse]]:
         """Lists all work pools, ordered by name."""
+
+    @_abc_1.abstractmethod
+    def UpdatePool(
+        self,
+        request: _control_plane_pb2.UpdatePoolRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.UpdatePoolResponse, _abc.Awaitable[_control_plane_pb2.UpdatePoolResponse]]:
+        """Changes a pool's concurrency limit or pauses/resumes it. Unset fields are kept."""
+
+    @_abc_1.abstractmethod
+    def UpsertQueue(
+        self,
+        request: _control_plane_pb2.UpsertQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.UpsertQueueResponse, _abc.Awaitable[_control_plane_pb2.UpsertQueueResponse]]:
+        """Creates a queue in a pool, or updates the one with the same name."""
 
     @_abc_1.abstractmethod
     def UpsertDeployment(
@@ -205,6 +261,22 @@ class ControlPlaneServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_plane_pb2.DeleteDeploymentResponse, _abc.Awaitable[_control_plane_pb2.DeleteDeploymentResponse]]:
         """Deletes a deployment. FAILED_PRECONDITION while it has runs that are not terminal."""
+
+    @_abc_1.abstractmethod
+    def PauseDeployment(
+        self,
+        request: _control_plane_pb2.PauseDeploymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.PauseDeploymentResponse, _abc.Awaitable[_control_plane_pb2.PauseDeploymentResponse]]:
+        """Pauses or resumes a deployment's schedules, or just one of them."""
+
+    @_abc_1.abstractmethod
+    def ListSchedules(
+        self,
+        request: _control_plane_pb2.ListSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.ListSchedulesResponse, _abc.Awaitable[_control_plane_pb2.ListSchedulesResponse]]:
+        """Lists a deployment's schedules with their next firing times."""
 
     @_abc_1.abstractmethod
     def RenderDeployment(
@@ -276,5 +348,29 @@ class ControlPlaneServiceServicer(metaclass=_abc_1.ABCMeta):
         terminal and every line it wrote has been sent. A client that reconnects with the
         position of the last line it received misses nothing and sees nothing twice.
         """
+
+    @_abc_1.abstractmethod
+    def CreateToken(
+        self,
+        request: _control_plane_pb2.CreateTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.CreateTokenResponse, _abc.Awaitable[_control_plane_pb2.CreateTokenResponse]]:
+        """Mints a token. The secret is returned once and stored only hashed."""
+
+    @_abc_1.abstractmethod
+    def ListTokens(
+        self,
+        request: _control_plane_pb2.ListTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.ListTokensResponse, _abc.Awaitable[_control_plane_pb2.ListTokensResponse]]:
+        """Lists tokens (never their secrets)."""
+
+    @_abc_1.abstractmethod
+    def RevokeToken(
+        self,
+        request: _control_plane_pb2.RevokeTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.RevokeTokenResponse, _abc.Awaitable[_control_plane_pb2.RevokeTokenResponse]]:
+        """Revokes a token: calls with it fail with UNAUTHENTICATED from then on."""
 
 def add_ControlPlaneServiceServicer_to_server(servicer: ControlPlaneServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

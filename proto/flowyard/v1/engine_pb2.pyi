@@ -243,6 +243,7 @@ class ProposeState(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     RESULT_SUMMARY_FIELD_NUMBER: _builtins.int
+    SOURCE_REVISION_FIELD_NUMBER: _builtins.int
     transition_id: _builtins.str
     """Unique id of this proposal; a repeated proposal with the same id gets the same
     answer and stores nothing new.
@@ -255,6 +256,10 @@ class ProposeState(_message.Message):
     """Message to store with the state (the exception and traceback for FAILED)."""
     result_summary: _builtins.str
     """Short text form of the return value, for COMPLETED."""
+    source_revision: _builtins.str
+    """What the engine fetched and ran (git commit sha or archive sha256), sent with RUNNING
+    or with a FAILED that happened after the fetch.
+    """
     def __init__(
         self,
         *,
@@ -263,10 +268,11 @@ class ProposeState(_message.Message):
         name: _builtins.str = ...,
         message: _builtins.str = ...,
         result_summary: _builtins.str = ...,
+        source_revision: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "name", b"name", "result_summary", b"result_summary", "transition_id", b"transition_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "name", b"name", "result_summary", b"result_summary", "source_revision", b"source_revision", "transition_id", b"transition_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

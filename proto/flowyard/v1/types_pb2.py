@@ -25,31 +25,49 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lowyard/v1/types.proto\x12\x0b\x66lowyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x01\n\x08RunState\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.flowyard.v1.StateType\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\"\x84\x02\n\x08WorkPool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.flowyard.v1.PoolType\x12\x1e\n\x16\x62\x61se_job_template_json\x18\x03 \x01(\t\x12\x19\n\x11\x63oncurrency_limit\x18\x04 \x01(\x05\x12\x0e\n\x06paused\x18\x05 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x63onnected_agents\x18\x08 \x01(\x05\"\x1b\n\x0bLocalSource\x12\x0c\n\x04path\x18\x01 \x01(\t\";\n\x06Source\x12)\n\x05local\x18\x01 \x01(\x0b\x32\x18.flowyard.v1.LocalSourceH\x00\x42\x06\n\x04kind\"\xd9\x02\n\nDeployment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tflow_name\x18\x03 \x01(\t\x12\x12\n\nentrypoint\x18\x04 \x01(\t\x12#\n\x06source\x18\x05 \x01(\x0b\x32\x13.flowyard.v1.Source\x12\x0c\n\x04pool\x18\x06 \x01(\t\x12\x17\n\x0fparameters_json\x18\x07 \x01(\t\x12\x1d\n\x15parameter_schema_json\x18\x08 \x01(\t\x12\x1a\n\x12job_variables_json\x18\t \x01(\t\x12\x0c\n\x04tags\x18\n \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa6\x04\n\x07\x46lowRun\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x03 \x01(\t\x12\x11\n\tflow_name\x18\x04 \x01(\t\x12\x0c\n\x04pool\x18\x05 \x01(\t\x12\x17\n\x0fparameters_json\x18\x06 \x01(\t\x12\x1a\n\x12job_variables_json\x18\x07 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12$\n\x05state\x18\t \x01(\x0b\x32\x15.flowyard.v1.RunState\x12\x0f\n\x07\x61ttempt\x18\n \x01(\x05\x12\x32\n\x0escheduled_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61\x63\x63\x65pt_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11infrastructure_id\x18\x10 \x01(\t\x12\x12\n\nagent_name\x18\x11 \x01(\t\x12\x16\n\x0eresult_summary\x18\x12 \x01(\t\"\xbb\x01\n\x07LogLine\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05level\x18\x05 \x01(\x05\x12&\n\x06stream\x18\x06 \x01(\x0e\x32\x16.flowyard.v1.LogStream\x12\x0e\n\x06logger\x18\x07 \x01(\t\x12\x0c\n\x04text\x18\x08 \x01(\t*\xef\x01\n\tStateType\x12\x1a\n\x16STATE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14STATE_TYPE_SCHEDULED\x10\x01\x12\x16\n\x12STATE_TYPE_PENDING\x10\x02\x12\x16\n\x12STATE_TYPE_RUNNING\x10\x03\x12\x18\n\x14STATE_TYPE_COMPLETED\x10\x04\x12\x15\n\x11STATE_TYPE_FAILED\x10\x05\x12\x16\n\x12STATE_TYPE_CRASHED\x10\x06\x12\x19\n\x15STATE_TYPE_CANCELLING\x10\x07\x12\x18\n\x14STATE_TYPE_CANCELLED\x10\x08*V\n\x08PoolType\x12\x19\n\x15POOL_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11POOL_TYPE_PROCESS\x10\x01\x12\x18\n\x14POOL_TYPE_KUBERNETES\x10\x02*\x83\x01\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_LOGGER\x10\x01\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x02\x12\x15\n\x11LOG_STREAM_STDERR\x10\x03\x12\x15\n\x11LOG_STREAM_SYSTEM\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lowyard/v1/types.proto\x12\x0b\x66lowyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x01\n\x08RunState\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.flowyard.v1.StateType\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\"\xac\x02\n\x08WorkPool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.flowyard.v1.PoolType\x12\x1e\n\x16\x62\x61se_job_template_json\x18\x03 \x01(\t\x12\x19\n\x11\x63oncurrency_limit\x18\x04 \x01(\x05\x12\x0e\n\x06paused\x18\x05 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x63onnected_agents\x18\x08 \x01(\x05\x12&\n\x06queues\x18\t \x03(\x0b\x32\x16.flowyard.v1.WorkQueue\"V\n\tWorkQueue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08priority\x18\x02 \x01(\x05\x12\x19\n\x11\x63oncurrency_limit\x18\x03 \x01(\x05\x12\x0e\n\x06paused\x18\x04 \x01(\x08\"\x1b\n\x0bLocalSource\x12\x0c\n\x04path\x18\x01 \x01(\t\")\n\x0cSecretKeyRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"f\n\x0eGitCredentials\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x11\n\ttoken_env\x18\x02 \x01(\t\x12/\n\x0ctoken_secret\x18\x03 \x01(\x0b\x32\x19.flowyard.v1.SecretKeyRef\"~\n\tGitSource\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0b\n\x03ref\x18\x02 \x01(\t\x12\x14\n\x0csubdirectory\x18\x03 \x01(\t\x12\x0f\n\x07shallow\x18\x04 \x01(\x08\x12\x30\n\x0b\x63redentials\x18\x05 \x01(\x0b\x32\x1b.flowyard.v1.GitCredentials\"B\n\rArchiveSource\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x14\n\x0csubdirectory\x18\x03 \x01(\t\"\x91\x01\n\x06Source\x12)\n\x05local\x18\x01 \x01(\x0b\x32\x18.flowyard.v1.LocalSourceH\x00\x12%\n\x03git\x18\x02 \x01(\x0b\x32\x16.flowyard.v1.GitSourceH\x00\x12-\n\x07\x61rchive\x18\x03 \x01(\x0b\x32\x1a.flowyard.v1.ArchiveSourceH\x00\x42\x06\n\x04kind\"4\n\x0c\x43ronSchedule\x12\x12\n\nexpression\x18\x01 \x01(\t\x12\x10\n\x08timezone\x18\x02 \x01(\t\"T\n\x10IntervalSchedule\x12\x0f\n\x07seconds\x18\x01 \x01(\x03\x12/\n\x0b\x61nchor_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa7\x01\n\x08Schedule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x04\x63ron\x18\x02 \x01(\x0b\x32\x19.flowyard.v1.CronScheduleH\x00\x12\x31\n\x08interval\x18\x03 \x01(\x0b\x32\x1d.flowyard.v1.IntervalScheduleH\x00\x12\x0e\n\x06paused\x18\x04 \x01(\x08\x12\x17\n\x0fparameters_json\x18\x05 \x01(\tB\x06\n\x04kind\"\xb8\x04\n\nDeployment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tflow_name\x18\x03 \x01(\t\x12\x12\n\nentrypoint\x18\x04 \x01(\t\x12#\n\x06source\x18\x05 \x01(\x0b\x32\x13.flowyard.v1.Source\x12\x0c\n\x04pool\x18\x06 \x01(\t\x12\x17\n\x0fparameters_json\x18\x07 \x01(\t\x12\x1d\n\x15parameter_schema_json\x18\x08 \x01(\t\x12\x1a\n\x12job_variables_json\x18\t \x01(\t\x12\x0c\n\x04tags\x18\n \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05queue\x18\x0e \x01(\t\x12\x0f\n\x07retries\x18\x0f \x01(\x05\x12\x1b\n\x13retry_delay_seconds\x18\x10 \x01(\x05\x12(\n\tschedules\x18\x11 \x03(\x0b\x32\x15.flowyard.v1.Schedule\x12\x19\n\x11\x63oncurrency_limit\x18\x12 \x01(\x05\x12:\n\x12\x63ollision_strategy\x18\x13 \x01(\x0e\x32\x1e.flowyard.v1.CollisionStrategy\x12\x0e\n\x06paused\x18\x14 \x01(\x08\x12\x0f\n\x07version\x18\x15 \x01(\t\"\xfa\x04\n\x07\x46lowRun\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x03 \x01(\t\x12\x11\n\tflow_name\x18\x04 \x01(\t\x12\x0c\n\x04pool\x18\x05 \x01(\t\x12\x17\n\x0fparameters_json\x18\x06 \x01(\t\x12\x1a\n\x12job_variables_json\x18\x07 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12$\n\x05state\x18\t \x01(\x0b\x32\x15.flowyard.v1.RunState\x12\x0f\n\x07\x61ttempt\x18\n \x01(\x05\x12\x32\n\x0escheduled_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61\x63\x63\x65pt_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11infrastructure_id\x18\x10 \x01(\t\x12\x12\n\nagent_name\x18\x11 \x01(\t\x12\x16\n\x0eresult_summary\x18\x12 \x01(\t\x12\x17\n\x0fsource_revision\x18\x13 \x01(\t\x12\r\n\x05queue\x18\x14 \x01(\t\x12\x13\n\x0bmax_retries\x18\x15 \x01(\x05\x12\x15\n\rschedule_name\x18\x16 \x01(\t\"\xbb\x01\n\x07LogLine\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05level\x18\x05 \x01(\x05\x12&\n\x06stream\x18\x06 \x01(\x0e\x32\x16.flowyard.v1.LogStream\x12\x0e\n\x06logger\x18\x07 \x01(\t\x12\x0c\n\x04text\x18\x08 \x01(\t*\xef\x01\n\tStateType\x12\x1a\n\x16STATE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14STATE_TYPE_SCHEDULED\x10\x01\x12\x16\n\x12STATE_TYPE_PENDING\x10\x02\x12\x16\n\x12STATE_TYPE_RUNNING\x10\x03\x12\x18\n\x14STATE_TYPE_COMPLETED\x10\x04\x12\x15\n\x11STATE_TYPE_FAILED\x10\x05\x12\x16\n\x12STATE_TYPE_CRASHED\x10\x06\x12\x19\n\x15STATE_TYPE_CANCELLING\x10\x07\x12\x18\n\x14STATE_TYPE_CANCELLED\x10\x08*V\n\x08PoolType\x12\x19\n\x15POOL_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11POOL_TYPE_PROCESS\x10\x01\x12\x18\n\x14POOL_TYPE_KUBERNETES\x10\x02*z\n\x11\x43ollisionStrategy\x12\"\n\x1e\x43OLLISION_STRATEGY_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43OLLISION_STRATEGY_ENQUEUE\x10\x01\x12!\n\x1d\x43OLLISION_STRATEGY_CANCEL_NEW\x10\x02*\x83\x01\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_LOGGER\x10\x01\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x02\x12\x15\n\x11LOG_STREAM_STDERR\x10\x03\x12\x15\n\x11LOG_STREAM_SYSTEM\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flowyard.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATETYPE']._serialized_start=1664
-  _globals['_STATETYPE']._serialized_end=1903
-  _globals['_POOLTYPE']._serialized_start=1905
-  _globals['_POOLTYPE']._serialized_end=1991
-  _globals['_LOGSTREAM']._serialized_start=1994
-  _globals['_LOGSTREAM']._serialized_end=2125
+  _globals['_STATETYPE']._serialized_start=2839
+  _globals['_STATETYPE']._serialized_end=3078
+  _globals['_POOLTYPE']._serialized_start=3080
+  _globals['_POOLTYPE']._serialized_end=3166
+  _globals['_COLLISIONSTRATEGY']._serialized_start=3168
+  _globals['_COLLISIONSTRATEGY']._serialized_end=3290
+  _globals['_LOGSTREAM']._serialized_start=3293
+  _globals['_LOGSTREAM']._serialized_end=3424
   _globals['_RUNSTATE']._serialized_start=74
   _globals['_RUNSTATE']._serialized_end=217
   _globals['_WORKPOOL']._serialized_start=220
-  _globals['_WORKPOOL']._serialized_end=480
-  _globals['_LOCALSOURCE']._serialized_start=482
-  _globals['_LOCALSOURCE']._serialized_end=509
-  _globals['_SOURCE']._serialized_start=511
-  _globals['_SOURCE']._serialized_end=570
-  _globals['_DEPLOYMENT']._serialized_start=573
-  _globals['_DEPLOYMENT']._serialized_end=918
-  _globals['_FLOWRUN']._serialized_start=921
-  _globals['_FLOWRUN']._serialized_end=1471
-  _globals['_LOGLINE']._serialized_start=1474
-  _globals['_LOGLINE']._serialized_end=1661
+  _globals['_WORKPOOL']._serialized_end=520
+  _globals['_WORKQUEUE']._serialized_start=522
+  _globals['_WORKQUEUE']._serialized_end=608
+  _globals['_LOCALSOURCE']._serialized_start=610
+  _globals['_LOCALSOURCE']._serialized_end=637
+  _globals['_SECRETKEYREF']._serialized_start=639
+  _globals['_SECRETKEYREF']._serialized_end=680
+  _globals['_GITCREDENTIALS']._serialized_start=682
+  _globals['_GITCREDENTIALS']._serialized_end=784
+  _globals['_GITSOURCE']._serialized_start=786
+  _globals['_GITSOURCE']._serialized_end=912
+  _globals['_ARCHIVESOURCE']._serialized_start=914
+  _globals['_ARCHIVESOURCE']._serialized_end=980
+  _globals['_SOURCE']._serialized_start=983
+  _globals['_SOURCE']._serialized_end=1128
+  _globals['_CRONSCHEDULE']._serialized_start=1130
+  _globals['_CRONSCHEDULE']._serialized_end=1182
+  _globals['_INTERVALSCHEDULE']._serialized_start=1184
+  _globals['_INTERVALSCHEDULE']._serialized_end=1268
+  _globals['_SCHEDULE']._serialized_start=1271
+  _globals['_SCHEDULE']._serialized_end=1438
+  _globals['_DEPLOYMENT']._serialized_start=1441
+  _globals['_DEPLOYMENT']._serialized_end=2009
+  _globals['_FLOWRUN']._serialized_start=2012
+  _globals['_FLOWRUN']._serialized_end=2646
+  _globals['_LOGLINE']._serialized_start=2649
+  _globals['_LOGLINE']._serialized_end=2836
 # @@protoc_insertion_point(module_scope)

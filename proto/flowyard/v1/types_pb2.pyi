@@ -99,6 +99,30 @@ POOL_TYPE_KUBERNETES: PoolType.ValueType  # 2
 """Runs the engine in a Kubernetes Job rendered from the pool's base job template."""
 Global___PoolType: _TypeAlias = PoolType  # noqa: Y015
 
+class _CollisionStrategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CollisionStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CollisionStrategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COLLISION_STRATEGY_UNSPECIFIED: _CollisionStrategy.ValueType  # 0
+    """Not set: ENQUEUE."""
+    COLLISION_STRATEGY_ENQUEUE: _CollisionStrategy.ValueType  # 1
+    """Wait in SCHEDULED/AwaitingConcurrencySlot until a slot frees."""
+    COLLISION_STRATEGY_CANCEL_NEW: _CollisionStrategy.ValueType  # 2
+    """Become CANCELLED at once, saying the deployment was at its limit."""
+
+class CollisionStrategy(_CollisionStrategy, metaclass=_CollisionStrategyEnumTypeWrapper):
+    """CollisionStrategy says what a new run does when its deployment is at its limit."""
+
+COLLISION_STRATEGY_UNSPECIFIED: CollisionStrategy.ValueType  # 0
+"""Not set: ENQUEUE."""
+COLLISION_STRATEGY_ENQUEUE: CollisionStrategy.ValueType  # 1
+"""Wait in SCHEDULED/AwaitingConcurrencySlot until a slot frees."""
+COLLISION_STRATEGY_CANCEL_NEW: CollisionStrategy.ValueType  # 2
+"""Become CANCELLED at once, saying the deployment was at its limit."""
+Global___CollisionStrategy: _TypeAlias = CollisionStrategy  # noqa: Y015
+
 class _LogStream:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -185,6 +209,7 @@ class WorkPool(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     CONNECTED_AGENTS_FIELD_NUMBER: _builtins.int
+    QUEUES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: 1-63 characters, lowercase letters, digits and '-', starting with a letter."""
     type: Global___PoolType.ValueType
@@ -205,6 +230,10 @@ class WorkPool(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the pool was last changed."""
 
+    @_builtins.property
+    def queues(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkQueue]:
+        """The pool's queues, highest priority first. Every pool has a queue named "default"."""
+
     def __init__(
         self,
         *,
@@ -216,14 +245,51 @@ class WorkPool(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         connected_agents: _builtins.int = ...,
+        queues: _abc.Iterable[Global___WorkQueue] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_job_template_json", b"base_job_template_json", "concurrency_limit", b"concurrency_limit", "connected_agents", b"connected_agents", "create_time", b"create_time", "name", b"name", "paused", b"paused", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_job_template_json", b"base_job_template_json", "concurrency_limit", b"concurrency_limit", "connected_agents", b"connected_agents", "create_time", b"create_time", "name", b"name", "paused", b"paused", "queues", b"queues", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkPool: _TypeAlias = WorkPool  # noqa: Y015
+
+@_typing.final
+class WorkQueue(_message.Message):
+    """WorkQueue is a lane inside a pool: runs of higher-priority queues are dispatched
+    first, and each queue may cap how many of its runs are in PENDING or RUNNING.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name, unique within the pool: same rules as a pool name."""
+    priority: _builtins.int
+    """Dispatch order: a lower number goes first (1 is the highest priority)."""
+    concurrency_limit: _builtins.int
+    """Maximum runs of this queue in PENDING or RUNNING at once; 0 means unlimited."""
+    paused: _builtins.bool
+    """A paused queue dispatches nothing; its runs wait in SCHEDULED."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        concurrency_limit: _builtins.int = ...,
+        paused: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_limit", b"concurrency_limit", "name", b"name", "paused", b"paused", "priority", b"priority"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkQueue: _TypeAlias = WorkQueue  # noqa: Y015
 
 @_typing.final
 class LocalSource(_message.Message):
@@ -248,30 +314,272 @@ class LocalSource(_message.Message):
 Global___LocalSource: _TypeAlias = LocalSource  # noqa: Y015
 
 @_typing.final
+class SecretKeyRef(_message.Message):
+    """SecretKeyRef names one key of a Kubernetes Secret in the run's namespace."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The Secret's name."""
+    key: _builtins.str
+    """The key inside the Secret."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecretKeyRef: _TypeAlias = SecretKeyRef  # noqa: Y015
+
+@_typing.final
+class GitCredentials(_message.Message):
+    """GitCredentials say where the engine finds the password or access token for a git
+    URL. The credential itself is never sent to or stored by the control plane.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERNAME_FIELD_NUMBER: _builtins.int
+    TOKEN_ENV_FIELD_NUMBER: _builtins.int
+    TOKEN_SECRET_FIELD_NUMBER: _builtins.int
+    username: _builtins.str
+    """User name for HTTPS (e.g. "x-access-token" or "oauth2"); empty means "git"."""
+    token_env: _builtins.str
+    """Name of the environment variable that holds the password or token in the engine's
+    environment.
+    """
+    @_builtins.property
+    def token_secret(self) -> Global___SecretKeyRef:
+        """Kubernetes pools: the Secret key the agent exposes to the engine as token_env."""
+
+    def __init__(
+        self,
+        *,
+        username: _builtins.str = ...,
+        token_env: _builtins.str = ...,
+        token_secret: Global___SecretKeyRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["token_secret", b"token_secret"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_env", b"token_env", "token_secret", b"token_secret", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GitCredentials: _TypeAlias = GitCredentials  # noqa: Y015
+
+@_typing.final
+class GitSource(_message.Message):
+    """GitSource is code in a git repository."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    REF_FIELD_NUMBER: _builtins.int
+    SUBDIRECTORY_FIELD_NUMBER: _builtins.int
+    SHALLOW_FIELD_NUMBER: _builtins.int
+    CREDENTIALS_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """Clone URL: https://, ssh://, git@host:path or file://. Must not embed a password."""
+    ref: _builtins.str
+    """Branch, tag or full commit sha; empty means the remote's default branch."""
+    subdirectory: _builtins.str
+    """Directory inside the repository that entrypoint paths are relative to."""
+    shallow: _builtins.bool
+    """Fetch only the requested commit, not the history."""
+    @_builtins.property
+    def credentials(self) -> Global___GitCredentials:
+        """How to authenticate, if the repository is private."""
+
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        ref: _builtins.str = ...,
+        subdirectory: _builtins.str = ...,
+        shallow: _builtins.bool = ...,
+        credentials: Global___GitCredentials | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "ref", b"ref", "shallow", b"shallow", "subdirectory", b"subdirectory", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GitSource: _TypeAlias = GitSource  # noqa: Y015
+
+@_typing.final
+class ArchiveSource(_message.Message):
+    """ArchiveSource is code in a .tar.gz or .zip file served over http(s)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    SUBDIRECTORY_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """The archive's http:// or https:// URL, ending in .tar.gz, .tgz or .zip."""
+    sha256: _builtins.str
+    """Optional lowercase hex sha256 of the archive; a mismatch fails the run."""
+    subdirectory: _builtins.str
+    """Directory inside the archive that entrypoint paths are relative to."""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        subdirectory: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sha256", b"sha256", "subdirectory", b"subdirectory", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchiveSource: _TypeAlias = ArchiveSource  # noqa: Y015
+
+@_typing.final
 class Source(_message.Message):
     """Source says where the engine fetches the flow's code from."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     LOCAL_FIELD_NUMBER: _builtins.int
+    GIT_FIELD_NUMBER: _builtins.int
+    ARCHIVE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def local(self) -> Global___LocalSource:
         """A local directory."""
+
+    @_builtins.property
+    def git(self) -> Global___GitSource:
+        """A git repository."""
+
+    @_builtins.property
+    def archive(self) -> Global___ArchiveSource:
+        """An archive URL."""
 
     def __init__(
         self,
         *,
         local: Global___LocalSource | None = ...,
+        git: Global___GitSource | None = ...,
+        archive: Global___ArchiveSource | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "local", b"local"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["archive", b"archive", "git", b"git", "kind", b"kind", "local", b"local"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "local", b"local"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive", b"archive", "git", b"git", "kind", b"kind", "local", b"local"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["local"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["local", "git", "archive"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Source: _TypeAlias = Source  # noqa: Y015
+
+@_typing.final
+class CronSchedule(_message.Message):
+    """CronSchedule fires at the times a cron expression names, in a time zone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPRESSION_FIELD_NUMBER: _builtins.int
+    TIMEZONE_FIELD_NUMBER: _builtins.int
+    expression: _builtins.str
+    """Five-field cron expression, e.g. "0 6 * * 1-5"."""
+    timezone: _builtins.str
+    """IANA time zone, e.g. "Europe/Paris"; empty means UTC."""
+    def __init__(
+        self,
+        *,
+        expression: _builtins.str = ...,
+        timezone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expression", b"expression", "timezone", b"timezone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CronSchedule: _TypeAlias = CronSchedule  # noqa: Y015
+
+@_typing.final
+class IntervalSchedule(_message.Message):
+    """IntervalSchedule fires every fixed interval from an anchor time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECONDS_FIELD_NUMBER: _builtins.int
+    ANCHOR_TIME_FIELD_NUMBER: _builtins.int
+    seconds: _builtins.int
+    """Seconds between runs (>= 1)."""
+    @_builtins.property
+    def anchor_time(self) -> _timestamp_pb2.Timestamp:
+        """The first firing; later ones are anchor + k * seconds. Unset means the Unix epoch."""
+
+    def __init__(
+        self,
+        *,
+        seconds: _builtins.int = ...,
+        anchor_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["anchor_time", b"anchor_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchor_time", b"anchor_time", "seconds", b"seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IntervalSchedule: _TypeAlias = IntervalSchedule  # noqa: Y015
+
+@_typing.final
+class Schedule(_message.Message):
+    """Schedule makes the scheduler create runs of a deployment ahead of time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name, unique within the deployment; empty means "schedule-<index>"."""
+    paused: _builtins.bool
+    """A paused schedule creates no new runs."""
+    parameters_json: _builtins.str
+    """Parameters as a JSON object, merged over the deployment's for runs of this schedule."""
+    @_builtins.property
+    def cron(self) -> Global___CronSchedule:
+        """Cron with a time zone."""
+
+    @_builtins.property
+    def interval(self) -> Global___IntervalSchedule:
+        """A fixed interval."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        cron: Global___CronSchedule | None = ...,
+        interval: Global___IntervalSchedule | None = ...,
+        paused: _builtins.bool = ...,
+        parameters_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "interval", b"interval", "kind", b"kind"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "interval", b"interval", "kind", b"kind", "name", b"name", "parameters_json", b"parameters_json", "paused", b"paused"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["cron", "interval"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___Schedule: _TypeAlias = Schedule  # noqa: Y015
 
 @_typing.final
 class Deployment(_message.Message):
@@ -292,6 +600,14 @@ class Deployment(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
+    RETRY_DELAY_SECONDS_FIELD_NUMBER: _builtins.int
+    SCHEDULES_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _builtins.int
+    COLLISION_STRATEGY_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id (32 lowercase hex characters)."""
     name: _builtins.str
@@ -310,6 +626,20 @@ class Deployment(_message.Message):
     """Job variables as a JSON object, merged over the pool's base job template variables."""
     description: _builtins.str
     """Free-form description."""
+    queue: _builtins.str
+    """The pool's queue runs go to; empty means "default"."""
+    retries: _builtins.int
+    """How many times a FAILED attempt is retried (0-100)."""
+    retry_delay_seconds: _builtins.int
+    """Seconds between a failed attempt and the next one (0-86400)."""
+    concurrency_limit: _builtins.int
+    """Maximum runs of this deployment in PENDING or RUNNING at once; 0 means unlimited."""
+    collision_strategy: Global___CollisionStrategy.ValueType
+    """What a run does when the deployment is at its concurrency limit."""
+    paused: _builtins.bool
+    """A paused deployment's schedules create no runs; runs can still be created by hand."""
+    version: _builtins.str
+    """Free-form version label (e.g. a git sha or release number)."""
     @_builtins.property
     def source(self) -> Global___Source:
         """Where the code comes from."""
@@ -325,6 +655,10 @@ class Deployment(_message.Message):
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the deployment was last changed."""
+
+    @_builtins.property
+    def schedules(self) -> _containers.RepeatedCompositeFieldContainer[Global___Schedule]:
+        """Schedules that create runs ahead of time."""
 
     def __init__(
         self,
@@ -342,10 +676,18 @@ class Deployment(_message.Message):
         description: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        queue: _builtins.str = ...,
+        retries: _builtins.int = ...,
+        retry_delay_seconds: _builtins.int = ...,
+        schedules: _abc.Iterable[Global___Schedule] | None = ...,
+        concurrency_limit: _builtins.int = ...,
+        collision_strategy: Global___CollisionStrategy.ValueType = ...,
+        paused: _builtins.bool = ...,
+        version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "source", b"source", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "entrypoint", b"entrypoint", "flow_name", b"flow_name", "id", b"id", "job_variables_json", b"job_variables_json", "name", b"name", "parameter_schema_json", b"parameter_schema_json", "parameters_json", b"parameters_json", "pool", b"pool", "source", b"source", "tags", b"tags", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collision_strategy", b"collision_strategy", "concurrency_limit", b"concurrency_limit", "create_time", b"create_time", "description", b"description", "entrypoint", b"entrypoint", "flow_name", b"flow_name", "id", b"id", "job_variables_json", b"job_variables_json", "name", b"name", "parameter_schema_json", b"parameter_schema_json", "parameters_json", b"parameters_json", "paused", b"paused", "pool", b"pool", "queue", b"queue", "retries", b"retries", "retry_delay_seconds", b"retry_delay_seconds", "schedules", b"schedules", "source", b"source", "tags", b"tags", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -375,6 +717,10 @@ class FlowRun(_message.Message):
     INFRASTRUCTURE_ID_FIELD_NUMBER: _builtins.int
     AGENT_NAME_FIELD_NUMBER: _builtins.int
     RESULT_SUMMARY_FIELD_NUMBER: _builtins.int
+    SOURCE_REVISION_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    MAX_RETRIES_FIELD_NUMBER: _builtins.int
+    SCHEDULE_NAME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id (32 lowercase hex characters)."""
     deployment_id: _builtins.str
@@ -399,6 +745,14 @@ class FlowRun(_message.Message):
     """Name of the agent that holds the current attempt."""
     result_summary: _builtins.str
     """Short text form of the flow function's return value (COMPLETED runs)."""
+    source_revision: _builtins.str
+    """What the engine actually ran: the git commit sha, or the archive's sha256."""
+    queue: _builtins.str
+    """The pool queue the run belongs to."""
+    max_retries: _builtins.int
+    """Retries the deployment allows in all (attempt - 1 of them are used)."""
+    schedule_name: _builtins.str
+    """Name of the schedule that created the run; empty for runs created by hand."""
     @_builtins.property
     def state(self) -> Global___RunState:
         """The current state."""
@@ -444,10 +798,14 @@ class FlowRun(_message.Message):
         infrastructure_id: _builtins.str = ...,
         agent_name: _builtins.str = ...,
         result_summary: _builtins.str = ...,
+        source_revision: _builtins.str = ...,
+        queue: _builtins.str = ...,
+        max_retries: _builtins.int = ...,
+        schedule_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["accept_time", b"accept_time", "create_time", b"create_time", "end_time", b"end_time", "scheduled_time", b"scheduled_time", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_time", b"accept_time", "agent_name", b"agent_name", "attempt", b"attempt", "create_time", b"create_time", "deployment_id", b"deployment_id", "deployment_name", b"deployment_name", "end_time", b"end_time", "flow_name", b"flow_name", "id", b"id", "idempotency_key", b"idempotency_key", "infrastructure_id", b"infrastructure_id", "job_variables_json", b"job_variables_json", "parameters_json", b"parameters_json", "pool", b"pool", "result_summary", b"result_summary", "scheduled_time", b"scheduled_time", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_time", b"accept_time", "agent_name", b"agent_name", "attempt", b"attempt", "create_time", b"create_time", "deployment_id", b"deployment_id", "deployment_name", b"deployment_name", "end_time", b"end_time", "flow_name", b"flow_name", "id", b"id", "idempotency_key", b"idempotency_key", "infrastructure_id", b"infrastructure_id", "job_variables_json", b"job_variables_json", "max_retries", b"max_retries", "parameters_json", b"parameters_json", "pool", b"pool", "queue", b"queue", "result_summary", b"result_summary", "schedule_name", b"schedule_name", "scheduled_time", b"scheduled_time", "source_revision", b"source_revision", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
