@@ -35,6 +35,10 @@ def channel_options(settings: ConnectionSettings) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         # The stream may carry no data for a while; keep pinging regardless.
         ("grpc.http2.max_pings_without_data", 0),
+        # gRPC shares connections between channels with the same target and arguments, so a
+        # fresh channel would reuse the very connection the silence check just gave up on
+        # (a partition leaves it open). A channel of its own dials anew.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
 
 

@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--engine-server",
-        help="control plane address HOST:PORT as engines inside pods reach it "
+        help="control plane address HOST:PORT as the engines this agent starts reach it "
         "(env FLOWYARD_ENGINE_SERVER, default: --server)",
     )
     parser.add_argument(

@@ -46,6 +46,11 @@ _CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 10_000),
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    # A partition leaves the stream open and silent: keepalive pings find the dead connection
+    # (the server accepts one every 10 s), so the engine reconnects and resends its lines.
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
 ]
 
 

@@ -18,4 +18,5 @@ def make_runtime(settings: Settings) -> Runtime:
     """The runtime ``settings.agent.runtime`` names."""
     if settings.agent.runtime == KubernetesRuntime.name:
         return KubernetesRuntime(settings.kubernetes, pool=settings.agent.pool)
-    return ProcessRuntime(settings.process, server=settings.connection.server)
+    # Engines reach the control plane at --engine-server, which defaults to --server.
+    return ProcessRuntime(settings.process, server=settings.kubernetes.engine_server)

@@ -38,6 +38,9 @@ from flowyard.v1 import agent_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+#: Heartbeat intervals of silence after which an agent's session is closed.
+SILENT_INTERVALS = 3
+
 Context = Any
 HELLO_TIMEOUT_SECONDS = 30.0
 MAX_CAPACITY = 10_000
@@ -169,8 +172,24 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         self, requests: AsyncIterator[pb.ConnectRequest], session: AgentSession
     ) -> FlowyardError | None:
         """Apply reports until the agent hangs up; returns the error of an invalid one."""
+        # The agent heartbeats at the interval Welcome told it; silence for this long means
+        # the connection is dead without having failed (a partition): close the session so
+        # that its runs are released and a new session of the agent can take them over.
+        silence = SILENT_INTERVALS * self._heartbeat.total_seconds()
         try:
-            async for request in requests:
+            while True:
+                try:
+                    request = await asyncio.wait_for(anext(requests), silence)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    log.warning(
+                        "agent %s was silent for %g s; closing its session %s",
+                        session.agent_name,
+                        silence,
+                        session.id,
+                    )
+                    break
                 await self._db.shielded(self._apply(session, request))
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             raise

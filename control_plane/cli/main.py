@@ -151,6 +151,14 @@ def server() -> None:
     show_default=True,
     help="A run CANCELLING this long is forced to CANCELLED.",
 )
+@click.option(
+    "--heartbeat-seconds",
+    type=click.FloatRange(min=0.1, max=60.0),
+    default=10.0,
+    show_default=True,
+    help="How often agents and engines are told to heartbeat. An agent treats a server "
+    "silent for 3 beats as gone and reconnects.",
+)
 @click.option("--log-level", default="INFO", show_default=True, envvar="FLOWYARD_LOG_LEVEL")
 def server_start(
     host: str,
@@ -164,6 +172,7 @@ def server_start(
     engine_grace_seconds: float,
     late_after_seconds: float,
     cancelling_timeout_seconds: float,
+    heartbeat_seconds: float,
     log_level: str,
 ) -> None:
     """Start the control plane (gRPC) and serve until SIGTERM/SIGINT."""
@@ -184,6 +193,8 @@ def server_start(
         engine_grace_seconds=engine_grace_seconds,
         late_after_seconds=late_after_seconds,
         cancelling_timeout_seconds=cancelling_timeout_seconds,
+        agent_heartbeat_seconds=heartbeat_seconds,
+        engine_heartbeat_seconds=heartbeat_seconds,
     )
     asyncio.run(serve(config))
 
