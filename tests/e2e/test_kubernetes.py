@@ -8,12 +8,13 @@ cluster, control plane and agent serve the whole module; each test uses its own 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,15 +170,15 @@ class KubeSystem:
         return "\n".join(a.log_path.read_text(errors="replace") for a in self.agents)
 
 
-@pytest.fixture(scope="module")
-def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeSystem]:
-    root = tmp_path_factory.mktemp("k8s")
+@contextlib.contextmanager
+def running_kube_system(root: Path, server_args: Sequence[str] = ()) -> Iterator[KubeSystem]:
+    """A fake cluster, a control plane with the kubernetes pool and one connected agent."""
     with pytest.MonkeyPatch.context() as patch:
         # The fake kubelet starts pods with this process's environment: flowyard-engine must
         # be on PATH, as it is in the flow image.
         patch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
         with FakeCluster(root / "cluster", cpu="4", memory="8Gi") as cluster:
-            server = start_server(root / "server")
+            server = start_server(root / "server", extra_args=list(server_args))
             channel = grpc.insecure_channel(server.extra["address"])
             stub = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
             stub.CreatePool(
@@ -196,6 +197,12 @@ def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeSystem]:
                 for agent in system.agents:
                     agent.stop()
                 server.stop()
+
+
+@pytest.fixture(scope="module")
+def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeSystem]:
+    with running_kube_system(tmp_path_factory.mktemp("k8s")) as system:
+        yield system
 
 
 def test_a_flow_runs_to_completed_with_its_logs(k8s: KubeSystem) -> None:

@@ -101,6 +101,13 @@ class Api:
             if route.namespace is None:
                 raise not_routable()
             if method == "POST":
+                hold = self._faults.held(route.resource.plural)
+                if hold is not None:
+                    hold.arrived.set()
+                    hold.released.wait(timeout=60)  # a failed test must not wedge the server
+                    if not hold.apply:
+                        out.abort()
+                        return
                 body = self._create(request, route)
                 out.send_json(201, body)
             elif method == "DELETE":

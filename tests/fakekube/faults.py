@@ -11,14 +11,34 @@
   ``Status`` body; 429 carries ``Retry-After: 1``). Note that urllib3, under the kubernetes
   client, retries idempotent requests (GET, PUT, DELETE) that get 429/503 with ``Retry-After``
   by itself, so those failures may be consumed without the caller seeing them.
+- :meth:`Faults.hold_create`: the next create (POST) of a resource waits inside the server
+  until the test releases it, either applied (the object exists, as when a request reached
+  the API server just before its client died) or dropped (the connection breaks, nothing is
+  created). A test uses the wait to kill the client at exactly that moment.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field
 
 from tests.fakekube import errors
 from tests.fakekube.store import Store
+
+
+@dataclass
+class Hold:
+    """A create request parked in the server until :meth:`release`."""
+
+    plural: str
+    arrived: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+    apply: bool = False
+
+    def release(self, *, apply: bool) -> None:
+        """Let the request go on (``apply``) or break its connection with nothing created."""
+        self.apply = apply
+        self.released.set()
 
 
 class Faults:
@@ -28,7 +48,24 @@ class Faults:
         self._store = store
         self._lock = threading.Lock()
         self._pending: list[int] = []
+        self._holds: list[Hold] = []
         self.abrupt_drops = True
+
+    def hold_create(self, plural: str) -> Hold:
+        """Park the next create of ``plural`` (e.g. ``"jobs"``) until the hold is released."""
+        hold = Hold(plural)
+        with self._lock:
+            self._holds.append(hold)
+        return hold
+
+    def held(self, plural: str) -> Hold | None:
+        """The hold for a create of ``plural`` being served, if one is waiting for it."""
+        with self._lock:
+            for hold in self._holds:
+                if hold.plural == plural:
+                    self._holds.remove(hold)
+                    return hold
+        return None
 
     def drop_watches(self, *, graceful: bool = False) -> None:
         """Close every open watch connection now."""

@@ -1,0 +1,82 @@
+"""Faults on the Kubernetes runtime: the agent dies in the middle of submitting a Job.
+
+The fake API server parks the agent's Job create so the test can kill the agent at exactly
+that moment: after it accepted the assignment and created the run's Secret, before the Job
+exists. Whether the create then lands or not, the run ends once, with one Job.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flowyard.v1 import control_plane_pb2 as pb
+from flowyard.v1 import types_pb2
+from tests.e2e.conftest import wait_for
+from tests.e2e.test_kubernetes import HELLO, KubeSystem, running_kube_system
+
+DEADLINE = 60.0
+
+
+@pytest.fixture
+def kube(tmp_path: Path) -> Iterator[KubeSystem]:
+    # A short lease, so an accepted but never submitted assignment comes back quickly.
+    with running_kube_system(tmp_path, server_args=["--lease-seconds", "3"]) as system:
+        yield system
+
+
+def history(kube: KubeSystem, run_id: str) -> list[types_pb2.RunState]:
+    return list(kube.stub.GetRun(pb.GetRunRequest(run_id=run_id)).history)
+
+
+def test_agent_killed_before_its_job_exists_the_run_is_requeued_and_runs_once(
+    kube: KubeSystem,
+) -> None:
+    kube.deploy("hello", HELLO)
+    jobs_before = kube.cluster.create_count("jobs")
+    hold = kube.cluster.faults.hold_create("jobs")
+    run_id = kube.create_run("hello", name="fault")
+    assert hold.arrived.wait(DEADLINE), "the agent never tried to create the Job"
+    run = kube.run(run_id)
+    assert run.accept_time.seconds > 0 and run.state.name == "Assigned"  # accepted, not submitted
+    agent = kube.agents[-1]
+    os.kill(agent.pid, signal.SIGKILL)
+    agent.process.wait()
+    hold.release(apply=False)  # the request dies with the agent: no Job
+    wait_for(
+        lambda: any("Back in the queue" in s.message for s in history(kube, run_id)),
+        timeout=DEADLINE,
+        what="the lease running out",
+    )
+    kube.start_agent()
+    run = kube.wait_terminal(run_id, timeout=DEADLINE)
+    assert run.state.type == types_pb2.STATE_TYPE_COMPLETED, run.state.message
+    assert kube.cluster.create_count("jobs") == jobs_before + 1  # one Job, from the new agent
+    assert {s.attempt for s in history(kube, run_id)} == {1}
+    assert "hello fault" in kube.logs(run_id)
+    # The Secret the dead agent left behind was taken over, not duplicated or orphaned.
+    secrets = [s for s in kube.cluster.secrets() if run_id in s["metadata"]["name"]]
+    assert len(secrets) == 1
+    assert secrets[0]["metadata"].get("ownerReferences"), secrets[0]["metadata"]
+
+
+def test_agent_killed_while_its_job_create_lands_the_job_runs_once(kube: KubeSystem) -> None:
+    kube.deploy("hello", HELLO)
+    jobs_before = kube.cluster.create_count("jobs")
+    hold = kube.cluster.faults.hold_create("jobs")
+    run_id = kube.create_run("hello", name="late")
+    assert hold.arrived.wait(DEADLINE), "the agent never tried to create the Job"
+    agent = kube.agents[-1]
+    os.kill(agent.pid, signal.SIGKILL)
+    agent.process.wait()
+    hold.release(apply=True)  # the API server got the request just before the agent died
+    kube.start_agent()
+    run = kube.wait_terminal(run_id, timeout=DEADLINE)
+    assert run.state.type == types_pb2.STATE_TYPE_COMPLETED, run.state.message
+    assert kube.cluster.create_count("jobs") == jobs_before + 1  # never a second Job
+    assert "hello late" in kube.logs(run_id)
+    assert {s.attempt for s in history(kube, run_id)} == {1}
