@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from sqlalchemy import exc as sa_exc
 
 from control_plane import errors
 
@@ -25,6 +26,9 @@ STATUS: dict[type[errors.FlowyardError], grpc.StatusCode] = {
 #: Status messages travel in trailers, percent-encoded beyond ASCII, and clients refuse trailers
 #: over 8 KiB by default: a message is cut to this many UTF-8 bytes (a person reads the start).
 MAX_MESSAGE_BYTES = 1000
+
+#: How long a client is told to wait before retrying a call the database was too busy for.
+BUSY_RETRY_MS = 1000
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -46,6 +50,30 @@ def message_of(error: errors.FlowyardError) -> str:
         return data.decode()
     kept = data[: MAX_MESSAGE_BYTES - 40].decode(errors="ignore")
     return f"{kept}… (cut; {len(data)} bytes in all)"
+
+
+def busy_database(error: BaseException) -> str | None:
+    """What to tell a client when ``error`` means the database could not serve the call now
+    (locked, its connection pool exhausted, the server unreachable), or None for a bug.
+
+    Those are not the caller's fault and pass: UNAVAILABLE with a retry hint, not INTERNAL.
+    """
+    if isinstance(error, sa_exc.TimeoutError):
+        return "the database is busy (no free connection); retry in a moment"
+    if isinstance(error, sa_exc.OperationalError):
+        if "locked" in str(error.orig).lower():
+            return "the database is busy (locked by another writer); retry in a moment"
+        return "the database is unavailable right now; retry in a moment"
+    return None
+
+
+async def abort_unavailable(context: grpc.aio.ServicerContext[Any, Any], reason: str) -> None:
+    """End the call with UNAVAILABLE and the standard retry-pushback trailer."""
+    await context.abort(
+        grpc.StatusCode.UNAVAILABLE,
+        reason,
+        trailing_metadata=(("grpc-retry-pushback-ms", str(BUSY_RETRY_MS)),),
+    )
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.FlowyardError) -> None:
@@ -72,7 +100,11 @@ def unary(
         except errors.FlowyardError as exc:
             await abort(context, exc)
             raise AssertionError("unreachable") from exc
-        except Exception:
+        except Exception as exc:
+            if (reason := busy_database(exc)) is not None:
+                log.warning("%s: %s (%s)", method.__name__, reason, exc)
+                await abort_unavailable(context, reason)
+                raise
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
             raise
@@ -94,7 +126,11 @@ def streaming(
                 yield item
         except errors.FlowyardError as exc:
             await abort(context, exc)
-        except Exception:
+        except Exception as exc:
+            if (reason := busy_database(exc)) is not None:
+                log.warning("%s: %s (%s)", method.__name__, reason, exc)
+                await abort_unavailable(context, reason)
+                return
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 

@@ -108,6 +108,10 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
+#: How long a SQLite statement waits for another process's lock before failing as busy.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     # Let SQLAlchemy, not the driver, decide when transactions begin (see _sqlite_on_begin).
     dbapi_connection.isolation_level = None
@@ -115,7 +119,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.close()
 
 
