@@ -37,8 +37,6 @@ from control_plane.store.db import Database
 
 log = logging.getLogger(__name__)
 
-MAX_LINE_BYTES = 64 * 1024
-
 
 class InfraKind(enum.Enum):
     """What an agent saw happen to a run's infrastructure."""
@@ -440,12 +438,3 @@ class EngineReports:
         if result.accepted:
             self._notifier.changed(result.run)
         return result
-
-
-def truncate_line(text: str) -> str:
-    """A log line cut to the size limit, with a marker saying how much was cut."""
-    data = text.encode()
-    if len(data) <= MAX_LINE_BYTES:
-        return text
-    kept = data[:MAX_LINE_BYTES].decode(errors="ignore")
-    return f"{kept}… [truncated {len(data) - len(kept.encode())} bytes]"

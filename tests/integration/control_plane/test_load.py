@@ -32,7 +32,7 @@ from flowyard.v1 import control_plane_pb2 as pb
 
 from .conftest import STOP_TIMEOUT, Plane, agent_stream, drive_to_running, engine_stream
 
-#: The documented size limit of one stored log line (UTF-8 bytes, marker not counted).
+#: The documented size limit of one stored log line (UTF-8 bytes, marker included).
 LINE_LIMIT = 64 * 1024
 MARKER = re.compile(r"(?s)(?P<kept>.*)… \[truncated (?P<cut>\d+) bytes\]")
 #: A client that retries RESOURCE_EXHAUSTED by itself, honouring the server's pushback.
@@ -220,7 +220,7 @@ async def test_an_oversized_log_line_is_stored_truncated_with_a_marker(ready: Pl
         assert marked is not None, text[-100:]
         kept = marked["kept"].encode()
         assert original.encode().startswith(kept)
-        assert len(kept) <= LINE_LIMIT
+        assert len(text.encode()) <= LINE_LIMIT
         assert len(kept) + int(marked["cut"]) == len(original.encode())
     await engine.close()
     await agent.close()
