@@ -614,6 +614,7 @@ def runs_show(session: Session, run_id: str) -> None:
         ("Agent", run.agent_name or "-"),
         ("Infrastructure", run.infrastructure_id or "-"),
         ("Result", run.result_summary or "-"),
+        ("Source revision", run.source_revision or "-"),
     ]
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="bold")
