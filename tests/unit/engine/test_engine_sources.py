@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,7 @@ def test_archive_failures_name_what_is_missing(tmp_path: Path) -> None:
         with pytest.raises(SourceError, match=r"subdirectory 'other' not found in the archive"):
             _fetch(ArchiveSource(server.url("code.tar.gz"), subdirectory="other"), tmp_path, "b")
         port = server.base_url.rsplit(":", 1)[1]
+    # The server is gone: nothing listens on its port any more.
     with pytest.raises(SourceError, match=r"cannot download"):
         _fetch(ArchiveSource(f"http://127.0.0.1:{port}/code.tar.gz"), tmp_path, "c")
 
@@ -164,33 +166,39 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile
 )
 def test_archive_refuses_members_outside(tmp_path: Path, extra: tarfile.TarInfo) -> None:
     body = tar_gz({"flow.py": "x = 1\n"}, [extra])
-    with serve_files({"evil.tar.gz": body}) as server:
-        with pytest.raises(SourceError, match=r"unsafe member"):
-            _fetch(ArchiveSource(server.url("evil.tar.gz")), tmp_path)
+    with (
+        serve_files({"evil.tar.gz": body}) as server,
+        pytest.raises(SourceError, match=r"unsafe member"),
+    ):
+        _fetch(ArchiveSource(server.url("evil.tar.gz")), tmp_path)
     assert not (tmp_path / "escape.py").exists() and not (tmp_path / "outside").exists()
 
 
 def test_zip_refuses_members_outside(tmp_path: Path) -> None:
     out = io.BytesIO()
-    import zipfile
-
     with zipfile.ZipFile(out, "w") as zipped:
         zipped.writestr("../escape.py", "x")
-    with serve_files({"evil.zip": out.getvalue()}) as server:
-        with pytest.raises(SourceError, match=r"unsafe member '../escape.py'"):
-            _fetch(ArchiveSource(server.url("evil.zip")), tmp_path)
+    with (
+        serve_files({"evil.zip": out.getvalue()}) as server,
+        pytest.raises(SourceError, match=r"unsafe member '../escape.py'"),
+    ):
+        _fetch(ArchiveSource(server.url("evil.zip")), tmp_path)
     assert not (tmp_path / "escape.py").exists()
 
 
 def test_archive_size_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("engine.archives.MAX_UNPACKED_BYTES", 1000)
     body = tar_gz({"big.bin": b"\0" * 5000})
-    with serve_files({"big.tar.gz": body}) as server:
-        with pytest.raises(SourceError, match=r"more than the 0 MiB limit"):
-            _fetch(ArchiveSource(server.url("big.tar.gz")), tmp_path)
+    with (
+        serve_files({"big.tar.gz": body}) as server,
+        pytest.raises(SourceError, match=r"more than the 0 MiB limit"),
+    ):
+        _fetch(ArchiveSource(server.url("big.tar.gz")), tmp_path)
 
 
 def test_not_an_archive(tmp_path: Path) -> None:
-    with serve_files({"code.tar.gz": b"this is not gzip"}) as server:
-        with pytest.raises(SourceError, match=r"not a readable archive"):
-            _fetch(ArchiveSource(server.url("code.tar.gz")), tmp_path)
+    with (
+        serve_files({"code.tar.gz": b"this is not gzip"}) as server,
+        pytest.raises(SourceError, match=r"not a readable archive"),
+    ):
+        _fetch(ArchiveSource(server.url("code.tar.gz")), tmp_path)
