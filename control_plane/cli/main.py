@@ -322,6 +322,12 @@ def deploy(session: Session, /, entrypoint: str | None, **options: Any) -> None:
     from control_plane.cli.project import DEFAULT_FILE, load_project, with_schema
 
     if entrypoint is None:
+        flags = [flag for name, flag in _ENTRYPOINT_ONLY.items() if options[name]]
+        if flags or options["source"] != Path("."):
+            shown = ", ".join(flags) or "--source"
+            raise click.UsageError(
+                f"{shown}: only with ENTRYPOINT; a project file declares these per deployment"
+            )
         declared = load_project(options["project_file"] or Path(DEFAULT_FILE), options["name"])
     else:
         declared = [flag_deployment(entrypoint, options)]
@@ -332,6 +338,24 @@ def deploy(session: Session, /, entrypoint: str | None, **options: Any) -> None:
             output.console.print(line)
         if note:
             output.console.print(f"  ({note})")
+
+
+#: Options that describe one deployment: with a project file, the file says these.
+_ENTRYPOINT_ONLY = {
+    "pool_name": "--pool",
+    "git_url": "--git-url",
+    "git_ref": "--git-ref",
+    "git_subdir": "--git-subdir",
+    "shallow": "--shallow",
+    "git_token_env": "--git-token-env",
+    "git_token_secret": "--git-token-secret",
+    "archive_url": "--archive-url",
+    "sha256": "--sha256",
+    "params": "--param",
+    "job_variables": "--job-variable",
+    "tags": "--tag",
+    "description": "--description",
+}
 
 
 def flag_deployment(entrypoint: str, options: dict[str, Any]) -> Any:

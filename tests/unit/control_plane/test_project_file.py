@@ -211,3 +211,21 @@ def test_changes_are_listed_field_by_field(tmp_path: Path) -> None:
         ("retries", "3", "5"),
         ("tags", '["etl", "daily"]', '["etl", "daily", "eu"]'),
     ]
+
+
+def test_deploy_flags_belong_to_an_entrypoint(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from control_plane.cli.main import cli
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["deploy", "--file", str(tmp_path / "f.yaml"), "--pool", "p"])
+    assert result.exit_code == 2
+    assert "--pool: only with ENTRYPOINT" in result.output
+    result = runner.invoke(cli, ["deploy", "flow.py:main", "--name", "n"])
+    assert result.exit_code == 2 and "--pool is required when deploying ENTRYPOINT" in result.output
+    result = runner.invoke(
+        cli,
+        ["deploy", "flow.py:main", "-n", "n", "-p", "p", "--git-url", "u", "--archive-url", "a"],
+    )
+    assert result.exit_code == 2 and "either --git-url or --archive-url" in result.output
