@@ -61,7 +61,6 @@ def fetch_flow_code(spec: RunSpec, workdir: Path, announce: Callable[[str], None
     """
     if spec.source is None:
         raise SourceError(spec.source_problem)
-    announce(f"Fetching code from {spec.source.describe()}")
     fetched = fetch_code(spec.source, workdir)
     revision = f" (revision {fetched.revision})" if fetched.revision else ""
     announce(f"Fetched code from {spec.source.describe()}{revision}")
