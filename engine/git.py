@@ -19,6 +19,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from engine.errors import SourceError
 from engine.storage import FetchedCode, subdirectory_of
@@ -42,6 +43,16 @@ _NO_REPOSITORY = (
     "not found",
     "could not read from remote repository",
 )
+
+
+def _origin(url: str) -> str:
+    """``https://host:port/`` of a URL (without userinfo), as git's per-URL config key."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}/"
 
 
 @dataclass(frozen=True)
@@ -95,7 +106,8 @@ class GitSource:
             basic = base64.b64encode(f"{self.username or 'git'}:{token}".encode()).decode()
             count = int(env.get("GIT_CONFIG_COUNT", "0") or "0")
             env["GIT_CONFIG_COUNT"] = str(count + 1)
-            env[f"GIT_CONFIG_KEY_{count}"] = "http.extraHeader"
+            # Scoped to the repository's host, so a redirect elsewhere never receives it.
+            env[f"GIT_CONFIG_KEY_{count}"] = f"http.{_origin(self.url)}.extraHeader"
             env[f"GIT_CONFIG_VALUE_{count}"] = f"Authorization: Basic {basic}"
         return env
 

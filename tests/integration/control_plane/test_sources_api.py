@@ -1,6 +1,7 @@
 """Git and archive sources over gRPC: stored as given, refused with a message a person can act
 on, credentials turned into Secret-backed env vars for the agent, the revision recorded."""
 
+import json
 import sqlite3
 
 import grpc
@@ -178,3 +179,24 @@ async def test_bad_sources_are_refused_and_nothing_is_stored(
     assert fragment in details
     assert "hunter2" not in details and ":pw@" not in details
     assert count_deployments(plane) == 0
+
+
+async def test_dry_run_shows_the_secret_backed_credential(plane: Plane) -> None:
+    await plane.control.CreatePool(
+        pb.CreatePoolRequest(name="kube", type=types_pb2.POOL_TYPE_KUBERNETES)
+    )
+    await plane.control.UpsertDeployment(
+        pb.UpsertDeploymentRequest(
+            deployment=types_pb2.Deployment(
+                name="d",
+                entrypoint="flows/etl.py:main",
+                pool="kube",
+                job_variables_json='{"image": "example/flows:1"}',
+                source=git_source(credentials=CREDENTIALS),
+            )
+        )
+    )
+    rendered = await plane.control.RenderDeployment(pb.RenderDeploymentRequest(deployment_name="d"))
+    job = json.loads(rendered.manifest_json)
+    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["REPO_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "git-creds", "key": "token"}}
