@@ -18,6 +18,7 @@ __all__ = [
     "InfraExit",
     "RunKey",
     "RunningInfra",
+    "SecretEnv",
 ]
 
 
@@ -33,6 +34,15 @@ class RunKey:
 
 
 @dataclass(frozen=True)
+class SecretEnv:
+    """An environment variable whose value comes from one key of a Kubernetes Secret."""
+
+    name: str
+    secret_name: str
+    secret_key: str
+
+
+@dataclass(frozen=True)
 class Assignment:
     """An attempt the control plane handed to this agent, with everything needed to start it."""
 
@@ -44,6 +54,8 @@ class Assignment:
     # Kept out of repr so that logging an assignment can never leak the token.
     engine_token: str = field(repr=False)
     lease_deadline: datetime | None = None
+    secret_env: tuple[SecretEnv, ...] = ()
+    """Environment variables the engine reads from Kubernetes Secrets (git credentials)."""
 
 
 @dataclass(frozen=True)

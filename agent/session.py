@@ -22,7 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from agent import __version__
 from agent.errors import SessionError, SessionRejected, StreamBroken
 from agent.health import HealthFile
-from agent.models import Assignment, InfraEvent, InfraEventKind, RunKey
+from agent.models import Assignment, InfraEvent, InfraEventKind, RunKey, SecretEnv
 from agent.reports import (
     Accepted,
     Cancelled,
@@ -282,6 +282,9 @@ def _assignment_from_proto(assign: agent_pb2.Assign) -> Assignment:
         job_variables_json=assign.job_variables_json,
         engine_token=assign.engine_token,
         lease_deadline=deadline,
+        secret_env=tuple(
+            SecretEnv(item.name, item.secret_name, item.secret_key) for item in assign.secret_env
+        ),
     )
 
 

@@ -85,6 +85,7 @@ class Run:
     engine_token_hash: str | None
     result_summary: str
     last_heartbeat_at: datetime | None = None
+    source_revision: str = ""
 
     @property
     def is_terminal(self) -> bool:

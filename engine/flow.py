@@ -20,10 +20,17 @@ from engine.errors import ParameterError, SourceError
 from engine.loader import load_entrypoint
 from engine.model import RunSpec, StateType
 from engine.params import BoundCall, bind_parameters
-from engine.storage import fetch_code
+from engine.storage import FetchedCode, fetch_code
 from engine.tracebacks import describe_exception, format_user_traceback
 
-__all__ = ["Outcome", "PreparedFlow", "call_flow", "prepare_flow", "summarize_result"]
+__all__ = [
+    "Outcome",
+    "PreparedFlow",
+    "call_flow",
+    "fetch_flow_code",
+    "prepare_flow",
+    "summarize_result",
+]
 
 RESULT_SUMMARY_LIMIT = 200
 
@@ -46,8 +53,22 @@ class Outcome:
     result_summary: str = ""
 
 
-def prepare_flow(spec: RunSpec, workdir: Path, announce: Callable[[str], None]) -> PreparedFlow:
-    """Fetch the code, enter its directory, load the entrypoint and bind the parameters.
+def fetch_flow_code(spec: RunSpec, workdir: Path, announce: Callable[[str], None]) -> FetchedCode:
+    """Fetch the run's code into ``workdir``.
+
+    Raises:
+        SourceError: with the message to store with the FAILED state.
+    """
+    if spec.source is None:
+        raise SourceError(spec.source_problem)
+    fetched = fetch_code(spec.source, workdir)
+    revision = f" (revision {fetched.revision})" if fetched.revision else ""
+    announce(f"Fetched code from {spec.source.describe()}{revision}")
+    return fetched
+
+
+def prepare_flow(spec: RunSpec, fetched: FetchedCode) -> PreparedFlow:
+    """Enter the code's directory, load the entrypoint and bind the parameters.
 
     The working directory becomes the source directory and the source directory goes first
     on ``sys.path``, for the rest of the process: the flow's own imports rely on both.
@@ -55,10 +76,7 @@ def prepare_flow(spec: RunSpec, workdir: Path, announce: Callable[[str], None]) 
     Raises:
         FlowSetupError: with the message to store with the FAILED state.
     """
-    if spec.source is None:
-        raise SourceError(spec.source_problem)
-    source_dir = fetch_code(spec.source, workdir)
-    announce(f"Fetched code from {spec.source.describe()}")
+    source_dir = fetched.directory
     os.chdir(source_dir)
     sys.path.insert(0, str(source_dir))
     entrypoint = parse_entrypoint(spec.entrypoint)

@@ -3,20 +3,19 @@
 The run's parameters are a JSON object. Each key must name a parameter of the function
 (unless it takes ``**kwargs``) and every parameter without a default must be given; the
 errors name the offending parameter and list the accepted ones. Values are coerced to the
-annotated type only where JSON cannot express the type and the conversion is unambiguous:
-an integer for a ``float``, an array for a ``tuple``, ``set`` or ``frozenset``, recursively
-through ``list[X]``, ``dict[str, X]`` and ``X | None``. Everything else is passed as decoded.
+annotated type where JSON cannot express it (enums, dates, models, tuples...: see
+:mod:`engine.coercion`); a value that cannot be converted fails the run naming the parameter.
 """
 
 from __future__ import annotations
 
 import inspect
-import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.coercion import CoercionError, coerce
 from engine.errors import ParameterError
 
 __all__ = ["BoundCall", "bind_parameters", "coerce"]
@@ -82,7 +81,10 @@ def bind_parameters(function: Callable[..., Any], parameters: Mapping[str, Any])
     for param in accepted:
         if param.name not in parameters:
             continue
-        value = coerce(parameters[param.name], hints.get(param.name, param.annotation))
+        try:
+            value = coerce(parameters[param.name], hints.get(param.name, param.annotation))
+        except CoercionError as exc:
+            raise ParameterError(f"parameter {param.name!r} of {name}(): {exc}") from None
         if param.kind is param.POSITIONAL_ONLY:
             args.append(value)
         else:
@@ -109,42 +111,3 @@ def _type_hints(function: Callable[..., Any]) -> dict[str, Any]:
         # Unresolvable forward references are the user's business, not a reason to fail
         # the run: coercion then falls back to the raw (possibly string) annotations.
         return {}
-
-
-def coerce(value: Any, annotation: Any) -> Any:
-    """Convert a decoded JSON ``value`` to ``annotation`` where that is unambiguous."""
-    if annotation is inspect.Parameter.empty or annotation is Any:
-        return value
-    origin = typing.get_origin(annotation)
-    type_args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        non_none = [arg for arg in type_args if arg is not type(None)]
-        if value is None or len(non_none) != 1:
-            return value
-        return coerce(value, non_none[0])
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, list):
-        return _coerce_list(value, annotation, origin, type_args)
-    if isinstance(value, dict) and origin is dict and len(type_args) == 2:
-        return {key: coerce(item, type_args[1]) for key, item in value.items()}
-    return value
-
-
-def _coerce_list(value: list[Any], annotation: Any, origin: Any, type_args: tuple[Any, ...]) -> Any:
-    container = origin or annotation
-    if container is tuple:
-        if len(type_args) == 2 and type_args[1] is Ellipsis:
-            return tuple(coerce(item, type_args[0]) for item in value)
-        if type_args and len(type_args) == len(value):
-            return tuple(coerce(item, arg) for item, arg in zip(value, type_args, strict=True))
-        return tuple(value)
-    if container in (list, set, frozenset):
-        items = [coerce(item, type_args[0]) for item in value] if type_args else value
-        if container is list:
-            return items
-        try:
-            return container(items)
-        except TypeError:  # unhashable items: leave it to the flow
-            return value
-    return value

@@ -134,7 +134,12 @@ class Reporter:
         self._running_loop().call_soon_threadsafe(stream.set_heartbeat_interval, seconds)
 
     def propose(
-        self, state: StateType, *, message: str = "", result_summary: str = ""
+        self,
+        state: StateType,
+        *,
+        message: str = "",
+        result_summary: str = "",
+        source_revision: str = "",
     ) -> StateResult:
         """Propose a state and wait for the control plane's answer.
 
@@ -148,7 +153,11 @@ class Reporter:
         stream = self._running_stream()
         transition_id = new_transition_id()
         request = proposal_to_proto(
-            transition_id, state, message=message, result_summary=result_summary
+            transition_id,
+            state,
+            message=message,
+            result_summary=result_summary,
+            source_revision=source_revision,
         )
         future: concurrent.futures.Future[StateResult] = concurrent.futures.Future()
         self._running_loop().call_soon_threadsafe(

@@ -21,7 +21,15 @@ from pathlib import Path
 from engine.cancellation import Cancellation
 from engine.capture import Capture, capture_output
 from engine.errors import FlowCancelled, FlowSetupError, ReportError
-from engine.flow import Outcome, call_flow, completed, failed, prepare_flow, summarize_result
+from engine.flow import (
+    Outcome,
+    call_flow,
+    completed,
+    failed,
+    fetch_flow_code,
+    prepare_flow,
+    summarize_result,
+)
 from engine.logbuffer import LogBuffer
 from engine.model import RunSpec, StateType
 from engine.reporter import Reporter
@@ -87,6 +95,8 @@ class _Attempt:
         self._reporter = reporter
         self._capture = capture
         self._cancellation = cancellation
+        self._revision = ""
+        """What was fetched, reported with RUNNING and every later state."""
 
     def run(self, workdir: Path) -> ExitCode:
         """Run the attempt; ``workdir`` is scratch space for sources that download code."""
@@ -107,7 +117,9 @@ class _Attempt:
         try:
             # Armed: loading user code may take long (heavy imports) and must be cancellable.
             with self._cancellation.armed():
-                flow = prepare_flow(spec, workdir, self._capture.system)
+                fetched = fetch_flow_code(spec, workdir, self._capture.system)
+                self._revision = fetched.revision
+                flow = prepare_flow(spec, fetched)
         except FlowSetupError as exc:
             self._capture.system(f"Could not start the flow: {exc}", logging.ERROR)
             return self._finish(Outcome(StateType.FAILED, message=str(exc)))
@@ -118,7 +130,7 @@ class _Attempt:
             self._capture.system(f"Could not start the flow: {outcome.message}", logging.ERROR)
             return self._finish(outcome)
 
-        result = self._reporter.propose(StateType.RUNNING)
+        result = self._reporter.propose(StateType.RUNNING, source_revision=self._revision)
         if not result.accepted:
             if result.state is StateType.CANCELLING:
                 return self._cancel("the run is being cancelled")
@@ -152,7 +164,10 @@ class _Attempt:
         """Flush the logs, propose the terminal state, wait for the answer."""
         self._flush_logs()
         result = self._reporter.propose(
-            outcome.state, message=outcome.message, result_summary=outcome.result_summary
+            outcome.state,
+            message=outcome.message,
+            result_summary=outcome.result_summary,
+            source_revision=self._revision,
         )
         if result.accepted or result.state is outcome.state:
             return _EXIT_CODES[outcome.state]

@@ -11,6 +11,17 @@ Annotations map to JSON Schema as follows; anything not listed is ``{}`` (any va
     dict, Dict[str, X] → object (additionalProperties X)
     X | None, Optional[X], Union[A, B] → anyOf      Literal[a, b] → enum
     Annotated[X, ...] → X                "X" (a string annotation) → as X
+    datetime → string (date-time)   date → string (date)   time → string (time)
+    UUID → string (uuid)    Path, bytes → string     Decimal → number or string
+
+Classes defined in the same file are read from their source too:
+
+    class Colour(Enum): RED = "red" ...       → enum of the members' values
+    class Order(BaseModel): qty: int = 1 ...  → object with the fields (pydantic model)
+    @dataclass class Point: x: int ...        → object with the fields, no others
+    class Row(TypedDict, total=False): ...    → object with the keys
+
+A class that refers to itself (directly or through others) is ``{}`` where it recurs.
 """
 
 from __future__ import annotations
@@ -19,23 +30,13 @@ import ast
 from pathlib import Path
 from typing import Any
 
+from engine.annotations import annotation_schema, literal_value
 from engine.entrypoints import EntrypointKind, parse_entrypoint
 from engine.errors import EntrypointImportError, EntrypointNotFound
 
 __all__ = ["annotation_schema", "parameter_schema"]
 
 _FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
-
-_SCALARS: dict[str, dict[str, Any]] = {
-    "int": {"type": "integer"},
-    "float": {"type": "number"},
-    "str": {"type": "string"},
-    "bool": {"type": "boolean"},
-    "None": {"type": "null"},
-    "NoneType": {"type": "null"},
-}
-_ARRAYS = {"list", "List", "tuple", "Tuple", "set", "Set", "frozenset", "FrozenSet", "Sequence"}
-_OBJECTS = {"dict", "Dict", "Mapping"}
 
 
 def parameter_schema(source_dir: Path, entrypoint: str) -> dict[str, Any]:
@@ -68,7 +69,7 @@ def parameter_schema(source_dir: Path, entrypoint: str) -> dict[str, Any]:
         # Bound by an import or an assignment: the signature is not in this file, so any
         # object is accepted rather than guessing.
         return {"title": parsed.function, "type": "object", "additionalProperties": True}
-    return _function_schema(binding)
+    return _function_schema(binding, _classes(tree.body))
 
 
 def _module_file(source_dir: Path, parts: tuple[str, ...]) -> Path:
@@ -119,7 +120,19 @@ def _find_binding(body: list[ast.stmt], name: str) -> ast.stmt | None:
     return found
 
 
-def _function_schema(node: _FunctionNode) -> dict[str, Any]:
+def _classes(body: list[ast.stmt]) -> dict[str, ast.ClassDef]:
+    """Top-level classes by name (the last definition wins, as at import)."""
+    found: dict[str, ast.ClassDef] = {}
+    for node in body:
+        if isinstance(node, ast.ClassDef):
+            found[node.name] = node
+        elif isinstance(node, ast.If | ast.Try):
+            for branch in (node.body, node.orelse):
+                found.update(_classes(branch))
+    return found
+
+
+def _function_schema(node: _FunctionNode, classes: dict[str, ast.ClassDef]) -> dict[str, Any]:
     args = node.args
     positional = args.posonlyargs + args.args
     defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults))
@@ -130,11 +143,11 @@ def _function_schema(node: _FunctionNode) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     required: list[str] = []
     for arg, default in pairs:
-        prop = annotation_schema(arg.annotation) if arg.annotation is not None else {}
+        prop = annotation_schema(arg.annotation, classes) if arg.annotation is not None else {}
         if default is None:
             required.append(arg.arg)
         else:
-            found, value = _literal(default)
+            found, value = literal_value(default)
             if found:
                 prop = {**prop, "default": value}
         properties[arg.arg] = prop
@@ -145,105 +158,3 @@ def _function_schema(node: _FunctionNode) -> dict[str, Any]:
         "required": required,
         "additionalProperties": args.kwarg is not None,
     }
-
-
-def _literal(node: ast.expr) -> tuple[bool, Any]:
-    try:
-        value = ast.literal_eval(node)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return False, None
-    return _jsonable(value)
-
-
-def _jsonable(value: Any) -> tuple[bool, Any]:
-    if value is None or isinstance(value, bool | int | float | str):
-        return True, value
-    if isinstance(value, list | tuple | set | frozenset):
-        items = [_jsonable(item) for item in value]
-        return all(ok for ok, _ in items), [item for _, item in items]
-    if isinstance(value, dict):
-        pairs = {key: _jsonable(item) for key, item in value.items()}
-        ok = all(isinstance(key, str) for key in pairs) and all(k for k, _ in pairs.values())
-        return ok, {key: item for key, (_, item) in pairs.items()}
-    return False, None
-
-
-def _name_of(node: ast.expr) -> str | None:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):  # typing.List, t.Optional
-        return node.attr
-    if isinstance(node, ast.Constant) and node.value is None:
-        return "None"
-    return None
-
-
-def annotation_schema(node: ast.expr) -> dict[str, Any]:
-    """The JSON Schema of one annotation expression (``{}`` when unknown)."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        try:
-            expression = ast.parse(node.value, mode="eval").body
-        except SyntaxError:
-            return {}
-        return annotation_schema(expression)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        return _any_of([annotation_schema(node.left), annotation_schema(node.right)])
-    if isinstance(node, ast.Subscript):
-        return _subscript_schema(node)
-    name = _name_of(node)
-    if name in _SCALARS:
-        return dict(_SCALARS[name])
-    if name in _ARRAYS:
-        return {"type": "array"}
-    if name in _OBJECTS:
-        return {"type": "object"}
-    return {}
-
-
-def _subscript_schema(node: ast.Subscript) -> dict[str, Any]:
-    base = _name_of(node.value)
-    args = list(node.slice.elts) if isinstance(node.slice, ast.Tuple) else [node.slice]
-    if base == "Optional" and len(args) == 1:
-        return _any_of([annotation_schema(args[0]), {"type": "null"}])
-    if base == "Union":
-        return _any_of([annotation_schema(arg) for arg in args])
-    if base == "Annotated" and args:
-        return annotation_schema(args[0])
-    if base == "Literal":
-        literals = [_literal(arg) for arg in args]
-        if all(ok for ok, _ in literals):
-            return {"enum": [value for _, value in literals]}
-        return {}
-    if base in _ARRAYS:
-        schema: dict[str, Any] = {"type": "array"}
-        if base in ("tuple", "Tuple") and not (
-            len(args) == 2 and isinstance(args[1], ast.Constant) and args[1].value is Ellipsis
-        ):
-            # Fixed-length tuple[A, B]: one schema per position.
-            schema["prefixItems"] = [annotation_schema(arg) for arg in args]
-            schema["minItems"] = schema["maxItems"] = len(args)
-            return schema
-        items = annotation_schema(args[0])
-        if items:
-            schema["items"] = items
-        return schema
-    if base in _OBJECTS:
-        schema = {"type": "object"}
-        if len(args) == 2:
-            values = annotation_schema(args[1])
-            if values:
-                schema["additionalProperties"] = values
-        return schema
-    return {}
-
-
-def _any_of(options: list[dict[str, Any]]) -> dict[str, Any]:
-    flat: list[dict[str, Any]] = []
-    for option in options:
-        if option == {}:
-            return {}  # "anything" absorbs the union
-        members = option["anyOf"] if set(option) == {"anyOf"} else [option]
-        for inner in members:
-            if inner not in flat:
-                flat.append(inner)
-    return flat[0] if len(flat) == 1 else {"anyOf": flat}

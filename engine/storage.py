@@ -1,31 +1,46 @@
 """Where the flow's code comes from.
 
-A run's source is one of a small closed set of dataclasses (only :class:`LocalSource` today;
-git repositories and archive URLs will join it). Each knows how to make its code available
-as a directory on this machine through :meth:`CodeSource.fetch`; the runner then runs the
-flow with that directory as its working directory and first on ``sys.path``.
+A run's source is one of a small closed set of dataclasses: :class:`LocalSource` here,
+:class:`engine.git.GitSource` and :class:`engine.archives.ArchiveSource`. Each knows how to
+make its code available as a directory on this machine through :meth:`CodeSource.fetch`; the
+runner then runs the flow with that directory as its working directory and first on
+``sys.path``, and reports the :attr:`FetchedCode.revision` it ran (a git commit, an archive's
+sha256) with the run's states.
+
+Every failure is a :class:`SourceError` whose message names what was missing (the ref, the
+file, the subdirectory, the checksum) and never carries a credential.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from engine.errors import SourceError
 
-__all__ = ["CodeSource", "LocalSource", "fetch_code"]
+__all__ = ["CodeSource", "FetchedCode", "LocalSource", "fetch_code", "subdirectory_of"]
+
+
+@dataclass(frozen=True)
+class FetchedCode:
+    """Code made available on this machine."""
+
+    directory: Path
+    """The directory entrypoint paths are relative to."""
+    revision: str = ""
+    """What was fetched: a git commit sha, an archive's sha256; empty for local code."""
 
 
 class CodeSource(Protocol):
     """A place the engine can fetch a flow's code from."""
 
     def describe(self) -> str:
-        """A short human-readable form for log lines, e.g. the path or URL."""
+        """A short human-readable form for log lines, e.g. the path or URL (no credential)."""
         ...
 
-    def fetch(self, workdir: Path) -> Path:
-        """Make the code available and return the directory that holds it.
+    def fetch(self, workdir: Path) -> FetchedCode:
+        """Make the code available and say where it is.
 
         ``workdir`` is a scratch directory owned by the engine, where sources that download
         or unpack code put it; sources that are already local ignore it.
@@ -46,8 +61,8 @@ class LocalSource:
         """The directory's path."""
         return str(self.path)
 
-    def fetch(self, workdir: Path) -> Path:
-        """Return the directory itself, after checking that it is one."""
+    def fetch(self, workdir: Path) -> FetchedCode:
+        """The directory itself, after checking that it is one."""
         del workdir  # already local: nothing to download
         if not self.path.is_absolute():
             raise SourceError(f"source directory {str(self.path)!r} is not an absolute path")
@@ -55,11 +70,29 @@ class LocalSource:
             raise SourceError(f"source directory {str(self.path)!r} does not exist")
         if not self.path.is_dir():
             raise SourceError(f"source {str(self.path)!r} is not a directory")
-        return self.path.resolve()
+        return FetchedCode(self.path.resolve())
 
 
-def fetch_code(source: CodeSource, workdir: Path) -> Path:
-    """Fetch ``source`` into ``workdir`` and return the code's directory.
+def subdirectory_of(root: Path, subdirectory: str, where: str) -> Path:
+    """``root/subdirectory``, checked to exist and to stay inside ``root``.
+
+    ``where`` names the fetched code in the message (e.g. "repository https://… at 1a2b3c").
+    """
+    if not subdirectory:
+        return root
+    relative = PurePosixPath(subdirectory)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise SourceError(f"subdirectory {subdirectory!r} must be a relative path without '..'")
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise SourceError(f"subdirectory {subdirectory!r} leads outside the {where}")
+    if not path.is_dir():
+        raise SourceError(f"subdirectory {subdirectory!r} not found in the {where}")
+    return path
+
+
+def fetch_code(source: CodeSource, workdir: Path) -> FetchedCode:
+    """Fetch ``source`` into ``workdir``.
 
     Unexpected OS errors (permissions, disk) become :class:`SourceError` so that the run
     fails with a message instead of an engine traceback.

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from engine.archives import ArchiveSource
+from engine.git import GitSource
 from engine.model import LogLine, LogStream, OpenedInfo, RunSpec, StateResult, StateType
-from engine.storage import LocalSource
+from engine.storage import CodeSource, LocalSource
 from flowyard.v1 import engine_pb2, types_pb2
 
 __all__ = [
@@ -76,6 +78,7 @@ def proposal_to_proto(
     *,
     message: str = "",
     result_summary: str = "",
+    source_revision: str = "",
 ) -> engine_pb2.ReportRequest:
     """A ProposeState request."""
     return engine_pb2.ReportRequest(
@@ -84,6 +87,7 @@ def proposal_to_proto(
             type=state_type_to_proto(state),
             message=message,
             result_summary=result_summary,
+            source_revision=source_revision,
         )
     )
 
@@ -111,11 +115,24 @@ def log_batch_to_proto(lines: Sequence[LogLine]) -> engine_pb2.ReportRequest:
 
 def run_spec_from_proto(response: engine_pb2.StartRunResponse) -> RunSpec:
     """What StartRun answered, as plain data."""
-    source: LocalSource | None = None
+    source: CodeSource | None = None
     problem = ""
     kind = response.source.WhichOneof("kind")
     if kind == "local":
         source = LocalSource(Path(response.source.local.path))
+    elif kind == "git":
+        git = response.source.git
+        source = GitSource(
+            url=git.url,
+            ref=git.ref,
+            subdirectory=git.subdirectory,
+            shallow=git.shallow,
+            username=git.credentials.username,
+            token_env=git.credentials.token_env,
+        )
+    elif kind == "archive":
+        archive = response.source.archive
+        source = ArchiveSource(archive.url, archive.sha256, archive.subdirectory)
     elif kind is None:
         problem = "the run has no source to fetch the flow's code from"
     else:  # a newer control plane with a source kind this engine does not know

@@ -20,7 +20,7 @@ import base64
 import hashlib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -382,13 +382,16 @@ def render_job(
     server_address: str,
     engine_token: str | None,
     environ: Mapping[str, str] | None = None,
+    secret_env: Sequence[tuple[str, str, str]] = (),
 ) -> RenderedJob:
     """Render one attempt of a run into its Job and Secret.
 
     ``job_variables`` are already merged (the deployment's, then the run's); the template's
     defaults are applied here. ``engine_token`` is None for a dry run: the Secret then has no
     data. ``environ`` resolves ``{{ $NAME }}`` placeholders (the agent passes its environment;
-    a dry run leaves them as written).
+    a dry run leaves them as written). ``secret_env`` lists ``(variable, Secret, key)`` for
+    values the engine reads from Secrets of the run's namespace (git credentials): they become
+    ``secretKeyRef`` env entries, so no credential is ever a literal in the Job.
 
     Raises:
         TemplateError: the template or the variables are invalid, or the template does not
@@ -456,6 +459,10 @@ def render_job(
         container.get("env"),
         _string_map(configuration.get("env"), "env"),
         engine=[
+            *(
+                {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+                for variable, secret, key in secret_env
+            ),
             {"name": "FLOWYARD_SERVER", "value": server_address},
             {"name": "FLOWYARD_RUN_ID", "value": run_id},
             {"name": "FLOWYARD_RUN_ATTEMPT", "value": str(attempt)},

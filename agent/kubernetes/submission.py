@@ -71,6 +71,9 @@ def render(
             server_address=settings.engine_server,
             engine_token=assignment.engine_token,
             environ=environ,
+            secret_env=[
+                (item.name, item.secret_name, item.secret_key) for item in assignment.secret_env
+            ],
         )
     except TemplateError as error:
         raise SubmitError(f"cannot render the run's Job: {error}") from error

@@ -273,6 +273,10 @@ def _outgoing(message: Outgoing) -> pb.ConnectResponse:
                 base_job_template_json=convert.dumps(message.base_job_template),
                 job_variables_json=convert.dumps(message.job_variables),
                 engine_token=message.engine_token,
+                secret_env=[
+                    pb.SecretEnv(name=name, secret_name=secret, secret_key=key)
+                    for name, secret, key in message.secret_env
+                ],
             )
         )
     assert isinstance(message, CancelMessage)

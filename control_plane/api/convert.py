@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from control_plane.errors import InvalidArgument
@@ -100,15 +101,14 @@ def pool_to_proto(pool: Pool, connected_agents: int) -> types_pb2.WorkPool:
 
 
 def source_to_proto(source: dict[str, Any]) -> types_pb2.Source:
-    """A Source message from the stored source document."""
-    return types_pb2.Source(local=types_pb2.LocalSource(path=source["local"]["path"]))
+    """A Source message from the stored source document (the message's JSON form)."""
+    return json_format.ParseDict(source, types_pb2.Source(), ignore_unknown_fields=True)
 
 
 def source_from_proto(source: types_pb2.Source) -> dict[str, Any]:
-    """The stored source document from a Source message ({} when no kind is set)."""
-    if source.WhichOneof("kind") == "local":
-        return {"local": {"path": source.local.path}}
-    return {}
+    """The source document to check and store: the message's JSON form with proto field
+    names ({} when no kind is set)."""
+    return json_format.MessageToDict(source, preserving_proto_field_name=True)
 
 
 def deployment_to_proto(deployment: Deployment) -> types_pb2.Deployment:
@@ -171,6 +171,7 @@ def run_to_proto(run: Run) -> types_pb2.FlowRun:
         infrastructure_id=run.infrastructure_id,
         agent_name=run.agent_name,
         result_summary=run.result_summary,
+        source_revision=run.source_revision,
     )
 
 

@@ -47,6 +47,7 @@ MAX_BATCH_LINES = 10_000
 #: Sizes of the columns that proposals and log lines are stored in.
 MAX_TRANSITION_ID_CHARS = 64
 MAX_STATE_NAME_CHARS = 64
+MAX_SOURCE_REVISION_CHARS = 128
 MAX_STATE_MESSAGE_CHARS = 100_000
 MAX_LOGGER_CHARS = 200
 
@@ -191,6 +192,8 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
             problem = f"transition_id: longer than {MAX_TRANSITION_ID_CHARS} characters"
         elif len(message.name) > MAX_STATE_NAME_CHARS:
             problem = f"name: longer than {MAX_STATE_NAME_CHARS} characters"
+        elif len(message.source_revision) > MAX_SOURCE_REVISION_CHARS:
+            problem = f"source_revision: longer than {MAX_SOURCE_REVISION_CHARS} characters"
         if problem is not None:
             current = await self._reports.current(run.id)
             return pb.ReportResponse(
@@ -211,6 +214,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                 name=convert.storable(message.name),
                 message=convert.storable(message.message[:MAX_STATE_MESSAGE_CHARS]),
                 result_summary=convert.storable(message.result_summary),
+                source_revision=convert.storable(message.source_revision),
             ),
         )
         return pb.ReportResponse(

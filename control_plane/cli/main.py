@@ -275,16 +275,39 @@ def pool_template(pool_type: str) -> None:
 
 
 @cli.command()
-@click.argument("entrypoint")
-@click.option("--name", "-n", required=True, help="Deployment name.")
-@click.option("--pool", "-p", "pool_name", required=True, help="Work pool that runs it.")
+@click.argument("entrypoint", required=False)
+@click.option(
+    "--file",
+    "-f",
+    "project_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Project file to apply when no ENTRYPOINT is given [default: ./flowyard.yaml].",
+)
+@click.option(
+    "--name", "-n", default="", help="Deployment name (with --file: apply only this one)."
+)
+@click.option("--pool", "-p", "pool_name", default="", help="Work pool that runs it.")
 @click.option(
     "--source",
     type=click.Path(path_type=Path, file_okay=False, exists=True),
     default=".",
     show_default=True,
-    help="Directory holding the code; the entrypoint is relative to it.",
+    help="Directory holding the code (or a local checkout of --git-url/--archive-url).",
 )
+@click.option("--git-url", default="", help="Fetch the code from this git repository.")
+@click.option("--git-ref", default="", help="Branch, tag or commit sha (default branch if unset).")
+@click.option("--git-subdir", default="", help="Directory of the repository holding the code.")
+@click.option("--shallow", is_flag=True, help="Fetch only the commit, not the history.")
+@click.option("--git-token-env", default="", help="Environment variable holding the token (HTTPS).")
+@click.option(
+    "--git-token-secret",
+    default="",
+    metavar="NAME:KEY",
+    help="Kubernetes Secret key the agent exposes to the engine as the token.",
+)
+@click.option("--archive-url", default="", help="Fetch the code from this .tar.gz/.zip URL.")
+@click.option("--sha256", default="", help="Expected sha256 of the archive.")
 @click.option(
     "--param", "params", multiple=True, metavar="KEY=VALUE", help="Default parameter (repeatable)."
 )
@@ -298,35 +321,106 @@ def pool_template(pool_type: str) -> None:
 @click.option("--tag", "tags", multiple=True, help="Tag (repeatable).")
 @click.option("--description", default="", help="Free-form description.")
 @click.pass_obj
-def deploy(
-    session: Session,
-    entrypoint: str,
-    name: str,
-    pool_name: str,
-    source: Path,
-    params: tuple[str, ...],
-    job_variables: tuple[str, ...],
-    tags: tuple[str, ...],
-    description: str,
-) -> None:
-    """Create or update a deployment of ENTRYPOINT (path/to/file.py:fn or pkg.module:fn).
+def deploy(session: Session, /, entrypoint: str | None, **options: Any) -> None:
+    """Create or update deployments, printing what changed.
 
-    The flow's parameter schema is derived from the function's signature without running it.
+    With no ENTRYPOINT, applies every deployment of ./flowyard.yaml (or --file, or just
+    --name). With ENTRYPOINT (path/to/file.py:fn or pkg.module:fn), deploys that one flow
+    from the flags. The parameter schema is derived from the function's signature without
+    running it.
     """
-    deployment = build_deployment(
-        entrypoint,
-        name=name,
-        pool=pool_name,
-        source=source,
-        parameters=_parse_assignments(params, "--param"),
-        job_variables=_parse_assignments(job_variables, "--job-variable"),
-        tags=tags,
-        description=description,
-    )
-    response = session.stub.UpsertDeployment(pb.UpsertDeploymentRequest(deployment=deployment))
-    verb = "Created" if response.created else "Updated"
-    output.console.print(
-        f"{verb} deployment {response.deployment.name!r} ({entrypoint} in pool {pool_name!r})"
+    from control_plane.cli.deploying import apply_deployment
+    from control_plane.cli.project import DEFAULT_FILE, load_project, with_schema
+
+    if entrypoint is None:
+        flags = [flag for name, flag in _ENTRYPOINT_ONLY.items() if options[name]]
+        if flags or options["source"] != Path("."):
+            shown = ", ".join(flags) or "--source"
+            raise click.UsageError(
+                f"{shown}: only with ENTRYPOINT; a project file declares these per deployment"
+            )
+        declared = load_project(options["project_file"] or Path(DEFAULT_FILE), options["name"])
+    else:
+        declared = [flag_deployment(entrypoint, options)]
+    for item in declared:
+        deployment, note = with_schema(item)
+        applied = apply_deployment(session.stub, deployment)
+        for line in applied.lines():
+            output.console.print(line)
+        if note:
+            output.console.print(f"  ({note})")
+
+
+#: Options that describe one deployment: with a project file, the file says these.
+_ENTRYPOINT_ONLY = {
+    "pool_name": "--pool",
+    "git_url": "--git-url",
+    "git_ref": "--git-ref",
+    "git_subdir": "--git-subdir",
+    "shallow": "--shallow",
+    "git_token_env": "--git-token-env",
+    "git_token_secret": "--git-token-secret",
+    "archive_url": "--archive-url",
+    "sha256": "--sha256",
+    "params": "--param",
+    "job_variables": "--job-variable",
+    "tags": "--tag",
+    "description": "--description",
+}
+
+
+def flag_deployment(entrypoint: str, options: dict[str, Any]) -> Any:
+    """The deployment the ``deploy`` flags describe (see :func:`deploy`)."""
+    from control_plane.cli.project import Declared
+
+    if options["project_file"] is not None:
+        raise click.UsageError("give either ENTRYPOINT with flags or --file, not both")
+    for required in ("name", "pool_name"):
+        if not options[required]:
+            flag = "--" + required.removesuffix("_name")
+            raise click.UsageError(f"{flag} is required when deploying ENTRYPOINT")
+    if options["git_url"] and options["archive_url"]:
+        raise click.UsageError("give either --git-url or --archive-url, not both")
+    local = options["source"].resolve()
+    if options["git_url"]:
+        credentials = types_pb2.GitCredentials(token_env=options["git_token_env"])
+        if options["git_token_secret"]:
+            secret, sep, key = options["git_token_secret"].partition(":")
+            if not sep or not secret or not key:
+                raise click.BadParameter("use NAME:KEY", param_hint="--git-token-secret")
+            credentials.token_secret.CopyFrom(types_pb2.SecretKeyRef(name=secret, key=key))
+        git = types_pb2.GitSource(
+            url=options["git_url"],
+            ref=options["git_ref"],
+            subdirectory=options["git_subdir"],
+            shallow=options["shallow"],
+        )
+        if credentials.token_env or credentials.HasField("token_secret"):
+            git.credentials.CopyFrom(credentials)
+        source = types_pb2.Source(git=git)
+        code = local / options["git_subdir"] if options["git_subdir"] else local
+    elif options["archive_url"]:
+        source = types_pb2.Source(
+            archive=types_pb2.ArchiveSource(url=options["archive_url"], sha256=options["sha256"])
+        )
+        code = local
+    else:
+        source = types_pb2.Source(local=types_pb2.LocalSource(path=str(local)))
+        code = local
+    return Declared(
+        types_pb2.Deployment(
+            name=options["name"],
+            entrypoint=entrypoint,
+            source=source,
+            pool=options["pool_name"],
+            parameters_json=json.dumps(_parse_assignments(options["params"], "--param")),
+            job_variables_json=json.dumps(
+                _parse_assignments(options["job_variables"], "--job-variable")
+            ),
+            tags=list(options["tags"]),
+            description=options["description"],
+        ),
+        code,
     )
 
 
@@ -625,6 +719,7 @@ def runs_show(session: Session, run_id: str) -> None:
         ("Agent", run.agent_name or "-"),
         ("Infrastructure", run.infrastructure_id or "-"),
         ("Result", run.result_summary or "-"),
+        ("Source revision", run.source_revision or "-"),
     ]
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="bold")

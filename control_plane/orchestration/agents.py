@@ -26,6 +26,8 @@ class AssignMessage:
     base_job_template: dict[str, Any]
     job_variables: dict[str, Any]
     engine_token: str
+    secret_env: tuple[tuple[str, str, str], ...] = ()
+    """(variable, Secret name, key): environment the engine needs from Kubernetes Secrets."""
 
 
 @dataclass(frozen=True)

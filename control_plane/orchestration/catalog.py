@@ -8,7 +8,7 @@ from typing import Any
 
 from control_plane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from control_plane.models import Deployment, JSONObject, Pool, PoolType
-from control_plane.orchestration import clock, templates, validation
+from control_plane.orchestration import clock, sources, templates, validation
 from control_plane.store import catalog as repo
 from control_plane.store import runs as runs_repo
 from control_plane.store.db import Database
@@ -16,7 +16,6 @@ from engine.entrypoints import InvalidEntrypoint, parse_entrypoint
 
 MAX_ENTRYPOINT_CHARS = 1000
 MAX_FLOW_NAME_CHARS = 200
-MAX_PATH_CHARS = 4096
 MAX_TAGS = 100
 MAX_TAG_CHARS = 100
 MAX_DESCRIPTION_CHARS = 10_000
@@ -99,7 +98,7 @@ class Catalog:
             entrypoint = parse_entrypoint(spec.entrypoint)
         except InvalidEntrypoint as exc:
             raise InvalidArgument(f"deployment.entrypoint: {exc}") from None
-        _check_source(spec.source)
+        source = sources.check_source(spec.source)
         if not spec.pool:
             raise InvalidArgument("deployment.pool: required")
         validation.pool_name(spec.pool, "deployment.pool")
@@ -146,7 +145,7 @@ class Catalog:
                 name=spec.name,
                 flow_name=flow_name,
                 entrypoint=spec.entrypoint,
-                source=spec.source,
+                source=source,
                 pool_id=pool.id,
                 pool_name=pool.name,
                 parameters=parameters,
@@ -215,15 +214,3 @@ class Catalog:
                 )
             await runs_repo.delete_runs_of_deployment(conn, deployment.id)
             await repo.delete_deployment(conn, deployment.id)
-
-
-def _check_source(source: dict[str, Any]) -> None:
-    local = source.get("local")
-    if not isinstance(local, dict):
-        raise InvalidArgument("deployment.source: required (a local path)")
-    path = local.get("path", "")
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise InvalidArgument(
-            f"deployment.source.local.path: {validation.shown(path)} must be an absolute path"
-        )
-    validation.text(path, "deployment.source.local.path", MAX_PATH_CHARS)

@@ -22,7 +22,7 @@ from typing import Any
 
 from agent.templates import resolve_variables
 from control_plane.models import Run
-from control_plane.orchestration import clock, tokens
+from control_plane.orchestration import clock, sources, tokens
 from control_plane.orchestration.agents import AgentRegistry, AgentSession, AssignMessage
 from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.reports import requeue
@@ -109,6 +109,7 @@ class Dispatcher:
             if capacity <= 0:
                 return
             deployments: dict[str, dict[str, Any]] = {}
+            secrets: dict[str, tuple[tuple[str, str, str], ...]] = {}
             for run in await repo.due_runs(conn, pool_id, now, capacity):
                 session = max(sessions, key=lambda s: credits[s.id])
                 if credits[session.id] <= 0:
@@ -131,6 +132,9 @@ class Dispatcher:
                 if run.deployment_id not in deployments:
                     deployment = await catalog_repo.get_deployment(conn, id=run.deployment_id)
                     deployments[run.deployment_id] = deployment.job_variables if deployment else {}
+                    secrets[run.deployment_id] = (
+                        tuple(sources.secret_env(deployment.source)) if deployment else ()
+                    )
                 credits[session.id] -= 1
                 claimed.append((session, updated, token))
         for session, run, token in claimed:
@@ -147,6 +151,7 @@ class Dispatcher:
                         pool.base_job_template, deployments[run.deployment_id], run.job_variables
                     ),
                     engine_token=token,
+                    secret_env=secrets[run.deployment_id],
                 )
             )
             self._notifier.changed(run)

@@ -88,6 +88,8 @@ class Proposal:
     name: str = ""
     message: str = ""
     result_summary: str = ""
+    source_revision: str = ""
+    """What the engine fetched (a commit sha, an archive's sha256); empty if not said."""
 
 
 @dataclass(frozen=True)
@@ -421,6 +423,8 @@ class EngineReports:
                 columns: dict[str, object] = {"lease_deadline": None}
                 if proposal.type is StateType.COMPLETED:
                     columns["result_summary"] = proposal.result_summary[:2000]
+                if proposal.source_revision:
+                    columns["source_revision"] = proposal.source_revision
                 message = proposal.message
                 if proposal.type is StateType.CANCELLED:
                     message = run.state_message  # the user's reason, not how the engine heard it

@@ -15,6 +15,7 @@ from agent import templates as agent_templates
 from agent.kubernetes import manifests
 from control_plane.errors import InvalidArgument
 from control_plane.models import Deployment, JSONObject, Pool, PoolType
+from control_plane.orchestration import sources
 
 #: Run id used in dry runs, where no run exists yet.
 DRY_RUN_ID = "0" * 32
@@ -73,6 +74,7 @@ def render(
                 flow_name=deployment.flow_name,
                 server_address=DRY_RUN_SERVER,
                 engine_token=None,
+                secret_env=sources.secret_env(deployment.source),
             ).job
         rendered: JSONObject = agent_templates.apply_values(
             template["job_configuration"], variables

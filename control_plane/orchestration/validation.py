@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import SchemaError, ValidationError
 from referencing import Registry
 from referencing.exceptions import Unresolvable
 
@@ -372,9 +372,39 @@ def _parameters(values: dict[str, Any], schema: dict[str, Any] | None, flow: str
     if missing:
         names = ", ".join(shown(name) for name in missing)
         raise InvalidArgument(f"parameters: missing required parameter {names} for flow {flow!r}")
-    validator = Draft202012Validator(schema, registry=_NO_RETRIEVAL)
+    validator = Draft202012Validator(
+        schema, registry=_NO_RETRIEVAL, format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
     errors = sorted(validator.iter_errors(values), key=lambda e: [str(p) for p in e.path])
     if errors:
         error = errors[0]
         where = ".".join(str(part) for part in error.absolute_path) or "(parameters)"
-        raise InvalidArgument(f"parameters: {where}: {error.message}")
+        raise InvalidArgument(f"parameters: {where}: {_problem(error)}")
+
+
+def _problem(error: ValidationError) -> str:
+    """jsonschema's message, made specific where it is vague ("not valid under any of the
+    given schemas" says nothing about what would have been valid)."""
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    options = schema.get("anyOf") or schema.get("oneOf")
+    if error.validator in ("anyOf", "oneOf") and isinstance(options, list):
+        expected = [_expected(option) for option in options if isinstance(option, dict)]
+        return f"{shown(error.instance)} is not {' or '.join(expected)}"
+    if error.validator == "enum" and isinstance(schema.get("title"), str):
+        return f"{error.message} ({schema['title']})"
+    return error.message
+
+
+def _expected(schema: dict[str, Any]) -> str:
+    if "enum" in schema:
+        return "one of " + ", ".join(shown(value) for value in schema["enum"])
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = " or ".join(map(str, kind))
+    if isinstance(schema.get("format"), str):
+        return f"a {schema['format']} {kind or 'value'}"
+    if isinstance(schema.get("title"), str):
+        return f"a {schema['title']} ({kind or 'value'})"
+    if not kind:
+        return "a value of another shape"
+    return f"{'an' if str(kind)[0] in 'aeiou' else 'a'} {kind}"

@@ -121,6 +121,8 @@ flow_runs = Table(
     # When the engine of the current attempt last said it is alive.
     Column("last_heartbeat_at", UTCDateTime, nullable=True),
     Column("result_summary", Text, nullable=False),
+    # What the engine fetched and ran: a git commit sha or an archive's sha256.
+    Column("source_revision", String(128), nullable=False, server_default=""),
     UniqueConstraint("deployment_id", "idempotency_key"),
     Index(None, "pool_id", "state_type", "scheduled_at"),
     Index(None, "deployment_id", "created_at"),

@@ -367,6 +367,41 @@ def _deployments(world: World) -> list[Message]:
                 "kube-d", "kube", world.source, job_variables_json='{"image": "i"}'
             )
         ),
+        pb.UpsertDeploymentRequest(
+            deployment=types_pb2.Deployment(
+                name="from-git",
+                entrypoint="flows/etl.py:main",
+                pool="kube",
+                job_variables_json='{"image": "i"}',
+                source=types_pb2.Source(
+                    git=types_pb2.GitSource(
+                        url="https://git.example.com/org/repo.git",
+                        ref="v1.2.0",
+                        subdirectory="flows",
+                        shallow=True,
+                        credentials=types_pb2.GitCredentials(
+                            username="x-access-token",
+                            token_env="REPO_TOKEN",
+                            token_secret=types_pb2.SecretKeyRef(name="git-creds", key="token"),
+                        ),
+                    )
+                ),
+            )
+        ),
+        pb.UpsertDeploymentRequest(
+            deployment=types_pb2.Deployment(
+                name="from-archive",
+                entrypoint="flow.py:hello",
+                pool="pool-a",
+                source=types_pb2.Source(
+                    archive=types_pb2.ArchiveSource(
+                        url="https://files.example.com/code.tar.gz",
+                        sha256="ab" * 32,
+                        subdirectory="src",
+                    )
+                ),
+            )
+        ),
     ]
 
 

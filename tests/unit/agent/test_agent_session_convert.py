@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agent.models import InfraEvent, InfraEventKind, RunKey
+from agent.models import InfraEvent, InfraEventKind, RunKey, SecretEnv
 from agent.reports import InfraObserved
-from agent.session import _report_to_proto
+from agent.session import _assignment_from_proto, _report_to_proto
 from flowyard.v1 import agent_pb2
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -42,3 +42,18 @@ def test_an_infra_event_keeps_everything() -> None:
     assert infra.gave_up
     assert infra.exit_code == 0  # none known
     assert infra.observe_time.ToDatetime(tzinfo=UTC) == NOW
+
+
+def test_an_assignment_keeps_its_secret_env_and_hides_its_token() -> None:
+    assignment = _assignment_from_proto(
+        agent_pb2.Assign(
+            run_id="r" * 32,
+            attempt=1,
+            engine_token="tok-123",
+            secret_env=[
+                agent_pb2.SecretEnv(name="REPO_TOKEN", secret_name="creds", secret_key="token")
+            ],
+        )
+    )
+    assert assignment.secret_env == (SecretEnv("REPO_TOKEN", "creds", "token"),)
+    assert "tok-123" not in repr(assignment)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +19,7 @@ from agent.errors import ConfigurationError, KubernetesError, SubmitError
 from agent.kubernetes import manifests
 from agent.kubernetes.client import Resource
 from agent.kubernetes.objects import POD_START_TIMEOUT_ANNOTATION
-from agent.models import Assignment, InfraEvent, InfraEventKind, RunKey, RunningInfra
+from agent.models import Assignment, InfraEvent, InfraEventKind, RunKey, RunningInfra, SecretEnv
 from agent.runtimes.kubernetes import KubernetesRuntime
 from agent.settings import BackoffSettings, KubernetesSettings
 from tests.unit.agent.conftest import Eventually
@@ -455,3 +456,19 @@ async def test_start_fails_clearly_without_permission(kube: FakeKube, events: Ev
     runtime = KubernetesRuntime(SETTINGS, pool="pool-a", client=kube, environ={})
     with pytest.raises(ConfigurationError, match="credentials and Role"):
         await runtime.start(events)
+
+
+async def test_git_credentials_come_from_the_named_secret(
+    runtime: KubernetesRuntime, kube: FakeKube
+) -> None:
+    with_secret = dataclasses.replace(
+        assignment(), secret_env=(SecretEnv("REPO_TOKEN", "git-credentials", "token"),)
+    )
+    await runtime.submit(with_secret)
+    job = kube.get(Resource.JOBS, JOB)
+    assert job is not None
+    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["REPO_TOKEN"] == {
+        "name": "REPO_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "git-credentials", "key": "token"}},
+    }

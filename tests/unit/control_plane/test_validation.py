@@ -200,3 +200,25 @@ def test_a_stored_schema_that_cannot_be_evaluated_is_a_failed_precondition() -> 
 def test_free_text_is_bounded_and_storable(value: str, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         validation.text(value, "description", 10, required=True)
+
+
+def test_parameter_messages_say_what_was_expected() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "limit": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+            "colour": {"title": "Colour", "enum": ["red", "green"]},
+            "day": {"type": "string", "format": "date"},
+        },
+        "additionalProperties": False,
+    }
+    with pytest.raises(
+        InvalidArgument, match=r"parameters: limit: 'ten' is not an integer or a null"
+    ):
+        validation.parameters({"limit": "ten"}, schema, "f")
+    with pytest.raises(
+        InvalidArgument, match=r"parameters: colour: 'blue' is not one of .*\(Colour\)"
+    ):
+        validation.parameters({"colour": "blue"}, schema, "f")
+    with pytest.raises(InvalidArgument, match=r"parameters: day: '2026-13-45' is not a 'date'"):
+        validation.parameters({"day": "2026-13-45"}, schema, "f")

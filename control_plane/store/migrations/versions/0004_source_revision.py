@@ -1,0 +1,28 @@
+"""flow runs record the source revision the engine ran
+
+Revision ID: 0004_source_revision
+Revises: 0002
+Create Date: 2026-11-24
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004_source_revision"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("flow_runs", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("source_revision", sa.String(128), nullable=False, server_default="")
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("flow_runs", schema=None) as batch_op:
+        batch_op.drop_column("source_revision")
