@@ -20,7 +20,7 @@ import click
 import grpc
 from rich.table import Table
 
-from control_plane.cli import output
+from control_plane.cli import output, scheduling
 from control_plane.cli.client import Client, default_server, describe
 from control_plane.config import (
     DEFAULT_MAX_CONCURRENT_CALLS,
@@ -286,6 +286,29 @@ def pool_template(pool_type: str) -> None:
 )
 @click.option("--tag", "tags", multiple=True, help="Tag (repeatable).")
 @click.option("--description", default="", help="Free-form description.")
+@click.option("--queue", default="default", show_default=True, help="Pool queue runs go to.")
+@click.option("--retries", type=int, default=0, show_default=True, help="Retries of a FAILED run.")
+@click.option(
+    "--retry-delay", type=int, default=0, show_default=True, help="Seconds before a retry."
+)
+@click.option("--cron", "crons", multiple=True, metavar="EXPR", help="Cron schedule (repeatable).")
+@click.option("--timezone", default="", help="IANA time zone of the --cron schedules (UTC).")
+@click.option(
+    "--interval",
+    "intervals",
+    multiple=True,
+    type=int,
+    metavar="SECONDS",
+    help="Interval (repeatable).",
+)
+@click.option("--concurrency-limit", type=int, default=0, show_default=True, help="0: none.")
+@click.option(
+    "--collision-strategy",
+    type=click.Choice(["enqueue", "cancel-new"]),
+    default="enqueue",
+    show_default=True,
+    help="What a run does when the deployment is at its concurrency limit.",
+)
 @click.pass_obj
 def deploy(
     session: Session,
@@ -297,6 +320,14 @@ def deploy(
     job_variables: tuple[str, ...],
     tags: tuple[str, ...],
     description: str,
+    queue: str,
+    retries: int,
+    retry_delay: int,
+    crons: tuple[str, ...],
+    timezone: str,
+    intervals: tuple[int, ...],
+    concurrency_limit: int,
+    collision_strategy: str,
 ) -> None:
     """Create or update a deployment of ENTRYPOINT (path/to/file.py:fn or pkg.module:fn).
 
@@ -311,6 +342,17 @@ def deploy(
         job_variables=_parse_assignments(job_variables, "--job-variable"),
         tags=tags,
         description=description,
+    )
+    scheduling.apply_deploy_options(
+        deployment,
+        queue=queue,
+        retries=retries,
+        retry_delay=retry_delay,
+        crons=crons,
+        timezone=timezone,
+        intervals=intervals,
+        concurrency_limit=concurrency_limit,
+        collision_strategy=collision_strategy,
     )
     response = session.stub.UpsertDeployment(pb.UpsertDeploymentRequest(deployment=deployment))
     verb = "Created" if response.created else "Updated"
@@ -405,6 +447,9 @@ def deployment_render(
         import yaml
 
         click.echo(yaml.safe_dump(manifest, sort_keys=False), nl=False)
+
+
+scheduling.register(pool, deployment)
 
 
 @cli.group("agent")
@@ -534,6 +579,7 @@ def follow_logs(
     attempt, seq = 0, 0
     state = types_pb2.RunState()
     failures = 0
+    shown_attempt = 0
     while True:
         try:
             for message in stub.TailLogs(
@@ -542,7 +588,12 @@ def follow_logs(
                 )
             ):
                 failures = 0
-                output.print_lines(message.lines, show_attempt)
+                for line in message.lines:
+                    if line.attempt != shown_attempt:
+                        # One header per attempt, so a retried run's attempts stand apart.
+                        shown_attempt = line.attempt
+                        output.console.print(f"=== attempt {line.attempt} ===", style="bold")
+                    output.print_lines([line], show_attempt)
                 if message.lines:
                     attempt, seq = message.lines[-1].attempt, message.lines[-1].seq
                 state = message.state
@@ -609,7 +660,9 @@ def runs_show(session: Session, run_id: str) -> None:
         ("Flow", run.flow_name),
         ("Pool", run.pool),
         ("State", output.state_text(run.state)),
-        ("Attempt", str(run.attempt)),
+        ("Attempt", f"{run.attempt} of {run.max_retries + 1}"),
+        ("Queue", run.queue or "-"),
+        ("Schedule", run.schedule_name or "-"),
         ("Parameters", run.parameters_json),
         ("Agent", run.agent_name or "-"),
         ("Infrastructure", run.infrastructure_id or "-"),
@@ -633,6 +686,7 @@ def runs_show(session: Session, run_id: str) -> None:
             first,
         )
     output.console.print(history)
+    output.console.print(scheduling.attempts_table(response.history))
 
 
 @cli.command()
