@@ -132,6 +132,7 @@ class Catalog:
             validation.text(tag, f"deployment.tags[{index}]", MAX_TAG_CHARS, required=True)
         validation.text(spec.description, "deployment.description", MAX_DESCRIPTION_CHARS)
         schedules.check(spec.scheduling)
+        schedules.check_parameters(spec.scheduling, parameters, schema, flow_name)
         now = clock.now()
         async with self._db.write() as conn:
             pool = await repo.get_pool(conn, name=spec.pool)

@@ -22,7 +22,7 @@ from functools import lru_cache
 
 from croniter import croniter
 
-from control_plane.errors import InvalidArgument
+from control_plane.errors import FlowyardError, InvalidArgument
 from control_plane.models import Schedule, Scheduling
 from control_plane.orchestration import validation
 
@@ -73,6 +73,24 @@ def check(scheduling: Scheduling, field: str = "deployment") -> None:
             )
         seen.add(schedule.name)
         check_schedule(schedule, where)
+
+
+def check_parameters(
+    scheduling: Scheduling,
+    defaults: dict[str, object],
+    schema: dict[str, object] | None,
+    flow: str,
+) -> None:
+    """Every schedule's runs must satisfy the flow's parameters: INVALID_ARGUMENT naming the
+    schedule otherwise (a run it would create could never start)."""
+    for index, schedule in enumerate(scheduling.schedules):
+        try:
+            validation.parameters({**defaults, **schedule.parameters}, schema, flow)
+        except FlowyardError as error:
+            raise InvalidArgument(
+                f"deployment.schedules[{index}] ({schedule.name!r}): its runs would be refused: "
+                f"{error}; give the parameter in the deployment's or the schedule's parameters"
+            ) from None
 
 
 def check_schedule(schedule: Schedule, where: str) -> None:
