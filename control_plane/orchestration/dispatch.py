@@ -110,6 +110,9 @@ class Dispatcher:
         claimed: list[tuple[AgentSession, Run, str]] = []
         changed: list[Run] = []
         async with self._db.write() as conn:
+            # Read the time under the write lock: a run that ended while this pass waited
+            # for it ended before the claims that take its slot.
+            now = max(now, clock.now())
             pool = await catalog_repo.get_pool(conn, id=pool_id)
             if pool is None or pool.paused:
                 return
