@@ -175,7 +175,13 @@ async def build(config: ServerConfig) -> App:
     )
     runs = Runs(db, notifier, agents)
     scheduler = Scheduler(db, runs)
-    catalog = Catalog(db, scheduler.wake)
+
+    def deployment_changed() -> None:
+        # New schedules are the scheduler's business; a raised limit, the dispatcher's.
+        scheduler.wake()
+        dispatcher.wake()
+
+    catalog = Catalog(db, deployment_changed)
     queues = Queues(db, dispatcher.wake)
     schedules = Schedules(db, scheduler.wake)
 

@@ -566,6 +566,11 @@ def test_server_streams_refuse_bad_requests_at_once_and_change_nothing(
     request_type = getattr(pb, f"{method}Request")
     valid = [request_type(run_id=run) for run in world.runs]
     request = data.draw(requests(request_type, valid, hints), label="request")
+    if method == "TailLogs" and request.run_id != world.running[0]:
+        # Following a live run that has written no line yet (whether one is live depends on
+        # what earlier examples cancelled) rightly waits for its first line: there is no
+        # first answer to check. The running run has lines, so it is followed.
+        request.follow = False
     world.fuzz.first_answer(getattr(world.fuzz.control, method), request)
 
 
