@@ -221,6 +221,8 @@ class Catalog:
             deployment = await repo.get_deployment(conn, name=name)
             if deployment is None:
                 raise NotFound(f"deployment {name!r} not found")
+            # Runs its schedules created ahead of time go with it; started ones block.
+            await runs_repo.delete_future_scheduled(conn, deployment.id, clock.now())
             unfinished = await runs_repo.count_unfinished(conn, deployment.id)
             if unfinished:
                 raise FailedPrecondition(

@@ -304,3 +304,12 @@ async def test_scheduled_runs_go_late_and_still_dispatch(late_plane: Plane) -> N
         agent_pb2.ConnectRequest(accepted=agent_pb2.Accepted(run_id=assign.run_id, attempt=1))
     )
     await agent.close()
+
+
+async def test_a_scheduled_deployment_can_be_deleted_with_its_future_runs(ready: Plane) -> None:
+    await with_fields(ready, schedules=[INTERVAL])
+    await eventually(lambda: _at_least(ready, 6), "runs ahead")
+    await ready.control.DeleteDeployment(control_plane_pb2.DeleteDeploymentRequest(name="hello"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await ready.control.GetDeployment(control_plane_pb2.GetDeploymentRequest(name="hello"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
