@@ -564,17 +564,18 @@ def run_command(
     if not watch:
         output.console.print(run.id)
         return
-    final = follow_logs(session.stub, run.id, follow=True)
+    final = follow_logs(session.stub, run.id, follow=True, headers=run.max_retries > 0)
     finish(final)
 
 
 def follow_logs(
-    stub: Any, run_id: str, follow: bool, show_attempt: bool = False
+    stub: Any, run_id: str, follow: bool, show_attempt: bool = False, headers: bool = False
 ) -> types_pb2.RunState:
     """Print a run's logs (history, then live lines with ``follow``); return the last state seen.
 
-    If the stream breaks, it reconnects from the last line printed: nothing is missed or
-    printed twice.
+    With ``headers`` (runs that may have several attempts), a line ``=== attempt N ===`` comes
+    before each attempt's lines. If the stream breaks, it reconnects from the last line
+    printed: nothing is missed or printed twice.
     """
     attempt, seq = 0, 0
     state = types_pb2.RunState()
@@ -589,7 +590,7 @@ def follow_logs(
             ):
                 failures = 0
                 for line in message.lines:
-                    if line.attempt != shown_attempt:
+                    if headers and line.attempt != shown_attempt:
                         # One header per attempt, so a retried run's attempts stand apart.
                         shown_attempt = line.attempt
                         output.console.print(f"=== attempt {line.attempt} ===", style="bold")
@@ -694,8 +695,9 @@ def runs_show(session: Session, run_id: str) -> None:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run ends.")
 @click.pass_obj
 def logs(session: Session, run_id: str, follow: bool) -> None:
-    """Print a run's logs."""
-    follow_logs(session.stub, run_id, follow=follow)
+    """Print a run's logs (a header line per attempt for runs that may be retried)."""
+    run = session.stub.GetRun(pb.GetRunRequest(run_id=run_id)).run
+    follow_logs(session.stub, run_id, follow=follow, headers=run.max_retries > 0 or run.attempt > 1)
 
 
 @cli.command()

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from control_plane.errors import FlowyardError, InvalidArgument
 from control_plane.models import Schedule, Scheduling
@@ -105,6 +105,11 @@ def check_schedule(schedule: Schedule, where: str) -> None:
             )
         if schedule.timezone:
             zone(schedule.timezone, f"{where}.cron.timezone")
+        if not next_times(schedule, EPOCH, 1):
+            raise InvalidArgument(
+                f"{where}.cron.expression: {validation.shown(schedule.cron)} never fires "
+                "(e.g. a day that no month has)"
+            )
     elif schedule.interval_seconds:
         if not 1 <= schedule.interval_seconds <= MAX_INTERVAL_SECONDS:
             raise InvalidArgument(
@@ -134,11 +139,15 @@ def _zone(name: str) -> zoneinfo.ZoneInfo:
 
 
 def fire_times(schedule: Schedule, after: datetime) -> Iterator[datetime]:
-    """The schedule's firing instants (UTC) strictly after ``after``, soonest first, forever."""
-    if schedule.cron:
-        yield from _cron_times(schedule.cron, _zone(schedule.timezone or "UTC"), after)
-    else:
-        yield from _interval_times(schedule.interval_seconds, schedule.anchor or EPOCH, after)
+    """The schedule's firing instants (UTC) strictly after ``after``, soonest first, until the
+    end of the calendar (or never, for a cron that names no existing day)."""
+    try:
+        if schedule.cron:
+            yield from _cron_times(schedule.cron, _zone(schedule.timezone or "UTC"), after)
+        else:
+            yield from _interval_times(schedule.interval_seconds, schedule.anchor or EPOCH, after)
+    except (OverflowError, CroniterBadDateError):
+        return
 
 
 def upcoming(schedule: Schedule, now: datetime) -> list[datetime]:

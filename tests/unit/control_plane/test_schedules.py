@@ -81,6 +81,7 @@ def test_idempotency_keys_name_the_schedule_and_the_firing() -> None:
         (Schedule("zone", cron="0 * * * *", timezone="Mars/Olympus"), "not an IANA time zone"),
         (Schedule("fast", interval_seconds=-1), "fast"),
         (Schedule("empty"), "set cron"),
+        (Schedule("never", cron="0 0 31 2 *"), "never fires"),
     ],
 )
 def test_bad_schedules_are_refused_naming_the_schedule(schedule: Schedule, message: str) -> None:
@@ -103,3 +104,9 @@ def test_retries_and_limits_are_bounded() -> None:
         schedules.check(Scheduling(retry_delay_seconds=-1))
     with pytest.raises(InvalidArgument, match="concurrency_limit"):
         schedules.check(Scheduling(concurrency_limit=-1))
+
+
+def test_firings_stop_at_the_end_of_the_calendar() -> None:
+    late = Schedule("late", interval_seconds=86_400 * 365, anchor=datetime(9999, 6, 1, tzinfo=UTC))
+    assert schedules.next_times(late, utc(2026, 1, 1), 3) == [datetime(9999, 6, 1, tzinfo=UTC)]
+    assert len(schedules.upcoming(late, utc(2026, 1, 1))) == 1
