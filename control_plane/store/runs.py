@@ -369,15 +369,6 @@ async def mark_waiting(
     return changed
 
 
-async def count_active(conn: AsyncConnection, pool_id: str) -> int:
-    """How many runs of a pool hold a claim or infrastructure (PENDING, RUNNING, CANCELLING)."""
-    query = select(func.count()).where(
-        flow_runs.c.pool_id == pool_id,
-        flow_runs.c.state_type.in_([t.value for t in ACTIVE]),
-    )
-    return int((await conn.execute(query)).scalar_one())
-
-
 async def next_scheduled_time(
     conn: AsyncConnection, pool_ids: Iterable[str], after: datetime
 ) -> datetime | None:
