@@ -222,17 +222,18 @@ class Dispatcher:
         A waiting run is written once, when it starts waiting; later passes leave it alone
         until a slot frees and it is dispatched in its turn.
         """
-        due = await repo.due_runs_of_deployment(conn, limit.id, now, HOLD_BATCH)
         if limit.collision is Collision.CANCEL_NEW:
             state = State(
                 StateType.CANCELLED,
                 message=f"Cancelled: {reason}; the deployment's collision strategy is CANCEL_NEW",
             )
-            waiting = due
+            due = await repo.due_runs_of_deployment(conn, limit.id, now, HOLD_BATCH)
         else:
             state = State(StateType.SCHEDULED, AWAITING_CONCURRENCY_SLOT, reason)
-            waiting = [run for run in due if run.state_name != AWAITING_CONCURRENCY_SLOT]
-        return await repo.mark_waiting(conn, waiting, state, now)
+            due = await repo.due_runs_of_deployment(
+                conn, limit.id, now, HOLD_BATCH, except_name=AWAITING_CONCURRENCY_SLOT
+            )
+        return await repo.mark_waiting(conn, due, state, now)
 
     async def _expire_leases(self, now: datetime) -> None:
         # Most passes find nothing: look with a reader before queueing for the write lock.

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from control_plane.errors import FailedPrecondition, InvalidArgument, NotFound
-from control_plane.models import Run, StateRecord
+from control_plane.models import Deployment, Run, Schedule, StateRecord
 from control_plane.orchestration import clock, queues, templates, validation
 from control_plane.orchestration.agents import AgentRegistry, CancelMessage
 from control_plane.orchestration.changes import Notifier, claimed, retrying
@@ -45,6 +45,8 @@ class RunRequest:
     queue: str = ""
     #: The schedule that creates the run (the scheduler), empty for runs created by hand.
     schedule_name: str = ""
+    #: The schedule as the scheduler read it: the run is created only if it is still so.
+    schedule: Schedule | None = None
 
 
 class Runs:
@@ -72,6 +74,8 @@ class Runs:
                 existing = await repo.get_run_by_key(conn, deployment.id, key)
                 if existing is not None:
                     return existing, False
+            if request.schedule is not None:
+                _check_schedule_current(deployment, request.schedule)
             merged = {**deployment.parameters, **parameters}
             validation.parameters(merged, deployment.parameter_schema, deployment.flow_name)
             pool = await catalog_repo.get_pool(conn, id=deployment.pool_id)
@@ -225,6 +229,20 @@ class Runs:
         if run.state_type is StateType.PENDING:
             return bool(run.infrastructure_id) or self._agents.get(run.agent_session_id) is not None
         return run.state_type is not StateType.SCHEDULED
+
+
+def _check_schedule_current(deployment: Deployment, schedule: Schedule) -> None:
+    """FAILED_PRECONDITION unless ``schedule`` is still an active schedule of the deployment.
+
+    Checked in the transaction that inserts the run: a scheduler pass that read the
+    deployment before it was changed or paused cannot create a run of the old definition.
+    """
+    scheduling = deployment.scheduling
+    current = {s.name: s for s in scheduling.schedules}.get(schedule.name)
+    if scheduling.paused or current is None or current.paused or current != schedule:
+        raise FailedPrecondition(
+            f"schedule {schedule.name!r} of deployment {deployment.name!r} changed or is paused"
+        )
 
 
 def _encode_page_token(created_at: datetime, run_id: str) -> str:

@@ -98,6 +98,7 @@ class Scheduler:
             idempotency_key=schedules.idempotency_key(schedule.name, when),
             scheduled_at=when,
             schedule_name=schedule.name,
+            schedule=schedule,
         )
         try:
             run, created = await self._runs.create(request)

@@ -286,9 +286,10 @@ async def due_runs(
 
 
 async def due_runs_of_deployment(
-    conn: AsyncConnection, deployment_id: str, now: datetime, limit: int
+    conn: AsyncConnection, deployment_id: str, now: datetime, limit: int, *, except_name: str = ""
 ) -> list[Run]:
-    """SCHEDULED runs of one deployment whose time has come, oldest due first."""
+    """SCHEDULED runs of one deployment whose time has come, oldest due first (leaving out
+    those whose sub-state is ``except_name``)."""
     query = (
         _select_runs()
         .where(
@@ -299,6 +300,8 @@ async def due_runs_of_deployment(
         .order_by(flow_runs.c.scheduled_at, flow_runs.c.id)
         .limit(limit)
     )
+    if except_name:
+        query = query.where(flow_runs.c.state_name != except_name)
     return [_run(row) for row in await conn.execute(query)]
 
 
