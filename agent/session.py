@@ -165,6 +165,7 @@ class Session:
         return agent_pb2.Hello(
             agent_name=self._agent.name,
             pool=self._agent.pool,
+            queues=list(self._agent.queues),
             capacity=state.capacity,
             runtime=self._runtime_name,
             version=__version__,

@@ -78,6 +78,8 @@ class AgentSettings:
     name: str
     capacity: int = DEFAULT_CAPACITY
     runtime: str = "process"
+    # Pool queues to take runs from; empty means every queue of the pool.
+    queues: tuple[str, ...] = ()
     # On SIGTERM: how long in-flight work (a submission, the last reports) may take to finish.
     shutdown_grace: float = 5.0
 
@@ -171,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Take runs of one Flowyard work pool and run them on this machine.",
     )
     parser.add_argument("--pool", help="work pool to serve (env FLOWYARD_POOL); required")
+    parser.add_argument(
+        "--queue",
+        action="append",
+        default=[],
+        dest="queues",
+        help="take runs only from this pool queue (repeatable; default: every queue)",
+    )
     parser.add_argument(
         "--server",
         help=f"control plane address HOST:PORT (env FLOWYARD_SERVER, default {DEFAULT_SERVER})",
@@ -312,7 +321,13 @@ def _settings(
     work_dir = Path(args.work_dir).expanduser() if args.work_dir else None
 
     return Settings(
-        agent=AgentSettings(pool=pool, name=name, capacity=capacity, runtime=args.runtime),
+        agent=AgentSettings(
+            pool=pool,
+            name=name,
+            capacity=capacity,
+            runtime=args.runtime,
+            queues=tuple(q.strip() for q in args.queues if q.strip()),
+        ),
         connection=ConnectionSettings(server=server),
         process=ProcessSettings(
             engine_command=engine_command, work_dir=work_dir, cancel_grace=cancel_grace

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,56 @@ class Pool:
     updated_at: datetime
 
 
+DEFAULT_QUEUE = "default"
+
+
+@dataclass(frozen=True)
+class WorkQueue:
+    """A lane inside a pool: a priority (lower first), a concurrency limit, a pause switch."""
+
+    id: str
+    pool_id: str
+    name: str
+    priority: int
+    concurrency_limit: int
+    paused: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class Collision(enum.StrEnum):
+    """What a run does when its deployment is at its concurrency limit (stored values)."""
+
+    ENQUEUE = "ENQUEUE"
+    CANCEL_NEW = "CANCEL_NEW"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When the scheduler creates runs of a deployment: a cron in a zone, or an interval."""
+
+    name: str
+    cron: str = ""
+    timezone: str = ""
+    interval_seconds: int = 0
+    anchor: datetime | None = None
+    paused: bool = False
+    parameters: JSONObject = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """A deployment's queue, retries, concurrency limit and schedules."""
+
+    queue: str = DEFAULT_QUEUE
+    retries: int = 0
+    retry_delay_seconds: int = 0
+    concurrency_limit: int = 0
+    collision: Collision = Collision.ENQUEUE
+    paused: bool = False
+    schedules: tuple[Schedule, ...] = ()
+
+
 @dataclass(frozen=True)
 class Deployment:
     """A deployment: a flow, its code's source, its defaults and its pool."""
@@ -51,6 +101,7 @@ class Deployment:
     description: str
     created_at: datetime
     updated_at: datetime
+    scheduling: Scheduling = field(default_factory=Scheduling)
 
 
 @dataclass(frozen=True)
@@ -86,6 +137,10 @@ class Run:
     result_summary: str
     last_heartbeat_at: datetime | None = None
     source_revision: str = ""
+    queue_id: str | None = None
+    queue_name: str = DEFAULT_QUEUE
+    max_retries: int = 0
+    schedule_name: str = ""
 
     @property
     def is_terminal(self) -> bool:

@@ -2,9 +2,9 @@
 
 ``serve(config)`` migrates the database, starts the ``grpc.aio`` server with the three
 Flowyard services plus the standard health and reflection services, starts the dispatcher,
-and runs until SIGTERM/SIGINT. Shutdown: health goes NOT_SERVING, agent streams are told to
-end, in-flight calls get ``shutdown_grace_seconds``, then the dispatcher is cancelled and
-awaited and the database closed.
+the reaper and the scheduler, and runs until SIGTERM/SIGINT. Shutdown: health goes
+NOT_SERVING, agent streams are told to end, in-flight calls get ``shutdown_grace_seconds``,
+then the background tasks are cancelled and awaited and the database closed.
 
 User calls pass admission control first (``control_plane.admission``); the gRPC limits below
 are set so that under a burst it is admission control, with its retry hint, that refuses
@@ -36,8 +36,10 @@ from control_plane.orchestration.catalog import Catalog
 from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.dispatch import Dispatcher
 from control_plane.orchestration.liveness import LivenessPolicy, Reaper
+from control_plane.orchestration.queues import Queues
 from control_plane.orchestration.reports import AgentReports, EngineReports
 from control_plane.orchestration.runs import Runs
+from control_plane.orchestration.scheduler import Scheduler, Schedules
 from control_plane.orchestration.signals import Signals
 from control_plane.store.db import Database
 from flowyard.v1 import (
@@ -120,6 +122,7 @@ class App:
     agents: AgentRegistry
     dispatcher: Dispatcher
     reaper: Reaper
+    scheduler: Scheduler
     server: grpc.aio.Server
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     port: int
@@ -133,6 +136,7 @@ class App:
         self.tasks = [
             asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
             asyncio.create_task(self.reaper.run(), name="reaper"),
+            asyncio.create_task(self.scheduler.run(), name="scheduler"),
         ]
 
     async def stop(self, grace: float) -> None:
@@ -169,13 +173,24 @@ async def build(config: ServerConfig) -> App:
             cancelling_timeout=timedelta(seconds=config.cancelling_timeout_seconds),
         ),
     )
-    catalog = Catalog(db)
     runs = Runs(db, notifier, agents)
+    scheduler = Scheduler(db, runs)
+
+    def deployment_changed() -> None:
+        # New schedules are the scheduler's business; a raised limit, the dispatcher's.
+        scheduler.wake()
+        dispatcher.wake()
+
+    catalog = Catalog(db, deployment_changed)
+    queues = Queues(db, dispatcher.wake)
+    schedules = Schedules(db, scheduler.wake)
 
     admission = Admission(config.max_concurrent_calls, lambda: db.in_flight, ADMITTED_SERVICES)
     server = grpc.aio.server(interceptors=[admission], options=server_options(config))
     control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(
-        ControlPlaneServicer(db, catalog, runs, agents, signals),  # type: ignore[abstract]
+        ControlPlaneServicer(  # type: ignore[abstract]
+            db, catalog, runs, agents, signals, queues, schedules
+        ),
         server,
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
@@ -206,7 +221,7 @@ async def build(config: ServerConfig) -> App:
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     port = server.add_insecure_port(f"{config.host}:{config.port}")
-    return App(db, agents, dispatcher, reaper, server, health_servicer, port)
+    return App(db, agents, dispatcher, reaper, scheduler, server, health_servicer, port)
 
 
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:

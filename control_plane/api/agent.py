@@ -21,7 +21,7 @@ from control_plane import __version__
 from control_plane.api import convert
 from control_plane.api.errors import streaming
 from control_plane.errors import FlowyardError, InvalidArgument
-from control_plane.orchestration import clock, validation
+from control_plane.orchestration import clock, queues, validation
 from control_plane.orchestration.agents import (
     AgentRegistry,
     AgentSession,
@@ -166,6 +166,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             pool_name=pool.name,
             runtime=hello.runtime,
             credits=hello.capacity,
+            queues=await queues.check_names(self._db, pool, list(hello.queues), "hello.queues"),
         )
 
     async def _read(

@@ -10,11 +10,13 @@ from typing import Any
 from control_plane.api import convert
 from control_plane.api.errors import streaming, unary
 from control_plane.errors import InvalidArgument
-from control_plane.models import LogRecord, Run
+from control_plane.models import LogRecord, Pool, Run
 from control_plane.orchestration import validation
 from control_plane.orchestration.agents import AgentRegistry
 from control_plane.orchestration.catalog import Catalog, DeploymentSpec
+from control_plane.orchestration.queues import Queues, QueueSpec
 from control_plane.orchestration.runs import RunRequest, Runs
+from control_plane.orchestration.scheduler import Schedules
 from control_plane.orchestration.signals import Signals, run_key
 from control_plane.store import logs as logs_repo
 from control_plane.store.db import Database
@@ -36,13 +38,27 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
     """Pools, deployments, runs and logs for users."""
 
     def __init__(
-        self, db: Database, catalog: Catalog, runs: Runs, agents: AgentRegistry, signals: Signals
+        self,
+        db: Database,
+        catalog: Catalog,
+        runs: Runs,
+        agents: AgentRegistry,
+        signals: Signals,
+        queues: Queues,
+        schedules: Schedules,
     ) -> None:
         self._db = db
         self._catalog = catalog
         self._runs = runs
         self._agents = agents
         self._signals = signals
+        self._queues = queues
+        self._schedules = schedules
+
+    async def _pool_to_proto(self, pool: Pool) -> types_pb2.WorkPool:
+        return convert.pool_to_proto(
+            pool, self._agents.count_in_pool(pool.id), await self._queues.of_pool(pool.id)
+        )
 
     @unary
     async def CreatePool(
@@ -54,23 +70,46 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             request.base_job_template_json,
             request.concurrency_limit,
         )
-        return pb.CreatePoolResponse(pool=convert.pool_to_proto(pool, 0))
+        return pb.CreatePoolResponse(pool=await self._pool_to_proto(pool))
 
     @unary
     async def GetPool(self, request: pb.GetPoolRequest, context: Context) -> pb.GetPoolResponse:
         pool = await self._catalog.get_pool(request.name)
-        return pb.GetPoolResponse(
-            pool=convert.pool_to_proto(pool, self._agents.count_in_pool(pool.id))
-        )
+        return pb.GetPoolResponse(pool=await self._pool_to_proto(pool))
 
     @unary
     async def ListPools(
         self, request: pb.ListPoolsRequest, context: Context
     ) -> pb.ListPoolsResponse:
         pools = await self._catalog.list_pools()
+        queues = await self._queues.by_pool()
         return pb.ListPoolsResponse(
-            pools=[convert.pool_to_proto(p, self._agents.count_in_pool(p.id)) for p in pools]
+            pools=[
+                convert.pool_to_proto(p, self._agents.count_in_pool(p.id), queues.get(p.id, []))
+                for p in pools
+            ]
         )
+
+    @unary
+    async def UpdatePool(
+        self, request: pb.UpdatePoolRequest, context: Context
+    ) -> pb.UpdatePoolResponse:
+        pool = await self._queues.update_pool(
+            request.name,
+            request.concurrency_limit if request.HasField("concurrency_limit") else None,
+            request.paused if request.HasField("paused") else None,
+        )
+        return pb.UpdatePoolResponse(pool=await self._pool_to_proto(pool))
+
+    @unary
+    async def UpsertQueue(
+        self, request: pb.UpsertQueueRequest, context: Context
+    ) -> pb.UpsertQueueResponse:
+        q = request.queue
+        pool, created = await self._queues.upsert(
+            QueueSpec(request.pool, q.name, q.priority, q.concurrency_limit, q.paused)
+        )
+        return pb.UpsertQueueResponse(pool=await self._pool_to_proto(pool), created=created)
 
     @unary
     async def UpsertDeployment(
@@ -89,6 +128,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 job_variables_json=d.job_variables_json,
                 tags=tuple(d.tags),
                 description=d.description,
+                scheduling=convert.scheduling_from_proto(d),
             )
         )
         return pb.UpsertDeploymentResponse(
@@ -119,6 +159,32 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         return pb.DeleteDeploymentResponse()
 
     @unary
+    async def PauseDeployment(
+        self, request: pb.PauseDeploymentRequest, context: Context
+    ) -> pb.PauseDeploymentResponse:
+        deployment = await self._schedules.pause(
+            request.name, request.schedule_name, request.paused
+        )
+        return pb.PauseDeploymentResponse(deployment=convert.deployment_to_proto(deployment))
+
+    @unary
+    async def ListSchedules(
+        self, request: pb.ListSchedulesRequest, context: Context
+    ) -> pb.ListSchedulesResponse:
+        deployment, statuses = await self._schedules.list(request.deployment_name, request.upcoming)
+        return pb.ListSchedulesResponse(
+            schedules=[
+                pb.ScheduleStatus(
+                    schedule=convert.schedule_to_proto(status.schedule),
+                    next_times=[convert.required_timestamp(t) for t in status.next_times],
+                    scheduled_runs=[convert.run_to_proto(r) for r in status.runs],
+                )
+                for status in statuses
+            ],
+            deployment_paused=deployment.scheduling.paused,
+        )
+
+    @unary
     async def RenderDeployment(
         self, request: pb.RenderDeploymentRequest, context: Context
     ) -> pb.RenderDeploymentResponse:
@@ -144,6 +210,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                     if request.HasField("scheduled_time")
                     else None
                 ),
+                queue=request.queue,
             )
         )
         return pb.CreateRunResponse(run=convert.run_to_proto(run), created=created)
@@ -161,7 +228,11 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             convert.state_type(t, f"state_types[{i}]") for i, t in enumerate(request.state_types)
         ]
         runs, token = await self._runs.list(
-            request.deployment_name, types, request.page_size, request.page_token
+            request.deployment_name,
+            types,
+            request.page_size,
+            request.page_token,
+            request.schedule_name,
         )
         return pb.ListRunsResponse(
             runs=[convert.run_to_proto(r) for r in runs], next_page_token=token

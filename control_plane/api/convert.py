@@ -10,7 +10,20 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from control_plane.errors import InvalidArgument
-from control_plane.models import Deployment, LogRecord, LogStream, Pool, PoolType, Run, StateRecord
+from control_plane.models import (
+    Collision,
+    Deployment,
+    LogRecord,
+    LogStream,
+    Pool,
+    PoolType,
+    Run,
+    Schedule,
+    Scheduling,
+    StateRecord,
+    WorkQueue,
+)
+from control_plane.orchestration import validation
 from control_plane.orchestration.states import StateType
 from flowyard.v1 import types_pb2
 
@@ -33,6 +46,13 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     """A protobuf Timestamp, or None for an unset time."""
     if value is None:
         return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def required_timestamp(value: datetime) -> Timestamp:
+    """A protobuf Timestamp of a time that is always set."""
     ts = Timestamp()
     ts.FromDatetime(value)
     return ts
@@ -86,7 +106,15 @@ def log_stream(value: types_pb2.LogStream.ValueType) -> LogStream:
     return LogStream.UNSPECIFIED
 
 
-def pool_to_proto(pool: Pool, connected_agents: int) -> types_pb2.WorkPool:
+COLLISIONS = {
+    Collision.ENQUEUE: types_pb2.COLLISION_STRATEGY_ENQUEUE,
+    Collision.CANCEL_NEW: types_pb2.COLLISION_STRATEGY_CANCEL_NEW,
+}
+
+
+def pool_to_proto(
+    pool: Pool, connected_agents: int, queues: list[WorkQueue] | None = None
+) -> types_pb2.WorkPool:
     """A WorkPool message."""
     return types_pb2.WorkPool(
         name=pool.name,
@@ -97,7 +125,83 @@ def pool_to_proto(pool: Pool, connected_agents: int) -> types_pb2.WorkPool:
         create_time=timestamp(pool.created_at),
         update_time=timestamp(pool.updated_at),
         connected_agents=connected_agents,
+        queues=[queue_to_proto(q) for q in queues or []],
     )
+
+
+def queue_to_proto(queue: WorkQueue) -> types_pb2.WorkQueue:
+    """A WorkQueue message."""
+    return types_pb2.WorkQueue(
+        name=queue.name,
+        priority=queue.priority,
+        concurrency_limit=queue.concurrency_limit,
+        paused=queue.paused,
+    )
+
+
+def collision(value: types_pb2.CollisionStrategy.ValueType, field: str) -> Collision:
+    """The domain collision strategy (UNSPECIFIED is ENQUEUE); INVALID_ARGUMENT if unknown."""
+    if value == types_pb2.COLLISION_STRATEGY_UNSPECIFIED:
+        return Collision.ENQUEUE
+    for domain, wire in COLLISIONS.items():
+        if wire == value:
+            return domain
+    raise InvalidArgument(
+        f"{field}: {value} is not a collision strategy; use COLLISION_STRATEGY_ENQUEUE or "
+        "COLLISION_STRATEGY_CANCEL_NEW"
+    )
+
+
+def scheduling_from_proto(deployment: types_pb2.Deployment) -> Scheduling:
+    """The queue, retries, limit and schedules of a Deployment message (not yet validated)."""
+    schedules = []
+    for index, message in enumerate(deployment.schedules):
+        field = f"deployment.schedules[{index}]"
+        anchor = None
+        if message.interval.HasField("anchor_time"):
+            anchor = from_timestamp(message.interval.anchor_time, f"{field}.interval.anchor_time")
+        schedules.append(
+            Schedule(
+                name=message.name or f"schedule-{index}",
+                cron=message.cron.expression,
+                timezone=message.cron.timezone,
+                interval_seconds=message.interval.seconds,
+                anchor=anchor,
+                paused=message.paused,
+                parameters=validation.json_object(
+                    message.parameters_json, f"{field}.parameters_json"
+                ),
+            )
+        )
+    return Scheduling(
+        queue=deployment.queue or "default",
+        retries=deployment.retries,
+        retry_delay_seconds=deployment.retry_delay_seconds,
+        concurrency_limit=deployment.concurrency_limit,
+        collision=collision(deployment.collision_strategy, "deployment.collision_strategy"),
+        paused=deployment.paused,
+        schedules=tuple(schedules),
+    )
+
+
+def schedule_to_proto(schedule: Schedule) -> types_pb2.Schedule:
+    """A Schedule message."""
+    message = types_pb2.Schedule(
+        name=schedule.name,
+        paused=schedule.paused,
+        parameters_json=dumps(schedule.parameters) if schedule.parameters else "",
+    )
+    if schedule.cron:
+        message.cron.CopyFrom(
+            types_pb2.CronSchedule(expression=schedule.cron, timezone=schedule.timezone)
+        )
+    else:
+        message.interval.CopyFrom(
+            types_pb2.IntervalSchedule(
+                seconds=schedule.interval_seconds, anchor_time=timestamp(schedule.anchor)
+            )
+        )
+    return message
 
 
 def source_to_proto(source: dict[str, Any]) -> types_pb2.Source:
@@ -129,6 +233,13 @@ def deployment_to_proto(deployment: Deployment) -> types_pb2.Deployment:
         description=deployment.description,
         create_time=timestamp(deployment.created_at),
         update_time=timestamp(deployment.updated_at),
+        queue=deployment.scheduling.queue,
+        retries=deployment.scheduling.retries,
+        retry_delay_seconds=deployment.scheduling.retry_delay_seconds,
+        schedules=[schedule_to_proto(s) for s in deployment.scheduling.schedules],
+        concurrency_limit=deployment.scheduling.concurrency_limit,
+        collision_strategy=COLLISIONS[deployment.scheduling.collision],
+        paused=deployment.scheduling.paused,
     )
 
 
@@ -172,6 +283,9 @@ def run_to_proto(run: Run) -> types_pb2.FlowRun:
         agent_name=run.agent_name,
         result_summary=run.result_summary,
         source_revision=run.source_revision,
+        queue=run.queue_name,
+        max_retries=run.max_retries,
+        schedule_name=run.schedule_name,
     )
 
 

@@ -20,7 +20,7 @@ import click
 import grpc
 from rich.table import Table
 
-from control_plane.cli import output
+from control_plane.cli import output, scheduling
 from control_plane.cli.client import Client, default_server, describe
 from control_plane.config import (
     DEFAULT_MAX_CONCURRENT_CALLS,
@@ -320,6 +320,28 @@ def pool_template(pool_type: str) -> None:
 )
 @click.option("--tag", "tags", multiple=True, help="Tag (repeatable).")
 @click.option("--description", default="", help="Free-form description.")
+@click.option("--queue", default="", help="Pool queue runs go to [default: default].")
+@click.option("--retries", type=int, default=0, show_default=True, help="Retries of a FAILED run.")
+@click.option(
+    "--retry-delay", type=int, default=0, show_default=True, help="Seconds before a retry."
+)
+@click.option("--cron", "crons", multiple=True, metavar="EXPR", help="Cron schedule (repeatable).")
+@click.option("--timezone", default="", help="IANA time zone of the --cron schedules (UTC).")
+@click.option(
+    "--interval",
+    "intervals",
+    multiple=True,
+    type=int,
+    metavar="SECONDS",
+    help="Interval (repeatable).",
+)
+@click.option("--concurrency-limit", type=int, default=0, show_default=True, help="0: none.")
+@click.option(
+    "--collision-strategy",
+    type=click.Choice(["enqueue", "cancel-new"]),
+    default=None,
+    help="What a run does when the deployment is at its concurrency limit [default: enqueue].",
+)
 @click.pass_obj
 def deploy(session: Session, /, entrypoint: str | None, **options: Any) -> None:
     """Create or update deployments, printing what changed.
@@ -366,6 +388,14 @@ _ENTRYPOINT_ONLY = {
     "job_variables": "--job-variable",
     "tags": "--tag",
     "description": "--description",
+    "queue": "--queue",
+    "retries": "--retries",
+    "retry_delay": "--retry-delay",
+    "crons": "--cron",
+    "timezone": "--timezone",
+    "intervals": "--interval",
+    "concurrency_limit": "--concurrency-limit",
+    "collision_strategy": "--collision-strategy",
 }
 
 
@@ -407,21 +437,30 @@ def flag_deployment(entrypoint: str, options: dict[str, Any]) -> Any:
     else:
         source = types_pb2.Source(local=types_pb2.LocalSource(path=str(local)))
         code = local
-    return Declared(
-        types_pb2.Deployment(
-            name=options["name"],
-            entrypoint=entrypoint,
-            source=source,
-            pool=options["pool_name"],
-            parameters_json=json.dumps(_parse_assignments(options["params"], "--param")),
-            job_variables_json=json.dumps(
-                _parse_assignments(options["job_variables"], "--job-variable")
-            ),
-            tags=list(options["tags"]),
-            description=options["description"],
+    deployment = types_pb2.Deployment(
+        name=options["name"],
+        entrypoint=entrypoint,
+        source=source,
+        pool=options["pool_name"],
+        parameters_json=json.dumps(_parse_assignments(options["params"], "--param")),
+        job_variables_json=json.dumps(
+            _parse_assignments(options["job_variables"], "--job-variable")
         ),
-        code,
+        tags=list(options["tags"]),
+        description=options["description"],
     )
+    scheduling.apply_deploy_options(
+        deployment,
+        queue=options["queue"] or "default",
+        retries=options["retries"],
+        retry_delay=options["retry_delay"],
+        crons=options["crons"],
+        timezone=options["timezone"],
+        intervals=options["intervals"],
+        concurrency_limit=options["concurrency_limit"],
+        collision_strategy=options["collision_strategy"] or "enqueue",
+    )
+    return Declared(deployment, code)
 
 
 def build_deployment(
@@ -510,6 +549,9 @@ def deployment_render(
         import yaml
 
         click.echo(yaml.safe_dump(manifest, sort_keys=False), nl=False)
+
+
+scheduling.register(pool, deployment)
 
 
 @cli.group("agent")
@@ -624,21 +666,23 @@ def run_command(
     if not watch:
         output.console.print(run.id)
         return
-    final = follow_logs(session.stub, run.id, follow=True)
+    final = follow_logs(session.stub, run.id, follow=True, headers=run.max_retries > 0)
     finish(final)
 
 
 def follow_logs(
-    stub: Any, run_id: str, follow: bool, show_attempt: bool = False
+    stub: Any, run_id: str, follow: bool, show_attempt: bool = False, headers: bool = False
 ) -> types_pb2.RunState:
     """Print a run's logs (history, then live lines with ``follow``); return the last state seen.
 
-    If the stream breaks, it reconnects from the last line printed: nothing is missed or
-    printed twice.
+    With ``headers`` (runs that may have several attempts), a line ``=== attempt N ===`` comes
+    before each attempt's lines. If the stream breaks, it reconnects from the last line
+    printed: nothing is missed or printed twice.
     """
     attempt, seq = 0, 0
     state = types_pb2.RunState()
     failures = 0
+    shown_attempt = 0
     while True:
         try:
             for message in stub.TailLogs(
@@ -647,7 +691,12 @@ def follow_logs(
                 )
             ):
                 failures = 0
-                output.print_lines(message.lines, show_attempt)
+                for line in message.lines:
+                    if headers and line.attempt != shown_attempt:
+                        # One header per attempt, so a retried run's attempts stand apart.
+                        shown_attempt = line.attempt
+                        output.console.print(f"=== attempt {line.attempt} ===", style="bold")
+                    output.print_lines([line], show_attempt)
                 if message.lines:
                     attempt, seq = message.lines[-1].attempt, message.lines[-1].seq
                 state = message.state
@@ -714,7 +763,9 @@ def runs_show(session: Session, run_id: str) -> None:
         ("Flow", run.flow_name),
         ("Pool", run.pool),
         ("State", output.state_text(run.state)),
-        ("Attempt", str(run.attempt)),
+        ("Attempt", f"{run.attempt} of {run.max_retries + 1}"),
+        ("Queue", run.queue or "-"),
+        ("Schedule", run.schedule_name or "-"),
         ("Parameters", run.parameters_json),
         ("Agent", run.agent_name or "-"),
         ("Infrastructure", run.infrastructure_id or "-"),
@@ -739,6 +790,7 @@ def runs_show(session: Session, run_id: str) -> None:
             first,
         )
     output.console.print(history)
+    output.console.print(scheduling.attempts_table(response.history))
 
 
 @cli.command()
@@ -746,8 +798,9 @@ def runs_show(session: Session, run_id: str) -> None:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run ends.")
 @click.pass_obj
 def logs(session: Session, run_id: str, follow: bool) -> None:
-    """Print a run's logs."""
-    follow_logs(session.stub, run_id, follow=follow)
+    """Print a run's logs (a header line per attempt for runs that may be retried)."""
+    run = session.stub.GetRun(pb.GetRunRequest(run_id=run_id)).run
+    follow_logs(session.stub, run_id, follow=follow, headers=run.max_retries > 0 or run.attempt > 1)
 
 
 @cli.command()

@@ -51,6 +51,8 @@ class AgentSession:
     pool_name: str
     runtime: str
     credits: int
+    #: Names of the pool queues the agent takes runs from; empty means every queue.
+    queues: frozenset[str] = frozenset()
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     outbox: asyncio.Queue[Outgoing | None] = field(default_factory=asyncio.Queue)
 

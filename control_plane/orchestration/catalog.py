@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from control_plane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from control_plane.models import Deployment, JSONObject, Pool, PoolType
-from control_plane.orchestration import clock, sources, templates, validation
+from control_plane.models import Deployment, JSONObject, Pool, PoolType, Scheduling
+from control_plane.orchestration import clock, queues, schedules, sources, templates, validation
 from control_plane.store import catalog as repo
+from control_plane.store import queues as queues_repo
 from control_plane.store import runs as runs_repo
 from control_plane.store.db import Database
 from engine.entrypoints import InvalidEntrypoint, parse_entrypoint
@@ -35,13 +37,16 @@ class DeploymentSpec:
     job_variables_json: str = ""
     tags: tuple[str, ...] = ()
     description: str = ""
+    scheduling: Scheduling = field(default_factory=Scheduling)
 
 
 class Catalog:
     """Pools and deployments."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, deployment_changed: Callable[[], None] = lambda: None) -> None:
         self._db = db
+        # Wakes the scheduler: a deployment's schedules may have changed.
+        self._deployment_changed = deployment_changed
 
     async def create_pool(
         self, name: str, pool_type: PoolType, template_json: str, concurrency_limit: int
@@ -74,6 +79,7 @@ class Catalog:
             if await repo.get_pool(conn, name=name) is not None:
                 raise AlreadyExists(f"pool {name!r} already exists")
             await repo.insert_pool(conn, pool)
+            await queues_repo.insert_queue(conn, queues.default_queue(pool.id))
         return pool
 
     async def get_pool(self, name: str) -> Pool:
@@ -124,6 +130,8 @@ class Catalog:
         for index, tag in enumerate(spec.tags):
             validation.text(tag, f"deployment.tags[{index}]", MAX_TAG_CHARS, required=True)
         validation.text(spec.description, "deployment.description", MAX_DESCRIPTION_CHARS)
+        schedules.check(spec.scheduling)
+        schedules.check_parameters(spec.scheduling, parameters, schema, flow_name)
         now = clock.now()
         async with self._db.write() as conn:
             pool = await repo.get_pool(conn, name=spec.pool)
@@ -139,6 +147,7 @@ class Catalog:
                 templates.check_job_variables(
                     job_variables, pool.base_job_template, "deployment.job_variables_json"
                 )
+            queue = await queues.resolve(conn, pool, spec.scheduling.queue, "deployment.queue")
             existing = await repo.get_deployment(conn, name=spec.name)
             deployment = Deployment(
                 id=existing.id if existing else uuid.uuid4().hex,
@@ -155,11 +164,15 @@ class Catalog:
                 description=spec.description,
                 created_at=existing.created_at if existing else now,
                 updated_at=now,
+                scheduling=spec.scheduling,
             )
             if existing is None:
-                await repo.insert_deployment(conn, deployment)
+                await repo.insert_deployment(conn, deployment, queue.id)
             else:
-                await repo.update_deployment(conn, deployment)
+                await repo.update_deployment(conn, deployment, queue.id)
+                # The scheduler creates them again from the new definition.
+                await runs_repo.delete_future_scheduled(conn, deployment.id, now)
+        self._deployment_changed()
         return deployment, existing is None
 
     async def get_deployment(self, name: str) -> Deployment:
@@ -207,6 +220,8 @@ class Catalog:
             deployment = await repo.get_deployment(conn, name=name)
             if deployment is None:
                 raise NotFound(f"deployment {name!r} not found")
+            # Runs its schedules created ahead of time go with it; started ones block.
+            await runs_repo.delete_future_scheduled(conn, deployment.id, clock.now())
             unfinished = await runs_repo.count_unfinished(conn, deployment.id)
             if unfinished:
                 raise FailedPrecondition(

@@ -20,14 +20,23 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from agent.templates import resolve_variables
-from control_plane.models import Run
+from control_plane.models import Collision, Run
 from control_plane.orchestration import clock, sources, tokens
 from control_plane.orchestration.agents import AgentRegistry, AgentSession, AssignMessage
 from control_plane.orchestration.changes import Notifier
+from control_plane.orchestration.concurrency import DeploymentLimit, Slots
 from control_plane.orchestration.reports import requeue
-from control_plane.orchestration.states import ASSIGNED, State, StateType
+from control_plane.orchestration.states import (
+    ASSIGNED,
+    AWAITING_CONCURRENCY_SLOT,
+    State,
+    StateType,
+)
 from control_plane.store import catalog as catalog_repo
+from control_plane.store import queues as queues_repo
 from control_plane.store import runs as repo
 from control_plane.store.db import Database
 
@@ -38,6 +47,8 @@ MAX_SLEEP_SECONDS = 60.0
 #: Pause after an unexpected error before trying again.
 ERROR_PAUSE_SECONDS = 1.0
 LEASE_BATCH = 200
+#: Runs of a deployment at its limit marked waiting (or cancelled) per pass.
+HOLD_BATCH = 500
 
 
 class Dispatcher:
@@ -85,7 +96,7 @@ class Dispatcher:
             candidates = [
                 t
                 for t in (
-                    await repo.next_scheduled_time(conn, self._agents.with_credit().keys()),
+                    await repo.next_scheduled_time(conn, self._agents.with_credit().keys(), now),
                     await repo.next_lease_deadline(conn),
                 )
                 if t is not None
@@ -97,46 +108,96 @@ class Dispatcher:
     ) -> None:
         credits = {session.id: session.credits for session in sessions}
         claimed: list[tuple[AgentSession, Run, str]] = []
+        changed: list[Run] = []
         async with self._db.write() as conn:
+            # Read the time under the write lock: a run that ended while this pass waited
+            # for it ended before the claims that take its slot.
+            now = max(now, clock.now())
             pool = await catalog_repo.get_pool(conn, id=pool_id)
             if pool is None or pool.paused:
                 return
-            capacity = sum(credits.values())
-            if pool.concurrency_limit:
-                capacity = min(
-                    capacity, pool.concurrency_limit - await repo.count_active(conn, pool_id)
-                )
-            if capacity <= 0:
-                return
+            queues = await queues_repo.list_queues(conn, pool_id)
+            slots = Slots(
+                pool,
+                queues,
+                [
+                    DeploymentLimit(*row)
+                    for row in await queues_repo.limited_deployments(conn, pool_id)
+                ],
+                await repo.active_in_pool(conn, pool_id),
+            )
+            # Queues some connected agent takes runs from; a paused queue dispatches nothing.
+            served = {
+                q.id: q.name
+                for q in queues
+                if not q.paused and any(not s.queues or q.name in s.queues for s in sessions)
+            }
+            blocked = {d.id for d in slots.full_deployments()}
             deployments: dict[str, dict[str, Any]] = {}
             secrets: dict[str, tuple[tuple[str, str, str], ...]] = {}
-            for run in await repo.due_runs(conn, pool_id, now, capacity):
-                session = max(sessions, key=lambda s: credits[s.id])
-                if credits[session.id] <= 0:
+            while True:
+                room = slots.pool_room(sum(credits.values()))
+                open_queues = [q for q in served if not slots.queue_full(q)]
+                if room <= 0 or not open_queues:
                     break
-                token, token_hash = tokens.mint()
-                updated = await repo.compare_and_set(
+                page = await repo.due_runs(
                     conn,
-                    run,
-                    State(StateType.PENDING, ASSIGNED, f"Assigned to agent {session.agent_name}"),
-                    now=now,
-                    agent_session_id=session.id,
-                    agent_name=session.agent_name,
-                    lease_deadline=now + self._lease,
-                    engine_token_hash=token_hash,
-                    accepted_at=None,
-                    infrastructure_id="",
+                    pool_id,
+                    now,
+                    room,
+                    queue_ids=open_queues,
+                    blocked_deployments=blocked,
                 )
-                if updated is None:
-                    continue  # changed under us (cancelled); the next pass sees it as it is
-                if run.deployment_id not in deployments:
-                    deployment = await catalog_repo.get_deployment(conn, id=run.deployment_id)
-                    deployments[run.deployment_id] = deployment.job_variables if deployment else {}
-                    secrets[run.deployment_id] = (
-                        tuple(sources.secret_env(deployment.source)) if deployment else ()
+                progressed = False
+                for run in page:
+                    if slots.pool_room(1) <= 0:
+                        break
+                    if slots.queue_full(run.queue_id) or run.queue_id not in served:
+                        continue
+                    if slots.deployment_full(run.deployment_id):
+                        # Filled by this page: the next page leaves its runs out.
+                        blocked.add(run.deployment_id)
+                        progressed = True
+                        continue
+                    session = _session_for(sessions, credits, run.queue_name)
+                    if session is None:
+                        # Every agent that takes this queue is out of credit.
+                        served.pop(run.queue_id or "", None)
+                        progressed = True
+                        continue
+                    token, token_hash = tokens.mint()
+                    updated = await repo.compare_and_set(
+                        conn,
+                        run,
+                        State(
+                            StateType.PENDING, ASSIGNED, f"Assigned to agent {session.agent_name}"
+                        ),
+                        now=now,
+                        agent_session_id=session.id,
+                        agent_name=session.agent_name,
+                        lease_deadline=now + self._lease,
+                        engine_token_hash=token_hash,
+                        accepted_at=None,
+                        infrastructure_id="",
                     )
-                credits[session.id] -= 1
-                claimed.append((session, updated, token))
+                    if updated is None:
+                        continue  # changed under us (cancelled); the next pass sees it as it is
+                    if run.deployment_id not in deployments:
+                        deployment = await catalog_repo.get_deployment(conn, id=run.deployment_id)
+                        deployments[run.deployment_id] = (
+                            deployment.job_variables if deployment else {}
+                        )
+                        secrets[run.deployment_id] = (
+                            tuple(sources.secret_env(deployment.source)) if deployment else ()
+                        )
+                    credits[session.id] -= 1
+                    slots.take(updated)
+                    claimed.append((session, updated, token))
+                    progressed = True
+                if not page or not progressed:
+                    break
+            for limit in slots.full_deployments():
+                changed += await self._hold_back(conn, limit, slots.reason(limit), now)
         for session, run, token in claimed:
             session.credits -= 1
             session.send(
@@ -155,6 +216,29 @@ class Dispatcher:
                 )
             )
             self._notifier.changed(run)
+        for run in changed:
+            self._notifier.changed(run)
+
+    async def _hold_back(
+        self, conn: AsyncConnection, limit: DeploymentLimit, reason: str, now: datetime
+    ) -> list[Run]:
+        """Due runs of a deployment at its limit wait (ENQUEUE) or are cancelled (CANCEL_NEW).
+
+        A waiting run is written once, when it starts waiting; later passes leave it alone
+        until a slot frees and it is dispatched in its turn.
+        """
+        if limit.collision is Collision.CANCEL_NEW:
+            state = State(
+                StateType.CANCELLED,
+                message=f"Cancelled: {reason}; the deployment's collision strategy is CANCEL_NEW",
+            )
+            due = await repo.due_runs_of_deployment(conn, limit.id, now, HOLD_BATCH)
+        else:
+            state = State(StateType.SCHEDULED, AWAITING_CONCURRENCY_SLOT, reason)
+            due = await repo.due_runs_of_deployment(
+                conn, limit.id, now, HOLD_BATCH, except_name=AWAITING_CONCURRENCY_SLOT
+            )
+        return await repo.mark_waiting(conn, due, state, now)
 
     async def _expire_leases(self, now: datetime) -> None:
         # Most passes find nothing: look with a reader before queueing for the write lock.
@@ -180,3 +264,11 @@ class Dispatcher:
         for run in changed:
             log.info("run %s: lease expired, now %s", run.id, run.state_type.value)
             self._notifier.changed(run)
+
+
+def _session_for(
+    sessions: list[AgentSession], credits: dict[str, int], queue: str
+) -> AgentSession | None:
+    """The session with the most credit left among those that take runs of ``queue``."""
+    takers = [s for s in sessions if credits[s.id] > 0 and (not s.queues or queue in s.queues)]
+    return max(takers, key=lambda s: credits[s.id]) if takers else None

@@ -23,6 +23,7 @@ from control_plane.orchestration.changes import Notifier, claimed, retrying
 from control_plane.orchestration.signals import run_key
 from control_plane.orchestration.states import (
     ASSIGNED,
+    AWAITING_RETRY,
     INFRASTRUCTURE_PENDING,
     SUBMITTED,
     Actor,
@@ -31,6 +32,7 @@ from control_plane.orchestration.states import (
     crash_target,
     rejection,
 )
+from control_plane.store import catalog as catalog_repo
 from control_plane.store import logs as logs_repo
 from control_plane.store import runs as repo
 from control_plane.store.db import Database
@@ -413,13 +415,25 @@ class EngineReports:
                 run = await repo.get_run(conn, run_id)
                 if run is None:
                     raise NotFound(f"run {run_id} not found")
+                if (
+                    proposal.transition_id
+                    and run.last_transition_id == proposal.transition_id
+                    and run.attempt in (attempt, attempt + 1)
+                ):
+                    # A repeat: of this answer, or of the FAILED that scheduled the retry.
+                    return ProposalResult(True, run)
                 if run.attempt != attempt:
                     return ProposalResult(False, run, f"attempt {attempt} is no longer current")
-                if proposal.transition_id and run.last_transition_id == proposal.transition_id:
-                    return ProposalResult(True, run)
                 refused = rejection(run.state_type, proposal.type, Actor.ENGINE)
                 if refused:
                     return ProposalResult(False, run, refused)
+                if (
+                    proposal.type is StateType.FAILED
+                    and run.state_type is not StateType.CANCELLING
+                    and run.attempt <= run.max_retries
+                ):
+                    retried = await retry(conn, run, proposal)
+                    return ProposalResult(True, claimed(retried))
                 columns: dict[str, object] = {"lease_deadline": None}
                 if proposal.type is StateType.COMPLETED:
                     columns["result_summary"] = proposal.result_summary[:2000]
@@ -442,3 +456,43 @@ class EngineReports:
         if result.accepted:
             self._notifier.changed(result.run)
         return result
+
+
+async def retry(conn: AsyncConnection, run: Run, proposal: Proposal) -> Run | None:
+    """A FAILED attempt with retries left: record its end, then SCHEDULED/AwaitingRetry as
+    the next attempt at now + the deployment's retry delay.
+
+    The new attempt has no claim, no infrastructure and no engine token: the failed
+    attempt's token stops working, and the dispatcher mints a new one when it assigns the
+    next attempt (whose Kubernetes Job gets a new name, derived from the attempt).
+    """
+    now = clock.now()
+    deployment = await catalog_repo.get_deployment(conn, id=run.deployment_id)
+    delay = deployment.scheduling.retry_delay_seconds if deployment else 0
+    due = now + timedelta(seconds=delay)
+    failed = State(StateType.FAILED, proposal.name, proposal.message)
+    await repo.record_history(conn, run.id, run.attempt, failed, now)
+    first_line = proposal.message.strip().splitlines()[0] if proposal.message.strip() else ""
+    message = (
+        f"Attempt {run.attempt} failed{': ' + first_line[:500] if first_line else ''}; "
+        f"retry {run.attempt} of {run.max_retries} at {due.isoformat(timespec='seconds')}"
+    )
+    return await repo.compare_and_set(
+        conn,
+        run,
+        State(StateType.SCHEDULED, AWAITING_RETRY, message),
+        now=now,
+        transition_id=proposal.transition_id or None,
+        attempt=run.attempt + 1,
+        scheduled_at=due,
+        agent_session_id=None,
+        agent_name="",
+        lease_deadline=None,
+        engine_token_hash=None,
+        accepted_at=None,
+        started_at=None,
+        ended_at=None,
+        last_heartbeat_at=None,
+        infrastructure_id="",
+        source_revision="",
+    )

@@ -9,8 +9,8 @@ from datetime import datetime
 from typing import Any
 
 from control_plane.errors import FailedPrecondition, InvalidArgument, NotFound
-from control_plane.models import Run, StateRecord
-from control_plane.orchestration import clock, templates, validation
+from control_plane.models import Deployment, Run, Schedule, StateRecord
+from control_plane.orchestration import clock, queues, templates, validation
 from control_plane.orchestration.agents import AgentRegistry, CancelMessage
 from control_plane.orchestration.changes import Notifier, claimed, retrying
 from control_plane.orchestration.states import (
@@ -41,6 +41,12 @@ class RunRequest:
     job_variables_json: str = ""
     idempotency_key: str = ""
     scheduled_at: datetime | None = None
+    #: The pool queue; empty means the deployment's.
+    queue: str = ""
+    #: The schedule that creates the run (the scheduler), empty for runs created by hand.
+    schedule_name: str = ""
+    #: The schedule as the scheduler read it: the run is created only if it is still so.
+    schedule: Schedule | None = None
 
 
 class Runs:
@@ -57,6 +63,8 @@ class Runs:
         parameters = validation.json_object(request.parameters_json, "parameters_json")
         job_variables = validation.json_object(request.job_variables_json, "job_variables_json")
         key = validation.text(request.idempotency_key, "idempotency_key", MAX_KEY_CHARS) or None
+        if request.queue:
+            validation.pool_name(request.queue, "queue")
         now = clock.now()
         async with self._db.write() as conn:
             deployment = await catalog_repo.get_deployment(conn, name=request.deployment_name)
@@ -66,10 +74,18 @@ class Runs:
                 existing = await repo.get_run_by_key(conn, deployment.id, key)
                 if existing is not None:
                     return existing, False
+            if request.schedule is not None:
+                _check_schedule_current(deployment, request.schedule)
             merged = {**deployment.parameters, **parameters}
             validation.parameters(merged, deployment.parameter_schema, deployment.flow_name)
             pool = await catalog_repo.get_pool(conn, id=deployment.pool_id)
             assert pool is not None  # a deployment's pool cannot be deleted under it
+            queue = await queues.resolve(
+                conn,
+                pool,
+                request.queue or deployment.scheduling.queue,
+                "queue" if request.queue else "deployment.queue",
+            )
             with validation.evaluating(
                 f"the job variables schema of pool {pool.name!r}",
                 FailedPrecondition,
@@ -101,6 +117,9 @@ class Runs:
                 "agent_name": "",
                 "infrastructure_id": "",
                 "result_summary": "",
+                "queue_id": queue.id,
+                "max_retries": deployment.scheduling.retries,
+                "schedule_name": request.schedule_name,
             }
             created = await repo.insert_run(conn, values, self._db.dialect)
             run = await (
@@ -137,6 +156,7 @@ class Runs:
         state_types: list[StateType],
         page_size: int,
         page_token: str,
+        schedule_name: str = "",
     ) -> tuple[list[Run], str]:
         """One page of runs, newest first, and the token of the next page ("" at the end)."""
         if page_size < 0 or page_size > MAX_PAGE_SIZE:
@@ -153,12 +173,17 @@ class Runs:
                 if deployment is None:
                     raise NotFound(f"deployment {deployment_name!r} not found")
                 deployment_id = deployment.id
+            if schedule_name:
+                if deployment_id is None:
+                    raise InvalidArgument("schedule_name: give deployment_name with it")
+                validation.deployment_name(schedule_name, "schedule_name")
             runs = await repo.list_runs(
                 conn,
                 deployment_id=deployment_id,
                 state_types=state_types,
                 limit=limit + 1,
                 before=before,
+                schedule_name=schedule_name,
             )
         if len(runs) <= limit:
             return runs, ""
@@ -204,6 +229,20 @@ class Runs:
         if run.state_type is StateType.PENDING:
             return bool(run.infrastructure_id) or self._agents.get(run.agent_session_id) is not None
         return run.state_type is not StateType.SCHEDULED
+
+
+def _check_schedule_current(deployment: Deployment, schedule: Schedule) -> None:
+    """FAILED_PRECONDITION unless ``schedule`` is still an active schedule of the deployment.
+
+    Checked in the transaction that inserts the run: a scheduler pass that read the
+    deployment before it was changed or paused cannot create a run of the old definition.
+    """
+    scheduling = deployment.scheduling
+    current = {s.name: s for s in scheduling.schedules}.get(schedule.name)
+    if scheduling.paused or current is None or current.paused or current != schedule:
+        raise FailedPrecondition(
+            f"schedule {schedule.name!r} of deployment {deployment.name!r} changed or is paused"
+        )
 
 
 def _encode_page_token(created_at: datetime, run_id: str) -> str:

@@ -57,6 +57,8 @@ ASSIGNED = "Assigned"
 SUBMITTED = "Submitted"
 INFRASTRUCTURE_PENDING = "InfrastructurePending"
 LATE = "Late"
+AWAITING_RETRY = "AwaitingRetry"
+AWAITING_CONCURRENCY_SLOT = "AwaitingConcurrencySlot"
 
 
 class Actor(enum.Enum):

@@ -8,7 +8,8 @@ from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import Deployment, Pool, PoolType
-from control_plane.store.tables import deployments, pools
+from control_plane.store import queues as queues_repo
+from control_plane.store.tables import deployments, pools, work_queues
 
 
 def _pool(row: Row[Any]) -> Pool:
@@ -56,7 +57,19 @@ async def list_pools(conn: AsyncConnection) -> list[Pool]:
     return [_pool(row) for row in rows]
 
 
-_DEPLOYMENT_COLUMNS = (*deployments.c, pools.c.name.label("pool_name"))
+_DEPLOYMENT_COLUMNS = (
+    *deployments.c,
+    pools.c.name.label("pool_name"),
+    work_queues.c.name.label("queue_name"),
+)
+
+
+def _select_deployments() -> Any:
+    return (
+        select(*_DEPLOYMENT_COLUMNS)
+        .join(pools, pools.c.id == deployments.c.pool_id)
+        .outerjoin(work_queues, work_queues.c.id == deployments.c.queue_id)
+    )
 
 
 def _deployment(row: Row[Any]) -> Deployment:
@@ -75,6 +88,7 @@ def _deployment(row: Row[Any]) -> Deployment:
         description=row.description,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        scheduling=queues_repo.scheduling_from_row(row),
     )
 
 
@@ -82,7 +96,7 @@ async def get_deployment(
     conn: AsyncConnection, *, name: str | None = None, id: str | None = None
 ) -> Deployment | None:
     """The deployment with this name or id, if any."""
-    query = select(*_DEPLOYMENT_COLUMNS).join(pools, pools.c.id == deployments.c.pool_id)
+    query = _select_deployments()
     query = (
         query.where(deployments.c.name == name)
         if name is not None
@@ -96,7 +110,7 @@ async def list_deployments(
     conn: AsyncConnection, *, pool_id: str | None = None
 ) -> list[Deployment]:
     """Deployments, optionally of one pool, ordered by name."""
-    query = select(*_DEPLOYMENT_COLUMNS).join(pools, pools.c.id == deployments.c.pool_id)
+    query = _select_deployments()
     if pool_id is not None:
         query = query.where(deployments.c.pool_id == pool_id)
     rows = await conn.execute(query.order_by(deployments.c.name))
@@ -119,21 +133,41 @@ def _deployment_values(deployment: Deployment) -> dict[str, Any]:
     }
 
 
-async def insert_deployment(conn: AsyncConnection, deployment: Deployment) -> None:
-    """Store a new deployment."""
+async def insert_deployment(conn: AsyncConnection, deployment: Deployment, queue_id: str) -> None:
+    """Store a new deployment whose runs go to the queue ``queue_id``."""
     await conn.execute(
         insert(deployments).values(
-            id=deployment.id, created_at=deployment.created_at, **_deployment_values(deployment)
+            id=deployment.id,
+            created_at=deployment.created_at,
+            **_deployment_values(deployment),
+            **queues_repo.scheduling_values(deployment.scheduling, queue_id),
         )
     )
 
 
-async def update_deployment(conn: AsyncConnection, deployment: Deployment) -> None:
+async def update_deployment(conn: AsyncConnection, deployment: Deployment, queue_id: str) -> None:
     """Replace everything but the id and creation time of a stored deployment."""
     await conn.execute(
         update(deployments)
         .where(deployments.c.id == deployment.id)
-        .values(**_deployment_values(deployment))
+        .values(
+            **_deployment_values(deployment),
+            **queues_repo.scheduling_values(deployment.scheduling, queue_id),
+        )
+    )
+
+
+async def set_paused(conn: AsyncConnection, deployment: Deployment) -> None:
+    """Store only the pause switches of a deployment and of its schedules."""
+    document = queues_repo.scheduling_values(deployment.scheduling, "")
+    await conn.execute(
+        update(deployments)
+        .where(deployments.c.id == deployment.id)
+        .values(
+            paused=document["paused"],
+            schedules=document["schedules"],
+            updated_at=deployment.updated_at,
+        )
     )
 
 

@@ -25,12 +25,14 @@ from control_plane.store.tables import (
     log_lines,
     pools,
     run_states,
+    work_queues,
 )
 
 _RUN_COLUMNS = (
     *flow_runs.c,
     deployments.c.name.label("deployment_name"),
     pools.c.name.label("pool_name"),
+    work_queues.c.name.label("queue_name"),
 )
 _FIELDS = {field.name for field in dataclasses.fields(Run)}
 
@@ -40,12 +42,14 @@ def _select_runs() -> Any:
         select(*_RUN_COLUMNS)
         .join(deployments, deployments.c.id == flow_runs.c.deployment_id)
         .join(pools, pools.c.id == flow_runs.c.pool_id)
+        .outerjoin(work_queues, work_queues.c.id == flow_runs.c.queue_id)
     )
 
 
 def _run(row: Row[Any]) -> Run:
     values = {name: getattr(row, name) for name in _FIELDS}
     values["state_type"] = StateType(values["state_type"])
+    values["queue_name"] = values["queue_name"] or "default"
     return Run(**values)
 
 
@@ -86,11 +90,14 @@ async def list_runs(
     state_types: Iterable[StateType],
     limit: int,
     before: tuple[datetime, str] | None,
+    schedule_name: str = "",
 ) -> list[Run]:
     """Runs newest first; ``before`` is the (created_at, id) of the last run of the previous page."""
     query = _select_runs()
     if deployment_id is not None:
         query = query.where(flow_runs.c.deployment_id == deployment_id)
+    if schedule_name:
+        query = query.where(flow_runs.c.schedule_name == schedule_name)
     types = [t.value for t in state_types]
     if types:
         query = query.where(flow_runs.c.state_type.in_(types))
@@ -104,6 +111,13 @@ async def list_runs(
         )
     query = query.order_by(flow_runs.c.created_at.desc(), flow_runs.c.id.desc()).limit(limit)
     return [_run(row) for row in await conn.execute(query)]
+
+
+async def record_history(
+    conn: AsyncConnection, run_id: str, attempt: int, state: State, now: datetime
+) -> None:
+    """Add a history row without changing the run (e.g. the FAILED end of a retried attempt)."""
+    await _insert_history(conn, run_id, attempt, state, now)
 
 
 async def history(conn: AsyncConnection, run_id: str) -> list[StateRecord]:
@@ -241,8 +255,18 @@ async def stuck_cancelling(conn: AsyncConnection, before: datetime, limit: int) 
     return [_run(row) for row in await conn.execute(query)]
 
 
-async def due_runs(conn: AsyncConnection, pool_id: str, now: datetime, limit: int) -> list[Run]:
-    """SCHEDULED runs of a pool whose time has come, oldest due first."""
+async def due_runs(
+    conn: AsyncConnection,
+    pool_id: str,
+    now: datetime,
+    limit: int,
+    *,
+    queue_ids: Iterable[str] | None = None,
+    blocked_deployments: Iterable[str] = (),
+) -> list[Run]:
+    """SCHEDULED runs of a pool whose time has come: higher-priority queues first (lower
+    number), then oldest due first. Only runs of ``queue_ids`` (None: every queue) and none
+    of ``blocked_deployments``, so runs that cannot go never fill the page."""
     query = (
         _select_runs()
         .where(
@@ -250,28 +274,119 @@ async def due_runs(conn: AsyncConnection, pool_id: str, now: datetime, limit: in
             flow_runs.c.state_type == StateType.SCHEDULED.value,
             flow_runs.c.scheduled_at <= now,
         )
+        .order_by(work_queues.c.priority, flow_runs.c.scheduled_at, flow_runs.c.id)
+        .limit(limit)
+    )
+    if queue_ids is not None:
+        query = query.where(flow_runs.c.queue_id.in_(list(queue_ids)))
+    blocked = list(blocked_deployments)
+    if blocked:
+        query = query.where(flow_runs.c.deployment_id.not_in(blocked))
+    return [_run(row) for row in await conn.execute(query)]
+
+
+async def due_runs_of_deployment(
+    conn: AsyncConnection, deployment_id: str, now: datetime, limit: int, *, except_name: str = ""
+) -> list[Run]:
+    """SCHEDULED runs of one deployment whose time has come, oldest due first (leaving out
+    those whose sub-state is ``except_name``)."""
+    query = (
+        _select_runs()
+        .where(
+            flow_runs.c.deployment_id == deployment_id,
+            flow_runs.c.state_type == StateType.SCHEDULED.value,
+            flow_runs.c.scheduled_at <= now,
+        )
+        .order_by(flow_runs.c.scheduled_at, flow_runs.c.id)
+        .limit(limit)
+    )
+    if except_name:
+        query = query.where(flow_runs.c.state_name != except_name)
+    return [_run(row) for row in await conn.execute(query)]
+
+
+async def active_in_pool(conn: AsyncConnection, pool_id: str) -> list[tuple[str, str, str | None]]:
+    """(run id, deployment id, queue id) of every run of a pool holding a claim or
+    infrastructure (PENDING, RUNNING, CANCELLING): what counts against concurrency limits."""
+    query = (
+        select(flow_runs.c.id, flow_runs.c.deployment_id, flow_runs.c.queue_id)
+        .where(
+            flow_runs.c.pool_id == pool_id,
+            flow_runs.c.state_type.in_([t.value for t in ACTIVE]),
+        )
+        .order_by(flow_runs.c.created_at, flow_runs.c.id)
+    )
+    return [(row.id, row.deployment_id, row.queue_id) for row in await conn.execute(query)]
+
+
+async def delete_future_scheduled(
+    conn: AsyncConnection, deployment_id: str, now: datetime, schedule_name: str | None = None
+) -> int:
+    """Remove runs that schedules created and that have not started and are not yet due
+    (of one schedule, or of all); returns how many."""
+    condition = and_(
+        flow_runs.c.deployment_id == deployment_id,
+        flow_runs.c.schedule_name != "",
+        flow_runs.c.state_type == StateType.SCHEDULED.value,
+        flow_runs.c.attempt == 1,
+        flow_runs.c.scheduled_at > now,
+    )
+    if schedule_name is not None:
+        condition = and_(condition, flow_runs.c.schedule_name == schedule_name)
+    ids = [row.id for row in await conn.execute(select(flow_runs.c.id).where(condition))]
+    if not ids:
+        return 0
+    await conn.execute(delete(log_lines).where(log_lines.c.run_id.in_(ids)))
+    await conn.execute(delete(run_states).where(run_states.c.run_id.in_(ids)))
+    await conn.execute(delete(flow_runs).where(flow_runs.c.id.in_(ids)))
+    return len(ids)
+
+
+async def scheduled_runs(
+    conn: AsyncConnection, deployment_id: str, schedule_name: str, limit: int
+) -> list[Run]:
+    """Runs a schedule created that have not started yet, soonest first."""
+    query = (
+        _select_runs()
+        .where(
+            flow_runs.c.deployment_id == deployment_id,
+            flow_runs.c.schedule_name == schedule_name,
+            flow_runs.c.state_type == StateType.SCHEDULED.value,
+        )
         .order_by(flow_runs.c.scheduled_at, flow_runs.c.id)
         .limit(limit)
     )
     return [_run(row) for row in await conn.execute(query)]
 
 
-async def count_active(conn: AsyncConnection, pool_id: str) -> int:
-    """How many runs of a pool hold a claim or infrastructure (PENDING, RUNNING, CANCELLING)."""
-    query = select(func.count()).where(
-        flow_runs.c.pool_id == pool_id,
-        flow_runs.c.state_type.in_([t.value for t in ACTIVE]),
-    )
-    return int((await conn.execute(query)).scalar_one())
+async def mark_waiting(
+    conn: AsyncConnection, runs: list[Run], state: State, now: datetime
+) -> list[Run]:
+    """Give SCHEDULED runs a new sub-state and message (AwaitingConcurrencySlot), one
+    guarded UPDATE each plus a history row; returns the runs that changed."""
+    changed: list[Run] = []
+    for run in runs:
+        updated = await compare_and_set(conn, run, state, now=now)
+        if updated is not None:
+            changed.append(updated)
+    return changed
 
 
-async def next_scheduled_time(conn: AsyncConnection, pool_ids: Iterable[str]) -> datetime | None:
-    """When the next SCHEDULED run of these pools is due."""
+async def next_scheduled_time(
+    conn: AsyncConnection, pool_ids: Iterable[str], after: datetime
+) -> datetime | None:
+    """When the next SCHEDULED run of these pools comes due after ``after``.
+
+    Runs already due that a pass left waiting (limits, no credit) are not counted: what
+    frees them (a run ending, credit, a changed limit) wakes the dispatcher.
+    """
     ids = list(pool_ids)
     if not ids:
         return None
     query = select(func.min(flow_runs.c.scheduled_at)).where(
-        flow_runs.c.pool_id.in_(ids), flow_runs.c.state_type == StateType.SCHEDULED.value
+        flow_runs.c.pool_id.in_(ids),
+        flow_runs.c.state_type == StateType.SCHEDULED.value,
+        flow_runs.c.scheduled_at > after,
     )
     value = (await conn.execute(query)).scalar_one_or_none()
     return _as_utc(value)

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -71,6 +72,21 @@ pools = Table(
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
+work_queues = Table(
+    "work_queues",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("pool_id", String(32), ForeignKey("pools.id"), nullable=False),
+    Column("name", String(63), nullable=False),
+    # Dispatch order: a lower number goes first.
+    Column("priority", Integer, nullable=False),
+    Column("concurrency_limit", Integer, nullable=False),
+    Column("paused", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("pool_id", "name"),
+)
+
 deployments = Table(
     "deployments",
     metadata,
@@ -87,6 +103,14 @@ deployments = Table(
     Column("description", Text, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # Scheduling: queue, retries, concurrency and schedules (see orchestration/scheduling.py).
+    Column("queue_id", String(32), ForeignKey("work_queues.id"), nullable=True),
+    Column("retries", Integer, nullable=False, server_default="0"),
+    Column("retry_delay_seconds", Integer, nullable=False, server_default="0"),
+    Column("concurrency_limit", Integer, nullable=False, server_default="0"),
+    Column("collision_strategy", String(16), nullable=False, server_default="ENQUEUE"),
+    Column("paused", Boolean, nullable=False, server_default=false()),
+    Column("schedules", JSON, nullable=False, server_default="[]"),
 )
 
 flow_runs = Table(
@@ -123,11 +147,16 @@ flow_runs = Table(
     Column("result_summary", Text, nullable=False),
     # What the engine fetched and ran: a git commit sha or an archive's sha256.
     Column("source_revision", String(128), nullable=False, server_default=""),
+    # Scheduling: the queue, the retries allowed, and the schedule that created the run.
+    Column("queue_id", String(32), ForeignKey("work_queues.id"), nullable=True),
+    Column("max_retries", Integer, nullable=False, server_default="0"),
+    Column("schedule_name", String(100), nullable=False, server_default=""),
     UniqueConstraint("deployment_id", "idempotency_key"),
     Index(None, "pool_id", "state_type", "scheduled_at"),
     Index(None, "deployment_id", "created_at"),
     Index(None, "created_at"),
     Index(None, "state_type", "lease_deadline"),
+    Index(None, "deployment_id", "state_type"),
 )
 
 run_states = Table(

@@ -65,7 +65,10 @@ deployments:
     retries: 2
     retry_delay_seconds: 30
     schedules:
-      - {{cron: "0 6 * * *", timezone: Europe/Paris}}
+      - name: morning
+        cron: "0 6 * * *"
+        timezone: Europe/Paris
+        parameters: {{day: "2026-11-24", order: {{items: []}}}}
   - name: report
     entrypoint: report.py:build
     source:

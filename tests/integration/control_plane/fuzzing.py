@@ -67,6 +67,7 @@ MAX_DETAILS = 2000
 #: Table -> ORDER BY, so that two snapshots of the same rows compare equal.
 TABLES = {
     "pools": "id",
+    "work_queues": "id",
     "deployments": "id",
     "flow_runs": "id",
     "run_states": "id",
@@ -130,10 +131,10 @@ class ServerThread:
     async def _start(config: ServerConfig) -> App:
         app = await build(config)
         await app.start()
-        # The reaper changes runs as time passes, not because of a request: between two
+        # The reaper and the scheduler change runs as time passes, not because of a request: between two
         # snapshots its work would look like a rejected request's. Requests are what is
         # checked here, so it does not run.
-        reapers = [task for task in app.tasks if task.get_name() == "reaper"]
+        reapers = [task for task in app.tasks if task.get_name() in ("reaper", "scheduler")]
         assert reapers, "no reaper task to stop: update the fuzzed server's setup"
         for task in reapers:
             task.cancel()

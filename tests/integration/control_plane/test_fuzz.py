@@ -402,6 +402,33 @@ def _deployments(world: World) -> list[Message]:
                 ),
             )
         ),
+        pb.UpsertDeploymentRequest(
+            deployment=deployment(
+                "sched-d",
+                "pool-a",
+                world.source,
+                parameters_json='{"name": "s"}',
+                parameter_schema_json=json.dumps(SCHEMA),
+                queue="default",
+                retries=2,
+                retry_delay_seconds=5,
+                concurrency_limit=1,
+                collision_strategy=types_pb2.COLLISION_STRATEGY_CANCEL_NEW,
+                schedules=[
+                    types_pb2.Schedule(
+                        name="nightly",
+                        cron=types_pb2.CronSchedule(
+                            expression="0 2 * * *", timezone="Europe/Paris"
+                        ),
+                    ),
+                    types_pb2.Schedule(
+                        name="often",
+                        interval=types_pb2.IntervalSchedule(seconds=600),
+                        parameters_json='{"count": 2}',
+                    ),
+                ],
+            )
+        ),
     ]
 
 
@@ -430,7 +457,45 @@ UNARY = [
     ),
     Unary("GetPool", pb.GetPoolRequest, lambda w: [pb.GetPoolRequest(name="pool-a")], True),
     Unary("ListPools", pb.ListPoolsRequest, lambda w: [pb.ListPoolsRequest()], True),
+    Unary(
+        "UpdatePool",
+        pb.UpdatePoolRequest,
+        lambda w: [
+            pb.UpdatePoolRequest(name="pool-a", concurrency_limit=3),
+            pb.UpdatePoolRequest(name="pool-a", paused=False),
+        ],
+    ),
+    Unary(
+        "UpsertQueue",
+        pb.UpsertQueueRequest,
+        lambda w: [
+            pb.UpsertQueueRequest(
+                pool="pool-a", queue=types_pb2.WorkQueue(name="urgent", priority=1)
+            ),
+            pb.UpsertQueueRequest(
+                pool="pool-a",
+                queue=types_pb2.WorkQueue(name="default", priority=5, concurrency_limit=2),
+            ),
+        ],
+    ),
     Unary("UpsertDeployment", pb.UpsertDeploymentRequest, _deployments),
+    Unary(
+        "PauseDeployment",
+        pb.PauseDeploymentRequest,
+        lambda w: [
+            pb.PauseDeploymentRequest(name="hello", paused=True),
+            pb.PauseDeploymentRequest(name="hello", paused=False),
+        ],
+    ),
+    Unary(
+        "ListSchedules",
+        pb.ListSchedulesRequest,
+        lambda w: [
+            pb.ListSchedulesRequest(deployment_name="hello"),
+            pb.ListSchedulesRequest(deployment_name="hello", upcoming=3),
+        ],
+        True,
+    ),
     Unary(
         "GetDeployment",
         pb.GetDeploymentRequest,
@@ -536,15 +601,16 @@ def test_server_streams_refuse_bad_requests_at_once_and_change_nothing(
     request_type = getattr(pb, f"{method}Request")
     valid = [request_type(run_id=run) for run in world.runs]
     request = data.draw(requests(request_type, valid, hints), label="request")
+    if method == "TailLogs" and request.run_id != world.running[0]:
+        # Following a live run that has written no line yet (whether one is live depends on
+        # what earlier examples cancelled) rightly waits for its first line: there is no
+        # first answer to check. The running run has lines, so it is followed.
+        request.follow = False
     world.fuzz.first_answer(getattr(world.fuzz.control, method), request)
 
 
 #: RPCs declared in the API that the server does not serve yet (they answer UNIMPLEMENTED).
 NOT_YET_SERVED = {
-    "UpdatePool",
-    "UpsertQueue",
-    "PauseDeployment",
-    "ListSchedules",
     "CreateToken",
     "ListTokens",
     "RevokeToken",

@@ -41,6 +41,12 @@ def test_defaults() -> None:
     assert settings.log_level == "INFO"
 
 
+def test_queues_limit_the_agent_to_some_queues_of_its_pool() -> None:
+    assert parse(["--pool", "p"]).agent.queues == ()
+    settings = parse(["--pool", "p", "--queue", "urgent", "--queue", "gpu"])
+    assert settings.agent.queues == ("urgent", "gpu")
+
+
 def test_environment_fallbacks() -> None:
     env = {
         "FLOWYARD_POOL": "from-env",
