@@ -26,11 +26,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from control_plane.models import Run
+from control_plane.models import Pool, Run, WorkQueue
 from control_plane.orchestration import clock
 from control_plane.orchestration.agents import AgentRegistry, CancelMessage
 from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.states import LATE, State, StateType
+from control_plane.store import catalog as catalog_repo
+from control_plane.store import queues as queues_repo
 from control_plane.store import runs as repo
 from control_plane.store.db import Database
 
@@ -93,9 +95,16 @@ class Reaper:
                 lambda conn: repo.silent_engines(conn, now - self._policy.engine_grace, BATCH),
                 lambda run: _crash_silent(run, now),
             )
+        waiting = _Waiting(self._agents)
+
+        async def overdue(conn: AsyncConnection) -> list[Run]:
+            runs = await repo.overdue_scheduled(conn, now - self._policy.late_after, BATCH)
+            if runs:
+                await waiting.load(conn)
+            return runs
+
         changed += await self._apply(
-            lambda conn: repo.overdue_scheduled(conn, now - self._policy.late_after, BATCH),
-            lambda run: State(StateType.SCHEDULED, LATE, _late_message(run, now)),
+            overdue, lambda run: State(StateType.SCHEDULED, LATE, waiting.late_message(run, now))
         )
         forced = await self._apply(
             lambda conn: repo.stuck_cancelling(conn, now - self._policy.cancelling_timeout, BATCH),
@@ -145,6 +154,40 @@ def _crash_silent(run: Run, now: datetime) -> State:
     )
 
 
-def _late_message(run: Run, now: datetime) -> str:
-    late = int((now - run.scheduled_at).total_seconds())
-    return f"Due {late} s ago and not yet dispatched (no agent of pool {run.pool_name!r} with free capacity)"
+class _Waiting:
+    """Why a due run is still waiting, from its pool, its queue and the connected agents."""
+
+    def __init__(self, agents: AgentRegistry) -> None:
+        self._agents = agents
+        self._pools: dict[str, Pool] = {}
+        self._queues: dict[str, WorkQueue] = {}
+
+    async def load(self, conn: AsyncConnection) -> None:
+        self._pools = {pool.id: pool for pool in await catalog_repo.list_pools(conn)}
+        self._queues = {queue.id: queue for queue in await queues_repo.list_queues(conn)}
+
+    def late_message(self, run: Run, now: datetime) -> str:
+        late = int((now - run.scheduled_at).total_seconds())
+        return f"Due {late} s ago and not yet dispatched: {self._reason(run)}"
+
+    def _reason(self, run: Run) -> str:
+        pool = self._pools.get(run.pool_id)
+        queue = self._queues.get(run.queue_id or "")
+        where = f"pool {run.pool_name!r}"
+        if pool is not None and pool.paused:
+            return f"{where} is paused (flowyard pool set {run.pool_name} --resume)"
+        if queue is not None and queue.paused:
+            return f"queue {queue.name!r} of {where} is paused"
+        if self._agents.count_in_pool(run.pool_id) == 0:
+            return f"no agent of {where} is connected"
+        limits = []
+        if pool is not None and pool.concurrency_limit:
+            limits.append(f"the pool's ({pool.concurrency_limit})")
+        if queue is not None and queue.concurrency_limit:
+            limits.append(f"queue {queue.name!r}'s ({queue.concurrency_limit})")
+        if limits:
+            return (
+                f"the agents of {where} have no free capacity, or a concurrency limit is "
+                f"reached: {' or '.join(limits)}"
+            )
+        return f"the agents of {where} have no free capacity"

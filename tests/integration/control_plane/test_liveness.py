@@ -82,13 +82,25 @@ async def test_an_undispatched_run_is_marked_late_and_stays_dispatchable(ready: 
     run = await ready.run()
     reap = reaper(ready, late_after=0.2)
     late = await sweep_until(ready, reap, run.id, lambda r: r.state.name == "Late")
-    assert late.state.type == S.STATE_TYPE_SCHEDULED and "not yet dispatched" in late.state.message
+    assert late.state.type == S.STATE_TYPE_SCHEDULED
+    assert "not yet dispatched: no agent of pool 'pool-a' is connected" in late.state.message
     before = len((await ready.get(run.id)).history)
     await reap.sweep_once()  # Late is not marked twice
     assert len((await ready.get(run.id)).history) == before
     agent = agent_stream(ready, capacity=1)
     await agent.receive("welcome")
     assert (await agent.receive("assign")).run_id == run.id
+    await agent.close()
+
+
+async def test_a_late_run_says_why_it_waits(ready: Plane) -> None:
+    agent = agent_stream(ready, capacity=1)
+    await agent.receive("welcome")
+    await ready.control.UpdatePool(pb.UpdatePoolRequest(name="pool-a", paused=True))
+    run = await ready.run()
+    reap = reaper(ready, late_after=0.2)
+    late = await sweep_until(ready, reap, run.id, lambda r: r.state.name == "Late")
+    assert "pool 'pool-a' is paused (flowyard pool set pool-a --resume)" in late.state.message
     await agent.close()
 
 
