@@ -113,7 +113,7 @@ class Dispatcher:
                 session = max(sessions, key=lambda s: credits[s.id])
                 if credits[session.id] <= 0:
                     break
-                token, token_hash = tokens.mint()
+                token, token_hash = tokens.mint_engine(run.id, run.attempt)
                 updated = await repo.compare_and_set(
                     conn,
                     run,
