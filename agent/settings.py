@@ -29,6 +29,7 @@ __all__ = [
     "Probe",
     "ProcessSettings",
     "Settings",
+    "TLSSettings",
     "build_parser",
     "default_engine_command",
     "parse_command",
@@ -54,10 +55,24 @@ class BackoffSettings:
 
 
 @dataclass(frozen=True)
+class TLSSettings:
+    """TLS towards the control plane; all unset: plaintext."""
+
+    # The CA that signed the control plane's certificate; set: the channel speaks TLS.
+    ca: Path | None = None
+    # A client certificate and its key, for a server that requires one (mutual TLS).
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
 class ConnectionSettings:
     """Where the control plane is and how the agent keeps its stream healthy."""
 
     server: str = DEFAULT_SERVER
+    # The agent (or admin) token sent as "authorization: Bearer"; never printed.
+    token: str = field(default="", repr=False)
+    tls: TLSSettings = field(default_factory=TLSSettings)
     backoff: BackoffSettings = field(default_factory=BackoffSettings)
     # HTTP/2 pings detect a half-open TCP connection even when neither side has data to send.
     keepalive_time: float = 30.0
@@ -176,6 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"control plane address HOST:PORT (env FLOWYARD_SERVER, default {DEFAULT_SERVER})",
     )
     parser.add_argument(
+        "--token",
+        help="agent token of the pool, from 'flowyard token create --agent' (env FLOWYARD_TOKEN)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        help="CA certificate (PEM) that signed the control plane's certificate; turns TLS on "
+        "and is handed to engines (env FLOWYARD_TLS_CA)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        help="client certificate (PEM) for a control plane that requires one "
+        "(env FLOWYARD_TLS_CERT)",
+    )
+    parser.add_argument("--tls-key", help="key (PEM) of --tls-cert (env FLOWYARD_TLS_KEY)")
+    parser.add_argument(
         "--runtime",
         choices=RUNTIMES,
         default="process",
@@ -215,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--engine-server",
-        help="control plane address HOST:PORT as engines inside pods reach it "
+        help="control plane address HOST:PORT as engines reach it: from inside pods, or the "
+        "main port when the agent uses the mutual-TLS agent port "
         "(env FLOWYARD_ENGINE_SERVER, default: --server)",
     )
     parser.add_argument(
@@ -313,7 +344,11 @@ def _settings(
 
     return Settings(
         agent=AgentSettings(pool=pool, name=name, capacity=capacity, runtime=args.runtime),
-        connection=ConnectionSettings(server=server),
+        connection=ConnectionSettings(
+            server=server,
+            token=_token(args, environ, server),
+            tls=_tls(parser, args, environ),
+        ),
         process=ProcessSettings(
             engine_command=engine_command, work_dir=work_dir, cancel_grace=cancel_grace
         ),
@@ -339,6 +374,52 @@ def _kubernetes(
     return KubernetesSettings(
         kubeconfig=kubeconfig, namespace=namespace, engine_server=engine_server
     )
+
+
+#: Hosts whose control plane shares this machine (and its admin token file).
+_LOOPBACK = ("127.", "localhost:", "[::1]:")
+
+
+def _token(args: argparse.Namespace, environ: Mapping[str, str], server: str) -> str:
+    """--token, $FLOWYARD_TOKEN, else a local server's admin token file.
+
+    The file is read only for a server on this machine's loopback, so that an agent started
+    beside ``flowyard server start`` needs no setup, and a local admin token is never sent
+    anywhere else.
+    """
+    token = (args.token or environ.get("FLOWYARD_TOKEN") or "").strip()
+    if token or not server.startswith(_LOOPBACK):
+        return token
+    data_dir = environ.get("FLOWYARD_DATA_DIR", "").strip()
+    path = Path(data_dir) if data_dir else Path.home() / ".flowyard"
+    try:
+        return (path / "admin.token").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _tls(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapping[str, str]
+) -> TLSSettings:
+    def path(flag: str, env: str) -> Path | None:
+        value = (getattr(args, flag) or environ.get(env) or "").strip()
+        if not value:
+            return None
+        resolved = Path(value).expanduser()
+        if not resolved.is_file():
+            parser.error(f"--{flag.replace('_', '-')} {value}: no such file")
+        return resolved
+
+    tls = TLSSettings(
+        ca=path("tls_ca", "FLOWYARD_TLS_CA"),
+        cert=path("tls_cert", "FLOWYARD_TLS_CERT"),
+        key=path("tls_key", "FLOWYARD_TLS_KEY"),
+    )
+    if (tls.cert is None) != (tls.key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if tls.cert is not None and tls.ca is None:
+        parser.error("--tls-cert needs --tls-ca (the CA of the control plane's certificate)")
+    return tls
 
 
 def _health(environ: Mapping[str, str]) -> HealthSettings:

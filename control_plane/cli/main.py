@@ -21,8 +21,10 @@ import grpc
 from rich.table import Table
 
 from control_plane.cli import output
-from control_plane.cli.client import Client, default_server, describe
+from control_plane.cli.client import Client, default_server, describe, resolve_token
+from control_plane.cli.tokens import token_group
 from control_plane.config import (
+    DEFAULT_AGENT_PORT,
     DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
     DEFAULT_PORT,
@@ -51,17 +53,19 @@ def _parse_assignments(values: tuple[str, ...], option: str) -> dict[str, Any]:
 
 
 class Session:
-    """Per-invocation state: the server address and a lazily made client."""
+    """Per-invocation state: the server address, credentials and a lazily made client."""
 
-    def __init__(self, server: str) -> None:
+    def __init__(self, server: str, token: str | None = None, tls_ca: Path | None = None) -> None:
         self.server = server
+        self.token = token
+        self.tls_ca = tls_ca
         self._client: Client | None = None
 
     @property
     def stub(self) -> Any:
         """The ControlPlaneService stub."""
         if self._client is None:
-            self._client = Client.connect(self.server)
+            self._client = Client.connect(self.server, resolve_token(self.token), self.tls_ca)
         return self._client.stub
 
 
@@ -72,10 +76,22 @@ class Session:
     show_default=f"$FLOWYARD_SERVER or 127.0.0.1:{DEFAULT_PORT}",
     help="Control plane address (host:port).",
 )
+@click.option(
+    "--token",
+    envvar="FLOWYARD_TOKEN",
+    help="Token for the control plane [default: $FLOWYARD_TOKEN, else the admin token "
+    "file of the local server's data directory].",
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    envvar="FLOWYARD_TLS_CA",
+    help="CA certificate (PEM) of the server's TLS certificate; turns TLS on.",
+)
 @click.pass_context
-def cli(ctx: click.Context, server: str) -> None:
+def cli(ctx: click.Context, server: str, token: str | None, tls_ca: Path | None) -> None:
     """Flowyard: run Python flows on Kubernetes or as local processes."""
-    ctx.obj = Session(server)
+    ctx.obj = Session(server, token, tls_ca)
 
 
 # ----------------------------------------------------------------------------- server
@@ -151,6 +167,35 @@ def server() -> None:
     show_default=True,
     help="A run CANCELLING this long is forced to CANCELLED.",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    envvar="FLOWYARD_TLS_CERT",
+    help="Server certificate (PEM); with --tls-key the server speaks TLS only.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    envvar="FLOWYARD_TLS_KEY",
+    help="Key (PEM) of --tls-cert.",
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="CA of agents' client certificates: opens the mutual-TLS agent port.",
+)
+@click.option(
+    "--agent-port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_AGENT_PORT,
+    show_default=True,
+    help="The mutual-TLS agent port (with --tls-client-ca; 0: any free port).",
+)
+@click.option(
+    "--require-agent-cert",
+    is_flag=True,
+    help="Agents must connect with a verified client certificate (the agent port).",
+)
 @click.option("--log-level", default="INFO", show_default=True, envvar="FLOWYARD_LOG_LEVEL")
 def server_start(
     host: str,
@@ -164,9 +209,18 @@ def server_start(
     engine_grace_seconds: float,
     late_after_seconds: float,
     cancelling_timeout_seconds: float,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    agent_port: int,
+    require_agent_cert: bool,
     log_level: str,
 ) -> None:
-    """Start the control plane (gRPC) and serve until SIGTERM/SIGINT."""
+    """Start the control plane (gRPC) and serve until SIGTERM/SIGINT.
+
+    On first start it creates an admin token in the data directory (admin.token, mode 0600),
+    which the CLI on this machine reads by itself.
+    """
     from control_plane.server import serve
 
     logging.basicConfig(
@@ -184,7 +238,18 @@ def server_start(
         engine_grace_seconds=engine_grace_seconds,
         late_after_seconds=late_after_seconds,
         cancelling_timeout_seconds=cancelling_timeout_seconds,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        agent_port=agent_port,
+        require_agent_cert=require_agent_cert,
     )
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if tls_client_ca is not None and tls_cert is None:
+        raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+    if require_agent_cert and tls_client_ca is None:
+        raise click.UsageError("--require-agent-cert needs --tls-client-ca")
     asyncio.run(serve(config))
 
 
@@ -469,6 +534,8 @@ def agent_install(
     )
     click.echo(to_yaml(manifests), nl=False)
 
+
+cli.add_command(token_group)
 
 # ----------------------------------------------------------------------------- runs
 
