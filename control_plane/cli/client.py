@@ -144,16 +144,16 @@ def describe(error: grpc.RpcError, address: str) -> str:
     code = error.code() if isinstance(error, grpc.Call) else None
     details = error.details() if isinstance(error, grpc.Call) else str(error)
     if code is grpc.StatusCode.UNAVAILABLE:
-        hint = ""
         text = (details or "").lower()
-        if "ssl" in text or "handshake" in text or "certificate" in text:
-            hint = (
-                f" (TLS: {details}; pass --tls-ca or FLOWYARD_TLS_CA with the CA that signed "
-                "the server's certificate)"
+        if any(word in text for word in ("ssl", "handshake", "certificate", "tls")):
+            return (
+                f"cannot reach the control plane at {address} over TLS ({details}): pass "
+                "--tls-ca or FLOWYARD_TLS_CA with the CA that signed the server's certificate"
             )
         return (
             f"cannot reach the control plane at {address}: is 'flowyard server start' running "
-            f"there? (set --server or FLOWYARD_SERVER){hint}"
+            "there? (set --server or FLOWYARD_SERVER; a server with TLS needs --tls-ca or "
+            "FLOWYARD_TLS_CA)"
         )
     name = code.name if code is not None else "ERROR"
     return f"{details} ({name})"
