@@ -129,6 +129,9 @@ class KubernetesSettings:
     namespace: str = DEFAULT_NAMESPACE
     # What engines inside pods dial to reach the control plane.
     engine_server: str = DEFAULT_SERVER
+    # The PEM of the CA engines trust for the control plane's TLS certificate (the agent's
+    # --tls-ca), handed to them through each attempt's Secret; None: plaintext.
+    engine_tls_ca: str | None = None
     retry: ApiRetrySettings = field(default_factory=ApiRetrySettings)
     # Server-side timeout of one watch request; the watch then resumes where it was.
     watch_timeout: float = 300.0
@@ -341,19 +344,16 @@ def _settings(
         engine_command = default_engine_command(executable or sys.executable)
 
     work_dir = Path(args.work_dir).expanduser() if args.work_dir else None
+    tls = _tls(parser, args, environ)
 
     return Settings(
         agent=AgentSettings(pool=pool, name=name, capacity=capacity, runtime=args.runtime),
-        connection=ConnectionSettings(
-            server=server,
-            token=_token(args, environ, server),
-            tls=_tls(parser, args, environ),
-        ),
+        connection=ConnectionSettings(server=server, token=_token(args, environ, server), tls=tls),
         process=ProcessSettings(
             engine_command=engine_command, work_dir=work_dir, cancel_grace=cancel_grace
         ),
         log_level=args.log_level,
-        kubernetes=_kubernetes(parser, args, environ, server),
+        kubernetes=_kubernetes(parser, args, environ, server, tls.ca),
         health=_health(environ),
     )
 
@@ -363,6 +363,7 @@ def _kubernetes(
     args: argparse.Namespace,
     environ: Mapping[str, str],
     server: str,
+    tls_ca: Path | None = None,
 ) -> KubernetesSettings:
     kubeconfig = (args.kubeconfig or environ.get("KUBECONFIG") or "").strip() or None
     namespace = (args.namespace or environ.get("FLOWYARD_NAMESPACE") or DEFAULT_NAMESPACE).strip()
@@ -371,8 +372,15 @@ def _kubernetes(
     engine_server = (args.engine_server or environ.get("FLOWYARD_ENGINE_SERVER") or server).strip()
     if not engine_server:
         parser.error("--engine-server must be HOST:PORT")
+    try:
+        engine_tls_ca = tls_ca.read_text() if tls_ca is not None else None
+    except OSError as error:
+        parser.error(f"--tls-ca {tls_ca}: {error.strerror or error}")
     return KubernetesSettings(
-        kubeconfig=kubeconfig, namespace=namespace, engine_server=engine_server
+        kubeconfig=kubeconfig,
+        namespace=namespace,
+        engine_server=engine_server,
+        engine_tls_ca=engine_tls_ca,
     )
 
 

@@ -72,6 +72,8 @@ CONTAINER_NAME: Final = "flowyard"
 and status by this name."""
 TOKEN_KEY: Final = "token"
 """The key of the engine token in the per-attempt Secret."""
+TLS_CA_KEY: Final = "tls-ca.pem"
+"""The key of the control plane's CA certificate in the per-attempt Secret, when TLS is on."""
 ENGINE_ENV: Final = frozenset(
     {"FLOWYARD_SERVER", "FLOWYARD_RUN_ID", "FLOWYARD_RUN_ATTEMPT", "FLOWYARD_RUN_TOKEN"}
 )
@@ -382,13 +384,16 @@ def render_job(
     server_address: str,
     engine_token: str | None,
     environ: Mapping[str, str] | None = None,
+    tls_ca: str | None = None,
 ) -> RenderedJob:
     """Render one attempt of a run into its Job and Secret.
 
     ``job_variables`` are already merged (the deployment's, then the run's); the template's
     defaults are applied here. ``engine_token`` is None for a dry run: the Secret then has no
     data. ``environ`` resolves ``{{ $NAME }}`` placeholders (the agent passes its environment;
-    a dry run leaves them as written).
+    a dry run leaves them as written). ``tls_ca`` is the PEM of the CA the engine trusts for
+    the control plane's TLS certificate: it goes into the Secret, and the engine reads it as
+    ``FLOWYARD_TLS_CA_PEM``.
 
     Raises:
         TemplateError: the template or the variables are invalid, or the template does not
@@ -463,6 +468,16 @@ def render_job(
                 "name": "FLOWYARD_RUN_TOKEN",
                 "valueFrom": {"secretKeyRef": {"name": name, "key": TOKEN_KEY}},
             },
+            *(
+                [
+                    {
+                        "name": "FLOWYARD_TLS_CA_PEM",
+                        "valueFrom": {"secretKeyRef": {"name": name, "key": TLS_CA_KEY}},
+                    }
+                ]
+                if tls_ca is not None
+                else []
+            ),
         ],
     )
 
@@ -474,6 +489,8 @@ def render_job(
     }
     if engine_token is not None:
         secret["data"] = {TOKEN_KEY: base64.b64encode(engine_token.encode()).decode("ascii")}
+        if tls_ca is not None:
+            secret["data"][TLS_CA_KEY] = base64.b64encode(tls_ca.encode()).decode("ascii")
     return RenderedJob(
         namespace=namespace,
         name=name,

@@ -71,6 +71,7 @@ def render(
             server_address=settings.engine_server,
             engine_token=assignment.engine_token,
             environ=environ,
+            tls_ca=settings.engine_tls_ca,
         )
     except TemplateError as error:
         raise SubmitError(f"cannot render the run's Job: {error}") from error

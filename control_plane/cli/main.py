@@ -507,9 +507,15 @@ def agent_group() -> None:
 )
 @click.option(
     "--token",
+    "agent_token",
     default="",
     envvar="FLOWYARD_AGENT_TOKEN",
-    help="Agent token stored in the agent's Secret.",
+    help="Agent token ('flowyard token create --agent --pool P'), put in the agent's Secret.",
+)
+@click.option(
+    "--token-secret",
+    default="",
+    help="Instead of --token: an existing Secret (key 'token') the agent reads its token from.",
 )
 def agent_install(
     pool_name: str,
@@ -518,20 +524,28 @@ def agent_install(
     server_address: str,
     name: str,
     capacity: int,
-    token: str,
+    agent_token: str,
+    token_secret: str,
 ) -> None:
-    """Print the manifests that install an agent in a cluster: pipe them to `kubectl apply -f -`."""
+    """Print the manifests that install an agent in a cluster: pipe them to `kubectl apply -f -`.
+
+    The agent reads its token from a Secret, never from a literal in its Deployment.
+    """
     from agent.kubernetes.install import install_manifests, to_yaml
 
-    manifests = install_manifests(
-        pool=pool_name,
-        namespace=namespace,
-        image=image,
-        server=server_address,
-        agent_token=token,
-        name=name,
-        capacity=capacity,
-    )
+    try:
+        manifests = install_manifests(
+            pool=pool_name,
+            namespace=namespace,
+            image=image,
+            server=server_address,
+            agent_token=agent_token,
+            name=name,
+            capacity=capacity,
+            token_secret=token_secret,
+        )
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
     click.echo(to_yaml(manifests), nl=False)
 
 

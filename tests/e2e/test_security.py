@@ -16,8 +16,12 @@ from tests.pki import Authority
 from .conftest import POOL, System, running_system, wait_for
 
 FLOW = """
+import os
+
 def main(name: str = "world") -> str:
     print(f"hello {name}")
+    # The agent's own credentials never reach flow code.
+    print("agent secrets visible:", any(k in os.environ for k in ("FLOWYARD_TOKEN", "FLOWYARD_TLS_KEY")))
     return name
 """
 
@@ -28,6 +32,7 @@ def run_to_completion(system: System, deployment: str = "hello") -> None:
     result = system.cli("run", deployment, "--param", "name=secure", "--watch")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "hello secure" in result.stdout
+    assert "agent secrets visible: False" in result.stdout
     assert result.stdout.rstrip().endswith("COMPLETED")
 
 
