@@ -11,11 +11,16 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
 
 from control_plane.auth import registry
+from control_plane.auth.registry import Tokens
+from control_plane.config import ServerConfig
+from control_plane.errors import Unauthenticated
+from control_plane.server import build
 from flowyard.v1 import agent_pb2, agent_pb2_grpc, engine_pb2, engine_pb2_grpc, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import control_plane_pb2_grpc as pb_grpc
@@ -320,3 +325,23 @@ async def test_verified_tokens_are_cached_not_read_per_call(
     for _ in range(20):
         await bare.control.ListPools(pb.ListPoolsRequest(), metadata=bearer(fresh.token))
     assert reads == 1
+
+
+async def test_a_revoked_admin_token_file_is_not_replaced_behind_the_admins_back(
+    tmp_path: Path,
+) -> None:
+    config = ServerConfig(port=0, data_dir=tmp_path)
+    app = await build(config)
+    try:
+        first = admin_token(tmp_path)
+        tokens = Tokens(app.db, app.agents)
+        await tokens.revoke(first.split(".")[0])
+    finally:
+        await app.db.close()
+    app = await build(config)
+    try:
+        assert admin_token(tmp_path) == first
+        with pytest.raises(Unauthenticated, match="revoked"):
+            await Tokens(app.db, app.agents).verify(first)
+    finally:
+        await app.db.close()
