@@ -22,7 +22,7 @@ from agent.session import Session
 from agent.settings import AgentSettings, ConnectionSettings
 from agent.tasks import cancel_and_wait, stop_tasks
 
-__all__ = ["channel_options", "run_connection"]
+__all__ = ["channel_options", "open_channel", "run_connection"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,20 @@ def channel_options(settings: ConnectionSettings) -> list[tuple[str, int]]:
         # (a partition leaves it open). A channel of its own dials anew.
         ("grpc.use_local_subchannel_pool", 1),
     ]
+
+
+def open_channel(settings: ConnectionSettings) -> grpc.aio.Channel:
+    """A channel to the control plane: TLS when a CA is configured, else plaintext."""
+    options = channel_options(settings)
+    tls = settings.tls
+    if tls.ca is None:
+        return grpc.aio.insecure_channel(settings.server, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls.ca.read_bytes(),
+        private_key=tls.key.read_bytes() if tls.key else None,
+        certificate_chain=tls.cert.read_bytes() if tls.cert else None,
+    )
+    return grpc.aio.secure_channel(settings.server, credentials, options=options)
 
 
 async def run_connection(
@@ -60,9 +74,7 @@ async def run_connection(
     while not stop.is_set():
         session: Session | None = None
         try:
-            async with grpc.aio.insecure_channel(
-                connection.server, options=channel_options(connection)
-            ) as channel:
+            async with open_channel(connection) as channel:
                 session = Session(
                     channel,
                     agent=agent,

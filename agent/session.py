@@ -109,7 +109,10 @@ class Session:
 
     async def run(self) -> None:
         """Run the session; returns after :meth:`close`, raises when the stream ends otherwise."""
-        call = self._stub.Connect(None)
+        token = self._connection.token
+        call = self._stub.Connect(
+            None, metadata=(("authorization", f"Bearer {token}"),) if token else None
+        )
         try:
             await self._exchange(call)
         except grpc.aio.AioRpcError as error:

@@ -29,6 +29,7 @@ __all__ = [
     "Probe",
     "ProcessSettings",
     "Settings",
+    "TLSSettings",
     "build_parser",
     "default_engine_command",
     "parse_command",
@@ -54,10 +55,24 @@ class BackoffSettings:
 
 
 @dataclass(frozen=True)
+class TLSSettings:
+    """TLS towards the control plane; all unset: plaintext."""
+
+    # The CA that signed the control plane's certificate; set: the channel speaks TLS.
+    ca: Path | None = None
+    # A client certificate and its key, for a server that requires one (mutual TLS).
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
 class ConnectionSettings:
     """Where the control plane is and how the agent keeps its stream healthy."""
 
     server: str = DEFAULT_SERVER
+    # The agent (or admin) token sent as "authorization: Bearer"; never printed.
+    token: str = field(default="", repr=False)
+    tls: TLSSettings = field(default_factory=TLSSettings)
     backoff: BackoffSettings = field(default_factory=BackoffSettings)
     # HTTP/2 pings detect a half-open TCP connection even when neither side has data to send.
     keepalive_time: float = 30.0
@@ -116,6 +131,9 @@ class KubernetesSettings:
     namespace: str = DEFAULT_NAMESPACE
     # What engines inside pods dial to reach the control plane.
     engine_server: str = DEFAULT_SERVER
+    # The PEM of the CA engines trust for the control plane's TLS certificate (the agent's
+    # --tls-ca), handed to them through each attempt's Secret; None: plaintext.
+    engine_tls_ca: str | None = None
     retry: ApiRetrySettings = field(default_factory=ApiRetrySettings)
     # Server-side timeout of one watch request; the watch then resumes where it was.
     watch_timeout: float = 300.0
@@ -185,6 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"control plane address HOST:PORT (env FLOWYARD_SERVER, default {DEFAULT_SERVER})",
     )
     parser.add_argument(
+        "--token",
+        help="agent token of the pool, from 'flowyard token create --agent' (env FLOWYARD_TOKEN)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        help="CA certificate (PEM) that signed the control plane's certificate; turns TLS on "
+        "and is handed to engines (env FLOWYARD_TLS_CA)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        help="client certificate (PEM) for a control plane that requires one "
+        "(env FLOWYARD_TLS_CERT)",
+    )
+    parser.add_argument("--tls-key", help="key (PEM) of --tls-cert (env FLOWYARD_TLS_KEY)")
+    parser.add_argument(
         "--runtime",
         choices=RUNTIMES,
         default="process",
@@ -224,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--engine-server",
-        help="control plane address HOST:PORT as the engines this agent starts reach it "
+        help="control plane address HOST:PORT as engines reach it: from inside pods, or the "
+        "main port when the agent uses the mutual-TLS agent port "
         "(env FLOWYARD_ENGINE_SERVER, default: --server)",
     )
     parser.add_argument(
@@ -319,6 +353,7 @@ def _settings(
         engine_command = default_engine_command(executable or sys.executable)
 
     work_dir = Path(args.work_dir).expanduser() if args.work_dir else None
+    tls = _tls(parser, args, environ)
 
     return Settings(
         agent=AgentSettings(
@@ -328,12 +363,12 @@ def _settings(
             runtime=args.runtime,
             queues=tuple(q.strip() for q in args.queues if q.strip()),
         ),
-        connection=ConnectionSettings(server=server),
+        connection=ConnectionSettings(server=server, token=_token(args, environ, server), tls=tls),
         process=ProcessSettings(
             engine_command=engine_command, work_dir=work_dir, cancel_grace=cancel_grace
         ),
         log_level=args.log_level,
-        kubernetes=_kubernetes(parser, args, environ, server),
+        kubernetes=_kubernetes(parser, args, environ, server, tls.ca),
         health=_health(environ),
     )
 
@@ -343,6 +378,7 @@ def _kubernetes(
     args: argparse.Namespace,
     environ: Mapping[str, str],
     server: str,
+    tls_ca: Path | None = None,
 ) -> KubernetesSettings:
     kubeconfig = (args.kubeconfig or environ.get("KUBECONFIG") or "").strip() or None
     namespace = (args.namespace or environ.get("FLOWYARD_NAMESPACE") or DEFAULT_NAMESPACE).strip()
@@ -351,9 +387,62 @@ def _kubernetes(
     engine_server = (args.engine_server or environ.get("FLOWYARD_ENGINE_SERVER") or server).strip()
     if not engine_server:
         parser.error("--engine-server must be HOST:PORT")
+    try:
+        engine_tls_ca = tls_ca.read_text() if tls_ca is not None else None
+    except OSError as error:
+        parser.error(f"--tls-ca {tls_ca}: {error.strerror or error}")
     return KubernetesSettings(
-        kubeconfig=kubeconfig, namespace=namespace, engine_server=engine_server
+        kubeconfig=kubeconfig,
+        namespace=namespace,
+        engine_server=engine_server,
+        engine_tls_ca=engine_tls_ca,
     )
+
+
+#: Hosts whose control plane shares this machine (and its admin token file).
+_LOOPBACK = ("127.", "localhost:", "[::1]:")
+
+
+def _token(args: argparse.Namespace, environ: Mapping[str, str], server: str) -> str:
+    """--token, $FLOWYARD_TOKEN, else a local server's admin token file.
+
+    The file is read only for a server on this machine's loopback, so that an agent started
+    beside ``flowyard server start`` needs no setup, and a local admin token is never sent
+    anywhere else.
+    """
+    token = (args.token or environ.get("FLOWYARD_TOKEN") or "").strip()
+    if token or not server.startswith(_LOOPBACK):
+        return token
+    data_dir = environ.get("FLOWYARD_DATA_DIR", "").strip()
+    path = Path(data_dir) if data_dir else Path.home() / ".flowyard"
+    try:
+        return (path / "admin.token").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _tls(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapping[str, str]
+) -> TLSSettings:
+    def path(flag: str, env: str) -> Path | None:
+        value = (getattr(args, flag) or environ.get(env) or "").strip()
+        if not value:
+            return None
+        resolved = Path(value).expanduser()
+        if not resolved.is_file():
+            parser.error(f"--{flag.replace('_', '-')} {value}: no such file")
+        return resolved
+
+    tls = TLSSettings(
+        ca=path("tls_ca", "FLOWYARD_TLS_CA"),
+        cert=path("tls_cert", "FLOWYARD_TLS_CERT"),
+        key=path("tls_key", "FLOWYARD_TLS_KEY"),
+    )
+    if (tls.cert is None) != (tls.key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if tls.cert is not None and tls.ca is None:
+        parser.error("--tls-cert needs --tls-ca (the CA of the control plane's certificate)")
+    return tls
 
 
 def _health(environ: Mapping[str, str]) -> HealthSettings:

@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from control_plane.cli.client import open_channel
 from control_plane.cli.main import build_deployment
 from control_plane.cli.processes import start_agent, start_server
 from flowyard.v1 import control_plane_pb2 as pb
@@ -57,10 +57,15 @@ def main() -> None:
     server = start_server(root / "server")
     agent = None
     try:
-        channel = grpc.insecure_channel(server.extra["address"])
+        channel = open_channel(server.extra["address"], server.extra["token"])
         stub = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
         stub.CreatePool(pb.CreatePoolRequest(name="bench", type=types_pb2.POOL_TYPE_PROCESS))
-        agent = start_agent(server.extra["address"], "bench", root / "agent", capacity=4)
+        agent_token = stub.CreateToken(
+            pb.CreateTokenRequest(kind=pb.TOKEN_KIND_AGENT, pool="bench", description="bench")
+        ).token
+        agent = start_agent(
+            server.extra["address"], "bench", root / "agent", capacity=4, token=agent_token
+        )
         deployment = build_deployment(
             "flow.py:noop", name="noop", pool="bench", source=root / "flow", parameters={}
         )

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_PORT = 7700
+#: The mutual-TLS agent port, when a client CA is configured.
+DEFAULT_AGENT_PORT = 7701
 #: gRPC's own default, and what a client receives unless it raises its limit: a request the
 #: server accepts can be answered back to any client.
 DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -18,6 +20,15 @@ def default_data_dir() -> Path:
     """Where the server keeps its database when neither --data-dir nor --db-url is given."""
     env = os.environ.get("FLOWYARD_DATA_DIR")
     return Path(env) if env else Path.home() / ".flowyard"
+
+
+#: The admin token the server creates on first start, in its data directory (mode 0600).
+ADMIN_TOKEN_FILE = "admin.token"
+
+
+def admin_token_path(data_dir: Path) -> Path:
+    """Where the admin token of a data directory is kept."""
+    return data_dir / ADMIN_TOKEN_FILE
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,15 @@ class ServerConfig:
     max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS
     #: Largest request message accepted; a larger one gets RESOURCE_EXHAUSTED from gRPC.
     max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE_MESSAGE_BYTES
+    #: TLS certificate and key of the server (PEM); both unset: plaintext.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: CA of agents' client certificates: opens the mutual-TLS agent port.
+    tls_client_ca: Path | None = None
+    #: The mutual-TLS agent port (0 picks a free one); used only with ``tls_client_ca``.
+    agent_port: int = DEFAULT_AGENT_PORT
+    #: Refuse AgentService.Connect calls without a verified client certificate.
+    require_agent_cert: bool = False
 
     def resolved_data_dir(self) -> Path:
         """The data directory in use."""

@@ -30,6 +30,10 @@ from control_plane.admission import Admission
 from control_plane.api.agent import AgentServicer
 from control_plane.api.control_plane import ControlPlaneServicer
 from control_plane.api.engine import EngineServicer
+from control_plane.auth.bootstrap import ensure_admin_token
+from control_plane.auth.interceptor import Authenticator
+from control_plane.auth.registry import Tokens
+from control_plane.auth.transport import TLSFiles
 from control_plane.config import ServerConfig
 from control_plane.orchestration.agents import AgentRegistry
 from control_plane.orchestration.catalog import Catalog
@@ -126,6 +130,8 @@ class App:
     server: grpc.aio.Server
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     port: int
+    #: The mutual-TLS agent port, if the server has one.
+    agent_port: int | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -185,12 +191,21 @@ async def build(config: ServerConfig) -> App:
     queues = Queues(db, dispatcher.wake)
     schedules = Schedules(db, scheduler.wake)
 
+    tls = TLSFiles(config.tls_cert, config.tls_key, config.tls_client_ca)
+    tls.check()
+    if config.require_agent_cert and tls.client_ca is None:
+        raise ValueError("--require-agent-cert needs --tls-client-ca (and --tls-cert/--tls-key)")
+    tokens = Tokens(db, agents)
+    await ensure_admin_token(tokens, config.resolved_data_dir())
+
     admission = Admission(config.max_concurrent_calls, lambda: db.in_flight, ADMITTED_SERVICES)
-    server = grpc.aio.server(interceptors=[admission], options=server_options(config))
+    # Admission first: verifying a token may read the database, and that counts as work.
+    authenticator = Authenticator(tokens, require_agent_cert=config.require_agent_cert)
+    server = grpc.aio.server(
+        interceptors=[admission, authenticator], options=server_options(config)
+    )
     control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(
-        ControlPlaneServicer(  # type: ignore[abstract]
-            db, catalog, runs, agents, signals, queues, schedules
-        ),
+        ControlPlaneServicer(db, catalog, runs, agents, signals, queues, schedules, tokens),
         server,
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
@@ -220,8 +235,17 @@ async def build(config: ServerConfig) -> App:
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
-    return App(db, agents, dispatcher, reaper, scheduler, server, health_servicer, port)
+    address = f"{config.host}:{config.port}"
+    if tls.enabled:
+        port = server.add_secure_port(address, tls.server_credentials(mutual=False))
+    else:
+        port = server.add_insecure_port(address)
+    agent_port = None
+    if tls.client_ca is not None:
+        agent_port = server.add_secure_port(
+            f"{config.host}:{config.agent_port}", tls.server_credentials(mutual=True)
+        )
+    return App(db, agents, dispatcher, reaper, scheduler, server, health_servicer, port, agent_port)
 
 
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
@@ -234,9 +258,19 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     app = await build(config)
     await app.start()
     address = f"{config.host}:{app.port}"
-    log.info("Flowyard control plane listening on %s (database %s)", address, _safe_url(config))
+    log.info(
+        "Flowyard control plane listening on %s (%s; database %s)",
+        address,
+        "TLS" if config.tls_cert else "plaintext",
+        _safe_url(config),
+    )
+    ready = address
+    if app.agent_port is not None:
+        log.info("mutual-TLS agent port on %s:%d", config.host, app.agent_port)
+        # A second line: the agent port, for tests and scripts that start with port 0.
+        ready += f"\n{config.host}:{app.agent_port}"
     if config.ready_file is not None:
-        _write_atomically(config.ready_file, address)
+        _write_atomically(config.ready_file, ready)
     try:
         await stop.wait()
     finally:

@@ -218,7 +218,13 @@ class Reporter:
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
-        channel = grpc.aio.insecure_channel(self._settings.server, options=_CHANNEL_OPTIONS)
+        if self._settings.tls_ca is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self._settings.tls_ca)
+            channel = grpc.aio.secure_channel(
+                self._settings.server, credentials, options=_CHANNEL_OPTIONS
+            )
+        else:
+            channel = grpc.aio.insecure_channel(self._settings.server, options=_CHANNEL_OPTIONS)
         self._stub = engine_pb2_grpc.EngineServiceStub(channel)
         stream = self._stream = ReportStream(
             self._stub,

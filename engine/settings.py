@@ -7,6 +7,10 @@ The agent (or the Kubernetes Job it renders) starts the engine with::
     FLOWYARD_RUN_ATTEMPT  the attempt, an integer >= 1
     FLOWYARD_RUN_TOKEN    bearer token scoped to this run attempt
     FLOWYARD_LOG_LEVEL    optional root logger level, default INFO
+    FLOWYARD_TLS_CA       optional CA certificate file (PEM): the channel speaks TLS and
+                          trusts that CA (the agent passes on its own --tls-ca)
+    FLOWYARD_TLS_CA_PEM   the same CA as PEM text (how Kubernetes Jobs get it, from the
+                          attempt's Secret)
 
 The timeouts are not read from the environment: they are the engine's contract with the
 control plane (how long an unreachable server is tolerated) and tests pass their own.
@@ -51,12 +55,15 @@ class EngineSettings:
     token: str
     log_level: int = logging.INFO
     timeouts: Timeouts = Timeouts()
+    #: The CA (PEM) that signed the control plane's certificate; None: plaintext.
+    tls_ca: bytes | None = None
 
     def __repr__(self) -> str:
         # Never print the token: settings end up in logs and tracebacks.
         return (
             f"EngineSettings(server={self.server!r}, run_id={self.run_id!r}, "
-            f"attempt={self.attempt}, token='***', log_level={self.log_level})"
+            f"attempt={self.attempt}, token='***', log_level={self.log_level}, "
+            f"tls={self.tls_ca is not None})"
         )
 
 
@@ -82,7 +89,22 @@ def load_settings(env: Mapping[str, str], run_id: str | None = None) -> EngineSe
         attempt=_attempt(_required(env, "FLOWYARD_RUN_ATTEMPT")),
         token=_required(env, "FLOWYARD_RUN_TOKEN"),
         log_level=_log_level(env.get("FLOWYARD_LOG_LEVEL", "")),
+        tls_ca=_tls_ca(env),
     )
+
+
+def _tls_ca(env: Mapping[str, str]) -> bytes | None:
+    pem = env.get("FLOWYARD_TLS_CA_PEM", "").strip()
+    if pem:
+        return pem.encode()
+    path = env.get("FLOWYARD_TLS_CA", "").strip()
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        raise SettingsError(f"FLOWYARD_TLS_CA={path!r}: {error.strerror or error}") from None
 
 
 def _required(env: Mapping[str, str], name: str) -> str:

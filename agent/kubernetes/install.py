@@ -40,6 +40,7 @@ AGENT_RULES: Final[tuple[dict[str, Any], ...]] = (
 """The Role's rules: exactly the API calls the agent makes, in its own namespace."""
 
 _DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN: Final = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 _TOKEN_SECRET_SUFFIX: Final = "-token"
 
 
@@ -52,17 +53,26 @@ def install_manifests(
     agent_token: str = "",
     name: str = "flowyard-agent",
     capacity: int = 10,
+    token_secret: str = "",
 ) -> list[dict[str, Any]]:
     """The objects to apply, in order, to run agent ``name`` for ``pool`` in ``namespace``.
 
     ServiceAccount, Role, RoleBinding, the Secret with the agent token (key ``token``), and a
-    single-replica Deployment. ``agent_token`` may be empty: the control plane does not ask
-    agents for a token yet, and when it does the Secret is where the agent reads it from
-    (``FLOWYARD_TOKEN``), so existing installs only need the Secret updated.
+    single-replica Deployment that reads the token from that Secret (``FLOWYARD_TOKEN``); the
+    token is never a literal in the Deployment. With ``token_secret`` instead of
+    ``agent_token``, no Secret is emitted: the Deployment references an existing Secret of
+    that name (key ``token``), e.g. one made by ``kubectl create secret``, so the token never
+    appears in the manifests at all.
 
     Raises:
-        ValueError: a name that Kubernetes would refuse, or a capacity below 1.
+        ValueError: a name that Kubernetes would refuse, a capacity below 1, or not exactly
+            one of ``agent_token`` and ``token_secret``.
     """
+    if bool(agent_token) == bool(token_secret):
+        raise ValueError(
+            "give the agent token (--token, from 'flowyard token create --agent --pool "
+            f"{pool}') or the name of an existing Secret holding it (--token-secret)"
+        )
     for what, value in (("namespace", namespace), ("name", name)):
         # The name also prefixes the token Secret's name, hence the shorter limit.
         limit = 63 - len(_TOKEN_SECRET_SUFFIX) if what == "name" else 63
@@ -86,7 +96,10 @@ def install_manifests(
     def metadata(object_name: str) -> dict[str, Any]:
         return {"name": object_name, "namespace": namespace, "labels": dict(labels)}
 
-    token_secret = name + _TOKEN_SECRET_SUFFIX
+    if token_secret and (not _DNS_SUBDOMAIN.fullmatch(token_secret) or len(token_secret) > 253):
+        raise ValueError(f"token secret {token_secret!r} is not a valid Secret name")
+    emit_secret = not token_secret
+    token_secret = token_secret or name + _TOKEN_SECRET_SUFFIX
     service_account = {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
@@ -196,6 +209,8 @@ def install_manifests(
             },
         },
     }
+    if not emit_secret:
+        return [service_account, role, role_binding, deployment]
     return [service_account, role, role_binding, secret, deployment]
 
 

@@ -72,6 +72,8 @@ CONTAINER_NAME: Final = "flowyard"
 and status by this name."""
 TOKEN_KEY: Final = "token"
 """The key of the engine token in the per-attempt Secret."""
+TLS_CA_KEY: Final = "tls-ca.pem"
+"""The key of the control plane's CA certificate in the per-attempt Secret, when TLS is on."""
 ENGINE_ENV: Final = frozenset(
     {"FLOWYARD_SERVER", "FLOWYARD_RUN_ID", "FLOWYARD_RUN_ATTEMPT", "FLOWYARD_RUN_TOKEN"}
 )
@@ -383,6 +385,7 @@ def render_job(
     engine_token: str | None,
     environ: Mapping[str, str] | None = None,
     secret_env: Sequence[tuple[str, str, str]] = (),
+    tls_ca: str | None = None,
 ) -> RenderedJob:
     """Render one attempt of a run into its Job and Secret.
 
@@ -391,7 +394,10 @@ def render_job(
     data. ``environ`` resolves ``{{ $NAME }}`` placeholders (the agent passes its environment;
     a dry run leaves them as written). ``secret_env`` lists ``(variable, Secret, key)`` for
     values the engine reads from Secrets of the run's namespace (git credentials): they become
-    ``secretKeyRef`` env entries, so no credential is ever a literal in the Job.
+    ``secretKeyRef`` env entries, so no credential is ever a literal in the Job. ``tls_ca`` is
+    the PEM of the CA the engine trusts for
+    the control plane's TLS certificate: it goes into the Secret, and the engine reads it as
+    ``FLOWYARD_TLS_CA_PEM``.
 
     Raises:
         TemplateError: the template or the variables are invalid, or the template does not
@@ -470,6 +476,16 @@ def render_job(
                 "name": "FLOWYARD_RUN_TOKEN",
                 "valueFrom": {"secretKeyRef": {"name": name, "key": TOKEN_KEY}},
             },
+            *(
+                [
+                    {
+                        "name": "FLOWYARD_TLS_CA_PEM",
+                        "valueFrom": {"secretKeyRef": {"name": name, "key": TLS_CA_KEY}},
+                    }
+                ]
+                if tls_ca is not None
+                else []
+            ),
         ],
     )
 
@@ -481,6 +497,8 @@ def render_job(
     }
     if engine_token is not None:
         secret["data"] = {TOKEN_KEY: base64.b64encode(engine_token.encode()).decode("ascii")}
+        if tls_ca is not None:
+            secret["data"][TLS_CA_KEY] = base64.b64encode(tls_ca.encode()).decode("ascii")
     return RenderedJob(
         namespace=namespace,
         name=name,

@@ -74,6 +74,7 @@ def render(
             secret_env=[
                 (item.name, item.secret_name, item.secret_key) for item in assignment.secret_env
             ],
+            tls_ca=settings.engine_tls_ca,
         )
     except TemplateError as error:
         raise SubmitError(f"cannot render the run's Job: {error}") from error

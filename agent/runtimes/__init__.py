@@ -18,5 +18,10 @@ def make_runtime(settings: Settings) -> Runtime:
     """The runtime ``settings.agent.runtime`` names."""
     if settings.agent.runtime == KubernetesRuntime.name:
         return KubernetesRuntime(settings.kubernetes, pool=settings.agent.pool)
-    # Engines reach the control plane at --engine-server, which defaults to --server.
-    return ProcessRuntime(settings.process, server=settings.kubernetes.engine_server)
+    return ProcessRuntime(
+        settings.process,
+        # --engine-server defaults to --server; it differs when the agent itself uses the
+        # mutual-TLS agent port, which engines (without client certificates) cannot.
+        server=settings.kubernetes.engine_server,
+        tls_ca=settings.connection.tls.ca,
+    )

@@ -53,16 +53,26 @@ class _Engine:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+#: The agent's credentials in its environment, kept from the engines it starts.
+AGENT_SECRETS = frozenset({"FLOWYARD_TOKEN", "FLOWYARD_TLS_CERT", "FLOWYARD_TLS_KEY"})
+
+
 class ProcessRuntime(Runtime):
     """Runs each attempt as a local engine process in its own process group."""
 
     name: ClassVar[str] = "process"
 
     def __init__(
-        self, settings: ProcessSettings, *, server: str, hostname: str | None = None
+        self,
+        settings: ProcessSettings,
+        *,
+        server: str,
+        tls_ca: Path | None = None,
+        hostname: str | None = None,
     ) -> None:
         self._settings = settings
         self._server = server
+        self._tls_ca = tls_ca
         self._hostname = hostname or socket.gethostname()
         self._work_dir: Path | None = None
         self._on_event: EventCallback | None = None
@@ -138,13 +148,16 @@ class ProcessRuntime(Runtime):
         cwd = self.work_dir / stem
         log_path = self.work_dir / f"{stem}.log"
         env = {
-            **os.environ,
+            # The agent's own credentials never reach flow code: the engine gets its attempt's.
+            **{k: v for k, v in os.environ.items() if k not in AGENT_SECRETS},
             **_job_env(assignment),
             "FLOWYARD_SERVER": self._server,
             "FLOWYARD_RUN_ID": key.run_id,
             "FLOWYARD_RUN_ATTEMPT": str(key.attempt),
             "FLOWYARD_RUN_TOKEN": assignment.engine_token,
         }
+        if self._tls_ca is not None:
+            env["FLOWYARD_TLS_CA"] = str(self._tls_ca)
         try:
             output = await asyncio.to_thread(_prepare, cwd, log_path)
         except OSError as error:

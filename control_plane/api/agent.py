@@ -20,7 +20,8 @@ from google.protobuf.duration_pb2 import Duration
 from control_plane import __version__
 from control_plane.api import convert
 from control_plane.api.errors import streaming
-from control_plane.errors import FlowyardError, InvalidArgument
+from control_plane.auth.principals import TokenKind, caller
+from control_plane.errors import FlowyardError, InvalidArgument, PermissionDenied, Unauthenticated
 from control_plane.orchestration import clock, queues, validation
 from control_plane.orchestration.agents import (
     AgentRegistry,
@@ -126,6 +127,11 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                     )
                     continue
                 if message is None:
+                    if session.revoked:
+                        raise Unauthenticated(
+                            "the token this agent connected with was revoked; start it with "
+                            "a new agent token (--token or FLOWYARD_TOKEN)"
+                        )
                     break
                 yield _outgoing(message)
             # The reader closes the session when the agent hangs up, or when a report is
@@ -144,6 +150,14 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     async def _open(self, hello: pb.Hello) -> AgentSession:
         validation.text(hello.agent_name, "hello.agent_name", MAX_AGENT_NAME_CHARS, required=True)
         validation.pool_name(hello.pool, "hello.pool")
+        principal = caller()
+        # Checked before the pool is looked up: a token of another pool learns nothing.
+        if principal.kind is TokenKind.AGENT and principal.pool != hello.pool:
+            raise PermissionDenied(
+                f"hello.pool: this agent token is for pool {principal.pool!r}, not "
+                f"{hello.pool!r}; create one with 'flowyard token create --agent --pool "
+                f"{hello.pool}'"
+            )
         if not 0 <= hello.capacity <= MAX_CAPACITY:
             raise InvalidArgument(
                 f"hello.capacity: must be between 0 and {MAX_CAPACITY}, got {hello.capacity}"
@@ -167,6 +181,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             runtime=hello.runtime,
             credits=hello.capacity,
             queues=await queues.check_names(self._db, pool, list(hello.queues), "hello.queues"),
+            token_id=principal.token_id,
         )
 
     async def _read(

@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from control_plane.api import convert
+from control_plane.api import tokens as token_convert
 from control_plane.api.errors import streaming, unary
+from control_plane.auth.registry import Tokens
 from control_plane.errors import InvalidArgument
 from control_plane.models import LogRecord, Pool, Run
 from control_plane.orchestration import validation
@@ -46,8 +48,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         signals: Signals,
         queues: Queues,
         schedules: Schedules,
+        tokens: Tokens,
     ) -> None:
         self._db = db
+        self._tokens = tokens
         self._catalog = catalog
         self._runs = runs
         self._agents = agents
@@ -110,6 +114,32 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             QueueSpec(request.pool, q.name, q.priority, q.concurrency_limit, q.paused)
         )
         return pb.UpsertQueueResponse(pool=await self._pool_to_proto(pool), created=created)
+
+    @unary
+    async def CreateToken(
+        self, request: pb.CreateTokenRequest, context: Context
+    ) -> pb.CreateTokenResponse:
+        token, record = await self._tokens.create(
+            token_convert.token_kind(request.kind),
+            request.pool,
+            request.description,
+            request.ttl_seconds,
+        )
+        return pb.CreateTokenResponse(token=token, info=token_convert.token_to_proto(record))
+
+    @unary
+    async def ListTokens(
+        self, request: pb.ListTokensRequest, context: Context
+    ) -> pb.ListTokensResponse:
+        records = await self._tokens.list()
+        return pb.ListTokensResponse(tokens=[token_convert.token_to_proto(r) for r in records])
+
+    @unary
+    async def RevokeToken(
+        self, request: pb.RevokeTokenRequest, context: Context
+    ) -> pb.RevokeTokenResponse:
+        record = await self._tokens.revoke(request.id)
+        return pb.RevokeTokenResponse(info=token_convert.token_to_proto(record))
 
     @unary
     async def UpsertDeployment(

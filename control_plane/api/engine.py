@@ -1,4 +1,5 @@
-"""The ``EngineService`` servicer: the engine of one run attempt, authenticated by its token.
+"""The ``EngineService`` servicer: the engine of one run attempt, authenticated by its token
+(verified by ``control_plane.auth.interceptor``; the servicer checks the attempt it names).
 
 ``Report`` handles one engine stream with a reader task (state proposals, log batches,
 heartbeats) and a watcher task that pushes ``CancelFlow`` as soon as the run is CANCELLING;
@@ -18,11 +19,13 @@ from google.protobuf.duration_pb2 import Duration
 
 from control_plane.api import convert
 from control_plane.api.errors import streaming, unary
+from control_plane.auth.principals import caller
 from control_plane.errors import (
     FailedPrecondition,
     FlowyardError,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     Unauthenticated,
 )
 from control_plane.models import LogRecord, Run
@@ -55,16 +58,6 @@ MAX_LOGGER_CHARS = 200
 Outgoing = pb.ReportResponse | FlowyardError | None
 
 
-def bearer_token(context: Context) -> str:
-    """The token from the call's ``authorization: Bearer <token>`` metadata."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-            token = value.removeprefix("Bearer ").strip()
-            if token:
-                return token
-    raise Unauthenticated("missing 'authorization: Bearer <token>' metadata")
-
-
 class EngineServicer(pb_grpc.EngineServiceServicer):
     """Engines of running attempts."""
 
@@ -82,16 +75,32 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         self._signals = signals
         self._heartbeat = heartbeat
 
-    async def _authorize(self, run_id: str, attempt: int, context: Context, field: str) -> Run:
-        token = bearer_token(context)
+    async def _authorize(self, run_id: str, attempt: int, field: str) -> Run:
+        """The run, if the caller's engine token is that of this run's current attempt.
+
+        The token itself was verified by the auth interceptor before anything else, so a
+        caller without a valid token never learns whether a run exists.
+        """
+        principal = caller()
         validation.run_id(run_id, f"{field}run_id")
         if attempt < 1:
             raise InvalidArgument(f"{field}attempt: must be 1 or more, got {attempt}")
-        return await self._reports.authorize(run_id, attempt, token)
+        if (run_id, attempt) != (principal.run_id, principal.attempt):
+            raise PermissionDenied(
+                f"{field}run_id: {principal.describe()} may not report for run {run_id} "
+                f"attempt {attempt}"
+            )
+        run = await self._reports.current(run_id)
+        if run is None or run.attempt != attempt:
+            # The attempt ended between the token check and here: its token expired with it.
+            raise Unauthenticated(
+                f"the engine token of run {run_id} attempt {attempt} expired with its attempt"
+            )
+        return run
 
     @unary
     async def StartRun(self, request: pb.StartRunRequest, context: Context) -> pb.StartRunResponse:
-        run = await self._authorize(request.run_id, request.attempt, context, "")
+        run = await self._authorize(request.run_id, request.attempt, "")
         if run.is_terminal:
             raise FailedPrecondition(f"run {run.id} is already {run.state_type.value}")
         async with self._db.read() as conn:
@@ -111,7 +120,6 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
     async def Report(
         self, request_iterator: AsyncIterator[pb.ReportRequest], context: Context
     ) -> AsyncIterator[pb.ReportResponse]:
-        bearer_token(context)  # no credentials: refuse before reading anything
         try:
             first = await asyncio.wait_for(anext(request_iterator), OPEN_TIMEOUT_SECONDS)
         except (StopAsyncIteration, TimeoutError):
@@ -119,7 +127,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         if first.WhichOneof("message") != "open":
             raise InvalidArgument("the first message of Report must be Open")
         run = await self._db.shielded(
-            self._authorize(first.open.run_id, first.open.attempt, context, "open.")
+            self._authorize(first.open.run_id, first.open.attempt, "open.")
         )
         stored = await self._db.shielded(self._reports.open(run))
         yield pb.ReportResponse(

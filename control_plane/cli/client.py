@@ -1,13 +1,24 @@
-"""The CLI's connection to the control plane, and how its errors are shown."""
+"""The CLI's connection to the control plane: address, token, TLS, and how errors are shown.
+
+The token comes from ``--token``, else ``FLOWYARD_TOKEN``, else the admin token file the
+server created in its data directory (``FLOWYARD_DATA_DIR`` or ``~/.flowyard``), so that the
+CLI on the server's machine needs no setup. It travels as ``authorization: Bearer <token>``
+on every call. With ``--tls-ca`` (or ``FLOWYARD_TLS_CA``) the channel speaks TLS and trusts
+that CA; without it, plaintext.
+"""
 
 from __future__ import annotations
 
+import collections
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 
-from control_plane.config import DEFAULT_PORT
+from control_plane.config import DEFAULT_PORT, admin_token_path, default_data_dir
 from flowyard.v1 import control_plane_pb2_grpc
 
 DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
@@ -16,6 +27,97 @@ DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
 def default_server() -> str:
     """The control plane address: $FLOWYARD_SERVER or the local default."""
     return os.environ.get("FLOWYARD_SERVER", DEFAULT_SERVER)
+
+
+def resolve_token(explicit: str | None) -> str:
+    """``--token``, else $FLOWYARD_TOKEN, else the local admin token file, else empty."""
+    if explicit:
+        return explicit.strip()
+    if os.environ.get("FLOWYARD_TOKEN", "").strip():
+        return os.environ["FLOWYARD_TOKEN"].strip()
+    try:
+        return admin_token_path(default_data_dir()).read_text().strip()
+    except OSError:
+        return ""
+
+
+def channel_credentials(tls_ca: Path | None) -> grpc.ChannelCredentials:
+    """TLS credentials that trust ``tls_ca`` (PEM)."""
+    try:
+        root = tls_ca.read_bytes() if tls_ca is not None else None
+    except OSError as error:
+        raise ValueError(f"--tls-ca {tls_ca}: {error.strerror or error}") from error
+    return grpc.ssl_channel_credentials(root_certificates=root)
+
+
+class _Details(
+    collections.namedtuple(
+        "_Details",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    """Call details with the token added to the metadata."""
+
+
+class BearerToken(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[type-arg]
+):
+    """Adds ``authorization: Bearer <token>`` to every call that does not carry its own."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = list(details.metadata or ())
+        if not any(key == "authorization" for key, _ in metadata):
+            metadata.append(self._header)
+        return _Details(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any
+    ) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any
+    ) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(
+        self,
+        continuation: Callable[..., Any],
+        details: grpc.ClientCallDetails,
+        request_iterator: Iterator[Any],
+    ) -> Any:
+        return continuation(self._details(details), request_iterator)
+
+    def intercept_stream_stream(
+        self,
+        continuation: Callable[..., Any],
+        details: grpc.ClientCallDetails,
+        request_iterator: Iterator[Any],
+    ) -> Any:
+        return continuation(self._details(details), request_iterator)
+
+
+def open_channel(address: str, token: str = "", tls_ca: Path | None = None) -> grpc.Channel:
+    """A channel to ``address`` that sends ``token`` on every call; TLS with ``tls_ca``."""
+    if tls_ca is not None:
+        channel = grpc.secure_channel(address, channel_credentials(tls_ca))
+    else:
+        channel = grpc.insecure_channel(address)
+    return grpc.intercept_channel(channel, BearerToken(token)) if token else channel
 
 
 @dataclass
@@ -27,9 +129,9 @@ class Client:
     stub: control_plane_pb2_grpc.ControlPlaneServiceStub
 
     @classmethod
-    def connect(cls, address: str) -> Client:
+    def connect(cls, address: str, token: str = "", tls_ca: Path | None = None) -> Client:
         """A client for ``address`` (host:port); the connection is made on first use."""
-        channel = grpc.insecure_channel(address)
+        channel = open_channel(address, token, tls_ca)
         return cls(address, channel, control_plane_pb2_grpc.ControlPlaneServiceStub(channel))
 
     def close(self) -> None:
@@ -42,9 +144,16 @@ def describe(error: grpc.RpcError, address: str) -> str:
     code = error.code() if isinstance(error, grpc.Call) else None
     details = error.details() if isinstance(error, grpc.Call) else str(error)
     if code is grpc.StatusCode.UNAVAILABLE:
+        text = (details or "").lower()
+        if any(word in text for word in ("ssl", "handshake", "certificate", "tls")):
+            return (
+                f"cannot reach the control plane at {address} over TLS ({details}): pass "
+                "--tls-ca or FLOWYARD_TLS_CA with the CA that signed the server's certificate"
+            )
         return (
             f"cannot reach the control plane at {address}: is 'flowyard server start' running "
-            "there? (set --server or FLOWYARD_SERVER)"
+            "there? (set --server or FLOWYARD_SERVER; a server with TLS needs --tls-ca or "
+            "FLOWYARD_TLS_CA)"
         )
     name = code.name if code is not None else "ERROR"
     return f"{details} ({name})"

@@ -46,10 +46,16 @@ def run_demo(name: str) -> int:
         server = start_server(workdir / "server")
         children.append(server)
         address = server.extra["address"]
-        client = Client.connect(address)
+        client = Client.connect(address, server.extra["token"])
         client.stub.CreatePool(pb.CreatePoolRequest(name=POOL, type=types_pb2.POOL_TYPE_PROCESS))
+        # The agent gets a token of its own pool, as a deployed agent would.
+        agent_token = client.stub.CreateToken(
+            pb.CreateTokenRequest(kind=pb.TOKEN_KIND_AGENT, pool=POOL, description="demo agent")
+        ).token
         say(f"Control plane on {address}; starting a process agent for pool {POOL!r} ...")
-        children.append(start_agent(address, POOL, workdir / "agent", name="demo-agent"))
+        children.append(
+            start_agent(address, POOL, workdir / "agent", name="demo-agent", token=agent_token)
+        )
         wait_for_agent(client, children[-1])
         deployment = build_deployment(
             "flow.py:hello", name="hello", pool=POOL, source=source, parameters={}

@@ -21,8 +21,10 @@ import grpc
 from rich.table import Table
 
 from control_plane.cli import output, scheduling
-from control_plane.cli.client import Client, default_server, describe
+from control_plane.cli.client import Client, default_server, describe, resolve_token
+from control_plane.cli.tokens import token_group
 from control_plane.config import (
+    DEFAULT_AGENT_PORT,
     DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
     DEFAULT_PORT,
@@ -51,17 +53,19 @@ def _parse_assignments(values: tuple[str, ...], option: str) -> dict[str, Any]:
 
 
 class Session:
-    """Per-invocation state: the server address and a lazily made client."""
+    """Per-invocation state: the server address, credentials and a lazily made client."""
 
-    def __init__(self, server: str) -> None:
+    def __init__(self, server: str, token: str | None = None, tls_ca: Path | None = None) -> None:
         self.server = server
+        self.token = token
+        self.tls_ca = tls_ca
         self._client: Client | None = None
 
     @property
     def stub(self) -> Any:
         """The ControlPlaneService stub."""
         if self._client is None:
-            self._client = Client.connect(self.server)
+            self._client = Client.connect(self.server, resolve_token(self.token), self.tls_ca)
         return self._client.stub
 
 
@@ -72,10 +76,22 @@ class Session:
     show_default=f"$FLOWYARD_SERVER or 127.0.0.1:{DEFAULT_PORT}",
     help="Control plane address (host:port).",
 )
+@click.option(
+    "--token",
+    envvar="FLOWYARD_TOKEN",
+    help="Token for the control plane [default: $FLOWYARD_TOKEN, else the admin token "
+    "file of the local server's data directory].",
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    envvar="FLOWYARD_TLS_CA",
+    help="CA certificate (PEM) of the server's TLS certificate; turns TLS on.",
+)
 @click.pass_context
-def cli(ctx: click.Context, server: str) -> None:
+def cli(ctx: click.Context, server: str, token: str | None, tls_ca: Path | None) -> None:
     """Flowyard: run Python flows on Kubernetes or as local processes."""
-    ctx.obj = Session(server)
+    ctx.obj = Session(server, token, tls_ca)
 
 
 # ----------------------------------------------------------------------------- server
@@ -159,6 +175,35 @@ def server() -> None:
     help="How often agents and engines are told to heartbeat. An agent treats a server "
     "silent for 3 beats as gone and reconnects.",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    envvar="FLOWYARD_TLS_CERT",
+    help="Server certificate (PEM); with --tls-key the server speaks TLS only.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    envvar="FLOWYARD_TLS_KEY",
+    help="Key (PEM) of --tls-cert.",
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="CA of agents' client certificates: opens the mutual-TLS agent port.",
+)
+@click.option(
+    "--agent-port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_AGENT_PORT,
+    show_default=True,
+    help="The mutual-TLS agent port (with --tls-client-ca; 0: any free port).",
+)
+@click.option(
+    "--require-agent-cert",
+    is_flag=True,
+    help="Agents must connect with a verified client certificate (the agent port).",
+)
 @click.option("--log-level", default="INFO", show_default=True, envvar="FLOWYARD_LOG_LEVEL")
 def server_start(
     host: str,
@@ -173,9 +218,18 @@ def server_start(
     late_after_seconds: float,
     cancelling_timeout_seconds: float,
     heartbeat_seconds: float,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    agent_port: int,
+    require_agent_cert: bool,
     log_level: str,
 ) -> None:
-    """Start the control plane (gRPC) and serve until SIGTERM/SIGINT."""
+    """Start the control plane (gRPC) and serve until SIGTERM/SIGINT.
+
+    On first start it creates an admin token in the data directory (admin.token, mode 0600),
+    which the CLI on this machine reads by itself.
+    """
     from control_plane.server import serve
 
     logging.basicConfig(
@@ -195,7 +249,18 @@ def server_start(
         cancelling_timeout_seconds=cancelling_timeout_seconds,
         agent_heartbeat_seconds=heartbeat_seconds,
         engine_heartbeat_seconds=heartbeat_seconds,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        agent_port=agent_port,
+        require_agent_cert=require_agent_cert,
     )
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if tls_client_ca is not None and tls_cert is None:
+        raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+    if require_agent_cert and tls_client_ca is None:
+        raise click.UsageError("--require-agent-cert needs --tls-client-ca")
     asyncio.run(serve(config))
 
 
@@ -589,9 +654,15 @@ def agent_group() -> None:
 )
 @click.option(
     "--token",
+    "agent_token",
     default="",
     envvar="FLOWYARD_AGENT_TOKEN",
-    help="Agent token stored in the agent's Secret.",
+    help="Agent token ('flowyard token create --agent --pool P'), put in the agent's Secret.",
+)
+@click.option(
+    "--token-secret",
+    default="",
+    help="Instead of --token: an existing Secret (key 'token') the agent reads its token from.",
 )
 def agent_install(
     pool_name: str,
@@ -600,22 +671,32 @@ def agent_install(
     server_address: str,
     name: str,
     capacity: int,
-    token: str,
+    agent_token: str,
+    token_secret: str,
 ) -> None:
-    """Print the manifests that install an agent in a cluster: pipe them to `kubectl apply -f -`."""
+    """Print the manifests that install an agent in a cluster: pipe them to `kubectl apply -f -`.
+
+    The agent reads its token from a Secret, never from a literal in its Deployment.
+    """
     from agent.kubernetes.install import install_manifests, to_yaml
 
-    manifests = install_manifests(
-        pool=pool_name,
-        namespace=namespace,
-        image=image,
-        server=server_address,
-        agent_token=token,
-        name=name,
-        capacity=capacity,
-    )
+    try:
+        manifests = install_manifests(
+            pool=pool_name,
+            namespace=namespace,
+            image=image,
+            server=server_address,
+            agent_token=agent_token,
+            name=name,
+            capacity=capacity,
+            token_secret=token_secret,
+        )
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
     click.echo(to_yaml(manifests), nl=False)
 
+
+cli.add_command(token_group)
 
 # ----------------------------------------------------------------------------- runs
 

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from control_plane.config import ADMIN_TOKEN_FILE
+
 STOP_GRACE_SECONDS = 10.0
 
 
@@ -103,7 +105,11 @@ def start_server(
     extra_args: list[str] | None = None,
     timeout: float = 30.0,
 ) -> Child:
-    """Start ``flowyard server start`` and wait until it serves; ``extra["address"]`` is set."""
+    """Start ``flowyard server start`` and wait until it serves.
+
+    ``extra`` then holds ``address``, ``token`` (the admin token the server keeps in
+    ``data_dir``) and, with a mutual-TLS agent port, ``agent_address``.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     ready = data_dir / f"server-{time.monotonic_ns()}.ready"
     command = [
@@ -132,7 +138,11 @@ def start_server(
                 f"the control plane did not start within {timeout} s:\n{child.log_tail()}"
             )
         time.sleep(0.02)
-    child.extra["address"] = ready.read_text().strip()
+    addresses = ready.read_text().split()
+    child.extra["address"] = addresses[0]
+    if len(addresses) > 1:
+        child.extra["agent_address"] = addresses[1]
+    child.extra["token"] = (data_dir / ADMIN_TOKEN_FILE).read_text().strip()
     ready.unlink()
     return child
 
@@ -146,8 +156,13 @@ def start_agent(
     capacity: int = 4,
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
+    token: str = "",
 ) -> Child:
-    """Start ``flowyard-agent`` with the process runtime (readiness: see ``wait_for_agent``)."""
+    """Start ``flowyard-agent`` with the process runtime (readiness: see ``wait_for_agent``).
+
+    ``token`` reaches the agent as ``FLOWYARD_TOKEN`` (never on its command line, which any
+    local user can read).
+    """
     work_dir.mkdir(parents=True, exist_ok=True)
     command = [
         *script("flowyard-agent"),
@@ -165,4 +180,6 @@ def start_agent(
         str(work_dir),
         *(extra_args or []),
     ]
+    if token:
+        env = {**(env or {}), "FLOWYARD_TOKEN": token}
     return _spawn(f"agent {name}", command, work_dir / "agent.log", env)

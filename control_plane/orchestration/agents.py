@@ -55,6 +55,10 @@ class AgentSession:
     queues: frozenset[str] = frozenset()
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     outbox: asyncio.Queue[Outgoing | None] = field(default_factory=asyncio.Queue)
+    #: The id of the admin or agent token the session connected with.
+    token_id: str = ""
+    #: Set when that token is revoked: the stream ends with UNAUTHENTICATED.
+    revoked: bool = False
 
     def send(self, message: Outgoing) -> None:
         """Queue a message for the agent."""
@@ -63,6 +67,11 @@ class AgentSession:
     def close(self) -> None:
         """Ask the stream handler to end the stream."""
         self.outbox.put_nowait(None)
+
+    def revoke(self) -> None:
+        """The session's token was revoked: end the stream, refusing the agent."""
+        self.revoked = True
+        self.close()
 
 
 class AgentRegistry:

@@ -165,7 +165,7 @@ class Dispatcher:
                         served.pop(run.queue_id or "", None)
                         progressed = True
                         continue
-                    token, token_hash = tokens.mint()
+                    token, token_hash = tokens.mint_engine(run.id, run.attempt)
                     updated = await repo.compare_and_set(
                         conn,
                         run,

@@ -15,9 +15,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from control_plane.errors import FailedPrecondition, NotFound, PermissionDenied
+from control_plane.errors import NotFound
 from control_plane.models import LogRecord, LogStream, Run
-from control_plane.orchestration import clock, tokens
+from control_plane.orchestration import clock
 from control_plane.orchestration.agents import AgentRegistry, AgentSession, CancelMessage
 from control_plane.orchestration.changes import Notifier, claimed, retrying
 from control_plane.orchestration.signals import run_key
@@ -366,20 +366,6 @@ class EngineReports:
     def __init__(self, db: Database, notifier: Notifier) -> None:
         self._db = db
         self._notifier = notifier
-
-    async def authorize(self, run_id: str, attempt: int, token: str) -> Run:
-        """The run, if ``token`` is its current attempt's engine token."""
-        async with self._db.read() as conn:
-            run = await repo.get_run(conn, run_id)
-        if run is None:
-            raise NotFound(f"run {run_id} not found")
-        if not tokens.matches(token, run.engine_token_hash):
-            raise PermissionDenied(f"this token does not belong to run {run_id} attempt {attempt}")
-        if run.attempt != attempt:
-            raise FailedPrecondition(
-                f"attempt {attempt} of run {run_id} is no longer current (now {run.attempt})"
-            )
-        return run
 
     async def current(self, run_id: str) -> Run | None:
         """The run as stored now (for an already authenticated stream)."""

@@ -186,3 +186,19 @@ log_lines = Table(
     # (run, attempt, seq) identifies a line: a resent line is dropped, never stored twice.
     PrimaryKeyConstraint("run_id", "attempt", "seq"),
 )
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    # The public part of a token (before the dot): shown, listed, revoked by.
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    # Agent tokens only: the one pool they may connect to (by name, as agents say it).
+    Column("pool", String(63), nullable=False),
+    Column("description", String(200), nullable=False),
+    # SHA-256 of the whole token; the secret itself is never stored.
+    Column("secret_hash", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)

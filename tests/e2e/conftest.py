@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 
+from control_plane.cli.client import open_channel
 from control_plane.cli.processes import Child, script, start_agent, start_server
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import control_plane_pb2_grpc, types_pb2
@@ -59,23 +60,54 @@ class System:
     channel: grpc.Channel
     stub: control_plane_pb2_grpc.ControlPlaneServiceStub
     agents: list[Child] = field(default_factory=list)
+    #: An agent token of POOL, which the agents the system starts connect with.
+    agent_token: str = ""
+    #: The CA the server's certificate is signed by, when it speaks TLS.
+    tls_ca: Path | None = None
 
     @property
     def address(self) -> str:
         return self.server.extra["address"]
 
-    def cli(self, *args: str, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
-        """Run the ``flowyard`` CLI against this control plane."""
+    @property
+    def admin_token(self) -> str:
+        """The admin token the server created on its first start."""
+        return self.server.extra["token"]
+
+    def cli(
+        self, *args: str, timeout: float = DEADLINE, token: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the ``flowyard`` CLI against this control plane (with the admin token)."""
+        tls = ["--tls-ca", str(self.tls_ca)] if self.tls_ca else []
         return subprocess.run(
-            [*script("flowyard"), "--server", self.address, *args],
+            [*script("flowyard"), "--server", self.address, *tls, *args],
             capture_output=True,
             text=True,
             timeout=timeout,
-            env={**os.environ, "COLUMNS": "200"},
+            env={
+                **os.environ,
+                "COLUMNS": "200",
+                "FLOWYARD_TOKEN": self.admin_token if token is None else token,
+            },
         )
 
-    def start_agent(self, name: str = "agent-1", capacity: int = 4) -> Child:
-        agent = start_agent(self.address, POOL, self.root / name, name=name, capacity=capacity)
+    def start_agent(
+        self,
+        name: str = "agent-1",
+        capacity: int = 4,
+        extra_args: list[str] | None = None,
+        token: str | None = None,
+    ) -> Child:
+        tls = ["--tls-ca", str(self.tls_ca)] if self.tls_ca else []
+        agent = start_agent(
+            self.address,
+            POOL,
+            self.root / name,
+            name=name,
+            capacity=capacity,
+            extra_args=[*tls, *(extra_args or [])],
+            token=self.agent_token if token is None else token,
+        )
         self.agents.append(agent)
         wait_for(
             lambda: self.pool().connected_agents > 0 or not agent.alive(), what="agent connected"
@@ -131,16 +163,27 @@ class System:
 
 
 @contextlib.contextmanager
-def running_system(root: Path, port: int = 0) -> Iterator[System]:
+def running_system(
+    root: Path,
+    port: int = 0,
+    *,
+    server_args: list[str] | None = None,
+    tls_ca: Path | None = None,
+) -> Iterator[System]:
     """A control plane (on ``port``, 0 for any) with the process pool, stopped afterwards.
 
+    The harness talks to it with the admin token the server created; agents connect with an
+    agent token of the pool. ``server_args`` and ``tls_ca`` set the server up for TLS.
     Agents the test started are stopped too; an engine left running fails the test.
     """
-    server = start_server(root / "server", port=port)
-    channel = grpc.insecure_channel(server.extra["address"])
+    server = start_server(root / "server", port=port, extra_args=server_args)
+    channel = open_channel(server.extra["address"], server.extra["token"], tls_ca)
     stub = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
     stub.CreatePool(pb.CreatePoolRequest(name=POOL, type=types_pb2.POOL_TYPE_PROCESS))
-    system = System(root, server, channel, stub)
+    agent_token = stub.CreateToken(
+        pb.CreateTokenRequest(kind=pb.TOKEN_KIND_AGENT, pool=POOL, description="e2e agents")
+    ).token
+    system = System(root, server, channel, stub, agent_token=agent_token, tls_ca=tls_ca)
     try:
         yield system
     finally:

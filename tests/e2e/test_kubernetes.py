@@ -23,6 +23,7 @@ import grpc
 import pytest
 
 from agent.kubernetes import manifests
+from control_plane.cli.client import open_channel
 from control_plane.cli.processes import Child, script, start_server
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import control_plane_pb2_grpc, types_pb2
@@ -71,6 +72,8 @@ class KubeSystem:
     server: Child
     stub: control_plane_pb2_grpc.ControlPlaneServiceStub
     agents: list[Child] = field(default_factory=list)
+    #: An agent token of the kubernetes pool.
+    agent_token: str = ""
 
     @property
     def address(self) -> str:
@@ -100,7 +103,11 @@ class KubeSystem:
             "--capacity",
             "8",
         ]
-        env = {**os.environ, "FLOWYARD_AGENT_HEALTH_FILE": str(self.health_file)}
+        env = {
+            **os.environ,
+            "FLOWYARD_AGENT_HEALTH_FILE": str(self.health_file),
+            "FLOWYARD_TOKEN": self.agent_token,
+        }
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
@@ -128,6 +135,7 @@ class KubeSystem:
             capture_output=True,
             text=True,
             timeout=DEADLINE,
+            env={**os.environ, "FLOWYARD_TOKEN": self.server.extra["token"]},
         )
         assert result.returncode == 0, result.stderr
 
@@ -179,7 +187,7 @@ def running_kube_system(root: Path, server_args: Sequence[str] = ()) -> Iterator
         patch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
         with FakeCluster(root / "cluster", cpu="4", memory="8Gi") as cluster:
             server = start_server(root / "server", extra_args=list(server_args))
-            channel = grpc.insecure_channel(server.extra["address"])
+            channel = open_channel(server.extra["address"], server.extra["token"])
             stub = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
             stub.CreatePool(
                 pb.CreatePoolRequest(
@@ -188,7 +196,10 @@ def running_kube_system(root: Path, server_args: Sequence[str] = ()) -> Iterator
                     base_job_template_json=json.dumps(manifests.default_template()),
                 )
             )
-            system = KubeSystem(root, cluster, server, stub)
+            agent_token = stub.CreateToken(
+                pb.CreateTokenRequest(kind=pb.TOKEN_KIND_AGENT, pool=POOL)
+            ).token
+            system = KubeSystem(root, cluster, server, stub, agent_token=agent_token)
             try:
                 system.start_agent()
                 yield system

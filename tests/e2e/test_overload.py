@@ -23,10 +23,12 @@ import grpc
 import pytest
 
 from control_plane.admission import RETRY_PUSHBACK_KEY
+from control_plane.cli.client import open_channel
 from control_plane.cli.processes import Child, start_server
 from control_plane.server import MAX_STREAMS_PER_CONNECTION
 from flowyard.v1 import agent_pb2, agent_pb2_grpc, control_plane_pb2_grpc, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
+from tests.bearer import aio_channel
 
 from .conftest import wait_for
 
@@ -69,6 +71,11 @@ class Server:
     def address(self) -> str:
         return self.child.extra["address"]
 
+    @property
+    def token(self) -> str:
+        """The admin token (it outlives restarts of the server)."""
+        return self.child.extra["token"]
+
     def stored_run_ids(self) -> set[str]:
         """Run ids straight from the database file."""
         with contextlib.closing(sqlite3.connect(self.data_dir / "flowyard.db")) as db:
@@ -79,9 +86,9 @@ class Server:
         return [line for line in text.splitlines() if " ERROR " in line or "Traceback" in line]
 
 
-def channel(address: str) -> grpc.aio.Channel:
+def channel(address: str, token: str) -> grpc.aio.Channel:
     # A channel of its own connection: channels with equal arguments share one otherwise.
-    return grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+    return aio_channel(address, token, options=[("grpc.use_local_subchannel_pool", 1)])
 
 
 def report(config: pytest.Config, line: str) -> None:
@@ -193,7 +200,7 @@ def prepare(server: Server) -> None:
     source = server.data_dir / "flow"
     source.mkdir(exist_ok=True)
     (source / "flow.py").write_text(FLOW)
-    with grpc.insecure_channel(server.address) as sync_channel:
+    with open_channel(server.address, server.token) as sync_channel:
         stub = control_plane_pb2_grpc.ControlPlaneServiceStub(sync_channel)
         stub.CreatePool(pb.CreatePoolRequest(name=POOL, type=types_pb2.POOL_TYPE_PROCESS))
         stub.UpsertDeployment(
@@ -228,7 +235,7 @@ def servers(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 @pytest.fixture
 async def stub(servers: Callable[..., Server]) -> AsyncIterator[Any]:
     server = servers()
-    async with channel(server.address) as ch:
+    async with channel(server.address, server.token) as ch:
         yield server, control_plane_pb2_grpc.ControlPlaneServiceStub(ch)
 
 
@@ -272,7 +279,7 @@ async def test_an_overloaded_server_refuses_with_a_retry_hint_and_does_nothing_f
     servers: Callable[..., Server], pytestconfig: pytest.Config
 ) -> None:
     server = servers("--max-concurrent-calls", "50")
-    async with channel(server.address) as ch:
+    async with channel(server.address, server.token) as ch:
         control = control_plane_pb2_grpc.ControlPlaneServiceStub(ch)
         keys = [""] * BURST
         began = time.perf_counter()
@@ -306,7 +313,7 @@ async def test_more_calls_than_a_connection_takes_wait_at_the_client(
     # (REFUSED_STREAM, seen as UNAVAILABLE without a hint) while it is still cleaning up an
     # ended one. Refused calls end fast, so a low admission limit makes that churn.
     server = servers("--max-concurrent-calls", "50")
-    async with channel(server.address) as ch:
+    async with channel(server.address, server.token) as ch:
         control = control_plane_pb2_grpc.ControlPlaneServiceStub(ch)
         answers, _ = await create_runs(control, [""] * (MAX_STREAMS_PER_CONNECTION + 500))
     assert_well_formed(answers)
@@ -352,12 +359,12 @@ async def test_a_reconnect_storm_after_a_restart_is_welcomed(
             call.cancel()
 
     def pool_agents() -> int:
-        with grpc.insecure_channel(server.address) as sync_channel:
+        with open_channel(server.address, server.token) as sync_channel:
             stub = control_plane_pb2_grpc.ControlPlaneServiceStub(sync_channel)
             request = pb.GetPoolRequest(name=POOL)
             return stub.GetPool(request, timeout=CALL_DEADLINE).pool.connected_agents
 
-    channels = [channel(server.address) for _ in range(STORM_CONNECTIONS)]
+    channels = [channel(server.address, server.token) for _ in range(STORM_CONNECTIONS)]
     stubs = [agent_pb2_grpc.AgentServiceStub(ch) for ch in channels]
     started = time.perf_counter()
     agents = [

@@ -82,6 +82,7 @@ def test_logs_follow_prints_history_then_live_lines_and_ends_with_the_run(system
         [*script("flowyard"), "--server", system.address, "logs", run_id, "--follow"],
         stdout=subprocess.PIPE,
         text=True,
+        env={**os.environ, "FLOWYARD_TOKEN": system.admin_token},
     )
     assert follower.stdout is not None
     history = [follower.stdout.readline() for _ in range(3)]  # written before we followed

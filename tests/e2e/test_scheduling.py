@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from control_plane.cli.processes import start_agent, start_server
+from control_plane.cli.processes import start_server
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
 
@@ -257,13 +257,6 @@ def test_an_agent_started_for_one_queue_takes_only_its_runs(system: System) -> N
     mine = system.stub.CreateRun(
         pb.CreateRunRequest(deployment_name="quick", parameters_json="{}", queue="gpu")
     ).run.id
-    agent = start_agent(
-        system.address,
-        POOL,
-        system.root / "gpu-agent",
-        name="gpu-agent",
-        extra_args=["--queue", "gpu"],
-    )
-    system.agents.append(agent)
+    system.start_agent("gpu-agent", extra_args=["--queue", "gpu"])
     assert system.wait_terminal(mine).state.type == types_pb2.STATE_TYPE_COMPLETED
     assert system.run(other).state.type == types_pb2.STATE_TYPE_SCHEDULED

@@ -50,6 +50,7 @@ def agent_behind(system: System, server_via: str, *, engines_via: str, name: str
         system.root / name,
         name=name,
         extra_args=["--engine-server", engines_via],
+        token=system.agent_token,
     )
     system.agents.append(agent)
     wait_for(lambda: system.pool().connected_agents == 1 or not agent.alive(), what="connected")

@@ -29,8 +29,9 @@ class EngineServiceStub:
     """EngineService is the control plane's side of the engine protocol. The engine runs
     inside the run's infrastructure (`flowyard-engine execute <run-id>`) and authenticates
     every call with the attempt's token as gRPC metadata `authorization: Bearer <token>`.
-    A missing token is UNAUTHENTICATED; a token of another run or attempt is
-    PERMISSION_DENIED.
+    A missing, unknown or expired token is UNAUTHENTICATED (a token expires with its
+    attempt: a new assignment replaces it), whether or not the run exists; a valid engine
+    token of another run is PERMISSION_DENIED, and so is an admin or agent token.
     """
 
     def __init__(self, channel):
@@ -55,14 +56,15 @@ class EngineServiceServicer:
     """EngineService is the control plane's side of the engine protocol. The engine runs
     inside the run's infrastructure (`flowyard-engine execute <run-id>`) and authenticates
     every call with the attempt's token as gRPC metadata `authorization: Bearer <token>`.
-    A missing token is UNAUTHENTICATED; a token of another run or attempt is
-    PERMISSION_DENIED.
+    A missing, unknown or expired token is UNAUTHENTICATED (a token expires with its
+    attempt: a new assignment replaces it), whether or not the run exists; a valid engine
+    token of another run is PERMISSION_DENIED, and so is an admin or agent token.
     """
 
     def StartRun(self, request, context):
         """Returns what to run: the deployment's entrypoint and source and the run's parameters.
-        FAILED_PRECONDITION if the attempt is no longer the run's current one or the run
-        is terminal.
+        UNAUTHENTICATED if the attempt is no longer the run's current one (its token expired
+        with it); FAILED_PRECONDITION if the run is terminal.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,8 +105,9 @@ class EngineService:
     """EngineService is the control plane's side of the engine protocol. The engine runs
     inside the run's infrastructure (`flowyard-engine execute <run-id>`) and authenticates
     every call with the attempt's token as gRPC metadata `authorization: Bearer <token>`.
-    A missing token is UNAUTHENTICATED; a token of another run or attempt is
-    PERMISSION_DENIED.
+    A missing, unknown or expired token is UNAUTHENTICATED (a token expires with its
+    attempt: a new assignment replaces it), whether or not the run exists; a valid engine
+    token of another run is PERMISSION_DENIED, and so is an admin or agent token.
     """
 
     @staticmethod

@@ -30,8 +30,9 @@ class EngineServiceStub:
     """EngineService is the control plane's side of the engine protocol. The engine runs
     inside the run's infrastructure (`flowyard-engine execute <run-id>`) and authenticates
     every call with the attempt's token as gRPC metadata `authorization: Bearer <token>`.
-    A missing token is UNAUTHENTICATED; a token of another run or attempt is
-    PERMISSION_DENIED.
+    A missing, unknown or expired token is UNAUTHENTICATED (a token expires with its
+    attempt: a new assignment replaces it), whether or not the run exists; a valid engine
+    token of another run is PERMISSION_DENIED, and so is an admin or agent token.
     """
 
     @_typing.overload
@@ -40,8 +41,8 @@ class EngineServiceStub:
     def __new__(cls, channel: _aio.Channel) -> EngineServiceAsyncStub: ...
     StartRun: _grpc.UnaryUnaryMultiCallable[_engine_pb2.StartRunRequest, _engine_pb2.StartRunResponse]
     """Returns what to run: the deployment's entrypoint and source and the run's parameters.
-    FAILED_PRECONDITION if the attempt is no longer the run's current one or the run
-    is terminal.
+    UNAUTHENTICATED if the attempt is no longer the run's current one (its token expired
+    with it); FAILED_PRECONDITION if the run is terminal.
     """
     Report: _grpc.StreamStreamMultiCallable[_engine_pb2.ReportRequest, _engine_pb2.ReportResponse]
     """Report is the engine's session: state proposals, heartbeats and log batches up,
@@ -55,15 +56,16 @@ class EngineServiceAsyncStub(EngineServiceStub):
     """EngineService is the control plane's side of the engine protocol. The engine runs
     inside the run's infrastructure (`flowyard-engine execute <run-id>`) and authenticates
     every call with the attempt's token as gRPC metadata `authorization: Bearer <token>`.
-    A missing token is UNAUTHENTICATED; a token of another run or attempt is
-    PERMISSION_DENIED.
+    A missing, unknown or expired token is UNAUTHENTICATED (a token expires with its
+    attempt: a new assignment replaces it), whether or not the run exists; a valid engine
+    token of another run is PERMISSION_DENIED, and so is an admin or agent token.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     StartRun: _aio.UnaryUnaryMultiCallable[_engine_pb2.StartRunRequest, _engine_pb2.StartRunResponse]  # type: ignore[assignment]
     """Returns what to run: the deployment's entrypoint and source and the run's parameters.
-    FAILED_PRECONDITION if the attempt is no longer the run's current one or the run
-    is terminal.
+    UNAUTHENTICATED if the attempt is no longer the run's current one (its token expired
+    with it); FAILED_PRECONDITION if the run is terminal.
     """
     Report: _aio.StreamStreamMultiCallable[_engine_pb2.ReportRequest, _engine_pb2.ReportResponse]  # type: ignore[assignment]
     """Report is the engine's session: state proposals, heartbeats and log batches up,
@@ -76,8 +78,9 @@ class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
     """EngineService is the control plane's side of the engine protocol. The engine runs
     inside the run's infrastructure (`flowyard-engine execute <run-id>`) and authenticates
     every call with the attempt's token as gRPC metadata `authorization: Bearer <token>`.
-    A missing token is UNAUTHENTICATED; a token of another run or attempt is
-    PERMISSION_DENIED.
+    A missing, unknown or expired token is UNAUTHENTICATED (a token expires with its
+    attempt: a new assignment replaces it), whether or not the run exists; a valid engine
+    token of another run is PERMISSION_DENIED, and so is an admin or agent token.
     """
 
     @_abc_1.abstractmethod
@@ -87,8 +90,8 @@ class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_engine_pb2.StartRunResponse, _abc.Awaitable[_engine_pb2.StartRunResponse]]:
         """Returns what to run: the deployment's entrypoint and source and the run's parameters.
-        FAILED_PRECONDITION if the attempt is no longer the run's current one or the run
-        is terminal.
+        UNAUTHENTICATED if the attempt is no longer the run's current one (its token expired
+        with it); FAILED_PRECONDITION if the run is terminal.
         """
 
     @_abc_1.abstractmethod

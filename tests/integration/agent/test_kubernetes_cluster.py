@@ -9,6 +9,7 @@ exits with N, ``sleep`` sleeps, ``gate`` exits 0 once the file named by FAKE_ENG
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -36,6 +37,8 @@ ENGINE = textwrap.dedent(
     mode = run_id.split("-")[0]
     print("token=" + os.environ.get("FLOWYARD_RUN_TOKEN", ""))
     print("server=" + os.environ.get("FLOWYARD_SERVER", ""), flush=True)
+    if "FLOWYARD_TLS_CA_PEM" in os.environ:
+        print("ca=" + os.environ["FLOWYARD_TLS_CA_PEM"].splitlines()[1], flush=True)
     if mode.startswith("exit"):
         print("engine output", flush=True)
         sys.exit(int(mode[4:]))
@@ -141,6 +144,29 @@ async def test_a_failed_run_reports_exit_code_and_log_tail(
     assert (end.kind, end.exit_code) == (Kind.FAILED, 3)
     # The engine got its token from the Secret and the address engines use.
     assert end.log_tail == ("token=engine-token", "server=cp.example:7700", "engine output")
+
+
+async def test_with_tls_the_engine_gets_the_ca_from_the_attempts_secret(
+    settings: KubernetesSettings, cluster: FakeCluster, events: Events
+) -> None:
+    pem = "-----BEGIN CERTIFICATE-----\nMIIBtestca\n-----END CERTIFICATE-----\n"
+    runtime = KubernetesRuntime(dataclasses.replace(settings, engine_tls_ca=pem), pool="it-pool")
+    await runtime.start(events)
+    try:
+        key = RunKey("exit3-tls", 1)
+        await runtime.submit(assignment("exit3-tls"))
+        end = await until(lambda: events.end_of(key), what="the end")
+        assert end.log_tail == (
+            "token=engine-token",
+            "server=cp.example:7700",
+            "ca=MIIBtestca",
+            "engine output",
+        )
+        # The CA travels in the Secret, like the token, never as a literal in the Job.
+        [job] = cluster.jobs()
+        assert "MIIBtestca" not in json.dumps(job)
+    finally:
+        await runtime.close()
 
 
 async def test_an_image_that_cannot_be_pulled_gives_up_at_the_deadline(

@@ -28,6 +28,7 @@ from flowyard.v1 import (
     engine_pb2_grpc,
     types_pb2,
 )
+from tests.bearer import admin_token, aio_channel
 
 FLOW = """
 def hello(name: str, count: int = 1) -> str:
@@ -186,7 +187,8 @@ async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
     app = await build(config)
     await app.start()
     address = f"127.0.0.1:{app.port}"
-    channel = grpc.aio.insecure_channel(address)
+    # Users' calls carry the admin token; agent and engine streams send their own tokens.
+    channel = aio_channel(address, admin_token(tmp_path))
     yield Plane(
         app,
         address,

@@ -72,6 +72,7 @@ TABLES = {
     "flow_runs": "id",
     "run_states": "id",
     "log_lines": "run_id, attempt, seq",
+    "api_tokens": "id",
 }
 
 Snapshot = dict[str, list[tuple[Any, ...]]]

@@ -15,6 +15,7 @@ from control_plane.server import build
 from control_plane.store import db
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import control_plane_pb2_grpc, types_pb2
+from tests.bearer import admin_token, aio_channel
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ async def stub(
     monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 200)
     app = await build(ServerConfig(port=0, data_dir=tmp_path))
     await app.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    channel = aio_channel(f"127.0.0.1:{app.port}", admin_token(tmp_path))
     try:
         yield control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
     finally:

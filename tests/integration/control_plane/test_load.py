@@ -29,6 +29,7 @@ from flowyard.v1 import (
     types_pb2,
 )
 from flowyard.v1 import control_plane_pb2 as pb
+from tests.bearer import admin_token, aio_channel
 
 from .conftest import STOP_TIMEOUT, Plane, agent_stream, drive_to_running, engine_stream
 
@@ -64,7 +65,7 @@ async def tight(tmp_path: Path) -> AsyncIterator[Plane]:
     app = await build(config)
     await app.start()
     address = f"127.0.0.1:{app.port}"
-    channel = grpc.aio.insecure_channel(address)
+    channel = aio_channel(address, admin_token(tmp_path))
     plane = Plane(
         app,
         address,
@@ -134,8 +135,10 @@ async def test_a_busy_server_refuses_user_calls_at_once_with_a_retry_hint(tight:
 
 async def test_a_client_with_a_retry_policy_gets_through_by_itself(tight: Plane) -> None:
     release, work = await hold_database(tight)
-    async with grpc.aio.insecure_channel(
-        tight.address, options=[("grpc.service_config", json.dumps(RETRY_POLICY))]
+    async with aio_channel(
+        tight.address,
+        admin_token(tight.data_dir),
+        options=[("grpc.service_config", json.dumps(RETRY_POLICY))],
     ) as channel:
         control = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
         call = asyncio.ensure_future(

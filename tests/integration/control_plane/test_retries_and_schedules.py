@@ -13,6 +13,7 @@ import pytest
 from control_plane.config import ServerConfig
 from control_plane.server import build
 from flowyard.v1 import agent_pb2, control_plane_pb2, engine_pb2, types_pb2
+from tests.bearer import admin_token, aio_channel
 
 from .conftest import Plane, agent_stream, engine_stream
 from .test_queues_and_limits import eventually
@@ -69,13 +70,14 @@ async def test_a_failed_attempt_with_retries_left_runs_again_as_a_new_attempt(
     delay = retried.scheduled_time.ToDatetime() - retried.state.timestamp.ToDatetime()
     assert timedelta(seconds=0.9) <= delay <= timedelta(seconds=1.1)
 
-    # The failed attempt's token no longer works.
+    # The failed attempt's token expired with its attempt.
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await ready.engines.StartRun(
             engine_pb2.StartRunRequest(run_id=run.id, attempt=1),
             metadata=(("authorization", f"Bearer {first.engine_token}"),),
         )
-    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "expire with their run attempt" in (caught.value.details() or "")
 
     second = await agent.receive("assign")
     assert (second.run_id, second.attempt) == (run.id, 2)
@@ -164,7 +166,7 @@ async def _plane(app: object, tmp_path: Path) -> Plane:
     from flowyard.v1 import agent_pb2_grpc, control_plane_pb2_grpc, engine_pb2_grpc
 
     address = f"127.0.0.1:{app.port}"  # type: ignore[attr-defined]
-    channel = grpc.aio.insecure_channel(address)
+    channel = aio_channel(address, admin_token(tmp_path))
     return Plane(
         app,  # type: ignore[arg-type]
         address,

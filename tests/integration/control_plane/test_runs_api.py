@@ -8,7 +8,7 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from flowyard.v1 import agent_pb2, engine_pb2, types_pb2
+from flowyard.v1 import agent_pb2, engine_pb2, engine_pb2_grpc, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
 
 from .conftest import Plane, agent_stream, drive_to_running, engine_stream
@@ -134,7 +134,10 @@ async def test_unaccepted_assignment_goes_back_to_the_queue(ready: Plane) -> Non
     stale = engine_stream(ready, run.id, 1, first.engine_token)
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stale.receive("opened")
-    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # A token of an assignment that is over is no token at all: the same answer as a forged
+    # one, so that no answer tells a stranger which run ids exist.
+    assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "expire with their run attempt" in (error.value.details() or "")
     await other.close()
 
 
@@ -218,11 +221,16 @@ async def test_engine_protocol_logs_states_and_tail(ready: Plane) -> None:
 async def test_engine_calls_need_the_attempts_token(ready: Plane) -> None:
     agent, engine, run_id, token = await drive_to_running(ready)
     request = engine_pb2.StartRunRequest(run_id=run_id, attempt=1)
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await ready.engines.StartRun(request)
+    async with grpc.aio.insecure_channel(ready.address) as bare:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await engine_pb2_grpc.EngineServiceStub(bare).StartRun(request)
     assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await ready.engines.StartRun(request, metadata=(("authorization", "Bearer wrong"),))
+    assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # The plane's channel sends the admin token: valid, but not an engine's.
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await ready.engines.StartRun(request)
     assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
     ok = await ready.engines.StartRun(request, metadata=(("authorization", f"Bearer {token}"),))
     assert ok.entrypoint == "flow.py:hello" and ok.source.local.path

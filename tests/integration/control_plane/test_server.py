@@ -5,18 +5,23 @@ import json
 import sys
 from pathlib import Path
 
+import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.bearer import admin_token
 
 from .conftest import Plane
 
 BUF = str(Path(sys.executable).with_name("buf"))
 
 
-async def test_health_reports_serving(plane: Plane) -> None:
-    stub = health_pb2_grpc.HealthStub(plane.channel)
-    for service in ("", "flowyard.v1.ControlPlaneService", "flowyard.v1.AgentService"):
-        response = await stub.Check(health_pb2.HealthCheckRequest(service=service))
-        assert response.status == health_pb2.HealthCheckResponse.SERVING
+async def test_health_reports_serving_without_a_token(plane: Plane) -> None:
+    # Probes carry no token: health checking stays open.
+    async with grpc.aio.insecure_channel(plane.address) as bare:
+        stub = health_pb2_grpc.HealthStub(bare)
+        for service in ("", "flowyard.v1.ControlPlaneService", "flowyard.v1.AgentService"):
+            response = await stub.Check(health_pb2.HealthCheckRequest(service=service))
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def buf_curl(*args: str) -> tuple[int, str]:
@@ -44,8 +49,11 @@ async def test_reflection_lets_a_generic_client_call_the_api(plane: Plane) -> No
         "grpc.health.v1.Health",
     }
     await plane.pool("from-buf")
-    code, out = await buf_curl(
-        "-d", "{}", f"http://{plane.address}/flowyard.v1.ControlPlaneService/ListPools"
-    )
+    url = f"http://{plane.address}/flowyard.v1.ControlPlaneService/ListPools"
+    # Reflection needs no token; the API does.
+    code, out = await buf_curl("-d", "{}", url)
+    assert code != 0 and "unauthenticated" in out.lower(), out
+    token = admin_token(plane.data_dir)
+    code, out = await buf_curl("-H", f"Authorization: Bearer {token}", "-d", "{}", url)
     assert code == 0, out
     assert [p["name"] for p in json.loads(out)["pools"]] == ["from-buf"]

@@ -233,3 +233,47 @@ def test_main_exits_2_for_an_unreadable_kubeconfig(
     assert main([*argv, "--server", "127.0.0.1:1"]) == 2
     # Logged to stderr, which pytest may capture through either fixture.
     assert "cannot load the Kubernetes configuration" in capsys.readouterr().err + caplog.text
+
+
+def test_token_and_tls_from_flags_and_environment(tmp_path: Path) -> None:
+    ca, cert, key = (tmp_path / name for name in ("ca.pem", "agent.crt", "agent.key"))
+    for path in (ca, cert, key):
+        path.write_text(f"pem of {path.name}")
+    settings = parse(
+        ["--pool", "p", "--server", "cp.example:7700", "--token", "abc.def", "--tls-ca", str(ca)],
+        {"FLOWYARD_TLS_CERT": str(cert), "FLOWYARD_TLS_KEY": str(key)},
+    )
+    assert settings.connection.token == "abc.def"
+    assert (settings.connection.tls.ca, settings.connection.tls.cert) == (ca, cert)
+    assert settings.connection.tls.key == key
+    assert settings.kubernetes.engine_tls_ca == "pem of ca.pem"
+    assert "abc.def" not in repr(settings)
+    from_env = parse(["--pool", "p"], {"FLOWYARD_TOKEN": "env.token"})
+    assert from_env.connection.token == "env.token"
+
+
+def test_a_local_admin_token_file_is_used_for_a_loopback_server_only(tmp_path: Path) -> None:
+    (tmp_path / "admin.token").write_text("local.admin\n")
+    env = {"FLOWYARD_DATA_DIR": str(tmp_path)}
+    assert parse(["--pool", "p"], env).connection.token == "local.admin"
+    remote = parse(["--pool", "p", "--server", "cp.example:7700"], env)
+    assert remote.connection.token == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tls-cert", "{f}"], "--tls-cert and --tls-key go together"),
+        (["--tls-cert", "{f}", "--tls-key", "{f}"], "--tls-cert needs --tls-ca"),
+        (["--tls-ca", "/no/such/ca.pem"], "no such file"),
+    ],
+)
+def test_incomplete_tls_exits_2(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    existing = tmp_path / "f.pem"
+    existing.write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--pool", "p", *[a.format(f=existing) for a in argv]])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -3,8 +3,8 @@
 Every existing pool gets its "default" queue, and every existing deployment and run is put
 in the default queue of its pool.
 
-Revision ID: 0005_scheduling
-Revises: 0002
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-24
 """
 
@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_scheduling"
-down_revision = "0004_source_revision"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -46,7 +46,7 @@ def test_every_manifest_validates() -> None:
 
 
 def test_role_grants_only_what_the_agent_uses() -> None:
-    role = by_kind(install_manifests(**ARGS))["Role"]
+    role = by_kind(install_manifests(**ARGS, agent_token="t"))["Role"]
     granted: dict[tuple[str, str], set[str]] = {}
     for rule in role["rules"]:
         assert set(rule) == {"apiGroups", "resources", "verbs"}  # no resourceNames tricks
@@ -58,7 +58,7 @@ def test_role_grants_only_what_the_agent_uses() -> None:
 
 
 def test_binding_ties_the_role_to_the_service_account() -> None:
-    kinds = by_kind(install_manifests(**ARGS, name="agent-a"))
+    kinds = by_kind(install_manifests(**ARGS, name="agent-a", agent_token="t"))
     binding = kinds["RoleBinding"]
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -111,9 +111,30 @@ def test_deployment() -> None:
     assert secret["stringData"] == {"token": "t"}
 
 
-def test_the_token_may_be_empty() -> None:
-    secret = by_kind(install_manifests(**ARGS))["Secret"]
-    assert secret["stringData"] == {"token": ""}
+def test_a_token_or_an_existing_secret_is_required() -> None:
+    with pytest.raises(ValueError, match="token"):
+        install_manifests(**ARGS)
+    with pytest.raises(ValueError, match="token"):
+        install_manifests(**ARGS, agent_token="t", token_secret="mine")
+
+
+def test_an_existing_token_secret_keeps_the_token_out_of_the_manifests() -> None:
+    manifests = install_manifests(**ARGS, token_secret="agent-token-from-vault")
+    assert [m["kind"] for m in manifests] == [
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+    ]
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, kubernetes_validate.latest_version(), strict=True)
+    agent = by_kind(manifests)["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item for item in agent["env"]}
+    assert env["FLOWYARD_TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": "agent-token-from-vault", "key": "token"}
+    }
+    with pytest.raises(ValueError, match="Secret name"):
+        install_manifests(**ARGS, token_secret="Not_A_Name")
 
 
 @pytest.mark.parametrize(
@@ -127,12 +148,13 @@ def test_the_token_may_be_empty() -> None:
     ],
 )
 def test_bad_input_is_rejected(overrides: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
-        install_manifests(**{**ARGS, **overrides})
+    with pytest.raises(ValueError) as error:
+        install_manifests(**{**ARGS, "agent_token": "t", **overrides})
+    assert "token" not in str(error.value)
 
 
 def test_to_yaml_round_trips() -> None:
-    manifests = install_manifests(**ARGS)
+    manifests = install_manifests(**ARGS, agent_token="t")
     text = to_yaml(manifests)
     assert text.count("\n---\n") == len(manifests) - 1
     assert list(yaml.safe_load_all(text)) == manifests

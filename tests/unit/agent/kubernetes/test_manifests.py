@@ -456,3 +456,22 @@ def test_long_label_values_are_shortened_and_stay_distinct() -> None:
     for value in (first, second):
         assert len(value) <= 63
         assert LABEL_VALUE.fullmatch(value)
+
+
+def test_the_ca_reaches_the_engine_through_the_secret() -> None:
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    rendered = render(EVERY_VARIABLE, tls_ca=pem)
+    env = {
+        item["name"]: item
+        for item in rendered.job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["FLOWYARD_TLS_CA_PEM"]["valueFrom"] == {
+        "secretKeyRef": {"name": rendered.name, "key": "tls-ca.pem"}
+    }
+    assert base64.b64decode(rendered.secret["data"]["tls-ca.pem"]).decode() == pem
+    validate(rendered.job)
+    validate(rendered.secret)
+    # Without TLS the engine gets no such variable.
+    plain = render(EVERY_VARIABLE)
+    names = {item["name"] for item in plain.job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "FLOWYARD_TLS_CA_PEM" not in names and "tls-ca.pem" not in plain.secret["data"]
