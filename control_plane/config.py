@@ -51,6 +51,8 @@ class ServerConfig:
     shutdown_grace_seconds: float = 5.0
     #: A RUNNING run whose engine is silent this long is CRASHED.
     engine_grace_seconds: float = 60.0
+    #: A submitted PENDING run whose agent is gone this long, its engine silent, is CRASHED.
+    agent_grace_seconds: float = 300.0
     #: A SCHEDULED run not dispatched this long after it was due is marked Late.
     late_after_seconds: float = 15.0
     #: A run CANCELLING this long is forced to CANCELLED.

@@ -177,6 +177,7 @@ async def build(config: ServerConfig) -> App:
             engine_grace=timedelta(seconds=config.engine_grace_seconds),
             late_after=timedelta(seconds=config.late_after_seconds),
             cancelling_timeout=timedelta(seconds=config.cancelling_timeout_seconds),
+            agent_grace=timedelta(seconds=config.agent_grace_seconds),
         ),
     )
     runs = Runs(db, notifier, agents)

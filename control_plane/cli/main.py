@@ -154,6 +154,13 @@ def server() -> None:
     help="A RUNNING run whose engine is silent this long is CRASHED.",
 )
 @click.option(
+    "--agent-grace-seconds",
+    type=click.FloatRange(min=0.1, max=MAX_INTERVAL_SECONDS),
+    default=300.0,
+    show_default=True,
+    help="A submitted PENDING run whose agent is gone this long, its engine silent, is CRASHED.",
+)
+@click.option(
     "--late-after-seconds",
     type=click.FloatRange(min=0.1, max=MAX_INTERVAL_SECONDS),
     default=15.0,
@@ -215,6 +222,7 @@ def server_start(
     max_concurrent_calls: int,
     max_message_bytes: int,
     engine_grace_seconds: float,
+    agent_grace_seconds: float,
     late_after_seconds: float,
     cancelling_timeout_seconds: float,
     heartbeat_seconds: float,
@@ -245,6 +253,7 @@ def server_start(
         max_concurrent_calls=max_concurrent_calls,
         max_receive_message_bytes=max_message_bytes,
         engine_grace_seconds=engine_grace_seconds,
+        agent_grace_seconds=agent_grace_seconds,
         late_after_seconds=late_after_seconds,
         cancelling_timeout_seconds=cancelling_timeout_seconds,
         agent_heartbeat_seconds=heartbeat_seconds,

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from control_plane.orchestration import clock
+
 
 @dataclass(frozen=True)
 class AssignMessage:
@@ -74,11 +76,17 @@ class AgentSession:
         self.close()
 
 
+#: Departed sessions remembered; older ones count as long gone.
+MAX_DEPARTED = 10_000
+
+
 class AgentRegistry:
     """The sessions connected to this control plane."""
 
     def __init__(self) -> None:
         self._sessions: dict[str, AgentSession] = {}
+        # When sessions ended, for the reaper's "agent gone too long" rule; oldest first.
+        self._departed: dict[str, datetime] = {}
 
     def add(self, session: AgentSession) -> None:
         """Register a session once its Hello was accepted."""
@@ -86,7 +94,14 @@ class AgentRegistry:
 
     def remove(self, session: AgentSession) -> None:
         """Forget a session whose stream ended."""
-        self._sessions.pop(session.id, None)
+        if self._sessions.pop(session.id, None) is not None:
+            self._departed[session.id] = clock.now()
+            while len(self._departed) > MAX_DEPARTED:
+                del self._departed[next(iter(self._departed))]
+
+    def recently_gone(self, since: datetime) -> set[str]:
+        """Sessions that ended at or after ``since`` (still given time to come back)."""
+        return {sid for sid, at in self._departed.items() if at >= since}
 
     def get(self, session_id: str | None) -> AgentSession | None:
         """The connected session with this id, if it is still connected."""

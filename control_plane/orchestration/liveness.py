@@ -5,6 +5,12 @@
   a run whose agent is disconnected is not crashed while its engine still reports. The clock
   starts no earlier than this control plane did, so a restart (engines could not reach it
   meanwhile) never crashes runs that are fine.
+- **Orphaned submissions.** A PENDING run whose infrastructure was submitted, but whose agent
+  has been gone for ``agent_grace`` while its engine never reported (the node died during an
+  image pull, the agent was uninstalled), becomes CRASHED: nobody is left who could say what
+  happened to it. An agent that comes back later reports the run's Job among its observed
+  runs and is told to delete it. Like the engine rule, the clock starts no earlier than this
+  control plane did.
 - **Late runs.** A SCHEDULED run still waiting ``late_after`` past its time is marked Late;
   it stays dispatchable.
 - **Stuck cancels.** A run CANCELLING for longer than ``cancelling_timeout`` is forced to
@@ -49,6 +55,7 @@ class LivenessPolicy:
     engine_grace: timedelta = timedelta(seconds=60)
     late_after: timedelta = timedelta(seconds=15)
     cancelling_timeout: timedelta = timedelta(seconds=300)
+    agent_grace: timedelta = timedelta(seconds=300)
 
 
 class Reaper:
@@ -82,7 +89,10 @@ class Reaper:
 
     def _sleep_seconds(self) -> float:
         shortest = min(
-            self._policy.engine_grace, self._policy.late_after, self._policy.cancelling_timeout
+            self._policy.engine_grace,
+            self._policy.late_after,
+            self._policy.cancelling_timeout,
+            self._policy.agent_grace,
         )
         return min(MAX_SLEEP_SECONDS, max(0.2, shortest.total_seconds() / 4))
 
@@ -94,6 +104,13 @@ class Reaper:
             changed += await self._apply(
                 lambda conn: repo.silent_engines(conn, now - self._policy.engine_grace, BATCH),
                 lambda run: _crash_silent(run, now),
+            )
+        if now - self._started_at >= self._policy.agent_grace:
+            since = now - self._policy.agent_grace
+            present = {s.id for s in self._agents.all()} | self._agents.recently_gone(since)
+            changed += await self._apply(
+                lambda conn: repo.orphaned_pending(conn, since, present, BATCH),
+                lambda run: _crash_orphaned(run, self._policy.agent_grace),
             )
         waiting = _Waiting(self._agents)
 
@@ -151,6 +168,16 @@ def _crash_silent(run: Run, now: datetime) -> State:
         StateType.CRASHED,
         message=f"The engine stopped reporting: last heartbeat {when} ({ago} s ago); "
         "its process or node was lost",
+    )
+
+
+def _crash_orphaned(run: Run, grace: timedelta) -> State:
+    return State(
+        StateType.CRASHED,
+        message=f"Its agent {run.agent_name!r} has been gone for over "
+        f"{grace.total_seconds():g} s and its engine "
+        f"never reported since {run.state_time.isoformat(timespec='seconds')} "
+        f"({run.state_name}): the infrastructure was lost with it",
     )
 
 

@@ -226,6 +226,33 @@ async def silent_engines(conn: AsyncConnection, before: datetime, limit: int) ->
     return [_run(row) for row in await conn.execute(query)]
 
 
+async def orphaned_pending(
+    conn: AsyncConnection, before: datetime, present: set[str], limit: int
+) -> list[Run]:
+    """Submitted PENDING runs quiet since ``before`` whose agent session is not in ``present``.
+
+    Quiet: no state change and no engine heartbeat since ``before``. Runs still under an
+    assignment lease are the dispatcher's (the lease sends them back to the queue).
+    """
+    last_sign = func.coalesce(flow_runs.c.last_heartbeat_at, flow_runs.c.state_time)
+    query = (
+        _select_runs()
+        .where(
+            flow_runs.c.state_type == StateType.PENDING.value,
+            flow_runs.c.lease_deadline.is_(None),
+            flow_runs.c.state_time < before,
+            last_sign < before,
+            or_(
+                flow_runs.c.agent_session_id.is_(None),
+                flow_runs.c.agent_session_id.not_in(sorted(present)),
+            ),
+        )
+        .order_by(flow_runs.c.state_time)
+        .limit(limit)
+    )
+    return [_run(row) for row in await conn.execute(query)]
+
+
 async def overdue_scheduled(conn: AsyncConnection, before: datetime, limit: int) -> list[Run]:
     """SCHEDULED runs still named "Scheduled" that were due before ``before``."""
     query = (

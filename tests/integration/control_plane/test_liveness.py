@@ -9,10 +9,10 @@ from control_plane.orchestration import clock
 from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.liveness import LivenessPolicy, Reaper
 from control_plane.orchestration.signals import Signals
+from flowyard.v1 import agent_pb2, engine_pb2, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
-from flowyard.v1 import engine_pb2, types_pb2
 
-from .conftest import Plane, agent_stream, drive_to_running
+from .conftest import Plane, Stream, agent_stream, drive_to_running
 
 S = types_pb2
 LONG_AGO = clock.now() - timedelta(hours=1)
@@ -131,3 +131,52 @@ async def _until_late(plane: Plane, run_id: str) -> None:
     # This reaper is not wired to the server's notifications, so read until it shows.
     while (await plane.get(run_id)).run.state.name != "Late":  # noqa: ASYNC110
         await asyncio.sleep(0.05)
+
+
+async def _submitted(plane: Plane) -> tuple[Stream, str]:
+    """A run submitted by an agent, whose engine never reports."""
+    agent = agent_stream(plane, capacity=1)
+    await agent.receive("welcome")
+    run = await plane.run()
+    await agent.receive("assign")
+    agent.send(agent_pb2.ConnectRequest(accepted=agent_pb2.Accepted(run_id=run.id, attempt=1)))
+    agent.send(
+        agent_pb2.ConnectRequest(
+            submitted=agent_pb2.Submitted(run_id=run.id, attempt=1, infrastructure_id="k/ns/j")
+        )
+    )
+    deadline = time.monotonic() + 10
+    while (await plane.get(run.id)).run.state.name != "Submitted":
+        assert time.monotonic() < deadline, "the run never became Submitted"
+        await asyncio.sleep(0.02)
+    return agent, run.id
+
+
+async def test_a_submitted_run_whose_agent_stays_gone_crashes(ready: Plane) -> None:
+    agent, run_id = await _submitted(ready)
+    await agent.close()  # the node is gone: the agent and the pod it started
+    reap = reaper(ready, agent_grace=0.3)
+    run = await sweep_until(ready, reap, run_id, lambda r: r.state.type == S.STATE_TYPE_CRASHED)
+    assert "has been gone for over 0.3 s and its engine never reported" in run.state.message
+    assert "(Submitted)" in run.state.message
+
+
+async def test_a_submitted_run_of_a_connected_agent_is_left_to_it(ready: Plane) -> None:
+    agent, run_id = await _submitted(ready)
+    await asyncio.sleep(0.5)  # quiet for longer than the grace, as a slow image pull is
+    reap = reaper(ready, agent_grace=0.3)
+    assert not await reap.sweep_once()
+    assert (await ready.get(run_id)).run.state.name == "Submitted"
+    await agent.close()
+    # Gone just now: the agent gets the grace to come back before anyone judges the run.
+    assert not await reap.sweep_once()
+    assert (await ready.get(run_id)).run.state.name == "Submitted"
+
+
+async def test_a_restarted_control_plane_gives_agents_time_to_come_back(ready: Plane) -> None:
+    agent, run_id = await _submitted(ready)
+    await agent.close()
+    await asyncio.sleep(0.5)
+    reap = reaper(ready, started_long_ago=False, agent_grace=0.3)
+    assert not await reap.sweep_once()  # up for less than the grace
+    assert (await ready.get(run_id)).run.state.name == "Submitted"
