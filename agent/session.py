@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -330,10 +331,34 @@ def _infra_event_to_proto(event: InfraEvent) -> agent_pb2.InfraEvent:
         reason=event.reason,
         message=event.message,
         exit_code=event.exit_code or 0,
-        log_tail=event.log_tail,
+        log_tail=bounded_tail(event.log_tail),
         observe_time=_timestamp(event.observe_time),
         gave_up=event.gave_up,
     )
+
+
+#: Bounds of the output lines sent with an infrastructure event: whatever the pod printed (one
+#: line of megabytes, say), the report stays far below the server's message size limit.
+TAIL_LINE_BYTES = 4096
+TAIL_TOTAL_BYTES = 64 * 1024
+
+
+def bounded_tail(lines: Sequence[str]) -> list[str]:
+    """The last lines that fit in ``TAIL_TOTAL_BYTES``, each cut to ``TAIL_LINE_BYTES``."""
+    kept: list[str] = []
+    total = 0
+    for line in reversed(lines):
+        data = line.encode("utf-8", errors="replace")
+        if len(data) > TAIL_LINE_BYTES:
+            cut = len(data) - TAIL_LINE_BYTES
+            line = data[:TAIL_LINE_BYTES].decode("utf-8", errors="ignore") + f"… [{cut} bytes cut]"
+            data = line.encode("utf-8", errors="replace")
+        if total + len(data) > TAIL_TOTAL_BYTES:
+            break
+        kept.append(line)
+        total += len(data)
+    kept.reverse()
+    return kept
 
 
 def _heartbeat() -> agent_pb2.Heartbeat:

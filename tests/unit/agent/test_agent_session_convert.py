@@ -57,3 +57,17 @@ def test_an_assignment_keeps_its_secret_env_and_hides_its_token() -> None:
     )
     assert assignment.secret_env == (SecretEnv("REPO_TOKEN", "creds", "token"),)
     assert "tok-123" not in repr(assignment)
+
+
+def test_a_huge_log_tail_is_bounded_keeping_its_last_lines() -> None:
+    lines = [f"line {i}" for i in range(20_000)] + ["x" * 5_000_000, "the last words"]
+    event = InfraEvent(
+        RunKey("r", 1), "default/flowyard-r-1", InfraEventKind.FAILED, NOW, log_tail=tuple(lines)
+    )
+    message = _report_to_proto(InfraObserved(event)).infra_event
+    sent = list(message.log_tail)
+    assert sent[-1] == "the last words"
+    assert sent[-2].startswith("x" * 4096) and sent[-2].endswith("bytes cut]")
+    assert sum(len(line.encode()) for line in sent) <= 64 * 1024
+    assert message.ByteSize() < 100 * 1024
+    assert sent[:-2] == lines[len(lines) - len(sent) : -2]  # the newest lines, in order
