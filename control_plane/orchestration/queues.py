@@ -21,6 +21,9 @@ from control_plane.store import queues as repo
 from control_plane.store.db import Database
 
 MAX_PRIORITY = 1_000_000
+#: Priority of the default queue and of a new queue given none: room above it (1-9) for
+#: queues that must go first, and below it for queues that may wait.
+DEFAULT_PRIORITY = 10
 MAX_QUEUES_PER_POOL = 100
 
 
@@ -38,7 +41,7 @@ class QueueSpec:
 def default_queue(pool_id: str) -> WorkQueue:
     """The "default" queue a new pool gets."""
     now = clock.now()
-    return WorkQueue(uuid.uuid4().hex, pool_id, DEFAULT_QUEUE, 1, 0, False, now, now)
+    return WorkQueue(uuid.uuid4().hex, pool_id, DEFAULT_QUEUE, DEFAULT_PRIORITY, 0, False, now, now)
 
 
 async def resolve(conn: AsyncConnection, pool: Pool, name: str, field: str) -> WorkQueue:
@@ -94,7 +97,7 @@ class Queues:
         if not 0 <= spec.priority <= MAX_PRIORITY:
             raise InvalidArgument(
                 f"queue.priority: must be between 1 and {MAX_PRIORITY} (0 keeps the current "
-                f"priority, or 1 for a new queue), got {spec.priority}"
+                f"priority, or {DEFAULT_PRIORITY} for a new queue), got {spec.priority}"
             )
         if spec.concurrency_limit < 0:
             raise InvalidArgument(
@@ -114,7 +117,7 @@ class Queues:
                     uuid.uuid4().hex,
                     pool.id,
                     spec.name,
-                    spec.priority or 1,
+                    spec.priority or DEFAULT_PRIORITY,
                     spec.concurrency_limit,
                     spec.paused,
                     now,

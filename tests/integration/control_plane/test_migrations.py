@@ -69,7 +69,7 @@ def test_scheduling_migration_gives_existing_pools_a_default_queue(tmp_path: Pat
     command.upgrade(config, "head")
     with engine.connect() as conn:
         queue = conn.execute(text("SELECT id, name, priority FROM work_queues")).one()
-        assert (queue.name, queue.priority) == ("default", 1)
+        assert (queue.name, queue.priority) == ("default", 10)
         deployment = conn.execute(
             text("SELECT queue_id, retries, collision_strategy, schedules FROM deployments")
         ).one()

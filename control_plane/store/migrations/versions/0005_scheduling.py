@@ -95,7 +95,7 @@ def _backfill_default_queues() -> None:
                 id=queue_id,
                 pool_id=pool_id,
                 name="default",
-                priority=1,
+                priority=10,
                 concurrency_limit=0,
                 paused=False,
                 created_at=now,
