@@ -110,10 +110,7 @@ def schedule_ls(session: Session, name: str, upcoming: int) -> None:
 @click.pass_obj
 def deployment_pause(session: Session, name: str, schedule_name: str) -> None:
     """Pause NAME's schedules (or one): no new runs, future scheduled runs are removed."""
-    session.stub.PauseDeployment(
-        pb.PauseDeploymentRequest(name=name, schedule_name=schedule_name, paused=True)
-    )
-    output.console.print(f"Paused {_what(name, schedule_name)}")
+    _set_paused(session, name, schedule_name, paused=True)
 
 
 @deployment.command("resume")
@@ -122,13 +119,16 @@ def deployment_pause(session: Session, name: str, schedule_name: str) -> None:
 @click.pass_obj
 def deployment_resume(session: Session, name: str, schedule_name: str) -> None:
     """Resume NAME's schedules (or one): upcoming runs are created again."""
+    _set_paused(session, name, schedule_name, paused=False)
+
+
+def _set_paused(session: Session, name: str, schedule_name: str, *, paused: bool) -> None:
     session.stub.PauseDeployment(
-        pb.PauseDeploymentRequest(name=name, schedule_name=schedule_name, paused=False)
+        pb.PauseDeploymentRequest(name=name, schedule_name=schedule_name, paused=paused)
     )
-    output.console.print(f"Resumed {_what(name, schedule_name)}")
-
-
-def _what(name: str, schedule_name: str) -> str:
-    if schedule_name:
-        return f"schedule {schedule_name!r} of deployment {name!r}"
-    return f"deployment {name!r}"
+    what = (
+        f"schedule {schedule_name!r} of deployment {name!r}"
+        if schedule_name
+        else f"deployment {name!r}"
+    )
+    output.console.print(f"{'Paused' if paused else 'Resumed'} {what}")
