@@ -21,6 +21,9 @@ handed to the caller after a restart. Cancel deletes the Job with background pro
 pods and owned Secret follow) and waits, with a deadline, until the Job is gone. Closing stops
 the watches and leaves Jobs alone: their engines report on their own, and the next agent
 adopts them.
+
+The per-attempt bookkeeping and the events are in :mod:`agent.kubernetes.attempts`; deleting a
+Job and waiting until it is gone in :mod:`agent.kubernetes.cleanup`.
 """
 
 from __future__ import annotations
