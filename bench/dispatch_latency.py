@@ -25,7 +25,7 @@ from pathlib import Path
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from control_plane.cli.client import open_channel
-from control_plane.cli.main import build_deployment
+from control_plane.cli.deploy import build_deployment
 from control_plane.cli.processes import start_agent, start_server
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import control_plane_pb2_grpc, types_pb2

@@ -1,7 +1,7 @@
 """Reading the agent's own Jobs and pods: which attempt an object belongs to, and its deadline.
 
 Pure functions on API dicts. A Job is the agent's when its labels name a run and an attempt and
-its name is the one :func:`~agent.kubernetes.manifests.job_name` derives from them; a pod belongs
+its name is the one :func:`~agent.kubernetes.naming.job_name` derives from them; a pod belongs
 to the Job its ``job-name`` label (set by Kubernetes) or its controller reference names.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agent.kubernetes.manifests import ATTEMPT_LABEL, RUN_ID_LABEL, job_name
+from agent.kubernetes.naming import ATTEMPT_LABEL, RUN_ID_LABEL, job_name
 from agent.models import RunKey
 
 __all__ = [

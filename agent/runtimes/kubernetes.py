@@ -21,6 +21,9 @@ handed to the caller after a restart. Cancel deletes the Job with background pro
 pods and owned Secret follow) and waits, with a deadline, until the Job is gone. Closing stops
 the watches and leaves Jobs alone: their engines report on their own, and the next agent
 adopts them.
+
+The per-attempt bookkeeping and the events are in :mod:`agent.kubernetes.attempts`; deleting a
+Job and waiting until it is gone in :mod:`agent.kubernetes.cleanup`.
 """
 
 from __future__ import annotations
@@ -29,25 +32,20 @@ import asyncio
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from agent.errors import ConfigurationError, KubernetesError
-from agent.kubernetes import diagnosis, objects, submission
+from agent.kubernetes import cleanup, diagnosis, objects, submission
+from agent.kubernetes.attempts import Attempt, AttemptReports
 from agent.kubernetes.client import ApiKubeClient, KubeClient, Resource, load_api_client
-from agent.kubernetes.diagnosis import Diagnosis
-from agent.kubernetes.manifests import (
-    ATTEMPT_LABEL,
-    CONTAINER_NAME,
+from agent.kubernetes.naming import (
     POOL_LABEL,
-    RUN_ID_LABEL,
-    job_name,
     label_value,
 )
 from agent.kubernetes.objects import object_name
 from agent.kubernetes.view import ClusterView
-from agent.models import Assignment, InfraEvent, InfraEventKind, RunKey, RunningInfra
+from agent.models import Assignment, RunKey, RunningInfra
 from agent.runtimes.base import EventCallback, Runtime
 from agent.settings import KubernetesSettings
 from agent.tasks import TaskSet
@@ -57,37 +55,6 @@ __all__ = ["KubernetesRuntime"]
 logger = logging.getLogger(__name__)
 
 Object = dict[str, Any]
-
-# While waiting for a deleted Job to disappear, look it up directly this often in case
-# the watch is down.
-_GONE_POLL_SECONDS = 2.0
-# Kinds whose end is worth the pod's log tail.
-_TAIL_KINDS = frozenset({InfraEventKind.FAILED, InfraEventKind.OOM_KILLED, InfraEventKind.EVICTED})
-
-
-@dataclass(eq=False)
-class _Attempt:
-    """What the runtime tracks for one attempt whose events it reports."""
-
-    key: RunKey
-    namespace: str
-    name: str
-    pod_start_timeout: float
-    # Wall-clock time by which a container must have started.
-    deadline: datetime
-    # Event-loop time from which the Job is known to exist; None while it is being created.
-    known_since: float | None = None
-    uid: str | None = None
-    started: bool = False
-    ended: bool = False
-    cancelling: bool = False
-    reported: set[tuple[InfraEventKind, str]] = field(default_factory=set)
-    # Set once started or ended: the pod-start deadline no longer applies.
-    settled: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def infrastructure_id(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
 
 class KubernetesRuntime(Runtime):
@@ -108,8 +75,8 @@ class KubernetesRuntime(Runtime):
         self._selector = f"{POOL_LABEL}={label_value(pool)}"
         self._client = client
         self._environ = os.environ if environ is None else environ
-        self._on_event: EventCallback | None = None
-        self._attempts: dict[RunKey, _Attempt] = {}
+        self._reports: AttemptReports | None = None
+        self._attempts: dict[RunKey, Attempt] = {}
         self._view: ClusterView | None = None
         self._tasks = TaskSet("kubernetes")
 
@@ -127,13 +94,27 @@ class KubernetesRuntime(Runtime):
             raise RuntimeError("the kubernetes runtime has not been started")
         return self._view
 
+    @property
+    def reports(self) -> AttemptReports:
+        """What reports the attempts' events (known once started)."""
+        if self._reports is None:
+            raise RuntimeError("the kubernetes runtime has not been started")
+        return self._reports
+
     async def start(self, on_event: EventCallback) -> None:
         """Connect, and list the agent's Jobs and pods in its namespace before returning."""
         if self._client is None:
             api_client = await asyncio.to_thread(load_api_client, self._settings)
             self._client = ApiKubeClient(api_client, self._settings.retry)
-        self._on_event = on_event
         self._view = ClusterView(self._client, self._selector, self._settings, self)
+        self._reports = AttemptReports(
+            client=self._client,
+            view=self._view,
+            settings=self._settings,
+            tasks=self._tasks,
+            attempts=self._attempts,
+            on_event=on_event,
+        )
         namespace = self._settings.namespace
         self._view.watch(namespace)
         try:
@@ -170,7 +151,7 @@ class KubernetesRuntime(Runtime):
         )
         self.view.watch(rendered.namespace)
         timeout = rendered.pod_start_timeout_seconds
-        attempt = _Attempt(
+        attempt = Attempt(
             key=key,
             namespace=rendered.namespace,
             name=rendered.name,
@@ -195,8 +176,8 @@ class KubernetesRuntime(Runtime):
             logger.info("run %s: created Job %s", key, attempt.infrastructure_id)
         attempt.uid = objects.uid(created.job)
         attempt.known_since = asyncio.get_running_loop().time()
-        self._tasks.spawn(f"pod-start:{key}", self._enforce_pod_start(attempt))
-        self._evaluate(attempt)
+        self._tasks.spawn(f"pod-start:{key}", self.reports.enforce_pod_start(attempt))
+        self.reports.evaluate(attempt)
         return attempt.infrastructure_id
 
     async def cancel(self, key: RunKey) -> bool:
@@ -206,7 +187,7 @@ class KubernetesRuntime(Runtime):
             attempt.cancelling = True
             namespace, name = attempt.namespace, attempt.name
         else:
-            found = await self._find_job(key)
+            found = await cleanup.find_job(self.client, self.view, self._settings.namespace, key)
             if found is None:
                 return False
             namespace, name = found
@@ -218,7 +199,9 @@ class KubernetesRuntime(Runtime):
             # The attempt stays tracked: its end is reported whenever the Job does go.
             logger.error("cannot delete Job %s/%s of run %s: %s", namespace, name, key, error)
             return True
-        if existed and not await self._wait_gone(namespace, name, gone):
+        if existed and not await cleanup.wait_gone(
+            self.client, namespace, name, gone, self._settings.cancel_timeout
+        ):
             logger.error(
                 "Job %s/%s of run %s is still there %g s after its deletion",
                 namespace,
@@ -228,7 +211,9 @@ class KubernetesRuntime(Runtime):
             )
             return True
         if attempt is not None and not attempt.ended:
-            self._end(attempt, diagnosis.job_deleted({"metadata": {"name": name}}, by_agent=True))
+            self.reports.end(
+                attempt, diagnosis.job_deleted({"metadata": {"name": name}}, by_agent=True)
+            )
         return existed or attempt is not None
 
     def observe(self) -> list[RunningInfra]:
@@ -265,16 +250,16 @@ class KubernetesRuntime(Runtime):
         if attempt is None:
             return
         if not deleted:
-            self._evaluate(attempt)
+            self.reports.evaluate(attempt)
         elif attempt.uid is None or objects.uid(job) in (None, attempt.uid):
             # (An earlier Job of the same name going away says nothing about this one.)
-            self._end(attempt, diagnosis.job_deleted(job, by_agent=attempt.cancelling))
+            self.reports.end(attempt, diagnosis.job_deleted(job, by_agent=attempt.cancelling))
 
     def pods_changed(self, namespace: str, job: str) -> None:
         """Re-evaluate the attempt of the pods' Job."""
         attempt = self._attempt_of(namespace, job)
         if attempt is not None:
-            self._evaluate(attempt)
+            self.reports.evaluate(attempt)
 
     def jobs_relisted(self, namespace: str, started: float) -> None:
         """A Job known to exist before the list started, and missing from it, is gone."""
@@ -289,23 +274,23 @@ class KubernetesRuntime(Runtime):
                 logger.info(
                     "Job %s disappeared while it was not watched", attempt.infrastructure_id
                 )
-                self._end(
+                self.reports.end(
                     attempt,
                     diagnosis.job_deleted(
                         {"metadata": {"name": attempt.name}}, by_agent=attempt.cancelling
                     ),
                 )
 
-    def _attempt_of(self, namespace: str, job: str) -> _Attempt | None:
+    def _attempt_of(self, namespace: str, job: str) -> Attempt | None:
         key = objects.key_of_job_name(job)
         attempt = self._attempts.get(key) if key is not None else None
         if attempt is None or attempt.namespace != namespace or attempt.name != job:
             return None
         return attempt
 
-    def _adopt(self, namespace: str, key: RunKey, job: Object) -> _Attempt:
+    def _adopt(self, namespace: str, key: RunKey, job: Object) -> Attempt:
         timeout = objects.annotated_timeout(job) or self._settings.default_pod_start_timeout
-        attempt = _Attempt(
+        attempt = Attempt(
             key=key,
             namespace=namespace,
             name=object_name(job),
@@ -316,221 +301,7 @@ class KubernetesRuntime(Runtime):
         )
         self._attempts[key] = attempt
         logger.info("run %s: following its existing Job %s", key, attempt.infrastructure_id)
-        self._tasks.spawn(f"pod-start:{key}", self._enforce_pod_start(attempt))
+        self._tasks.spawn(f"pod-start:{key}", self.reports.enforce_pod_start(attempt))
         # Not now: the caller holds the run only after this returns.
-        asyncio.get_running_loop().call_soon(self._evaluate, attempt)
+        asyncio.get_running_loop().call_soon(self.reports.evaluate, attempt)
         return attempt
-
-    # Verdicts -----------------------------------------------------------------------------
-
-    def _evaluate(self, attempt: _Attempt) -> None:
-        """Compare what the caches say about the attempt with what was reported."""
-        if attempt.ended:
-            return
-        job = self.view.job(attempt.namespace, attempt.name)
-        if (
-            job is not None
-            and attempt.uid is not None
-            and objects.uid(job) not in (None, attempt.uid)
-        ):
-            job = None  # an earlier Job of the same name, on its way out
-        pods = self._pods_of(attempt)
-        if not attempt.started and any(diagnosis.pod_started(p) for p in pods):
-            attempt.started = True
-            attempt.settled.set()
-        if job is None:
-            return
-        outcome = diagnosis.job_outcome(job, pods)
-        pod = diagnosis.latest_pod(pods)
-        if outcome is not None:
-            self._end(attempt, outcome, pod, job)
-            return
-        verdict = diagnosis.diagnose_pod(pod) if pod is not None else None
-        if verdict is None or verdict.ends:
-            return
-        seen = (verdict.kind, verdict.reason)
-        if seen not in attempt.reported:
-            attempt.reported.add(seen)
-            self._emit(attempt, verdict)
-
-    def _pods_of(self, attempt: _Attempt) -> list[Object]:
-        pods = self.view.pods_of(attempt.namespace, attempt.name)
-        if attempt.uid is None:
-            return pods
-        # Pods of an earlier Job of the same name say nothing about this one.
-        return [p for p in pods if objects.owner_uid(p) in (None, attempt.uid)]
-
-    def _end(
-        self,
-        attempt: _Attempt,
-        verdict: Diagnosis,
-        pod: Mapping[str, Any] | None = None,
-        job: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Report the attempt's end once; failures first gather the exit code and log tail."""
-        if attempt.ended:
-            return
-        attempt.ended = True
-        attempt.settled.set()
-        self._attempts.pop(attempt.key, None)
-        if verdict.kind in _TAIL_KINDS:
-            self._tasks.spawn(
-                f"report-end:{attempt.key}", self._report_failure(attempt, verdict, pod, job)
-            )
-        else:
-            self._emit(attempt, verdict)
-
-    async def _report_failure(
-        self,
-        attempt: _Attempt,
-        verdict: Diagnosis,
-        pod: Mapping[str, Any] | None,
-        job: Mapping[str, Any] | None,
-    ) -> None:
-        failed = pod is not None and (pod.get("status") or {}).get("phase") == "Failed"
-        if job is not None and not failed:
-            # The Job's watch ran ahead of the pods' watch: ask for the pods themselves.
-            pods = await self._list_pods(attempt)
-            if pods:
-                verdict = diagnosis.job_outcome(job, pods) or verdict
-                pod = diagnosis.latest_pod(pods)
-        tail = await self._log_tail(attempt.namespace, pod) if pod is not None else ()
-        self._emit(attempt, verdict, tail)
-
-    async def _enforce_pod_start(self, attempt: _Attempt) -> None:
-        remaining = (attempt.deadline - datetime.now(UTC)).total_seconds()
-        try:
-            async with asyncio.timeout(max(0.0, remaining)):
-                await attempt.settled.wait()
-            return
-        except TimeoutError:
-            pass
-        # The caches may have news the deadline raced with.
-        self._evaluate(attempt)
-        if attempt.ended or attempt.started:
-            return
-        await self._give_up(attempt)
-
-    async def _give_up(self, attempt: _Attempt) -> None:
-        """The pod did not start in time: delete the Job and report why, as an ending event."""
-        attempt.ended = True
-        attempt.settled.set()
-        self._attempts.pop(attempt.key, None)
-        pod = diagnosis.latest_pod(self._pods_of(attempt))
-        verdict = diagnosis.diagnose_pod(pod) if pod is not None else None
-        if verdict is None:
-            verdict = Diagnosis(InfraEventKind.PENDING, "PodStartTimeout", "no pod was created")
-        timeout = attempt.pod_start_timeout
-        detail = f"no container started within {timeout:g} s; the Job was deleted"
-        message = f"{verdict.message} ({detail})" if verdict.message else detail
-        logger.warning(
-            "run %s: giving up on Job %s: %s: %s",
-            attempt.key,
-            attempt.infrastructure_id,
-            verdict.reason,
-            message,
-        )
-        tail = await self._log_tail(attempt.namespace, pod) if pod is not None else ()
-        await self._delete_quietly(Resource.JOBS, attempt.namespace, attempt.name)
-        self._emit(
-            attempt,
-            Diagnosis(verdict.kind, verdict.reason, message, verdict.exit_code),
-            tail,
-            gave_up=True,
-        )
-
-    def _emit(
-        self,
-        attempt: _Attempt,
-        verdict: Diagnosis,
-        log_tail: tuple[str, ...] = (),
-        *,
-        gave_up: bool = False,
-    ) -> None:
-        if self._on_event is None:
-            return
-        self._on_event(
-            InfraEvent(
-                key=attempt.key,
-                infrastructure_id=attempt.infrastructure_id,
-                kind=verdict.kind,
-                observe_time=datetime.now(UTC),
-                reason=verdict.reason,
-                message=verdict.message,
-                exit_code=verdict.exit_code,
-                log_tail=log_tail,
-                gave_up=gave_up,
-            )
-        )
-
-    # Helpers that call the API ------------------------------------------------------------
-
-    async def _log_tail(self, namespace: str, pod: Mapping[str, Any]) -> tuple[str, ...]:
-        """The last lines of the pod's engine container; empty if there are none to read."""
-        name = object_name(pod)
-        try:
-            text = await self.client.log_tail(
-                namespace, name, CONTAINER_NAME, self._settings.log_tail_lines
-            )
-        except KubernetesError as error:
-            # A container that never started has no log (400); a deleted pod neither (404).
-            logger.debug("no log tail for pod %s/%s: %s", namespace, name, error)
-            return ()
-        except Exception:
-            # The end must be reported with or without its tail.
-            logger.exception("cannot read the log tail of pod %s/%s", namespace, name)
-            return ()
-        return tuple(text.splitlines()[-self._settings.log_tail_lines :])
-
-    async def _list_pods(self, attempt: _Attempt) -> list[Object]:
-        selector = f"{RUN_ID_LABEL}={attempt.key.run_id},{ATTEMPT_LABEL}={attempt.key.attempt}"
-        try:
-            listing = await self.client.list(Resource.PODS, attempt.namespace, selector)
-        except KubernetesError as error:
-            logger.warning("cannot list the pods of Job %s: %s", attempt.infrastructure_id, error)
-            return []
-        return [
-            p
-            for p in listing.items
-            if attempt.uid is None or objects.owner_uid(p) in (None, attempt.uid)
-        ]
-
-    async def _find_job(self, key: RunKey) -> tuple[str, str] | None:
-        """Where a Job of an attempt this runtime does not track is, if it exists."""
-        try:
-            name = job_name(key.run_id, key.attempt)
-        except ValueError:
-            return None
-        for namespace in self.view.namespaces:
-            if self.view.job(namespace, name) is not None:
-                return namespace, name
-        namespace = self._settings.namespace
-        if await self.client.read(Resource.JOBS, namespace, name) is not None:
-            return namespace, name
-        return None
-
-    async def _wait_gone(self, namespace: str, name: str, gone: asyncio.Event) -> bool:
-        """Wait until the Job is deleted: by the watch, else by reading it now and then."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._settings.cancel_timeout
-        while True:
-            remaining = deadline - loop.time()
-            try:
-                async with asyncio.timeout(max(0.0, min(_GONE_POLL_SECONDS, remaining))):
-                    await gone.wait()
-                return True
-            except TimeoutError:
-                pass
-            try:
-                if await self.client.read(Resource.JOBS, namespace, name) is None:
-                    return True
-            except KubernetesError as error:
-                logger.warning("cannot read Job %s/%s: %s", namespace, name, error)
-            if loop.time() >= deadline:
-                return False
-
-    async def _delete_quietly(self, resource: Resource, namespace: str, name: str) -> None:
-        try:
-            await self.client.delete(resource, namespace, name)
-        except KubernetesError as error:
-            logger.error("cannot delete %s %s/%s: %s", resource.value, namespace, name, error)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,31 +84,21 @@ class BearerToken(
             getattr(details, "compression", None),
         )
 
-    def intercept_unary_unary(
-        self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any
-    ) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_unary_stream(
-        self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any
-    ) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_stream_unary(
+    def _intercept(
         self,
         continuation: Callable[..., Any],
-        details: grpc.ClientCallDetails,
-        request_iterator: Iterator[Any],
+        client_call_details: grpc.ClientCallDetails,
+        request: Any,
     ) -> Any:
-        return continuation(self._details(details), request_iterator)
+        """Continue the call (a request, or an iterator of them) with the token added."""
+        return continuation(self._details(client_call_details), request)
 
-    def intercept_stream_stream(
-        self,
-        continuation: Callable[..., Any],
-        details: grpc.ClientCallDetails,
-        request_iterator: Iterator[Any],
-    ) -> Any:
-        return continuation(self._details(details), request_iterator)
+    # gRPC wants one method per kind of call; adding a header is the same for all four. The
+    # stream kinds name their third argument ``request_iterator``; gRPC passes it positionally.
+    intercept_unary_unary = _intercept
+    intercept_unary_stream = _intercept
+    intercept_stream_unary = _intercept  # type: ignore[assignment]
+    intercept_stream_stream = _intercept  # type: ignore[assignment]
 
 
 def open_channel(address: str, token: str = "", tls_ca: Path | None = None) -> grpc.Channel:

@@ -8,21 +8,32 @@ every process it started, whatever happens.
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import click
 import grpc
 
 import control_plane
 from control_plane.cli import output
 from control_plane.cli.client import Client, describe
+from control_plane.cli.deploy import build_deployment
 from control_plane.cli.processes import Child, StartError, start_agent, start_server
+from control_plane.cli.runs import follow_logs
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
 
 POOL = "demo"
 AGENT_READY_SECONDS = 30.0
+
+
+@click.command()
+@click.option("--name", default="world", show_default=True, help="Who the demo flow greets.")
+def demo(name: str) -> None:
+    """Run a flow end to end on a throw-away local control plane and process agent."""
+    sys.exit(run_demo(name))
 
 
 def example_dir() -> Path:
@@ -32,8 +43,6 @@ def example_dir() -> Path:
 
 def run_demo(name: str) -> int:
     """Run the demo; the exit code is 0 when the flow COMPLETED."""
-    from control_plane.cli.main import build_deployment, follow_logs
-
     source = example_dir()
     if not (source / "flow.py").exists():
         output.errors.print(f"error: the demo flow is missing: {source / 'flow.py'}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -37,6 +39,16 @@ def state_text(state: types_pb2.RunState) -> Text:
     name = state_name(state.type)
     label = name if state.name.upper() == name else f"{name} ({state.name})"
     return Text(label, style=STATE_STYLES.get(name, ""))
+
+
+def first_line(message: str) -> str:
+    """The first line of a state message (a traceback's first line), or ``""``."""
+    return message.strip().splitlines()[0] if message.strip() else ""
+
+
+def utc_time(timestamp: Any) -> str:
+    """A protobuf Timestamp as ISO 8601 in UTC, to the second."""
+    return str(timestamp.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds"))
 
 
 def level_name(level: int) -> str:

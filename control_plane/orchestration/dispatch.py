@@ -14,8 +14,6 @@ lease runs out goes back to SCHEDULED.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,6 +26,7 @@ from control_plane.orchestration import clock, sources, tokens
 from control_plane.orchestration.agents import AgentRegistry, AgentSession, AssignMessage
 from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.concurrency import DeploymentLimit, Slots
+from control_plane.orchestration.loops import WakeLoop
 from control_plane.orchestration.reports import requeue
 from control_plane.orchestration.states import (
     ASSIGNED,
@@ -44,8 +43,6 @@ log = logging.getLogger(__name__)
 
 #: Upper bound on one sleep, so that a clock jump cannot stall dispatch for long.
 MAX_SLEEP_SECONDS = 60.0
-#: Pause after an unexpected error before trying again.
-ERROR_PAUSE_SECONDS = 1.0
 LEASE_BATCH = 200
 #: Runs of a deployment at its limit marked waiting (or cancelled) per pass.
 HOLD_BATCH = 500
@@ -61,29 +58,19 @@ class Dispatcher:
         self._agents = agents
         self._notifier = notifier
         self._lease = lease
-        self._wake = asyncio.Event()
-        self._wake.set()
+        self._loop = WakeLoop(
+            lambda: self._db.shielded(self.dispatch_once()),
+            what="dispatch",
+            max_sleep_seconds=MAX_SLEEP_SECONDS,
+        )
 
     def wake(self) -> None:
         """Dispatch again now (a run was created, credit granted, a slot freed)."""
-        self._wake.set()
+        self._loop.wake()
 
     async def run(self) -> None:
         """Dispatch until cancelled."""
-        while True:
-            self._wake.clear()
-            try:
-                next_time = await self._db.shielded(self.dispatch_once())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("dispatch failed; trying again")
-                next_time = clock.now() + timedelta(seconds=ERROR_PAUSE_SECONDS)
-            timeout = MAX_SLEEP_SECONDS
-            if next_time is not None:
-                timeout = min(timeout, max(0.0, (next_time - clock.now()).total_seconds()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+        await self._loop.run()
 
     async def dispatch_once(self) -> datetime | None:
         """One pass: expire leases, claim and push due runs. Returns when to look again."""

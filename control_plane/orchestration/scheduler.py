@@ -14,20 +14,19 @@ definition asks for.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.errors import FlowyardError, InvalidArgument, NotFound
 from control_plane.models import Deployment, Run, Schedule
 from control_plane.orchestration import clock, schedules, validation
+from control_plane.orchestration.loops import WakeLoop
 from control_plane.orchestration.runs import RunRequest, Runs
 from control_plane.store import catalog as catalog_repo
 from control_plane.store import runs as runs_repo
@@ -37,7 +36,6 @@ log = logging.getLogger(__name__)
 
 #: Upper bound on one sleep, so that a clock jump cannot stall the scheduler for long.
 MAX_SLEEP_SECONDS = 300.0
-ERROR_PAUSE_SECONDS = 1.0
 MAX_UPCOMING = 100
 DEFAULT_UPCOMING = 5
 
@@ -48,29 +46,19 @@ class Scheduler:
     def __init__(self, db: Database, runs: Runs) -> None:
         self._db = db
         self._runs = runs
-        self._wake = asyncio.Event()
-        self._wake.set()
+        self._loop = WakeLoop(
+            lambda: self._db.shielded(self.schedule_once()),
+            what="scheduling",
+            max_sleep_seconds=MAX_SLEEP_SECONDS,
+        )
 
     def wake(self) -> None:
         """Look at every schedule again now (a deployment changed)."""
-        self._wake.set()
+        self._loop.wake()
 
     async def run(self) -> None:
         """Schedule until cancelled."""
-        while True:
-            self._wake.clear()
-            try:
-                next_time = await self._db.shielded(self.schedule_once())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("scheduling failed; trying again")
-                next_time = clock.now() + timedelta(seconds=ERROR_PAUSE_SECONDS)
-            timeout = MAX_SLEEP_SECONDS
-            if next_time is not None:
-                timeout = min(timeout, max(0.0, (next_time - clock.now()).total_seconds()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+        await self._loop.run()
 
     async def schedule_once(self) -> datetime | None:
         """One pass: create missing upcoming runs; returns the soonest next firing."""

@@ -126,11 +126,14 @@ def test_schedules_create_runs_ahead_survive_restarts_and_follow_pause_and_resum
 
     paused = system.cli("deployment", "pause", "ticker", "--schedule", "interval-0")
     assert paused.returncode == 0, paused.stderr
+    assert "Paused schedule 'interval-0' of deployment 'ticker'" in paused.stdout
     names = {r.schedule_name for r in scheduled_runs(system, "ticker")}
     assert names == {"cron-0"}
     assert system.cli("deployment", "pause", "ticker").returncode == 0
     assert scheduled_runs(system, "ticker") == []
-    assert system.cli("deployment", "resume", "ticker").returncode == 0
+    resumed = system.cli("deployment", "resume", "ticker")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resumed deployment 'ticker'" in resumed.stdout
     assert system.cli("deployment", "resume", "ticker", "--schedule", "interval-0").returncode == 0
     wait_for(
         lambda: (

@@ -113,12 +113,28 @@ def test_agent_partitioned_is_replaced_by_its_new_session(networked: System) -> 
         assert attempts(networked, run_id) == {1}
 
 
+GATED_TICKER = """
+import os
+import time
+
+
+def main(gate: str) -> int:
+    i = 0
+    while not os.path.exists(gate):
+        print(f"tick {i}", flush=True)
+        i += 1
+        time.sleep(0.01)
+    return i
+"""
+
+
 def test_engine_stream_reset_while_logs_stream_stores_every_line_once(tmp_path: Path) -> None:
     with running_system(tmp_path) as system, Relay(system.address) as relay:
         agent_behind(system, system.address, engines_via=relay.address, name="e")
-        system.deploy("ticker", TICKER)
-        n = 150
-        run_id = system.create_run("ticker", n=n, pause=0.02)
+        system.deploy("ticker", GATED_TICKER)
+        gate = tmp_path / "gate"
+        # The flow prints until the test opens the gate, so every reset lands mid-stream.
+        run_id = system.create_run("ticker", gate=str(gate))
         wait_for(lambda: len(ticks(system, run_id)) >= 20, what="the first lines")
         for _ in range(3):  # three resets while the flow keeps printing
             seen = len(ticks(system, run_id))
@@ -126,8 +142,10 @@ def test_engine_stream_reset_while_logs_stream_stores_every_line_once(tmp_path: 
                 relay.cut()
                 time.sleep(0.3)  # the outage itself: lines pile up in the engine meanwhile
             wait_for(lambda s=seen: len(ticks(system, run_id)) > s, what="lines flowing again")
-        system.wait_terminal(run_id, timeout=60)
-        assert_once_in_order(system, run_id, n)
+        gate.touch()
+        run = system.wait_terminal(run_id, timeout=60)
+        assert run.state.type == types_pb2.STATE_TYPE_COMPLETED, run.state.message
+        assert_once_in_order(system, run_id, int(run.result_summary))
 
 
 def test_engine_killed_while_logs_stream_leaves_no_gap_and_no_duplicate(faulty: System) -> None:

@@ -181,24 +181,30 @@ def engine_stream(plane: Plane, run_id: str, attempt: int, token: str) -> Stream
     return stream
 
 
-@pytest.fixture
-async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
-    config = ServerConfig(port=0, data_dir=tmp_path, lease_seconds=1.5, agent_heartbeat_seconds=1.0)
-    app = await build(config)
-    await app.start()
+def connect(app: App, data_dir: Path) -> Plane:
+    """A Plane for a started ``app`` whose data (and admin token) is in ``data_dir``."""
     address = f"127.0.0.1:{app.port}"
     # Users' calls carry the admin token; agent and engine streams send their own tokens.
-    channel = aio_channel(address, admin_token(tmp_path))
-    yield Plane(
+    channel = aio_channel(address, admin_token(data_dir))
+    return Plane(
         app,
         address,
-        tmp_path,
+        data_dir,
         channel,
         control_plane_pb2_grpc.ControlPlaneServiceStub(channel),
         agent_pb2_grpc.AgentServiceStub(channel),
         engine_pb2_grpc.EngineServiceStub(channel),
     )
-    await channel.close()
+
+
+@pytest.fixture
+async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
+    config = ServerConfig(port=0, data_dir=tmp_path, lease_seconds=1.5, agent_heartbeat_seconds=1.0)
+    app = await build(config)
+    await app.start()
+    plane = connect(app, tmp_path)
+    yield plane
+    await plane.channel.close()
     # A stop that hangs is a bug in itself: fail fast and say so.
     await asyncio.wait_for(app.stop(0.5), STOP_TIMEOUT)
 

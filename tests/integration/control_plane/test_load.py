@@ -21,17 +21,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from control_plane.admission import RETRY_PUSHBACK_KEY
 from control_plane.config import ServerConfig
 from control_plane.server import build
+from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import (
-    agent_pb2_grpc,
     control_plane_pb2_grpc,
     engine_pb2,
-    engine_pb2_grpc,
     types_pb2,
 )
-from flowyard.v1 import control_plane_pb2 as pb
 from tests.bearer import admin_token, aio_channel
 
-from .conftest import STOP_TIMEOUT, Plane, agent_stream, drive_to_running, engine_stream
+from .conftest import STOP_TIMEOUT, Plane, agent_stream, connect, drive_to_running, engine_stream
 
 #: The documented size limit of one stored log line (UTF-8 bytes, marker included).
 LINE_LIMIT = 64 * 1024
@@ -64,23 +62,13 @@ async def tight(tmp_path: Path) -> AsyncIterator[Plane]:
     config = ServerConfig(port=0, data_dir=tmp_path, max_concurrent_calls=TIGHT_LIMIT)
     app = await build(config)
     await app.start()
-    address = f"127.0.0.1:{app.port}"
-    channel = aio_channel(address, admin_token(tmp_path))
-    plane = Plane(
-        app,
-        address,
-        tmp_path,
-        channel,
-        control_plane_pb2_grpc.ControlPlaneServiceStub(channel),
-        agent_pb2_grpc.AgentServiceStub(channel),
-        engine_pb2_grpc.EngineServiceStub(channel),
-    )
+    plane = connect(app, tmp_path)
     try:
         await plane.pool()
         await plane.deployment()
         yield plane
     finally:
-        await channel.close()
+        await plane.channel.close()
         await asyncio.wait_for(app.stop(0.5), STOP_TIMEOUT)
 
 

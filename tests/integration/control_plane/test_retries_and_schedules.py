@@ -13,9 +13,8 @@ import pytest
 from control_plane.config import ServerConfig
 from control_plane.server import build
 from flowyard.v1 import agent_pb2, control_plane_pb2, engine_pb2, types_pb2
-from tests.bearer import admin_token, aio_channel
 
-from .conftest import Plane, agent_stream, engine_stream
+from .conftest import Plane, agent_stream, connect, engine_stream
 from .test_queues_and_limits import eventually
 
 
@@ -133,7 +132,7 @@ async def test_a_schedule_creates_runs_ahead_and_a_restart_creates_no_duplicates
     config = ServerConfig(port=0, data_dir=tmp_path)
     app = await build(config)
     await app.start()
-    plane = await _plane(app, tmp_path)
+    plane = connect(app, tmp_path)
     await plane.pool()
     await with_fields(plane, schedules=[INTERVAL], parameters_json='{"name": "scheduled"}')
     # Every 10 minutes, one hour ahead: 6 or 7 runs, depending on where "now" falls.
@@ -147,7 +146,7 @@ async def test_a_schedule_creates_runs_ahead_and_a_restart_creates_no_duplicates
 
     again = await build(config)
     await again.start()
-    plane = await _plane(again, tmp_path)
+    plane = connect(again, tmp_path)
     await again.scheduler.schedule_once()
     after = await scheduled(plane)
     assert {r.idempotency_key for r in after} >= keys
@@ -160,22 +159,6 @@ async def test_a_schedule_creates_runs_ahead_and_a_restart_creates_no_duplicates
 async def _at_least(plane: Plane, count: int) -> list[types_pb2.FlowRun] | None:
     runs = await scheduled(plane)
     return runs if len(runs) >= count else None
-
-
-async def _plane(app: object, tmp_path: Path) -> Plane:
-    from flowyard.v1 import agent_pb2_grpc, control_plane_pb2_grpc, engine_pb2_grpc
-
-    address = f"127.0.0.1:{app.port}"  # type: ignore[attr-defined]
-    channel = aio_channel(address, admin_token(tmp_path))
-    return Plane(
-        app,  # type: ignore[arg-type]
-        address,
-        tmp_path,
-        channel,
-        control_plane_pb2_grpc.ControlPlaneServiceStub(channel),
-        agent_pb2_grpc.AgentServiceStub(channel),
-        engine_pb2_grpc.EngineServiceStub(channel),
-    )
 
 
 async def test_pausing_removes_future_runs_and_resuming_creates_them_again(
@@ -274,7 +257,7 @@ async def late_plane(tmp_path: Path) -> AsyncIterator[Plane]:
     config = ServerConfig(port=0, data_dir=tmp_path, late_after_seconds=0.2)
     app = await build(config)
     await app.start()
-    plane = await _plane(app, tmp_path)
+    plane = connect(app, tmp_path)
     yield plane
     await plane.channel.close()
     await asyncio.wait_for(app.stop(0.5), 15)

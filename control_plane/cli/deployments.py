@@ -1,0 +1,134 @@
+"""``flowyard deployment``: list deployments, render their infrastructure, and their schedules."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.table import Table
+
+from control_plane.cli import output
+from control_plane.cli.session import Session, parse_assignments
+from flowyard.v1 import control_plane_pb2 as pb
+
+
+@click.group()
+def deployment() -> None:
+    """Inspect deployments."""
+
+
+@deployment.command("ls")
+@click.option("--pool", "pool_name", default="", help="Only this pool's deployments.")
+@click.pass_obj
+def deployment_ls(session: Session, pool_name: str) -> None:
+    """List deployments."""
+    response = session.stub.ListDeployments(pb.ListDeploymentsRequest(pool=pool_name))
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "ENTRYPOINT", "POOL", "SOURCE"):
+        table.add_column(column)
+    for d in response.deployments:
+        table.add_row(d.name, d.entrypoint, d.pool, d.source.local.path)
+    output.console.print(table)
+
+
+@deployment.command("render")
+@click.argument("name")
+@click.option(
+    "--job-variable",
+    "job_variables",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Job variable override (repeatable), as for a run.",
+)
+@click.option(
+    "--output", "-o", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True
+)
+@click.pass_obj
+def deployment_render(
+    session: Session, name: str, job_variables: tuple[str, ...], fmt: str
+) -> None:
+    """Dry run: print the infrastructure a run of NAME would get (a Kubernetes Job manifest).
+
+    Nothing is created. The engine token never appears: it reaches the container through a
+    per-run Secret.
+    """
+    response = session.stub.RenderDeployment(
+        pb.RenderDeploymentRequest(
+            deployment_name=name,
+            job_variables_json=json.dumps(parse_assignments(job_variables, "--job-variable")),
+        )
+    )
+    manifest = json.loads(response.manifest_json)
+    if fmt == "json":
+        output.console.print_json(json.dumps(manifest))
+    else:
+        import yaml
+
+        click.echo(yaml.safe_dump(manifest, sort_keys=False), nl=False)
+
+
+@deployment.group("schedule")
+def schedule() -> None:
+    """Inspect a deployment's schedules."""
+
+
+@schedule.command("ls")
+@click.argument("name")
+@click.option("--upcoming", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.pass_obj
+def schedule_ls(session: Session, name: str, upcoming: int) -> None:
+    """List NAME's schedules with their next firings and already created runs."""
+    response = session.stub.ListSchedules(
+        pb.ListSchedulesRequest(deployment_name=name, upcoming=upcoming)
+    )
+    if response.deployment_paused:
+        output.console.print(f"Deployment {name!r} is paused: its schedules create no runs.")
+    table = Table(box=None, pad_edge=False)
+    for column in ("SCHEDULE", "WHEN", "PAUSED", "NEXT", "CREATED RUNS"):
+        table.add_column(column)
+    for status in response.schedules:
+        s = status.schedule
+        when = (
+            f"cron '{s.cron.expression}' {s.cron.timezone or 'UTC'}"
+            if s.WhichOneof("kind") == "cron"
+            else f"every {s.interval.seconds} s"
+        )
+        table.add_row(
+            s.name,
+            when,
+            "yes" if s.paused else "no",
+            "\n".join(output.utc_time(t) for t in status.next_times) or "-",
+            "\n".join(f"{r.id} {output.utc_time(r.scheduled_time)}" for r in status.scheduled_runs)
+            or "-",
+        )
+    output.console.print(table)
+
+
+@deployment.command("pause")
+@click.argument("name")
+@click.option("--schedule", "schedule_name", default="", help="Only this schedule.")
+@click.pass_obj
+def deployment_pause(session: Session, name: str, schedule_name: str) -> None:
+    """Pause NAME's schedules (or one): no new runs, future scheduled runs are removed."""
+    _set_paused(session, name, schedule_name, paused=True)
+
+
+@deployment.command("resume")
+@click.argument("name")
+@click.option("--schedule", "schedule_name", default="", help="Only this schedule.")
+@click.pass_obj
+def deployment_resume(session: Session, name: str, schedule_name: str) -> None:
+    """Resume NAME's schedules (or one): upcoming runs are created again."""
+    _set_paused(session, name, schedule_name, paused=False)
+
+
+def _set_paused(session: Session, name: str, schedule_name: str, *, paused: bool) -> None:
+    session.stub.PauseDeployment(
+        pb.PauseDeploymentRequest(name=name, schedule_name=schedule_name, paused=paused)
+    )
+    what = (
+        f"schedule {schedule_name!r} of deployment {name!r}"
+        if schedule_name
+        else f"deployment {name!r}"
+    )
+    output.console.print(f"{'Paused' if paused else 'Resumed'} {what}")

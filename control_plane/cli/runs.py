@@ -1,0 +1,228 @@
+"""``flowyard run``, ``runs``, ``logs`` and ``cancel``: start runs, follow them and look back."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+import grpc
+from rich.table import Table
+
+from control_plane.cli import output
+from control_plane.cli.session import Session, parse_assignments
+from flowyard.v1 import control_plane_pb2 as pb
+from flowyard.v1 import types_pb2
+
+
+@click.command("run")
+@click.argument("deployment_name", metavar="DEPLOYMENT")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Parameter (repeatable); values are JSON or text.",
+)
+@click.option(
+    "--job-variable",
+    "job_variables",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Job variable override (repeatable).",
+)
+@click.option(
+    "--idempotency-key", default="", help="Repeat-safe key: the same key returns the same run."
+)
+@click.option(
+    "--watch", is_flag=True, help="Follow the run's logs until it ends; exit 1 unless it COMPLETED."
+)
+@click.pass_obj
+def run_command(
+    session: Session,
+    deployment_name: str,
+    params: tuple[str, ...],
+    job_variables: tuple[str, ...],
+    idempotency_key: str,
+    watch: bool,
+) -> None:
+    """Create a run of DEPLOYMENT."""
+    response = session.stub.CreateRun(
+        pb.CreateRunRequest(
+            deployment_name=deployment_name,
+            parameters_json=json.dumps(parse_assignments(params, "--param")),
+            job_variables_json=json.dumps(parse_assignments(job_variables, "--job-variable")),
+            idempotency_key=idempotency_key,
+        )
+    )
+    run = response.run
+    note = "" if response.created else " (existing run for this idempotency key)"
+    output.errors.print(f"Created run {run.id} of {deployment_name!r}{note}")
+    if not watch:
+        output.console.print(run.id)
+        return
+    final = follow_logs(session.stub, run.id, follow=True, headers=run.max_retries > 0)
+    finish(final)
+
+
+def follow_logs(
+    stub: Any, run_id: str, follow: bool, show_attempt: bool = False, headers: bool = False
+) -> types_pb2.RunState:
+    """Print a run's logs (history, then live lines with ``follow``); return the last state seen.
+
+    With ``headers`` (runs that may have several attempts), a line ``=== attempt N ===`` comes
+    before each attempt's lines. If the stream breaks, it reconnects from the last line
+    printed: nothing is missed or printed twice.
+    """
+    attempt, seq = 0, 0
+    state = types_pb2.RunState()
+    failures = 0
+    shown_attempt = 0
+    while True:
+        try:
+            for message in stub.TailLogs(
+                pb.TailLogsRequest(
+                    run_id=run_id, after_attempt=attempt, after_seq=seq, follow=follow
+                )
+            ):
+                failures = 0
+                for line in message.lines:
+                    if headers and line.attempt != shown_attempt:
+                        # One header per attempt, so a retried run's attempts stand apart.
+                        shown_attempt = line.attempt
+                        output.console.print(f"=== attempt {line.attempt} ===", style="bold")
+                    output.print_lines([line], show_attempt)
+                if message.lines:
+                    attempt, seq = message.lines[-1].attempt, message.lines[-1].seq
+                state = message.state
+            return state
+        except grpc.RpcError as error:
+            if error.code() is not grpc.StatusCode.UNAVAILABLE or failures >= 30:
+                raise
+            failures += 1
+            time.sleep(min(2.0, 0.1 * 2**failures))
+
+
+def finish(state: types_pb2.RunState) -> None:
+    """Print a run's final state; exit 1 unless it COMPLETED."""
+    text = output.state_text(state)
+    if state.message and output.state_name(state.type) != "COMPLETED":
+        output.console.print(text, f"- {output.first_line(state.message)}")
+    else:
+        output.console.print(text)
+    if state.type != types_pb2.STATE_TYPE_COMPLETED:
+        sys.exit(1)
+
+
+@click.group()
+def runs() -> None:
+    """Inspect runs."""
+
+
+@runs.command("ls")
+@click.option("--deployment", "deployment_name", default="", help="Only this deployment's runs.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(
+        [output.state_name(v) for v in types_pb2.StateType.values() if v], case_sensitive=False
+    ),
+    help="Only runs in this state (repeatable).",
+)
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@click.pass_obj
+def runs_ls(session: Session, deployment_name: str, states: tuple[str, ...], limit: int) -> None:
+    """List runs, newest first."""
+    response = session.stub.ListRuns(
+        pb.ListRunsRequest(
+            deployment_name=deployment_name,
+            state_types=[types_pb2.StateType.Value(f"STATE_TYPE_{s.upper()}") for s in states],
+            page_size=limit,
+        )
+    )
+    output.console.print(output.runs_table(response.runs))
+
+
+@runs.command("show")
+@click.argument("run_id", metavar="RUN")
+@click.pass_obj
+def runs_show(session: Session, run_id: str) -> None:
+    """Show a run and its state history."""
+    response = session.stub.GetRun(pb.GetRunRequest(run_id=run_id))
+    run = response.run
+    fields = [
+        ("Run", run.id),
+        ("Deployment", run.deployment_name),
+        ("Flow", run.flow_name),
+        ("Pool", run.pool),
+        ("State", output.state_text(run.state)),
+        ("Attempt", f"{run.attempt} of {run.max_retries + 1}"),
+        ("Queue", run.queue or "-"),
+        ("Schedule", run.schedule_name or "-"),
+        ("Parameters", run.parameters_json),
+        ("Agent", run.agent_name or "-"),
+        ("Infrastructure", run.infrastructure_id or "-"),
+        ("Result", run.result_summary or "-"),
+        ("Source revision", run.source_revision or "-"),
+    ]
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for label, value in fields:
+        table.add_row(label, value)
+    output.console.print(table)
+    history = Table(box=None, pad_edge=False, title="History", title_justify="left")
+    for column in ("TIME", "ATTEMPT", "STATE", "MESSAGE"):
+        history.add_column(column)
+    for state in response.history:
+        history.add_row(
+            state.timestamp.ToDatetime().strftime("%H:%M:%S.%f")[:-3],
+            str(state.attempt),
+            output.state_text(state),
+            output.first_line(state.message),
+        )
+    output.console.print(history)
+    output.console.print(attempts_table(response.history))
+
+
+@click.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run ends.")
+@click.pass_obj
+def logs(session: Session, run_id: str, follow: bool) -> None:
+    """Print a run's logs (a header line per attempt for runs that may be retried)."""
+    run = session.stub.GetRun(pb.GetRunRequest(run_id=run_id)).run
+    follow_logs(session.stub, run_id, follow=follow, headers=run.max_retries > 0 or run.attempt > 1)
+
+
+@click.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--reason", default="", help="Why; stored with the state.")
+@click.pass_obj
+def cancel(session: Session, run_id: str, reason: str) -> None:
+    """Cancel a run."""
+    response = session.stub.CancelRun(pb.CancelRunRequest(run_id=run_id, reason=reason))
+    output.console.print(f"Run {run_id}:", output.state_text(response.run.state))
+
+
+def attempts_table(history: Any) -> Table:
+    """One row per attempt of a run, from its state history: start, end, final state."""
+    rows: dict[int, dict[str, str]] = {}
+    for state in history:
+        row = rows.setdefault(state.attempt, {"start": "-", "end": "-", "state": "", "message": ""})
+        name = output.state_name(state.type)
+        if name == "RUNNING":
+            row["start"] = output.utc_time(state.timestamp)
+        if name in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            row["end"] = output.utc_time(state.timestamp)
+        row["state"] = str(output.state_text(state))
+        row["message"] = output.first_line(state.message)
+    table = Table(box=None, pad_edge=False, title="Attempts", title_justify="left")
+    for column in ("ATTEMPT", "START", "END", "FINAL STATE", "MESSAGE"):
+        table.add_column(column)
+    for attempt, row in sorted(rows.items()):
+        table.add_row(str(attempt), row["start"], row["end"], row["state"], row["message"])
+    return table

@@ -1,0 +1,196 @@
+"""``flowyard server start``: the control plane's flags, checked and turned into a ServerConfig."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import click
+
+from control_plane.config import (
+    DEFAULT_AGENT_PORT,
+    DEFAULT_MAX_CONCURRENT_CALLS,
+    DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
+    DEFAULT_PORT,
+    ServerConfig,
+)
+
+#: Upper bound of the server's timing flags (ten years): larger values overflow date arithmetic.
+MAX_INTERVAL_SECONDS = 10 * 365 * 86400.0
+
+
+@click.group()
+def server() -> None:
+    """Run the control plane."""
+
+
+@server.command("start")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option(
+    "--port", default=DEFAULT_PORT, show_default=True, type=int, help="Port (0: any free port)."
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="FLOWYARD_DATA_DIR",
+    help="Where the SQLite database lives (default ~/.flowyard).",
+)
+@click.option(
+    "--db-url",
+    envvar="FLOWYARD_DB_URL",
+    help="SQLAlchemy URL of the database instead of SQLite in --data-dir.",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write host:port here once serving.",
+)
+@click.option(
+    "--lease-seconds",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="How long an assignment may go unaccepted before it is re-queued.",
+)
+@click.option(
+    "--max-concurrent-calls",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_CONCURRENT_CALLS,
+    show_default=True,
+    envvar="FLOWYARD_MAX_CONCURRENT_CALLS",
+    help="User calls worked on at once; more are refused (RESOURCE_EXHAUSTED) with a retry hint.",
+)
+@click.option(
+    "--max-message-bytes",
+    type=click.IntRange(min=1024),
+    default=DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
+    show_default=True,
+    envvar="FLOWYARD_MAX_MESSAGE_BYTES",
+    help="Largest request accepted; larger ones get RESOURCE_EXHAUSTED.",
+)
+@click.option(
+    "--engine-grace-seconds",
+    type=click.FloatRange(min=0.1, max=MAX_INTERVAL_SECONDS),
+    default=60.0,
+    show_default=True,
+    help="A RUNNING run whose engine is silent this long is CRASHED.",
+)
+@click.option(
+    "--agent-grace-seconds",
+    type=click.FloatRange(min=0.1, max=MAX_INTERVAL_SECONDS),
+    default=300.0,
+    show_default=True,
+    help="A submitted PENDING run whose agent is gone this long, its engine silent, is CRASHED.",
+)
+@click.option(
+    "--late-after-seconds",
+    type=click.FloatRange(min=0.1, max=MAX_INTERVAL_SECONDS),
+    default=15.0,
+    show_default=True,
+    help="A run not dispatched this long after it was due is marked Late.",
+)
+@click.option(
+    "--cancelling-timeout-seconds",
+    type=click.FloatRange(min=0.1, max=MAX_INTERVAL_SECONDS),
+    default=300.0,
+    show_default=True,
+    help="A run CANCELLING this long is forced to CANCELLED.",
+)
+@click.option(
+    "--heartbeat-seconds",
+    type=click.FloatRange(min=0.1, max=60.0),
+    default=10.0,
+    show_default=True,
+    help="How often agents and engines are told to heartbeat. An agent treats a server "
+    "silent for 3 beats as gone and reconnects.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    envvar="FLOWYARD_TLS_CERT",
+    help="Server certificate (PEM); with --tls-key the server speaks TLS only.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    envvar="FLOWYARD_TLS_KEY",
+    help="Key (PEM) of --tls-cert.",
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="CA of agents' client certificates: opens the mutual-TLS agent port.",
+)
+@click.option(
+    "--agent-port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_AGENT_PORT,
+    show_default=True,
+    help="The mutual-TLS agent port (with --tls-client-ca; 0: any free port).",
+)
+@click.option(
+    "--require-agent-cert",
+    is_flag=True,
+    help="Agents must connect with a verified client certificate (the agent port).",
+)
+@click.option("--log-level", default="INFO", show_default=True, envvar="FLOWYARD_LOG_LEVEL")
+def server_start(
+    host: str,
+    port: int,
+    data_dir: Path | None,
+    db_url: str | None,
+    ready_file: Path | None,
+    lease_seconds: float,
+    max_concurrent_calls: int,
+    max_message_bytes: int,
+    engine_grace_seconds: float,
+    agent_grace_seconds: float,
+    late_after_seconds: float,
+    cancelling_timeout_seconds: float,
+    heartbeat_seconds: float,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    agent_port: int,
+    require_agent_cert: bool,
+    log_level: str,
+) -> None:
+    """Start the control plane (gRPC) and serve until SIGTERM/SIGINT.
+
+    On first start it creates an admin token in the data directory (admin.token, mode 0600),
+    which the CLI on this machine reads by itself.
+    """
+    from control_plane.server import serve
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+    config = ServerConfig(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        db_url=db_url,
+        ready_file=ready_file,
+        lease_seconds=lease_seconds,
+        max_concurrent_calls=max_concurrent_calls,
+        max_receive_message_bytes=max_message_bytes,
+        engine_grace_seconds=engine_grace_seconds,
+        agent_grace_seconds=agent_grace_seconds,
+        late_after_seconds=late_after_seconds,
+        cancelling_timeout_seconds=cancelling_timeout_seconds,
+        agent_heartbeat_seconds=heartbeat_seconds,
+        engine_heartbeat_seconds=heartbeat_seconds,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        agent_port=agent_port,
+        require_agent_cert=require_agent_cert,
+    )
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if tls_client_ca is not None and tls_cert is None:
+        raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+    if require_agent_cert and tls_client_ca is None:
+        raise click.UsageError("--require-agent-cert needs --tls-client-ca")
+    asyncio.run(serve(config))

@@ -1,0 +1,82 @@
+"""The pass loop of the dispatcher and the scheduler: woken by events, never stopped by errors."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+from control_plane.orchestration import clock
+from control_plane.orchestration.loops import WakeLoop
+
+DEADLINE = 5.0
+
+
+class Passes:
+    """A pass that counts itself and says when it wants to run again."""
+
+    def __init__(self, fail_first: bool = False, next_in: float | None = None) -> None:
+        self.count = 0
+        self.changed = asyncio.Condition()
+        self.fail_first = fail_first
+        self.next_in = next_in
+
+    async def __call__(self) -> datetime | None:
+        async with self.changed:
+            self.count += 1
+            self.changed.notify_all()
+        if self.fail_first and self.count == 1:
+            raise RuntimeError("the database went away")
+        if self.next_in is None:
+            return None
+        return clock.now() + timedelta(seconds=self.next_in)
+
+    async def reach(self, count: int) -> None:
+        async with asyncio.timeout(DEADLINE), self.changed:
+            await self.changed.wait_for(lambda: self.count >= count)
+
+
+async def test_the_first_pass_runs_at_once_and_a_wake_runs_another() -> None:
+    passes = Passes()
+    loop = WakeLoop(passes, what="test", max_sleep_seconds=3600)
+    task = asyncio.create_task(loop.run(), name="wake-loop")
+    try:
+        await passes.reach(1)
+        loop.wake()
+        await passes.reach(2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_failing_pass_does_not_end_the_loop() -> None:
+    passes = Passes(fail_first=True)
+    loop = WakeLoop(passes, what="test", max_sleep_seconds=3600)
+    task = asyncio.create_task(loop.run(), name="wake-loop")
+    try:
+        # Retried after the short error pause, without being woken.
+        await passes.reach(2)
+        assert not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_pass_runs_again_when_its_next_time_comes() -> None:
+    passes = Passes(next_in=0.05)
+    loop = WakeLoop(passes, what="test", max_sleep_seconds=3600)
+    task = asyncio.create_task(loop.run(), name="wake-loop")
+    try:
+        await passes.reach(3)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_cancelling_ends_the_loop() -> None:
+    passes = Passes()
+    loop = WakeLoop(passes, what="test", max_sleep_seconds=3600)
+    task = asyncio.create_task(loop.run(), name="wake-loop")
+    await passes.reach(1)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=DEADLINE)
+    assert task in done and task.cancelled()
