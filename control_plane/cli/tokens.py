@@ -67,7 +67,9 @@ def token_ls(session: Any) -> None:
     """List tokens (never their secrets)."""
     response = session.stub.ListTokens(pb.ListTokensRequest())
     table = Table(box=None, pad_edge=False)
-    for column in ("ID", "KIND", "POOL", "CREATED", "EXPIRES", "REVOKED", "DESCRIPTION"):
+    # The id is what `token revoke` takes: never cut it, whatever the terminal's width.
+    table.add_column("ID", no_wrap=True, min_width=16)
+    for column in ("KIND", "POOL", "CREATED", "EXPIRES", "REVOKED", "DESCRIPTION"):
         table.add_column(column)
     for info in response.tokens:
         table.add_row(
