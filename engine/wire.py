@@ -12,8 +12,6 @@ from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from engine.archives import ArchiveSource
-from engine.git import GitSource
 from engine.model import LogLine, LogStream, OpenedInfo, RunSpec, StateResult, StateType
 from engine.storage import CodeSource, LocalSource
 from flowyard.v1 import engine_pb2, types_pb2
@@ -121,6 +119,10 @@ def run_spec_from_proto(response: engine_pb2.StartRunResponse) -> RunSpec:
     if kind == "local":
         source = LocalSource(Path(response.source.local.path))
     elif kind == "git":
+        # Imported here: fetching over the network costs start-up time that a local run
+        # (the common case in development) should not pay.
+        from engine.git import GitSource
+
         git = response.source.git
         source = GitSource(
             url=git.url,
@@ -131,6 +133,8 @@ def run_spec_from_proto(response: engine_pb2.StartRunResponse) -> RunSpec:
             token_env=git.credentials.token_env,
         )
     elif kind == "archive":
+        from engine.archives import ArchiveSource
+
         archive = response.source.archive
         source = ArchiveSource(archive.url, archive.sha256, archive.subdirectory)
     elif kind is None:
