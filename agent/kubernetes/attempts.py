@@ -133,6 +133,11 @@ class AttemptReports:
         """Report the attempt's end once; failures first gather the exit code and log tail."""
         if attempt.ended:
             return
+        if attempt.cancelling and verdict.kind is not InfraEventKind.DELETED:
+            # The agent is tearing this attempt down: a container that exits now (143 after
+            # SIGTERM) shows the cancel taking effect, not the flow failing.
+            verdict = diagnosis.job_deleted({"metadata": {"name": attempt.name}}, by_agent=True)
+            pod = job = None
         attempt.ended = True
         attempt.settled.set()
         self._attempts.pop(attempt.key, None)

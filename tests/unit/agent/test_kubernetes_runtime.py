@@ -351,6 +351,30 @@ async def test_cancel_deletes_the_job_and_waits_until_it_is_gone(
     assert "by the agent" in end.message
 
 
+async def test_a_pod_stopped_by_the_cancel_ends_deleted_not_failed(
+    runtime: KubernetesRuntime, kube: FakeKube, events: Events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await runtime.submit(assignment())
+    kube.put_pod(JOB, RUNNING)
+    delete = kube.delete
+
+    async def sigterm_first(resource: Resource, namespace: str, name: str) -> bool:
+        if resource is Resource.JOBS:
+            # As on a real cluster: the container exits with 143 and the Job fails before the
+            # Job itself is gone, and the watch delivers that first.
+            kube.put_pod(JOB, terminated("Failed", 143, "Error"))
+            kube.set_job_conditions(JOB, {"type": "Failed", "reason": "BackoffLimitExceeded"})
+            for _ in range(50):
+                await asyncio.sleep(0)
+        return await delete(resource, namespace, name)
+
+    monkeypatch.setattr(kube, "delete", sigterm_first)
+    assert await runtime.cancel(KEY) is True
+    [end] = events.ending()
+    assert (end.kind, end.reason) == (Kind.DELETED, "Deleted")
+    assert "by the agent" in end.message
+
+
 async def test_cancel_of_an_attempt_not_tracked_deletes_a_leftover_job(
     runtime: KubernetesRuntime, kube: FakeKube, events: Events
 ) -> None:
