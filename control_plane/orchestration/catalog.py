@@ -53,8 +53,7 @@ class Catalog:
     ) -> Pool:
         """Create a pool; ALREADY_EXISTS if the name is taken."""
         validation.pool_name(name)
-        if concurrency_limit < 0:
-            raise InvalidArgument("concurrency_limit: must be 0 (unlimited) or more")
+        validation.concurrency_limit(concurrency_limit)
         template = validation.json_object(template_json, "base_job_template_json")
         if template:
             validation.schema_references(

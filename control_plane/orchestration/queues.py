@@ -99,11 +99,7 @@ class Queues:
                 f"queue.priority: must be between 1 and {MAX_PRIORITY} (0 keeps the current "
                 f"priority, or {DEFAULT_PRIORITY} for a new queue), got {spec.priority}"
             )
-        if spec.concurrency_limit < 0:
-            raise InvalidArgument(
-                f"queue.concurrency_limit: must be 0 (unlimited) or more, "
-                f"got {spec.concurrency_limit}"
-            )
+        validation.concurrency_limit(spec.concurrency_limit, "queue.concurrency_limit")
         now = clock.now()
         async with self._db.write() as conn:
             pool = await _pool(conn, spec.pool)
@@ -141,10 +137,8 @@ class Queues:
     ) -> Pool:
         """Change a pool's limit and/or pause switch (None keeps the current value)."""
         validation.pool_name(name)
-        if concurrency_limit is not None and concurrency_limit < 0:
-            raise InvalidArgument(
-                f"concurrency_limit: must be 0 (unlimited) or more, got {concurrency_limit}"
-            )
+        if concurrency_limit is not None:
+            validation.concurrency_limit(concurrency_limit)
         async with self._db.write() as conn:
             pool = await _pool(conn, name)
             pool = dataclasses.replace(

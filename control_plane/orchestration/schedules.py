@@ -53,11 +53,7 @@ def check(scheduling: Scheduling, field: str = "deployment") -> None:
             f"{field}.retry_delay_seconds: must be between 0 and {MAX_RETRY_DELAY_SECONDS}, "
             f"got {scheduling.retry_delay_seconds}"
         )
-    if scheduling.concurrency_limit < 0:
-        raise InvalidArgument(
-            f"{field}.concurrency_limit: must be 0 (unlimited) or more, "
-            f"got {scheduling.concurrency_limit}"
-        )
+    validation.concurrency_limit(scheduling.concurrency_limit, f"{field}.concurrency_limit")
     validation.pool_name(scheduling.queue, f"{field}.queue")
     if len(scheduling.schedules) > MAX_SCHEDULES:
         raise InvalidArgument(

@@ -93,6 +93,13 @@ def text(value: str, field: str, max_chars: int, *, required: bool = False) -> s
     return value
 
 
+def concurrency_limit(value: int, field: str = "concurrency_limit") -> int:
+    """A concurrency limit of a pool, queue or deployment: 0 (unlimited) or more."""
+    if value < 0:
+        raise InvalidArgument(f"{field}: must be 0 (unlimited) or more, got {value}")
+    return value
+
+
 def json_object(text: str, field: str) -> dict[str, Any]:
     """Parse a JSON object field; empty text is {}."""
     if len(text) > MAX_JSON_BYTES or len(text.encode(errors="replace")) > MAX_JSON_BYTES:
