@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent.templates import resolve_variables
-from control_plane.models import Collision, Run
+from control_plane.models import Collision, Deployment, Run
 from control_plane.orchestration import clock, sources, tokens
 from control_plane.orchestration.agents import AgentRegistry, AgentSession, AssignMessage
 from control_plane.orchestration.changes import Notifier
@@ -120,8 +119,9 @@ class Dispatcher:
                 if not q.paused and any(not s.queues or q.name in s.queues for s in sessions)
             }
             blocked = {d.id for d in slots.full_deployments()}
-            deployments: dict[str, dict[str, Any]] = {}
-            secrets: dict[str, tuple[tuple[str, str, str], ...]] = {}
+            # Each claimed run's deployment, read once per pass: its job variables and the
+            # Secrets its source needs go into the assignment.
+            deployments: dict[str, Deployment | None] = {}
             while True:
                 room = slots.pool_room(sum(credits.values()))
                 open_queues = [q for q in served if not slots.queue_full(q)]
@@ -170,12 +170,8 @@ class Dispatcher:
                     if updated is None:
                         continue  # changed under us (cancelled); the next pass sees it as it is
                     if run.deployment_id not in deployments:
-                        deployment = await catalog_repo.get_deployment(conn, id=run.deployment_id)
-                        deployments[run.deployment_id] = (
-                            deployment.job_variables if deployment else {}
-                        )
-                        secrets[run.deployment_id] = (
-                            tuple(sources.secret_env(deployment.source)) if deployment else ()
+                        deployments[run.deployment_id] = await catalog_repo.get_deployment(
+                            conn, id=run.deployment_id
                         )
                     credits[session.id] -= 1
                     slots.take(updated)
@@ -186,6 +182,7 @@ class Dispatcher:
             for limit in slots.full_deployments():
                 changed += await self._hold_back(conn, limit, slots.reason(limit), now)
         for session, run, token in claimed:
+            deployment = deployments[run.deployment_id]
             session.credits -= 1
             session.send(
                 AssignMessage(
@@ -196,10 +193,12 @@ class Dispatcher:
                     flow_name=run.flow_name,
                     base_job_template=pool.base_job_template,
                     job_variables=resolve_variables(
-                        pool.base_job_template, deployments[run.deployment_id], run.job_variables
+                        pool.base_job_template,
+                        deployment.job_variables if deployment else {},
+                        run.job_variables,
                     ),
                     engine_token=token,
-                    secret_env=secrets[run.deployment_id],
+                    secret_env=tuple(sources.secret_env(deployment.source)) if deployment else (),
                 )
             )
             self._notifier.changed(run)
