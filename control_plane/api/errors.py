@@ -76,6 +76,20 @@ async def abort_unavailable(context: grpc.aio.ServicerContext[Any, Any], reason:
     )
 
 
+async def abort_unexpected(
+    context: grpc.aio.ServicerContext[Any, Any], name: str, error: Exception
+) -> None:
+    """End a call that failed with something other than a domain error: UNAVAILABLE with a
+    retry hint when the database was too busy, INTERNAL (and the traceback in the log) for a
+    bug."""
+    if (reason := busy_database(error)) is not None:
+        log.warning("%s: %s (%s)", name, reason, error)
+        await abort_unavailable(context, reason)
+        return
+    log.exception("%s failed", name)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.FlowyardError) -> None:
     """End the call with the error's status and message (never a traceback)."""
     await context.abort(status_of(error), message_of(error))
@@ -101,12 +115,7 @@ def unary(
             await abort(context, exc)
             raise AssertionError("unreachable") from exc
         except Exception as exc:
-            if (reason := busy_database(exc)) is not None:
-                log.warning("%s: %s (%s)", method.__name__, reason, exc)
-                await abort_unavailable(context, reason)
-                raise
-            log.exception("%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            await abort_unexpected(context, method.__name__, exc)
             raise
 
     return wrapper
@@ -127,11 +136,6 @@ def streaming(
         except errors.FlowyardError as exc:
             await abort(context, exc)
         except Exception as exc:
-            if (reason := busy_database(exc)) is not None:
-                log.warning("%s: %s (%s)", method.__name__, reason, exc)
-                await abort_unavailable(context, reason)
-                return
-            log.exception("%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            await abort_unexpected(context, method.__name__, exc)
 
     return wrapper
