@@ -97,10 +97,13 @@ class System:
         capacity: int = 4,
         extra_args: list[str] | None = None,
         token: str | None = None,
+        server: str | None = None,
     ) -> Child:
+        """Start a process agent and wait until it is connected (through ``server``, e.g. a
+        relay, instead of the control plane's own address if given)."""
         tls = ["--tls-ca", str(self.tls_ca)] if self.tls_ca else []
         agent = start_agent(
-            self.address,
+            server or self.address,
             POOL,
             self.root / name,
             name=name,

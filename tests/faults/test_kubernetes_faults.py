@@ -33,20 +33,27 @@ def history(kube: KubeSystem, run_id: str) -> list[types_pb2.RunState]:
     return list(kube.stub.GetRun(pb.GetRunRequest(run_id=run_id)).history)
 
 
-def test_agent_killed_before_its_job_exists_the_run_is_requeued_and_runs_once(
-    kube: KubeSystem,
-) -> None:
-    kube.deploy("hello", HELLO)
-    jobs_before = kube.cluster.create_count("jobs")
+def kill_the_agent_mid_create(kube: KubeSystem, name: str, *, lands: bool) -> str:
+    """Create a run of "hello" and SIGKILL the agent while its Job create is parked in the
+    API server; then the create is lost (``lands`` false) or applied. Returns the run id."""
     hold = kube.cluster.faults.hold_create("jobs")
-    run_id = kube.create_run("hello", name="fault")
+    run_id = kube.create_run("hello", name=name)
     assert hold.arrived.wait(DEADLINE), "the agent never tried to create the Job"
     run = kube.run(run_id)
     assert run.accept_time.seconds > 0 and run.state.name == "Assigned"  # accepted, not submitted
     agent = kube.agents[-1]
     os.kill(agent.pid, signal.SIGKILL)
     agent.process.wait()
-    hold.release(apply=False)  # the request dies with the agent: no Job
+    hold.release(apply=lands)
+    return run_id
+
+
+def test_agent_killed_before_its_job_exists_the_run_is_requeued_and_runs_once(
+    kube: KubeSystem,
+) -> None:
+    kube.deploy("hello", HELLO)
+    jobs_before = kube.cluster.create_count("jobs")
+    run_id = kill_the_agent_mid_create(kube, "fault", lands=False)  # no Job: died with it
     wait_for(
         lambda: any("Back in the queue" in s.message for s in history(kube, run_id)),
         timeout=DEADLINE,
@@ -67,13 +74,8 @@ def test_agent_killed_before_its_job_exists_the_run_is_requeued_and_runs_once(
 def test_agent_killed_while_its_job_create_lands_the_job_runs_once(kube: KubeSystem) -> None:
     kube.deploy("hello", HELLO)
     jobs_before = kube.cluster.create_count("jobs")
-    hold = kube.cluster.faults.hold_create("jobs")
-    run_id = kube.create_run("hello", name="late")
-    assert hold.arrived.wait(DEADLINE), "the agent never tried to create the Job"
-    agent = kube.agents[-1]
-    os.kill(agent.pid, signal.SIGKILL)
-    agent.process.wait()
-    hold.release(apply=True)  # the API server got the request just before the agent died
+    # The API server got the request just before the agent died: the Job exists.
+    run_id = kill_the_agent_mid_create(kube, "late", lands=True)
     kube.start_agent()
     run = kube.wait_terminal(run_id, timeout=DEADLINE)
     assert run.state.type == types_pb2.STATE_TYPE_COMPLETED, run.state.message

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.cli.processes import start_agent, start_server
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
-from tests.e2e.conftest import POOL, System, pid_alive, running_system, wait_for
-from tests.faults.conftest import free_port
+from tests.e2e.conftest import System, pid_alive, running_system, wait_for
 from tests.faults.proxy import Relay
 from tests.faults.test_kills import SLEEPY, TICKER, engine_pid, ticks
 
@@ -31,30 +29,15 @@ RUNNING = types_pb2.STATE_TYPE_RUNNING
 @pytest.fixture
 def networked(tmp_path: Path) -> Iterator[System]:
     """A system whose control plane asks for fast heartbeats."""
-    with running_system(tmp_path, port=free_port()) as system:
-        data_dir = system.server.log_path.parent
-        port = int(system.address.rsplit(":", 1)[1])
-        system.server.stop()
-        system.server = start_server(
-            data_dir, port=port, extra_args=["--heartbeat-seconds", str(HEARTBEAT_SECONDS)]
-        )
+    server_args = ["--heartbeat-seconds", str(HEARTBEAT_SECONDS)]
+    with running_system(tmp_path, server_args=server_args) as system:
         yield system
 
 
 def agent_behind(system: System, server_via: str, *, engines_via: str, name: str) -> None:
     """Start an agent that reaches the control plane at ``server_via``, its engines at
     ``engines_via`` (either the control plane's address or a relay's)."""
-    agent = start_agent(
-        server_via,
-        POOL,
-        system.root / name,
-        name=name,
-        extra_args=["--engine-server", engines_via],
-        token=system.agent_token,
-    )
-    system.agents.append(agent)
-    wait_for(lambda: system.pool().connected_agents == 1 or not agent.alive(), what="connected")
-    assert agent.alive(), agent.log_tail()
+    system.start_agent(name, extra_args=["--engine-server", engines_via], server=server_via)
 
 
 def attempts(system: System, run_id: str) -> set[int]:
