@@ -39,8 +39,13 @@ def kill_the_agent_mid_create(kube: KubeSystem, name: str, *, lands: bool) -> st
     hold = kube.cluster.faults.hold_create("jobs")
     run_id = kube.create_run("hello", name=name)
     assert hold.arrived.wait(DEADLINE), "the agent never tried to create the Job"
-    run = kube.run(run_id)
-    assert run.accept_time.seconds > 0 and run.state.name == "Assigned"  # accepted, not submitted
+    # The agent reports Accepted before it submits, but the report may still be on its way.
+    run = wait_for(
+        lambda: (r := kube.run(run_id)).accept_time.seconds > 0 and r,
+        timeout=DEADLINE,
+        what="the server recording the acceptance",
+    )
+    assert run.state.name == "Assigned"  # accepted, not submitted
     agent = kube.agents[-1]
     os.kill(agent.pid, signal.SIGKILL)
     agent.process.wait()
