@@ -263,6 +263,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             request.page_size,
             request.page_token,
             request.schedule_name,
+            request.run_id_prefix,
         )
         return pb.ListRunsResponse(
             runs=[convert.run_to_proto(r) for r in runs], next_page_token=token

@@ -157,8 +157,11 @@ class Runs:
         page_size: int,
         page_token: str,
         schedule_name: str = "",
+        run_id_prefix: str = "",
     ) -> tuple[list[Run], str]:
         """One page of runs, newest first, and the token of the next page ("" at the end)."""
+        if run_id_prefix:
+            validation.run_id_prefix(run_id_prefix)
         if page_size < 0 or page_size > MAX_PAGE_SIZE:
             raise InvalidArgument(
                 f"page_size: must be between 1 and {MAX_PAGE_SIZE} (0 for {DEFAULT_PAGE_SIZE})"
@@ -184,6 +187,7 @@ class Runs:
                 limit=limit + 1,
                 before=before,
                 schedule_name=schedule_name,
+                id_prefix=run_id_prefix,
             )
         if len(runs) <= limit:
             return runs, ""

@@ -31,6 +31,8 @@ from control_plane.errors import FailedPrecondition, FlowyardError, InvalidArgum
 POOL_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 RUN_ID = re.compile(r"[0-9a-f]{32}")
+#: A prefix of a run id: shorter ones would match too many runs to be of use.
+RUN_ID_PREFIX = re.compile(r"[0-9a-f]{4,32}")
 MAX_JSON_BYTES = 1 << 20
 #: Deep enough for any Kubernetes manifest or generated schema, shallow enough that
 #: recursive code (schema validation, copying, rendering) stays far from the stack limit.
@@ -78,6 +80,16 @@ def run_id(value: str, field: str = "run_id") -> str:
     if not RUN_ID.fullmatch(value):
         raise InvalidArgument(
             f"{field}: {shown(value)} is not a run id (32 lowercase hex characters)"
+        )
+    return value
+
+
+def run_id_prefix(value: str, field: str = "run_id_prefix") -> str:
+    """A prefix of a run id (4 to 32 lowercase hex characters), or InvalidArgument."""
+    if not RUN_ID_PREFIX.fullmatch(value):
+        raise InvalidArgument(
+            f"{field}: {shown(value)} is not a prefix of a run id "
+            "(4 to 32 lowercase hex characters)"
         )
     return value
 

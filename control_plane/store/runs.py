@@ -91,9 +91,18 @@ async def list_runs(
     limit: int,
     before: tuple[datetime, str] | None,
     schedule_name: str = "",
+    id_prefix: str = "",
 ) -> list[Run]:
-    """Runs newest first; ``before`` is the (created_at, id) of the last run of the previous page."""
+    """Runs newest first; ``before`` is the (created_at, id) of the last run of the previous page.
+
+    ``id_prefix`` (lowercase hex) keeps the runs whose id starts with it.
+    """
     query = _select_runs()
+    if id_prefix:
+        # A range on the primary key, which every database answers from its index (LIKE
+        # may not: SQLite's is case-insensitive, PostgreSQL's needs a C-collation index).
+        # Ids are lowercase hex, and "g" sorts after every hex digit.
+        query = query.where(flow_runs.c.id >= id_prefix, flow_runs.c.id < id_prefix + "g")
     if deployment_id is not None:
         query = query.where(flow_runs.c.deployment_id == deployment_id)
     if schedule_name:

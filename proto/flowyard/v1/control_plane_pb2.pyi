@@ -1028,6 +1028,7 @@ class ListRunsRequest(_message.Message):
     SCHEDULE_NAME_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    RUN_ID_PREFIX_FIELD_NUMBER: _builtins.int
     deployment_name: _builtins.str
     """Only runs of this deployment, if set."""
     schedule_name: _builtins.str
@@ -1036,6 +1037,11 @@ class ListRunsRequest(_message.Message):
     """Maximum runs to return (1-500); 0 means 50."""
     page_token: _builtins.str
     """The next_page_token of a previous response, to continue from there."""
+    run_id_prefix: _builtins.str
+    """Only runs whose id starts with this, if set: 4 to 32 lowercase hex characters
+    (INVALID_ARGUMENT otherwise). Clients resolve a run id a person shortened, like git's
+    abbreviated commits: one run is the id; several mean the prefix is ambiguous.
+    """
     @_builtins.property
     def state_types(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.StateType.ValueType]:
         """Only runs whose current state type is one of these, if any are given."""
@@ -1048,10 +1054,11 @@ class ListRunsRequest(_message.Message):
         schedule_name: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        run_id_prefix: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_name", b"deployment_name", "page_size", b"page_size", "page_token", b"page_token", "schedule_name", b"schedule_name", "state_types", b"state_types"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_name", b"deployment_name", "page_size", b"page_size", "page_token", b"page_token", "run_id_prefix", b"run_id_prefix", "schedule_name", b"schedule_name", "state_types", b"state_types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -222,3 +222,14 @@ def test_parameter_messages_say_what_was_expected() -> None:
         validation.parameters({"colour": "blue"}, schema, "f")
     with pytest.raises(InvalidArgument, match=r"parameters: day: '2026-13-45' is not a 'date'"):
         validation.parameters({"day": "2026-13-45"}, schema, "f")
+
+
+@pytest.mark.parametrize("prefix", ["abc", "ABCD", "xyz1", "a" * 33, "", "abcd ", "ab%d"])
+def test_bad_run_id_prefixes(prefix: str) -> None:
+    with pytest.raises(InvalidArgument, match=r"run_id_prefix: .* is not a prefix of a run id"):
+        validation.run_id_prefix(prefix)
+
+
+@pytest.mark.parametrize("prefix", ["abcd", "0123456789", "f" * 32])
+def test_run_id_prefixes_of_4_to_32_lowercase_hex(prefix: str) -> None:
+    assert validation.run_id_prefix(prefix) == prefix
