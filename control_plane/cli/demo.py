@@ -45,7 +45,7 @@ def run_demo(name: str) -> int:
     """Run the demo; the exit code is 0 when the flow COMPLETED."""
     source = example_dir()
     if not (source / "flow.py").exists():
-        output.errors.print(f"error: the demo flow is missing: {source / 'flow.py'}")
+        output.error(f"the demo flow is missing: {source / 'flow.py'}")
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="flowyard-demo-"))
     children: list[Child] = []
@@ -79,9 +79,9 @@ def run_demo(name: str) -> int:
         ok = state.type == types_pb2.STATE_TYPE_COMPLETED
         client.close()
     except StartError as exc:
-        output.errors.print(f"error: {exc}")
+        output.error(str(exc))
     except grpc.RpcError as error:
-        output.errors.print(f"error: {describe(error, 'the demo control plane')}")
+        output.error(describe(error, "the demo control plane"))
     finally:
         for child in reversed(children):
             child.stop()
@@ -109,4 +109,4 @@ def wait_for_agent(client: Client, agent: Child) -> None:
 
 def say(text: str) -> None:
     """A progress line, dimmed, on stderr (stdout carries the flow's logs)."""
-    output.errors.print(f"[dim]{text}[/dim]")
+    output.errors.print(text, style="dim")

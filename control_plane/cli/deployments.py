@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import click
-from rich.table import Table
 
-from control_plane.cli import output
+from control_plane.cli import documents, output
 from control_plane.cli.session import Session, parse_assignments
 from flowyard.v1 import control_plane_pb2 as pb
+from flowyard.v1 import types_pb2
 
 
 @click.group()
@@ -19,16 +19,30 @@ def deployment() -> None:
 
 @deployment.command("ls")
 @click.option("--pool", "pool_name", default="", help="Only this pool's deployments.")
+@output.format_option
 @click.pass_obj
-def deployment_ls(session: Session, pool_name: str) -> None:
+def deployment_ls(session: Session, pool_name: str, fmt: str) -> None:
     """List deployments."""
     response = session.stub.ListDeployments(pb.ListDeploymentsRequest(pool=pool_name))
-    table = Table(box=None, pad_edge=False)
-    for column in ("NAME", "ENTRYPOINT", "POOL", "SOURCE"):
-        table.add_column(column)
-    for d in response.deployments:
-        table.add_row(d.name, d.entrypoint, d.pool, d.source.local.path)
-    output.console.print(table)
+    if fmt != "table":
+        document = {"deployments": [documents.deployment(d) for d in response.deployments]}
+        output.print_document(document, fmt)
+        return
+    output.print_table(
+        [output.Column(c) for c in ("NAME", "ENTRYPOINT", "POOL", "SOURCE")],
+        ((d.name, d.entrypoint, d.pool, source_text(d.source)) for d in response.deployments),
+    )
+
+
+def source_text(source: types_pb2.Source) -> str:
+    """Where a deployment's code comes from, in one line."""
+    kind = source.WhichOneof("kind")
+    if kind == "git":
+        ref = f"@{source.git.ref}" if source.git.ref else ""
+        return f"{source.git.url}{ref}"
+    if kind == "archive":
+        return source.archive.url
+    return source.local.path
 
 
 @deployment.command("render")
@@ -75,17 +89,19 @@ def schedule() -> None:
 @schedule.command("ls")
 @click.argument("name")
 @click.option("--upcoming", type=click.IntRange(1, 100), default=5, show_default=True)
+@output.format_option
 @click.pass_obj
-def schedule_ls(session: Session, name: str, upcoming: int) -> None:
+def schedule_ls(session: Session, name: str, upcoming: int, fmt: str) -> None:
     """List NAME's schedules with their next firings and already created runs."""
     response = session.stub.ListSchedules(
         pb.ListSchedulesRequest(deployment_name=name, upcoming=upcoming)
     )
+    if fmt != "table":
+        output.print_document(documents.schedules(name, response), fmt)
+        return
     if response.deployment_paused:
         output.console.print(f"Deployment {name!r} is paused: its schedules create no runs.")
-    table = Table(box=None, pad_edge=False)
-    for column in ("SCHEDULE", "WHEN", "PAUSED", "NEXT", "CREATED RUNS"):
-        table.add_column(column)
+    rows = []
     for status in response.schedules:
         s = status.schedule
         when = (
@@ -93,15 +109,28 @@ def schedule_ls(session: Session, name: str, upcoming: int) -> None:
             if s.WhichOneof("kind") == "cron"
             else f"every {s.interval.seconds} s"
         )
-        table.add_row(
-            s.name,
-            when,
-            "yes" if s.paused else "no",
-            "\n".join(output.utc_time(t) for t in status.next_times) or "-",
-            "\n".join(f"{r.id} {output.utc_time(r.scheduled_time)}" for r in status.scheduled_runs)
-            or "-",
+        rows.append(
+            (
+                s.name,
+                when,
+                "yes" if s.paused else "no",
+                "\n".join(output.utc_time(t) for t in status.next_times) or "-",
+                "\n".join(
+                    f"{r.id} {output.utc_time(r.scheduled_time)}" for r in status.scheduled_runs
+                )
+                or "-",
+            )
         )
-    output.console.print(table)
+    output.print_table(
+        [
+            output.Column("SCHEDULE"),
+            output.Column("WHEN"),
+            output.Column("PAUSED"),
+            output.Column("NEXT", whole=True),
+            output.Column("CREATED RUNS", whole=True),
+        ],
+        rows,
+    )
 
 
 @deployment.command("pause")

@@ -2,7 +2,9 @@
 
 Every command talks to the control plane over gRPC (``--server`` / ``FLOWYARD_SERVER``). A
 server error is printed as one line (``error: <what the server said> (<STATUS>)``) with exit
-code 1; a run that ends other than COMPLETED under ``--watch`` exits 1 too.
+code 1, a usage error as click's usage line and ``error: <what is wrong>`` with exit code 2; a
+run that ends other than COMPLETED under ``--watch`` or ``logs --follow`` exits 1 too, and
+Ctrl-C exits 130.
 
 This module builds the command group; each concept's commands live in their own module
 (``server``, ``pools``, ``deploy``, ``deployments``, ``runs``, ``agents``, ``tokens``, ``demo``).
@@ -72,12 +74,34 @@ def main() -> None:
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
+        show_error(exc)
         sys.exit(exc.exit_code)
     except grpc.RpcError as error:
-        address = _last_address()
-        output.errors.print(f"error: {describe(error, address)}")
+        output.error(describe(error, _last_address()))
         sys.exit(1)
+
+
+#: click >= 8.2 shows a group's help, not an error, when it is called without a command.
+_HELP_INSTEAD = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def show_error(exc: click.ClickException) -> None:
+    """An error of click's (bad usage) or ours, in the CLI's one form: ``error: <message>``.
+
+    A usage error keeps click's usage line and help hint above it; only click's own
+    ``Error:`` prefix differs from ours, and scripts matching one prefix see every error.
+    """
+    if isinstance(exc, _HELP_INSTEAD):
+        exc.show()
+        return
+    if isinstance(exc, click.UsageError) and exc.ctx is not None:
+        ctx = exc.ctx
+        help_names = ctx.command.get_help_option_names(ctx)
+        hint = (
+            f"Try '{ctx.command_path} {max(help_names, key=len)}' for help.\n" if help_names else ""
+        )
+        click.echo(f"{ctx.get_usage()}\n{hint}", err=True)
+    output.error(exc.format_message())
 
 
 def _last_address() -> str:

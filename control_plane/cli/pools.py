@@ -6,9 +6,8 @@ import json
 from typing import Any
 
 import click
-from rich.table import Table
 
-from control_plane.cli import output
+from control_plane.cli import documents, output
 from control_plane.cli.session import Session
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
@@ -49,22 +48,27 @@ def pool_create(
 
 
 @pool.command("ls")
+@output.format_option
 @click.pass_obj
-def pool_ls(session: Session) -> None:
+def pool_ls(session: Session, fmt: str) -> None:
     """List work pools."""
     response = session.stub.ListPools(pb.ListPoolsRequest())
-    table = Table(box=None, pad_edge=False)
-    for column in ("NAME", "TYPE", "CONCURRENCY", "AGENTS", "PAUSED"):
-        table.add_column(column)
-    for p in response.pools:
-        table.add_row(
-            p.name,
-            types_pb2.PoolType.Name(p.type).removeprefix("POOL_TYPE_").lower(),
-            str(p.concurrency_limit or "unlimited"),
-            str(p.connected_agents),
-            "yes" if p.paused else "no",
-        )
-    output.console.print(table)
+    if fmt != "table":
+        output.print_document({"pools": [documents.pool(p) for p in response.pools]}, fmt)
+        return
+    output.print_table(
+        [output.Column(c) for c in ("NAME", "TYPE", "CONCURRENCY", "AGENTS", "PAUSED")],
+        (
+            (
+                p.name,
+                types_pb2.PoolType.Name(p.type).removeprefix("POOL_TYPE_").lower(),
+                str(p.concurrency_limit or "unlimited"),
+                str(p.connected_agents),
+                "yes" if p.paused else "no",
+            )
+            for p in response.pools
+        ),
+    )
 
 
 @pool.command("template")
@@ -134,18 +138,24 @@ def queue_create(
 
 @queue.command("ls")
 @click.argument("pool_name", metavar="POOL")
+@output.format_option
 @click.pass_obj
-def queue_ls(session: Session, pool_name: str) -> None:
+def queue_ls(session: Session, pool_name: str, fmt: str) -> None:
     """List a pool's queues in dispatch order."""
     pool = session.stub.GetPool(pb.GetPoolRequest(name=pool_name)).pool
-    table = Table(box=None, pad_edge=False)
-    for column in ("NAME", "PRIORITY", "CONCURRENCY", "PAUSED"):
-        table.add_column(column)
-    for q in pool.queues:
-        table.add_row(
-            q.name,
-            str(q.priority),
-            str(q.concurrency_limit or "unlimited"),
-            "yes" if q.paused else "no",
-        )
-    output.console.print(table)
+    if fmt != "table":
+        document = {"pool": pool.name, "queues": [documents.queue(q) for q in pool.queues]}
+        output.print_document(document, fmt)
+        return
+    output.print_table(
+        [output.Column(c) for c in ("NAME", "PRIORITY", "CONCURRENCY", "PAUSED")],
+        (
+            (
+                q.name,
+                str(q.priority),
+                str(q.concurrency_limit or "unlimited"),
+                "yes" if q.paused else "no",
+            )
+            for q in pool.queues
+        ),
+    )

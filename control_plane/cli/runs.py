@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
 import grpc
-from rich.table import Table
 
-from control_plane.cli import output
+from control_plane.cli import documents, output
+from control_plane.cli.run_ids import resolve_run_id
 from control_plane.cli.session import Session, parse_assignments
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
@@ -63,12 +65,34 @@ def run_command(
     if not watch:
         output.console.print(run.id)
         return
-    final = follow_logs(session.stub, run.id, follow=True, headers=run.max_retries > 0)
+    with goes_on_when_interrupted(run.id):
+        final = follow_logs(session.stub, run.id, follow=True, headers=run.max_retries > 0)
     finish(final)
 
 
+@contextlib.contextmanager
+def goes_on_when_interrupted(run_id: str) -> Iterator[None]:
+    """On Ctrl-C, say that the run goes on and how to follow it again, and exit 130.
+
+    Only the CLI stops: the run belongs to the control plane and its agent.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        output.errors.print(
+            f"\nInterrupted: run {run_id} goes on. Follow it again with "
+            f"'flowyard logs {run_id} --follow', or stop it with 'flowyard cancel {run_id}'."
+        )
+        sys.exit(130)
+
+
 def follow_logs(
-    stub: Any, run_id: str, follow: bool, show_attempt: bool = False, headers: bool = False
+    stub: Any,
+    run_id: str,
+    follow: bool,
+    show_attempt: bool = False,
+    headers: bool = False,
+    as_json: bool = False,
 ) -> types_pb2.RunState:
     """Print a run's logs (history, then live lines with ``follow``); return the last state seen.
 
@@ -89,6 +113,9 @@ def follow_logs(
             ):
                 failures = 0
                 for line in message.lines:
+                    if as_json:
+                        click.echo(json.dumps(documents.log_line(line), ensure_ascii=False))
+                        continue
                     if headers and line.attempt != shown_attempt:
                         # One header per attempt, so a retried run's attempts stand apart.
                         shown_attempt = line.attempt
@@ -133,8 +160,11 @@ def runs() -> None:
     help="Only runs in this state (repeatable).",
 )
 @click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@output.format_option
 @click.pass_obj
-def runs_ls(session: Session, deployment_name: str, states: tuple[str, ...], limit: int) -> None:
+def runs_ls(
+    session: Session, deployment_name: str, states: tuple[str, ...], limit: int, fmt: str
+) -> None:
     """List runs, newest first."""
     response = session.stub.ListRuns(
         pb.ListRunsRequest(
@@ -143,59 +173,102 @@ def runs_ls(session: Session, deployment_name: str, states: tuple[str, ...], lim
             page_size=limit,
         )
     )
-    output.console.print(output.runs_table(response.runs))
+    if fmt != "table":
+        output.print_document({"runs": [documents.run(r) for r in response.runs]}, fmt)
+        return
+    output.print_runs(response.runs)
 
 
 @runs.command("show")
 @click.argument("run_id", metavar="RUN")
+@output.format_option
 @click.pass_obj
-def runs_show(session: Session, run_id: str) -> None:
-    """Show a run and its state history."""
+def runs_show(session: Session, run_id: str, fmt: str) -> None:
+    """Show a run and its state history (RUN: its id or a unique prefix)."""
+    run_id = resolve_run_id(session.stub, run_id)
     response = session.stub.GetRun(pb.GetRunRequest(run_id=run_id))
+    if fmt != "table":
+        output.print_document(documents.run_with_history(response), fmt)
+        return
     run = response.run
-    fields = [
-        ("Run", run.id),
-        ("Deployment", run.deployment_name),
-        ("Flow", run.flow_name),
-        ("Pool", run.pool),
-        ("State", output.state_text(run.state)),
-        ("Attempt", f"{run.attempt} of {run.max_retries + 1}"),
-        ("Queue", run.queue or "-"),
-        ("Schedule", run.schedule_name or "-"),
-        ("Parameters", run.parameters_json),
-        ("Agent", run.agent_name or "-"),
-        ("Infrastructure", run.infrastructure_id or "-"),
-        ("Result", run.result_summary or "-"),
-        ("Source revision", run.source_revision or "-"),
-    ]
-    table = Table(box=None, show_header=False, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    for label, value in fields:
-        table.add_row(label, value)
-    output.console.print(table)
-    history = Table(box=None, pad_edge=False, title="History", title_justify="left")
-    for column in ("TIME", "ATTEMPT", "STATE", "MESSAGE"):
-        history.add_column(column)
-    for state in response.history:
-        history.add_row(
-            state.timestamp.ToDatetime().strftime("%H:%M:%S.%f")[:-3],
-            str(state.attempt),
-            output.state_text(state),
-            output.first_line(state.message),
-        )
-    output.console.print(history)
-    output.console.print(attempts_table(response.history))
+    output.print_fields(
+        [
+            ("Run", run.id),
+            ("Deployment", run.deployment_name),
+            ("Flow", run.flow_name),
+            ("Pool", run.pool),
+            ("State", output.state_text(run.state)),
+            ("Attempt", f"{run.attempt} of {run.max_retries + 1}"),
+            ("Queue", run.queue or "-"),
+            ("Schedule", run.schedule_name or "-"),
+            ("Parameters", run.parameters_json),
+            ("Agent", run.agent_name or "-"),
+            ("Infrastructure", run.infrastructure_id or "-"),
+            ("Result", run.result_summary or "-"),
+            ("Source revision", run.source_revision or "-"),
+        ]
+    )
+    output.console.print()
+    output.print_table(
+        [
+            output.Column("TIME", whole=True),
+            output.Column("ATTEMPT"),
+            output.Column("STATE"),
+            output.Column("MESSAGE"),
+        ],
+        (
+            (
+                state.timestamp.ToDatetime().strftime("%H:%M:%S.%f")[:-3],
+                str(state.attempt),
+                output.state_text(state),
+                output.first_line(state.message),
+            )
+            for state in response.history
+        ),
+        title="History",
+    )
+    output.console.print()
+    print_attempts(response.history)
 
 
 @click.command()
 @click.argument("run_id", metavar="RUN")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run ends.")
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Keep printing new lines until the run ends, then its final state; exit 1 unless "
+    "it COMPLETED.",
+)
+@click.option(
+    "--output",
+    "-o",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line (shape in docs/cli.md).",
+)
 @click.pass_obj
-def logs(session: Session, run_id: str, follow: bool) -> None:
-    """Print a run's logs (a header line per attempt for runs that may be retried)."""
+def logs(session: Session, run_id: str, follow: bool, fmt: str) -> None:
+    """Print a run's logs (a header line per attempt for runs that may be retried).
+
+    RUN is the run's id or a unique prefix of it.
+    """
+    run_id = resolve_run_id(session.stub, run_id)
     run = session.stub.GetRun(pb.GetRunRequest(run_id=run_id)).run
-    follow_logs(session.stub, run_id, follow=follow, headers=run.max_retries > 0 or run.attempt > 1)
+    with goes_on_when_interrupted(run_id):
+        final = follow_logs(
+            session.stub,
+            run_id,
+            follow=follow,
+            headers=run.max_retries > 0 or run.attempt > 1,
+            as_json=fmt == "json",
+        )
+    if follow and fmt == "text":
+        finish(final)
+    elif follow and final.type != types_pb2.STATE_TYPE_COMPLETED:
+        sys.exit(1)
 
 
 @click.command()
@@ -203,14 +276,15 @@ def logs(session: Session, run_id: str, follow: bool) -> None:
 @click.option("--reason", default="", help="Why; stored with the state.")
 @click.pass_obj
 def cancel(session: Session, run_id: str, reason: str) -> None:
-    """Cancel a run."""
+    """Cancel a run (RUN: its id or a unique prefix)."""
+    run_id = resolve_run_id(session.stub, run_id)
     response = session.stub.CancelRun(pb.CancelRunRequest(run_id=run_id, reason=reason))
     output.console.print(f"Run {run_id}:", output.state_text(response.run.state))
 
 
-def attempts_table(history: Any) -> Table:
+def print_attempts(history: Any) -> None:
     """One row per attempt of a run, from its state history: start, end, final state."""
-    rows: dict[int, dict[str, str]] = {}
+    rows: dict[int, dict[str, Any]] = {}
     for state in history:
         row = rows.setdefault(state.attempt, {"start": "-", "end": "-", "state": "", "message": ""})
         name = output.state_name(state.type)
@@ -218,11 +292,19 @@ def attempts_table(history: Any) -> Table:
             row["start"] = output.utc_time(state.timestamp)
         if name in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             row["end"] = output.utc_time(state.timestamp)
-        row["state"] = str(output.state_text(state))
+        row["state"] = output.state_text(state)
         row["message"] = output.first_line(state.message)
-    table = Table(box=None, pad_edge=False, title="Attempts", title_justify="left")
-    for column in ("ATTEMPT", "START", "END", "FINAL STATE", "MESSAGE"):
-        table.add_column(column)
-    for attempt, row in sorted(rows.items()):
-        table.add_row(str(attempt), row["start"], row["end"], row["state"], row["message"])
-    return table
+    output.print_table(
+        [
+            output.Column("ATTEMPT"),
+            output.Column("START", whole=True),
+            output.Column("END", whole=True),
+            output.Column("FINAL STATE"),
+            output.Column("MESSAGE"),
+        ],
+        (
+            (str(attempt), row["start"], row["end"], row["state"], row["message"])
+            for attempt, row in sorted(rows.items())
+        ),
+        title="Attempts",
+    )

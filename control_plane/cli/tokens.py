@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.table import Table
 
-from control_plane.cli import output
+from control_plane.cli import documents, output
 from flowyard.v1 import control_plane_pb2 as pb
 
 #: Suffixes ``--ttl`` accepts, in seconds.
@@ -62,26 +61,33 @@ def token_create(session: Any, kind: str | None, pool: str, description: str, tt
 
 
 @token_group.command("ls")
+@output.format_option
 @click.pass_obj
-def token_ls(session: Any) -> None:
+def token_ls(session: Any, fmt: str) -> None:
     """List tokens (never their secrets)."""
     response = session.stub.ListTokens(pb.ListTokensRequest())
-    table = Table(box=None, pad_edge=False)
+    if fmt != "table":
+        output.print_document({"tokens": [documents.token(t) for t in response.tokens]}, fmt)
+        return
     # The id is what `token revoke` takes: never cut it, whatever the terminal's width.
-    table.add_column("ID", no_wrap=True, min_width=16)
-    for column in ("KIND", "POOL", "CREATED", "EXPIRES", "REVOKED", "DESCRIPTION"):
-        table.add_column(column)
-    for info in response.tokens:
-        table.add_row(
-            info.id,
-            pb.TokenKind.Name(info.kind).removeprefix("TOKEN_KIND_").lower(),
-            info.pool or "-",
-            _time(info.create_time) if info.HasField("create_time") else "-",
-            _time(info.expire_time) if info.HasField("expire_time") else "never",
-            "yes" if info.revoked else "no",
-            info.description,
-        )
-    output.console.print(table)
+    columns = [output.Column("ID", whole=True), output.Column("KIND"), output.Column("POOL")]
+    columns += [output.Column(c, whole=True) for c in ("CREATED", "EXPIRES")]
+    columns += [output.Column("REVOKED"), output.Column("DESCRIPTION")]
+    output.print_table(
+        columns,
+        (
+            (
+                info.id,
+                pb.TokenKind.Name(info.kind).removeprefix("TOKEN_KIND_").lower(),
+                info.pool or "-",
+                _time(info.create_time) if info.HasField("create_time") else "-",
+                _time(info.expire_time) if info.HasField("expire_time") else "never",
+                "yes" if info.revoked else "no",
+                info.description,
+            )
+            for info in response.tokens
+        ),
+    )
 
 
 @token_group.command("revoke")

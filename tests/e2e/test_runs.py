@@ -90,9 +90,10 @@ def test_logs_follow_prints_history_then_live_lines_and_ends_with_the_run(system
     assert follower.poll() is None, "a follower must keep waiting while the run is live"
     assert system.cli("cancel", run_id).returncode == 0
     rest, _ = follower.communicate(timeout=30)  # ends by itself once the run is terminal
-    assert follower.returncode == 0
+    assert follower.returncode == 1  # like `run --watch`: 0 only for COMPLETED
     live = [line for line in rest.splitlines() if line.strip()]
-    assert live and "cancel" in live[-1].lower()  # the engine's last line, printed live
+    assert live and live[-1].startswith("CANCELLED")  # the final state, last
+    assert "cancel" in live[-2].lower()  # the engine's last line, printed live
     assert "going to sleep" not in rest  # nothing printed twice
 
 
