@@ -406,3 +406,10 @@ def test_logs_follow_of_a_completed_run_ends_with_its_state_and_exit_0(system: S
     # Without --follow: the lines only, as before.
     plain = flowyard(system, "logs", run_id)
     assert plain.returncode == 0 and "COMPLETED" not in plain.stdout
+    as_json = flowyard(system, "logs", run_id[:6], "--follow", "-o", "json")
+    assert as_json.returncode == 0, as_json.stderr
+    lines = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [line["seq"] for line in lines] == sorted(line["seq"] for line in lines)
+    started = next(line for line in lines if line["text"] == "started")
+    assert started["stream"] == "stdout" and started["attempt"] == 1
+    rfc3339(started["time"])
