@@ -10,7 +10,8 @@ comes from two namespaced watches, of Jobs and of pods labelled with the agent's
   pull error, a config error, a crash loop) is reported once, as a non-ending event;
 * the Job's end is reported once: Complete is SUCCEEDED; Failed is FAILED, OOM_KILLED or
   EVICTED with the exit code and the last lines of the pod's log; a Job deleted before it
-  ended (seen by the watch, or missing from a re-list) is DELETED;
+  ended (seen by the watch, or missing from a re-list) is DELETED, and pods it left behind
+  (deleted without cascade, they keep running the flow) are deleted too;
 * a pod-start deadline: if no container of the attempt started within the template's
   ``pod_start_timeout_seconds`` (counted from submission, or from the Job's creation for an
   adopted Job), the runtime deletes the Job and reports an ending event with ``gave_up`` and
@@ -78,6 +79,8 @@ class KubernetesRuntime(Runtime):
         self._reports: AttemptReports | None = None
         self._attempts: dict[RunKey, Attempt] = {}
         self._view: ClusterView | None = None
+        # Orphaned pods whose deletion is under way.
+        self._stopping: set[tuple[str, str]] = set()
         self._tasks = TaskSet("kubernetes")
 
     @property
@@ -254,12 +257,15 @@ class KubernetesRuntime(Runtime):
         elif attempt.uid is None or objects.uid(job) in (None, attempt.uid):
             # (An earlier Job of the same name going away says nothing about this one.)
             self.reports.end(attempt, diagnosis.job_deleted(job, by_agent=attempt.cancelling))
+        if deleted:
+            self._stop_orphans(namespace, name)
 
     def pods_changed(self, namespace: str, job: str) -> None:
-        """Re-evaluate the attempt of the pods' Job."""
+        """Re-evaluate the attempt of the pods' Job; stop pods their Job left behind."""
         attempt = self._attempt_of(namespace, job)
         if attempt is not None:
             self.reports.evaluate(attempt)
+        self._stop_orphans(namespace, job)
 
     def jobs_relisted(self, namespace: str, started: float) -> None:
         """A Job known to exist before the list started, and missing from it, is gone."""
@@ -280,6 +286,32 @@ class KubernetesRuntime(Runtime):
                         {"metadata": {"name": attempt.name}}, by_agent=attempt.cancelling
                     ),
                 )
+                self._stop_orphans(namespace, attempt.name)
+
+    def _stop_orphans(self, namespace: str, job: str) -> None:
+        """Delete the pods of ``job`` that outlived it (deleted without cascade).
+
+        The run already ended when its Job went; a pod left behind would keep running the
+        flow. Seen here whenever the pod's cache changes, so pods orphaned while no agent
+        watched are stopped after a restart too.
+        """
+        if self.view.job(namespace, job) is not None:
+            return  # the Job still exists: its pods are its own business
+        for pod in self.view.pods_of(namespace, job):
+            name = object_name(pod)
+            if not objects.orphaned(pod) or (namespace, name) in self._stopping:
+                continue
+            self._stopping.add((namespace, name))
+            logger.warning(
+                "stopping pod %s/%s: its Job %s was deleted without its pods", namespace, name, job
+            )
+            self._tasks.spawn(f"stop-orphan:{namespace}/{name}", self._stop_pod(namespace, name))
+
+    async def _stop_pod(self, namespace: str, name: str) -> None:
+        try:
+            await cleanup.delete_quietly(self.client, Resource.PODS, namespace, name)
+        finally:
+            self._stopping.discard((namespace, name))
 
     def _attempt_of(self, namespace: str, job: str) -> Attempt | None:
         key = objects.key_of_job_name(job)

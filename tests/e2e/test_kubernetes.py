@@ -340,3 +340,24 @@ def test_a_restarted_agent_adopts_the_running_job(k8s: KubeSystem) -> None:
         lambda: f"run {run_id}#1 ended: succeeded" in k8s.agent_log(),
         what="the new agent reporting the end",
     )
+
+
+def test_a_job_deleted_without_cascade_has_its_flow_stopped(k8s: KubeSystem) -> None:
+    k8s.deploy("orphaned", SLEEPY)
+    run_id = k8s.create_run("orphaned")
+    wait_for(
+        lambda: any("going to sleep" in line for line in k8s.logs(run_id)),
+        timeout=DEADLINE,
+        what="the flow running",
+    )
+    name = k8s.job_name(run_id)
+    # A plain API DELETE of a batch/v1 Job orphans its pods (kubectl would cascade).
+    k8s.cluster.delete_job(name, propagation=None)
+    run = k8s.wait_terminal(run_id)
+    assert run.state.type == types_pb2.STATE_TYPE_CRASHED
+    assert "deleted by someone else" in run.state.message
+    wait_for(
+        lambda: all(p["metadata"]["labels"].get("job-name") != name for p in k8s.cluster.pods()),
+        timeout=DEADLINE,
+        what="the orphaned pod stopped",
+    )

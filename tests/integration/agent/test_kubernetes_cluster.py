@@ -9,6 +9,7 @@ exits with N, ``sleep`` sleeps, ``gate`` exits 0 once the file named by FAKE_ENG
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -256,3 +257,33 @@ async def test_oom_killed_and_evicted(
     cluster.evict_pod(pod["metadata"]["name"])
     end = await until(lambda: events.end_of(evicted), what="the eviction")
     assert end.kind is Kind.EVICTED
+
+
+@pytest.mark.parametrize("propagation", ["Orphan", None], ids=["orphan", "batch-v1-default"])
+async def test_a_job_deleted_without_its_pods_has_its_pods_stopped(
+    runtime: KubernetesRuntime, cluster: FakeCluster, events: Events, propagation: str | None
+) -> None:
+    key = RunKey("sleep-orphan", 1)
+    await runtime.submit(assignment("sleep-orphan"))
+    await until(
+        lambda: any(p["status"].get("phase") == "Running" for p in cluster.pods()),
+        what="the pod running",
+    )
+    pids = cluster.pod_pids()
+    cluster.delete_job("flowyard-sleep-orphan-1", propagation=propagation)
+    end = await until(lambda: events.end_of(key), what="the end")
+    assert end.kind is Kind.DELETED and "by someone else" in end.message
+    # The pod kept running the flow after its Job went; the agent stops it.
+    await until(lambda: not cluster.pods(), what="the orphaned pod deleted")
+    assert all(not _alive(pid) for pid in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie no longer runs anything; the kubelet reaps it.
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    return False
