@@ -145,6 +145,10 @@ class KubernetesSettings:
     cancel_timeout: float = 60.0
     # Pod-start deadline of an adopted Job whose own annotation is missing.
     default_pod_start_timeout: float = 300.0
+    # How long an image pull error that cannot heal (an image or tag that does not exist, a
+    # name that does not parse) may last before the run ends, instead of the whole pod-start
+    # timeout: long enough for an image pushed moments after the run was created.
+    unpullable_image_grace: float = 30.0
     log_tail_lines: int = 50
 
 

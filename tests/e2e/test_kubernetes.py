@@ -361,3 +361,13 @@ def test_a_job_deleted_without_cascade_has_its_flow_stopped(k8s: KubeSystem) -> 
         timeout=DEADLINE,
         what="the orphaned pod stopped",
     )
+
+
+def test_an_image_that_does_not_exist_crashes_the_run_within_a_minute(k8s: KubeSystem) -> None:
+    k8s.deploy("no-such-image", HELLO)
+    # The default template: pod_start_timeout_seconds stays 300.
+    run_id = k8s.create_run("no-such-image", job_variables={"image": "team/flows:missing"})
+    run = k8s.wait_terminal(run_id, timeout=60.0)
+    assert run.state.type == types_pb2.STATE_TYPE_CRASHED
+    assert "ErrImagePull" in run.state.message
+    assert "docker.io/team/flows:missing: not found" in run.state.message

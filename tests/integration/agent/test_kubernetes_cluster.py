@@ -287,3 +287,60 @@ def _alive(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     return False
+
+
+@pytest.mark.parametrize(
+    ("image", "reason", "words"),
+    [
+        ("bad/image:1", "ErrImagePull", "docker.io/bad/image:1: not found"),
+        ("example/Flow:1", "InvalidImageName", "repository name must be lowercase"),
+    ],
+    ids=["missing", "invalid"],
+)
+async def test_an_image_that_will_never_pull_ends_the_run_long_before_the_deadline(
+    settings: KubernetesSettings,
+    cluster: FakeCluster,
+    events: Events,
+    image: str,
+    reason: str,
+    words: str,
+) -> None:
+    runtime = KubernetesRuntime(
+        dataclasses.replace(settings, unpullable_image_grace=1.0), pool="it-pool"
+    )
+    await runtime.start(events)
+    try:
+        key = RunKey("exit0-unpullable", 1)
+        # The default pod-start timeout (300 s) stays: only the pull error's nature shortens it.
+        await runtime.submit(assignment("exit0-unpullable", image=image))
+        end = await until(lambda: events.end_of(key), within=10.0, what="giving up")
+        assert end.gave_up and end.kind is Kind.IMAGE_PULL_ERROR and end.reason == reason
+        assert image in end.message and words in end.message
+        assert "retrying cannot fix" in end.message
+        await until(lambda: not cluster.jobs(), what="the Job deleted")
+    finally:
+        await runtime.close()
+
+
+async def test_a_pull_error_that_may_heal_keeps_the_whole_deadline(
+    settings: KubernetesSettings, cluster: FakeCluster, events: Events
+) -> None:
+    runtime = KubernetesRuntime(
+        dataclasses.replace(settings, unpullable_image_grace=0.5), pool="it-pool"
+    )
+    await runtime.start(events)
+    try:
+        key = RunKey("exit0-slow-registry", 1)
+        loop = asyncio.get_running_loop()
+        submitted = loop.time()
+        await runtime.submit(
+            assignment(
+                "exit0-slow-registry", image="unreachable/flow:1", pod_start_timeout_seconds=4
+            )
+        )
+        end = await until(lambda: events.end_of(key), within=15.0, what="giving up")
+        assert loop.time() - submitted >= 3.5
+        assert end.gave_up and end.kind is Kind.IMAGE_PULL_ERROR
+        assert "no container started within 4 s" in end.message
+    finally:
+        await runtime.close()
