@@ -2,8 +2,8 @@
 
 Submit renders the pool's template and creates the attempt's Secret and Job
 (:mod:`agent.kubernetes.submission`; a Job that already exists is adopted). What happens next
-comes from two namespaced watches, of Jobs and of pods labelled with the agent's pool
-(:mod:`agent.kubernetes.watching`), read through the pure functions of
+comes from two namespaced watches per namespace, of Jobs and of pods labelled with the agent's
+pool (:mod:`agent.kubernetes.watching`), read through the pure functions of
 :mod:`agent.kubernetes.diagnosis`:
 
 * each new diagnosis of a pod that has not ended the attempt (Pending, Unschedulable, an image
@@ -105,7 +105,14 @@ class KubernetesRuntime(Runtime):
         return self._reports
 
     async def start(self, on_event: EventCallback) -> None:
-        """Connect, and list the agent's Jobs and pods in its namespace before returning."""
+        """Connect, and list the pool's Jobs and pods in every namespace that has any.
+
+        Those are the agent's namespace, the ``watch_namespaces`` of its settings (both must
+        be listable, or :class:`~agent.errors.ConfigurationError`), and those where a
+        cluster-wide list finds unfinished Jobs of the pool (best effort: see
+        :meth:`_discover`), so that after a restart :meth:`observe` sees every Job the
+        agent's runs may have, whatever namespace their job variables chose.
+        """
         if self._client is None:
             api_client = await asyncio.to_thread(load_api_client, self._settings)
             self._client = ApiKubeClient(api_client, self._settings.retry)
@@ -118,13 +125,41 @@ class KubernetesRuntime(Runtime):
             attempts=self._attempts,
             on_event=on_event,
         )
-        namespace = self._settings.namespace
-        self._view.watch(namespace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.startup_timeout
+        namespaces = (self._settings.namespace, *self._settings.watch_namespaces)
+        for namespace in namespaces:
+            self._view.watch(namespace)
+        for namespace in namespaces:
+            await self._wait_synced(namespace, deadline - loop.time())
+        discovered = [n for n in await self._discover() if n not in namespaces]
+        for namespace in discovered:
+            self._view.watch(namespace)
+        for namespace in discovered:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    await self._view.wait_synced(namespace)
+            except (TimeoutError, KubernetesError) as error:
+                # Not fatal: the watch keeps trying, and the agent's own namespaces work.
+                logger.error(
+                    "cannot list Jobs and pods in namespace %s, where Jobs of pool %s run: %s",
+                    namespace,
+                    self._pool,
+                    self._view.last_error(namespace) or error or "no answer",
+                )
+        logger.info(
+            "kubernetes runtime: watching Jobs and pods labelled %s in namespace(s) %s",
+            self._selector,
+            ", ".join(self.view.namespaces),
+        )
+
+    async def _wait_synced(self, namespace: str, within: float) -> None:
+        """Wait for the first lists of a namespace the agent must be able to use."""
         try:
-            async with asyncio.timeout(self._settings.startup_timeout):
-                await self._view.wait_synced(namespace)
+            async with asyncio.timeout(max(0.0, within)):
+                await self.view.wait_synced(namespace)
         except TimeoutError:
-            error = self._view.last_error(namespace)
+            error = self.view.last_error(namespace)
             await self.close()
             raise ConfigurationError(
                 f"cannot list Jobs and pods labelled {self._selector} in namespace "
@@ -137,11 +172,33 @@ class KubernetesRuntime(Runtime):
                 f"the Kubernetes API refused to list Jobs and pods in namespace {namespace} "
                 f"({error}); check the agent's credentials and Role"
             ) from error
-        logger.info(
-            "kubernetes runtime: watching Jobs and pods labelled %s in namespace %s",
-            self._selector,
-            namespace,
-        )
+
+    async def _discover(self) -> list[str]:
+        """The namespaces that hold unfinished Jobs of this pool, from one cluster-wide list.
+
+        A deployment's ``namespace`` job variable may have put Jobs anywhere; after a restart,
+        this is how the agent finds them again. It needs ``list`` on Jobs at the cluster scope
+        (a ClusterRole); without it only the agent's namespaces are watched.
+        """
+        try:
+            listing = await self.client.list_all_namespaces(Resource.JOBS, self._selector)
+        except KubernetesError as error:
+            known = ", ".join((self._settings.namespace, *self._settings.watch_namespaces))
+            logger.warning(
+                "cannot list Jobs in all namespaces (%s): Jobs of pool %s outside namespace(s) "
+                "%s are not found after a restart; grant the agent list on jobs at the cluster "
+                "scope, or name their namespaces with --watch-namespace",
+                error,
+                self._pool,
+                known,
+            )
+            return []
+        found = {
+            str((job.get("metadata") or {}).get("namespace") or "")
+            for job in listing.items
+            if not diagnosis.job_finished(job) and not objects.deleting(job)
+        }
+        return sorted(found - {""})
 
     async def submit(self, assignment: Assignment) -> str:
         """Create the attempt's Secret and Job; adopt the Job if it already exists."""

@@ -371,3 +371,34 @@ def test_an_image_that_does_not_exist_crashes_the_run_within_a_minute(k8s: KubeS
     assert run.state.type == types_pb2.STATE_TYPE_CRASHED
     assert "ErrImagePull" in run.state.message
     assert "docker.io/team/flows:missing: not found" in run.state.message
+
+
+def test_a_restarted_agent_watches_jobs_its_runs_put_in_other_namespaces(k8s: KubeSystem) -> None:
+    k8s.deploy("elsewhere", SLEEPY)
+    run_id = k8s.create_run("elsewhere", job_variables={"namespace": "team-a"})
+    wait_for(
+        lambda: any("going to sleep" in line for line in k8s.logs(run_id)),
+        timeout=DEADLINE,
+        what="the flow running",
+    )
+    agent = k8s.agents[-1]
+    os.kill(agent.pid, signal.SIGKILL)
+    agent.process.wait()
+    wait_for(lambda: k8s.pool().connected_agents == 0, timeout=DEADLINE, what="the agent gone")
+    k8s.start_agent()
+    wait_for(
+        lambda: f"adopting run {run_id}#1" in k8s.agent_log(),
+        timeout=DEADLINE,
+        what="the adoption",
+    )
+    [pod] = [
+        p
+        for p in k8s.cluster.pods("team-a")
+        if p["metadata"]["labels"].get("job-name") == k8s.job_name(run_id)
+    ]
+    k8s.cluster.evict_pod(pod["metadata"]["name"], namespace="team-a")
+    # Reported by the agent at once, not by the engine-silence rule a minute later.
+    run = k8s.wait_terminal(run_id)
+    assert run.state.type == types_pb2.STATE_TYPE_CRASHED
+    assert "Evicted" in run.state.message, run.state.message
+    assert run.infrastructure_id == f"team-a/{k8s.job_name(run_id)}"

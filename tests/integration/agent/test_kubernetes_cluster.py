@@ -344,3 +344,50 @@ async def test_a_pull_error_that_may_heal_keeps_the_whole_deadline(
         assert "no container started within 4 s" in end.message
     finally:
         await runtime.close()
+
+
+async def test_a_restarted_runtime_finds_its_jobs_in_other_namespaces(
+    settings: KubernetesSettings, cluster: FakeCluster, events: Events
+) -> None:
+    key = RunKey("sleep-elsewhere", 1)
+    first = KubernetesRuntime(settings, pool="it-pool")
+    await first.start(events)
+    infrastructure_id = await first.submit(assignment("sleep-elsewhere", namespace="team-a"))
+    assert infrastructure_id == "team-a/flowyard-sleep-elsewhere-1"
+    await first.close()
+
+    second = KubernetesRuntime(settings, pool="it-pool")
+    await second.start(events)
+    try:
+        # Found by the cluster-wide list of the pool's Jobs, and watched from now on.
+        assert second.observe() == [RunningInfra(key, infrastructure_id)]
+        await until(
+            lambda: any(p["status"].get("phase") == "Running" for p in cluster.pods("team-a")),
+            what="the pod running",
+        )
+        [pod] = cluster.pods("team-a")
+        cluster.evict_pod(pod["metadata"]["name"], namespace="team-a")
+        end = await until(lambda: events.end_of(key), what="the end seen by the new runtime")
+        assert end.kind is Kind.EVICTED
+    finally:
+        await second.close()
+
+
+async def test_without_a_cluster_wide_list_the_named_namespaces_are_watched(
+    settings: KubernetesSettings, cluster: FakeCluster, events: Events
+) -> None:
+    cluster.faults.deny_cluster_scope()
+    first = KubernetesRuntime(settings, pool="it-pool")
+    await first.start(events)  # a 403 there is no reason to stop
+    infrastructure_id = await first.submit(assignment("sleep-named", namespace="team-b"))
+    await first.close()
+
+    second = KubernetesRuntime(
+        dataclasses.replace(settings, watch_namespaces=("team-b",)), pool="it-pool"
+    )
+    await second.start(events)
+    try:
+        assert second.observe() == [RunningInfra(RunKey("sleep-named", 1), infrastructure_id)]
+        assert await second.cancel(RunKey("sleep-named", 1)) is True
+    finally:
+        await second.close()
