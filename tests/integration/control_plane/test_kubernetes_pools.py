@@ -116,3 +116,21 @@ async def test_custom_template_must_declare_its_placeholders(plane: Plane) -> No
         await kubernetes_pool(plane, json.dumps(template))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "extra" in (error.value.details() or "")
+
+
+async def test_job_variables_keep_their_order_through_storage_and_the_dry_run(
+    plane: Plane,
+) -> None:
+    await kubernetes_pool(plane)
+    env = {"SERVICE_HOST": "api", "API_URL": "http://$(SERVICE_HOST)/v1", "B": "x"}
+    await deploy(plane, {"image": "reg/flows:1", "env": env})
+    stored = await plane.control.GetDeployment(pb.GetDeploymentRequest(name="etl"))
+    assert list(json.loads(stored.deployment.job_variables_json)["env"]) == list(env)
+    response = await plane.control.RenderDeployment(
+        pb.RenderDeploymentRequest(deployment_name="etl", job_variables_json='{"env": {"Z": "1"}}')
+    )
+    container = json.loads(response.manifest_json)["spec"]["template"]["spec"]["containers"][0]
+    names = [e["name"] for e in container["env"]]
+    # The deployment's in its order, the run's new names after them, then the engine's.
+    assert names[:4] == ["SERVICE_HOST", "API_URL", "B", "Z"]
+
