@@ -391,3 +391,28 @@ async def test_without_a_cluster_wide_list_the_named_namespaces_are_watched(
         assert await second.cancel(RunKey("sleep-named", 1)) is True
     finally:
         await second.close()
+
+
+async def test_pods_orphaned_while_no_agent_watched_are_stopped_at_start(
+    settings: KubernetesSettings, cluster: FakeCluster, events: Events
+) -> None:
+    first = KubernetesRuntime(settings, pool="it-pool")
+    await first.start(events)
+    await first.submit(assignment("sleep-orphaned-away"))
+    await until(
+        lambda: any(p["status"].get("phase") == "Running" for p in cluster.pods()),
+        what="the pod running",
+    )
+    await first.close()
+    cluster.delete_job("flowyard-sleep-orphaned-away-1", propagation="Orphan")
+    await until(
+        lambda: not cluster.jobs() and not cluster.pods()[0]["metadata"].get("ownerReferences"),
+        what="the Job gone, its pod left without an owner",
+    )
+
+    second = KubernetesRuntime(settings, pool="it-pool")
+    await second.start(events)
+    try:
+        await until(lambda: not cluster.pods(), what="the orphaned pod deleted")
+    finally:
+        await second.close()
