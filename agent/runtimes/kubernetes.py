@@ -136,16 +136,21 @@ class KubernetesRuntime(Runtime):
         for namespace in discovered:
             self._view.watch(namespace)
         for namespace in discovered:
+            reason: object = None
             try:
                 async with asyncio.timeout(max(0.0, deadline - loop.time())):
                     await self._view.wait_synced(namespace)
-            except (TimeoutError, KubernetesError) as error:
+            except TimeoutError:
+                reason = self._view.last_error(namespace) or "no answer"
+            except KubernetesError as error:
+                reason = error
+            if reason is not None:
                 # Not fatal: the watch keeps trying, and the agent's own namespaces work.
                 logger.error(
                     "cannot list Jobs and pods in namespace %s, where Jobs of pool %s run: %s",
                     namespace,
                     self._pool,
-                    self._view.last_error(namespace) or error or "no answer",
+                    reason,
                 )
         logger.info(
             "kubernetes runtime: watching Jobs and pods labelled %s in namespace(s) %s",
