@@ -416,3 +416,31 @@ async def test_pods_orphaned_while_no_agent_watched_are_stopped_at_start(
         await until(lambda: not cluster.pods(), what="the orphaned pod deleted")
     finally:
         await second.close()
+
+
+async def test_a_pending_pod_in_another_namespace_keeps_its_deadline_across_a_restart(
+    settings: KubernetesSettings, cluster: FakeCluster, events: Events
+) -> None:
+    key = RunKey("exit0-stuck-elsewhere", 1)
+    first = KubernetesRuntime(settings, pool="it-pool")
+    await first.start(events)
+    await first.submit(
+        assignment(
+            "exit0-stuck-elsewhere",
+            image="unreachable/flow:1",
+            namespace="team-c",
+            pod_start_timeout_seconds=3,
+        )
+    )
+    await first.close()
+
+    second = KubernetesRuntime(settings, pool="it-pool")
+    await second.start(events)
+    try:
+        assert [infra.key for infra in second.observe()] == [key]
+        end = await until(lambda: events.end_of(key), what="giving up after the restart")
+        assert end.gave_up and end.kind is Kind.IMAGE_PULL_ERROR
+        assert "i/o timeout" in end.message
+        await until(lambda: not cluster.jobs("team-c"), what="the Job deleted")
+    finally:
+        await second.close()
