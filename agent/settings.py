@@ -129,6 +129,10 @@ class KubernetesSettings:
     kubeconfig: str | None = None
     # Where Jobs go when their template names no namespace; always watched.
     namespace: str = DEFAULT_NAMESPACE
+    # Other namespaces a deployment's `namespace` job variable may send Jobs to: watched from
+    # the start, so that an agent that restarts finds its Jobs there even without the
+    # cluster-wide Job list (a ClusterRole) that otherwise finds them.
+    watch_namespaces: tuple[str, ...] = ()
     # What engines inside pods dial to reach the control plane.
     engine_server: str = DEFAULT_SERVER
     # The PEM of the CA engines trust for the control plane's TLS certificate (the agent's
@@ -145,6 +149,10 @@ class KubernetesSettings:
     cancel_timeout: float = 60.0
     # Pod-start deadline of an adopted Job whose own annotation is missing.
     default_pod_start_timeout: float = 300.0
+    # How long an image pull error that cannot heal (an image or tag that does not exist, a
+    # name that does not parse) may last before the run ends, instead of the whole pod-start
+    # timeout: long enough for an image pushed moments after the run was created.
+    unpullable_image_grace: float = 30.0
     log_tail_lines: int = 50
 
 
@@ -254,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--namespace",
         help="namespace of Jobs whose template names none, always watched "
         f"(env FLOWYARD_NAMESPACE, default {DEFAULT_NAMESPACE})",
+    )
+    parser.add_argument(
+        "--watch-namespace",
+        action="append",
+        metavar="NS",
+        help="another namespace the pool's Jobs may be created in, watched from the start "
+        "(repeatable; env FLOWYARD_WATCH_NAMESPACES, comma-separated)",
     )
     parser.add_argument(
         "--engine-server",
@@ -384,6 +399,11 @@ def _kubernetes(
     namespace = (args.namespace or environ.get("FLOWYARD_NAMESPACE") or DEFAULT_NAMESPACE).strip()
     if not _NAMESPACE.fullmatch(namespace):
         parser.error(f"--namespace must be a Kubernetes namespace name, got {namespace!r}")
+    listed = args.watch_namespace or environ.get("FLOWYARD_WATCH_NAMESPACES", "").split(",")
+    watch_namespaces = tuple(dict.fromkeys(n.strip() for n in listed if n.strip()))
+    for name in watch_namespaces:
+        if not _NAMESPACE.fullmatch(name):
+            parser.error(f"--watch-namespace must be a Kubernetes namespace name, got {name!r}")
     engine_server = (args.engine_server or environ.get("FLOWYARD_ENGINE_SERVER") or server).strip()
     if not engine_server:
         parser.error("--engine-server must be HOST:PORT")
@@ -394,6 +414,7 @@ def _kubernetes(
     return KubernetesSettings(
         kubeconfig=kubeconfig,
         namespace=namespace,
+        watch_namespaces=tuple(n for n in watch_namespaces if n != namespace),
         engine_server=engine_server,
         engine_tls_ca=engine_tls_ca,
     )

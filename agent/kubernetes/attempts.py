@@ -6,6 +6,11 @@ functions of :mod:`agent.kubernetes.diagnosis`, with what was already reported: 
 diagnosis is reported once as a non-ending event, and the attempt's end once, with the exit
 code and the pod's log tail for failures. A pod that does not start before the attempt's
 deadline makes it give up: the Job is deleted and the end is reported with ``gave_up``.
+
+An image pull error that cannot heal (:func:`~agent.kubernetes.diagnosis.pull_error_is_final`:
+no such image or tag, a name that does not parse) brings the deadline forward to
+``unpullable_image_grace`` after it was first seen: waiting out the whole pod-start timeout
+(300 s by default) would only delay the same answer.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.errors import KubernetesError
@@ -55,6 +60,10 @@ class Attempt:
     uid: str | None = None
     started: bool = False
     ended: bool = False
+    # The first pull error that cannot heal; set, it is what the attempt gives up with.
+    final_pull_error: Diagnosis | None = None
+    # Whether that error brought the deadline forward.
+    cut_short: bool = False
     cancelling: bool = False
     reported: set[tuple[InfraEventKind, str]] = field(default_factory=set)
     # Set once started or ended: the pod-start deadline no longer applies.
@@ -111,10 +120,30 @@ class AttemptReports:
         verdict = diagnosis.diagnose_pod(pod) if pod is not None else None
         if verdict is None or verdict.ends:
             return
+        if attempt.final_pull_error is None and diagnosis.pull_error_is_final(verdict):
+            self._bring_deadline_forward(attempt, verdict)
         seen = (verdict.kind, verdict.reason)
         if seen not in attempt.reported:
             attempt.reported.add(seen)
             self._emit(attempt, verdict)
+
+    def _bring_deadline_forward(self, attempt: Attempt, verdict: Diagnosis) -> None:
+        attempt.final_pull_error = verdict
+        grace = self._settings.unpullable_image_grace
+        deadline = datetime.now(UTC) + timedelta(seconds=grace)
+        if deadline < attempt.deadline:
+            attempt.deadline = deadline
+            attempt.cut_short = True
+            # The task enforcing the old deadline ends when this one settles the attempt.
+            self._tasks.spawn(f"pod-start-early:{attempt.key}", self.enforce_pod_start(attempt))
+        logger.warning(
+            "run %s: %s: %s; it will not heal, giving up on Job %s in %g s",
+            attempt.key,
+            verdict.reason,
+            verdict.message,
+            attempt.infrastructure_id,
+            (attempt.deadline - datetime.now(UTC)).total_seconds(),
+        )
 
     def _pods_of(self, attempt: Attempt) -> list[Object]:
         pods = self._view.pods_of(attempt.namespace, attempt.name)
@@ -166,6 +195,7 @@ class AttemptReports:
         self._emit(attempt, verdict, tail)
 
     async def enforce_pod_start(self, attempt: Attempt) -> None:
+        """Give up on the attempt if no container started by its deadline."""
         remaining = (attempt.deadline - datetime.now(UTC)).total_seconds()
         try:
             async with asyncio.timeout(max(0.0, remaining)):
@@ -186,10 +216,19 @@ class AttemptReports:
         self._attempts.pop(attempt.key, None)
         pod = diagnosis.latest_pod(self._pods_of(attempt))
         verdict = diagnosis.diagnose_pod(pod) if pod is not None else None
+        if attempt.final_pull_error is not None:
+            # Its own words ("not found"), not the back-off that may be showing now.
+            verdict = attempt.final_pull_error
+        if attempt.cut_short:
+            detail = (
+                "an image pull error that retrying cannot fix; the Job was deleted "
+                f"{self._settings.unpullable_image_grace:g} s after it was first seen"
+            )
+        else:
+            timeout = attempt.pod_start_timeout
+            detail = f"no container started within {timeout:g} s; the Job was deleted"
         if verdict is None:
             verdict = Diagnosis(InfraEventKind.PENDING, "PodStartTimeout", "no pod was created")
-        timeout = attempt.pod_start_timeout
-        detail = f"no container started within {timeout:g} s; the Job was deleted"
         message = f"{verdict.message} ({detail})" if verdict.message else detail
         logger.warning(
             "run %s: giving up on Job %s: %s: %s",

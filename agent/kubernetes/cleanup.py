@@ -2,6 +2,10 @@
 
 A deletion is confirmed by the watch; should the watch be down, the Job is read directly now
 and then until it is gone or the deadline passes.
+
+A Job someone else deleted without cascade (``propagationPolicy: Orphan``, or no policy at
+all, which batch/v1 treats as Orphan) leaves its pods running the flow after the run ended
+CRASHED; the runtime stops them (see :func:`agent.kubernetes.objects.orphaned`).
 """
 
 from __future__ import annotations

@@ -106,6 +106,10 @@ class KubeClient(abc.ABC):
         """The objects matching a label selector in one namespace."""
 
     @abc.abstractmethod
+    async def list_all_namespaces(self, resource: Resource, selector: str) -> ObjectList:
+        """The objects matching a label selector in every namespace (needs a ClusterRole)."""
+
+    @abc.abstractmethod
     def watch(
         self,
         resource: Resource,
@@ -220,6 +224,18 @@ class ApiKubeClient(KubeClient):
         body = await self._call(
             f"list {resource.value} in {namespace}",
             lambda: _json(method(namespace, label_selector=selector, **_plain())),
+        )
+        return ObjectList(
+            items=list(body.get("items") or []),
+            resource_version=str((body.get("metadata") or {}).get("resourceVersion", "")),
+        )
+
+    async def list_all_namespaces(self, resource: Resource, selector: str) -> ObjectList:
+        """List by label selector across namespaces."""
+        method = self._method(resource, "list_{}_for_all_namespaces")
+        body = await self._call(
+            f"list {resource.value} in all namespaces",
+            lambda: _json(method(label_selector=selector, **_plain())),
         )
         return ObjectList(
             items=list(body.get("items") or []),

@@ -21,10 +21,19 @@ A running pod has nothing to report (None). The attempt itself ends with the Job
 exit code, or that pod's own verdict when it was OOMKilled or evicted; a Job with no
 retries left (``backoffLimit: 0``) ends as soon as its pod failed, without waiting for the
 Job controller. A Job deleted before it finished is DELETED.
+
+Image pull errors are of two sorts (:func:`pull_error_is_final`). Most can heal while the pod
+waits: a registry that is slow, down or rate-limiting, credentials that get fixed. Two cannot:
+an image name Kubernetes cannot parse (``InvalidImageName``), and an image, tag or repository
+the registry says does not exist (``ErrImagePull`` whose message says ``not found``,
+``manifest unknown``, ``name unknown`` or ``repository does not exist``, as containerd, CRI-O
+and Docker word it) — unless the same message also shows a cause that can heal (a timeout, a
+401, a 429...), which wins.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +48,7 @@ __all__ = [
     "job_outcome",
     "latest_pod",
     "pod_started",
+    "pull_error_is_final",
 ]
 
 Object = Mapping[str, Any]
@@ -47,6 +57,24 @@ IMAGE_PULL_REASONS = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 )
 CONFIG_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+
+# What registries and runtimes say when an image, tag or repository does not exist, e.g.
+#   containerd: `failed to resolve reference "docker.io/library/nginx:nope": ...: not found`
+#   Docker Hub via containerd: `pull access denied, repository does not exist or may require
+#     authorization: server message: insufficient_scope: authorization failed`
+#   dockerd: `manifest for nginx:nope not found: manifest unknown: manifest unknown`
+#   registry v2: `name unknown: repository name not known to registry`
+_MISSING_IMAGE = re.compile(
+    r"not found|manifest unknown|name unknown|repository does not exist", re.IGNORECASE
+)
+# Causes a later pull may not meet: network trouble, an overloaded or rate-limiting registry,
+# credentials refused (a Secret can be fixed while the pod waits).
+_MAY_HEAL = re.compile(
+    r"time(d)? ?out|deadline exceeded|\b(401|403|408|429|5\d\d)\b|too ?many ?requests"
+    r"|unauthori[sz]ed|forbidden|connection (refused|reset)|no such host|i/o|eof\b"
+    r"|x509|tls|temporar|unavailable|try again",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -97,6 +125,9 @@ def diagnose_pod(pod: Object) -> Diagnosis | None:
         reason = str(waiting.get("reason") or "")
         message = str(waiting.get("message") or "")
         if reason in IMAGE_PULL_REASONS:
+            image = str(container.get("image") or "")
+            if image and image not in message:
+                message = f'image "{image}": {message}' if message else f'image "{image}"'
             return Diagnosis(InfraEventKind.IMAGE_PULL_ERROR, reason, message)
         if reason == "CrashLoopBackOff":
             last = (container.get("lastState") or {}).get("terminated") or {}
@@ -139,6 +170,17 @@ def diagnose_pod(pod: Object) -> Diagnosis | None:
             message = "the pod is waiting to be scheduled"
         return Diagnosis(InfraEventKind.PENDING, "Pending", message)
     return None
+
+
+def pull_error_is_final(verdict: Diagnosis) -> bool:
+    """Whether an image pull error will not heal however long the pod waits."""
+    if verdict.kind is not InfraEventKind.IMAGE_PULL_ERROR:
+        return False
+    if verdict.reason == "InvalidImageName":
+        return True
+    if verdict.reason not in ("ErrImagePull", "ImagePullBackOff"):
+        return False  # ErrImageNeverPull: the image may yet be loaded onto the node
+    return bool(_MISSING_IMAGE.search(verdict.message)) and not _MAY_HEAL.search(verdict.message)
 
 
 def job_finished(job: Object) -> bool:

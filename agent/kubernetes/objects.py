@@ -20,10 +20,12 @@ __all__ = [
     "deleting",
     "key_of_job_name",
     "object_name",
+    "orphaned",
     "owner_job",
     "owner_uid",
     "run_key",
     "start_deadline",
+    "tracking_uid",
     "uid",
 ]
 
@@ -33,6 +35,8 @@ POD_START_TIMEOUT_ANNOTATION = "flowyard.io/pod-start-timeout-seconds"
 """Set on every Job the agent creates, so that an agent adopting it keeps its deadline."""
 
 _JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+# Set by Kubernetes on a Job's pods; they survive the Job when it is deleted without cascade.
+_CONTROLLER_UID_LABELS = ("batch.kubernetes.io/controller-uid", "controller-uid")
 
 
 def object_name(obj: Object) -> str:
@@ -93,6 +97,27 @@ def owner_uid(pod: Object) -> str | None:
         if owner.get("kind") == "Job" and owner.get("controller"):
             return str(owner.get("uid") or "") or None
     return None
+
+
+def tracking_uid(pod: Object) -> str | None:
+    """The uid of the Job that created a pod, from its labels (kept after an orphaning delete,
+    which strips the owner reference)."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    for label in _CONTROLLER_UID_LABELS:
+        if labels.get(label):
+            return str(labels[label])
+    return None
+
+
+def orphaned(pod: Object) -> bool:
+    """Whether a pod outlived its Job: created by a Job (its labels say so) but owned by none.
+
+    The Job controller gives every pod it creates a controller reference; only a Job deleted
+    without cascade takes it away, leaving the pod running.
+    """
+    metadata = pod.get("metadata") or {}
+    owned = any(o.get("kind") == "Job" for o in metadata.get("ownerReferences") or ())
+    return not owned and tracking_uid(pod) is not None and not deleting(pod)
 
 
 def annotated_timeout(job: Object) -> float | None:

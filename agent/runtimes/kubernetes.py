@@ -2,15 +2,16 @@
 
 Submit renders the pool's template and creates the attempt's Secret and Job
 (:mod:`agent.kubernetes.submission`; a Job that already exists is adopted). What happens next
-comes from two namespaced watches, of Jobs and of pods labelled with the agent's pool
-(:mod:`agent.kubernetes.watching`), read through the pure functions of
+comes from two namespaced watches per namespace, of Jobs and of pods labelled with the agent's
+pool (:mod:`agent.kubernetes.watching`), read through the pure functions of
 :mod:`agent.kubernetes.diagnosis`:
 
 * each new diagnosis of a pod that has not ended the attempt (Pending, Unschedulable, an image
   pull error, a config error, a crash loop) is reported once, as a non-ending event;
 * the Job's end is reported once: Complete is SUCCEEDED; Failed is FAILED, OOM_KILLED or
   EVICTED with the exit code and the last lines of the pod's log; a Job deleted before it
-  ended (seen by the watch, or missing from a re-list) is DELETED;
+  ended (seen by the watch, or missing from a re-list) is DELETED, and pods it left behind
+  (deleted without cascade, they keep running the flow) are deleted too;
 * a pod-start deadline: if no container of the attempt started within the template's
   ``pod_start_timeout_seconds`` (counted from submission, or from the Job's creation for an
   adopted Job), the runtime deletes the Job and reports an ending event with ``gave_up`` and
@@ -78,6 +79,8 @@ class KubernetesRuntime(Runtime):
         self._reports: AttemptReports | None = None
         self._attempts: dict[RunKey, Attempt] = {}
         self._view: ClusterView | None = None
+        # Orphaned pods whose deletion is under way.
+        self._stopping: set[tuple[str, str]] = set()
         self._tasks = TaskSet("kubernetes")
 
     @property
@@ -102,7 +105,14 @@ class KubernetesRuntime(Runtime):
         return self._reports
 
     async def start(self, on_event: EventCallback) -> None:
-        """Connect, and list the agent's Jobs and pods in its namespace before returning."""
+        """Connect, and list the pool's Jobs and pods in every namespace that has any.
+
+        Those are the agent's namespace, the ``watch_namespaces`` of its settings (both must
+        be listable, or :class:`~agent.errors.ConfigurationError`), and those where a
+        cluster-wide list finds unfinished Jobs of the pool (best effort: see
+        :meth:`_discover`), so that after a restart :meth:`observe` sees every Job the
+        agent's runs may have, whatever namespace their job variables chose.
+        """
         if self._client is None:
             api_client = await asyncio.to_thread(load_api_client, self._settings)
             self._client = ApiKubeClient(api_client, self._settings.retry)
@@ -115,13 +125,46 @@ class KubernetesRuntime(Runtime):
             attempts=self._attempts,
             on_event=on_event,
         )
-        namespace = self._settings.namespace
-        self._view.watch(namespace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.startup_timeout
+        namespaces = (self._settings.namespace, *self._settings.watch_namespaces)
+        for namespace in namespaces:
+            self._view.watch(namespace)
+        for namespace in namespaces:
+            await self._wait_synced(namespace, deadline - loop.time())
+        discovered = [n for n in await self._discover() if n not in namespaces]
+        for namespace in discovered:
+            self._view.watch(namespace)
+        for namespace in discovered:
+            reason: object = None
+            try:
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    await self._view.wait_synced(namespace)
+            except TimeoutError:
+                reason = self._view.last_error(namespace) or "no answer"
+            except KubernetesError as error:
+                reason = error
+            if reason is not None:
+                # Not fatal: the watch keeps trying, and the agent's own namespaces work.
+                logger.error(
+                    "cannot list Jobs and pods in namespace %s, where Jobs of pool %s run: %s",
+                    namespace,
+                    self._pool,
+                    reason,
+                )
+        logger.info(
+            "kubernetes runtime: watching Jobs and pods labelled %s in namespace(s) %s",
+            self._selector,
+            ", ".join(self.view.namespaces),
+        )
+
+    async def _wait_synced(self, namespace: str, within: float) -> None:
+        """Wait for the first lists of a namespace the agent must be able to use."""
         try:
-            async with asyncio.timeout(self._settings.startup_timeout):
-                await self._view.wait_synced(namespace)
+            async with asyncio.timeout(max(0.0, within)):
+                await self.view.wait_synced(namespace)
         except TimeoutError:
-            error = self._view.last_error(namespace)
+            error = self.view.last_error(namespace)
             await self.close()
             raise ConfigurationError(
                 f"cannot list Jobs and pods labelled {self._selector} in namespace "
@@ -134,11 +177,33 @@ class KubernetesRuntime(Runtime):
                 f"the Kubernetes API refused to list Jobs and pods in namespace {namespace} "
                 f"({error}); check the agent's credentials and Role"
             ) from error
-        logger.info(
-            "kubernetes runtime: watching Jobs and pods labelled %s in namespace %s",
-            self._selector,
-            namespace,
-        )
+
+    async def _discover(self) -> list[str]:
+        """The namespaces that hold unfinished Jobs of this pool, from one cluster-wide list.
+
+        A deployment's ``namespace`` job variable may have put Jobs anywhere; after a restart,
+        this is how the agent finds them again. It needs ``list`` on Jobs at the cluster scope
+        (a ClusterRole); without it only the agent's namespaces are watched.
+        """
+        try:
+            listing = await self.client.list_all_namespaces(Resource.JOBS, self._selector)
+        except KubernetesError as error:
+            known = ", ".join((self._settings.namespace, *self._settings.watch_namespaces))
+            logger.warning(
+                "cannot list Jobs in all namespaces (%s): Jobs of pool %s outside namespace(s) "
+                "%s are not found after a restart; grant the agent list on jobs at the cluster "
+                "scope, or name their namespaces with --watch-namespace",
+                error,
+                self._pool,
+                known,
+            )
+            return []
+        found = {
+            str((job.get("metadata") or {}).get("namespace") or "")
+            for job in listing.items
+            if not diagnosis.job_finished(job) and not objects.deleting(job)
+        }
+        return sorted(found - {""})
 
     async def submit(self, assignment: Assignment) -> str:
         """Create the attempt's Secret and Job; adopt the Job if it already exists."""
@@ -254,12 +319,15 @@ class KubernetesRuntime(Runtime):
         elif attempt.uid is None or objects.uid(job) in (None, attempt.uid):
             # (An earlier Job of the same name going away says nothing about this one.)
             self.reports.end(attempt, diagnosis.job_deleted(job, by_agent=attempt.cancelling))
+        if deleted:
+            self._stop_orphans(namespace, name)
 
     def pods_changed(self, namespace: str, job: str) -> None:
-        """Re-evaluate the attempt of the pods' Job."""
+        """Re-evaluate the attempt of the pods' Job; stop pods their Job left behind."""
         attempt = self._attempt_of(namespace, job)
         if attempt is not None:
             self.reports.evaluate(attempt)
+        self._stop_orphans(namespace, job)
 
     def jobs_relisted(self, namespace: str, started: float) -> None:
         """A Job known to exist before the list started, and missing from it, is gone."""
@@ -280,6 +348,32 @@ class KubernetesRuntime(Runtime):
                         {"metadata": {"name": attempt.name}}, by_agent=attempt.cancelling
                     ),
                 )
+                self._stop_orphans(namespace, attempt.name)
+
+    def _stop_orphans(self, namespace: str, job: str) -> None:
+        """Delete the pods of ``job`` that outlived it (deleted without cascade).
+
+        The run already ended when its Job went; a pod left behind would keep running the
+        flow. Seen here whenever the pod's cache changes, so pods orphaned while no agent
+        watched are stopped after a restart too.
+        """
+        if self.view.job(namespace, job) is not None:
+            return  # the Job still exists: its pods are its own business
+        for pod in self.view.pods_of(namespace, job):
+            name = object_name(pod)
+            if not objects.orphaned(pod) or (namespace, name) in self._stopping:
+                continue
+            self._stopping.add((namespace, name))
+            logger.warning(
+                "stopping pod %s/%s: its Job %s was deleted without its pods", namespace, name, job
+            )
+            self._tasks.spawn(f"stop-orphan:{namespace}/{name}", self._stop_pod(namespace, name))
+
+    async def _stop_pod(self, namespace: str, name: str) -> None:
+        try:
+            await cleanup.delete_quietly(self.client, Resource.PODS, namespace, name)
+        finally:
+            self._stopping.discard((namespace, name))
 
     def _attempt_of(self, namespace: str, job: str) -> Attempt | None:
         key = objects.key_of_job_name(job)

@@ -16,10 +16,11 @@ import re
 import signal
 import socket
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 from agent.errors import ConfigurationError, SubmitError
 from agent.models import Assignment, InfraExit, RunKey, RunningInfra
@@ -29,7 +30,7 @@ from agent.settings import ProcessSettings
 from agent.tasks import TaskSet
 from agent.templates import TemplateError, apply_values, resolve_variables
 
-__all__ = ["ProcessRuntime", "read_tail"]
+__all__ = ["AGENT_SECRETS", "ProcessRuntime", "engine_env", "read_tail", "rendered_env"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,11 +151,9 @@ class ProcessRuntime(Runtime):
         env = {
             # The agent's own credentials never reach flow code: the engine gets its attempt's.
             **{k: v for k, v in os.environ.items() if k not in AGENT_SECRETS},
-            **_job_env(assignment),
-            "FLOWYARD_SERVER": self._server,
-            "FLOWYARD_RUN_ID": key.run_id,
-            "FLOWYARD_RUN_ATTEMPT": str(key.attempt),
-            "FLOWYARD_RUN_TOKEN": assignment.engine_token,
+            **engine_env(
+                _job_env(assignment), server=self._server, key=key, token=assignment.engine_token
+            ),
         }
         if self._tls_ca is not None:
             env["FLOWYARD_TLS_CA"] = str(self._tls_ca)
@@ -252,19 +251,46 @@ def _job_env(assignment: Assignment) -> dict[str, str]:
     try:
         template = json.loads(assignment.base_job_template_json or "{}")
         variables = json.loads(assignment.job_variables_json or "{}")
-        configuration = apply_values(
-            template.get("job_configuration", {}),
-            resolve_variables(template, variables),
-            environ=os.environ,
-        )
+        return rendered_env(template, variables, environ=os.environ)
     except (ValueError, TemplateError) as error:
         raise SubmitError(f"cannot render the pool's job template: {error}") from error
+
+
+def rendered_env(
+    template: dict[str, Any], variables: dict[str, Any], environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The ``env`` a process pool's template renders to, in the order given.
+
+    Raises:
+        TemplateError: the template does not render, or renders ``env`` to a non-object.
+    """
+    configuration = apply_values(
+        template.get("job_configuration", {}),
+        resolve_variables(template, variables),
+        environ=environ,
+    )
     env = configuration.get("env") if isinstance(configuration, dict) else None
     if env is None:
         return {}
     if not isinstance(env, dict):
-        raise SubmitError("the pool's job template renders 'env' to something other than an object")
+        raise TemplateError(
+            "the pool's job template renders 'env' to something other than an object"
+        )
     return {str(name): str(value) for name, value in env.items()}
+
+
+def engine_env(
+    job_env: Mapping[str, str], *, server: str, key: RunKey, token: str
+) -> dict[str, str]:
+    """An engine's variables over the agent's own: the template's ``env``, then what the engine
+    needs, which always wins (the dry run of a process pool shows the same)."""
+    return {
+        **job_env,
+        "FLOWYARD_SERVER": server,
+        "FLOWYARD_RUN_ID": key.run_id,
+        "FLOWYARD_RUN_ATTEMPT": str(key.attempt),
+        "FLOWYARD_RUN_TOKEN": token,
+    }
 
 
 def read_tail(path: Path, lines: int) -> tuple[str, ...]:

@@ -77,8 +77,12 @@ def storable(text: str) -> str:
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON text for a JSON field."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    """Compact JSON text for a JSON field, keys in the order they were given.
+
+    Never sorted: the order of a job template's ``env`` object becomes the order of the
+    container's ``env`` list, and Kubernetes expands ``$(VAR)`` only from earlier entries.
+    """
+    return json.dumps(value, separators=(",", ":"))
 
 
 def pool_type(value: types_pb2.PoolType.ValueType) -> PoolType:

@@ -91,9 +91,13 @@ def changes(old: types_pb2.Deployment, new: types_pb2.Deployment) -> list[tuple[
         before, after = _value(old, field), _value(new, field)
         if field == "flow_name" and not after:
             continue  # empty means "the function's name": the server fills it in
-        if before == after:
-            continue
         name = field.removesuffix("_json")
+        if before == after:
+            if field == "job_variables_json" and _env_order(before) != _env_order(after):
+                # Equal as dicts, yet a different Job: $(VAR) sees only earlier entries.
+                shown = [_show(", ".join(_env_order(v))) for v in (before, after)]
+                found.append((f"{name}.env (order)", shown[0], shown[1]))
+            continue
         if field == "parameter_schema_json":
             found.append((name, "(previous signature)", "(derived from the flow's signature)"))
         elif isinstance(before, dict) and isinstance(after, dict):
@@ -113,6 +117,11 @@ def changes(old: types_pb2.Deployment, new: types_pb2.Deployment) -> list[tuple[
 
 
 _ABSENT = object()
+
+
+def _env_order(variables: Any) -> list[str]:
+    env = variables.get("env") if isinstance(variables, dict) else None
+    return [str(key) for key in env] if isinstance(env, dict) else []
 
 
 def _flatten(value: dict[str, Any], prefix: str) -> dict[str, Any]:

@@ -61,10 +61,12 @@ def source_text(source: types_pb2.Source) -> str:
 def deployment_render(
     session: Session, name: str, job_variables: tuple[str, ...], fmt: str
 ) -> None:
-    """Dry run: print the infrastructure a run of NAME would get (a Kubernetes Job manifest).
+    """Dry run: print the infrastructure a run of NAME would get.
 
-    Nothing is created. The engine token never appears: it reaches the container through a
-    per-run Secret.
+    On a Kubernetes pool, the Job manifest the agent submits; on a process pool, the engine
+    command, working directory and environment the agent starts it with. Nothing is created.
+    The engine token never appears: it reaches the engine through a per-run Secret (or the
+    process's environment).
     """
     response = session.stub.RenderDeployment(
         pb.RenderDeploymentRequest(

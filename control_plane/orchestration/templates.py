@@ -13,6 +13,8 @@ from typing import Any
 
 from agent import templates as agent_templates
 from agent.kubernetes import manifests
+from agent.models import RunKey
+from agent.runtimes import process as process_runtime
 from control_plane.errors import InvalidArgument
 from control_plane.models import Deployment, JSONObject, Pool, PoolType
 from control_plane.orchestration import sources
@@ -21,6 +23,10 @@ from control_plane.orchestration import sources
 DRY_RUN_ID = "0" * 32
 #: What the engine's FLOWYARD_SERVER shows in a dry run: each agent sets it.
 DRY_RUN_SERVER = "<set by the agent: --engine-server>"
+#: What a process pool's dry run shows for what only the agent knows.
+DRY_RUN_ENGINE_COMMAND = "<the agent's --engine-command: flowyard-engine by default>"
+DRY_RUN_WORK_DIR = "<the agent's --work-dir>"
+DRY_RUN_TOKEN = "<the attempt's engine token>"
 
 
 def default_template(pool_type: PoolType) -> JSONObject:
@@ -76,9 +82,31 @@ def render(
                 engine_token=None,
                 secret_env=sources.secret_env(deployment.source),
             ).job
-        rendered: JSONObject = agent_templates.apply_values(
-            template["job_configuration"], variables
-        )
-        return rendered
+        return _process_plan(template, variables)
     except agent_templates.TemplateError as exc:
         raise InvalidArgument(f"the pool's template cannot be rendered: {exc}") from None
+
+
+def _process_plan(template: JSONObject, variables: JSONObject) -> JSONObject:
+    """What a process agent would run for the attempt: command, directory, environment.
+
+    A process pool's template only renders ``env``; shown alone, it says nothing of what runs.
+    The engine's own variables come from the same code the process runtime uses, so the order
+    shown (``env`` as given, then the engine's) is the order the engine gets.
+    """
+    key = RunKey(DRY_RUN_ID, 1)
+    environment = process_runtime.engine_env(
+        process_runtime.rendered_env(template, variables),
+        server=DRY_RUN_SERVER,
+        key=key,
+        token=DRY_RUN_TOKEN,
+    )
+    return {
+        "process": {
+            "command": [DRY_RUN_ENGINE_COMMAND, "execute", key.run_id],
+            "working_directory": f"{DRY_RUN_WORK_DIR}/{key.run_id}-{key.attempt}",
+            "environment": environment,
+            "inherits": "the agent's own environment, without "
+            + ", ".join(sorted(process_runtime.AGENT_SECRETS)),
+        }
+    }

@@ -25,6 +25,7 @@ import pytest
 from agent.kubernetes import manifests
 from control_plane.cli.client import open_channel
 from control_plane.cli.processes import Child, script, start_server
+from control_plane.orchestration.templates import DRY_RUN_ID, DRY_RUN_SERVER
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import control_plane_pb2_grpc, types_pb2
 from tests.fakekube import FakeCluster
@@ -54,6 +55,14 @@ import time
 def main() -> None:
     print("going to sleep", flush=True)
     time.sleep(600)
+"""
+
+PRINT_URL = """
+import os
+
+
+def main() -> None:
+    print("API_URL=" + os.environ["API_URL"], flush=True)
 """
 
 HELLO = """
@@ -125,11 +134,13 @@ class KubeSystem:
     def pool(self) -> types_pb2.WorkPool:
         return self.stub.GetPool(pb.GetPoolRequest(name=POOL)).pool
 
-    def deploy(self, name: str, code: str) -> None:
+    def deploy(self, name: str, code: str, job_variables: dict[str, Any] | None = None) -> None:
         source = self.root / "flows" / name
         source.mkdir(parents=True, exist_ok=True)
         (source / "flow.py").write_text(code)
         command = [*script("flowyard"), "--server", self.address, "deploy", "flow.py:main"]
+        for key, value in (job_variables or {}).items():
+            command += ["--job-variable", f"{key}={json.dumps(value)}"]
         result = subprocess.run(
             [*command, "--name", name, "--pool", POOL, "--source", str(source)],
             capture_output=True,
@@ -170,6 +181,18 @@ class KubeSystem:
             for m in self.stub.TailLogs(pb.TailLogsRequest(run_id=run_id))
             for line in m.lines
         ]
+
+    def cli(self, *args: str) -> str:
+        """Run the ``flowyard`` command as the admin; its output."""
+        result = subprocess.run(
+            [*script("flowyard"), "--server", self.address, *args],
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+            env={**os.environ, "FLOWYARD_TOKEN": self.server.extra["token"]},
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
 
     def job_name(self, run_id: str) -> str:
         return manifests.job_name(run_id, 1)
@@ -340,3 +363,106 @@ def test_a_restarted_agent_adopts_the_running_job(k8s: KubeSystem) -> None:
         lambda: f"run {run_id}#1 ended: succeeded" in k8s.agent_log(),
         what="the new agent reporting the end",
     )
+
+
+def test_a_job_deleted_without_cascade_has_its_flow_stopped(k8s: KubeSystem) -> None:
+    k8s.deploy("orphaned", SLEEPY)
+    run_id = k8s.create_run("orphaned")
+    wait_for(
+        lambda: any("going to sleep" in line for line in k8s.logs(run_id)),
+        timeout=DEADLINE,
+        what="the flow running",
+    )
+    name = k8s.job_name(run_id)
+    # A plain API DELETE of a batch/v1 Job orphans its pods (kubectl would cascade).
+    k8s.cluster.delete_job(name, propagation=None)
+    run = k8s.wait_terminal(run_id)
+    assert run.state.type == types_pb2.STATE_TYPE_CRASHED
+    assert "deleted by someone else" in run.state.message
+    wait_for(
+        lambda: all(p["metadata"]["labels"].get("job-name") != name for p in k8s.cluster.pods()),
+        timeout=DEADLINE,
+        what="the orphaned pod stopped",
+    )
+
+
+def test_an_image_that_does_not_exist_crashes_the_run_within_a_minute(k8s: KubeSystem) -> None:
+    k8s.deploy("no-such-image", HELLO)
+    # The default template: pod_start_timeout_seconds stays 300.
+    run_id = k8s.create_run("no-such-image", job_variables={"image": "team/flows:missing"})
+    run = k8s.wait_terminal(run_id, timeout=60.0)
+    assert run.state.type == types_pb2.STATE_TYPE_CRASHED
+    assert "ErrImagePull" in run.state.message
+    assert "docker.io/team/flows:missing: not found" in run.state.message
+
+
+def test_a_restarted_agent_watches_jobs_its_runs_put_in_other_namespaces(k8s: KubeSystem) -> None:
+    k8s.deploy("elsewhere", SLEEPY)
+    run_id = k8s.create_run("elsewhere", job_variables={"namespace": "team-a"})
+    wait_for(
+        lambda: any("going to sleep" in line for line in k8s.logs(run_id)),
+        timeout=DEADLINE,
+        what="the flow running",
+    )
+    agent = k8s.agents[-1]
+    os.kill(agent.pid, signal.SIGKILL)
+    agent.process.wait()
+    wait_for(lambda: k8s.pool().connected_agents == 0, timeout=DEADLINE, what="the agent gone")
+    k8s.start_agent()
+    wait_for(
+        lambda: f"adopting run {run_id}#1" in k8s.agent_log(),
+        timeout=DEADLINE,
+        what="the adoption",
+    )
+    [pod] = [
+        p
+        for p in k8s.cluster.pods("team-a")
+        if p["metadata"]["labels"].get("job-name") == k8s.job_name(run_id)
+    ]
+    k8s.cluster.evict_pod(pod["metadata"]["name"], namespace="team-a")
+    # Reported by the agent at once, not by the engine-silence rule a minute later.
+    run = k8s.wait_terminal(run_id)
+    assert run.state.type == types_pb2.STATE_TYPE_CRASHED
+    assert "Evicted" in run.state.message, run.state.message
+    assert run.infrastructure_id == f"team-a/{k8s.job_name(run_id)}"
+
+
+def test_the_dry_run_render_is_the_job_the_cluster_gets_env_order_included(
+    k8s: KubeSystem,
+) -> None:
+    # Kubernetes expands $(VAR) only from entries before it: the order given must survive.
+    env = {"SERVICE_HOST": "api.internal", "API_URL": "http://$(SERVICE_HOST):8080/v1"}
+    k8s.deploy("env-order", PRINT_URL, job_variables={"env": env})
+    rendered = json.loads(k8s.cli("deployment", "render", "env-order", "-o", "json"))
+    run_id = k8s.create_run("env-order")
+    run = k8s.wait_terminal(run_id)
+    assert run.state.type == types_pb2.STATE_TYPE_COMPLETED, run.state.message
+    assert "API_URL=http://api.internal:8080/v1" in k8s.logs(run_id)
+
+    [received] = [j for j in k8s.cluster.jobs() if j["metadata"]["name"] == k8s.job_name(run_id)]
+    # What only the agent knows: the run's id and the address engines dial.
+    expected = json.loads(
+        json.dumps(rendered).replace(DRY_RUN_ID, run_id).replace(DRY_RUN_SERVER, k8s.address)
+    )
+    [container] = received["spec"]["template"]["spec"]["containers"]
+    names = [e["name"] for e in container["env"]]
+    assert names[:2] == ["SERVICE_HOST", "API_URL"]
+    assert_within(expected, received)
+
+
+def assert_within(expected: Any, actual: Any, where: str = "job") -> None:
+    """Every field of ``expected`` is in ``actual`` with the same value; lists in the same
+    order. (The API server adds defaults and status, which ``expected`` does not have.)"""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict), f"{where}: {actual!r} is not an object"
+        for key, value in expected.items():
+            assert key in actual, f"{where}.{key} is missing from the submitted Job"
+            assert_within(value, actual[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), (
+            f"{where}: {actual!r} != {expected!r}"
+        )
+        for index, (wanted, got) in enumerate(zip(expected, actual, strict=True)):
+            assert_within(wanted, got, f"{where}[{index}]")
+    else:
+        assert actual == expected, f"{where}: submitted {actual!r}, rendered {expected!r}"

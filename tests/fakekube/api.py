@@ -91,6 +91,9 @@ class Api:
     def serve(self, request: Request, route: Route, out: Responder) -> None:
         """Answer one request for ``route`` (raises ``ApiError`` before any output)."""
         method, sub = request.method, route.subresource
+        if route.namespace is None and self._faults.cluster_scope_denied:
+            verb = "watch" if request.query.get("watch") in ("1", "true", "True") else "list"
+            raise errors.forbidden_cluster_scope(route.resource, verb)
         if route.name is None:
             if method == "GET":
                 if request.query.get("watch") in ("1", "true", "True"):

@@ -129,9 +129,13 @@ class FakeCluster:
             raise ValueError(f"unknown resource {resource!r}; known: {sorted(BY_PLURAL)}")
         return self._store.creates(resource)
 
-    def delete_job(self, name: str, namespace: str = "default") -> None:
-        """Someone else deletes the Job, with Background propagation (its pods go too)."""
-        self._store.delete(JOBS, namespace, name, propagation="Background")
+    def delete_job(
+        self, name: str, namespace: str = "default", *, propagation: str | None = "Background"
+    ) -> None:
+        """Someone else deletes the Job, by default with Background propagation (its pods go
+        too). ``"Orphan"``, or None (batch/v1's default, as a plain API DELETE without a policy
+        gets it), leaves its pods running without an owner."""
+        self._store.delete(JOBS, namespace, name, propagation=propagation)
 
     def evict_pod(self, name: str, namespace: str = "default") -> None:
         """Node-pressure eviction: the process is killed, the pod Failed with reason Evicted."""

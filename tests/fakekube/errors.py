@@ -72,6 +72,18 @@ def _details(resource: Resource, name: str) -> dict[str, Any]:
     return details
 
 
+def forbidden_cluster_scope(resource: Resource, verb: str) -> ApiError:
+    """What RBAC answers a service account that may not ``verb`` ``resource`` cluster-wide."""
+    return ApiError(
+        403,
+        "Forbidden",
+        f'{resource.qualified} is forbidden: User "system:serviceaccount:flowyard:'
+        f'flowyard-agent" cannot {verb} resource "{resource.plural}" in API group '
+        f'"{resource.group}" at the cluster scope',
+        {"group": resource.group, "kind": resource.plural},
+    )
+
+
 def not_found(resource: Resource, name: str) -> ApiError:
     """``jobs.batch "x" not found`` (404)."""
     return ApiError(

@@ -11,6 +11,9 @@
   ``Status`` body; 429 carries ``Retry-After: 1``). Note that urllib3, under the kubernetes
   client, retries idempotent requests (GET, PUT, DELETE) that get 429/503 with ``Retry-After``
   by itself, so those failures may be consumed without the caller seeing them.
+- :meth:`Faults.deny_cluster_scope`: requests that are not namespaced (listing or watching
+  Jobs or pods across all namespaces) get 403 Forbidden, as for a client whose RBAC is only
+  namespaced Roles.
 - :meth:`Faults.hold_create`: the next create (POST) of a resource waits inside the server
   until the test releases it, either applied (the object exists, as when a request reached
   the API server just before its client died) or dropped (the connection breaks, nothing is
@@ -50,6 +53,7 @@ class Faults:
         self._pending: list[int] = []
         self._holds: list[Hold] = []
         self.abrupt_drops = True
+        self.cluster_scope_denied = False
 
     def hold_create(self, plural: str) -> Hold:
         """Park the next create of ``plural`` (e.g. ``"jobs"``) until the hold is released."""
@@ -66,6 +70,10 @@ class Faults:
                     self._holds.remove(hold)
                     return hold
         return None
+
+    def deny_cluster_scope(self, denied: bool = True) -> None:
+        """Answer every request that is not namespaced with 403 Forbidden (``denied``)."""
+        self.cluster_scope_denied = denied
 
     def drop_watches(self, *, graceful: bool = False) -> None:
         """Close every open watch connection now."""

@@ -5,7 +5,9 @@ Faithful: the pod status a client watches (phase Pending -> Running -> Succeeded
 Error, OOMKilled (exit 137 not caused by the kubelet) or StartError, ``startedAt``/``finishedAt``;
 Ready/ContainersReady/Initialized/PodReadyToStartContainers conditions; ``podIP``/``hostIP``
 127.0.0.1, ``startTime``); images matching ``failing_images`` alternate ErrImagePull and
-ImagePullBackOff and never start; ``env``/``envFrom`` from Secrets and ConfigMaps (missing ones
+ImagePullBackOff and never start, with containerd's messages (``not found``; others time out,
+get 429 or 401: see :mod:`tests.fakekube.images`), and an image that does not parse waits in
+InvalidImageName; ``env``/``envFrom`` from Secrets and ConfigMaps (missing ones
 give CreateContainerConfigError, retried every 0.5 s until they appear), ``fieldRef`` and
 ``$(VAR)`` expansion; graceful deletion (SIGTERM to the process group, SIGKILL after the grace
 period, then the pod object is removed); when the main process exits the rest of its process group
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.fakekube import environment, errors, podstatus
+from tests.fakekube import environment, errors, images, podstatus
 from tests.fakekube.events import EventRecorder
 from tests.fakekube.resources import PODS
 from tests.fakekube.scheduler import NODE_NAME
@@ -59,6 +61,7 @@ class Runtime:
     container_id: str = ""
     next_attempt: float = 0.0
     pull_failed: bool = False
+    invalid_image: bool = False
     kill_at: float | None = None
     killed: bool = False
     finished: bool = False
@@ -171,8 +174,13 @@ class Kubelet:
                 runtime.initialized = True
                 self._update(pod, podstatus.pending)
             container = pod["spec"]["containers"][0]
-            if self._failing.search(container["image"]):
-                self._pull_failed(pod, runtime, container["image"])
+            invalid = images.invalid_reference(container["image"])
+            if invalid is not None:
+                self._invalid_image(pod, runtime, invalid)
+                return
+            failure = images.pull_error(container["image"], self._failing)
+            if failure is not None:
+                self._pull_failed(pod, runtime, container["image"], failure)
                 return
             try:
                 env = self._environment.resolve(pod, container)
@@ -183,17 +191,16 @@ class Kubelet:
                 return
             self._start(pod, runtime, container, env)
 
-    def _pull_failed(self, pod: Obj, runtime: Runtime, image: str) -> None:
+    def _pull_failed(self, pod: Obj, runtime: Runtime, image: str, message: str) -> None:
         container = pod["spec"]["containers"][0]
         path = _field(container)
         runtime.next_attempt = time.monotonic() + PULL_RETRY
         if runtime.pull_failed:
-            message = f'Back-off pulling image "{image}"'
-            self._waiting(pod, "ImagePullBackOff", message)
-            self._recorder.normal(pod, "BackOff", message, path)
+            backoff = f'Back-off pulling image "{image}"'
+            self._waiting(pod, "ImagePullBackOff", backoff)
+            self._recorder.normal(pod, "BackOff", backoff, path)
             self._recorder.warning(pod, "Failed", "Error: ImagePullBackOff", path)
         else:
-            message = f'failed to pull and unpack image "{image}": not found'
             self._recorder.normal(pod, "Pulling", f'Pulling image "{image}"', path)
             self._waiting(pod, "ErrImagePull", message)
             self._recorder.warning(
@@ -201,6 +208,17 @@ class Kubelet:
             )
             self._recorder.warning(pod, "Failed", "Error: ErrImagePull", path)
         runtime.pull_failed = not runtime.pull_failed
+
+    def _invalid_image(self, pod: Obj, runtime: Runtime, message: str) -> None:
+        """No pull is ever tried: the container waits in InvalidImageName until deleted."""
+        runtime.next_attempt = time.monotonic() + PULL_RETRY
+        if runtime.invalid_image:
+            return
+        runtime.invalid_image = True
+        path = _field(pod["spec"]["containers"][0])
+        self._waiting(pod, "InvalidImageName", message)
+        self._recorder.warning(pod, "InspectFailed", message, path)
+        self._recorder.warning(pod, "Failed", "Error: InvalidImageName", path)
 
     def _start(self, pod: Obj, runtime: Runtime, container: Obj, env: dict[str, str]) -> None:
         path = _field(container)

@@ -70,3 +70,19 @@ def test_requests_without_the_token_are_unauthorized(cluster: FakeCluster, tmp_p
         client.CoreV1Api(api).list_namespaced_pod("default")
 
     assert raised.value.status == 401
+
+
+def test_deny_cluster_scope_forbids_lists_across_namespaces_only(
+    batch: client.BatchV1Api, cluster: FakeCluster
+) -> None:
+    cluster.faults.deny_cluster_scope()
+
+    with pytest.raises(ApiException) as raised:
+        batch.list_job_for_all_namespaces(label_selector="a=b")
+    assert raised.value.status == 403
+    body = json.loads(raised.value.body)
+    assert body["reason"] == "Forbidden"
+    assert body["message"].endswith(
+        'cannot list resource "jobs" in API group "batch" at the cluster scope'
+    )
+    assert batch.list_namespaced_job("default").items == []

@@ -159,7 +159,10 @@ def test_failing_image_never_starts(
     pod = only_pod(core, "pull")
     assert pod is not None
     message = pod.status.container_statuses[0].state.waiting.message
-    assert message == f'failed to pull and unpack image "{image}": not found'
+    assert message == (
+        f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
+        f'failed to resolve reference "{image}": {image}: not found'
+    )
     wait_for(lambda: waiting_reason(core, "pull") == "ImagePullBackOff", what="ImagePullBackOff")
     wait_for(lambda: waiting_reason(core, "pull") == "ErrImagePull", what="ErrImagePull again")
 
@@ -168,6 +171,38 @@ def test_failing_image_never_starts(
     with pytest.raises(ApiException) as raised:
         core.read_namespaced_pod_log(pod.metadata.name, "default")
     assert "image can't be pulled" in raised.value.body
+
+
+def test_an_unreachable_registry_fails_the_pull_with_a_timeout(
+    batch: client.BatchV1Api, core: client.CoreV1Api
+) -> None:
+    batch.create_namespaced_job(
+        "default", python_job("slow", "print('no')", image="unreachable/flows:1")
+    )
+    wait_for(lambda: waiting_reason(core, "slow") == "ErrImagePull", what="ErrImagePull")
+    pod = only_pod(core, "slow")
+    assert pod is not None
+    message = pod.status.container_statuses[0].state.waiting.message
+    assert message.startswith(
+        "rpc error: code = Unknown desc = failed to pull and unpack image "
+        '"docker.io/unreachable/flows:1"'
+    )
+    assert message.endswith("i/o timeout")
+
+
+def test_an_image_name_that_does_not_parse_waits_in_invalid_image_name(
+    batch: client.BatchV1Api, core: client.CoreV1Api, cluster: FakeCluster
+) -> None:
+    batch.create_namespaced_job("default", python_job("invalid", "print('no')", image="Team/X:1"))
+    wait_for(lambda: waiting_reason(core, "invalid") == "InvalidImageName", what="InvalidImageName")
+    pod = only_pod(core, "invalid")
+    assert pod is not None
+    assert pod.status.container_statuses[0].state.waiting.message == (
+        'Failed to apply default image tag "Team/X:1": couldn\'t parse image name "Team/X:1": '
+        "invalid reference format: repository name must be lowercase"
+    )
+    assert "InspectFailed" in reasons(cluster)
+    assert cluster.pod_pids() == []
 
 
 def test_huge_cpu_request_is_unschedulable(

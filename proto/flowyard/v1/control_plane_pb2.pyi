@@ -870,8 +870,10 @@ class RenderDeploymentResponse(_message.Message):
     MANIFEST_JSON_FIELD_NUMBER: _builtins.int
     JOB_VARIABLES_JSON_FIELD_NUMBER: _builtins.int
     manifest_json: _builtins.str
-    """The rendered manifest as a JSON object: a batch/v1 Job for kubernetes pools, the
-    resolved job configuration for process pools. The engine token is never included.
+    """The rendered manifest as a JSON object: a batch/v1 Job for kubernetes pools; for
+    process pools {"process": {...}} with the engine's command, working directory and
+    environment (the job variables' env in the order given, then the engine's variables),
+    with placeholders for what only the agent knows. The engine token is never included.
     """
     job_variables_json: _builtins.str
     """The job variables after merging the template's defaults, the deployment's and the

@@ -245,8 +245,9 @@ class ControlPlaneServiceServicer:
 
     def RenderDeployment(self, request, context):
         """Dry run: renders the infrastructure a run of the deployment would get (for a
-        kubernetes pool, the batch/v1 Job manifest) from the pool's base job template, the
-        deployment's job variables and the given overrides. Nothing is created.
+        kubernetes pool, the batch/v1 Job manifest; for a process pool, the engine process)
+        from the pool's base job template, the deployment's job variables and the given
+        overrides. Nothing is created.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

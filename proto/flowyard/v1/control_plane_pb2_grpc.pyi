@@ -68,8 +68,9 @@ class ControlPlaneServiceStub:
     """Lists a deployment's schedules with their next firing times."""
     RenderDeployment: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.RenderDeploymentRequest, _control_plane_pb2.RenderDeploymentResponse]
     """Dry run: renders the infrastructure a run of the deployment would get (for a
-    kubernetes pool, the batch/v1 Job manifest) from the pool's base job template, the
-    deployment's job variables and the given overrides. Nothing is created.
+    kubernetes pool, the batch/v1 Job manifest; for a process pool, the engine process)
+    from the pool's base job template, the deployment's job variables and the given
+    overrides. Nothing is created.
     """
     CreateRun: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.CreateRunRequest, _control_plane_pb2.CreateRunResponse]
     """Creates a flow run of a deployment. Parameters are merged over the deployment's
@@ -142,8 +143,9 @@ class ControlPlaneServiceAsyncStub(ControlPlaneServiceStub):
     """Lists a deployment's schedules with their next firing times."""
     RenderDeployment: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.RenderDeploymentRequest, _control_plane_pb2.RenderDeploymentResponse]  # type: ignore[assignment]
     """Dry run: renders the infrastructure a run of the deployment would get (for a
-    kubernetes pool, the batch/v1 Job manifest) from the pool's base job template, the
-    deployment's job variables and the given overrides. Nothing is created.
+    kubernetes pool, the batch/v1 Job manifest; for a process pool, the engine process)
+    from the pool's base job template, the deployment's job variables and the given
+    overrides. Nothing is created.
     """
     CreateRun: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.CreateRunRequest, _control_plane_pb2.CreateRunResponse]  # type: ignore[assignment]
     """Creates a flow run of a deployment. Parameters are merged over the deployment's
@@ -285,8 +287,9 @@ class ControlPlaneServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_plane_pb2.RenderDeploymentResponse, _abc.Awaitable[_control_plane_pb2.RenderDeploymentResponse]]:
         """Dry run: renders the infrastructure a run of the deployment would get (for a
-        kubernetes pool, the batch/v1 Job manifest) from the pool's base job template, the
-        deployment's job variables and the given overrides. Nothing is created.
+        kubernetes pool, the batch/v1 Job manifest; for a process pool, the engine process)
+        from the pool's base job template, the deployment's job variables and the given
+        overrides. Nothing is created.
         """
 
     @_abc_1.abstractmethod

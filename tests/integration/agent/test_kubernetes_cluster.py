@@ -9,6 +9,7 @@ exits with N, ``sleep`` sleeps, ``gate`` exits 0 once the file named by FAKE_ENG
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -256,3 +257,190 @@ async def test_oom_killed_and_evicted(
     cluster.evict_pod(pod["metadata"]["name"])
     end = await until(lambda: events.end_of(evicted), what="the eviction")
     assert end.kind is Kind.EVICTED
+
+
+@pytest.mark.parametrize("propagation", ["Orphan", None], ids=["orphan", "batch-v1-default"])
+async def test_a_job_deleted_without_its_pods_has_its_pods_stopped(
+    runtime: KubernetesRuntime, cluster: FakeCluster, events: Events, propagation: str | None
+) -> None:
+    key = RunKey("sleep-orphan", 1)
+    await runtime.submit(assignment("sleep-orphan"))
+    await until(
+        lambda: any(p["status"].get("phase") == "Running" for p in cluster.pods()),
+        what="the pod running",
+    )
+    pids = cluster.pod_pids()
+    cluster.delete_job("flowyard-sleep-orphan-1", propagation=propagation)
+    end = await until(lambda: events.end_of(key), what="the end")
+    assert end.kind is Kind.DELETED and "by someone else" in end.message
+    # The pod kept running the flow after its Job went; the agent stops it.
+    await until(lambda: not cluster.pods(), what="the orphaned pod deleted")
+    assert all(not _alive(pid) for pid in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie no longer runs anything; the kubelet reaps it.
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    return False
+
+
+@pytest.mark.parametrize(
+    ("image", "reason", "words"),
+    [
+        ("bad/image:1", "ErrImagePull", "docker.io/bad/image:1: not found"),
+        ("example/Flow:1", "InvalidImageName", "repository name must be lowercase"),
+    ],
+    ids=["missing", "invalid"],
+)
+async def test_an_image_that_will_never_pull_ends_the_run_long_before_the_deadline(
+    settings: KubernetesSettings,
+    cluster: FakeCluster,
+    events: Events,
+    image: str,
+    reason: str,
+    words: str,
+) -> None:
+    runtime = KubernetesRuntime(
+        dataclasses.replace(settings, unpullable_image_grace=1.0), pool="it-pool"
+    )
+    await runtime.start(events)
+    try:
+        key = RunKey("exit0-unpullable", 1)
+        # The default pod-start timeout (300 s) stays: only the pull error's nature shortens it.
+        await runtime.submit(assignment("exit0-unpullable", image=image))
+        end = await until(lambda: events.end_of(key), within=10.0, what="giving up")
+        assert end.gave_up and end.kind is Kind.IMAGE_PULL_ERROR and end.reason == reason
+        assert image in end.message and words in end.message
+        assert "retrying cannot fix" in end.message
+        await until(lambda: not cluster.jobs(), what="the Job deleted")
+    finally:
+        await runtime.close()
+
+
+async def test_a_pull_error_that_may_heal_keeps_the_whole_deadline(
+    settings: KubernetesSettings, cluster: FakeCluster, events: Events
+) -> None:
+    runtime = KubernetesRuntime(
+        dataclasses.replace(settings, unpullable_image_grace=0.5), pool="it-pool"
+    )
+    await runtime.start(events)
+    try:
+        key = RunKey("exit0-slow-registry", 1)
+        loop = asyncio.get_running_loop()
+        submitted = loop.time()
+        await runtime.submit(
+            assignment(
+                "exit0-slow-registry", image="unreachable/flow:1", pod_start_timeout_seconds=4
+            )
+        )
+        end = await until(lambda: events.end_of(key), within=15.0, what="giving up")
+        assert loop.time() - submitted >= 3.5
+        assert end.gave_up and end.kind is Kind.IMAGE_PULL_ERROR
+        assert "no container started within 4 s" in end.message
+    finally:
+        await runtime.close()
+
+
+async def test_a_restarted_runtime_finds_its_jobs_in_other_namespaces(
+    settings: KubernetesSettings, cluster: FakeCluster, events: Events
+) -> None:
+    key = RunKey("sleep-elsewhere", 1)
+    first = KubernetesRuntime(settings, pool="it-pool")
+    await first.start(events)
+    infrastructure_id = await first.submit(assignment("sleep-elsewhere", namespace="team-a"))
+    assert infrastructure_id == "team-a/flowyard-sleep-elsewhere-1"
+    await first.close()
+
+    second = KubernetesRuntime(settings, pool="it-pool")
+    await second.start(events)
+    try:
+        # Found by the cluster-wide list of the pool's Jobs, and watched from now on.
+        assert second.observe() == [RunningInfra(key, infrastructure_id)]
+        await until(
+            lambda: any(p["status"].get("phase") == "Running" for p in cluster.pods("team-a")),
+            what="the pod running",
+        )
+        [pod] = cluster.pods("team-a")
+        cluster.evict_pod(pod["metadata"]["name"], namespace="team-a")
+        end = await until(lambda: events.end_of(key), what="the end seen by the new runtime")
+        assert end.kind is Kind.EVICTED
+    finally:
+        await second.close()
+
+
+async def test_without_a_cluster_wide_list_the_named_namespaces_are_watched(
+    settings: KubernetesSettings, cluster: FakeCluster, events: Events
+) -> None:
+    cluster.faults.deny_cluster_scope()
+    first = KubernetesRuntime(settings, pool="it-pool")
+    await first.start(events)  # a 403 there is no reason to stop
+    infrastructure_id = await first.submit(assignment("sleep-named", namespace="team-b"))
+    await first.close()
+
+    second = KubernetesRuntime(
+        dataclasses.replace(settings, watch_namespaces=("team-b",)), pool="it-pool"
+    )
+    await second.start(events)
+    try:
+        assert second.observe() == [RunningInfra(RunKey("sleep-named", 1), infrastructure_id)]
+        assert await second.cancel(RunKey("sleep-named", 1)) is True
+    finally:
+        await second.close()
+
+
+async def test_pods_orphaned_while_no_agent_watched_are_stopped_at_start(
+    settings: KubernetesSettings, cluster: FakeCluster, events: Events
+) -> None:
+    first = KubernetesRuntime(settings, pool="it-pool")
+    await first.start(events)
+    await first.submit(assignment("sleep-orphaned-away"))
+    await until(
+        lambda: any(p["status"].get("phase") == "Running" for p in cluster.pods()),
+        what="the pod running",
+    )
+    await first.close()
+    cluster.delete_job("flowyard-sleep-orphaned-away-1", propagation="Orphan")
+    await until(
+        lambda: not cluster.jobs() and not cluster.pods()[0]["metadata"].get("ownerReferences"),
+        what="the Job gone, its pod left without an owner",
+    )
+
+    second = KubernetesRuntime(settings, pool="it-pool")
+    await second.start(events)
+    try:
+        await until(lambda: not cluster.pods(), what="the orphaned pod deleted")
+    finally:
+        await second.close()
+
+
+async def test_a_pending_pod_in_another_namespace_keeps_its_deadline_across_a_restart(
+    settings: KubernetesSettings, cluster: FakeCluster, events: Events
+) -> None:
+    key = RunKey("exit0-stuck-elsewhere", 1)
+    first = KubernetesRuntime(settings, pool="it-pool")
+    await first.start(events)
+    await first.submit(
+        assignment(
+            "exit0-stuck-elsewhere",
+            image="unreachable/flow:1",
+            namespace="team-c",
+            pod_start_timeout_seconds=3,
+        )
+    )
+    await first.close()
+
+    second = KubernetesRuntime(settings, pool="it-pool")
+    await second.start(events)
+    try:
+        assert [infra.key for infra in second.observe()] == [key]
+        end = await until(lambda: events.end_of(key), what="giving up after the restart")
+        assert end.gave_up and end.kind is Kind.IMAGE_PULL_ERROR
+        assert "i/o timeout" in end.message
+        await until(lambda: not cluster.jobs("team-c"), what="the Job deleted")
+    finally:
+        await second.close()

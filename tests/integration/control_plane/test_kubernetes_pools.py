@@ -116,3 +116,54 @@ async def test_custom_template_must_declare_its_placeholders(plane: Plane) -> No
         await kubernetes_pool(plane, json.dumps(template))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "extra" in (error.value.details() or "")
+
+
+async def test_job_variables_keep_their_order_through_storage_and_the_dry_run(
+    plane: Plane,
+) -> None:
+    await kubernetes_pool(plane)
+    env = {"SERVICE_HOST": "api", "API_URL": "http://$(SERVICE_HOST)/v1", "B": "x"}
+    await deploy(plane, {"image": "reg/flows:1", "env": env})
+    stored = await plane.control.GetDeployment(pb.GetDeploymentRequest(name="etl"))
+    assert list(json.loads(stored.deployment.job_variables_json)["env"]) == list(env)
+    response = await plane.control.RenderDeployment(
+        pb.RenderDeploymentRequest(deployment_name="etl", job_variables_json='{"env": {"Z": "1"}}')
+    )
+    container = json.loads(response.manifest_json)["spec"]["template"]["spec"]["containers"][0]
+    names = [e["name"] for e in container["env"]]
+    # The deployment's in its order, the run's new names after them, then the engine's.
+    assert names[:4] == ["SERVICE_HOST", "API_URL", "B", "Z"]
+
+
+async def test_the_dry_run_of_a_process_pool_says_what_runs(plane: Plane) -> None:
+    await plane.control.CreatePool(
+        pb.CreatePoolRequest(name="local", type=types_pb2.POOL_TYPE_PROCESS)
+    )
+    await plane.control.UpsertDeployment(
+        pb.UpsertDeploymentRequest(
+            deployment=types_pb2.Deployment(
+                name="local-etl",
+                entrypoint="flows/etl.py:main",
+                source=types_pb2.Source(local=types_pb2.LocalSource(path="/opt/code")),
+                pool="local",
+                job_variables_json=json.dumps({"env": {"Z_FIRST": "1", "A_SECOND": "2"}}),
+            )
+        )
+    )
+    response = await plane.control.RenderDeployment(
+        pb.RenderDeploymentRequest(deployment_name="local-etl")
+    )
+    plan = json.loads(response.manifest_json)["process"]
+    assert plan["command"][1:] == ["execute", "0" * 32]
+    assert "--engine-command" in plan["command"][0]
+    assert plan["working_directory"].endswith(f"/{'0' * 32}-1")
+    assert list(plan["environment"]) == [
+        "Z_FIRST",
+        "A_SECOND",
+        "FLOWYARD_SERVER",
+        "FLOWYARD_RUN_ID",
+        "FLOWYARD_RUN_ATTEMPT",
+        "FLOWYARD_RUN_TOKEN",
+    ]
+    assert plan["environment"]["FLOWYARD_RUN_TOKEN"] == "<the attempt's engine token>"
+    assert "FLOWYARD_TOKEN" in plan["inherits"]

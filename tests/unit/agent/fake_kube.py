@@ -98,6 +98,15 @@ class FakeKube(KubeClient):
         ]
         return ObjectList(items, str(self.version))
 
+    async def list_all_namespaces(self, resource: Resource, selector: str) -> ObjectList:
+        self._call("list", resource, "*")
+        items = [
+            copy.deepcopy(obj)
+            for (kind, _, _), obj in self.objects.items()
+            if kind is resource and _matches(obj, selector)
+        ]
+        return ObjectList(items, str(self.version))
+
     async def watch(
         self,
         resource: Resource,

@@ -191,6 +191,25 @@ def test_invalid_namespace_exits_2(namespace: str, capsys: pytest.CaptureFixture
     assert "--namespace" in capsys.readouterr().err
 
 
+def test_watch_namespaces_from_flags_or_environment() -> None:
+    base = ["--pool", "p", "--runtime", "kubernetes", "--namespace", "flows"]
+    env = {"FLOWYARD_WATCH_NAMESPACES": "team-a, team-b,,flows"}
+    # The agent's own namespace is watched anyway; duplicates and blanks are dropped.
+    assert parse(base, env).kubernetes.watch_namespaces == ("team-a", "team-b")
+    flags = [*base, "--watch-namespace", "team-c", "--watch-namespace", "team-c"]
+    assert parse(flags, env).kubernetes.watch_namespaces == ("team-c",)
+    assert parse(base).kubernetes.watch_namespaces == ()
+
+
+def test_an_invalid_watch_namespace_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse(["--pool", "p", "--watch-namespace", "Team_A"])
+    assert exited.value.code == 2
+    assert "--watch-namespace must be a Kubernetes namespace name, got 'Team_A'" in (
+        capsys.readouterr().err
+    )
+
+
 def test_kubernetes_runtime_is_built_from_settings() -> None:
     settings = parse(["--pool", "p", "--runtime", "kubernetes"])
     assert isinstance(make_runtime(settings), KubernetesRuntime)

@@ -14,6 +14,7 @@ from agent.kubernetes.diagnosis import (
     job_outcome,
     latest_pod,
     pod_started,
+    pull_error_is_final,
 )
 from agent.models import InfraEventKind as Kind
 
@@ -226,3 +227,87 @@ def test_job_deleted() -> None:
         Kind.DELETED, "Deleted", "the Job flowyard-r-1 was deleted by someone else"
     )
     assert "by the agent" in job_deleted(job(), by_agent=True).message
+
+
+# Pull errors as kubelets with containerd, CRI-O and Docker word them.
+NOT_FOUND = (
+    'rpc error: code = NotFound desc = failed to pull and unpack image "docker.io/library/nginx:'
+    'nope": failed to resolve reference "docker.io/library/nginx:nope": docker.io/library/'
+    "nginx:nope: not found"
+)
+NO_REPOSITORY = (
+    'failed to pull and unpack image "docker.io/nobody/nothing:1": failed to resolve reference '
+    '"docker.io/nobody/nothing:1": pull access denied, repository does not exist or may require '
+    "authorization: server message: insufficient_scope: authorization failed"
+)
+DOCKERD_MANIFEST = (
+    "Error response from daemon: manifest for nginx:nope not found: manifest unknown: "
+    "manifest unknown"
+)
+CRIO_NAME_UNKNOWN = (
+    "reading manifest 1 in quay.io/team/nothing: name unknown: repository name not known to "
+    "registry"
+)
+TIMEOUT = (
+    'failed to pull and unpack image "registry.example.com/flows:1": failed to resolve '
+    'reference "registry.example.com/flows:1": failed to do request: Head "https://registry.'
+    'example.com/v2/flows/manifests/1": dial tcp 10.0.0.7:443: i/o timeout'
+)
+RATE_LIMITED = (
+    'failed to resolve reference "docker.io/library/nginx:1": unexpected status from HEAD '
+    "request to https://registry-1.docker.io/v2/library/nginx/manifests/1: 429 Too Many "
+    "Requests - Server message: toomanyrequests: You have reached your pull rate limit"
+)
+UNAUTHORIZED = (
+    'failed to resolve reference "ghcr.io/team/flows:1": failed to authorize: failed to fetch '
+    "anonymous token: unexpected status from GET request to https://ghcr.io/token: 401 "
+    "Unauthorized"
+)
+# A registry that is down answers "not found" for its token endpoint now and then: the
+# timeout in the same message says it may heal.
+MIXED = f"{TIMEOUT}; token endpoint not found"
+
+
+@pytest.mark.parametrize(
+    ("reason", "message", "final"),
+    [
+        ("ErrImagePull", NOT_FOUND, True),
+        ("ErrImagePull", NO_REPOSITORY, True),
+        ("ErrImagePull", DOCKERD_MANIFEST, True),
+        ("ErrImagePull", CRIO_NAME_UNKNOWN, True),
+        # The back-off's own message says nothing; one that quotes the pull error counts.
+        ("ImagePullBackOff", 'Back-off pulling image "nginx:nope"', False),
+        (
+            "ImagePullBackOff",
+            f'Back-off pulling image "nginx:nope": ErrImagePull: {NOT_FOUND}',
+            True,
+        ),
+        (
+            "InvalidImageName",
+            'couldn\'t parse image name "Bad Image": invalid reference format',
+            True,
+        ),
+        ("ErrImagePull", TIMEOUT, False),
+        ("ErrImagePull", RATE_LIMITED, False),
+        ("ErrImagePull", UNAUTHORIZED, False),
+        ("ErrImagePull", MIXED, False),
+        (
+            "ErrImageNeverPull",
+            'Container image "x:1" is not present with pull policy of Never',
+            False,
+        ),
+    ],
+)
+def test_only_pull_errors_that_cannot_heal_are_final(
+    reason: str, message: str, final: bool
+) -> None:
+    verdict = diagnose_pod(pod("Pending", waiting(reason, message)))
+    assert verdict is not None and verdict.kind is Kind.IMAGE_PULL_ERROR
+    assert pull_error_is_final(verdict) is final
+
+
+def test_a_pull_error_names_the_image_when_its_message_does_not() -> None:
+    status = {**waiting("ImagePullBackOff", "Back-off pulling image"), "image": "team/flows:1"}
+    verdict = diagnose_pod(pod("Pending", status))
+    assert verdict is not None
+    assert verdict.message == 'image "team/flows:1": Back-off pulling image'

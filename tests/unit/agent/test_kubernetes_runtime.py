@@ -143,8 +143,10 @@ async def test_submit_creates_the_secret_then_the_job_and_makes_the_job_its_owne
     assert job["metadata"]["annotations"][POD_START_TIMEOUT_ANNOTATION] == "42"
     env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["FLOWYARD_SERVER"]["value"] == "cp.flowyard:7700"
-    # Only the agent's namespace is watched, never the whole cluster.
-    assert {c.split()[-1] for c in kube.calls if c.startswith(("list", "watch"))} == {"default"}
+    # Only the agent's namespace is watched, never the whole cluster: across namespaces the
+    # pool's Jobs are listed once, at start, to find the namespaces to watch.
+    assert {c.split()[-1] for c in kube.calls if c.startswith("watch")} == {"default"}
+    assert [c for c in kube.calls if c.endswith(" *")] == ["list jobs *"]
 
 
 async def test_a_namespace_nobody_chose_is_the_agents_own(kube: FakeKube, events: Events) -> None:

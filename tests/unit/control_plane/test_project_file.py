@@ -213,6 +213,15 @@ def test_changes_are_listed_field_by_field(tmp_path: Path) -> None:
     ]
 
 
+def test_a_new_env_order_is_a_change(tmp_path: Path) -> None:
+    old = load_project(write(tmp_path, PROJECT), "etl-daily")[0].deployment
+    old.job_variables_json = json.dumps({"env": {"HOST": "api", "URL": "http://$(HOST)"}})
+    new = types_pb2.Deployment()
+    new.CopyFrom(old)
+    new.job_variables_json = json.dumps({"env": {"URL": "http://$(HOST)", "HOST": "api"}})
+    assert changes(old, new) == [("job_variables.env (order)", "'HOST, URL'", "'URL, HOST'")]
+
+
 def test_deploy_flags_belong_to_an_entrypoint(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
