@@ -98,12 +98,16 @@ class AgentRegistry:
 
     def __init__(self) -> None:
         self._sessions: dict[str, AgentSession] = {}
+        # The latest admitted session of each (pool id, agent name): admit stays O(1) in a
+        # fleet of thousands reconnecting at once.
+        self._named: dict[tuple[str, str], AgentSession] = {}
         # When sessions ended, for the reaper's "agent gone too long" rule; oldest first.
         self._departed: dict[str, datetime] = {}
 
     def add(self, session: AgentSession) -> None:
         """Register a session once its Hello was accepted."""
         self._sessions[session.id] = session
+        self._named[session.pool_id, session.agent_name] = session
 
     def admit(self, session: AgentSession, silence_seconds: float) -> AgentSession | None:
         """Register a session unless another instance of its agent is connected.
@@ -116,18 +120,9 @@ class AgentRegistry:
             AlreadyExists: a session of another instance with this name is connected to the
                 pool; the message says which, and how the agent gets in.
         """
-        holder = next(
-            (
-                s
-                for s in self._sessions.values()
-                if s.pool_id == session.pool_id
-                and s.agent_name == session.agent_name
-                and not s.closing
-            ),
-            None,
-        )
+        holder = self._named.get((session.pool_id, session.agent_name))
         replaced = None
-        if holder is not None:
+        if holder is not None and self.connected(holder):
             # Without an instance id (an older agent) a reconnect cannot be told from a second
             # agent: refusing is the safe answer, and the agent's retries get it in later.
             if not session.instance_id or holder.instance_id != session.instance_id:
@@ -140,6 +135,9 @@ class AgentRegistry:
 
     def remove(self, session: AgentSession) -> None:
         """Forget a session whose stream ended."""
+        key = (session.pool_id, session.agent_name)
+        if self._named.get(key) is session:
+            del self._named[key]
         if self._sessions.pop(session.id, None) is not None:
             self._departed[session.id] = clock.now()
             while len(self._departed) > MAX_DEPARTED:
