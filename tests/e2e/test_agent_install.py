@@ -131,3 +131,17 @@ def test_minting_without_a_reachable_control_plane_says_what_to_do(tmp_path: Pat
     assert "cannot mint the agent's token" in result.stderr, result.stderr
     assert "--token" in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""  # nothing half-printed into kubectl
+
+
+def test_with_a_token_given_no_control_plane_is_needed_and_the_namespace_can_be_left_out(
+    tmp_path: Path,
+) -> None:
+    env = {"FLOWYARD_SERVER": f"127.0.0.1:{free_port()}"}  # nothing listens: never dialled
+    line = readme_install_line()
+    given = flowyard([*line, "--token", "t0ken", "--no-create-namespace"], env)
+    assert given.returncode == 0, given.stderr
+    objects = list(yaml.safe_load_all(given.stdout))
+    assert [o["kind"] for o in objects][:1] == ["ServiceAccount"]
+    assert objects[3]["stringData"] == {"token": "t0ken"}
+    both = flowyard([*line, "--token", "t", "--token-secret", "mine"], env)
+    assert both.returncode == 2 and "not both" in both.stderr, both.stderr
