@@ -129,8 +129,12 @@ class Session:
         self.welcome = welcome
         self._server_alive()
         logger.info(
-            "connected to %s: session %s (heartbeat every %g s, server %s)",
+            "connected to %s as agent %r of pool %r (instance %s): session %s "
+            "(heartbeat every %g s, server %s)",
             self._connection.server,
+            self._agent.name,
+            self._agent.pool,
+            self._agent.instance_id,
             welcome.session_id,
             welcome.heartbeat_interval,
             welcome.server_version or "unknown",
@@ -170,6 +174,7 @@ class Session:
             agent_name=self._agent.name,
             pool=self._agent.pool,
             queues=list(self._agent.queues),
+            instance_id=self._agent.instance_id,
             capacity=state.capacity,
             runtime=self._runtime_name,
             version=__version__,
@@ -262,6 +267,10 @@ def _session_error(error: grpc.aio.AioRpcError) -> SessionError:
     details = error.details() or ""
     if code in FATAL_CODES:
         return SessionRejected(code.name, details)
+    if code is grpc.StatusCode.ALREADY_EXISTS:
+        # Another process connected under this agent's name. Not fatal: during a rollout the
+        # old pod's session may not have ended yet, and retrying gets this one in once it has.
+        return StreamBroken(f"refused, this agent's name is in use: {details}")
     return StreamBroken(f"{code.name}: {details}" if details else code.name)
 
 

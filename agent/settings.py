@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import secrets
 import shlex
 import socket
 import sys
@@ -85,11 +86,18 @@ class ConnectionSettings:
     silent_intervals: int = 3
 
 
+def new_instance_id(hostname: str | None = None) -> str:
+    """An id for this agent process: its host (a pod's name, in Kubernetes) and a random part."""
+    return f"{hostname or socket.gethostname()}-{secrets.token_hex(4)}"
+
+
 @dataclass(frozen=True)
 class AgentSettings:
     """Who the agent is and how much work it takes."""
 
     pool: str
+    # The agent's identity in its pool: a new process of the same name takes over the runs
+    # its predecessors held, so it must survive restarts and rollouts (not a pod's name).
     name: str
     capacity: int = DEFAULT_CAPACITY
     runtime: str = "process"
@@ -97,6 +105,9 @@ class AgentSettings:
     queues: tuple[str, ...] = ()
     # On SIGTERM: how long in-flight work (a submission, the last reports) may take to finish.
     shutdown_grace: float = 5.0
+    # This process, unlike every other one using ``name``: the server lets the same instance
+    # replace its stale session at once and refuses another instance while one is connected.
+    instance_id: str = field(default_factory=new_instance_id)
 
 
 @dataclass(frozen=True)
@@ -233,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--name",
-        help="agent name, stable across restarts (env FLOWYARD_AGENT_NAME, default: host name)",
+        help="agent name: its identity in the pool, unique there and stable across restarts "
+        "(env FLOWYARD_AGENT_NAME, default: host name)",
     )
     parser.add_argument(
         "--capacity",
@@ -377,6 +389,7 @@ def _settings(
             capacity=capacity,
             runtime=args.runtime,
             queues=tuple(q.strip() for q in args.queues if q.strip()),
+            instance_id=new_instance_id(hostname),
         ),
         connection=ConnectionSettings(server=server, token=_token(args, environ, server), tls=tls),
         process=ProcessSettings(

@@ -5,6 +5,11 @@ ServiceAccount, bound to a namespaced Role that grants only the verbs the agent 
 (:data:`AGENT_RULES`): nothing cluster-wide, no access to other namespaces. A deployment whose
 ``namespace`` job variable points elsewhere needs the same Role and a RoleBinding there.
 
+The agent's name, its identity towards the control plane, is ``<namespace>/<install name>``
+(:func:`agent_name`), written into the Deployment: it survives rollouts, evictions and node
+drains, so the agent of a replacement pod takes over the runs its predecessor held. The pod's
+name only goes into the instance id the agent makes up for each process.
+
 Pure: dicts out, and YAML text via PyYAML (not the Kubernetes client).
 """
 
@@ -13,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-__all__ = ["AGENT_RULES", "AGENT_UID", "install_manifests", "to_yaml"]
+__all__ = ["AGENT_RULES", "AGENT_UID", "agent_name", "install_manifests", "to_yaml"]
 
 AGENT_UID: Final = 10001
 """The non-root user of the agent image (see ``Dockerfile.agent``)."""
@@ -44,6 +49,11 @@ _DNS_SUBDOMAIN: Final = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 _TOKEN_SECRET_SUFFIX: Final = "-token"
 
 
+def agent_name(namespace: str, name: str) -> str:
+    """The name the installed agent connects with: one per install, whatever its pod is called."""
+    return f"{namespace}/{name}"
+
+
 def install_manifests(
     *,
     pool: str,
@@ -54,10 +64,12 @@ def install_manifests(
     name: str = "flowyard-agent",
     capacity: int = 10,
     token_secret: str = "",
+    create_namespace: bool = True,
 ) -> list[dict[str, Any]]:
     """The objects to apply, in order, to run agent ``name`` for ``pool`` in ``namespace``.
 
-    ServiceAccount, Role, RoleBinding, the Secret with the agent token (key ``token``), and a
+    The Namespace (unless ``create_namespace`` is false: it exists already), ServiceAccount,
+    Role, RoleBinding, the Secret with the agent token (key ``token``), and a
     single-replica Deployment that reads the token from that Secret (``FLOWYARD_TOKEN``); the
     token is never a literal in the Deployment. With ``token_secret`` instead of
     ``agent_token``, no Secret is emitted: the Deployment references an existing Secret of
@@ -100,6 +112,13 @@ def install_manifests(
         raise ValueError(f"token secret {token_secret!r} is not a valid Secret name")
     emit_secret = not token_secret
     token_secret = token_secret or name + _TOKEN_SECRET_SUFFIX
+    # Without the instance label: removing the agent by that label leaves the namespace, and
+    # the Jobs in it, alone.
+    namespace_object = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": namespace, "labels": {"app.kubernetes.io/part-of": "flowyard"}},
+    }
     service_account = {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
@@ -142,8 +161,9 @@ def install_manifests(
         "metadata": metadata(name),
         "spec": {
             "replicas": 1,
-            # Never two agents of the same name at once, not even during a rollout: the old
-            # pod is gone before the new one starts.
+            # Never two agents of the same name at once during a rollout: the old pod is gone
+            # before the new one starts. (An evicted pod's replacement may start while it
+            # drains; the control plane then lets the new agent in once the old one left.)
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": dict(labels)},
             "template": {
@@ -178,9 +198,10 @@ def install_manifests(
                             "env": [
                                 {"name": "FLOWYARD_SERVER", "value": server},
                                 {"name": "FLOWYARD_POOL", "value": pool},
+                                # Not the pod's name, which changes with every new pod.
                                 {
                                     "name": "FLOWYARD_AGENT_NAME",
-                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                                    "value": agent_name(namespace, name),
                                 },
                                 {
                                     "name": "FLOWYARD_TOKEN",
@@ -209,9 +230,11 @@ def install_manifests(
             },
         },
     }
-    if not emit_secret:
-        return [service_account, role, role_binding, deployment]
-    return [service_account, role, role_binding, secret, deployment]
+    manifests: list[dict[str, Any]] = [namespace_object] if create_namespace else []
+    manifests += [service_account, role, role_binding]
+    if emit_secret:
+        manifests.append(secret)
+    return [*manifests, deployment]
 
 
 def to_yaml(manifests: list[dict[str, Any]]) -> str:

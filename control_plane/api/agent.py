@@ -21,7 +21,13 @@ from control_plane import __version__
 from control_plane.api import convert
 from control_plane.api.errors import streaming
 from control_plane.auth.principals import TokenKind, caller
-from control_plane.errors import FlowyardError, InvalidArgument, PermissionDenied, Unauthenticated
+from control_plane.errors import (
+    AlreadyExists,
+    FlowyardError,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+)
 from control_plane.orchestration import clock, queues, validation
 from control_plane.orchestration.agents import (
     AgentRegistry,
@@ -94,12 +100,18 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         if first.WhichOneof("message") != "hello":
             raise InvalidArgument("the first message of Connect must be Hello")
         session = await self._db.shielded(self._open(first.hello))
-        self._agents.add(session)
+        try:
+            replaced = self._agents.admit(session, self._silence_seconds)
+        except AlreadyExists as refused:
+            log.warning("refused a second agent: %s", refused)
+            raise
         log.info(
-            "agent %s connected to pool %s (session %s)",
+            "agent %s (instance %s) connected to pool %s (session %s%s)",
             session.agent_name,
+            session.instance_id or "not given",
             session.pool_name,
             session.id,
+            f", replacing its stale session {replaced.id}" if replaced else "",
         )
         reader = asyncio.create_task(
             self._read(request_iterator, session), name=f"agent-reader-{session.id}"
@@ -147,8 +159,13 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             await self._db.shielded(self._reports.session_closed(session))
             self._notifier.wake_dispatcher()
 
+    @property
+    def _silence_seconds(self) -> float:
+        return SILENT_INTERVALS * self._heartbeat.total_seconds()
+
     async def _open(self, hello: pb.Hello) -> AgentSession:
         validation.text(hello.agent_name, "hello.agent_name", MAX_AGENT_NAME_CHARS, required=True)
+        validation.text(hello.instance_id, "hello.instance_id", MAX_AGENT_NAME_CHARS)
         validation.pool_name(hello.pool, "hello.pool")
         principal = caller()
         # Checked before the pool is looked up: a token of another pool learns nothing.
@@ -182,6 +199,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             credits=hello.capacity,
             queues=await queues.check_names(self._db, pool, list(hello.queues), "hello.queues"),
             token_id=principal.token_id,
+            instance_id=hello.instance_id,
         )
 
     async def _read(
@@ -191,7 +209,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         # The agent heartbeats at the interval Welcome told it; silence for this long means
         # the connection is dead without having failed (a partition): close the session so
         # that its runs are released and a new session of the agent can take them over.
-        silence = SILENT_INTERVALS * self._heartbeat.total_seconds()
+        silence = self._silence_seconds
         try:
             while True:
                 try:

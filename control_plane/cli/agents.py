@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
+
+from control_plane.cli import output
 
 
 @click.group("agent")
@@ -43,14 +47,24 @@ def agent_group() -> None:
     "agent_token",
     default="",
     envvar="FLOWYARD_AGENT_TOKEN",
-    help="Agent token ('flowyard token create --agent --pool P'), put in the agent's Secret.",
+    help="Agent token ('flowyard token create --agent --pool P'), put in the agent's Secret. "
+    "Without it or --token-secret, a new agent token of the pool is minted (needs an admin "
+    "token and the control plane, like 'flowyard token create').",
 )
 @click.option(
     "--token-secret",
     default="",
     help="Instead of --token: an existing Secret (key 'token') the agent reads its token from.",
 )
+@click.option(
+    "--create-namespace/--no-create-namespace",
+    default=True,
+    show_default=True,
+    help="Print the Namespace object first (leave it out when the namespace exists).",
+)
+@click.pass_obj
 def agent_install(
+    session: Any,
     pool_name: str,
     namespace: str,
     image: str,
@@ -59,13 +73,19 @@ def agent_install(
     capacity: int,
     agent_token: str,
     token_secret: str,
+    create_namespace: bool,
 ) -> None:
     """Print the manifests that install an agent in a cluster: pipe them to `kubectl apply -f -`.
 
-    The agent reads its token from a Secret, never from a literal in its Deployment.
+    The agent reads its token from a Secret, never from a literal in its Deployment. Without
+    --token or --token-secret, a new agent token of the pool is minted for this install.
     """
-    from agent.kubernetes.install import install_manifests, to_yaml
+    from agent.kubernetes.install import agent_name, install_manifests, to_yaml
 
+    if agent_token and token_secret:
+        raise click.UsageError("give --token or --token-secret, not both")
+    if not agent_token and not token_secret:
+        agent_token = _mint(session, pool_name, agent_name(namespace, name))
     try:
         manifests = install_manifests(
             pool=pool_name,
@@ -76,7 +96,38 @@ def agent_install(
             name=name,
             capacity=capacity,
             token_secret=token_secret,
+            create_namespace=create_namespace,
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from error
     click.echo(to_yaml(manifests), nl=False)
+
+
+def _mint(session: Any, pool: str, agent: str) -> str:
+    """A new agent token of ``pool`` for this install (shown only inside the manifests)."""
+    import grpc
+
+    from control_plane.cli.client import describe
+    from flowyard.v1 import control_plane_pb2 as pb
+
+    try:
+        response = session.stub.CreateToken(
+            pb.CreateTokenRequest(
+                kind=pb.TOKEN_KIND_AGENT,
+                pool=pool,
+                description=f"agent {agent} (flowyard agent install)",
+            )
+        )
+    except grpc.RpcError as error:
+        # The install's own --server is the address pods dial, not the one used here.
+        raise click.ClickException(
+            f"cannot mint the agent's token: {describe(error, session.server)}. Run this where "
+            "the control plane is reachable with an admin token ('flowyard --server HOST:PORT "
+            "agent install ...'), or pass --token or --token-secret"
+        ) from error
+    # On stderr: stdout is the manifests, piped to kubectl.
+    output.errors.print(
+        f"Minted agent token {response.info.id} for pool {pool!r}; it is in the Secret below "
+        "(revoke it with 'flowyard token revoke ID' when the agent is removed)"
+    )
+    return str(response.token)

@@ -1,8 +1,11 @@
 """What agents and engines report, applied to runs under the state rules.
 
-Agent reports are fenced: a report counts only if the reporting session holds the run, or the
-run's holder was an earlier session of the same agent that is no longer connected (the agent
-restarted or reconnected); the new session then takes the run over. Engine reports are
+Agent reports are fenced: a report counts only if the reporting session is connected and holds
+the run, or the run's holder was an earlier session of the same agent (same pool and name) that
+is no longer connected (the agent restarted, reconnected, or its pod was replaced); the new
+session then takes the run over by a compare-and-set on the run. A session that was replaced
+or is closing reports nothing, and since only one session per name is connected at a time
+(``AgentRegistry.admit``), two live agents never both act on one run. Engine reports are
 authenticated by the attempt's token before they get here.
 """
 
@@ -274,6 +277,15 @@ class AgentReports:
     async def _held_run(
         self, conn: AsyncConnection, session: AgentSession, run_id: str, attempt: int
     ) -> Run | None:
+        if not self._agents.connected(session):
+            log.info(
+                "ignoring a report about run %s from agent %s: its session %s was replaced "
+                "or is ending",
+                run_id,
+                session.agent_name,
+                session.id,
+            )
+            return None
         run = await repo.get_run(conn, run_id)
         if run is None or run.attempt != attempt:
             return None
@@ -297,10 +309,11 @@ class AgentReports:
         return await retrying(apply)
 
     def _may_take_over(self, session: AgentSession, run: Run) -> bool:
+        holder = self._agents.get(run.agent_session_id)
         return (
             run.pool_id == session.pool_id
             and run.agent_name == session.agent_name
-            and self._agents.get(run.agent_session_id) is None
+            and (holder is None or not self._agents.connected(holder))
         )
 
     async def _system_lines(

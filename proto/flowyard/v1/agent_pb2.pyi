@@ -228,8 +228,14 @@ class Hello(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     OBSERVED_RUNS_FIELD_NUMBER: _builtins.int
     QUEUES_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
     agent_name: _builtins.str
-    """Name of this agent (stable across restarts: host name or pod name)."""
+    """Name of this agent: its identity in the pool, stable across restarts and rollouts (the
+    host name for an agent on a machine; for one installed by `flowyard agent install`,
+    "<namespace>/<install name>", never the pod name, which changes on every rollout). A new
+    session of the same name takes over the runs its departed predecessors held. At most one
+    session per name and pool is connected at a time (see Connect).
+    """
     pool: _builtins.str
     """The pool whose runs this agent takes. It must exist."""
     capacity: _builtins.int
@@ -238,6 +244,14 @@ class Hello(_message.Message):
     """The runtime this agent uses: "process" or "kubernetes"."""
     version: _builtins.str
     """The agent's Flowyard version."""
+    instance_id: _builtins.str
+    """Id of this agent process, new each time the agent starts and the same for all its
+    sessions (e.g. "<host>-<random>"); at most 200 characters. It tells a reconnect of the
+    same process (which replaces its stale session at once) from a second process using the
+    same agent_name (refused while the first is connected). Empty (older agents) counts
+    as an instance of its own: such an agent is refused while its name is connected and
+    retries until the earlier session ends.
+    """
     @_builtins.property
     def observed_runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ObservedRun]:
         """Runs whose infrastructure the agent can see; the server sends Cancel for each one
@@ -258,10 +272,11 @@ class Hello(_message.Message):
         version: _builtins.str = ...,
         observed_runs: _abc.Iterable[Global___ObservedRun] | None = ...,
         queues: _abc.Iterable[_builtins.str] | None = ...,
+        instance_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_name", b"agent_name", "capacity", b"capacity", "observed_runs", b"observed_runs", "pool", b"pool", "queues", b"queues", "runtime", b"runtime", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_name", b"agent_name", "capacity", b"capacity", "instance_id", b"instance_id", "observed_runs", b"observed_runs", "pool", b"pool", "queues", b"queues", "runtime", b"runtime", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -57,6 +57,13 @@ class AgentServiceServicer:
     def Connect(self, request_iterator, context):
         """Connect is the agent's session. The agent sends Hello first and the server answers
         Welcome (or closes the stream with INVALID_ARGUMENT / NOT_FOUND for a bad pool).
+        An agent name is one agent of a pool: while a session of one name is connected, a
+        Hello with that name from another instance (Hello.instance_id) is refused with
+        ALREADY_EXISTS, naming the pool, the name and both instances. The refused agent
+        retries with backoff, so an agent replacing one whose session has not ended yet (a
+        rollout, a pod whose old copy is still draining) connects once that session ends or is
+        closed for silence (3 heartbeat intervals). A Hello from the same instance replaces its
+        own earlier session at once (a reconnect the server had not noticed yet).
         The server then pushes Assign while the agent has credit, and Cancel when a run it
         holds is cancelled; the agent reports what happens to each run. Either side may send
         Heartbeat. A report about a run the session does not hold is ignored (fencing): an

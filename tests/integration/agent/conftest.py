@@ -109,10 +109,13 @@ class FakeAgentService(agent_pb2_grpc.AgentServiceServicer):
         self.send_heartbeats = send_heartbeats
         self.reject = reject
         self.sessions: list[FakeSession] = []
+        #: Every Hello received, refused ones included.
+        self.hellos: list[agent_pb2.Hello] = []
 
     async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         first = await context.read()
         assert first.WhichOneof("message") == "hello", first
+        self.hellos.append(first.hello)
         if self.reject is not None:
             await context.abort(*self.reject)
         session = FakeSession(index=len(self.sessions), hello=first.hello, received=[first])

@@ -230,6 +230,27 @@ async def test_a_rejected_agent_exits_2_with_the_server_message(
     assert "pool 'nope' does not exist" in log
 
 
+async def test_a_name_in_use_is_logged_and_retried_until_the_server_lets_the_agent_in(
+    fake_server: FakeServer,
+    make_service: MakeService,
+    start_agent: StartAgent,
+    eventually: Eventually,
+) -> None:
+    why = "pool 'test-pool' already has a connected agent named 'agent-1' (instance 'pod-a')"
+    service = make_service(reject=(grpc.StatusCode.ALREADY_EXISTS, why))
+    await fake_server.start(service)
+    agent = await start_agent(fake_server.address)
+    refused = "refused, this agent's name is in use: " + why
+    await eventually(lambda: agent.log().count(refused) >= 2, agent, message="two refusals")
+    assert agent.process.returncode is None  # not fatal: the other agent may be on its way out
+    service.reject = None  # the other agent's session ended
+    await eventually(lambda: bool(service.sessions), agent, message="a session")
+    # One process is one instance, across all its attempts.
+    instances = {hello.instance_id for hello in service.hellos}
+    assert len(instances) == 1 and "" not in instances, instances
+    assert (instances.pop() or "") in agent.log()
+
+
 async def test_sigterm_stops_the_agent_and_leaves_engines_running(
     fake_server: FakeServer,
     make_service: MakeService,

@@ -159,12 +159,14 @@ def agent_stream(
     capacity: int = 1,
     name: str = "agent-1",
     observed: list[agent_pb2.ObservedRun] | None = None,
+    instance: str = "",
 ) -> Stream:
     stream = Stream(plane.agents.Connect)
     stream.send(
         agent_pb2.ConnectRequest(
             hello=agent_pb2.Hello(
                 agent_name=name,
+                instance_id=instance,
                 pool=pool,
                 capacity=capacity,
                 runtime="process",

@@ -296,3 +296,11 @@ def test_incomplete_tls_exits_2(
         parse(["--pool", "p", *[a.format(f=existing) for a in argv]])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_each_process_is_its_own_instance_named_after_its_host() -> None:
+    """The name is shared by every process of one agent; the instance id tells them apart."""
+    first, second = parse(["--pool", "p", "--name", "a"]), parse(["--pool", "p", "--name", "a"])
+    assert first.agent.name == second.agent.name == "a"
+    assert first.agent.instance_id.startswith("host-1-")
+    assert first.agent.instance_id != second.agent.instance_id

@@ -34,6 +34,7 @@ def by_kind(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_every_manifest_validates() -> None:
     manifests = install_manifests(**ARGS, agent_token="t0ken")
     assert [m["kind"] for m in manifests] == [
+        "Namespace",
         "ServiceAccount",
         "Role",
         "RoleBinding",
@@ -42,7 +43,33 @@ def test_every_manifest_validates() -> None:
     ]
     for manifest in manifests:
         kubernetes_validate.validate(manifest, kubernetes_validate.latest_version(), strict=True)
-        assert manifest["metadata"]["namespace"] == "flowyard"
+    # The namespace comes first, so the rest applies on a fresh cluster.
+    assert manifests[0]["metadata"]["name"] == "flowyard"
+    assert all(m["metadata"]["namespace"] == "flowyard" for m in manifests[1:])
+
+
+def test_the_namespace_can_be_left_out_and_is_not_removed_with_the_agent() -> None:
+    with_namespace = install_manifests(**ARGS, agent_token="t")
+    # Removing the agent by its instance label must not delete the namespace and its Jobs.
+    assert "app.kubernetes.io/instance" not in with_namespace[0]["metadata"]["labels"]
+    assert all("app.kubernetes.io/instance" in m["metadata"]["labels"] for m in with_namespace[1:])
+    without = install_manifests(**ARGS, agent_token="t", create_namespace=False)
+    assert without == with_namespace[1:]
+
+
+def test_the_agent_name_survives_pod_replacement() -> None:
+    """Not the pod's name: a new pod's agent must take over the runs of the one it replaces."""
+    deployment = by_kind(install_manifests(**ARGS, name="agent-a", agent_token="t"))["Deployment"]
+    agent = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item for item in agent["env"]}
+    assert env["FLOWYARD_AGENT_NAME"] == {
+        "name": "FLOWYARD_AGENT_NAME",
+        "value": "flowyard/agent-a",
+    }
+    # Two installs in two namespaces are two agents.
+    other = install_manifests(**{**ARGS, "namespace": "team-b"}, name="agent-a", agent_token="t")
+    other_env = by_kind(other)["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "FLOWYARD_AGENT_NAME", "value": "team-b/agent-a"} in other_env
 
 
 def test_role_grants_only_what_the_agent_uses() -> None:
@@ -103,7 +130,7 @@ def test_deployment() -> None:
     env = {item["name"]: item for item in agent["env"]}
     assert env["FLOWYARD_SERVER"]["value"] == ARGS["server"]
     assert env["FLOWYARD_POOL"]["value"] == "k8s-pool"
-    assert env["FLOWYARD_AGENT_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["FLOWYARD_AGENT_NAME"]["value"] == "flowyard/agent-a"
     secret = kinds["Secret"]
     assert env["FLOWYARD_TOKEN"]["valueFrom"] == {
         "secretKeyRef": {"name": secret["metadata"]["name"], "key": "token"}
@@ -121,6 +148,7 @@ def test_a_token_or_an_existing_secret_is_required() -> None:
 def test_an_existing_token_secret_keeps_the_token_out_of_the_manifests() -> None:
     manifests = install_manifests(**ARGS, token_secret="agent-token-from-vault")
     assert [m["kind"] for m in manifests] == [
+        "Namespace",
         "ServiceAccount",
         "Role",
         "RoleBinding",
@@ -158,7 +186,7 @@ def test_to_yaml_round_trips() -> None:
     text = to_yaml(manifests)
     assert text.count("\n---\n") == len(manifests) - 1
     assert list(yaml.safe_load_all(text)) == manifests
-    assert text.startswith("apiVersion: v1\nkind: ServiceAccount\n")
+    assert text.startswith("apiVersion: v1\nkind: Namespace\n")
 
 
 def test_to_yaml_writes_shared_objects_out() -> None:
