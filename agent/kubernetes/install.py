@@ -2,8 +2,10 @@
 
 One agent serves one pool in one namespace and creates its runs' Jobs there. It runs as its own
 ServiceAccount, bound to a namespaced Role that grants only the verbs the agent uses
-(:data:`AGENT_RULES`): nothing cluster-wide, no access to other namespaces. A deployment whose
-``namespace`` job variable points elsewhere needs the same Role and a RoleBinding there.
+(:data:`AGENT_RULES`). The one cluster-wide grant is ``list`` on Jobs (a ClusterRole, left out
+with ``cluster_list=False``): at start the agent lists its pool's Jobs in every namespace, so
+it watches again the runs a ``namespace`` job variable put elsewhere. Such a namespace needs
+the same Role and a RoleBinding there.
 
 The agent's name, its identity towards the control plane, is ``<namespace>/<install name>``
 (:func:`agent_name`), written into the Deployment: it survives rollouts, evictions and node
@@ -18,7 +20,14 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-__all__ = ["AGENT_RULES", "AGENT_UID", "agent_name", "install_manifests", "to_yaml"]
+__all__ = [
+    "AGENT_RULES",
+    "AGENT_UID",
+    "CLUSTER_RULES",
+    "agent_name",
+    "install_manifests",
+    "to_yaml",
+]
 
 AGENT_UID: Final = 10001
 """The non-root user of the agent image (see ``Dockerfile.agent``)."""
@@ -44,6 +53,12 @@ AGENT_RULES: Final[tuple[dict[str, Any], ...]] = (
 )
 """The Role's rules: exactly the API calls the agent makes, in its own namespace."""
 
+CLUSTER_RULES: Final[tuple[dict[str, Any], ...]] = (
+    # One labelled list at start, to find the namespaces its unfinished Jobs are in.
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list"]},
+)
+"""The ClusterRole's rules: reading where Jobs are, nothing else across the cluster."""
+
 _DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN: Final = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 _TOKEN_SECRET_SUFFIX: Final = "-token"
@@ -65,11 +80,13 @@ def install_manifests(
     capacity: int = 10,
     token_secret: str = "",
     create_namespace: bool = True,
+    cluster_list: bool = True,
 ) -> list[dict[str, Any]]:
     """The objects to apply, in order, to run agent ``name`` for ``pool`` in ``namespace``.
 
     The Namespace (unless ``create_namespace`` is false: it exists already), ServiceAccount,
-    Role, RoleBinding, the Secret with the agent token (key ``token``), and a
+    Role, RoleBinding, the ClusterRole and ClusterRoleBinding that let the agent list Jobs
+    across namespaces (unless ``cluster_list`` is false), the Secret with the agent token (key ``token``), and a
     single-replica Deployment that reads the token from that Secret (``FLOWYARD_TOKEN``); the
     token is never a literal in the Deployment. With ``token_secret`` instead of
     ``agent_token``, no Secret is emitted: the Deployment references an existing Secret of
@@ -135,6 +152,25 @@ def install_manifests(
         "kind": "RoleBinding",
         "metadata": metadata(name),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+    }
+    # Cluster-scoped names are shared by every install: qualify them with the namespace.
+    cluster_name = f"{namespace}-{name}-list-jobs"
+    cluster_role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": cluster_name, "labels": dict(labels)},
+        "rules": [{key: list(value) for key, value in rule.items()} for rule in CLUSTER_RULES],
+    }
+    cluster_role_binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": cluster_name, "labels": dict(labels)},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": cluster_name,
+        },
         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
     }
     secret = {
@@ -232,6 +268,8 @@ def install_manifests(
     }
     manifests: list[dict[str, Any]] = [namespace_object] if create_namespace else []
     manifests += [service_account, role, role_binding]
+    if cluster_list:
+        manifests += [cluster_role, cluster_role_binding]
     if emit_secret:
         manifests.append(secret)
     return [*manifests, deployment]

@@ -62,6 +62,14 @@ def agent_group() -> None:
     show_default=True,
     help="Print the Namespace object first (leave it out when the namespace exists).",
 )
+@click.option(
+    "--cluster-list/--no-cluster-list",
+    default=True,
+    show_default=True,
+    help="Print a ClusterRole that lets the agent list its Jobs in every namespace, so after "
+    "a restart it finds runs that a 'namespace' job variable put elsewhere. Without it, name "
+    "those namespaces with the agent's --watch-namespace.",
+)
 @click.pass_obj
 def agent_install(
     session: Any,
@@ -74,6 +82,7 @@ def agent_install(
     agent_token: str,
     token_secret: str,
     create_namespace: bool,
+    cluster_list: bool,
 ) -> None:
     """Print the manifests that install an agent in a cluster: pipe them to `kubectl apply -f -`.
 
@@ -97,6 +106,7 @@ def agent_install(
             capacity=capacity,
             token_secret=token_secret,
             create_namespace=create_namespace,
+            cluster_list=cluster_list,
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from error

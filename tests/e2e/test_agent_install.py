@@ -99,7 +99,16 @@ def test_the_readme_install_line_works_as_written(server: Child) -> None:
     assert result.returncode == 0, result.stderr
     objects = list(yaml.safe_load_all(result.stdout))
     kinds = [o["kind"] for o in objects]
-    assert kinds == ["Namespace", "ServiceAccount", "Role", "RoleBinding", "Secret", "Deployment"]
+    assert kinds == [
+        "Namespace",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Secret",
+        "Deployment",
+    ]
     assert objects[0]["metadata"]["name"] == "flowyard"
     for manifest in objects:
         kubernetes_validate.validate(manifest, kubernetes_validate.latest_version(), strict=True)
@@ -107,7 +116,7 @@ def test_the_readme_install_line_works_as_written(server: Child) -> None:
     assert "--server" in deployment["args"] and VALUES["ADDR"] in deployment["args"]
 
     # The Secret holds a fresh agent token of the pool, and only of the pool.
-    token = objects[4]["stringData"]["token"]
+    token = next(o for o in objects if o["kind"] == "Secret")["stringData"]["token"]
     assert "Minted agent token" in result.stderr and token not in result.stderr
     assert hello(address, token, "k8s").WhichOneof("message") == "welcome"
     with pytest.raises(grpc.RpcError) as refused:
@@ -142,6 +151,6 @@ def test_with_a_token_given_no_control_plane_is_needed_and_the_namespace_can_be_
     assert given.returncode == 0, given.stderr
     objects = list(yaml.safe_load_all(given.stdout))
     assert [o["kind"] for o in objects][:1] == ["ServiceAccount"]
-    assert objects[3]["stringData"] == {"token": "t0ken"}
+    assert next(o for o in objects if o["kind"] == "Secret")["stringData"] == {"token": "t0ken"}
     both = flowyard([*line, "--token", "t", "--token-secret", "mine"], env)
     assert both.returncode == 2 and "not both" in both.stderr, both.stderr

@@ -38,6 +38,8 @@ def test_every_manifest_validates() -> None:
         "ServiceAccount",
         "Role",
         "RoleBinding",
+        "ClusterRole",
+        "ClusterRoleBinding",
         "Secret",
         "Deployment",
     ]
@@ -45,7 +47,29 @@ def test_every_manifest_validates() -> None:
         kubernetes_validate.validate(manifest, kubernetes_validate.latest_version(), strict=True)
     # The namespace comes first, so the rest applies on a fresh cluster.
     assert manifests[0]["metadata"]["name"] == "flowyard"
-    assert all(m["metadata"]["namespace"] == "flowyard" for m in manifests[1:])
+    namespaced = [m for m in manifests[1:] if not m["kind"].startswith("Cluster")]
+    assert all(m["metadata"]["namespace"] == "flowyard" for m in namespaced)
+
+
+def test_the_only_cluster_wide_grant_is_listing_jobs_for_this_agent() -> None:
+    kinds = by_kind(install_manifests(**ARGS, name="agent-a", agent_token="t"))
+    role, binding = kinds["ClusterRole"], kinds["ClusterRoleBinding"]
+    assert role["rules"] == [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list"]}]
+    # Cluster-scoped names are shared by all installs: two namespaces never collide.
+    assert role["metadata"]["name"] == "flowyard-agent-a-list-jobs"
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "agent-a", "namespace": "flowyard"}
+    ]
+    without = install_manifests(**ARGS, name="agent-a", agent_token="t", cluster_list=False)
+    assert [m["kind"] for m in without] == [
+        "Namespace",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Secret",
+        "Deployment",
+    ]
 
 
 def test_the_namespace_can_be_left_out_and_is_not_removed_with_the_agent() -> None:
@@ -152,6 +176,8 @@ def test_an_existing_token_secret_keeps_the_token_out_of_the_manifests() -> None
         "ServiceAccount",
         "Role",
         "RoleBinding",
+        "ClusterRole",
+        "ClusterRoleBinding",
         "Deployment",
     ]
     for manifest in manifests:
