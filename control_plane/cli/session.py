@@ -38,5 +38,8 @@ class Session:
     def stub(self) -> Any:
         """The ControlPlaneService stub."""
         if self._client is None:
-            self._client = Client.connect(self.server, resolve_token(self.token), self.tls_ca)
+            try:
+                self._client = Client.connect(self.server, resolve_token(self.token), self.tls_ca)
+            except ValueError as error:  # an unreadable --tls-ca: the user's to fix
+                raise click.BadParameter(str(error), param_hint="--tls-ca") from error
         return self._client.stub
