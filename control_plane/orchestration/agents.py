@@ -61,6 +61,8 @@ class AgentSession:
     token_id: str = ""
     #: Set when that token is revoked: the stream ends with UNAUTHENTICATED.
     revoked: bool = False
+    #: Set when the session ended because the agent went silent (not because it hung up).
+    silent: bool = False
 
     def send(self, message: Outgoing) -> None:
         """Queue a message for the agent."""

@@ -19,6 +19,8 @@ from control_plane.errors import NotFound
 from control_plane.models import LogRecord, LogStream, Run
 from control_plane.orchestration import clock
 from control_plane.orchestration.agents import AgentRegistry, AgentSession, CancelMessage
+from control_plane.orchestration.attempts import ended as attempt_ended
+from control_plane.orchestration.attempts import hand_back
 from control_plane.orchestration.changes import Notifier, claimed, retrying
 from control_plane.orchestration.signals import run_key
 from control_plane.orchestration.states import (
@@ -114,17 +116,32 @@ class AgentReports:
         self._agents = agents
         self._lease = lease
 
-    async def adopt(self, session: AgentSession, observed: list[tuple[str, int]]) -> None:
-        """Take over runs whose infrastructure a (re)connecting agent sees; tear down the rest."""
-        for run_id, attempt in observed:
+    async def adopt(self, session: AgentSession, observed: list[tuple[str, int, str]]) -> None:
+        """Take over runs whose infrastructure a (re)connecting agent sees; tear down the rest.
+
+        ``observed`` is (run id, attempt, infrastructure id). Hello is the reconciliation of
+        what an agent did while its stream was down: an ``Accepted`` or ``Submitted`` written
+        onto a dead stream is lost, but the infrastructure it names shows up here. An attempt
+        still PENDING/Assigned is therefore submitted in fact, and stops being subject to its
+        lease (which would hand it back under the agent's feet).
+        """
+        for run_id, attempt, infrastructure_id in observed:
             async with self._db.read() as conn:
                 run = await repo.get_run(conn, run_id) if len(run_id) == 32 else None
-            if run is None or run.is_terminal or run.attempt != attempt:
+            if run is None or attempt_ended(run, attempt):
                 session.send(CancelMessage(run_id, attempt, "the run is finished or unknown"))
                 continue
             held = await self._hold(session, run)
-            if held is not None and held.state_type is StateType.CANCELLING:
+            if held is None:
+                continue
+            if held.state_type is StateType.CANCELLING:
                 session.send(CancelMessage(run_id, attempt, held.state_message))
+            elif (
+                held.state_type is StateType.PENDING
+                and held.lease_deadline is not None
+                and infrastructure_id
+            ):
+                await self.submitted(session, run_id, attempt, infrastructure_id)
 
     async def accepted(
         self, session: AgentSession, run_id: str, attempt: int, at: datetime
@@ -133,7 +150,7 @@ class AgentReports:
 
         async def apply() -> Run | None:
             async with self._db.write() as conn:
-                run = await self._held_run(conn, session, run_id, attempt)
+                run = await self._held_run(conn, session, run_id, attempt, stale_cancel=True)
                 if run is None or run.state_type is not StateType.PENDING:
                     return None
                 updated = await repo.set_columns(
@@ -150,7 +167,7 @@ class AgentReports:
 
         async def apply() -> Run | None:
             async with self._db.write() as conn:
-                run = await self._held_run(conn, session, run_id, attempt)
+                run = await self._held_run(conn, session, run_id, attempt, stale_cancel=True)
                 if run is None or run.is_terminal:
                     return None
                 columns = {"infrastructure_id": infrastructure_id[:300], "lease_deadline": None}
@@ -187,7 +204,9 @@ class AgentReports:
 
         async def apply() -> Run | None:
             async with self._db.write() as conn:
-                run = await self._held_run(conn, session, report.run_id, report.attempt)
+                run = await self._held_run(
+                    conn, session, report.run_id, report.attempt, stale_cancel=True
+                )
                 if run is None or run.is_terminal:
                     return None
                 # Once the engine has opened its stream it numbers the attempt's lines itself;
@@ -225,25 +244,32 @@ class AgentReports:
 
         await self._notifier.apply(apply)
 
-    async def session_closed(self, session: AgentSession) -> None:
-        """Put back assignments the departed agent never accepted; the rest wait for the lease.
+    async def session_closed(self, session: AgentSession, *, silent: bool = False) -> None:
+        """Hand back assignments the departed agent never accepted; the rest wait for the lease.
 
-        Runs it submitted keep running: their engines report on their own, and the agent
-        takes them over again when it reconnects.
+        Only when the agent hung up or its connection broke: an agent that went silent (a
+        partition, a stall, a frozen process) may have received the assignment and started
+        it, and will say so in the Hello of its next session; its lease is its time to come
+        back. Runs it submitted keep running: their engines report on their own, and the
+        agent takes them over again when it reconnects.
         """
+        if silent:
+            return
         async with self._db.read() as conn:
             held = await repo.runs_of_session(conn, session.id)
         for run in held:
             if run.accepted_at is None and run.state_name == ASSIGNED:
-                await self._requeue(run.id, run.attempt, "the agent disconnected before accepting")
+                await self._hand_back(
+                    run.id, run.attempt, f"agent {run.agent_name} disconnected before accepting"
+                )
 
-    async def _requeue(self, run_id: str, attempt: int, why: str) -> None:
+    async def _hand_back(self, run_id: str, attempt: int, why: str) -> None:
         async def apply() -> Run | None:
             async with self._db.write() as conn:
                 run = await repo.get_run(conn, run_id)
                 if run is None or run.attempt != attempt or run.state_name != ASSIGNED:
                     return None
-                updated = await requeue(conn, run, why)
+                updated = await hand_back(conn, run, why)
                 return claimed(updated)
 
         await self._notifier.apply(apply)
@@ -272,10 +298,29 @@ class AgentReports:
         await self._notifier.apply(apply)
 
     async def _held_run(
-        self, conn: AsyncConnection, session: AgentSession, run_id: str, attempt: int
+        self,
+        conn: AsyncConnection,
+        session: AgentSession,
+        run_id: str,
+        attempt: int,
+        *,
+        stale_cancel: bool = False,
     ) -> Run | None:
         run = await repo.get_run(conn, run_id)
-        if run is None or run.attempt != attempt:
+        if run is None:
+            return None
+        if run.attempt != attempt:
+            if stale_cancel and attempt < run.attempt:
+                # The agent runs an attempt that was handed back: its engine is refused, so
+                # tear its infrastructure down rather than let it fail on its own.
+                session.send(
+                    CancelMessage(
+                        run_id,
+                        attempt,
+                        f"attempt {attempt} was handed back; run {run_id} is "
+                        f"on attempt {run.attempt}",
+                    )
+                )
             return None
         if run.agent_session_id == session.id:
             return run
@@ -307,21 +352,6 @@ class AgentReports:
         self, conn: AsyncConnection, run: Run, texts: list[str], level: int
     ) -> None:
         await append_system_lines(conn, self._db.dialect, run, texts, level)
-
-
-async def requeue(conn: AsyncConnection, run: Run, why: str) -> Run | None:
-    """Put a claimed, unsubmitted run back in the queue (same attempt, claim and token cleared)."""
-    return await repo.compare_and_set(
-        conn,
-        run,
-        State(StateType.SCHEDULED, "Scheduled", f"Back in the queue: {why}"),
-        now=clock.now(),
-        agent_session_id=None,
-        agent_name="",
-        lease_deadline=None,
-        engine_token_hash=None,
-        accepted_at=None,
-    )
 
 
 async def append_system_lines(
@@ -416,9 +446,9 @@ class EngineReports:
                 if (
                     proposal.type is StateType.FAILED
                     and run.state_type is not StateType.CANCELLING
-                    and run.attempt <= run.max_retries
+                    and (failures := await repo.count_failed(conn, run.id)) < run.max_retries
                 ):
-                    retried = await retry(conn, run, proposal)
+                    retried = await retry(conn, run, proposal, failures + 1)
                     return ProposalResult(True, claimed(retried))
                 columns: dict[str, object] = {"lease_deadline": None}
                 if proposal.type is StateType.COMPLETED:
@@ -444,9 +474,12 @@ class EngineReports:
         return result
 
 
-async def retry(conn: AsyncConnection, run: Run, proposal: Proposal) -> Run | None:
+async def retry(conn: AsyncConnection, run: Run, proposal: Proposal, number: int) -> Run | None:
     """A FAILED attempt with retries left: record its end, then SCHEDULED/AwaitingRetry as
-    the next attempt at now + the deployment's retry delay.
+    the next attempt at now + the deployment's retry delay; this is retry ``number``.
+
+    Retries count failed attempts, not attempts: an attempt that was handed back (its
+    agent never confirmed it) ended without the flow failing, and takes no retry.
 
     The new attempt has no claim, no infrastructure and no engine token: the failed
     attempt's token stops working, and the dispatcher mints a new one when it assigns the
@@ -461,7 +494,7 @@ async def retry(conn: AsyncConnection, run: Run, proposal: Proposal) -> Run | No
     first_line = proposal.message.strip().splitlines()[0] if proposal.message.strip() else ""
     message = (
         f"Attempt {run.attempt} failed{': ' + first_line[:500] if first_line else ''}; "
-        f"retry {run.attempt} of {run.max_retries} at {due.isoformat(timespec='seconds')}"
+        f"retry {number} of {run.max_retries} at {due.isoformat(timespec='seconds')}"
     )
     return await repo.compare_and_set(
         conn,

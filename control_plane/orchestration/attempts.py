@@ -1,0 +1,82 @@
+"""One identity per attempt: what ends an attempt, and what its engine is told then.
+
+An attempt is one claim of a run. The dispatcher's claim mints the attempt's engine token
+(``run-<id>-<attempt>.<secret>``); the agent holds the attempt under the key (run, attempt);
+the engine reports with the token. All three agree because an attempt is never claimed twice:
+
+- a hand-back (an assignment whose lease ran out, or whose agent left before accepting it)
+  ends the attempt and puts the run back in the queue as the *next* attempt (:func:`hand_back`),
+  so an engine started from the old assignment is refused, and the agent sees the next claim
+  as a new key and starts it, instead of taking it for a repeat of the one it holds;
+- a FAILED attempt with retries left becomes the next attempt too (``reports.retry``);
+- a terminal state ends the attempt for good.
+
+:func:`ended` is the one rule that decides whether an engine token still counts. The token
+check of every ``EngineService`` call, the store of every log batch and the watcher of every
+open engine stream go through it, so an engine whose attempt is over is refused everywhere
+the same way, with the same words.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from control_plane.models import Run
+from control_plane.orchestration import clock
+from control_plane.orchestration.states import State, StateType
+from control_plane.store import runs as repo
+
+#: The sub-state of the first row of an attempt that follows a hand-back.
+SCHEDULED = "Scheduled"
+
+
+def ended(run: Run, attempt: int) -> str | None:
+    """Why the engine of ``attempt`` may no longer report for ``run``; None while it may.
+
+    The answer is meant for a person reading the engine's output: it says what happened
+    and that the engine has nothing more to do.
+    """
+    if run.attempt != attempt:
+        return (
+            f"run {run.id} attempt {attempt} is over (the run is on attempt {run.attempt}): "
+            "its engine token expired with it; this engine should stop, the current attempt "
+            "has an engine of its own"
+        )
+    if run.is_terminal:
+        return (
+            f"run {run.id} attempt {attempt} has ended ({run.state_type.value}): its engine "
+            "token expired with it; nothing more is accepted from this engine"
+        )
+    return None
+
+
+async def hand_back(conn: AsyncConnection, run: Run, why: str) -> Run | None:
+    """End a claimed, unsubmitted attempt and put the run back in the queue as the next one.
+
+    The old attempt's end is recorded in its own history row, so ``runs show`` lists it as
+    an attempt of its own and the retry count is untouched (a hand-back is not a failure).
+    Claim, lease and engine token are cleared: the dispatcher mints the next attempt's.
+    """
+    now = clock.now()
+    await repo.record_history(
+        conn, run.id, run.attempt, State(StateType.SCHEDULED, SCHEDULED, f"Handed back: {why}"), now
+    )
+    return await repo.compare_and_set(
+        conn,
+        run,
+        State(
+            StateType.SCHEDULED,
+            SCHEDULED,
+            f"Back in the queue as attempt {run.attempt + 1}: attempt {run.attempt} was "
+            f"handed back ({why})",
+        ),
+        now=now,
+        attempt=run.attempt + 1,
+        agent_session_id=None,
+        agent_name="",
+        lease_deadline=None,
+        engine_token_hash=None,
+        accepted_at=None,
+        infrastructure_id="",
+        last_heartbeat_at=None,
+    )
