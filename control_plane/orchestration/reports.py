@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from control_plane.errors import NotFound
+from control_plane.errors import NotFound, Unauthenticated
 from control_plane.models import LogRecord, LogStream, Run
 from control_plane.orchestration import clock
 from control_plane.orchestration.agents import AgentRegistry, AgentSession, CancelMessage
@@ -418,8 +418,17 @@ class EngineReports:
             return await logs_repo.max_seq(conn, run.id, run.attempt)
 
     async def store_logs(self, run: Run, lines: list[LogRecord]) -> None:
-        """Store a batch (duplicates of stored lines are dropped) and wake log tailers."""
+        """Store a batch (duplicates of stored lines are dropped) and wake log tailers.
+
+        Raises:
+            Unauthenticated: the stream's attempt has ended (the rule of its token, checked
+                in the same transaction as the insert, so no line lands after the end).
+        """
         async with self._db.write() as conn:
+            current = await repo.get_run(conn, run.id)
+            why = attempt_ended(current, run.attempt) if current else "the run no longer exists"
+            if why:
+                raise Unauthenticated(why)
             await logs_repo.insert_lines(conn, lines, self._db.dialect)
         self._notifier.signals.notify(run_key(run.id))
 
