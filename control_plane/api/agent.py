@@ -151,7 +151,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             log.info("agent %s disconnected (session %s)", session.agent_name, session.id)
-            await self._db.shielded(self._reports.session_closed(session, silent=session.silent))
+            await self._db.shielded(
+                self._reports.session_closed(session, keep_assignments=session.keep_assignments)
+            )
             self._notifier.wake_dispatcher()
 
     async def _open(self, hello: pb.Hello) -> AgentSession:
@@ -214,7 +216,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                         silence,
                         session.id,
                     )
-                    session.silent = True
+                    session.keep_assignments = True
                     break
                 await self._db.shielded(self._apply(session, request))
         except (asyncio.CancelledError, grpc.aio.AioRpcError):

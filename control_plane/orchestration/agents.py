@@ -61,8 +61,10 @@ class AgentSession:
     token_id: str = ""
     #: Set when that token is revoked: the stream ends with UNAUTHENTICATED.
     revoked: bool = False
-    #: Set when the session ended because the agent went silent (not because it hung up).
-    silent: bool = False
+    #: Set when the server, not the agent, ends the session (the agent went silent, the
+    #: server stops): the agent may be running what it was assigned, so its unaccepted
+    #: assignments wait for their lease instead of being handed back at once.
+    keep_assignments: bool = False
 
     def send(self, message: Outgoing) -> None:
         """Queue a message for the agent."""

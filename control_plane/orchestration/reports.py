@@ -244,16 +244,18 @@ class AgentReports:
 
         await self._notifier.apply(apply)
 
-    async def session_closed(self, session: AgentSession, *, silent: bool = False) -> None:
+    async def session_closed(
+        self, session: AgentSession, *, keep_assignments: bool = False
+    ) -> None:
         """Hand back assignments the departed agent never accepted; the rest wait for the lease.
 
-        Only when the agent hung up or its connection broke: an agent that went silent (a
-        partition, a stall, a frozen process) may have received the assignment and started
-        it, and will say so in the Hello of its next session; its lease is its time to come
-        back. Runs it submitted keep running: their engines report on their own, and the
+        Only when the agent hung up or its connection broke (``keep_assignments`` false). An
+        agent whose session the server ended (it went silent: a partition, a stall, a frozen
+        process; or the server is stopping) may have received the assignment and started it,
+        and will say so in the Hello of its next session; its lease is its time to come back. Runs it submitted keep running: their engines report on their own, and the
         agent takes them over again when it reconnects.
         """
-        if silent:
+        if keep_assignments:
             return
         async with self._db.read() as conn:
             held = await repo.runs_of_session(conn, session.id)
