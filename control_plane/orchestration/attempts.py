@@ -36,15 +36,20 @@ def ended(run: Run, attempt: int) -> str | None:
     The answer is meant for a person reading the engine's output: it says what happened
     and that the engine has nothing more to do.
     """
-    if run.attempt != attempt:
+    return ended_at(run.id, attempt, run.attempt, run.state_type)
+
+
+def ended_at(run_id: str, attempt: int, current: int, state: StateType) -> str | None:
+    """:func:`ended` for a run read as just its current attempt and state (the hot path)."""
+    if current != attempt:
         return (
-            f"run {run.id} attempt {attempt} is over (the run is on attempt {run.attempt}): "
+            f"run {run_id} attempt {attempt} is over (the run is on attempt {current}): "
             "its engine token expired with it; this engine should stop, the current attempt "
             "has an engine of its own"
         )
-    if run.is_terminal:
+    if state.is_terminal:
         return (
-            f"run {run.id} attempt {attempt} has ended ({run.state_type.value}): its engine "
+            f"run {run_id} attempt {attempt} has ended ({state.value}): its engine "
             "token expired with it; nothing more is accepted from this engine"
         )
     return None

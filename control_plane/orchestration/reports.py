@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.errors import NotFound, Unauthenticated
 from control_plane.models import LogRecord, LogStream, Run
-from control_plane.orchestration import clock
+from control_plane.orchestration import attempts, clock
 from control_plane.orchestration.agents import AgentRegistry, AgentSession, CancelMessage
 from control_plane.orchestration.attempts import ended as attempt_ended
 from control_plane.orchestration.attempts import hand_back
@@ -427,8 +427,12 @@ class EngineReports:
                 in the same transaction as the insert, so no line lands after the end).
         """
         async with self._db.write() as conn:
-            current = await repo.get_run(conn, run.id)
-            why = attempt_ended(current, run.attempt) if current else "the run no longer exists"
+            current = await repo.attempt_state(conn, run.id)
+            why = (
+                attempts.ended_at(run.id, run.attempt, *current)
+                if current
+                else "the run no longer exists"
+            )
             if why:
                 raise Unauthenticated(why)
             await logs_repo.insert_lines(conn, lines, self._db.dialect)

@@ -120,6 +120,16 @@ async def record_history(
     await _insert_history(conn, run_id, attempt, state, now)
 
 
+async def attempt_state(conn: AsyncConnection, run_id: str) -> tuple[int, StateType] | None:
+    """The run's current attempt and state type, read alone (for every stored log batch)."""
+    row = (
+        await conn.execute(
+            select(flow_runs.c.attempt, flow_runs.c.state_type).where(flow_runs.c.id == run_id)
+        )
+    ).first()
+    return (row.attempt, StateType(row.state_type)) if row else None
+
+
 async def count_failed(conn: AsyncConnection, run_id: str) -> int:
     """How many attempts of a run failed (FAILED history rows; retried ones included)."""
     query = select(func.count()).where(
