@@ -50,7 +50,7 @@ HOLD_BATCH = 500
 
 
 class Dispatcher:
-    """Pushes due runs to agents with credit; re-queues expired assignments."""
+    """Pushes due runs to agents with credit; hands back expired assignments."""
 
     def __init__(
         self, db: Database, agents: AgentRegistry, notifier: Notifier, lease: timedelta
