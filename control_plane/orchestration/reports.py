@@ -128,8 +128,9 @@ class AgentReports:
         for run_id, attempt, infrastructure_id in observed:
             async with self._db.read() as conn:
                 run = await repo.get_run(conn, run_id) if len(run_id) == 32 else None
-            if run is None or attempt_ended(run, attempt):
-                session.send(CancelMessage(run_id, attempt, "the run is finished or unknown"))
+            why = attempt_ended(run, attempt) if run is not None else "the run is unknown"
+            if run is None or why:
+                session.send(CancelMessage(run_id, attempt, why or "the run is unknown"))
                 continue
             held = await self._hold(session, run)
             if held is None:
@@ -252,8 +253,9 @@ class AgentReports:
         Only when the agent hung up or its connection broke (``keep_assignments`` false). An
         agent whose session the server ended (it went silent: a partition, a stall, a frozen
         process; or the server is stopping) may have received the assignment and started it,
-        and will say so in the Hello of its next session; its lease is its time to come back. Runs it submitted keep running: their engines report on their own, and the
-        agent takes them over again when it reconnects.
+        and will say so in the Hello of its next session; its lease is its time to come back.
+        Runs it submitted keep running: their engines report on their own, and the agent
+        takes them over again when it reconnects.
         """
         if keep_assignments:
             return
