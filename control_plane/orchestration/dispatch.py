@@ -59,6 +59,7 @@ class Dispatcher:
         self._agents = agents
         self._notifier = notifier
         self._lease = lease
+        self._regranted = False
         self._loop = WakeLoop(
             lambda: self._db.shielded(self.dispatch_once()),
             what="dispatch",
@@ -70,8 +71,7 @@ class Dispatcher:
         self._loop.wake()
 
     async def run(self) -> None:
-        """Dispatch until cancelled, after giving running assignments a whole lease."""
-        await self._db.shielded(self.regrant_leases())
+        """Dispatch until cancelled (the first pass gives running assignments a whole lease)."""
         await self._loop.run()
 
     async def regrant_leases(self) -> None:
@@ -90,6 +90,10 @@ class Dispatcher:
 
     async def dispatch_once(self) -> datetime | None:
         """One pass: expire leases, claim and push due runs. Returns when to look again."""
+        if not self._regranted:
+            # In the first pass, so that a busy database only delays it, like any pass.
+            await self.regrant_leases()
+            self._regranted = True
         now = clock.now()
         await self._expire_leases(now)
         waiting = self._agents.with_credit()
