@@ -8,7 +8,7 @@ the engine reports with the token. All three agree because an attempt is never c
   ends the attempt and puts the run back in the queue as the *next* attempt (:func:`hand_back`),
   so an engine started from the old assignment is refused, and the agent sees the next claim
   as a new key and starts it, instead of taking it for a repeat of the one it holds;
-- a FAILED attempt with retries left becomes the next attempt too (``reports.retry``);
+- a FAILED attempt with retries left becomes the next attempt too (:func:`retry`);
 - a terminal state ends the attempt for good.
 
 :func:`ended` is the one rule that decides whether an engine token still counts. The token
@@ -19,11 +19,14 @@ the same way, with the same words.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import Run
 from control_plane.orchestration import clock
-from control_plane.orchestration.states import State, StateType
+from control_plane.orchestration.states import AWAITING_RETRY, State, StateType
+from control_plane.store import catalog as catalog_repo
 from control_plane.store import runs as repo
 
 #: The sub-state of the first row of an attempt that follows a hand-back.
@@ -84,4 +87,49 @@ async def hand_back(conn: AsyncConnection, run: Run, why: str) -> Run | None:
         accepted_at=None,
         infrastructure_id="",
         last_heartbeat_at=None,
+    )
+
+
+async def retry(
+    conn: AsyncConnection, run: Run, failed: State, transition_id: str, number: int
+) -> Run | None:
+    """A FAILED attempt with retries left: record its end (``failed``, as the engine proposed
+    it), then SCHEDULED/AwaitingRetry as the next attempt at now + the deployment's retry
+    delay; this is retry ``number``.
+
+    Retries count failed attempts, not attempts: an attempt that was handed back (its
+    agent never confirmed it) ended without the flow failing, and takes no retry.
+
+    The new attempt has no claim, no infrastructure and no engine token: the failed
+    attempt's token stops working, and the dispatcher mints a new one when it assigns the
+    next attempt (whose Kubernetes Job gets a new name, derived from the attempt).
+    """
+    now = clock.now()
+    deployment = await catalog_repo.get_deployment(conn, id=run.deployment_id)
+    delay = deployment.scheduling.retry_delay_seconds if deployment else 0
+    due = now + timedelta(seconds=delay)
+    await repo.record_history(conn, run.id, run.attempt, failed, now)
+    first_line = failed.message.strip().splitlines()[0] if failed.message.strip() else ""
+    message = (
+        f"Attempt {run.attempt} failed{': ' + first_line[:500] if first_line else ''}; "
+        f"retry {number} of {run.max_retries} at {due.isoformat(timespec='seconds')}"
+    )
+    return await repo.compare_and_set(
+        conn,
+        run,
+        State(StateType.SCHEDULED, AWAITING_RETRY, message),
+        now=now,
+        transition_id=transition_id or None,
+        attempt=run.attempt + 1,
+        scheduled_at=due,
+        agent_session_id=None,
+        agent_name="",
+        lease_deadline=None,
+        engine_token_hash=None,
+        accepted_at=None,
+        started_at=None,
+        ended_at=None,
+        last_heartbeat_at=None,
+        infrastructure_id="",
+        source_revision="",
     )

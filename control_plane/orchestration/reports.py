@@ -25,7 +25,6 @@ from control_plane.orchestration.changes import Notifier, claimed, retrying
 from control_plane.orchestration.signals import run_key
 from control_plane.orchestration.states import (
     ASSIGNED,
-    AWAITING_RETRY,
     INFRASTRUCTURE_PENDING,
     SUBMITTED,
     Actor,
@@ -34,7 +33,6 @@ from control_plane.orchestration.states import (
     crash_target,
     rejection,
 )
-from control_plane.store import catalog as catalog_repo
 from control_plane.store import logs as logs_repo
 from control_plane.store import runs as repo
 from control_plane.store.db import Database
@@ -465,7 +463,13 @@ class EngineReports:
                     and run.state_type is not StateType.CANCELLING
                     and (failures := await repo.count_failed(conn, run.id)) < run.max_retries
                 ):
-                    retried = await retry(conn, run, proposal, failures + 1)
+                    retried = await attempts.retry(
+                        conn,
+                        run,
+                        State(StateType.FAILED, proposal.name, proposal.message),
+                        proposal.transition_id,
+                        failures + 1,
+                    )
                     return ProposalResult(True, claimed(retried))
                 columns: dict[str, object] = {"lease_deadline": None}
                 if proposal.type is StateType.COMPLETED:
@@ -489,46 +493,3 @@ class EngineReports:
         if result.accepted:
             self._notifier.changed(result.run)
         return result
-
-
-async def retry(conn: AsyncConnection, run: Run, proposal: Proposal, number: int) -> Run | None:
-    """A FAILED attempt with retries left: record its end, then SCHEDULED/AwaitingRetry as
-    the next attempt at now + the deployment's retry delay; this is retry ``number``.
-
-    Retries count failed attempts, not attempts: an attempt that was handed back (its
-    agent never confirmed it) ended without the flow failing, and takes no retry.
-
-    The new attempt has no claim, no infrastructure and no engine token: the failed
-    attempt's token stops working, and the dispatcher mints a new one when it assigns the
-    next attempt (whose Kubernetes Job gets a new name, derived from the attempt).
-    """
-    now = clock.now()
-    deployment = await catalog_repo.get_deployment(conn, id=run.deployment_id)
-    delay = deployment.scheduling.retry_delay_seconds if deployment else 0
-    due = now + timedelta(seconds=delay)
-    failed = State(StateType.FAILED, proposal.name, proposal.message)
-    await repo.record_history(conn, run.id, run.attempt, failed, now)
-    first_line = proposal.message.strip().splitlines()[0] if proposal.message.strip() else ""
-    message = (
-        f"Attempt {run.attempt} failed{': ' + first_line[:500] if first_line else ''}; "
-        f"retry {number} of {run.max_retries} at {due.isoformat(timespec='seconds')}"
-    )
-    return await repo.compare_and_set(
-        conn,
-        run,
-        State(StateType.SCHEDULED, AWAITING_RETRY, message),
-        now=now,
-        transition_id=proposal.transition_id or None,
-        attempt=run.attempt + 1,
-        scheduled_at=due,
-        agent_session_id=None,
-        agent_name="",
-        lease_deadline=None,
-        engine_token_hash=None,
-        accepted_at=None,
-        started_at=None,
-        ended_at=None,
-        last_heartbeat_at=None,
-        infrastructure_id="",
-        source_revision="",
-    )
