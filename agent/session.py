@@ -148,8 +148,10 @@ class Session:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             await cancel_and_wait(tasks)
-        for task in done:
-            error = None if task.cancelled() else task.exception()
+        # Look at every finished task (a read and a write often fail together), so no
+        # error is left unretrieved; the first one ends the session.
+        errors = [task.exception() for task in done if not task.cancelled()]
+        for error in errors:
             if error is not None:
                 raise error
 
@@ -257,9 +259,16 @@ class Session:
         limit = welcome.heartbeat_interval * self._connection.silent_intervals
         while True:
             remaining = self._last_seen + limit - loop.time()
-            if remaining <= 0:
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+                continue
+            # Before blaming the server, give the reader one more interval: after this
+            # process was stopped or stalled, what the server sent meanwhile (heartbeats, an
+            # Assign) is still waiting in the socket, behind this timer.
+            seen = self._last_seen
+            await asyncio.sleep(welcome.heartbeat_interval)
+            if self._last_seen == seen:
                 raise StreamBroken(f"the server was silent for {limit:g} s")
-            await asyncio.sleep(remaining)
 
 
 def _session_error(error: grpc.aio.AioRpcError) -> SessionError:

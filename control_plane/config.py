@@ -43,7 +43,8 @@ class ServerConfig:
     ready_file: Path | None = None
     #: Cadence the server asks agents to heartbeat at (told in Welcome).
     agent_heartbeat_seconds: float = 10.0
-    #: How long an assignment may go unaccepted/unsubmitted before it is re-queued.
+    #: How long an assignment may go unaccepted/unsubmitted before it is handed back (the run
+    #: is queued again as its next attempt).
     lease_seconds: float = 30.0
     #: Cadence the server asks engines to heartbeat at (told in StartRun).
     engine_heartbeat_seconds: float = 10.0

@@ -149,6 +149,8 @@ class App:
         """Stop gracefully: NOT_SERVING, end agent streams, drain calls, stop dispatching."""
         await self.health.enter_graceful_shutdown()
         for session in self.agents.all():
+            # The agents stay: what they were assigned waits for them to reconnect.
+            session.keep_assignments = True
             session.close()
         await self.server.stop(grace)
         for task in self.tasks:

@@ -101,6 +101,11 @@ class Reporter:
                 loop.call_soon_threadsafe(stream.stopping.set)
         self._thread.join(self._timeouts.stop_grace + 1.0)
 
+    @property
+    def opened(self) -> bool:
+        """Whether the Report stream was opened (the control plane answered Open once)."""
+        return self._opened.done() and self._opened.exception() is None
+
     def wait_opened(self) -> OpenedInfo:
         """Wait for the first Opened answer.
 

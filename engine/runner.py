@@ -101,8 +101,16 @@ class _Attempt:
     def run(self, workdir: Path) -> ExitCode:
         """Run the attempt; ``workdir`` is scratch space for sources that download code."""
         try:
-            self._reporter.wait_opened()
-            spec = self._reporter.start_run()
+            # Armed: an engine stopped while it waits for the control plane (an attempt handed
+            # back during an outage, a pod deleted) stops now, not after the connect timeout.
+            with self._cancellation.armed():
+                self._reporter.wait_opened()
+                spec = self._reporter.start_run()
+        except FlowCancelled as exc:
+            if self._reporter.opened:
+                return self._cancel(exc.reason)
+            _tell(f"cancelled before the control plane answered ({exc.reason}); nothing ran")
+            return ExitCode.CANCELLED
         except ReportError as exc:
             return self._could_not_run(exc)
         self._reporter.set_heartbeat_interval(spec.heartbeat_interval)

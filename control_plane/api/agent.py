@@ -125,7 +125,14 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                     server_version=__version__,
                 )
             )
-            observed = [(o.run_id, o.attempt) for o in first.hello.observed_runs]
+            observed = [
+                (
+                    o.run_id,
+                    o.attempt,
+                    convert.storable(o.infrastructure_id[:MAX_INFRASTRUCTURE_ID_CHARS]),
+                )
+                for o in first.hello.observed_runs
+            ]
             await self._db.shielded(self._reports.adopt(session, observed))
             self._notifier.wake_dispatcher()
             while True:
@@ -156,7 +163,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             log.info("agent %s disconnected (session %s)", session.agent_name, session.id)
-            await self._db.shielded(self._reports.session_closed(session))
+            await self._db.shielded(
+                self._reports.session_closed(session, keep_assignments=session.keep_assignments)
+            )
             self._notifier.wake_dispatcher()
 
     @property
@@ -225,6 +234,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                         silence,
                         session.id,
                     )
+                    session.keep_assignments = True
                     break
                 await self._db.shielded(self._apply(session, request))
         except (asyncio.CancelledError, grpc.aio.AioRpcError):

@@ -2,8 +2,9 @@
 (verified by ``control_plane.auth.interceptor``; the servicer checks the attempt it names).
 
 ``Report`` handles one engine stream with a reader task (state proposals, log batches,
-heartbeats) and a watcher task that pushes ``CancelFlow`` as soon as the run is CANCELLING;
-both feed one queue that the handler drains onto the wire, in order.
+heartbeats) and a watcher task that pushes ``CancelFlow`` as soon as the run is CANCELLING
+and ends the stream when the attempt ends under it; both feed one queue that the handler
+drains onto the wire, in order.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from control_plane.api import convert
 from control_plane.api.errors import streaming, unary
 from control_plane.auth.principals import caller
 from control_plane.errors import (
-    FailedPrecondition,
     FlowyardError,
     InvalidArgument,
     NotFound,
@@ -29,7 +29,7 @@ from control_plane.errors import (
     Unauthenticated,
 )
 from control_plane.models import LogRecord, Run
-from control_plane.orchestration import clock, validation
+from control_plane.orchestration import attempts, clock, validation
 from control_plane.orchestration.catalog import Catalog
 from control_plane.orchestration.reports import EngineReports, Proposal
 from control_plane.orchestration.signals import Signals, run_key
@@ -91,18 +91,17 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                 f"attempt {attempt}"
             )
         run = await self._reports.current(run_id)
-        if run is None or run.attempt != attempt:
-            # The attempt ended between the token check and here: its token expired with it.
-            raise Unauthenticated(
-                f"the engine token of run {run_id} attempt {attempt} expired with its attempt"
-            )
+        if run is None:
+            raise Unauthenticated(f"run {run_id} no longer exists")
+        # The attempt may have ended between the token check and here.
+        why = attempts.ended(run, attempt)
+        if why:
+            raise Unauthenticated(why)
         return run
 
     @unary
     async def StartRun(self, request: pb.StartRunRequest, context: Context) -> pb.StartRunResponse:
         run = await self._authorize(request.run_id, request.attempt, "")
-        if run.is_terminal:
-            raise FailedPrecondition(f"run {run.id} is already {run.state_type.value}")
         async with self._db.read() as conn:
             deployment = await catalog_repo.get_deployment(conn, id=run.deployment_id)
         if deployment is None:
@@ -134,11 +133,14 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
             opened=pb.Opened(stored_seq=stored, state=convert.current_state(run))
         )
         out: asyncio.Queue[Outgoing] = asyncio.Queue()
+        # Transition ids this stream proposed: the end they bring is the engine's own doing.
+        own: set[str] = set()
         tasks = [
             asyncio.create_task(
-                self._read(request_iterator, run, stored, out), name=f"engine-reader-{run.id}"
+                self._read(request_iterator, run, stored, own, out),
+                name=f"engine-reader-{run.id}",
             ),
-            asyncio.create_task(self._watch_cancel(run, out), name=f"engine-cancel-{run.id}"),
+            asyncio.create_task(self._watch(run, own, out), name=f"engine-watch-{run.id}"),
         ]
         try:
             while (message := await out.get()) is not None:
@@ -157,6 +159,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         requests: AsyncIterator[pb.ReportRequest],
         run: Run,
         stored: int,
+        own: set[str],
         out: asyncio.Queue[Outgoing],
     ) -> None:
         try:
@@ -166,6 +169,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                     stored = await self._db.shielded(self._store(run, request.log_batch, stored))
                     out.put_nowait(pb.ReportResponse(log_ack=pb.LogAck(stored_seq=stored)))
                 elif kind == "propose_state":
+                    own.add(request.propose_state.transition_id)
                     out.put_nowait(
                         await self._db.shielded(self._propose(run, request.propose_state))
                     )
@@ -234,18 +238,37 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
             )
         )
 
-    async def _watch_cancel(self, run: Run, out: asyncio.Queue[Outgoing]) -> None:
-        """Push CancelFlow once, as soon as the run is CANCELLING."""
+    async def _watch(self, run: Run, own: set[str], out: asyncio.Queue[Outgoing]) -> None:
+        """Push CancelFlow once the run is CANCELLING; end the stream once its attempt ends.
+
+        An attempt that ends while its engine's stream is open (the run CRASHED because its
+        infrastructure was deleted, a cancel was forced, the attempt was handed back) is
+        treated like any later call with its token: the engine gets ``CancelFlow`` with the
+        reason, so the flow stops, and then the stream ends ``UNAUTHENTICATED``; its log
+        batches are refused from then on (``EngineReports.store_logs``). An end the engine
+        proposed itself is its answer, not a refusal: it closes the stream on its own.
+        """
+        cancel_sent = False
         while True:
             changed = self._signals.waiter(run_key(run.id))
             current = await self._db.shielded(self._reports.current(run.id))
-            if current is None or current.is_terminal:
+            why = (
+                "the run no longer exists"
+                if current is None
+                else attempts.ended(current, run.attempt)
+            )
+            if why:
+                if current is not None and current.last_transition_id in own:
+                    return
+                out.put_nowait(pb.ReportResponse(cancel=pb.CancelFlow(reason=why)))
+                out.put_nowait(Unauthenticated(why))
                 return
-            if current.state_type is StateType.CANCELLING:
+            assert current is not None
+            if current.state_type is StateType.CANCELLING and not cancel_sent:
+                cancel_sent = True
                 out.put_nowait(
                     pb.ReportResponse(cancel=pb.CancelFlow(reason=current.state_message))
                 )
-                return
             await changed.wait()
 
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from control_plane.auth.principals import Principal, TokenKind, TokenRecord
 from control_plane.errors import InvalidArgument, NotFound, Unauthenticated
-from control_plane.orchestration import clock, tokens, validation
+from control_plane.orchestration import attempts, clock, tokens, validation
 from control_plane.orchestration.agents import AgentRegistry
 from control_plane.store import catalog as catalog_repo
 from control_plane.store import runs as runs_repo
@@ -116,7 +116,8 @@ class Tokens:
 
         Raises:
             Unauthenticated: the token is unknown, malformed, revoked or expired, or belongs
-                to an engine attempt that is over.
+                to an engine attempt that is over: no longer the run's current attempt, or
+                ended (the run is terminal; ``attempts.ended``).
         """
         key = tokens.digest(token)
         cached = self._cache.get(key)
@@ -161,6 +162,10 @@ class Tokens:
                 "this engine token is not valid: engine tokens expire with their run attempt, "
                 "and the agent hands each engine the token of its attempt"
             )
+        # The caller holds the attempt's token, so it may learn why it no longer counts.
+        why = attempts.ended(run, attempt)
+        if why:
+            raise Unauthenticated(why)
         return Principal(
             kind=TokenKind.ENGINE, token_id=tokens.token_id(token), run_id=run_id, attempt=attempt
         )

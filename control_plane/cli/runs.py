@@ -198,7 +198,7 @@ def runs_show(session: Session, run_id: str, fmt: str) -> None:
             ("Flow", run.flow_name),
             ("Pool", run.pool),
             ("State", output.state_text(run.state)),
-            ("Attempt", f"{run.attempt} of {run.max_retries + 1}"),
+            ("Attempt", attempt_text(run, response.history)),
             ("Queue", run.queue or "-"),
             ("Schedule", run.schedule_name or "-"),
             ("Parameters", run.parameters_json),
@@ -280,6 +280,15 @@ def cancel(session: Session, run_id: str, reason: str) -> None:
     run_id = resolve_run_id(session.stub, run_id)
     response = session.stub.CancelRun(pb.CancelRunRequest(run_id=run_id, reason=reason))
     output.console.print(f"Run {run_id}:", output.state_text(response.run.state))
+
+
+def attempt_text(run: Any, history: Any) -> str:
+    """The current attempt and the retries used: an attempt handed back (its agent never
+    confirmed it) is an attempt but not a retry, so the two numbers can differ."""
+    retried = sum(
+        1 for s in history if output.state_name(s.type) == "FAILED" and s.attempt < run.attempt
+    )
+    return f"{run.attempt} (retries used: {retried} of {run.max_retries})"
 
 
 def print_attempts(history: Any) -> None:

@@ -51,7 +51,8 @@ def server() -> None:
     type=float,
     default=30.0,
     show_default=True,
-    help="How long an assignment may go unaccepted before it is re-queued.",
+    help="How long an assignment may go unconfirmed before it is handed back (queued again "
+    "as the run's next attempt).",
 )
 @click.option(
     "--max-concurrent-calls",

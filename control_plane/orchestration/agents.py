@@ -73,6 +73,10 @@ class AgentSession:
     connected_at: datetime = field(default_factory=clock.now)
     #: Set once the stream is ending: the session no longer counts as connected by its name.
     closing: bool = False
+    #: Set when the server, not the agent, ends the session (the agent went silent, the
+    #: server stops): the agent may be running what it was assigned, so its unaccepted
+    #: assignments wait for their lease instead of being handed back at once.
+    keep_assignments: bool = False
 
     def send(self, message: Outgoing) -> None:
         """Queue a message for the agent."""
@@ -127,6 +131,9 @@ class AgentRegistry:
             # agent: refusing is the safe answer, and the agent's retries get it in later.
             if not session.instance_id or holder.instance_id != session.instance_id:
                 raise AlreadyExists(_name_taken(session, holder, silence_seconds))
+            # The same process is back on a new stream: what it was assigned on the old one
+            # it may be running, so those assignments wait for their lease (or its re-report).
+            holder.keep_assignments = True
             holder.close()
             self.remove(holder)
             replaced = holder

@@ -9,7 +9,9 @@ A claim is one compare-and-set per run inside one transaction per pool: the run 
 PENDING/Assigned with the agent session, a lease deadline and the hash of a freshly minted
 engine token. Only after the commit is the assignment pushed, so an agent is never told about
 a claim that did not happen. An assignment that is neither accepted nor submitted before its
-lease runs out goes back to SCHEDULED.
+lease runs out is handed back: the run goes back to SCHEDULED as its next attempt
+(``attempts.hand_back``), so the old assignment's engine token stops working and the agent
+sees the next claim as a new attempt.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from agent.templates import resolve_variables
 from control_plane.models import Collision, Deployment, Run
 from control_plane.orchestration import clock, sources, tokens
 from control_plane.orchestration.agents import AgentRegistry, AgentSession, AssignMessage
+from control_plane.orchestration.attempts import hand_back
 from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.concurrency import DeploymentLimit, Slots
 from control_plane.orchestration.loops import WakeLoop
-from control_plane.orchestration.reports import requeue
 from control_plane.orchestration.states import (
     ASSIGNED,
     AWAITING_CONCURRENCY_SLOT,
@@ -48,7 +50,7 @@ HOLD_BATCH = 500
 
 
 class Dispatcher:
-    """Pushes due runs to agents with credit; re-queues expired assignments."""
+    """Pushes due runs to agents with credit; hands back expired assignments."""
 
     def __init__(
         self, db: Database, agents: AgentRegistry, notifier: Notifier, lease: timedelta
@@ -57,6 +59,7 @@ class Dispatcher:
         self._agents = agents
         self._notifier = notifier
         self._lease = lease
+        self._regranted = False
         self._loop = WakeLoop(
             lambda: self._db.shielded(self.dispatch_once()),
             what="dispatch",
@@ -68,11 +71,29 @@ class Dispatcher:
         self._loop.wake()
 
     async def run(self) -> None:
-        """Dispatch until cancelled."""
+        """Dispatch until cancelled (the first pass gives running assignments a whole lease)."""
         await self._loop.run()
+
+    async def regrant_leases(self) -> None:
+        """Extend every running assignment lease to a whole lease from now.
+
+        Called once when the control plane starts: while it was down, agents could not
+        confirm what they were assigned, and leases are not for outages. Without this, every
+        lease that ran out meanwhile would hand its run back a moment after the restart,
+        under the agent that started it; with it, the agent reconnects and its Hello says
+        what it runs (``AgentReports.adopt``).
+        """
+        async with self._db.write() as conn:
+            count = await repo.regrant_leases(conn, clock.now() + self._lease)
+        if count:
+            log.info("re-granted %d assignment lease(s) for agents to reconnect", count)
 
     async def dispatch_once(self) -> datetime | None:
         """One pass: expire leases, claim and push due runs. Returns when to look again."""
+        if not self._regranted:
+            # In the first pass, so that a busy database only delays it, like any pass.
+            await self.regrant_leases()
+            self._regranted = True
         now = clock.now()
         await self._expire_leases(now)
         waiting = self._agents.with_credit()
@@ -243,8 +264,8 @@ class Dispatcher:
                         lease_deadline=None,
                     )
                 else:
-                    why = f"agent {run.agent_name} did not start it within its lease"
-                    updated = await requeue(conn, run, why)
+                    why = f"agent {run.agent_name} did not confirm it within its lease"
+                    updated = await hand_back(conn, run, why)
                 if updated is not None:
                     changed.append(updated)
         for run in changed:

@@ -18,15 +18,16 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from control_plane.errors import NotFound
+from control_plane.errors import NotFound, Unauthenticated
 from control_plane.models import LogRecord, LogStream, Run
-from control_plane.orchestration import clock
+from control_plane.orchestration import attempts, clock
 from control_plane.orchestration.agents import AgentRegistry, AgentSession, CancelMessage
+from control_plane.orchestration.attempts import ended as attempt_ended
+from control_plane.orchestration.attempts import hand_back
 from control_plane.orchestration.changes import Notifier, claimed, retrying
 from control_plane.orchestration.signals import run_key
 from control_plane.orchestration.states import (
     ASSIGNED,
-    AWAITING_RETRY,
     INFRASTRUCTURE_PENDING,
     SUBMITTED,
     Actor,
@@ -35,7 +36,6 @@ from control_plane.orchestration.states import (
     crash_target,
     rejection,
 )
-from control_plane.store import catalog as catalog_repo
 from control_plane.store import logs as logs_repo
 from control_plane.store import runs as repo
 from control_plane.store.db import Database
@@ -117,17 +117,33 @@ class AgentReports:
         self._agents = agents
         self._lease = lease
 
-    async def adopt(self, session: AgentSession, observed: list[tuple[str, int]]) -> None:
-        """Take over runs whose infrastructure a (re)connecting agent sees; tear down the rest."""
-        for run_id, attempt in observed:
+    async def adopt(self, session: AgentSession, observed: list[tuple[str, int, str]]) -> None:
+        """Take over runs whose infrastructure a (re)connecting agent sees; tear down the rest.
+
+        ``observed`` is (run id, attempt, infrastructure id). Hello is the reconciliation of
+        what an agent did while its stream was down: an ``Accepted`` or ``Submitted`` written
+        onto a dead stream is lost, but the infrastructure it names shows up here. An attempt
+        still PENDING/Assigned is therefore submitted in fact, and stops being subject to its
+        lease (which would hand it back under the agent's feet).
+        """
+        for run_id, attempt, infrastructure_id in observed:
             async with self._db.read() as conn:
                 run = await repo.get_run(conn, run_id) if len(run_id) == 32 else None
-            if run is None or run.is_terminal or run.attempt != attempt:
-                session.send(CancelMessage(run_id, attempt, "the run is finished or unknown"))
+            why = attempt_ended(run, attempt) if run is not None else "the run is unknown"
+            if run is None or why:
+                session.send(CancelMessage(run_id, attempt, why or "the run is unknown"))
                 continue
             held = await self._hold(session, run)
-            if held is not None and held.state_type is StateType.CANCELLING:
+            if held is None:
+                continue
+            if held.state_type is StateType.CANCELLING:
                 session.send(CancelMessage(run_id, attempt, held.state_message))
+            elif (
+                held.state_type is StateType.PENDING
+                and held.lease_deadline is not None
+                and infrastructure_id
+            ):
+                await self.submitted(session, run_id, attempt, infrastructure_id)
 
     async def accepted(
         self, session: AgentSession, run_id: str, attempt: int, at: datetime
@@ -136,7 +152,7 @@ class AgentReports:
 
         async def apply() -> Run | None:
             async with self._db.write() as conn:
-                run = await self._held_run(conn, session, run_id, attempt)
+                run = await self._held_run(conn, session, run_id, attempt, stale_cancel=True)
                 if run is None or run.state_type is not StateType.PENDING:
                     return None
                 updated = await repo.set_columns(
@@ -153,7 +169,7 @@ class AgentReports:
 
         async def apply() -> Run | None:
             async with self._db.write() as conn:
-                run = await self._held_run(conn, session, run_id, attempt)
+                run = await self._held_run(conn, session, run_id, attempt, stale_cancel=True)
                 if run is None or run.is_terminal:
                     return None
                 columns = {"infrastructure_id": infrastructure_id[:300], "lease_deadline": None}
@@ -190,7 +206,9 @@ class AgentReports:
 
         async def apply() -> Run | None:
             async with self._db.write() as conn:
-                run = await self._held_run(conn, session, report.run_id, report.attempt)
+                run = await self._held_run(
+                    conn, session, report.run_id, report.attempt, stale_cancel=True
+                )
                 if run is None or run.is_terminal:
                     return None
                 # Once the engine has opened its stream it numbers the attempt's lines itself;
@@ -228,25 +246,35 @@ class AgentReports:
 
         await self._notifier.apply(apply)
 
-    async def session_closed(self, session: AgentSession) -> None:
-        """Put back assignments the departed agent never accepted; the rest wait for the lease.
+    async def session_closed(
+        self, session: AgentSession, *, keep_assignments: bool = False
+    ) -> None:
+        """Hand back assignments the departed agent never accepted; the rest wait for the lease.
 
+        Only when the agent hung up or its connection broke (``keep_assignments`` false). An
+        agent whose session the server ended (it went silent: a partition, a stall, a frozen
+        process; or the server is stopping) may have received the assignment and started it,
+        and will say so in the Hello of its next session; its lease is its time to come back.
         Runs it submitted keep running: their engines report on their own, and the agent
         takes them over again when it reconnects.
         """
+        if keep_assignments:
+            return
         async with self._db.read() as conn:
             held = await repo.runs_of_session(conn, session.id)
         for run in held:
             if run.accepted_at is None and run.state_name == ASSIGNED:
-                await self._requeue(run.id, run.attempt, "the agent disconnected before accepting")
+                await self._hand_back(
+                    run.id, run.attempt, f"agent {run.agent_name} disconnected before accepting"
+                )
 
-    async def _requeue(self, run_id: str, attempt: int, why: str) -> None:
+    async def _hand_back(self, run_id: str, attempt: int, why: str) -> None:
         async def apply() -> Run | None:
             async with self._db.write() as conn:
                 run = await repo.get_run(conn, run_id)
                 if run is None or run.attempt != attempt or run.state_name != ASSIGNED:
                     return None
-                updated = await requeue(conn, run, why)
+                updated = await hand_back(conn, run, why)
                 return claimed(updated)
 
         await self._notifier.apply(apply)
@@ -275,7 +303,13 @@ class AgentReports:
         await self._notifier.apply(apply)
 
     async def _held_run(
-        self, conn: AsyncConnection, session: AgentSession, run_id: str, attempt: int
+        self,
+        conn: AsyncConnection,
+        session: AgentSession,
+        run_id: str,
+        attempt: int,
+        *,
+        stale_cancel: bool = False,
     ) -> Run | None:
         if not self._agents.connected(session):
             log.info(
@@ -287,7 +321,20 @@ class AgentReports:
             )
             return None
         run = await repo.get_run(conn, run_id)
-        if run is None or run.attempt != attempt:
+        if run is None:
+            return None
+        if run.attempt != attempt:
+            if stale_cancel and attempt < run.attempt:
+                # The agent runs an attempt that was handed back: its engine is refused, so
+                # tear its infrastructure down rather than let it fail on its own.
+                session.send(
+                    CancelMessage(
+                        run_id,
+                        attempt,
+                        f"attempt {attempt} was handed back; run {run_id} is "
+                        f"on attempt {run.attempt}",
+                    )
+                )
             return None
         if run.agent_session_id == session.id:
             return run
@@ -320,21 +367,6 @@ class AgentReports:
         self, conn: AsyncConnection, run: Run, texts: list[str], level: int
     ) -> None:
         await append_system_lines(conn, self._db.dialect, run, texts, level)
-
-
-async def requeue(conn: AsyncConnection, run: Run, why: str) -> Run | None:
-    """Put a claimed, unsubmitted run back in the queue (same attempt, claim and token cleared)."""
-    return await repo.compare_and_set(
-        conn,
-        run,
-        State(StateType.SCHEDULED, "Scheduled", f"Back in the queue: {why}"),
-        now=clock.now(),
-        agent_session_id=None,
-        agent_name="",
-        lease_deadline=None,
-        engine_token_hash=None,
-        accepted_at=None,
-    )
 
 
 async def append_system_lines(
@@ -401,8 +433,21 @@ class EngineReports:
             return await logs_repo.max_seq(conn, run.id, run.attempt)
 
     async def store_logs(self, run: Run, lines: list[LogRecord]) -> None:
-        """Store a batch (duplicates of stored lines are dropped) and wake log tailers."""
+        """Store a batch (duplicates of stored lines are dropped) and wake log tailers.
+
+        Raises:
+            Unauthenticated: the stream's attempt has ended (the rule of its token, checked
+                in the same transaction as the insert, so no line lands after the end).
+        """
         async with self._db.write() as conn:
+            current = await repo.attempt_state(conn, run.id)
+            why = (
+                attempts.ended_at(run.id, run.attempt, *current)
+                if current
+                else "the run no longer exists"
+            )
+            if why:
+                raise Unauthenticated(why)
             await logs_repo.insert_lines(conn, lines, self._db.dialect)
         self._notifier.signals.notify(run_key(run.id))
 
@@ -429,9 +474,15 @@ class EngineReports:
                 if (
                     proposal.type is StateType.FAILED
                     and run.state_type is not StateType.CANCELLING
-                    and run.attempt <= run.max_retries
+                    and (failures := await repo.count_failed(conn, run.id)) < run.max_retries
                 ):
-                    retried = await retry(conn, run, proposal)
+                    retried = await attempts.retry(
+                        conn,
+                        run,
+                        State(StateType.FAILED, proposal.name, proposal.message),
+                        proposal.transition_id,
+                        failures + 1,
+                    )
                     return ProposalResult(True, claimed(retried))
                 columns: dict[str, object] = {"lease_deadline": None}
                 if proposal.type is StateType.COMPLETED:
@@ -455,43 +506,3 @@ class EngineReports:
         if result.accepted:
             self._notifier.changed(result.run)
         return result
-
-
-async def retry(conn: AsyncConnection, run: Run, proposal: Proposal) -> Run | None:
-    """A FAILED attempt with retries left: record its end, then SCHEDULED/AwaitingRetry as
-    the next attempt at now + the deployment's retry delay.
-
-    The new attempt has no claim, no infrastructure and no engine token: the failed
-    attempt's token stops working, and the dispatcher mints a new one when it assigns the
-    next attempt (whose Kubernetes Job gets a new name, derived from the attempt).
-    """
-    now = clock.now()
-    deployment = await catalog_repo.get_deployment(conn, id=run.deployment_id)
-    delay = deployment.scheduling.retry_delay_seconds if deployment else 0
-    due = now + timedelta(seconds=delay)
-    failed = State(StateType.FAILED, proposal.name, proposal.message)
-    await repo.record_history(conn, run.id, run.attempt, failed, now)
-    first_line = proposal.message.strip().splitlines()[0] if proposal.message.strip() else ""
-    message = (
-        f"Attempt {run.attempt} failed{': ' + first_line[:500] if first_line else ''}; "
-        f"retry {run.attempt} of {run.max_retries} at {due.isoformat(timespec='seconds')}"
-    )
-    return await repo.compare_and_set(
-        conn,
-        run,
-        State(StateType.SCHEDULED, AWAITING_RETRY, message),
-        now=now,
-        transition_id=proposal.transition_id or None,
-        attempt=run.attempt + 1,
-        scheduled_at=due,
-        agent_session_id=None,
-        agent_name="",
-        lease_deadline=None,
-        engine_token_hash=None,
-        accepted_at=None,
-        started_at=None,
-        ended_at=None,
-        last_heartbeat_at=None,
-        infrastructure_id="",
-        source_revision="",
-    )

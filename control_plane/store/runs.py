@@ -129,6 +129,42 @@ async def record_history(
     await _insert_history(conn, run_id, attempt, state, now)
 
 
+async def attempt_state(conn: AsyncConnection, run_id: str) -> tuple[int, StateType] | None:
+    """The run's current attempt and state type, read alone (for every stored log batch)."""
+    row = (
+        await conn.execute(
+            select(flow_runs.c.attempt, flow_runs.c.state_type).where(flow_runs.c.id == run_id)
+        )
+    ).first()
+    return (row.attempt, StateType(row.state_type)) if row else None
+
+
+async def count_failed(conn: AsyncConnection, run_id: str) -> int:
+    """How many attempts of a run failed (FAILED history rows; retried ones included)."""
+    query = select(func.count()).where(
+        run_states.c.run_id == run_id, run_states.c.type == StateType.FAILED.value
+    )
+    return int((await conn.execute(query)).scalar_one())
+
+
+async def regrant_leases(conn: AsyncConnection, until: datetime) -> int:
+    """Extend every running assignment lease to at least ``until``; returns how many.
+
+    For a control plane that starts: the agents holding those assignments could not report
+    while it was down, so each gets a whole lease to reconnect and say what it did.
+    """
+    result = await conn.execute(
+        update(flow_runs)
+        .where(
+            flow_runs.c.state_type.in_([StateType.PENDING.value, StateType.CANCELLING.value]),
+            flow_runs.c.lease_deadline.is_not(None),
+            flow_runs.c.lease_deadline < until,
+        )
+        .values(lease_deadline=until, version=flow_runs.c.version + 1)
+    )
+    return int(result.rowcount or 0)
+
+
 async def history(conn: AsyncConnection, run_id: str) -> list[StateRecord]:
     """Every state the run has been in, oldest first."""
     rows = await conn.execute(

@@ -6,6 +6,10 @@
   network partition does: nothing fails, nothing arrives, and only the peers' own timeouts and
   keepalives can notice. New connections flow, as a client that dials again gets a new path.
 - While :meth:`Relay.refusing` is on, new connections are closed as soon as they arrive.
+- While :meth:`Relay.dropping_upstream` is on, what clients send is lost (on open and new
+  connections alike) while what the server sends still arrives: a one-way partition. When it
+  ends, the connections that lost bytes are reset, as TCP gives up on a connection whose
+  segments were never acknowledged.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ class Relay:
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket, threading.Event]] = []
         self._refusing = False
+        self._dropping = False
+        #: Client sockets whose bytes were dropped (reset when the partition ends).
+        self._damaged: set[socket.socket] = set()
         self._closed = False
         self.connections = 0
         self._acceptor = threading.Thread(target=self._accept, name="relay-accept", daemon=True)
@@ -69,6 +76,27 @@ class Relay:
         finally:
             self._refusing = False
 
+    @contextlib.contextmanager
+    def dropping_upstream(self) -> Iterator[None]:
+        """Lose every byte clients send while inside the block; server bytes still flow."""
+        self._dropping = True
+        try:
+            yield
+        finally:
+            self._dropping = False
+            with self._lock:
+                damaged = [pair for pair in self._pairs if pair[0] in self._damaged]
+                self._pairs = [pair for pair in self._pairs if pair[0] not in self._damaged]
+                self._damaged.clear()
+            for *pair, flowing in damaged:
+                flowing.set()
+                for sock in pair:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+                        sock.close()
+
     def close(self) -> None:
         self._closed = True
         with contextlib.suppress(OSError):
@@ -104,10 +132,15 @@ class Relay:
                 self.connections += 1
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(
-                    target=self._pump, args=(source, sink, flowing), name="relay-pump", daemon=True
+                    target=self._pump,
+                    args=(source, sink, flowing, source is client),
+                    name="relay-pump",
+                    daemon=True,
                 ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, flowing: threading.Event) -> None:
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, flowing: threading.Event, upward: bool
+    ) -> None:
         try:
             while not self._closed:
                 readable, _, _ = select.select([source], [], [], 0.1)
@@ -117,6 +150,10 @@ class Relay:
                 data = source.recv(_CHUNK)
                 if not data:
                     break
+                if upward and self._dropping:
+                    with self._lock:
+                        self._damaged.add(source)
+                    continue
                 sink.sendall(data)
         except (OSError, ValueError):
             pass

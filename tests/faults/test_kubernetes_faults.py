@@ -24,8 +24,9 @@ DEADLINE = 60.0
 
 @pytest.fixture
 def kube(tmp_path: Path) -> Iterator[KubeSystem]:
-    # A short lease, so an accepted but never submitted assignment comes back quickly.
-    with running_kube_system(tmp_path, server_args=["--lease-seconds", "3"]) as system:
+    # A short lease, so an accepted but never submitted assignment comes back quickly, yet
+    # long enough for a restarted agent to confirm the Job that did land.
+    with running_kube_system(tmp_path, server_args=["--lease-seconds", "8"]) as system:
         yield system
 
 
@@ -60,7 +61,7 @@ def test_agent_killed_before_its_job_exists_the_run_is_requeued_and_runs_once(
     jobs_before = kube.cluster.create_count("jobs")
     run_id = kill_the_agent_mid_create(kube, "fault", lands=False)  # no Job: died with it
     wait_for(
-        lambda: any("Back in the queue" in s.message for s in history(kube, run_id)),
+        lambda: any("Handed back" in s.message for s in history(kube, run_id)),
         timeout=DEADLINE,
         what="the lease running out",
     )
@@ -68,12 +69,14 @@ def test_agent_killed_before_its_job_exists_the_run_is_requeued_and_runs_once(
     run = kube.wait_terminal(run_id, timeout=DEADLINE)
     assert run.state.type == types_pb2.STATE_TYPE_COMPLETED, run.state.message
     assert kube.cluster.create_count("jobs") == jobs_before + 1  # one Job, from the new agent
-    assert {s.attempt for s in history(kube, run_id)} == {1}
+    # The unconfirmed attempt was handed back: the run ran as attempt 2, with its own token.
+    assert {s.attempt for s in history(kube, run_id)} == {1, 2}
+    assert run.attempt == 2
     assert "hello fault" in kube.logs(run_id)
-    # The Secret the dead agent left behind was taken over, not duplicated or orphaned.
-    secrets = [s for s in kube.cluster.secrets() if run_id in s["metadata"]["name"]]
-    assert len(secrets) == 1
-    assert secrets[0]["metadata"].get("ownerReferences"), secrets[0]["metadata"]
+    # The new attempt's Secret belongs to its Job. (Attempt 1's Secret, created before the
+    # agent died, holds a token that expired with its attempt.)
+    secrets = {s["metadata"]["name"]: s for s in kube.cluster.secrets()}
+    assert secrets[f"flowyard-{run_id}-2"]["metadata"].get("ownerReferences")
 
 
 def test_agent_killed_while_its_job_create_lands_the_job_runs_once(kube: KubeSystem) -> None:

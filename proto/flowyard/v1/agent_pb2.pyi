@@ -255,7 +255,9 @@ class Hello(_message.Message):
     @_builtins.property
     def observed_runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ObservedRun]:
         """Runs whose infrastructure the agent can see; the server sends Cancel for each one
-        that is terminal or unknown, and the session holds the others.
+        that is terminal or unknown or whose attempt is over, and the session holds the others.
+        An attempt the server still has as assigned counts as submitted with this
+        infrastructure (the agent's Accepted and Submitted may have been lost with its stream).
         """
 
     @_builtins.property
@@ -344,7 +346,11 @@ Global___CreditGrant: _TypeAlias = CreditGrant  # noqa: Y015
 
 @_typing.final
 class Assign(_message.Message):
-    """Assign hands one attempt of one run to the agent. It uses one credit."""
+    """Assign hands one attempt of one run to the agent. It uses one credit. An attempt is
+    assigned once: a run handed back (lease expired, agent gone before accepting) comes back
+    as the next attempt with a new engine token, so the same (run_id, attempt) again is a
+    repeat of the same assignment.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -373,7 +379,9 @@ class Assign(_message.Message):
     """Token the engine of this attempt authenticates with. Never log it."""
     @_builtins.property
     def lease_deadline(self) -> _timestamp_pb2.Timestamp:
-        """Accept (and then submit) before this time, or the run goes back to the queue."""
+        """Accept (and then submit) before this time, or the attempt is handed back: the run goes
+        back to the queue as its next attempt and this attempt's engine token stops working.
+        """
 
     @_builtins.property
     def secret_env(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecretEnv]:

@@ -154,7 +154,7 @@ class ReportResponse(_message.Message):
 
     @_builtins.property
     def cancel(self) -> Global___CancelFlow:
-        """Stop the flow: the run is being cancelled."""
+        """Stop the flow: the run is being cancelled, or the attempt has ended."""
 
     def __init__(
         self,
@@ -379,13 +379,16 @@ Global___EngineHeartbeat: _TypeAlias = EngineHeartbeat  # noqa: Y015
 
 @_typing.final
 class CancelFlow(_message.Message):
-    """CancelFlow asks the engine to stop the flow and propose CANCELLED."""
+    """CancelFlow asks the engine to stop the flow: while the run is CANCELLING, then to propose
+    CANCELLED; after the attempt has ended under the stream, with nothing more to propose (the
+    stream ends UNAUTHENTICATED right after it).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     REASON_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
-    """Why."""
+    """Why: the user's reason for a cancel, or what ended the attempt."""
     def __init__(
         self,
         *,

@@ -29,9 +29,10 @@ class EngineServiceStub:
     """EngineService is the control plane's side of the engine protocol. The engine runs
     inside the run's infrastructure (`flowyard-engine execute <run-id>`) and authenticates
     every call with the attempt's token as gRPC metadata `authorization: Bearer <token>`.
-    A missing, unknown or expired token is UNAUTHENTICATED (a token expires with its
-    attempt: a new assignment replaces it), whether or not the run exists; a valid engine
-    token of another run is PERMISSION_DENIED, and so is an admin or agent token.
+    A missing, unknown or expired token is UNAUTHENTICATED, whether or not the run exists. A
+    token expires with its attempt: when the run moves on to its next attempt (a hand-back or
+    a retry) and when the run reaches a terminal state. A valid engine token of another run is
+    PERMISSION_DENIED, and so is an admin or agent token.
     """
 
     def __init__(self, channel):
@@ -56,15 +57,16 @@ class EngineServiceServicer:
     """EngineService is the control plane's side of the engine protocol. The engine runs
     inside the run's infrastructure (`flowyard-engine execute <run-id>`) and authenticates
     every call with the attempt's token as gRPC metadata `authorization: Bearer <token>`.
-    A missing, unknown or expired token is UNAUTHENTICATED (a token expires with its
-    attempt: a new assignment replaces it), whether or not the run exists; a valid engine
-    token of another run is PERMISSION_DENIED, and so is an admin or agent token.
+    A missing, unknown or expired token is UNAUTHENTICATED, whether or not the run exists. A
+    token expires with its attempt: when the run moves on to its next attempt (a hand-back or
+    a retry) and when the run reaches a terminal state. A valid engine token of another run is
+    PERMISSION_DENIED, and so is an admin or agent token.
     """
 
     def StartRun(self, request, context):
         """Returns what to run: the deployment's entrypoint and source and the run's parameters.
-        UNAUTHENTICATED if the attempt is no longer the run's current one (its token expired
-        with it); FAILED_PRECONDITION if the run is terminal.
+        UNAUTHENTICATED once the attempt is over: no longer the run's current attempt, or
+        ended because the run is terminal (its token expired with it; the message says which).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -74,7 +76,10 @@ class EngineServiceServicer:
         """Report is the engine's session: state proposals, heartbeats and log batches up,
         acknowledgements and Cancel down. The first message must be Open. Log lines are
         acknowledged by the highest seq stored; the engine keeps unacknowledged lines and
-        resends them on a new stream, and the server drops lines it already has.
+        resends them on a new stream, and the server drops lines it already has. When the
+        attempt ends while the stream is open by something other than the engine's own proposal
+        (a cancel forced, the infrastructure gone), the server sends CancelFlow and ends the
+        stream UNAUTHENTICATED; log lines are never stored after the attempt's end.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,9 +110,10 @@ class EngineService:
     """EngineService is the control plane's side of the engine protocol. The engine runs
     inside the run's infrastructure (`flowyard-engine execute <run-id>`) and authenticates
     every call with the attempt's token as gRPC metadata `authorization: Bearer <token>`.
-    A missing, unknown or expired token is UNAUTHENTICATED (a token expires with its
-    attempt: a new assignment replaces it), whether or not the run exists; a valid engine
-    token of another run is PERMISSION_DENIED, and so is an admin or agent token.
+    A missing, unknown or expired token is UNAUTHENTICATED, whether or not the run exists. A
+    token expires with its attempt: when the run moves on to its next attempt (a hand-back or
+    a retry) and when the run reaches a terminal state. A valid engine token of another run is
+    PERMISSION_DENIED, and so is an admin or agent token.
     """
 
     @staticmethod

@@ -30,9 +30,10 @@ class EngineServiceStub:
     """EngineService is the control plane's side of the engine protocol. The engine runs
     inside the run's infrastructure (`flowyard-engine execute <run-id>`) and authenticates
     every call with the attempt's token as gRPC metadata `authorization: Bearer <token>`.
-    A missing, unknown or expired token is UNAUTHENTICATED (a token expires with its
-    attempt: a new assignment replaces it), whether or not the run exists; a valid engine
-    token of another run is PERMISSION_DENIED, and so is an admin or agent token.
+    A missing, unknown or expired token is UNAUTHENTICATED, whether or not the run exists. A
+    token expires with its attempt: when the run moves on to its next attempt (a hand-back or
+    a retry) and when the run reaches a terminal state. A valid engine token of another run is
+    PERMISSION_DENIED, and so is an admin or agent token.
     """
 
     @_typing.overload
@@ -41,14 +42,17 @@ class EngineServiceStub:
     def __new__(cls, channel: _aio.Channel) -> EngineServiceAsyncStub: ...
     StartRun: _grpc.UnaryUnaryMultiCallable[_engine_pb2.StartRunRequest, _engine_pb2.StartRunResponse]
     """Returns what to run: the deployment's entrypoint and source and the run's parameters.
-    UNAUTHENTICATED if the attempt is no longer the run's current one (its token expired
-    with it); FAILED_PRECONDITION if the run is terminal.
+    UNAUTHENTICATED once the attempt is over: no longer the run's current attempt, or
+    ended because the run is terminal (its token expired with it; the message says which).
     """
     Report: _grpc.StreamStreamMultiCallable[_engine_pb2.ReportRequest, _engine_pb2.ReportResponse]
     """Report is the engine's session: state proposals, heartbeats and log batches up,
     acknowledgements and Cancel down. The first message must be Open. Log lines are
     acknowledged by the highest seq stored; the engine keeps unacknowledged lines and
-    resends them on a new stream, and the server drops lines it already has.
+    resends them on a new stream, and the server drops lines it already has. When the
+    attempt ends while the stream is open by something other than the engine's own proposal
+    (a cancel forced, the infrastructure gone), the server sends CancelFlow and ends the
+    stream UNAUTHENTICATED; log lines are never stored after the attempt's end.
     """
 
 @_typing.type_check_only
@@ -56,31 +60,36 @@ class EngineServiceAsyncStub(EngineServiceStub):
     """EngineService is the control plane's side of the engine protocol. The engine runs
     inside the run's infrastructure (`flowyard-engine execute <run-id>`) and authenticates
     every call with the attempt's token as gRPC metadata `authorization: Bearer <token>`.
-    A missing, unknown or expired token is UNAUTHENTICATED (a token expires with its
-    attempt: a new assignment replaces it), whether or not the run exists; a valid engine
-    token of another run is PERMISSION_DENIED, and so is an admin or agent token.
+    A missing, unknown or expired token is UNAUTHENTICATED, whether or not the run exists. A
+    token expires with its attempt: when the run moves on to its next attempt (a hand-back or
+    a retry) and when the run reaches a terminal state. A valid engine token of another run is
+    PERMISSION_DENIED, and so is an admin or agent token.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     StartRun: _aio.UnaryUnaryMultiCallable[_engine_pb2.StartRunRequest, _engine_pb2.StartRunResponse]  # type: ignore[assignment]
     """Returns what to run: the deployment's entrypoint and source and the run's parameters.
-    UNAUTHENTICATED if the attempt is no longer the run's current one (its token expired
-    with it); FAILED_PRECONDITION if the run is terminal.
+    UNAUTHENTICATED once the attempt is over: no longer the run's current attempt, or
+    ended because the run is terminal (its token expired with it; the message says which).
     """
     Report: _aio.StreamStreamMultiCallable[_engine_pb2.ReportRequest, _engine_pb2.ReportResponse]  # type: ignore[assignment]
     """Report is the engine's session: state proposals, heartbeats and log batches up,
     acknowledgements and Cancel down. The first message must be Open. Log lines are
     acknowledged by the highest seq stored; the engine keeps unacknowledged lines and
-    resends them on a new stream, and the server drops lines it already has.
+    resends them on a new stream, and the server drops lines it already has. When the
+    attempt ends while the stream is open by something other than the engine's own proposal
+    (a cancel forced, the infrastructure gone), the server sends CancelFlow and ends the
+    stream UNAUTHENTICATED; log lines are never stored after the attempt's end.
     """
 
 class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
     """EngineService is the control plane's side of the engine protocol. The engine runs
     inside the run's infrastructure (`flowyard-engine execute <run-id>`) and authenticates
     every call with the attempt's token as gRPC metadata `authorization: Bearer <token>`.
-    A missing, unknown or expired token is UNAUTHENTICATED (a token expires with its
-    attempt: a new assignment replaces it), whether or not the run exists; a valid engine
-    token of another run is PERMISSION_DENIED, and so is an admin or agent token.
+    A missing, unknown or expired token is UNAUTHENTICATED, whether or not the run exists. A
+    token expires with its attempt: when the run moves on to its next attempt (a hand-back or
+    a retry) and when the run reaches a terminal state. A valid engine token of another run is
+    PERMISSION_DENIED, and so is an admin or agent token.
     """
 
     @_abc_1.abstractmethod
@@ -90,8 +99,8 @@ class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_engine_pb2.StartRunResponse, _abc.Awaitable[_engine_pb2.StartRunResponse]]:
         """Returns what to run: the deployment's entrypoint and source and the run's parameters.
-        UNAUTHENTICATED if the attempt is no longer the run's current one (its token expired
-        with it); FAILED_PRECONDITION if the run is terminal.
+        UNAUTHENTICATED once the attempt is over: no longer the run's current attempt, or
+        ended because the run is terminal (its token expired with it; the message says which).
         """
 
     @_abc_1.abstractmethod
@@ -103,7 +112,10 @@ class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
         """Report is the engine's session: state proposals, heartbeats and log batches up,
         acknowledgements and Cancel down. The first message must be Open. Log lines are
         acknowledged by the highest seq stored; the engine keeps unacknowledged lines and
-        resends them on a new stream, and the server drops lines it already has.
+        resends them on a new stream, and the server drops lines it already has. When the
+        attempt ends while the stream is open by something other than the engine's own proposal
+        (a cancel forced, the infrastructure gone), the server sends CancelFlow and ends the
+        stream UNAUTHENTICATED; log lines are never stored after the attempt's end.
         """
 
 def add_EngineServiceServicer_to_server(servicer: EngineServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

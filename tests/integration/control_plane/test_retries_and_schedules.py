@@ -90,6 +90,35 @@ async def test_a_failed_attempt_with_retries_left_runs_again_as_a_new_attempt(
     await agent.close()
 
 
+async def test_a_handed_back_attempt_uses_no_retry(ready: Plane) -> None:
+    await with_fields(ready, retries=1)
+    silent = agent_stream(ready, capacity=1, name="silent")
+    await silent.receive("welcome")
+    run = await ready.run()
+    await silent.receive("assign")
+    # Never accepted: the lease (1.5 s) hands attempt 1 back; the run waits as attempt 2.
+    await ready.wait_state(run.id, types_pb2.STATE_TYPE_SCHEDULED, wait=5)
+    await silent.close()
+    agent = agent_stream(ready, capacity=1, name="taker")
+    await agent.receive("welcome")
+    second = await agent.receive("assign")
+    assert second.attempt == 2
+    await fail_attempt(ready, run.id, 2, second.engine_token)
+    # The first failure, on the second attempt: its one retry is still there.
+    retried = (await ready.get(run.id)).run
+    assert (retried.state.name, retried.attempt) == ("AwaitingRetry", 3)
+    assert "Attempt 2 failed: ValueError: boom; retry 1 of 1" in retried.state.message
+    await agent.close()
+    agent = agent_stream(ready, capacity=1, name="last")
+    await agent.receive("welcome")
+    third = await agent.receive("assign", wait=10)
+    assert third.attempt == 3
+    await fail_attempt(ready, run.id, 3, third.engine_token)
+    ended = (await ready.get(run.id)).run
+    assert (ended.state.type, ended.attempt) == (types_pb2.STATE_TYPE_FAILED, 3)
+    await agent.close()
+
+
 async def test_a_repeated_failed_report_gets_the_same_answer(ready: Plane) -> None:
     await with_fields(ready, retries=3)
     agent = agent_stream(ready, capacity=1)

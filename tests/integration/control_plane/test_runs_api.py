@@ -124,13 +124,18 @@ async def test_unaccepted_assignment_goes_back_to_the_queue(ready: Plane) -> Non
     first = await silent.receive("assign")
     await ready.wait_state(run.id, S.STATE_TYPE_SCHEDULED, wait=5)
     history = (await ready.get(run.id)).history
-    assert "did not start it within its lease" in history[-1].message
-    # The next agent gets it, with a new token; the old one no longer opens the engine stream.
+    # The attempt ends, and the run goes back to the queue as the next one.
+    assert (history[-2].attempt, history[-1].attempt) == (1, 2)
+    assert "Handed back: agent silent did not confirm it within its lease" in history[-2].message
+    assert "Back in the queue as attempt 2" in history[-1].message
+    # The next agent gets the next attempt, with a new token; the old one no longer opens
+    # the engine stream.
     other = agent_stream(ready, capacity=1, name="other")
     await other.receive("welcome")
     await silent.close()
     second = await other.receive("assign")
-    assert second.run_id == run.id and second.engine_token != first.engine_token
+    assert (second.run_id, second.attempt) == (run.id, 2)
+    assert second.engine_token != first.engine_token
     stale = engine_stream(ready, run.id, 1, first.engine_token)
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stale.receive("opened")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import socket
 import textwrap
 import time
 from pathlib import Path
@@ -302,3 +304,25 @@ async def test_a_thread_left_running_by_the_flow_does_not_keep_the_process_alive
     assert result.returncode == 0, result.stderr
     assert engine.fake.proposed_types() == [RUNNING, COMPLETED]
     assert "exiting despite running threads: forgotten" in result.stderr
+
+
+async def test_sigterm_while_the_control_plane_is_unreachable_exits_at_once(
+    engine: EngineHarness, flow_dir: Path
+) -> None:
+    write_flow(flow_dir, "def main():\n    print('ran')\n")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{probe.getsockname()[1]}"
+    process = await engine.start(FLOWYARD_SERVER=nowhere)
+    assert process.stderr is not None
+    # Waiting for the control plane (it retries with backoff), as an engine of an attempt
+    # handed back during an outage does.
+    while b"reconnecting" not in await asyncio.wait_for(process.stderr.readline(), 30):
+        pass
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    result = await engine.finish(process, within=15)
+    assert result.returncode == 143, result.stderr
+    assert time.monotonic() - started < 10  # not the 60 s connect timeout
+    assert "nothing ran" in result.stderr
+    assert "ran" not in result.stdout
