@@ -69,6 +69,9 @@ class Catalog:
             validation.schema_references(
                 template.get("variables"), "base_job_template_json.variables"
             )
+            validation.schema_patterns(
+                template.get("variables"), "base_job_template_json.variables"
+            )
             with validation.evaluating("base_job_template_json.variables", InvalidArgument):
                 template = templates.check_template(template, pool_type)
         else:

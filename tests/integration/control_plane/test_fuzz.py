@@ -35,6 +35,7 @@ from tests.bearer import admin_token
 from .conftest import FLOW, SCHEMA
 from .fuzzing import (
     DEFAULT_HINTS,
+    HOSTILE_BODIES,
     HOSTILE_JOB_VARIABLES,
     HOSTILE_SCHEMAS,
     HOSTILE_TEMPLATES,
@@ -651,6 +652,37 @@ def test_unary_rpcs_covered() -> None:
     }
     unary = {n for n, m in services.items() if not m.client_streaming and not m.server_streaming}
     assert unary == {rpc.method for rpc in UNARY}
+
+
+# -- bodies that may not be protobuf at all --------------------------------------------------
+
+METHODS = [
+    method
+    for module, name in (
+        (pb, "ControlPlaneService"),
+        (agent_pb2, "AgentService"),
+        (engine_pb2, "EngineService"),
+    )
+    for method in module.DESCRIPTOR.services_by_name[name].methods
+]
+bodies = st.one_of(st.sampled_from(HOSTILE_BODIES), st.binary(max_size=64))
+
+
+@pytest.mark.parametrize("method", METHODS, ids=[m.name for m in METHODS])
+@FUZZ
+@given(data=st.data())
+def test_any_bytes_as_a_request_blame_the_request_and_change_nothing(
+    world: World, method: Any, data: st.DataObject
+) -> None:
+    metadata = None
+    if method.containing_service.name == "EngineService":
+        metadata = bearer(data.draw(st.sampled_from(world.tokens), label="token"))
+    if method.client_streaming:
+        sent = data.draw(st.lists(bodies, min_size=1, max_size=3), label="bodies")
+    else:
+        sent = [data.draw(bodies, label="body")]
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    world.fuzz.raw(path, sent, streaming=method.client_streaming, metadata=metadata)
 
 
 # -- what one request stores and a later one relies on ------------------------------------
