@@ -409,3 +409,15 @@ async def test_an_infra_notice_never_takes_a_seq_the_engine_is_about_to_use(read
     assert texts == ["the engine's first line"]
     await engine.close()
     await agent.close()
+
+
+async def test_an_integral_float_for_an_integer_is_stored_as_an_integer(ready: Plane) -> None:
+    run = await ready.run(name="x", count=7.0)
+    assert run.parameters_json == '{"count":7,"name":"x"}'
+    stored = (await ready.get(run.id)).run
+    assert stored.parameters_json == '{"count":7,"name":"x"}'
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await ready.run(name="x", count=7.5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == "parameters: count: 7.5 is not of type 'integer'"
