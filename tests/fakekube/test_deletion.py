@@ -98,23 +98,26 @@ def test_foreground_delete_removes_the_job_after_its_pods(
     # The order, from the change log rather than from a look at the right moment (on a busy
     # machine the pod may be gone before a test looks): the pod was terminating, then
     # deleted, and only then the Job.
-    pods = changes(core.list_namespaced_pod, since)
-    jobs = changes(batch.list_namespaced_job, since)
-    assert [kind for kind, _, _ in pods][-1] == "DELETED"
-    assert any(kind == "MODIFIED" and obj.metadata.deletion_timestamp for kind, _, obj in pods[:-1])
-    assert [kind for kind, _, _ in jobs][-1] == "DELETED"
+    pods = changes_until_deleted(core.list_namespaced_pod, since)
+    jobs = changes_until_deleted(batch.list_namespaced_job, since)
+    assert any(kind == "MODIFIED" and obj.metadata.deletion_timestamp for kind, _, obj in pods)
     assert pods[-1][1] < jobs[-1][1], "the job went before its pod"
 
 
-def changes(list_objects: Any, since: str) -> list[tuple[str, int, Any]]:
-    """(type, resource version, object) of each change after ``since``, in order."""
-    stream = watch.Watch().stream(
-        list_objects, "default", resource_version=since, timeout_seconds=1, _request_timeout=30
-    )
-    return [
-        (event["type"], int(event["object"].metadata.resource_version), event["object"])
-        for event in stream
-    ]
+def changes_until_deleted(list_objects: Any, since: str) -> list[tuple[str, int, Any]]:
+    """(type, resource version, object) of each change after ``since``, up to the first
+    DELETED one: replayed from the watch history, so it does not matter when we look."""
+    seen: list[tuple[str, int, Any]] = []
+    # A read deadline rather than the watch's timeoutSeconds: on a busy machine the server
+    # could reach that before it replays anything.
+    for event in watch.Watch().stream(
+        list_objects, "default", resource_version=since, _request_timeout=30
+    ):
+        obj = event["object"]
+        seen.append((event["type"], int(obj.metadata.resource_version), obj))
+        if event["type"] == "DELETED":
+            return seen
+    raise AssertionError(f"the watch ended without a deletion: {[t for t, _, _ in seen]}")
 
 
 def test_delete_without_policy_orphans_and_warns(

@@ -9,7 +9,9 @@ from typing import Any, TypeVar
 from tests import waiting
 
 T = TypeVar("T")
-DEADLINE = 10.0
+#: Generous: a loaded machine may take a while to start processes and run the controllers;
+#: a wait ends as soon as its condition holds.
+DEADLINE = 30.0
 
 
 def wait_for(condition: Callable[[], T], timeout: float = DEADLINE, what: str = "condition") -> T:
