@@ -102,6 +102,7 @@ class Deployment:
     created_at: datetime
     updated_at: datetime
     scheduling: Scheduling = field(default_factory=Scheduling)
+    version: str = ""
 
 
 @dataclass(frozen=True)

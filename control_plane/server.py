@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from control_plane.admission import Admission
 from control_plane.api.agent import AgentServicer
 from control_plane.api.control_plane import ControlPlaneServicer
+from control_plane.api.decoding import Decoding
 from control_plane.api.engine import EngineServicer
 from control_plane.auth.bootstrap import ensure_admin_token
 from control_plane.auth.interceptor import Authenticator
@@ -204,8 +205,10 @@ async def build(config: ServerConfig) -> App:
     admission = Admission(config.max_concurrent_calls, lambda: db.in_flight, ADMITTED_SERVICES)
     # Admission first: verifying a token may read the database, and that counts as work.
     authenticator = Authenticator(tokens, require_agent_cert=config.require_agent_cert)
+    # Decoding last: an unparseable body is reported only for a call admitted and authenticated.
     server = grpc.aio.server(
-        interceptors=[admission, authenticator], options=server_options(config)
+        interceptors=[admission, authenticator, Decoding(SERVICE_NAMES)],
+        options=server_options(config),
     )
     control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(
         ControlPlaneServicer(db, catalog, runs, agents, signals, queues, schedules, tokens),

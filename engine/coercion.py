@@ -3,13 +3,17 @@
 JSON has no dates, enums, tuples or classes, so the engine converts where the annotation
 says what is wanted and the conversion is unambiguous:
 
+- ``int`` from a number with no fractional part (``7.0``: JSON Schema counts it as an
+  integer, and JSON libraries decode it as a float); any other number is refused;
 - ``float`` from an integer; ``tuple``/``set``/``frozenset`` from an array;
 - ``Enum`` subclasses from one of their values (or, failing that, a member's name);
 - ``datetime``/``date``/``time`` from ISO 8601 text (``Z`` accepted), ``UUID``, ``Path``
   and ``Decimal`` from text;
 - pydantic models (``model_validate``, when pydantic is installed where the flow runs),
   dataclasses and TypedDicts from objects, field by field;
-- recursively through ``list[X]``, ``dict[str, X]``, ``tuple[...]`` and ``X | None``.
+- recursively through ``list[X]``, ``dict[str, X]``, ``tuple[...]``, ``X | None`` and
+  unions: a value that already is one of a union's types is converted as that type, else
+  as the first type it can become, else passed as decoded.
 
 Everything else is passed as decoded. A value that cannot become what its annotation asks
 for (an unknown enum value, a malformed date, a model that does not validate) raises
@@ -49,12 +53,14 @@ def coerce(value: Any, annotation: Any) -> Any:
     if origin is typing.Annotated:
         return coerce(value, type_args[0])
     if origin in (typing.Union, types.UnionType):
-        non_none = [arg for arg in type_args if arg is not type(None)]
-        if value is None or len(non_none) != 1:
-            return value
-        return coerce(value, non_none[0])
+        return _to_union(value, [arg for arg in type_args if arg is not type(None)])
+    if origin is typing.Literal and isinstance(value, float) and value.is_integer():
+        # Literal[2] given 2.0: the literal itself, as typed in the annotation.
+        return next((arg for arg in type_args if arg == value and _is_int(arg)), value)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is int and isinstance(value, float):
+        return _to_int(value)
     if isinstance(annotation, type):
         converted = _to_class(value, annotation)
         if converted is not _UNCHANGED:
@@ -67,6 +73,52 @@ def coerce(value: Any, annotation: Any) -> Any:
 
 
 _UNCHANGED = object()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _to_int(value: float) -> int:
+    if not value.is_integer():
+        raise CoercionError(f"{value!r} is not an integer")
+    return int(value)
+
+
+def _to_union(value: Any, options: list[Any]) -> Any:
+    if value is None or not options:
+        return value
+    if len(options) == 1:  # X | None
+        return coerce(value, options[0])
+    # A value that already is one of the types keeps it: 7.0 stays a float for int | float.
+    for option in options:
+        if _is_instance(value, option):
+            return coerce(value, option)
+    for option in options:
+        try:
+            converted = coerce(value, option)
+        except CoercionError:
+            continue
+        if _is_instance(converted, option):
+            return converted
+    # Fits none of them: passed as decoded, as a value of an unknown annotation is.
+    return value
+
+
+def _is_instance(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` already is of the (outer) type ``annotation`` names."""
+    cls = typing.get_origin(annotation) or annotation
+    if cls is typing.Literal:
+        return value in typing.get_args(annotation)
+    if typing.is_typeddict(cls):
+        return isinstance(value, dict)
+    if not isinstance(cls, type):
+        return False
+    if cls in (int, float) and isinstance(value, bool):
+        return False  # True is an int to Python, not to JSON
+    return isinstance(value, cls)
+
+
 _TEXT_TYPES: dict[type, tuple[str, Any]] = {
     datetime.datetime: ("an ISO 8601 date-time", datetime.datetime.fromisoformat),
     datetime.date: ("an ISO 8601 date", datetime.date.fromisoformat),

@@ -158,6 +158,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                 job_variables_json=d.job_variables_json,
                 tags=tuple(d.tags),
                 description=d.description,
+                version=d.version,
                 scheduling=convert.scheduling_from_proto(d),
             )
         )

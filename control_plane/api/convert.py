@@ -244,6 +244,7 @@ def deployment_to_proto(deployment: Deployment) -> types_pb2.Deployment:
         concurrency_limit=deployment.scheduling.concurrency_limit,
         collision_strategy=COLLISIONS[deployment.scheduling.collision],
         paused=deployment.scheduling.paused,
+        version=deployment.version,
     )
 
 

@@ -9,7 +9,15 @@ from typing import Any
 
 from control_plane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from control_plane.models import Deployment, JSONObject, Pool, PoolType, Scheduling
-from control_plane.orchestration import clock, queues, schedules, sources, templates, validation
+from control_plane.orchestration import (
+    clock,
+    queues,
+    redeploy,
+    schedules,
+    sources,
+    templates,
+    validation,
+)
 from control_plane.store import catalog as repo
 from control_plane.store import queues as queues_repo
 from control_plane.store import runs as runs_repo
@@ -21,6 +29,7 @@ MAX_FLOW_NAME_CHARS = 200
 MAX_TAGS = 100
 MAX_TAG_CHARS = 100
 MAX_DESCRIPTION_CHARS = 10_000
+MAX_VERSION_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,7 @@ class DeploymentSpec:
     job_variables_json: str = ""
     tags: tuple[str, ...] = ()
     description: str = ""
+    version: str = ""
     scheduling: Scheduling = field(default_factory=Scheduling)
 
 
@@ -57,6 +67,9 @@ class Catalog:
         template = validation.json_object(template_json, "base_job_template_json")
         if template:
             validation.schema_references(
+                template.get("variables"), "base_job_template_json.variables"
+            )
+            validation.schema_patterns(
                 template.get("variables"), "base_job_template_json.variables"
             )
             with validation.evaluating("base_job_template_json.variables", InvalidArgument):
@@ -129,6 +142,7 @@ class Catalog:
         for index, tag in enumerate(spec.tags):
             validation.text(tag, f"deployment.tags[{index}]", MAX_TAG_CHARS, required=True)
         validation.text(spec.description, "deployment.description", MAX_DESCRIPTION_CHARS)
+        validation.text(spec.version, "deployment.version", MAX_VERSION_CHARS)
         schedules.check(spec.scheduling)
         schedules.check_parameters(spec.scheduling, parameters, schema, flow_name)
         now = clock.now()
@@ -164,13 +178,20 @@ class Catalog:
                 created_at=existing.created_at if existing else now,
                 updated_at=now,
                 scheduling=spec.scheduling,
+                version=spec.version,
             )
             if existing is None:
                 await repo.insert_deployment(conn, deployment, queue.id)
+            elif redeploy.same(existing, deployment):
+                # Applying a project file again must not look like a change to anyone
+                # watching update_time, nor disturb the runs its schedules created.
+                return existing, False
             else:
                 await repo.update_deployment(conn, deployment, queue.id)
+                stale = redeploy.stale_schedules(existing, deployment)
                 # The scheduler creates them again from the new definition.
-                await runs_repo.delete_future_scheduled(conn, deployment.id, now)
+                for schedule in [None] if stale is None else sorted(stale):
+                    await runs_repo.delete_future_scheduled(conn, deployment.id, now, schedule)
         self._deployment_changed()
         return deployment, existing is None
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from control_plane.errors import FailedPrecondition, InvalidArgument, NotFound
 from control_plane.models import Deployment, Run, Schedule, StateRecord
-from control_plane.orchestration import clock, queues, templates, validation
+from control_plane.orchestration import clock, numbers, queues, templates, validation
 from control_plane.orchestration.agents import AgentRegistry, CancelMessage
 from control_plane.orchestration.changes import Notifier, claimed, retrying
 from control_plane.orchestration.states import (
@@ -78,6 +78,7 @@ class Runs:
                 _check_schedule_current(deployment, request.schedule)
             merged = {**deployment.parameters, **parameters}
             validation.parameters(merged, deployment.parameter_schema, deployment.flow_name)
+            merged = numbers.whole_numbers(merged, deployment.parameter_schema)
             pool = await catalog_repo.get_pool(conn, id=deployment.pool_id)
             assert pool is not None  # a deployment's pool cannot be deleted under it
             queue = await queues.resolve(

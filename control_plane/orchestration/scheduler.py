@@ -6,10 +6,10 @@ run's idempotency key derives from the schedule's name and the firing time, and 
 per deployment, so a restart, a second pass or a race with itself never creates a duplicate.
 
 It wakes when a deployment changes (upsert, pause, resume) and otherwise sleeps until the
-soonest next firing, when the horizon moves. Changing a deployment, or pausing it or one
-schedule, removes the future runs its schedules created that have not started (see
-``Catalog.upsert_deployment`` and ``Schedules.pause``); the next pass creates what the new
-definition asks for.
+soonest next firing, when the horizon moves. Changing a schedule, or what its runs copy from
+the deployment (parameters, queue, retries...), or pausing it, removes the future runs it
+created that have not started (see ``redeploy.stale_schedules`` and ``Schedules.pause``);
+the next pass creates what the new definition asks for. Other changes keep those runs.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ whatever is stored can be written back as standard JSON by any database and any 
 JSON Schemas (a deployment's parameter schema, a pool's job variables) may refer only to their
 own parts (``#/...`` and anchors): evaluating them never fetches anything, and a reference that
 loops back to itself without descending into the value is refused before it can recurse forever.
+Their regular expressions (``pattern``, ``patternProperties``) nest groups at most
+``MAX_PATTERN_NESTING`` deep: Python compiles a regular expression recursively, one level of
+its stack per group, so a short pattern of nested groups could otherwise exhaust the stack of
+the request that compiles it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ MAX_JSON_BYTES = 1 << 20
 #: recursive code (schema validation, copying, rendering) stays far from the stack limit.
 MAX_JSON_DEPTH = 32
 MAX_JSON_NUMBER_DIGITS = 100
+#: Far deeper than any regular expression written by hand; compiling one costs about two
+#: stack frames per level.
+MAX_PATTERN_NESTING = 32
 #: What to do about a pool whose template cannot be evaluated (pools cannot be changed).
 POOL_FIX = "create a pool with a corrected base_job_template_json and move the deployment there"
 #: How much of a rejected value an error message quotes.
@@ -182,14 +189,76 @@ def _encodable(value: str, field: str) -> None:
 
 def json_schema(schema: dict[str, Any], field: str) -> dict[str, Any]:
     """A valid JSON Schema (draft 2020-12) describing an object, or InvalidArgument."""
+    schema_patterns(schema, field)
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         raise InvalidArgument(f"{field}: not a valid JSON Schema: {exc.message}") from None
+    except RecursionError:
+        # What schema_patterns cannot foresee; the caller's input, never a server failure.
+        raise InvalidArgument(
+            f"{field}: the schema is nested too deeply to be checked; simplify it"
+        ) from None
     if schema.get("type", "object") != "object":
         raise InvalidArgument(f'{field}: must describe an object ("type": "object")')
     schema_references(schema, field)
     return schema
+
+
+# -- regular expressions within a schema ---------------------------------------------------------
+
+
+def schema_patterns(schema: Any, field: str) -> None:
+    """Refuse a ``pattern`` or ``patternProperties`` key that nests its groups too deeply.
+
+    Checked before anything compiles them (``check_schema`` does, to validate them).
+    """
+    if not isinstance(schema, dict):
+        return
+    stack: list[tuple[str, Any]] = [("", schema)]
+    while stack:
+        where, node = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        patterns = [(f"{where}/pattern", node.get("pattern"))]
+        if isinstance(node.get("patternProperties"), dict):
+            patterns += [(f"{where}/patternProperties", key) for key in node["patternProperties"]]
+        for at, pattern in patterns:
+            if isinstance(pattern, str) and (depth := _nesting(pattern)) > MAX_PATTERN_NESTING:
+                raise InvalidArgument(
+                    f"{field}: {at}: the regular expression {shown(pattern)} nests groups "
+                    f"{depth} deep; at most {MAX_PATTERN_NESTING} levels are allowed"
+                )
+        stack += [(where + suffix, child) for suffix, child, _ in _subschemas(node)]
+        if "contentSchema" in node:
+            stack.append((f"{where}/contentSchema", node["contentSchema"]))
+
+
+def _nesting(pattern: str) -> int:
+    """How deep the groups of a regular expression nest (escapes and classes skipped)."""
+    depth = deepest = 0
+    escaped = False
+    class_start = -1  # where the character class being read opened, -1 outside one
+    for index, char in enumerate(pattern):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif class_start >= 0:
+            # "]" first in a class ("[]" or "[^]") is a literal, not its end.
+            first = index == class_start + 1 or (
+                index == class_start + 2 and pattern[class_start + 1] == "^"
+            )
+            if char == "]" and not first:
+                class_start = -1
+        elif char == "[":
+            class_start = index
+        elif char == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == ")":
+            depth = max(depth - 1, 0)
+    return deepest
 
 
 # -- references within a schema ---------------------------------------------------------------
@@ -345,7 +414,7 @@ def evaluating(what: str, error: type[FlowyardError], fix: str = "") -> Iterator
     try:
         yield
     except RecursionError:
-        why = "its references recurse without end"
+        why = "it nests too deeply (references that recurse without end, or deep patterns)"
     except Unresolvable as exc:
         why = f"the reference {shown(exc.ref)} cannot be resolved"
     else:

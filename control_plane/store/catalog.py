@@ -89,6 +89,7 @@ def _deployment(row: Row[Any]) -> Deployment:
         created_at=row.created_at,
         updated_at=row.updated_at,
         scheduling=queues_repo.scheduling_from_row(row),
+        version=row.version,
     )
 
 
@@ -129,6 +130,7 @@ def _deployment_values(deployment: Deployment) -> dict[str, Any]:
         "job_variables": deployment.job_variables,
         "tags": deployment.tags,
         "description": deployment.description,
+        "version": deployment.version,
         "updated_at": deployment.updated_at,
     }
 

@@ -103,6 +103,8 @@ deployments = Table(
     Column("description", Text, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # The user's label for what is deployed (a release number, a git sha).
+    Column("version", String(200), nullable=False, server_default=""),
     # Scheduling: queue, retries, concurrency and schedules (see orchestration/scheduling.py).
     Column("queue_id", String(32), ForeignKey("work_queues.id"), nullable=True),
     Column("retries", Integer, nullable=False, server_default="0"),

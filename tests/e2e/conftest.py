@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from control_plane.cli.client import open_channel
 from control_plane.cli.processes import Child, script, start_agent, start_server
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import control_plane_pb2_grpc, types_pb2
+from tests import waiting
 
 POOL = "e2e"
 DEADLINE = 60.0
@@ -31,15 +31,9 @@ DEADLINE = 60.0
 def wait_for(
     condition: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition"
 ) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+    """Poll ``condition`` until it returns something truthy, asking again when it raises;
+    fail after ``timeout`` seconds (see ``tests.waiting``)."""
+    return waiting.wait_for(condition, timeout, what, interval=0.05)
 
 
 def pid_alive(pid: int) -> bool:

@@ -37,6 +37,8 @@ DEPLOYMENT = "burst"
 FLOW = "def main(name: str = 'x') -> str:\n    return name\n"
 #: Every call and every wait of these tests is bounded by this.
 CALL_DEADLINE = 60.0
+#: The server's default heartbeat interval: its silence limit is three of them.
+AGENT_HEARTBEAT_SECONDS = 10.0
 RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
 BURST = 1000
 STORM = 2000
@@ -337,7 +339,13 @@ async def test_a_reconnect_storm_after_a_restart_is_welcomed(
                 agent_name=f"agent-{index}", pool=POOL, capacity=0, runtime="process"
             )
         )
-        await release.wait()
+        # Heartbeat like a real agent: on a loaded machine the storm can outlast the silence
+        # the server tolerates (three heartbeat intervals), and a silent session is ended.
+        while not release.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(release.wait(), AGENT_HEARTBEAT_SECONDS)
+            if not release.is_set():
+                yield agent_pb2.ConnectRequest(heartbeat=agent_pb2.Heartbeat())
 
     async def agent(stub: agent_pb2_grpc.AgentServiceStub, index: int) -> str:
         nonlocal welcomed

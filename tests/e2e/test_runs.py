@@ -4,10 +4,14 @@ import os
 import signal
 import subprocess
 
+import grpc
+import pytest
+
 from control_plane.cli.processes import script
+from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
 
-from .conftest import System, pid_alive, wait_for
+from .conftest import POOL, System, pid_alive, wait_for
 
 CHATTY = """
 import logging
@@ -173,3 +177,69 @@ def test_env_job_variable_reaches_the_engine_merged_over_the_deployments(system:
     assert result.returncode == 0, result.stdout + result.stderr
     run_id = result.stderr.split()[2]
     assert system.run(run_id).result_summary == "'hi there'"
+
+
+TYPED = """
+from dataclasses import dataclass
+from typing import Optional, TypedDict
+
+
+@dataclass
+class Window:
+    size: int
+    steps: list[int]
+
+
+class Limits(TypedDict):
+    most: int
+
+
+def main(
+    n: int,
+    items: list[int],
+    pair: tuple[int, float],
+    opt: Optional[int] = None,
+    named: dict[str, int] | None = None,
+    window: Window | None = None,
+    limits: Limits | None = None,
+) -> str:
+    seen = [n, items[0], pair[0], pair[1], opt, named["a"], window.size, window.steps[0],
+            limits["most"]]
+    return " ".join(type(value).__name__ for value in seen)
+"""
+WHOLE = {
+    "n": 7.0,
+    "items": [1.0, 2],
+    "pair": [1.0, 2.0],
+    "opt": 3.0,
+    "named": {"a": 4.0},
+    "window": {"size": 5.0, "steps": [6.0]},
+    "limits": {"most": 8.0},
+}
+
+
+def test_int_parameters_reach_the_flow_as_ints_at_every_depth(system: System) -> None:
+    system.start_agent()
+    system.deploy("typed", TYPED)  # with the schema derived from the signature
+    unchecked = types_pb2.Deployment(
+        name="unchecked",
+        entrypoint="flow.py:main",
+        source=types_pb2.Source(
+            local=types_pb2.LocalSource(path=str(system.write_flow("u", TYPED)))
+        ),
+        pool=POOL,
+    )
+    system.stub.UpsertDeployment(pb.UpsertDeploymentRequest(deployment=unchecked))
+    expected = "'int int int float int int int int int'"
+    for deployment in ("typed", "unchecked"):
+        run = system.wait_terminal(system.create_run(deployment, **WHOLE))
+        assert run.state.type == types_pb2.STATE_TYPE_COMPLETED, run.state.message
+        assert run.result_summary == expected, deployment
+    # A fraction where an int is wanted: refused by the schema, or by the engine without one.
+    with pytest.raises(grpc.RpcError) as refused:
+        system.create_run("typed", **{**WHOLE, "n": 7.5})
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert refused.value.details() == "parameters: n: 7.5 is not of type 'integer'"  # type: ignore[attr-defined]
+    run = system.wait_terminal(system.create_run("unchecked", **{**WHOLE, "n": 7.5}))
+    assert run.state.type == types_pb2.STATE_TYPE_FAILED
+    assert "parameter 'n' of main(): 7.5 is not an integer" in run.state.message

@@ -12,7 +12,7 @@ from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
 from tests.codesources import make_repo, serve_files, tar_gz
 
-from .conftest import POOL, System
+from .conftest import POOL, System, wait_for
 
 S = types_pb2.StateType
 
@@ -62,6 +62,7 @@ deployments:
     parameters: {{colour: red}}
     tags: [etl]
     description: Nightly extract
+    version: "1.5.0"
     retries: 2
     retry_delay_seconds: 30
     schedules:
@@ -80,6 +81,12 @@ deployments:
     source: {{local: {{path: local}}}}
     pool: {pool}
 """
+
+
+def _scheduled(system: System, deployment: str) -> set[str]:
+    """Ids of the runs the deployment's schedules created ahead of time."""
+    runs = system.stub.ListRuns(pb.ListRunsRequest(deployment_name=deployment)).runs
+    return {run.id for run in runs if run.schedule_name}
 
 
 def _project(path: Path, git_url: str, archive_url: str, sha256: str, description: str) -> None:
@@ -118,6 +125,9 @@ def test_project_file_git_and_archive_runs_record_what_they_ran(
             f"({repo.work / 'app'}); runs' parameters are checked by the flow's signature only)",
             "hello: created",
         ]
+        stored = system.stub.GetDeployment(pb.GetDeploymentRequest(name="etl")).deployment
+        assert stored.version == "1.5.0"
+        morning = wait_for(lambda: _scheduled(system, "etl") or None, what="the morning runs")
         again = system.cli("deploy", "--file", str(project))
         assert again.returncode == 0, again.stderr
         assert [line for line in again.stdout.splitlines() if not line.startswith("  (")] == [
@@ -125,6 +135,9 @@ def test_project_file_git_and_archive_runs_record_what_they_ran(
             "report: unchanged",
             "hello: unchanged",
         ]
+        # Unchanged means untouched: the same update time, the same scheduled runs.
+        assert system.stub.GetDeployment(pb.GetDeploymentRequest(name="etl")).deployment == stored
+        assert _scheduled(system, "etl") == morning
         _project(project, repo.url, url, digest, "Monthly report")
         changed = system.cli("deploy", "--file", str(project), "--name", "report")
         assert changed.returncode == 0, changed.stderr

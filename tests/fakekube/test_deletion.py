@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from kubernetes import client
+from typing import Any
+
+from kubernetes import client, watch
 
 from tests.fakekube import FakeCluster
 from tests.fakekube.testing import pid_alive, python_job, wait_for
@@ -82,6 +84,7 @@ def test_foreground_delete_removes_the_job_after_its_pods(
     # The process ignores SIGTERM, so its pod (and so the Job) lingers for the grace period.
     running_job(batch, core, cluster, "fg", STUBBORN)
     [pid] = cluster.pod_pids()
+    since = core.list_namespaced_pod("default").metadata.resource_version
 
     body = batch.delete_namespaced_job("fg", "default", propagation_policy="Foreground")
 
@@ -89,11 +92,32 @@ def test_foreground_delete_removes_the_job_after_its_pods(
     job = batch.read_namespaced_job("fg", "default")
     assert job.metadata.deletion_timestamp is not None
     assert job.metadata.finalizers == ["foregroundDeletion"]
-    terminating = wait_for(lambda: cluster.pods()[0]["metadata"].get("deletionTimestamp"))
-    assert terminating
     wait_for(lambda: not cluster.jobs(), what="the job to go after its pods")
     assert cluster.pods() == []
     assert not pid_alive(pid)
+    # The order, from the change log rather than from a look at the right moment (on a busy
+    # machine the pod may be gone before a test looks): the pod was terminating, then
+    # deleted, and only then the Job.
+    pods = changes_until_deleted(core.list_namespaced_pod, since)
+    jobs = changes_until_deleted(batch.list_namespaced_job, since)
+    assert any(kind == "MODIFIED" and obj.metadata.deletion_timestamp for kind, _, obj in pods)
+    assert pods[-1][1] < jobs[-1][1], "the job went before its pod"
+
+
+def changes_until_deleted(list_objects: Any, since: str) -> list[tuple[str, int, Any]]:
+    """(type, resource version, object) of each change after ``since``, up to the first
+    DELETED one: replayed from the watch history, so it does not matter when we look."""
+    seen: list[tuple[str, int, Any]] = []
+    # A read deadline rather than the watch's timeoutSeconds: on a busy machine the server
+    # could reach that before it replays anything.
+    for event in watch.Watch().stream(
+        list_objects, "default", resource_version=since, _request_timeout=30
+    ):
+        obj = event["object"]
+        seen.append((event["type"], int(obj.metadata.resource_version), obj))
+        if event["type"] == "DELETED":
+            return seen
+    raise AssertionError(f"the watch ended without a deletion: {[t for t, _, _ in seen]}")
 
 
 def test_delete_without_policy_orphans_and_warns(

@@ -304,12 +304,20 @@ def eventually() -> Eventually:
     ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        while not condition():
+        while True:
             if agent is not None and agent.process.returncode is not None:
                 raise AssertionError(
                     f"the agent exited ({agent.process.returncode}) while waiting for "
                     f"{message}; its log:\n{agent.log()}"
                 )
+            try:
+                if condition():
+                    return
+            except Exception as error:
+                # What the check reads may not be there yet: ask again, until the deadline.
+                if loop.time() > deadline:
+                    error.add_note(f"(still raised after {within} s waiting for {message})")
+                    raise
             if loop.time() > deadline:
                 log = agent.log() if agent is not None else ""
                 raise AssertionError(f"timed out waiting for {message}\n{log}")

@@ -41,6 +41,9 @@ SCHEMA = {
     "additionalProperties": False,
 }
 RECEIVE_TIMEOUT = 10.0
+#: How often a test's agent or engine stream heartbeats when idle: well within the silence
+#: the server tolerates (three intervals of the ``plane`` fixture's 1 s).
+HEARTBEAT_SECONDS = 0.3
 STOP_TIMEOUT = 15.0
 
 
@@ -126,7 +129,22 @@ class Stream:
             self._incoming.put_nowait(error)
 
     async def _requests(self) -> AsyncIterator[Any]:
-        while (message := await self._outgoing.get()) is not None:
+        first = await self._outgoing.get()
+        if first is None:
+            return
+        yield first
+        # Like a real agent or engine, say "still here" whenever there is nothing else to
+        # send: the server ends a session that stays silent for a few heartbeat intervals,
+        # which a loaded machine can make a test do between two of its messages.
+        heartbeat = type(first)(heartbeat={})
+        while True:
+            try:
+                message = await asyncio.wait_for(self._outgoing.get(), HEARTBEAT_SECONDS)
+            except TimeoutError:
+                yield heartbeat
+                continue
+            if message is None:
+                return
             yield message
 
     def send(self, message: Any) -> None:

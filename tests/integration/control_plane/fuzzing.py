@@ -294,6 +294,37 @@ class Fuzzer:
         self.check_log()
         return answers, error
 
+    def raw(
+        self,
+        path: str,
+        bodies: Sequence[bytes],
+        *,
+        streaming: bool = False,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> None:
+        """Send ``bodies`` as they are (perhaps not protobuf at all) to the method ``path``:
+        the first one alone, or all of them on a request stream (``streaming``). A rejected
+        call must change nothing."""
+        before = self.snapshot()
+        rpc = path.rsplit("/", 1)[-1]
+        # No serializers: the bytes go out untouched and the answers come back as bytes. On
+        # the wire a unary call is a stream of one message each way, so one shape serves all.
+        call = (
+            self.channel.stream_stream(path)(iter(bodies), metadata=metadata, timeout=CALL_TIMEOUT)
+            if streaming
+            else self.channel.unary_stream(path)(bodies[0], metadata=metadata, timeout=CALL_TIMEOUT)
+        )
+        try:
+            next(call, None)
+            self.tally.count(rpc, "OK", len(bodies))
+        except grpc.RpcError as error:
+            self.tally.count(rpc, check_status(error, bodies), len(bodies))
+            after = self.snapshot()
+            assert before == after, f"a rejected body changed the database: {bodies!r}"
+        finally:
+            call.cancel()
+        self.check_log()
+
     def first_answer(self, method: Callable[..., Any], request: Message) -> Any:
         """Call a server-streaming RPC, take its first answer and hang up; it must change
         nothing. Returns the answer, or None if the call was refused."""
@@ -446,6 +477,21 @@ HOSTILE_JSON = [
     '{"env": {"A": "' + "x" * 100_000 + '"}}',
 ]
 
+#: 1.5 KB of nested groups: compiling it overflowed the stack of a request.
+DEEP_PATTERN = "(" * 300 + "a" + ")" * 300
+
+#: Request bodies that are not protobuf messages, or not of any Flowyard request type.
+HOSTILE_BODIES = [
+    b"\xff\xff",  # a field key whose varint never ends
+    b"\x0a\x05ab",  # a string field longer than what follows
+    b"\x0a\x02\xc3\x28",  # a string field that is not UTF-8
+    b"\x0b",  # a group start (deprecated wire type) that never ends
+    b"\x0f",  # wire type 7 does not exist
+    b"\x08" + b"\x80" * 11,  # a varint longer than 10 bytes
+    b"\x00",  # field number 0
+    b"",
+]
+
 HOSTILE_SCHEMAS = [
     {"$ref": "#"},
     {"type": "object", "$ref": "#"},
@@ -465,6 +511,10 @@ HOSTILE_SCHEMAS = [
         "properties": {"name": {"$ref": "#/$defs/x"}},
     },
     {"type": "object", "properties": {"name": {"type": "string", "pattern": "("}}},
+    # Compiling a regular expression recurses once per nested group.
+    {"type": "object", "properties": {"name": {"type": "string", "pattern": DEEP_PATTERN}}},
+    {"type": "object", "patternProperties": {DEEP_PATTERN: {"type": "string"}}},
+    {"type": "object", "$defs": {"n": {"pattern": DEEP_PATTERN}}, "properties": {}},
     {"type": "object", "properties": {"name": {"type": "string", "minLength": 1e308}}},
     {"type": "object", "properties": {"count": {"type": "number", "multipleOf": 1e-308}}},
     {"type": "object", "properties": {"name": {"type": "string", "format": "date"}}},
@@ -507,6 +557,8 @@ HOSTILE_TEMPLATES: list[Any] = [
     _process_template({"type": "object"}, **{"$ref": "#"}),
     _process_template({"$ref": "other.json"}, **{"$id": "http://127.0.0.1:9/"}),
     _process_template({"anyOf": [{"$ref": "#/properties/env"}]}),
+    _process_template({"type": "object", "additionalProperties": {"pattern": DEEP_PATTERN}}),
+    _process_template({"type": "object", "patternProperties": {DEEP_PATTERN: {}}}),
     {"job_configuration": {"x": "{{ nope }}"}, "variables": {"type": "object"}},
     {
         "job_configuration": {"env": "{{ env }} {{ $HOME }}"},

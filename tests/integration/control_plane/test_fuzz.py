@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,11 +31,13 @@ from hypothesis import strategies as st
 from control_plane.cli.client import BearerToken
 from flowyard.v1 import agent_pb2, engine_pb2, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
+from tests import waiting
 from tests.bearer import admin_token
 
 from .conftest import FLOW, SCHEMA
 from .fuzzing import (
     DEFAULT_HINTS,
+    HOSTILE_BODIES,
     HOSTILE_JOB_VARIABLES,
     HOSTILE_SCHEMAS,
     HOSTILE_TEMPLATES,
@@ -66,6 +69,8 @@ FUZZ = settings(
 STREAM_FUZZ = settings(FUZZ, max_examples=200)
 SCENARIO_FUZZ = settings(FUZZ, max_examples=150)
 WAIT_SECONDS = 10.0
+#: Far within the silence the server tolerates (three of its default 10 s intervals).
+HEARTBEAT_SECONDS = 2.0
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 #: Proposals the state machine would accept from the engine of a PENDING or RUNNING run;
@@ -82,6 +87,20 @@ class Session:
         self._outbox: queue.Queue[Message | None] = queue.Queue()
         self._outbox.put(first)
         self._answers = method(iter(self._outbox.get, None), metadata=metadata)
+        # It lives as long as the module: it heartbeats like a real agent, or the server
+        # would end it as silent (after three of its heartbeat intervals) halfway through.
+        self._closed = threading.Event()
+        self._heartbeats = threading.Thread(
+            target=self._heartbeat,
+            args=(type(first)(heartbeat={}),),
+            name="fuzz-session-heartbeat",
+            daemon=True,
+        )
+        self._heartbeats.start()
+
+    def _heartbeat(self, message: Message) -> None:
+        while not self._closed.wait(HEARTBEAT_SECONDS):
+            self._outbox.put(message)
 
     def send(self, message: Message) -> None:
         self._outbox.put(message)
@@ -98,6 +117,8 @@ class Session:
 
     def close(self) -> None:
         """Half-close and wait for the server to end the stream."""
+        self._closed.set()
+        self._heartbeats.join()
         self._outbox.put(None)
         for _ in self._answers:
             pass
@@ -150,10 +171,7 @@ def usually(value: Any, otherwise: st.SearchStrategy[Any]) -> st.SearchStrategy[
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+    waiting.wait_for(condition, WAIT_SECONDS, what)
 
 
 def deployment(name: str, pool: str, source: Path, **extra: Any) -> types_pb2.Deployment:
@@ -651,6 +669,37 @@ def test_unary_rpcs_covered() -> None:
     }
     unary = {n for n, m in services.items() if not m.client_streaming and not m.server_streaming}
     assert unary == {rpc.method for rpc in UNARY}
+
+
+# -- bodies that may not be protobuf at all --------------------------------------------------
+
+METHODS = [
+    method
+    for module, name in (
+        (pb, "ControlPlaneService"),
+        (agent_pb2, "AgentService"),
+        (engine_pb2, "EngineService"),
+    )
+    for method in module.DESCRIPTOR.services_by_name[name].methods
+]
+bodies = st.one_of(st.sampled_from(HOSTILE_BODIES), st.binary(max_size=64))
+
+
+@pytest.mark.parametrize("method", METHODS, ids=[m.name for m in METHODS])
+@FUZZ
+@given(data=st.data())
+def test_any_bytes_as_a_request_blame_the_request_and_change_nothing(
+    world: World, method: Any, data: st.DataObject
+) -> None:
+    metadata = None
+    if method.containing_service.name == "EngineService":
+        metadata = bearer(data.draw(st.sampled_from(world.tokens), label="token"))
+    if method.client_streaming:
+        sent = data.draw(st.lists(bodies, min_size=1, max_size=3), label="bodies")
+    else:
+        sent = [data.draw(bodies, label="body")]
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    world.fuzz.raw(path, sent, streaming=method.client_streaming, metadata=metadata)
 
 
 # -- what one request stores and a later one relies on ------------------------------------

@@ -1,6 +1,7 @@
 """The reaper's rules against a real server: silent engines, late runs, stuck cancels."""
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -11,11 +12,18 @@ from control_plane.orchestration.liveness import LivenessPolicy, Reaper
 from control_plane.orchestration.signals import Signals
 from flowyard.v1 import agent_pb2, engine_pb2, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
+from tests import waiting
 
 from .conftest import Plane, Stream, agent_stream, drive_to_running
 
 S = types_pb2
 LONG_AGO = clock.now() - timedelta(hours=1)
+
+
+def last_heartbeat(plane: Plane, run_id: str) -> str | None:
+    with sqlite3.connect(plane.data_dir / "flowyard.db") as db:
+        row = db.execute("SELECT last_heartbeat_at FROM flow_runs WHERE id = ?", (run_id,))
+        return row.fetchone()[0]  # type: ignore[no-any-return]
 
 
 def reaper(plane: Plane, started_long_ago: bool = True, **policy: float) -> Reaper:
@@ -59,11 +67,17 @@ async def test_an_engine_that_heartbeats_keeps_its_run_even_without_its_agent(re
     agent, engine, run_id, _ = await drive_to_running(ready)
     await agent.close()  # disconnected is not lost
     reap = reaper(ready, engine_grace=1.0)
+    # For longer than the grace, sweep right after each heartbeat is stored (not after a
+    # sleep, which a busy machine can stretch past the grace between two beats).
     deadline = time.monotonic() + 2.5
     while time.monotonic() < deadline:
+        before = last_heartbeat(ready, run_id)
         engine.send(engine_pb2.ReportRequest(heartbeat=engine_pb2.EngineHeartbeat()))
-        await asyncio.sleep(0.2)
+        await waiting.eventually(
+            lambda seen=before: last_heartbeat(ready, run_id) != seen, what="the heartbeat stored"
+        )
         assert not await reap.sweep_once()
+        await asyncio.sleep(0.2)
     assert (await ready.get(run_id)).run.state.type == S.STATE_TYPE_RUNNING
     await engine.close()
 

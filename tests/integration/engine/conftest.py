@@ -70,9 +70,29 @@ class FakeEngineService(engine_pb2_grpc.EngineServiceServicer):
     # -- test helpers --------------------------------------------------------------------
 
     async def wait_for(self, predicate: Callable[[], bool], within: float = 30.0) -> None:
-        """Wait until ``predicate()`` holds, re-checked whenever the fake's state changes."""
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(predicate), within)
+        """Wait until ``predicate()`` holds, re-checked whenever the fake's state changes.
+
+        A predicate that raises (it indexes what is not there yet) is asked again on the next
+        change; at the deadline its last error is raised again.
+        """
+        raised: list[Exception] = []
+
+        def holds() -> bool:
+            raised.clear()
+            try:
+                return bool(predicate())
+            except Exception as error:
+                raised.append(error)
+                return False
+
+        try:
+            async with self._changed:
+                await asyncio.wait_for(self._changed.wait_for(holds), within)
+        except TimeoutError:
+            if raised:
+                raised[0].add_note(f"(still raised after {within} s of waiting)")
+                raise raised[0] from None
+            raise
 
     async def _notify(self) -> None:
         async with self._changed:

@@ -6,7 +6,6 @@ import asyncio
 import signal
 import socket
 import textwrap
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -174,12 +173,11 @@ async def test_cancel_flow_interrupts_a_sleeping_flow(
     # The engine keeps heartbeating while the flow blocks the main thread.
     await fake.wait_for(lambda: fake.heartbeats >= 3)
 
-    started = time.monotonic()
     await fake.cancel("stop it")
+    # Within the deadline and by SIGTERM (143): the cancel interrupted the two-minute sleep.
     result = await engine.finish(process, within=15)
 
     assert result.returncode == 143, result.stderr
-    assert time.monotonic() - started < 10
     assert fake.proposed_types() == [RUNNING, CANCELLED]
     assert fake.state == CANCELLED
     assert any(t.startswith("Run cancelled") for t in fake.texts(SYSTEM))

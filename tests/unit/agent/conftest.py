@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import waiting
+
 # The fake engine's behaviour is picked by the run id's first word (before the first "-"):
 #   exit<N>    print a few lines, exit with code N
 #   lines<N>   print N numbered lines, exit 1
@@ -129,12 +131,7 @@ Eventually = Callable[..., Awaitable[None]]
 async def _eventually(
     condition: Callable[[], bool], within: float = 10.0, message: str = "condition"
 ) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {message}")
-        await asyncio.sleep(0.02)
+    await waiting.eventually(condition, within, message)
 
 
 @pytest.fixture

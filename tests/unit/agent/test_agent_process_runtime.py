@@ -137,11 +137,9 @@ async def test_cancel_kills_the_whole_process_group(
     child = int(child_pid_file.read_text())
     assert alive(pid) and alive(child)
 
-    started = time.monotonic()
     assert await runtime.cancel(key) is True
-    elapsed = time.monotonic() - started
 
-    assert elapsed < 5.0, "SIGTERM alone should have stopped the group within the grace period"
+    # SIGTERM alone stopped the group: no escalation to SIGKILL (see the exit below).
     assert not alive(pid)
     assert not alive(child)
     ended = exits.of(key)
@@ -166,9 +164,10 @@ async def test_cancel_escalates_to_sigkill_after_the_grace_period(
 
         started = time.monotonic()
         await runtime.cancel(key)
-        elapsed = time.monotonic() - started
 
-        assert 0.5 <= elapsed < 5.0
+        # It waited out the grace period (a lower bound, which load cannot break) and then
+        # killed: the exit below is SIGKILL's.
+        assert time.monotonic() - started >= 0.5
         assert not alive(pid)
         assert not alive(child)
         ended = exits.of(key)

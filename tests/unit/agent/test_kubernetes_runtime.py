@@ -149,7 +149,9 @@ async def test_submit_creates_the_secret_then_the_job_and_makes_the_job_its_owne
     assert [c for c in kube.calls if c.endswith(" *")] == ["list jobs *"]
 
 
-async def test_a_namespace_nobody_chose_is_the_agents_own(kube: FakeKube, events: Events) -> None:
+async def test_a_namespace_nobody_chose_is_the_agents_own(
+    kube: FakeKube, events: Events, eventually: Eventually
+) -> None:
     runtime = KubernetesRuntime(
         KubernetesSettings(namespace="flows", watch_backoff=SETTINGS.watch_backoff),
         pool="pool-a",
@@ -162,8 +164,7 @@ async def test_a_namespace_nobody_chose_is_the_agents_own(kube: FakeKube, events
         # A deployment that names a namespace gets it (and the agent watches it too).
         other = assignment(run_id="f" * 32, namespace="team-a")
         assert await runtime.submit(other) == f"team-a/flowyard-{'f' * 32}-1"
-        await asyncio.sleep(0.05)
-        assert "watch jobs team-a" in kube.calls
+        await eventually(lambda: "watch jobs team-a" in kube.calls, message="the new watch")
     finally:
         await runtime.close()
 
