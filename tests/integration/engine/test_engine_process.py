@@ -317,10 +317,9 @@ async def test_sigterm_while_the_control_plane_is_unreachable_exits_at_once(
     # handed back during an outage does.
     while b"reconnecting" not in await asyncio.wait_for(process.stderr.readline(), 30):
         pass
-    started = time.monotonic()
     process.send_signal(signal.SIGTERM)
+    # Within 15 s, not after the 60 s connect timeout.
     result = await engine.finish(process, within=15)
     assert result.returncode == 143, result.stderr
-    assert time.monotonic() - started < 10  # not the 60 s connect timeout
     assert "nothing ran" in result.stderr
     assert "ran" not in result.stdout
