@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from control_plane.orchestration.validation import json_pointer
+
 #: In-place hops ($ref, anyOf...) followed for one value; the schema checks at deploy time
 #: refuse reference loops, this bounds a schema stored before they existed.
 MAX_HOPS = 32
@@ -84,16 +86,7 @@ class _Walk:
             return self._root
         if not reference.startswith("#/"):
             return None  # anchors and outside references: nothing to convert by
-        node: Any = self._root
-        for token in reference[2:].split("/"):
-            token = token.replace("~1", "/").replace("~0", "~")
-            if isinstance(node, dict) and token in node:
-                node = node[token]
-            elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
-                node = node[int(token)]
-            else:
-                return None
-        return node
+        return json_pointer(self._root, reference[1:])
 
 
 def _types(schema: dict[str, Any]) -> set[str]:

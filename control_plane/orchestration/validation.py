@@ -358,8 +358,14 @@ def _resolve(root: dict[str, Any], fragment: str, anchors: dict[str, Any]) -> An
         return root
     if not fragment.startswith("/"):
         return anchors.get(fragment)
+    node = json_pointer(root, fragment)
+    return node if isinstance(node, dict | bool) else None
+
+
+def json_pointer(root: Any, pointer: str) -> Any:
+    """The value at JSON Pointer ``pointer`` (``/a/0/b``, RFC 6901) in ``root``, or None."""
     node: Any = root
-    for token in fragment[1:].split("/"):
+    for token in pointer[1:].split("/"):
         token = token.replace("~1", "/").replace("~0", "~")
         if isinstance(node, dict) and token in node:
             node = node[token]
@@ -367,7 +373,7 @@ def _resolve(root: dict[str, Any], fragment: str, anchors: dict[str, Any]) -> An
             node = node[int(token)]
         else:
             return None
-    return node if isinstance(node, dict | bool) else None
+    return node
 
 
 def _on_a_cycle(
