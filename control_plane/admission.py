@@ -28,6 +28,8 @@ from typing import Any, NoReturn, cast
 
 import grpc
 
+from control_plane.interceptors import Handler, MethodWrapper
+
 #: Trailing metadata carrying the retry hint in milliseconds (gRFC A6 server pushback).
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 #: The hint when the server has not yet seen enough calls finish to estimate its pace.
@@ -76,7 +78,7 @@ def retry_after(backlog: int, pace: float | None, spread: float) -> float:
     return min(MAX_RETRY_SECONDS, max(MIN_RETRY_SECONDS, seconds))
 
 
-class Admission(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class Admission(MethodWrapper):
     """Admits the unary calls of ``services`` while fewer than ``limit`` are in progress.
 
     ``backlog`` reports the database work in flight (``Database.in_flight``): it includes work
@@ -93,43 +95,27 @@ class Admission(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> None:
         if limit < 1:
             raise ValueError("the admission limit must be at least 1")
+        super().__init__(services)
         self.limit = limit
         self._backlog = backlog
-        self._services = frozenset(services)
         self._spread = spread
         self._active = 0
         self._pace = Pace()
-        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     @property
     def active(self) -> int:
         """Admitted calls not yet finished."""
         return self._active
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        method = handler_call_details.method
-        cached = self._handlers.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        # Methods are named "/package.Service/Method".
-        service = method.split("/")[1] if method.count("/") == 2 else ""
-        if handler is None or handler.unary_unary is None or service not in self._services:
-            return handler
-        guarded = grpc.unary_unary_rpc_method_handler(
+    def wrap(self, handler: Handler, service: str, method: str) -> Handler | None:
+        if handler.unary_unary is None:
+            return None  # streams are long-lived: their limits are gRPC's own
+        return grpc.unary_unary_rpc_method_handler(
             # On an aio server the behavior is a coroutine function (the stubs type it sync).
             self._guard(cast(Behavior, handler.unary_unary)),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
-        self._handlers[method] = guarded
-        return guarded
 
     def _guard(self, behavior: Behavior) -> Behavior:
         async def admitted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

@@ -21,9 +21,9 @@ import grpc
 
 from control_plane.api.errors import abort
 from control_plane.errors import InvalidArgument
+from control_plane.interceptors import Handler, MethodWrapper
 
 Context = Any  # grpc.aio.ServicerContext, whose generic parameters the stubs do not use
-Handler = Any  # grpc.RpcMethodHandler (not subscriptable at run time)
 
 
 class Undecodable:
@@ -65,30 +65,11 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield request
 
 
-class Decoding(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class Decoding(MethodWrapper):
     """Turns unparseable requests into INVALID_ARGUMENT for the services named."""
 
-    def __init__(self, services: tuple[str, ...]) -> None:
-        self._services = services
-        self._handlers: dict[str, Handler] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        method = handler_call_details.method
-        cached = self._handlers.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        # Methods are named "/package.Service/Method".
-        service = method.split("/")[1] if method.count("/") == 2 else ""
-        if handler is None or service not in self._services:
-            return handler
-        wrapped = _wrap(handler)
-        self._handlers[method] = wrapped
-        return wrapped
+    def wrap(self, handler: Handler, service: str, method: str) -> Handler:
+        return _wrap(handler)
 
 
 def _wrap(handler: Handler) -> Handler:

@@ -28,13 +28,13 @@ from control_plane.api.errors import abort
 from control_plane.auth.principals import Principal, TokenKind, set_caller
 from control_plane.auth.registry import HOW_TO_AUTHENTICATE, Tokens
 from control_plane.errors import FlowyardError, PermissionDenied, Unauthenticated
+from control_plane.interceptors import Handler, MethodWrapper
 
 CONTROL_PLANE = "flowyard.v1.ControlPlaneService"
 AGENT = "flowyard.v1.AgentService"
 ENGINE = "flowyard.v1.EngineService"
 
 Context = Any  # grpc.aio.ServicerContext, whose generic parameters the stubs do not use
-Handler = Any  # grpc.RpcMethodHandler (not subscriptable at run time)
 
 
 def bearer_token(metadata: Any) -> str:
@@ -69,31 +69,13 @@ def check_scope(service: str, method: str, principal: Principal) -> None:
         )
 
 
-class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class Authenticator(MethodWrapper):
     """Authenticates the calls of Flowyard's three services; other services pass through."""
 
     def __init__(self, tokens: Tokens, *, require_agent_cert: bool = False) -> None:
+        super().__init__((CONTROL_PLANE, AGENT, ENGINE))
         self._tokens = tokens
         self._require_agent_cert = require_agent_cert
-        self._handlers: dict[str, Handler] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        method = handler_call_details.method
-        cached = self._handlers.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        parts = method.split("/")
-        service, name = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
-        if handler is None or service not in (CONTROL_PLANE, AGENT, ENGINE):
-            return handler
-        wrapped = self._wrap(handler, service, name)
-        self._handlers[method] = wrapped
-        return wrapped
 
     async def _authenticate(self, service: str, method: str, context: Context) -> None:
         if service == AGENT and self._require_agent_cert and not context.peer_identities():
@@ -105,7 +87,7 @@ class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         check_scope(service, method, principal)
         set_caller(principal)
 
-    def _wrap(self, handler: Handler, service: str, method: str) -> Handler:
+    def wrap(self, handler: Handler, service: str, method: str) -> Handler:
         options = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
