@@ -440,7 +440,9 @@ async def test_a_pending_pod_in_another_namespace_keeps_its_deadline_across_a_re
         assert [infra.key for infra in second.observe()] == [key]
         end = await until(lambda: events.end_of(key), what="giving up after the restart")
         assert end.gave_up and end.kind is Kind.IMAGE_PULL_ERROR
-        assert "i/o timeout" in end.message
+        # The kubelet alternates ErrImagePull (the registry's words) and ImagePullBackOff, so
+        # which one the deadline meets depends on timing; either names the image.
+        assert "unreachable/flow:1" in end.message, end.message
         await until(lambda: not cluster.jobs("team-c"), what="the Job deleted")
     finally:
         await second.close()
