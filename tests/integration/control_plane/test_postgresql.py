@@ -228,3 +228,21 @@ async def test_an_unreachable_database_answers_unavailable(postgres_ready: Plane
             admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(name))
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE, error.value.details()
     assert "retry" in (error.value.details() or "")
+
+
+async def test_concurrent_creates_of_one_name_are_never_internal(postgres_ready: Plane) -> None:
+    async def create() -> grpc.StatusCode:
+        try:
+            await postgres_ready.pool("same-name")
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+        return grpc.StatusCode.OK
+
+    codes = Counter(await asyncio.gather(*(create() for _ in range(10))))
+    assert codes[grpc.StatusCode.OK] == 1, codes
+    # The losers either saw the pool (ALREADY_EXISTS) or raced its insert (ABORTED, retry).
+    assert set(codes) <= {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.ABORTED,
+    }, codes
