@@ -51,7 +51,8 @@ def postgres_problem() -> str | None:
             connection.execute("SELECT 1")
     except psycopg.Error as error:
         where = make_url(ADMIN_URL).render_as_string()
-        return f"PostgreSQL at {where} is not reachable: {str(error).strip()}"
+        # libpq's message spans lines (a hint on the second); a test report reads one.
+        return f"PostgreSQL at {where} is not reachable: {' '.join(str(error).split())}"
     return None
 
 
