@@ -80,11 +80,20 @@ async def abort_unexpected(
     context: grpc.aio.ServicerContext[Any, Any], name: str, error: Exception
 ) -> None:
     """End a call that failed with something other than a domain error: UNAVAILABLE with a
-    retry hint when the database was too busy, INTERNAL (and the traceback in the log) for a
-    bug."""
+    retry hint when the database was too busy, ABORTED when a concurrent call took the same
+    unique key first, INTERNAL (and the traceback in the log) for a bug."""
     if (reason := busy_database(error)) is not None:
         log.warning("%s: %s (%s)", name, reason, error)
         await abort_unavailable(context, reason)
+        return
+    if _unique_violation(error):
+        # Two calls created the same name at once and the unique key let one through (on
+        # PostgreSQL writers are not queued, so the check before the insert can race).
+        log.warning("%s: lost a race on a unique key (%s)", name, error)
+        await context.abort(
+            grpc.StatusCode.ABORTED,
+            "a concurrent request changed the same object; retry to see its result",
+        )
         return
     log.exception("%s failed", name)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
@@ -139,3 +148,12 @@ def streaming(
             await abort_unexpected(context, method.__name__, exc)
 
     return wrapper
+
+
+def _unique_violation(error: BaseException) -> bool:
+    if not isinstance(error, sa_exc.IntegrityError):
+        return False
+    # PostgreSQL's SQLSTATE for unique_violation; SQLite only says it in words.
+    return getattr(error.orig, "sqlstate", None) == "23505" or "UNIQUE constraint failed" in str(
+        error.orig
+    )

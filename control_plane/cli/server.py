@@ -194,4 +194,10 @@ def server_start(
         raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
     if require_agent_cert and tls_client_ca is None:
         raise click.UsageError("--require-agent-cert needs --tls-client-ca")
-    asyncio.run(serve(config))
+    from control_plane.store.migrate import StoreError
+
+    try:
+        asyncio.run(serve(config))
+    except StoreError as exc:
+        # Missing driver, unreachable server, unknown schema: one line saying what to do.
+        raise click.ClickException(str(exc)) from None

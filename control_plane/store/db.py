@@ -11,7 +11,12 @@ caller is cancelled, and ``close()`` waits for such work before closing the pool
 
 SQLite allows one writer at a time. Rather than let concurrent writers collide on the file lock
 (and spin on ``busy_timeout``), writers inside this process queue on an asyncio lock; WAL mode
-lets readers proceed while a write is in progress. PostgreSQL needs no such lock.
+lets readers proceed while a write is in progress. PostgreSQL needs no such lock: its writers
+are kept apart by row locks, unique keys and the version compare-and-set.
+
+Opening a database that cannot be used (its driver is not installed, its server does not
+answer, its schema is newer than this code) raises ``StoreError`` with a one-line message
+that says what to do, which the CLI prints instead of a traceback.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from control_plane.store import migrate
+from control_plane.store.migrate import StoreError
 
 T = TypeVar("T")
 #: How long ``close()`` waits for shielded work still in flight.
@@ -44,11 +51,25 @@ class Database:
 
     @classmethod
     async def open(cls, url: str) -> Database:
-        """Connect to ``url``, creating the SQLite file's directory, and migrate to head."""
+        """Connect to ``url``, creating the SQLite file's directory, and migrate to head.
+
+        Raises ``StoreError`` when the database cannot be used.
+        """
         engine = create_engine(url)
-        database = cls(engine)
-        await migrate.upgrade(engine)
-        return database
+        try:
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+            await migrate.upgrade(engine)
+        except sa_exc.OperationalError as error:
+            await engine.dispose()
+            where = engine.url.render_as_string(hide_password=True)
+            raise StoreError(
+                f"cannot use the database {where}: {_first_line(error.orig)}"
+            ) from error
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine)
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -93,13 +114,51 @@ class Database:
         await self.engine.dispose()
 
 
+#: The async driver each database is used through when the URL names none (or a sync one).
+ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "psycopg"}
+
+
+def normalise_url(url: str) -> URL:
+    """``url`` with the async driver we ship: ``postgresql://`` and ``postgres://`` become
+    ``postgresql+psycopg://``, ``sqlite://`` becomes ``sqlite+aiosqlite://``.
+
+    Raises ``StoreError`` for a URL that is not one, or names a database we do not support.
+    """
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError as error:
+        # Not echoed: a URL that does not parse may still hold a password.
+        raise StoreError(
+            "--db-url is not a database URL; use postgresql://user:password@host/dbname "
+            "or sqlite:///path/to/file.db"
+        ) from error
+    backend = "postgresql" if parsed.get_backend_name() == "postgres" else parsed.get_backend_name()
+    if backend not in ASYNC_DRIVERS:
+        raise StoreError(
+            f"--db-url: unsupported database {backend!r}; use postgresql://user@host/dbname "
+            "or sqlite:///path/to/file.db"
+        )
+    driver = parsed.drivername.partition("+")[2]
+    # A bare URL (or psycopg2's name, which people copy from other tools) gets our driver.
+    if driver in ("", "psycopg2", "pysqlite"):
+        parsed = parsed.set(drivername=f"{backend}+{ASYNC_DRIVERS[backend]}")
+    return parsed
+
+
 def create_engine(url: str) -> AsyncEngine:
-    """An async engine for ``url`` (an async driver URL, e.g. ``sqlite+aiosqlite:///x.db``)."""
-    parsed = make_url(url)
+    """An async engine for ``url`` (see ``normalise_url`` for the forms it takes).
+
+    Raises ``StoreError`` when the URL's driver is not installed.
+    """
+    parsed = normalise_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True)
-    if parsed.drivername == "sqlite":
-        parsed = parsed.set(drivername="sqlite+aiosqlite")
+        try:
+            return create_async_engine(parsed, pool_pre_ping=True)
+        except (ImportError, sa_exc.NoSuchModuleError) as error:
+            raise StoreError(
+                f"--db-url: the driver {parsed.drivername!r} is not installed ({error}); "
+                "use postgresql+psycopg://, whose driver Flowyard ships"
+            ) from error
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(parsed, connect_args={"timeout": 30})
@@ -125,3 +184,9 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_on_begin(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN")
+
+
+def _first_line(error: BaseException | None) -> str:
+    # Drivers' messages run over several lines (hints, the SQL); the first says what failed.
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

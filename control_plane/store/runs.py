@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Row, and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import Run, StateRecord
@@ -55,8 +55,11 @@ def _run(row: Row[Any]) -> Run:
 
 async def insert_run(conn: AsyncConnection, values: dict[str, Any], dialect: str) -> bool:
     """Store a new run and its first history row; False if its idempotency key is taken."""
-    inserted = await conn.execute(insert_ignoring_duplicates(flow_runs, dialect).values(**values))
-    if inserted.rowcount != 1:
+    # RETURNING, not rowcount: async psycopg reports -1 rows for an INSERT, so only a
+    # returned id says the row went in rather than hitting the idempotency key.
+    statement = insert_ignoring_duplicates(flow_runs, dialect).values(**values)
+    inserted = await conn.execute(statement.returning(flow_runs.c.id))
+    if inserted.first() is None:
         return False
     await _insert_history(
         conn,
@@ -99,10 +102,15 @@ async def list_runs(
     """
     query = _select_runs()
     if id_prefix:
-        # A range on the primary key, which every database answers from its index (LIKE
-        # may not: SQLite's is case-insensitive, PostgreSQL's needs a C-collation index).
-        # Ids are lowercase hex, and "g" sorts after every hex digit.
-        query = query.where(flow_runs.c.id >= id_prefix, flow_runs.c.id < id_prefix + "g")
+        # A range on the primary key, which SQLite answers from its index (its LIKE is
+        # case-insensitive and may not). Ids are lowercase hex, and "g" sorts after every hex
+        # digit byte by byte: SQLite compares so, PostgreSQL only under the "C" collation (a
+        # locale's may not), which leaves its primary key index out unless the database's
+        # collation is C -- a scan, acceptable for an interactive lookup.
+        ids: ColumnElement[str] = flow_runs.c.id
+        if conn.dialect.name == "postgresql":
+            ids = ids.collate("C")
+        query = query.where(ids >= id_prefix, ids < id_prefix + "g")
     if deployment_id is not None:
         query = query.where(flow_runs.c.deployment_id == deployment_id)
     if schedule_name:
@@ -225,12 +233,15 @@ async def _guarded_update(conn: AsyncConnection, run: Run, changes: dict[str, An
         key: (value.value if isinstance(value, StateType) else value)
         for key, value in changes.items()
     }
+    # RETURNING says whether this UPDATE won the compare-and-set on every driver, where
+    # rowcount is not reliable on all of them.
     result = await conn.execute(
         update(flow_runs)
         .where(flow_runs.c.id == run.id, flow_runs.c.version == run.version)
         .values(**values)
+        .returning(flow_runs.c.id)
     )
-    if result.rowcount != 1:
+    if result.first() is None:
         return None
     return dataclasses.replace(run, **changes)
 

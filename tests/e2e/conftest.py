@@ -166,14 +166,16 @@ def running_system(
     *,
     server_args: list[str] | None = None,
     tls_ca: Path | None = None,
+    db_url: str | None = None,
 ) -> Iterator[System]:
     """A control plane (on ``port``, 0 for any) with the process pool, stopped afterwards.
 
     The harness talks to it with the admin token the server created; agents connect with an
-    agent token of the pool. ``server_args`` and ``tls_ca`` set the server up for TLS.
+    agent token of the pool. ``server_args`` and ``tls_ca`` set the server up for TLS;
+    ``db_url`` puts it on that database instead of SQLite in its data directory.
     Agents the test started are stopped too; an engine left running fails the test.
     """
-    server = start_server(root / "server", port=port, extra_args=server_args)
+    server = start_server(root / "server", port=port, db_url=db_url, extra_args=server_args)
     channel = open_channel(server.extra["address"], server.extra["token"], tls_ca)
     stub = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
     stub.CreatePool(pb.CreatePoolRequest(name=POOL, type=types_pb2.POOL_TYPE_PROCESS))

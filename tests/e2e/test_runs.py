@@ -1,8 +1,11 @@
-"""Flows run end to end: control plane, process agent and engine as real processes."""
+"""Flows run end to end: control plane, process agent and engine as real processes, with the
+control plane on each store (SQLite, PostgreSQL)."""
 
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -11,7 +14,14 @@ from control_plane.cli.processes import script
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
 
-from .conftest import POOL, System, pid_alive, wait_for
+from .conftest import POOL, System, pid_alive, running_system, wait_for
+
+
+@pytest.fixture
+def system(tmp_path: Path, db_url: str | None) -> Iterator[System]:
+    with running_system(tmp_path, db_url=db_url) as system:
+        yield system
+
 
 CHATTY = """
 import logging

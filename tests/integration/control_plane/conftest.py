@@ -1,4 +1,7 @@
-"""A real control plane in the test's event loop: grpc.aio on port 0, a SQLite file.
+"""A real control plane in the test's event loop: grpc.aio on port 0, on each store.
+
+Every test that uses ``plane`` runs twice: on a SQLite file and on PostgreSQL (the ``db_url``
+fixture, see ``tests/stores.py``).
 
 The tests talk to it through the generated stubs, playing the agent and the engine where a
 test needs to drive the protocol message by message.
@@ -29,6 +32,7 @@ from flowyard.v1 import (
     types_pb2,
 )
 from tests.bearer import admin_token, aio_channel
+from tests.stores import count_rows
 
 FLOW = """
 def hello(name: str, count: int = 1) -> str:
@@ -58,6 +62,12 @@ class Plane:
     control: control_plane_pb2_grpc.ControlPlaneServiceStub
     agents: agent_pb2_grpc.AgentServiceStub
     engines: engine_pb2_grpc.EngineServiceStub
+    #: The PostgreSQL database the plane runs on; None: SQLite in ``data_dir``.
+    db_url: str | None = None
+
+    def count_rows(self, table: str) -> int:
+        """How many rows ``table`` holds, read past the server (on either store)."""
+        return count_rows(self.data_dir, self.db_url, table)
 
     async def pool(self, name: str = "pool-a") -> types_pb2.WorkPool:
         response = await self.control.CreatePool(
@@ -201,7 +211,7 @@ def engine_stream(plane: Plane, run_id: str, attempt: int, token: str) -> Stream
     return stream
 
 
-def connect(app: App, data_dir: Path) -> Plane:
+def connect(app: App, data_dir: Path, db_url: str | None = None) -> Plane:
     """A Plane for a started ``app`` whose data (and admin token) is in ``data_dir``."""
     address = f"127.0.0.1:{app.port}"
     # Users' calls carry the admin token; agent and engine streams send their own tokens.
@@ -214,26 +224,47 @@ def connect(app: App, data_dir: Path) -> Plane:
         control_plane_pb2_grpc.ControlPlaneServiceStub(channel),
         agent_pb2_grpc.AgentServiceStub(channel),
         engine_pb2_grpc.EngineServiceStub(channel),
+        db_url,
     )
 
 
-@pytest.fixture
-async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
-    config = ServerConfig(port=0, data_dir=tmp_path, lease_seconds=1.5, agent_heartbeat_seconds=1.0)
+@contextlib.asynccontextmanager
+async def running_plane(data_dir: Path, db_url: str | None) -> AsyncIterator[Plane]:
+    """A started control plane on ``db_url`` (None: SQLite in ``data_dir``), stopped after."""
+    config = ServerConfig(
+        port=0,
+        data_dir=data_dir,
+        db_url=db_url,
+        lease_seconds=1.5,
+        agent_heartbeat_seconds=1.0,
+    )
     app = await build(config)
     await app.start()
-    plane = connect(app, tmp_path)
-    yield plane
-    await plane.channel.close()
-    # A stop that hangs is a bug in itself: fail fast and say so.
-    await asyncio.wait_for(app.stop(0.5), STOP_TIMEOUT)
+    plane = connect(app, data_dir, db_url)
+    try:
+        yield plane
+    finally:
+        await plane.channel.close()
+        # A stop that hangs is a bug in itself: fail fast and say so.
+        await asyncio.wait_for(app.stop(0.5), STOP_TIMEOUT)
+
+
+@pytest.fixture
+async def plane(tmp_path: Path, db_url: str | None) -> AsyncIterator[Plane]:
+    async with running_plane(tmp_path, db_url) as plane:
+        yield plane
+
+
+async def make_ready(plane: Plane) -> Plane:
+    """``plane`` with pool-a and the hello deployment."""
+    await plane.pool()
+    await plane.deployment()
+    return plane
 
 
 @pytest.fixture
 async def ready(plane: Plane) -> Plane:
-    await plane.pool()
-    await plane.deployment()
-    return plane
+    return await make_ready(plane)
 
 
 async def drive_to_running(plane: Plane) -> tuple[Stream, Stream, str, str]:

@@ -1,7 +1,6 @@
 """Pools and deployments over gRPC: happy paths, and bad input answered with the right status."""
 
 import json
-import sqlite3
 
 import grpc
 import pytest
@@ -13,8 +12,7 @@ from .conftest import Plane
 
 
 def count_rows(plane: Plane, table: str) -> int:
-    with sqlite3.connect(plane.data_dir / "flowyard.db") as db:
-        return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    return plane.count_rows(table)
 
 
 async def test_create_and_list_pools(plane: Plane) -> None:

@@ -156,9 +156,9 @@ async def scheduled(plane: Plane, schedule: str = "often") -> list[types_pb2.Flo
 
 
 async def test_a_schedule_creates_runs_ahead_and_a_restart_creates_no_duplicates(
-    tmp_path: Path,
+    tmp_path: Path, db_url: str | None
 ) -> None:
-    config = ServerConfig(port=0, data_dir=tmp_path)
+    config = ServerConfig(port=0, data_dir=tmp_path, db_url=db_url)
     app = await build(config)
     await app.start()
     plane = connect(app, tmp_path)
@@ -282,8 +282,8 @@ async def test_bad_schedules_are_invalid_arguments_naming_the_schedule(
 
 
 @pytest.fixture
-async def late_plane(tmp_path: Path) -> AsyncIterator[Plane]:
-    config = ServerConfig(port=0, data_dir=tmp_path, late_after_seconds=0.2)
+async def late_plane(tmp_path: Path, db_url: str | None) -> AsyncIterator[Plane]:
+    config = ServerConfig(port=0, data_dir=tmp_path, db_url=db_url, late_after_seconds=0.2)
     app = await build(config)
     await app.start()
     plane = connect(app, tmp_path)

@@ -1,7 +1,6 @@
 """Runs over gRPC: creation rules, dispatch over the agent stream, the engine protocol, cancel."""
 
 import json
-import sqlite3
 import time
 import uuid
 
@@ -19,8 +18,7 @@ S = types_pb2
 
 
 def stored_runs(plane: Plane) -> int:
-    with sqlite3.connect(plane.data_dir / "flowyard.db") as db:
-        return int(db.execute("SELECT count(*) FROM flow_runs").fetchone()[0])
+    return plane.count_rows("flow_runs")
 
 
 async def test_unknown_deployment_is_not_found_and_stores_nothing(ready: Plane) -> None:

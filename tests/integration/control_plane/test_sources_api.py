@@ -2,7 +2,6 @@
 on, credentials turned into Secret-backed env vars for the agent, the revision recorded."""
 
 import json
-import sqlite3
 
 import grpc
 import pytest
@@ -34,8 +33,7 @@ def upsert(source: types_pb2.Source, name: str = "d") -> pb.UpsertDeploymentRequ
 
 
 def count_deployments(plane: Plane) -> int:
-    with sqlite3.connect(plane.data_dir / "flowyard.db") as db:
-        return int(db.execute("SELECT count(*) FROM deployments").fetchone()[0])
+    return plane.count_rows("deployments")
 
 
 CREDENTIALS = types_pb2.GitCredentials(

@@ -1,0 +1,248 @@
+"""What PostgreSQL does differently from SQLite: concurrent writers, migrations by several
+processes at once, a schema newer than the code, and the errors of a database that cannot
+be used. (Every other integration test runs on both stores through the ``db_url`` fixture.)"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from control_plane.cli.processes import script
+from control_plane.store.db import Database
+from control_plane.store.migrate import SchemaTooNew, alembic_config
+from flowyard.v1 import control_plane_pb2 as pb
+from tests.stores import ADMIN_URL, conninfo, empty, postgres_database
+
+from .conftest import Plane, agent_stream, make_ready, running_plane
+
+CALLS = 40
+
+
+def _head() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+@pytest.fixture
+async def postgres_ready(tmp_path: Path, postgres_url: str) -> AsyncIterator[Plane]:
+    """A control plane on this process's PostgreSQL database, emptied, with pool-a and hello."""
+    empty(postgres_url)
+    async with running_plane(tmp_path, postgres_url) as plane:
+        yield await make_ready(plane)
+
+
+async def _create_runs(plane: Plane, keys: list[str]) -> list[pb.CreateRunResponse]:
+    async def create(index: int, key: str) -> pb.CreateRunResponse:
+        request = pb.CreateRunRequest(
+            deployment_name="hello", parameters_json=f'{{"name": "{index}"}}', idempotency_key=key
+        )
+        response: pb.CreateRunResponse = await plane.control.CreateRun(request)
+        return response
+
+    return list(await asyncio.gather(*(create(i, key) for i, key in enumerate(keys))))
+
+
+async def _assert_each_has_one_first_state(plane: Plane, run_ids: set[str]) -> None:
+    for run_id in run_ids:
+        history = (await plane.get(run_id)).history
+        assert [state.name for state in history][:1] == ["Scheduled"], history
+        assert sum(state.name == "Scheduled" for state in history) == 1
+
+
+async def test_concurrent_create_run_stores_one_run_per_call(postgres_ready: Plane) -> None:
+    responses = await _create_runs(postgres_ready, [""] * CALLS)
+    assert all(response.created for response in responses)
+    ids = {response.run.id for response in responses}
+    assert len(ids) == CALLS
+    assert postgres_ready.count_rows("flow_runs") == CALLS
+    await _assert_each_has_one_first_state(postgres_ready, ids)
+
+
+async def test_concurrent_create_run_with_keys_stores_one_run_per_key(
+    postgres_ready: Plane,
+) -> None:
+    keys = [f"key-{i % 4}" for i in range(CALLS)]
+    responses = await _create_runs(postgres_ready, keys)
+    by_key: dict[str, set[str]] = {}
+    for key, response in zip(keys, responses, strict=True):
+        by_key.setdefault(key, set()).add(response.run.id)
+    assert all(len(ids) == 1 for ids in by_key.values()), by_key
+    # Exactly one call per key created its run; the others were told it already existed.
+    created = Counter(
+        key for key, response in zip(keys, responses, strict=True) if response.created
+    )
+    assert created == Counter({key: 1 for key in by_key})
+    assert postgres_ready.count_rows("flow_runs") == 4
+    ids = {run_id for run_ids in by_key.values() for run_id in run_ids}
+    await _assert_each_has_one_first_state(postgres_ready, ids)
+
+
+async def test_a_run_created_with_a_key_is_dispatched_at_once(postgres_ready: Plane) -> None:
+    agent = agent_stream(postgres_ready)
+    try:
+        await agent.receive("welcome")
+        response = await postgres_ready.control.CreateRun(
+            pb.CreateRunRequest(
+                deployment_name="hello", parameters_json='{"name": "a"}', idempotency_key="once"
+            )
+        )
+        assert response.created
+        assign = await agent.receive("assign")
+        assert assign.run_id == response.run.id
+    finally:
+        await agent.close()
+
+
+async def test_runs_are_listed_by_id_prefix_with_utc_times(postgres_ready: Plane) -> None:
+    runs = [await postgres_ready.run(name=str(i)) for i in range(6)]
+    for run in runs:
+        listed = await postgres_ready.control.ListRuns(pb.ListRunsRequest(run_id_prefix=run.id[:6]))
+        assert run.id in {found.id for found in listed.runs}
+    # The session time zone of the test database is +05:45: a stored time that lost its zone
+    # would be hours off.
+    created = runs[0].create_time.ToDatetime(tzinfo=UTC)
+    assert abs((created - datetime.now(UTC)).total_seconds()) < 60
+
+
+def _migrate_script(url: str) -> list[str]:
+    code = (
+        "import asyncio, sys\n"
+        "from control_plane.store.db import Database\n"
+        "async def main():\n"
+        "    db = await Database.open(sys.argv[1])\n"
+        "    await db.close()\n"
+        "asyncio.run(main())\n"
+    )
+    return [sys.executable, "-c", code, url]
+
+
+def test_processes_migrating_one_empty_database_at_once_all_succeed() -> None:
+    with postgres_database() as url:
+        processes = [
+            subprocess.Popen(_migrate_script(url), stderr=subprocess.PIPE, text=True)
+            for _ in range(4)
+        ]
+        outcomes = [(process.wait(timeout=60), process.stderr) for process in processes]
+        errors = [stderr.read() if stderr else "" for code, stderr in outcomes if code != 0]
+        for process in processes:
+            if process.stderr:
+                process.stderr.close()
+        assert errors == []
+        with psycopg.connect(conninfo(url)) as connection:
+            versions = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+        assert versions == [(_head(),)]
+
+
+async def test_migrations_match_the_tables_on_postgresql() -> None:
+    from .test_migrations import _differences
+
+    with postgres_database() as url:
+        db = await Database.open(url)
+        try:
+            async with db.read() as conn:
+                differences = await conn.run_sync(_differences)
+        finally:
+            await db.close()
+    assert differences == []
+
+
+async def test_a_schema_newer_than_the_code_is_refused_naming_both_revisions(
+    tmp_path: Path,
+) -> None:
+    with postgres_database() as url:
+        await (await Database.open(url)).close()
+        with psycopg.connect(conninfo(url)) as connection:
+            connection.execute("UPDATE alembic_version SET version_num = '0099_from_the_future'")
+        with pytest.raises(SchemaTooNew) as refused:
+            await Database.open(url)
+        message = str(refused.value)
+        assert "0099_from_the_future" in message and _head() in message
+        assert "upgrade the control plane" in message
+        started = _server_start(tmp_path, url)
+    assert started.returncode == 1
+    assert "Traceback" not in started.stderr
+    assert started.stderr.strip().splitlines()[-1] == f"error: {message}"
+
+
+def _server_start(data_dir: Path, url: str) -> subprocess.CompletedProcess[str]:
+    command = [*script("flowyard"), "server", "start", "--port", "0", "--data-dir", str(data_dir)]
+    return subprocess.run([*command, "--db-url", url], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://postgres@127.0.0.1:1/flowyard", "cannot use the database"),
+        ("postgresql+asyncpg://postgres@127.0.0.1/flowyard", "is not installed"),
+        ("mysql://root@127.0.0.1/flowyard", "unsupported database 'mysql'"),
+    ],
+)
+def test_an_unusable_db_url_is_one_line_at_server_start(
+    tmp_path: Path, url: str, expected: str
+) -> None:
+    started = _server_start(tmp_path, url)
+    assert started.returncode == 1
+    assert "Traceback" not in started.stderr
+    last = started.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expected in last, started.stderr
+
+
+async def test_both_url_forms_reach_postgresql(postgres_url: str) -> None:
+    for form in ("postgresql://", "postgres://", "postgresql+psycopg://"):
+        url = form + postgres_url.split("://", 1)[1]
+        db = await Database.open(url)
+        try:
+            assert db.engine.dialect.driver == "psycopg"
+        finally:
+            await db.close()
+
+
+async def test_an_unreachable_database_answers_unavailable(postgres_ready: Plane) -> None:
+    await postgres_ready.app.db.engine.dispose()
+    database = make_url(postgres_ready.db_url or "").database or ""
+    with psycopg.connect(conninfo(ADMIN_URL), autocommit=True) as admin:
+        name = sql.Identifier(database)
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(name))
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (database,),
+        )
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await postgres_ready.control.ListPools(pb.ListPoolsRequest())
+        finally:
+            admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(name))
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE, error.value.details()
+    assert "retry" in (error.value.details() or "")
+
+
+async def test_concurrent_creates_of_one_name_are_never_internal(postgres_ready: Plane) -> None:
+    async def create() -> grpc.StatusCode:
+        try:
+            await postgres_ready.pool("same-name")
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+        return grpc.StatusCode.OK
+
+    codes = Counter(await asyncio.gather(*(create() for _ in range(10))))
+    assert codes[grpc.StatusCode.OK] == 1, codes
+    # The losers either saw the pool (ALREADY_EXISTS) or raced its insert (ABORTED, retry).
+    assert set(codes) <= {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.ABORTED,
+    }, codes

@@ -1,0 +1,39 @@
+"""Database URLs: the forms users write become the async driver Flowyard ships."""
+
+import pytest
+
+from control_plane.store.db import normalise_url
+from control_plane.store.migrate import StoreError
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgresql://u@h/d", "postgresql+psycopg://u@h/d"),
+        ("postgres://u@h:5433/d", "postgresql+psycopg://u@h:5433/d"),
+        (
+            "postgresql+psycopg://u@h/d?sslmode=require",
+            "postgresql+psycopg://u@h/d?sslmode=require",
+        ),
+        ("postgresql+psycopg2://u@h/d", "postgresql+psycopg://u@h/d"),
+        ("postgresql+asyncpg://u@h/d", "postgresql+asyncpg://u@h/d"),
+        ("sqlite:///x/flowyard.db", "sqlite+aiosqlite:///x/flowyard.db"),
+        ("sqlite+aiosqlite:///x/flowyard.db", "sqlite+aiosqlite:///x/flowyard.db"),
+    ],
+)
+def test_urls_get_the_async_driver(given: str, used: str) -> None:
+    assert normalise_url(given).render_as_string(hide_password=False) == used
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("mysql://root@h/d", "unsupported database 'mysql'"),
+        ("not a url :secret@", "is not a database URL"),
+    ],
+)
+def test_unusable_urls_are_one_clear_line_without_the_password(given: str, said: str) -> None:
+    with pytest.raises(StoreError) as error:
+        normalise_url(given)
+    assert said in str(error.value) and "secret" not in str(error.value)
+    assert "\n" not in str(error.value)
