@@ -19,6 +19,7 @@ import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -115,3 +116,28 @@ def count_rows(data_dir: Path, db_url: str | None, table: str) -> int:
         row = connection.execute(query).fetchone()
         assert row is not None
         return int(row[0])
+
+
+def row_where(
+    data_dir: Path,
+    db_url: str | None,
+    table: str,
+    column: str,
+    value: Any,
+    select: str = "*",
+) -> tuple[Any, ...] | None:
+    """The first row of ``table`` whose ``column`` equals ``value`` (only column ``select``
+    unless "*"), read past the server, on either store."""
+    if db_url is None:
+        with contextlib.closing(sqlite3.connect(data_dir / "flowyard.db")) as db:
+            found = db.execute(
+                f"SELECT {select} FROM {table} WHERE {column} = ?", (value,)
+            ).fetchone()
+            return tuple(found) if found is not None else None
+    chosen = sql.SQL("*") if select == "*" else sql.Identifier(select)
+    with psycopg.connect(conninfo(db_url)) as connection:
+        query = sql.SQL("SELECT {} FROM {} WHERE {} = %s").format(
+            chosen, sql.Identifier(table), sql.Identifier(column)
+        )
+        found = connection.execute(query, (value,)).fetchone()
+        return tuple(found) if found is not None else None

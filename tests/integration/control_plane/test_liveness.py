@@ -1,7 +1,6 @@
 """The reaper's rules against a real server: silent engines, late runs, stuck cancels."""
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -13,6 +12,7 @@ from control_plane.orchestration.signals import Signals
 from flowyard.v1 import agent_pb2, engine_pb2, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
 from tests import waiting
+from tests.stores import row_where
 
 from .conftest import Plane, Stream, agent_stream, drive_to_running
 
@@ -20,10 +20,10 @@ S = types_pb2
 LONG_AGO = clock.now() - timedelta(hours=1)
 
 
-def last_heartbeat(plane: Plane, run_id: str) -> str | None:
-    with sqlite3.connect(plane.data_dir / "flowyard.db") as db:
-        row = db.execute("SELECT last_heartbeat_at FROM flow_runs WHERE id = ?", (run_id,))
-        return row.fetchone()[0]  # type: ignore[no-any-return]
+def last_heartbeat(plane: Plane, run_id: str) -> object:
+    row = row_where(plane.data_dir, plane.db_url, "flow_runs", "id", run_id, "last_heartbeat_at")
+    assert row is not None
+    return row[0]
 
 
 def reaper(plane: Plane, started_long_ago: bool = True, **policy: float) -> Reaper:

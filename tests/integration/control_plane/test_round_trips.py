@@ -5,7 +5,6 @@ apply that changes nothing writes nothing (no moved update_time, no replaced sch
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from google.protobuf.message import Message
@@ -13,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
+from tests.stores import row_where
 
 from .conftest import FLOW, SCHEMA, Plane
 from .test_queues_and_limits import eventually
@@ -135,10 +135,9 @@ async def test_an_apply_that_changes_nothing_writes_nothing(ready: Plane) -> Non
 
 
 def _row(plane: Plane, name: str) -> tuple[Any, ...]:
-    with sqlite3.connect(plane.data_dir / "flowyard.db") as db:
-        row = db.execute("SELECT * FROM deployments WHERE name = ?", (name,)).fetchone()
+    row = row_where(plane.data_dir, plane.db_url, "deployments", "name", name)
     assert row is not None
-    return tuple(row)
+    return row
 
 
 HOURLY = types_pb2.Schedule(
