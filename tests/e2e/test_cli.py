@@ -356,6 +356,9 @@ def test_interrupted_watch_says_the_run_goes_on_and_how_to_follow_it(system: Sys
             stdout=stdout,
             stderr=stderr,
             env=_environment(system),
+            # As in a terminal: a test runner started in the background inherits SIGINT
+            # ignored, and a Python child would then never see the Ctrl-C sent below.
+            preexec_fn=_sigint_default,
         )
     try:
         wait_for(lambda: "started" in out.read_text(), what="the flow's first line")
@@ -373,6 +376,10 @@ def test_interrupted_watch_says_the_run_goes_on_and_how_to_follow_it(system: Sys
         if system.run(run_id).state.type not in (S.STATE_TYPE_CANCELLED, S.STATE_TYPE_CANCELLING):
             system.stub.CancelRun(pb.CancelRunRequest(run_id=run_id))
         system.wait_terminal(run_id)
+
+
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _follow_again(system: System, run_id: str, said: str) -> None:
