@@ -28,8 +28,10 @@ FAKE_ENGINE = textwrap.dedent(
     assert sys.argv[-2] == "execute", sys.argv
     run_id = sys.argv[-1]
     mode = run_id.split("-")[0]
-    with open("engine.pid", "w") as f:
+    # Written whole or not at all: a run cancelled at once can kill the engine mid-write.
+    with open("engine.pid.tmp", "w") as f:
         f.write(str(os.getpid()))
+    os.rename("engine.pid.tmp", "engine.pid")
     for name in sorted(os.environ):
         if name.startswith("FLOWYARD_"):
             print(f"{name}={os.environ[name]}")
