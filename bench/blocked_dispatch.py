@@ -13,15 +13,12 @@ Usage: python bench/blocked_dispatch.py [--blocked 299] [--runs 20]
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
-from pathlib import Path
 
-from control_plane.cli.client import open_channel
+from harness import bench_pool
+
 from control_plane.cli.deploy import build_deployment
-from control_plane.cli.processes import start_agent, start_server
 from flowyard.v1 import control_plane_pb2 as pb
-from flowyard.v1 import control_plane_pb2_grpc, types_pb2
+from flowyard.v1 import types_pb2
 
 SLEEPY = "import time\n\n\ndef etl() -> None:\n    time.sleep(600)\n"
 NOOP = "def other() -> None:\n    return None\n"
@@ -34,26 +31,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="flowyard-bench-"))
-    (root / "flow").mkdir()
-    (root / "flow" / "etl.py").write_text(SLEEPY)
-    (root / "flow" / "other.py").write_text(NOOP)
-    server = start_server(root / "server")
-    agent = None
     claimed: list[float] = []
-    try:
-        channel = open_channel(server.extra["address"], server.extra["token"])
-        stub = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
-        stub.CreatePool(pb.CreatePoolRequest(name="bench", type=types_pb2.POOL_TYPE_PROCESS))
-        agent_token = stub.CreateToken(
-            pb.CreateTokenRequest(kind=pb.TOKEN_KIND_AGENT, pool="bench", description="bench")
-        ).token
-        agent = start_agent(
-            server.extra["address"], "bench", root / "agent", capacity=2, token=agent_token
-        )
+    with bench_pool({"etl.py": SLEEPY, "other.py": NOOP}, capacity=2) as (stub, source):
         for entrypoint, name in (("etl.py:etl", "etl"), ("other.py:other", "other")):
             deployment = build_deployment(
-                entrypoint, name=name, pool="bench", source=root / "flow", parameters={}
+                entrypoint, name=name, pool="bench", source=source, parameters={}
             )
             deployment.concurrency_limit = 1 if name == "etl" else 0
             stub.UpsertDeployment(pb.UpsertDeploymentRequest(deployment=deployment))
@@ -77,12 +59,6 @@ def main() -> None:
         for run_id in etl:
             for _ in stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=120):
                 pass
-        channel.close()
-    finally:
-        if agent is not None:
-            agent.stop()
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
     print(f"{args.runs} runs claimed behind {args.blocked} blocked ones")
     print(f"{'step':<28}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}")

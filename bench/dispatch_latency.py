@@ -16,19 +16,15 @@ Usage: python bench/dispatch_latency.py [--runs 50]
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from harness import bench_pool
 
-from control_plane.cli.client import open_channel
 from control_plane.cli.deploy import build_deployment
-from control_plane.cli.processes import start_agent, start_server
 from flowyard.v1 import control_plane_pb2 as pb
-from flowyard.v1 import control_plane_pb2_grpc, types_pb2
+from flowyard.v1 import types_pb2
 
 FLOW = "def noop() -> None:\n    return None\n"
 
@@ -51,23 +47,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="flowyard-bench-"))
-    (root / "flow").mkdir()
-    (root / "flow" / "flow.py").write_text(FLOW)
-    server = start_server(root / "server")
-    agent = None
-    try:
-        channel = open_channel(server.extra["address"], server.extra["token"])
-        stub = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
-        stub.CreatePool(pb.CreatePoolRequest(name="bench", type=types_pb2.POOL_TYPE_PROCESS))
-        agent_token = stub.CreateToken(
-            pb.CreateTokenRequest(kind=pb.TOKEN_KIND_AGENT, pool="bench", description="bench")
-        ).token
-        agent = start_agent(
-            server.extra["address"], "bench", root / "agent", capacity=4, token=agent_token
-        )
+    with bench_pool({"flow.py": FLOW}, capacity=4) as (stub, source):
         deployment = build_deployment(
-            "flow.py:noop", name="noop", pool="bench", source=root / "flow", parameters={}
+            "flow.py:noop", name="noop", pool="bench", source=source, parameters={}
         )
         stub.UpsertDeployment(pb.UpsertDeploymentRequest(deployment=deployment))
 
@@ -86,12 +68,6 @@ def main() -> None:
             running.append(millis(run.create_time, run.start_time))
             completed.append(millis(run.create_time, run.end_time))
         wall = time.monotonic() - wall
-        channel.close()
-    finally:
-        if agent is not None:
-            agent.stop()
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
     print(f"{args.runs} sequential runs on the process runtime in {wall:.1f} s")
     print(f"{'step':<28}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}{'mean ms':>10}")
