@@ -117,6 +117,7 @@ async def agent_token(plane: Plane, pool: str, ttl: int = 0) -> pb.CreateTokenRe
     )
 
 
+@pytest.mark.short_lease
 async def test_every_token_kind_on_every_service(plane: Plane, bare: Bare) -> None:
     await plane.pool("pool-a")
     await plane.pool("pool-b")

@@ -90,6 +90,7 @@ async def test_a_failed_attempt_with_retries_left_runs_again_as_a_new_attempt(
     await agent.close()
 
 
+@pytest.mark.short_lease
 async def test_a_handed_back_attempt_uses_no_retry(ready: Plane) -> None:
     await with_fields(ready, retries=1)
     silent = agent_stream(ready, capacity=1, name="silent")

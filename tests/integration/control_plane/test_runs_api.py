@@ -80,10 +80,11 @@ async def test_list_runs_pages_newest_first(ready: Plane) -> None:
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.short_lease
 async def test_run_is_pushed_to_an_agent_with_credit_only(ready: Plane) -> None:
     agent = agent_stream(ready, capacity=1)
     welcome = await agent.receive("welcome")
-    assert welcome.lease_duration.seconds == 1
+    assert welcome.lease_duration.seconds == 1  # short_lease: 1.5 s
     first = await ready.run()
     # Pushed, not polled: the dispatcher's next pass by the clock is further away than the
     # receive deadline, so only the wake-up by CreateRun can deliver it in time.
@@ -118,6 +119,7 @@ async def test_future_run_is_dispatched_when_due(ready: Plane) -> None:
     await agent.close()
 
 
+@pytest.mark.short_lease
 async def test_unaccepted_assignment_goes_back_to_the_queue(ready: Plane) -> None:
     silent = agent_stream(ready, capacity=1, name="silent")
     await silent.receive("welcome")
