@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import enum
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 __all__ = [
     "ENDING_KINDS",
     "Assignment",
+    "EventCallback",
     "InfraEvent",
     "InfraEventKind",
     "InfraExit",
@@ -115,6 +117,10 @@ class InfraEvent:
     def ends(self) -> bool:
         """Whether the attempt's infrastructure is over after this event."""
         return self.gave_up or self.kind in ENDING_KINDS
+
+
+EventCallback = Callable[[InfraEvent], None]
+"""Where a runtime reports what happens to an attempt; exactly one ending event per attempt."""
 
 
 @dataclass(frozen=True)

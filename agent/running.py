@@ -16,10 +16,12 @@ from agent.connection import run_connection
 from agent.health import HealthFile
 from agent.reports import Outbox
 from agent.runs import RunManager
-from agent.runtimes import make_runtime
+from agent.runtimes.base import Runtime
+from agent.runtimes.kubernetes import KubernetesRuntime
+from agent.runtimes.process import ProcessRuntime
 from agent.settings import Settings
 
-__all__ = ["run_agent"]
+__all__ = ["make_runtime", "run_agent"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,19 @@ async def run_agent(settings: Settings, stop: asyncio.Event | None = None) -> No
         await manager.close(settings.agent.shutdown_grace)
         await runtime.close()
     logger.info("agent stopped")
+
+
+def make_runtime(settings: Settings) -> Runtime:
+    """The runtime ``settings.agent.runtime`` names."""
+    if settings.agent.runtime == KubernetesRuntime.name:
+        return KubernetesRuntime(settings.kubernetes, pool=settings.agent.pool)
+    return ProcessRuntime(
+        settings.process,
+        # --engine-server defaults to --server; it differs when the agent itself uses the
+        # mutual-TLS agent port, which engines (without client certificates) cannot.
+        server=settings.kubernetes.engine_server,
+        tls_ca=settings.connection.tls.ca,
+    )
 
 
 def _request_stop(stop: asyncio.Event, signum: int) -> None:

@@ -30,8 +30,7 @@ from agent.kubernetes.diagnosis import Diagnosis
 from agent.kubernetes.naming import ATTEMPT_LABEL, CONTAINER_NAME, RUN_ID_LABEL
 from agent.kubernetes.objects import object_name
 from agent.kubernetes.view import ClusterView
-from agent.models import InfraEvent, InfraEventKind, RunKey
-from agent.runtimes.base import EventCallback
+from agent.models import EventCallback, InfraEvent, InfraEventKind, RunKey
 from agent.settings import KubernetesSettings
 from agent.tasks import TaskSet
 

@@ -9,15 +9,11 @@ through the :data:`EventCallback` given to :meth:`Runtime.start`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
 from typing import ClassVar
 
-from agent.models import Assignment, InfraEvent, RunKey, RunningInfra
+from agent.models import Assignment, EventCallback, RunKey, RunningInfra
 
 __all__ = ["EventCallback", "Runtime"]
-
-EventCallback = Callable[[InfraEvent], None]
-"""Called for each event of an attempt; exactly once per attempt with an ending event."""
 
 
 class Runtime(abc.ABC):

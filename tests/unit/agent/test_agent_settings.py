@@ -11,7 +11,9 @@ import pytest
 
 from agent.errors import ConfigurationError
 from agent.main import main
-from agent.runtimes import KubernetesRuntime, ProcessRuntime, make_runtime
+from agent.running import make_runtime
+from agent.runtimes.kubernetes import KubernetesRuntime
+from agent.runtimes.process import ProcessRuntime
 from agent.settings import (
     DEFAULT_HEALTH_FILE,
     DEFAULT_SERVER,
