@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from engine.errors import SourceError
 from engine.storage import FetchedCode, subdirectory_of
-from engine.urls import redact_url
+from flowyard_common.urls import redact_url
 
 __all__ = ["MAX_ARCHIVE_BYTES", "MAX_UNPACKED_BYTES", "ArchiveSource", "unpack"]
 

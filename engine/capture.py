@@ -30,8 +30,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import BinaryIO, TextIO
 
-from engine.logbuffer import MAX_LINE_BYTES, SYSTEM_LOGGER, LogBuffer
+from engine.logbuffer import SYSTEM_LOGGER, LogBuffer
 from engine.model import LogStream
+from flowyard_common.loglines import MAX_LINE_BYTES
 
 __all__ = ["Capture", "CaptureHandler", "LineWriter", "capture_output"]
 

@@ -27,6 +27,8 @@ traceback only when the user's own code raised (:class:`EntrypointImportError`).
 
 from __future__ import annotations
 
+from flowyard_common import entrypoints
+
 
 class EngineError(Exception):
     """Base class of every error the engine raises on purpose."""
@@ -64,7 +66,7 @@ class EntrypointError(FlowSetupError, ValueError):
     """The entrypoint does not lead to a callable function."""
 
 
-class InvalidEntrypoint(EntrypointError):
+class InvalidEntrypoint(EntrypointError, entrypoints.InvalidEntrypoint):
     """The entrypoint text is not ``path/to/file.py:fn`` or ``package.module:fn``."""
 
 

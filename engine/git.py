@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from engine.errors import SourceError
 from engine.storage import FetchedCode, subdirectory_of
-from engine.urls import redact_text, redact_url
+from flowyard_common.urls import redact_text, redact_url
 
 __all__ = ["GIT_TIMEOUT_SECONDS", "GitSource"]
 

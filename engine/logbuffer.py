@@ -22,18 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.model import LogLine, LogStream
+from flowyard_common.loglines import truncate_line
 
-__all__ = [
-    "BATCH_DELAY",
-    "BATCH_MAX_BYTES",
-    "BATCH_MAX_LINES",
-    "MAX_LINE_BYTES",
-    "LogBuffer",
-    "truncate_line",
-]
+__all__ = ["BATCH_DELAY", "BATCH_MAX_BYTES", "BATCH_MAX_LINES", "LogBuffer"]
 
-MAX_LINE_BYTES = 64 * 1024
-"""Longer lines are cut, with a visible marker saying how much was cut."""
 BATCH_DELAY = 0.2
 """A batch is sent at the latest this long after its first line was written..."""
 BATCH_MAX_LINES = 500
@@ -42,21 +34,6 @@ BATCH_MAX_BYTES = 1024 * 1024
 """...or this many bytes of text."""
 
 SYSTEM_LOGGER = "flowyard.engine"
-
-# Room kept for the marker so that a truncated line stays within MAX_LINE_BYTES.
-_MARKER_ROOM = 48
-
-
-def truncate_line(text: str, limit: int = MAX_LINE_BYTES) -> str:
-    """``text`` if it fits in ``limit`` UTF-8 bytes, else its head and "… [truncated N bytes]"."""
-    if len(text) * 4 <= limit:  # fast path: cannot exceed the limit even if all 4-byte chars
-        return text
-    encoded = text.encode("utf-8", errors="replace")
-    if len(encoded) <= limit:
-        return text
-    head = encoded[: limit - _MARKER_ROOM].decode("utf-8", errors="ignore")
-    cut = len(encoded) - len(head.encode("utf-8"))
-    return f"{head}… [truncated {cut} bytes]"
 
 
 def _size(text: str) -> int:

@@ -39,7 +39,12 @@ from agent.kubernetes.template import (
     check_kubernetes_template,
     default_template,
 )
-from agent.templates import TemplateError, apply_values, check_job_variables, resolve_variables
+from flowyard_common.templates import (
+    TemplateError,
+    apply_values,
+    check_job_variables,
+    resolve_variables,
+)
 
 __all__ = [
     "ATTEMPT_LABEL",

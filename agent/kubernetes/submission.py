@@ -26,7 +26,7 @@ from agent.kubernetes.manifests import RenderedJob, render_job
 from agent.kubernetes.objects import POD_START_TIMEOUT_ANNOTATION, deleting, uid
 from agent.models import Assignment
 from agent.settings import KubernetesSettings
-from agent.templates import TemplateError
+from flowyard_common.templates import TemplateError
 
 __all__ = ["Created", "create_objects", "render"]
 

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from agent import __version__
 from agent.kubernetes.naming import CONTAINER_NAME
-from agent.templates import PLACEHOLDER, TemplateError, check_template
+from flowyard_common.templates import PLACEHOLDER, TemplateError, check_template
 
 DEFAULT_IMAGE: Final = f"flowyard/flowyard:{__version__}"
 """The image when no deployment sets one: Flowyard's own image at the release that created the
@@ -249,7 +249,7 @@ def _variables() -> dict[str, Any]:
 def check_kubernetes_template(template: dict[str, Any]) -> None:
     """Raise :class:`TemplateError` unless ``template`` can work for a ``kubernetes`` pool.
 
-    On top of :func:`~agent.templates.check_template`: ``job_configuration`` has only the keys
+    On top of :func:`~flowyard_common.templates.check_template`: ``job_configuration`` has only the keys
     :func:`render_job` uses, and its ``job_manifest`` is a ``batch/v1`` Job with one container
     and a restart policy of ``Never`` (where those are written literally).
     """

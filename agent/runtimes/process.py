@@ -28,7 +28,7 @@ from agent.runtimes.base import EventCallback, Runtime
 from agent.runtimes.pgroup import signal_group, wait_group_gone
 from agent.settings import ProcessSettings
 from agent.tasks import TaskSet
-from agent.templates import TemplateError, apply_values, resolve_variables
+from flowyard_common.templates import TemplateError, apply_values, resolve_variables
 
 __all__ = ["AGENT_SECRETS", "ProcessRuntime", "engine_env", "read_tail", "rendered_env"]
 

@@ -36,11 +36,11 @@ from control_plane.orchestration.signals import Signals, run_key
 from control_plane.orchestration.states import StateType
 from control_plane.store import catalog as catalog_repo
 from control_plane.store.db import Database
-
-# The engine's own rule: a line the server stores is never longer than one the engine sends.
-from engine.logbuffer import truncate_line
 from flowyard.v1 import engine_pb2 as pb
 from flowyard.v1 import engine_pb2_grpc as pb_grpc
+
+# The engine's own rule: a line the server stores is never longer than one the engine sends.
+from flowyard_common.loglines import truncate_line
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from engine.entrypoints import EntrypointKind, parse_entrypoint
 from engine.errors import EngineError
 from engine.schema import parameter_schema
 from flowyard.v1 import types_pb2
+from flowyard_common.entrypoints import EntrypointKind, parse_entrypoint
 
 __all__ = ["PROJECT_SCHEMA", "Declared", "ProjectError", "load_project", "with_schema"]
 

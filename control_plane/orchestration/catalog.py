@@ -22,7 +22,7 @@ from control_plane.store import catalog as repo
 from control_plane.store import queues as queues_repo
 from control_plane.store import runs as runs_repo
 from control_plane.store.db import Database
-from engine.entrypoints import InvalidEntrypoint, parse_entrypoint
+from flowyard_common.entrypoints import InvalidEntrypoint, parse_entrypoint
 
 MAX_ENTRYPOINT_CHARS = 1000
 MAX_FLOW_NAME_CHARS = 200

@@ -21,7 +21,6 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from agent.templates import resolve_variables
 from control_plane.models import Collision, Deployment, Run
 from control_plane.orchestration import clock, sources, tokens
 from control_plane.orchestration.agents import AgentRegistry, AgentSession, AssignMessage
@@ -39,6 +38,7 @@ from control_plane.store import catalog as catalog_repo
 from control_plane.store import queues as queues_repo
 from control_plane.store import runs as repo
 from control_plane.store.db import Database
+from flowyard_common.templates import resolve_variables
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from control_plane.errors import InvalidArgument
 from control_plane.orchestration.validation import shown, text
-from engine.urls import redact_url
+from flowyard_common.urls import redact_url
 
 __all__ = ["DEFAULT_TOKEN_ENV", "SecretEnvVar", "check_source", "secret_env"]
 

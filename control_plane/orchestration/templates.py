@@ -1,9 +1,9 @@
 """Base job templates and job variables, as the control plane checks and renders them.
 
-The template language itself (placeholders, defaults, merging) lives with the agent, which
-renders Jobs from it (``agent.templates``, ``agent.kubernetes.manifests``); the control plane
-uses the same code, so what it accepts at deploy and run time is exactly what an agent can
-render. Here those rules meet the API: a broken template or an undeclared job variable is
+The template language itself (placeholders, defaults, merging) is shared with the agent
+(``flowyard_common.templates``), and Jobs are rendered by the agent's own code
+(``agent.kubernetes.manifests``); the control plane uses the same code, so what it accepts at
+deploy and run time is exactly what an agent can render. Here those rules meet the API: a broken template or an undeclared job variable is
 ``InvalidArgument`` naming the field and the key, never silently ignored.
 """
 
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent import templates as agent_templates
 from agent.kubernetes import manifests
 from agent.models import RunKey
 from agent.runtimes import process as process_runtime
 from control_plane.errors import InvalidArgument
 from control_plane.models import Deployment, JSONObject, Pool, PoolType
 from control_plane.orchestration import sources
+from flowyard_common import templates as common_templates
 
 #: Run id used in dry runs, where no run exists yet.
 DRY_RUN_ID = "0" * 32
@@ -33,7 +33,7 @@ def default_template(pool_type: PoolType) -> JSONObject:
     """The base job template a pool of this type gets when it is created without one."""
     if pool_type is PoolType.KUBERNETES:
         return manifests.default_template()
-    return agent_templates.default_process_template()
+    return common_templates.default_process_template()
 
 
 def check_template(template: JSONObject, pool_type: PoolType) -> JSONObject:
@@ -42,8 +42,8 @@ def check_template(template: JSONObject, pool_type: PoolType) -> JSONObject:
         if pool_type is PoolType.KUBERNETES:
             manifests.check_kubernetes_template(template)
         else:
-            agent_templates.check_template(template)
-    except agent_templates.TemplateError as exc:
+            common_templates.check_template(template)
+    except common_templates.TemplateError as exc:
         raise InvalidArgument(f"base_job_template_json: {exc}") from None
     return template
 
@@ -51,8 +51,8 @@ def check_template(template: JSONObject, pool_type: PoolType) -> JSONObject:
 def check_job_variables(values: dict[str, Any], template: JSONObject, field: str) -> None:
     """Reject job variables the template does not declare or whose values do not fit."""
     try:
-        agent_templates.check_job_variables(values, template)
-    except agent_templates.TemplateError as exc:
+        common_templates.check_job_variables(values, template)
+    except common_templates.TemplateError as exc:
         raise InvalidArgument(f"{field}: {exc}") from None
 
 
@@ -61,7 +61,7 @@ def job_variables_for_run(
 ) -> JSONObject:
     """The job variables an attempt runs with: defaults, the deployment's, then the run's."""
     check_job_variables(run, template, field)
-    return agent_templates.resolve_variables(template, deployment, run)
+    return common_templates.resolve_variables(template, deployment, run)
 
 
 def render(
@@ -83,7 +83,7 @@ def render(
                 secret_env=sources.secret_env(deployment.source),
             ).job
         return _process_plan(template, variables)
-    except agent_templates.TemplateError as exc:
+    except common_templates.TemplateError as exc:
         raise InvalidArgument(f"the pool's template cannot be rendered: {exc}") from None
 
 

@@ -129,7 +129,12 @@ def test_the_copied_checkout_builds_the_flowyard_wheel(dockerfile: Path, tmp_pat
         names = set(archive.namelist())
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         scripts = archive.read(entry_points).decode()
-    for module in ("flowyard/v1/agent_pb2.py", "engine/main.py", "agent/main.py"):
+    for module in (
+        "flowyard/v1/agent_pb2.py",
+        "engine/main.py",
+        "agent/main.py",
+        "flowyard_common/urls.py",
+    ):
         assert module in names, module
     for script in ("flowyard ", "flowyard-agent ", "flowyard-engine "):
         assert script in scripts, scripts

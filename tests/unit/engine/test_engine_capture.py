@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from engine.capture import LineWriter, capture_output
-from engine.logbuffer import BATCH_MAX_LINES, MAX_LINE_BYTES, LogBuffer, truncate_line
+from engine.logbuffer import BATCH_MAX_LINES, LogBuffer
 from engine.model import LogLine, LogStream
+from flowyard_common.loglines import MAX_LINE_BYTES, truncate_line
 
 
 class FakeClock:

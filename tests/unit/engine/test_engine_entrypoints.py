@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from engine.entrypoints import Entrypoint, EntrypointKind, InvalidEntrypoint, parse_entrypoint
+from engine.errors import FlowSetupError
+from flowyard_common import entrypoints
 
 
 @pytest.mark.parametrize(
@@ -58,3 +60,18 @@ def test_invalid_entrypoints_say_what_is_wrong(text: str, message: str) -> None:
 def test_invalid_entrypoint_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="no ':function' part"):
         parse_entrypoint("nope")
+
+
+def test_the_engine_fails_a_malformed_entrypoint_as_a_setup_error() -> None:
+    # The parsing is shared with the control plane; its error is the engine's own here.
+    with pytest.raises(InvalidEntrypoint) as caught:
+        parse_entrypoint("nope")
+    assert isinstance(caught.value, FlowSetupError)
+    assert isinstance(caught.value, entrypoints.InvalidEntrypoint)
+    assert str(caught.value) == str(_shared_error("nope"))
+
+
+def _shared_error(text: str) -> entrypoints.InvalidEntrypoint:
+    with pytest.raises(entrypoints.InvalidEntrypoint) as caught:
+        entrypoints.parse_entrypoint(text)
+    return caught.value

@@ -27,7 +27,7 @@ def test_entrypoints_and_schema_import_no_grpc_and_the_engine_no_database() -> N
         import engine.entrypoints, engine.schema
         assert not any(m.split(".")[0] in ("grpc", "google") for m in sys.modules), "grpc"
         import engine.main
-        heavy = ("sqlalchemy", "kubernetes", "agent", "control_plane", "alembic")
+        heavy = ("sqlalchemy", "kubernetes", "jsonschema", "agent", "control_plane", "alembic")
         assert not any(m.split(".")[0] in heavy for m in sys.modules), "heavy"
         """
     )

@@ -14,7 +14,7 @@ import pytest
 from engine.archives import ArchiveSource
 from engine.errors import SourceError
 from engine.git import GitSource
-from engine.urls import redact_text, redact_url
+from flowyard_common.urls import redact_text, redact_url
 from tests.codesources import GitRepo, make_repo, serve_files, tar_gz, zip_bytes
 
 

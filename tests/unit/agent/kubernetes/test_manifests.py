@@ -26,7 +26,7 @@ from agent.kubernetes.manifests import (
     label_value,
     render_job,
 )
-from agent.templates import TemplateError, check_job_variables
+from flowyard_common.templates import TemplateError, check_job_variables
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
 TOKEN = "engine-token-that-must-never-appear-in-the-job"

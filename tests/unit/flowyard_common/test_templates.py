@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agent.templates import (
+from flowyard_common.templates import (
     PLACEHOLDER,
     TemplateError,
     apply_values,

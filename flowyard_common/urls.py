@@ -1,8 +1,9 @@
-"""Keeping credentials out of what the engine prints.
+"""Keeping credentials out of what is printed or stored.
 
 A URL's userinfo (``https://user:secret@host/...``) may carry a password or token; every URL
-the engine puts in a message or a log line goes through :func:`redact_url`, and text from
-tools that echo URLs (git's stderr) through :func:`redact_text`.
+the engine puts in a message or a log line, and every source URL the control plane shows or
+logs, goes through :func:`redact_url`, and text from tools that echo URLs (git's stderr)
+through :func:`redact_text`.
 """
 
 from __future__ import annotations
