@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from control_plane.orchestration.states import StateType
+from control_plane.states import StateType
 
 JSONObject = dict[str, Any]
 
@@ -182,3 +182,27 @@ class LogRecord:
     stream: LogStream
     logger: str
     text: str
+
+
+class TokenKind(enum.StrEnum):
+    """What a token may do."""
+
+    ADMIN = "admin"
+    """Everything on ControlPlaneService, and AgentService.Connect for any pool."""
+    AGENT = "agent"
+    """AgentService.Connect for one pool."""
+    ENGINE = "engine"
+    """EngineService for one run attempt (minted per assignment, never listed)."""
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """A stored admin or agent token (without its secret)."""
+
+    id: str
+    kind: TokenKind
+    pool: str
+    description: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None

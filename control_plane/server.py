@@ -28,11 +28,11 @@ from grpc_reflection.v1alpha import reflection
 
 from control_plane.admission import Admission
 from control_plane.api.agent import AgentServicer
+from control_plane.api.authentication import Authenticator
 from control_plane.api.control_plane import ControlPlaneServicer
 from control_plane.api.decoding import Decoding
 from control_plane.api.engine import EngineServicer
 from control_plane.auth.bootstrap import ensure_admin_token
-from control_plane.auth.interceptor import Authenticator
 from control_plane.auth.registry import Tokens
 from control_plane.auth.transport import TLSFiles
 from control_plane.config import ServerConfig

@@ -20,7 +20,7 @@ from google.protobuf.duration_pb2 import Duration
 from control_plane import __version__
 from control_plane.api import convert
 from control_plane.api.errors import streaming
-from control_plane.auth.principals import TokenKind, caller
+from control_plane.auth.principals import caller
 from control_plane.errors import (
     AlreadyExists,
     FlowyardError,
@@ -28,6 +28,7 @@ from control_plane.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from control_plane.models import TokenKind
 from control_plane.orchestration import clock, queues, validation
 from control_plane.orchestration.agents import (
     AgentRegistry,

@@ -24,7 +24,7 @@ from control_plane.models import (
     WorkQueue,
 )
 from control_plane.orchestration import validation
-from control_plane.orchestration.states import StateType
+from control_plane.states import StateType
 from flowyard.v1 import types_pb2
 
 POOL_TYPES = {

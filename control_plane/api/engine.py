@@ -1,5 +1,5 @@
 """The ``EngineService`` servicer: the engine of one run attempt, authenticated by its token
-(verified by ``control_plane.auth.interceptor``; the servicer checks the attempt it names).
+(verified by ``control_plane.api.authentication``; the servicer checks the attempt it names).
 
 ``Report`` handles one engine stream with a reader task (state proposals, log batches,
 heartbeats) and a watcher task that pushes ``CancelFlow`` as soon as the run is CANCELLING
@@ -33,7 +33,7 @@ from control_plane.orchestration import attempts, clock, validation
 from control_plane.orchestration.catalog import Catalog
 from control_plane.orchestration.reports import EngineReports, Proposal
 from control_plane.orchestration.signals import Signals, run_key
-from control_plane.orchestration.states import StateType
+from control_plane.states import StateType
 from control_plane.store import catalog as catalog_repo
 from control_plane.store.db import Database
 from flowyard.v1 import engine_pb2 as pb

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from control_plane.api import convert
-from control_plane.auth.principals import TokenKind, TokenRecord
 from control_plane.errors import InvalidArgument
+from control_plane.models import TokenKind, TokenRecord
 from flowyard.v1 import control_plane_pb2 as pb
 
 _KINDS = {pb.TOKEN_KIND_ADMIN: TokenKind.ADMIN, pb.TOKEN_KIND_AGENT: TokenKind.AGENT}

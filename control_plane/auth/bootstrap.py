@@ -13,10 +13,10 @@ import logging
 import os
 from pathlib import Path
 
-from control_plane.auth.principals import TokenKind
 from control_plane.auth.registry import Tokens
 from control_plane.config import admin_token_path
 from control_plane.errors import Unauthenticated
+from control_plane.models import TokenKind
 
 log = logging.getLogger(__name__)
 

@@ -3,35 +3,11 @@
 from __future__ import annotations
 
 import contextvars
-import enum
 from dataclasses import dataclass
 from datetime import datetime
 
 from control_plane.errors import Unauthenticated
-
-
-class TokenKind(enum.StrEnum):
-    """What a token may do."""
-
-    ADMIN = "admin"
-    """Everything on ControlPlaneService, and AgentService.Connect for any pool."""
-    AGENT = "agent"
-    """AgentService.Connect for one pool."""
-    ENGINE = "engine"
-    """EngineService for one run attempt (minted per assignment, never listed)."""
-
-
-@dataclass(frozen=True)
-class TokenRecord:
-    """A stored admin or agent token (without its secret)."""
-
-    id: str
-    kind: TokenKind
-    pool: str
-    description: str
-    created_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
+from control_plane.models import TokenKind
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from control_plane.auth.principals import Principal, TokenKind, TokenRecord
+from control_plane.auth.principals import Principal
 from control_plane.errors import InvalidArgument, NotFound, Unauthenticated
+from control_plane.models import TokenKind, TokenRecord
 from control_plane.orchestration import attempts, clock, tokens, validation
 from control_plane.orchestration.agents import AgentRegistry
 from control_plane.store import catalog as catalog_repo

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import Run
 from control_plane.orchestration import clock
-from control_plane.orchestration.states import AWAITING_RETRY, State, StateType
+from control_plane.states import AWAITING_RETRY, State, StateType
 from control_plane.store import catalog as catalog_repo
 from control_plane.store import runs as repo
 

@@ -7,7 +7,7 @@ from typing import TypeVar
 
 from control_plane.models import Run
 from control_plane.orchestration.signals import Signals, run_key
-from control_plane.orchestration.states import StateType
+from control_plane.states import StateType
 
 T = TypeVar("T")
 MAX_ATTEMPTS = 8

@@ -28,7 +28,7 @@ from control_plane.orchestration.attempts import hand_back
 from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.concurrency import DeploymentLimit, Slots
 from control_plane.orchestration.loops import WakeLoop
-from control_plane.orchestration.states import (
+from control_plane.states import (
     ASSIGNED,
     AWAITING_CONCURRENCY_SLOT,
     State,

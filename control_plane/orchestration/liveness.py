@@ -36,7 +36,7 @@ from control_plane.models import Pool, Run, WorkQueue
 from control_plane.orchestration import clock
 from control_plane.orchestration.agents import AgentRegistry, CancelMessage
 from control_plane.orchestration.changes import Notifier
-from control_plane.orchestration.states import LATE, State, StateType
+from control_plane.states import LATE, State, StateType
 from control_plane.store import catalog as catalog_repo
 from control_plane.store import queues as queues_repo
 from control_plane.store import runs as repo

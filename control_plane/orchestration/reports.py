@@ -26,7 +26,7 @@ from control_plane.orchestration.attempts import ended as attempt_ended
 from control_plane.orchestration.attempts import hand_back
 from control_plane.orchestration.changes import Notifier, claimed, retrying
 from control_plane.orchestration.signals import run_key
-from control_plane.orchestration.states import (
+from control_plane.states import (
     ASSIGNED,
     INFRASTRUCTURE_PENDING,
     SUBMITTED,

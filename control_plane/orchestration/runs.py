@@ -13,7 +13,7 @@ from control_plane.models import Deployment, Run, Schedule, StateRecord
 from control_plane.orchestration import clock, numbers, queues, templates, validation
 from control_plane.orchestration.agents import AgentRegistry, CancelMessage
 from control_plane.orchestration.changes import Notifier, claimed, retrying
-from control_plane.orchestration.states import (
+from control_plane.states import (
     Actor,
     State,
     StateType,

@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, Row, and_, delete, func, insert, or_, sele
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import Run, StateRecord
-from control_plane.orchestration.states import ACTIVE, State, StateType
+from control_plane.states import ACTIVE, State, StateType
 from control_plane.store.dialects import insert_ignoring_duplicates
 from control_plane.store.tables import (
     UTCDateTime,

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Row, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from control_plane.auth.principals import TokenKind, TokenRecord
+from control_plane.models import TokenKind, TokenRecord
 from control_plane.store.tables import api_tokens
 
 

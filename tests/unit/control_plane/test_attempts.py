@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from control_plane.cli.runs import attempt_text
 from control_plane.orchestration.attempts import ended_at
-from control_plane.orchestration.states import StateType
+from control_plane.states import StateType
 from flowyard.v1 import types_pb2
 
 RUN = "a" * 32

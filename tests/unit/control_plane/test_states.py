@@ -2,7 +2,7 @@
 
 import pytest
 
-from control_plane.orchestration.states import (
+from control_plane.states import (
     TERMINAL,
     Actor,
     StateType,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.auth.interceptor import bearer_token
+from control_plane.api.authentication import bearer_token
 from control_plane.errors import Unauthenticated
 from control_plane.orchestration import tokens
 

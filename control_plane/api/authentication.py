@@ -25,10 +25,11 @@ from typing import Any, cast
 import grpc
 
 from control_plane.api.errors import abort
-from control_plane.auth.principals import Principal, TokenKind, set_caller
+from control_plane.auth.principals import Principal, set_caller
 from control_plane.auth.registry import HOW_TO_AUTHENTICATE, Tokens
 from control_plane.errors import FlowyardError, PermissionDenied, Unauthenticated
 from control_plane.interceptors import Handler, MethodWrapper
+from control_plane.models import TokenKind
 
 CONTROL_PLANE = "flowyard.v1.ControlPlaneService"
 AGENT = "flowyard.v1.AgentService"
