@@ -20,7 +20,8 @@ from agent.reports import Outbox
 from agent.runs import RunManager
 from agent.session import Session
 from agent.settings import AgentSettings, ConnectionSettings
-from agent.tasks import cancel_and_wait, stop_tasks
+from agent.tasks import stop_tasks
+from flowyard_common.aiotasks import cancel_and_wait
 
 __all__ = ["channel_options", "open_channel", "run_connection"]
 

@@ -36,8 +36,9 @@ from agent.reports import (
 )
 from agent.runs import HelloState, RunManager
 from agent.settings import AgentSettings, ConnectionSettings
-from agent.tasks import cancel_and_wait, wait_first
+from agent.tasks import wait_first
 from flowyard.v1 import agent_pb2, agent_pb2_grpc
+from flowyard_common.aiotasks import cancel_and_wait
 
 __all__ = ["FATAL_CODES", "Session", "Welcome"]
 

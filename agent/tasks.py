@@ -11,20 +11,13 @@ import logging
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
-__all__ = ["TaskSet", "cancel_and_wait", "stop_tasks", "wait_first"]
+from flowyard_common.aiotasks import cancel_and_wait
+
+__all__ = ["TaskSet", "stop_tasks", "wait_first"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
-    """Cancel ``tasks`` and wait until each has finished; their outcomes are not raised."""
-    pending = [task for task in tasks if not task.done()]
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.wait(pending)
 
 
 async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], grace: float) -> None:

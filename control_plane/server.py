@@ -55,6 +55,7 @@ from flowyard.v1 import (
     engine_pb2,
     engine_pb2_grpc,
 )
+from flowyard_common.aiotasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +155,7 @@ class App:
             session.keep_assignments = True
             session.close()
         await self.server.stop(grace)
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self.tasks)
         await self.db.close()
 
 

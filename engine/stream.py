@@ -152,7 +152,8 @@ class ReportStream:
                 delay,
             )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self.stopping.wait()
 
     async def _session(self) -> bool:
         """One Report call, from Open to its end. Returns whether it was opened."""
@@ -194,7 +195,8 @@ class ReportStream:
     async def _wait_opened(self, call: _Call) -> None:
         try:
             # A server that accepts the stream but never answers must not hang us.
-            first = await asyncio.wait_for(call.read(), self._timeouts.connect)
+            async with asyncio.timeout(self._timeouts.connect):
+                first = await call.read()
         except TimeoutError:
             raise _StreamBroken(
                 f"no Opened within {self._timeouts.connect:g} s of opening the stream"
@@ -219,7 +221,8 @@ class ReportStream:
         ):
             await call.done_writing()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(reader), self._timeouts.stop_grace)
+            async with asyncio.timeout(self._timeouts.stop_grace):
+                await asyncio.shield(reader)
 
     async def _read(self, call: _Call) -> object:
         while True:
@@ -258,13 +261,16 @@ class ReportStream:
                     continue
             waits = [t for t in (delay, interval and next_heartbeat - now) if t]
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), min(waits) if waits else None)
+                async with asyncio.timeout(min(waits) if waits else None):
+                    await self.wake.wait()
 
 
 async def _status_text(call: _Call) -> str:
     try:
-        code = await asyncio.wait_for(call.code(), 1.0)
-        details = await asyncio.wait_for(call.details(), 1.0)
+        async with asyncio.timeout(1.0):
+            code = await call.code()
+        async with asyncio.timeout(1.0):
+            details = await call.details()
     except Exception:
         return "status unknown"
     return f"{code.name}: {details}"

@@ -8,7 +8,6 @@ whenever the outbox has been quiet for one interval.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -43,6 +42,7 @@ from control_plane.orchestration.reports import AgentReports, InfraKind, InfraRe
 from control_plane.store.db import Database
 from flowyard.v1 import agent_pb2 as pb
 from flowyard.v1 import agent_pb2_grpc as pb_grpc
+from flowyard_common.aiotasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         self, request_iterator: AsyncIterator[pb.ConnectRequest], context: Context
     ) -> AsyncIterator[pb.ConnectResponse]:
         try:
-            first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_SECONDS)
+            async with asyncio.timeout(HELLO_TIMEOUT_SECONDS):
+                first = await anext(request_iterator)
         except (StopAsyncIteration, TimeoutError):
             raise InvalidArgument("the first message of Connect must be Hello") from None
         if first.WhichOneof("message") != "hello":
@@ -138,9 +139,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             self._notifier.wake_dispatcher()
             while True:
                 try:
-                    message = await asyncio.wait_for(
-                        session.outbox.get(), self._heartbeat.total_seconds()
-                    )
+                    async with asyncio.timeout(self._heartbeat.total_seconds()):
+                        message = await session.outbox.get()
                 except TimeoutError:
                     yield pb.ConnectResponse(
                         heartbeat=pb.Heartbeat(sent_time=convert.timestamp(clock.now()))
@@ -160,9 +160,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 raise failure
         finally:
             self._agents.remove(session)
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await cancel_and_wait([reader])
             log.info("agent %s disconnected (session %s)", session.agent_name, session.id)
             await self._db.shielded(
                 self._reports.session_closed(session, keep_assignments=session.keep_assignments)

@@ -340,4 +340,5 @@ def _by_size(lines: list[types_pb2.LogLine]) -> list[list[types_pb2.LogLine]]:
 
 async def _wait(event: asyncio.Event) -> None:
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), TAIL_RECHECK_SECONDS)
+        async with asyncio.timeout(TAIL_RECHECK_SECONDS):
+            await event.wait()

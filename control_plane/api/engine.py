@@ -10,7 +10,6 @@ drains onto the wire, in order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -40,6 +39,7 @@ from flowyard.v1 import engine_pb2 as pb
 from flowyard.v1 import engine_pb2_grpc as pb_grpc
 
 # The engine's own rule: a line the server stores is never longer than one the engine sends.
+from flowyard_common.aiotasks import cancel_and_wait
 from flowyard_common.loglines import truncate_line
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,8 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         self, request_iterator: AsyncIterator[pb.ReportRequest], context: Context
     ) -> AsyncIterator[pb.ReportResponse]:
         try:
-            first = await asyncio.wait_for(anext(request_iterator), OPEN_TIMEOUT_SECONDS)
+            async with asyncio.timeout(OPEN_TIMEOUT_SECONDS):
+                first = await anext(request_iterator)
         except (StopAsyncIteration, TimeoutError):
             raise InvalidArgument("the first message of Report must be Open") from None
         if first.WhichOneof("message") != "open":
@@ -148,11 +149,10 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                     raise message
                 yield message
         finally:
+            await cancel_and_wait(tasks)
             for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                if not task.cancelled():
+                    task.result()  # what made a helper end early is this call's failure
 
     async def _read(
         self,

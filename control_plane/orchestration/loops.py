@@ -60,4 +60,5 @@ class WakeLoop:
             if next_time is not None:
                 timeout = min(timeout, max(0.0, (next_time - clock.now()).total_seconds()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from control_plane.orchestration import clock
 from control_plane.orchestration.loops import WakeLoop
+from tests.waiting import eventually
 
 DEADLINE = 5.0
 
@@ -80,3 +81,35 @@ async def test_cancelling_ends_the_loop() -> None:
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=DEADLINE)
     assert task in done and task.cancelled()
+
+
+async def test_a_wake_at_the_moment_of_cancelling_still_ends_the_loop() -> None:
+    # The wake-up and the cancel arrive together: the sleep's wait is over, yet the loop was
+    # told to stop, and must (a stop that awaits it would hang otherwise).
+    passes = Passes()
+    loop = WakeLoop(passes, what="test", max_sleep_seconds=3600)
+    task = asyncio.create_task(loop.run(), name="wake-loop")
+    await passes.reach(1)
+    await _sleeping(task)
+    loop.wake()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=DEADLINE)
+    try:
+        assert task in done and task.cancelled()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _sleeping(task: asyncio.Task[None]) -> None:
+    """Wait until ``task`` sleeps between passes (it awaits the wake-up event)."""
+
+    def asleep() -> bool:
+        awaiting = task.get_coro().cr_await  # type: ignore[union-attr]
+        while awaiting is not None:
+            if getattr(awaiting, "__qualname__", "") in ("Event.wait", "wait_for"):
+                return True
+            awaiting = getattr(awaiting, "cr_await", None)
+        return False
+
+    await eventually(asleep, within=DEADLINE, what="the loop to sleep between passes")
