@@ -132,6 +132,8 @@ class App:
     server: grpc.aio.Server
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     port: int
+    #: Who waits for which run to change (WatchRun, TailLogs, engine streams).
+    signals: Signals
     #: The mutual-TLS agent port, if the server has one.
     agent_port: int | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -248,7 +250,18 @@ async def build(config: ServerConfig) -> App:
         agent_port = server.add_secure_port(
             f"{config.host}:{config.agent_port}", tls.server_credentials(mutual=True)
         )
-    return App(db, agents, dispatcher, reaper, scheduler, server, health_servicer, port, agent_port)
+    return App(
+        db,
+        agents,
+        dispatcher,
+        reaper,
+        scheduler,
+        server,
+        health_servicer,
+        port,
+        signals,
+        agent_port,
+    )
 
 
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:

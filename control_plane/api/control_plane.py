@@ -284,14 +284,15 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         run_id = validation.run_id(request.run_id)
         last_version = -1
         while True:
-            changed = self._signals.waiter(run_key(run_id))
-            run = await self._db.shielded(self._runs.current(run_id))
-            if run.version != last_version:
-                last_version = run.version
-                yield pb.WatchRunResponse(run=convert.run_to_proto(run))
+            with self._signals.waiting(run_key(run_id)) as changed:
+                run = await self._db.shielded(self._runs.current(run_id))
+                if run.version == last_version:
+                    await _wait(changed)
+                    continue
+            last_version = run.version
+            yield pb.WatchRunResponse(run=convert.run_to_proto(run))
             if run.is_terminal:
                 return
-            await _wait(changed)
 
     @streaming
     async def TailLogs(
@@ -302,18 +303,19 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             raise InvalidArgument("after_attempt/after_seq: must not be negative")
         attempt, seq = request.after_attempt, request.after_seq
         while True:
-            changed = self._signals.waiter(run_key(run_id))
-            run, lines = await self._db.shielded(self._read_tail(run_id, attempt, seq))
+            with self._signals.waiting(run_key(run_id)) as changed:
+                run, lines = await self._db.shielded(self._read_tail(run_id, attempt, seq))
+                if not lines and request.follow and not run.is_terminal:
+                    await _wait(changed)
+                    continue
             if lines:
                 attempt, seq = lines[-1].attempt, lines[-1].seq
                 state = convert.current_state(run)
                 for chunk in _by_size([convert.log_to_proto(line) for line in lines]):
                     yield pb.TailLogsResponse(lines=chunk, state=state)
                 continue
-            if not request.follow or run.is_terminal:
-                yield pb.TailLogsResponse(state=convert.current_state(run))
-                return
-            await _wait(changed)
+            yield pb.TailLogsResponse(state=convert.current_state(run))
+            return
 
     async def _read_tail(self, run_id: str, attempt: int, seq: int) -> tuple[Run, list[LogRecord]]:
         # Read the state before the lines: every line of a run is stored before its

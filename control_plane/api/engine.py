@@ -250,26 +250,26 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         """
         cancel_sent = False
         while True:
-            changed = self._signals.waiter(run_key(run.id))
-            current = await self._db.shielded(self._reports.current(run.id))
-            why = (
-                "the run no longer exists"
-                if current is None
-                else attempts.ended(current, run.attempt)
-            )
-            if why:
-                if current is not None and current.last_transition_id in own:
-                    return
-                out.put_nowait(pb.ReportResponse(cancel=pb.CancelFlow(reason=why)))
-                out.put_nowait(Unauthenticated(why))
-                return
-            assert current is not None
-            if current.state_type is StateType.CANCELLING and not cancel_sent:
-                cancel_sent = True
-                out.put_nowait(
-                    pb.ReportResponse(cancel=pb.CancelFlow(reason=current.state_message))
+            with self._signals.waiting(run_key(run.id)) as changed:
+                current = await self._db.shielded(self._reports.current(run.id))
+                why = (
+                    "the run no longer exists"
+                    if current is None
+                    else attempts.ended(current, run.attempt)
                 )
-            await changed.wait()
+                if why:
+                    if current is not None and current.last_transition_id in own:
+                        return
+                    out.put_nowait(pb.ReportResponse(cancel=pb.CancelFlow(reason=why)))
+                    out.put_nowait(Unauthenticated(why))
+                    return
+                assert current is not None
+                if current.state_type is StateType.CANCELLING and not cancel_sent:
+                    cancel_sent = True
+                    out.put_nowait(
+                        pb.ReportResponse(cancel=pb.CancelFlow(reason=current.state_message))
+                    )
+                await changed.wait()
 
 
 def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:

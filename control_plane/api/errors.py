@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 import grpc
 from sqlalchemy import exc as sa_exc
@@ -140,8 +141,12 @@ def streaming(
         self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> AsyncIterator[Resp]:
         try:
-            async for item in method(self, request, context):
-                yield item
+            # Closed when this wrapper ends, however it ends: the handler's own clean-up
+            # (its ``finally`` blocks) runs then, not whenever the garbage collector gets to it.
+            handler = cast(AsyncGenerator[Resp, None], method(self, request, context))
+            async with contextlib.aclosing(handler) as items:
+                async for item in items:
+                    yield item
         except errors.FlowyardError as exc:
             await abort(context, exc)
         except Exception as exc:

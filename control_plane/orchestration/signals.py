@@ -1,9 +1,14 @@
 """In-process change notifications: how a stored change wakes whoever waits for it.
 
-A waiter takes ``signals.waiter(key)`` *before* it reads the database, then reads, then awaits
-the event if it found nothing new. ``notify(key)`` after a commit sets every event taken so far
-for that key, so no change between the read and the wait is missed. Keys name what changed:
-``run_key(run_id)`` for a run's state or logs.
+A waiter enters ``signals.waiting(key)`` *before* it reads the database, then reads, then
+awaits the event if it found nothing new. ``notify(key)`` after a commit sets every event taken
+so far for that key, so no change between the read and the wait is missed. Keys name what
+changed: ``run_key(run_id)`` for a run's state or logs.
+
+A waiter is registered only inside its ``with`` block, however the block ends (a finished or
+unknown run, a client that hung up), so the registry holds exactly the keys someone is waiting
+on right now. Nothing should be yielded to a client inside the block: a server-streaming
+handler suspended at a ``yield`` may never be resumed or closed.
 
 This is the single-process bus; several control-plane replicas on PostgreSQL feed the same
 ``notify`` from LISTEN/NOTIFY.
@@ -12,6 +17,9 @@ This is the single-process bus; several control-plane replicas on PostgreSQL fee
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 
 def run_key(run_id: str) -> str:
@@ -19,21 +27,41 @@ def run_key(run_id: str) -> str:
     return f"run:{run_id}"
 
 
+@dataclass
+class _Waiters:
+    """The event of one key, and how many blocks hold it."""
+
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    count: int = 0
+
+
 class Signals:
-    """Keyed one-shot events."""
+    """Keyed one-shot events, registered while someone waits on them."""
 
     def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
+        self._waiting: dict[str, _Waiters] = {}
 
-    def waiter(self, key: str) -> asyncio.Event:
-        """An event set by the next ``notify(key)``."""
-        event = self._events.get(key)
-        if event is None:
-            event = self._events[key] = asyncio.Event()
-        return event
+    @contextlib.contextmanager
+    def waiting(self, key: str) -> Iterator[asyncio.Event]:
+        """Inside the block: an event set by the next ``notify(key)``."""
+        waiters = self._waiting.get(key)
+        if waiters is None:
+            waiters = self._waiting[key] = _Waiters()
+        waiters.count += 1
+        try:
+            yield waiters.event
+        finally:
+            waiters.count -= 1
+            # A notified key's entry is gone already; a new one may have taken its place.
+            if waiters.count == 0 and self._waiting.get(key) is waiters:
+                del self._waiting[key]
 
     def notify(self, key: str) -> None:
         """Wake everyone waiting on ``key``."""
-        event = self._events.pop(key, None)
-        if event is not None:
-            event.set()
+        waiters = self._waiting.pop(key, None)
+        if waiters is not None:
+            waiters.event.set()
+
+    def __len__(self) -> int:
+        """How many waiters are registered (those of a key notified since are not)."""
+        return sum(waiters.count for waiters in self._waiting.values())

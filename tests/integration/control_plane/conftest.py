@@ -33,6 +33,7 @@ from flowyard.v1 import (
 )
 from tests.bearer import admin_token, aio_channel
 from tests.stores import count_rows
+from tests.waiting import eventually
 
 FLOW = """
 def hello(name: str, count: int = 1) -> str:
@@ -250,6 +251,13 @@ async def running_plane(
     plane = connect(app, data_dir, db_url)
     try:
         yield plane
+        await plane.channel.close()
+        # Every call the test made has ended with its channel: nobody is waiting any more.
+        await eventually(
+            lambda: len(app.signals) == 0,
+            within=STOP_TIMEOUT,
+            what="the server to forget the calls that waited for changes",
+        )
     finally:
         await plane.channel.close()
         # A stop that hangs is a bug in itself: fail fast and say so.
