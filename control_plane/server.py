@@ -6,6 +6,12 @@ the reaper and the scheduler, and runs until SIGTERM/SIGINT. Shutdown: health go
 NOT_SERVING, agent streams are told to end, in-flight calls get ``shutdown_grace_seconds``,
 then the background tasks are cancelled and awaited and the database closed.
 
+The root tasks (the gRPC server, the dispatcher, the reaper, the scheduler) are supervised:
+none of them ends while the server runs, so one that does (a loop that failed for good, see
+``orchestration.loops``) is logged with its traceback and stops the whole process the same
+graceful way, and ``serve`` raises ``RootTaskFailed`` naming it. A control plane that went on
+serving without its dispatcher would accept runs and never start them.
+
 User calls pass admission control first (``control_plane.admission``); the gRPC limits below
 are set so that under a burst it is admission control, with its retry hint, that refuses
 calls, never gRPC's own queues.
@@ -120,6 +126,26 @@ def server_options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
+class RootTaskFailed(Exception):
+    """A root task of the control plane ended while it was serving; the process must stop.
+
+    The message names the task and says how it ended, on one line; what it raised, if
+    anything, is the ``__cause__``.
+    """
+
+    def __init__(self, task: asyncio.Task[None]) -> None:
+        self.task_name = task.get_name()
+        error = None if task.cancelled() else task.exception()
+        if task.cancelled():
+            how = "was cancelled"
+        elif error is not None:
+            how = f"failed: {type(error).__name__}: {_first_line(error)}"
+        else:
+            how = "ended"
+        super().__init__(f"the {self.task_name} {how}")
+        self.__cause__ = error
+
+
 @dataclass
 class App:
     """The control plane's parts, wired together."""
@@ -136,7 +162,11 @@ class App:
     signals: Signals
     #: The mutual-TLS agent port, if the server has one.
     agent_port: int | None = None
+    #: The root tasks, once started: each runs as long as the server does.
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: The first root task that ended by itself, if one did.
+    failure: RootTaskFailed | None = field(default=None, init=False)
+    _stopping: bool = field(default=False, init=False)
 
     async def start(self) -> None:
         """Serve, report SERVING, and start dispatching."""
@@ -144,13 +174,36 @@ class App:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.tasks = [
+            asyncio.create_task(self._serving(), name="gRPC server"),
             asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
             asyncio.create_task(self.reaper.run(), name="reaper"),
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
         ]
+        for task in self.tasks:
+            task.add_done_callback(self._ended)
+
+    async def wait(self, stop: asyncio.Event | None = None) -> None:
+        """Wait while the control plane serves: until ``stop`` is set or ``stop()`` is called.
+
+        Raises:
+            RootTaskFailed: a root task ended by itself first (it is logged already); the
+                others still run, and ``stop()`` stops them.
+        """
+        requested = asyncio.create_task(stop.wait(), name="stop requested") if stop else None
+        try:
+            await asyncio.wait(
+                [*self.tasks, *([requested] if requested else [])],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            if requested is not None:
+                await cancel_and_wait([requested])
+        if self.failure is not None:
+            raise self.failure
 
     async def stop(self, grace: float) -> None:
         """Stop gracefully: NOT_SERVING, end agent streams, drain calls, stop dispatching."""
+        self._stopping = True
         await self.health.enter_graceful_shutdown()
         for session in self.agents.all():
             # The agents stay: what they were assigned waits for them to reconnect.
@@ -159,6 +212,16 @@ class App:
         await self.server.stop(grace)
         await cancel_and_wait(self.tasks)
         await self.db.close()
+
+    async def _serving(self) -> None:
+        await self.server.wait_for_termination()
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A root task ended: unless the control plane is stopping, it must stop now."""
+        if self._stopping or self.failure is not None:
+            return
+        self.failure = RootTaskFailed(task)
+        log.critical("%s; the control plane stops", self.failure, exc_info=self.failure.__cause__)
 
 
 async def build(config: ServerConfig) -> App:
@@ -288,7 +351,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     if config.ready_file is not None:
         _write_atomically(config.ready_file, ready)
     try:
-        await stop.wait()
+        await app.wait(stop)
     finally:
         log.info("shutting down")
         await app.stop(config.shutdown_grace_seconds)
@@ -299,6 +362,11 @@ def _safe_url(config: ServerConfig) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(config.resolved_db_url()).render_as_string(hide_password=True)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else "(no message)"
 
 
 def _write_atomically(path: os.PathLike[str], text: str) -> None:

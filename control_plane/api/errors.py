@@ -12,6 +12,7 @@ import grpc
 from sqlalchemy import exc as sa_exc
 
 from control_plane import errors
+from control_plane.store.db import unique_violation
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ async def abort_unexpected(
         log.warning("%s: %s (%s)", name, reason, error)
         await abort_unavailable(context, reason)
         return
-    if _unique_violation(error):
+    if unique_violation(error):
         # Two calls created the same name at once and the unique key let one through (on
         # PostgreSQL writers are not queued, so the check before the insert can race).
         log.warning("%s: lost a race on a unique key (%s)", name, error)
@@ -153,12 +154,3 @@ def streaming(
             await abort_unexpected(context, method.__name__, exc)
 
     return wrapper
-
-
-def _unique_violation(error: BaseException) -> bool:
-    if not isinstance(error, sa_exc.IntegrityError):
-        return False
-    # PostgreSQL's SQLSTATE for unique_violation; SQLite only says it in words.
-    return getattr(error.orig, "sqlstate", None) == "23505" or "UNIQUE constraint failed" in str(
-        error.orig
-    )

@@ -194,6 +194,7 @@ def server_start(
         raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
     if require_agent_cert and tls_client_ca is None:
         raise click.UsageError("--require-agent-cert needs --tls-client-ca")
+    from control_plane.server import RootTaskFailed
     from control_plane.store.migrate import StoreError
 
     try:
@@ -201,3 +202,6 @@ def server_start(
     except StoreError as exc:
         # Missing driver, unreachable server, unknown schema: one line saying what to do.
         raise click.ClickException(str(exc)) from None
+    except RootTaskFailed as exc:
+        # Logged above with its traceback; this is the one line that says why it stopped.
+        raise click.ClickException(f"the control plane stopped: {exc}") from None

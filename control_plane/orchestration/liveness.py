@@ -24,7 +24,6 @@ system costs a few indexed queries per interval.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from control_plane.models import Pool, Run, WorkQueue
 from control_plane.orchestration import clock
 from control_plane.orchestration.agents import AgentRegistry, CancelMessage
 from control_plane.orchestration.changes import Notifier
+from control_plane.orchestration.loops import transient
 from control_plane.states import LATE, State, StateType
 from control_plane.store import catalog as catalog_repo
 from control_plane.store import queues as queues_repo
@@ -76,16 +76,16 @@ class Reaper:
         self._started_at = started_at or clock.now()
 
     async def run(self) -> None:
-        """Sweep, sleep until something can be due, repeat."""
+        """Sweep, sleep until something can be due, repeat (until cancelled, or until a sweep
+        fails for good: see ``loops.transient``)."""
         while True:
             try:
                 await self._db.shielded(self.sweep_once())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
+            except Exception as error:
+                if not transient(error):
+                    raise
                 log.exception("liveness sweep failed; trying again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.sleep(self._sleep_seconds())
+            await asyncio.sleep(self._sleep_seconds())
 
     def _sleep_seconds(self) -> float:
         shortest = min(

@@ -3,8 +3,13 @@
 The dispatcher and the scheduler work in passes. A pass returns the next time it has
 something to do by the clock (or ``None``); between passes the worker sleeps until then, or
 until something wakes it first (an event, never a poll), and at most ``max_sleep_seconds``
-so that a clock jump cannot stall it for long. A pass that fails is logged and tried again
-after a short pause; cancellation ends the loop.
+so that a clock jump cannot stall it for long.
+
+A pass that fails for a reason that passes (``transient``: the database busy, unreachable or
+its connection broken, a race lost to another writer) is logged and tried again after a short
+pause. Any other failure (a bug, stored data that cannot be read) would fail every pass the
+same way: it ends the loop, and the server, which supervises its loops, stops rather than run
+on without it (see ``control_plane.server``). Cancellation ends the loop.
 """
 
 from __future__ import annotations
@@ -16,11 +21,18 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from control_plane.orchestration import clock
+from control_plane.orchestration.changes import Conflict
+from control_plane.store import db
 
 log = logging.getLogger(__name__)
 
-#: Pause after an unexpected error before the next pass.
+#: Pause after a transient error before the next pass.
 ERROR_PAUSE_SECONDS = 1.0
+
+
+def transient(error: Exception) -> bool:
+    """Whether a pass that raised ``error`` may succeed when it is tried again."""
+    return isinstance(error, Conflict) or db.transient(error)
 
 
 class WakeLoop:
@@ -45,15 +57,15 @@ class WakeLoop:
         self._wake.set()
 
     async def run(self) -> None:
-        """Run passes until cancelled."""
+        """Run passes until cancelled, or until a pass fails for good (its error is raised)."""
         while True:
             # Cleared before the pass, so a wake-up during the pass triggers another one.
             self._wake.clear()
             try:
                 next_time = await self._one_pass()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
+            except Exception as error:
+                if not transient(error):
+                    raise
                 log.exception("%s failed; trying again", self._what)
                 next_time = clock.now() + timedelta(seconds=ERROR_PAUSE_SECONDS)
             timeout = self._max_sleep_seconds

@@ -16,7 +16,8 @@ are kept apart by row locks, unique keys and the version compare-and-set.
 
 Opening a database that cannot be used (its driver is not installed, its server does not
 answer, its schema is newer than this code) raises ``StoreError`` with a one-line message
-that says what to do, which the CLI prints instead of a traceback.
+that says what to do, which the CLI prints instead of a traceback. Once open, an error that
+only says the database could not do the work *now* is told apart by ``transient``.
 """
 
 from __future__ import annotations
@@ -184,6 +185,40 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_on_begin(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN")
+
+
+def transient(error: BaseException) -> bool:
+    """Whether ``error`` says the database could not do the work now, so that the same work
+    may succeed later: it was unreachable, locked or out of connections, a connection broke,
+    or another writer took a unique key first.
+
+    Anything else (a bug, stored data that cannot be read) would fail the same way again.
+    """
+    if isinstance(
+        error,
+        (
+            sa_exc.OperationalError,
+            sa_exc.InterfaceError,
+            sa_exc.TimeoutError,
+            sa_exc.DisconnectionError,
+            ConnectionError,
+            TimeoutError,
+        ),
+    ):
+        return True
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return unique_violation(error)
+
+
+def unique_violation(error: BaseException) -> bool:
+    """Whether ``error`` is a unique key refusing what another writer stored first."""
+    if not isinstance(error, sa_exc.IntegrityError):
+        return False
+    # PostgreSQL's SQLSTATE for unique_violation; SQLite only says it in words.
+    return getattr(error.orig, "sqlstate", None) == "23505" or "UNIQUE constraint failed" in str(
+        error.orig
+    )
 
 
 def _first_line(error: BaseException | None) -> str:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from control_plane.config import ServerConfig
-from control_plane.server import App, build
+from control_plane.models import Run
+from control_plane.orchestration.liveness import Reaper
+from control_plane.server import App, RootTaskFailed, build, serve
 
 DEADLINE = 15.0
 
@@ -52,3 +57,63 @@ async def test_a_stop_that_is_itself_cancelled_ends_at_once(
     finally:
         release.set()
         await asyncio.wait({stopping}, timeout=DEADLINE)
+
+
+async def test_a_loop_that_fails_for_good_is_reported_and_the_app_says_so(
+    app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken_pass() -> datetime | None:
+        raise RuntimeError("a bug in the pass\nwith a second line")
+
+    monkeypatch.setattr(app.dispatcher, "dispatch_once", broken_pass)
+    await app.start()
+    with pytest.raises(RootTaskFailed) as failed:
+        async with asyncio.timeout(DEADLINE):
+            await app.wait()
+    assert failed.value.task_name == "dispatcher"
+    assert str(failed.value) == "the dispatcher failed: RuntimeError: a bug in the pass"
+    assert isinstance(failed.value.__cause__, RuntimeError)
+    (record,) = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert record.getMessage() == f"{failed.value}; the control plane stops"
+    assert record.exc_info is not None and record.exc_info[1] is failed.value.__cause__
+    # The others run on until the control plane is stopped, the graceful way.
+    assert [t.get_name() for t in app.tasks if not t.done()] == [
+        "gRPC server",
+        "reaper",
+        "scheduler",
+    ]
+
+
+async def test_a_grpc_server_stopped_from_outside_stops_the_app(app: App) -> None:
+    await app.start()
+    await app.server.stop(None)
+    with pytest.raises(RootTaskFailed, match="the gRPC server ended"):
+        async with asyncio.timeout(DEADLINE):
+            await app.wait()
+
+
+async def test_waiting_ends_without_error_when_stop_is_asked(app: App) -> None:
+    await app.start()
+    stop = asyncio.Event()
+    waiting = asyncio.create_task(app.wait(stop), name="waiting")
+    stop.set()
+    async with asyncio.timeout(DEADLINE):
+        await waiting
+    assert app.failure is None
+
+
+async def test_serve_stops_when_a_loop_fails_for_good(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken_sweep(self: Reaper) -> list[Run]:
+        raise ValueError("stored data no sweep can read")
+
+    monkeypatch.setattr(Reaper, "sweep_once", broken_sweep)
+    config = ServerConfig(port=0, data_dir=tmp_path, ready_file=tmp_path / "ready")
+    with pytest.raises(RootTaskFailed, match="the reaper failed: ValueError: stored data"):
+        async with asyncio.timeout(DEADLINE):
+            await serve(config)
+    # It stopped the graceful way: the port it served on is closed.
+    port = int((tmp_path / "ready").read_text().rsplit(":", 1)[1])
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()

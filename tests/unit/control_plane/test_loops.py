@@ -1,11 +1,15 @@
-"""The pass loop of the dispatcher and the scheduler: woken by events, never stopped by errors."""
+"""The pass loop of the dispatcher and the scheduler: woken by events, stopped only for good."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
 
+import pytest
+from sqlalchemy.exc import OperationalError
+
 from control_plane.orchestration import clock
+from control_plane.orchestration.changes import Conflict
 from control_plane.orchestration.loops import WakeLoop
 from tests.waiting import eventually
 
@@ -15,7 +19,7 @@ DEADLINE = 5.0
 class Passes:
     """A pass that counts itself and says when it wants to run again."""
 
-    def __init__(self, fail_first: bool = False, next_in: float | None = None) -> None:
+    def __init__(self, fail_first: Exception | None = None, next_in: float | None = None) -> None:
         self.count = 0
         self.changed = asyncio.Condition()
         self.fail_first = fail_first
@@ -25,8 +29,8 @@ class Passes:
         async with self.changed:
             self.count += 1
             self.changed.notify_all()
-        if self.fail_first and self.count == 1:
-            raise RuntimeError("the database went away")
+        if self.fail_first is not None and self.count == 1:
+            raise self.fail_first
         if self.next_in is None:
             return None
         return clock.now() + timedelta(seconds=self.next_in)
@@ -49,8 +53,17 @@ async def test_the_first_pass_runs_at_once_and_a_wake_runs_another() -> None:
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_a_failing_pass_does_not_end_the_loop() -> None:
-    passes = Passes(fail_first=True)
+@pytest.mark.parametrize(
+    "error",
+    [
+        OperationalError("SELECT 1", {}, Exception("database is locked")),
+        OperationalError("SELECT 1", {}, Exception("server closed the connection")),
+        Conflict(),
+    ],
+    ids=["locked", "disconnected", "lost-race"],
+)
+async def test_a_pass_that_fails_for_now_does_not_end_the_loop(error: Exception) -> None:
+    passes = Passes(fail_first=error)
     loop = WakeLoop(passes, what="test", max_sleep_seconds=3600)
     task = asyncio.create_task(loop.run(), name="wake-loop")
     try:
@@ -60,6 +73,17 @@ async def test_a_failing_pass_does_not_end_the_loop() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_pass_that_fails_for_good_ends_the_loop_with_its_error() -> None:
+    # A bug, or stored data no pass can read: trying again would fail the same way forever.
+    passes = Passes(fail_first=KeyError("a bug"))
+    loop = WakeLoop(passes, what="test", max_sleep_seconds=3600)
+    task = asyncio.create_task(loop.run(), name="wake-loop")
+    done, _ = await asyncio.wait({task}, timeout=DEADLINE)
+    assert task in done
+    assert isinstance(task.exception(), KeyError)
+    assert passes.count == 1
 
 
 async def test_a_pass_runs_again_when_its_next_time_comes() -> None:
