@@ -183,16 +183,19 @@ class App:
             task.add_done_callback(self._ended)
 
     async def wait(self, stop: asyncio.Event | None = None) -> None:
-        """Wait while the control plane serves: until ``stop`` is set or ``stop()`` is called.
+        """Wait while the control plane serves (after ``start()``): until ``stop`` is set or
+        ``stop()`` is called.
 
         Raises:
             RootTaskFailed: a root task ended by itself first (it is logged already); the
                 others still run, and ``stop()`` stops them.
         """
-        requested = asyncio.create_task(stop.wait(), name="stop requested") if stop else None
+        requested = None
+        if stop is not None:
+            requested = asyncio.create_task(stop.wait(), name="stop requested")
         try:
             await asyncio.wait(
-                [*self.tasks, *([requested] if requested else [])],
+                [*self.tasks, *([requested] if requested is not None else [])],
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:

@@ -37,8 +37,6 @@ from control_plane.store import catalog as catalog_repo
 from control_plane.store.db import Database
 from flowyard.v1 import engine_pb2 as pb
 from flowyard.v1 import engine_pb2_grpc as pb_grpc
-
-# The engine's own rule: a line the server stores is never longer than one the engine sends.
 from flowyard_common.aiotasks import cancel_and_wait
 from flowyard_common.loglines import truncate_line
 
@@ -321,6 +319,7 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
                 level=min(max(line.level, 0), 100),
                 stream=convert.log_stream(line.stream),
                 logger=convert.storable(line.logger[:MAX_LOGGER_CHARS]),
+                # The engine's own rule: a line stored is never longer than one it sends.
                 text=convert.storable(truncate_line(line.text)),
             )
         )
