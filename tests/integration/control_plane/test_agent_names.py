@@ -10,7 +10,7 @@ import pytest
 from flowyard.v1 import agent_pb2, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
 
-from .conftest import Plane, agent_stream
+from .conftest import RECEIVE_TIMEOUT, Plane, Stream, agent_stream
 
 
 async def connected_agents(plane: Plane, pool: str = "pool-a") -> int:
@@ -23,6 +23,19 @@ async def wait_connected(plane: Plane, count: int) -> None:
     while await connected_agents(plane) != count:
         assert time.monotonic() < deadline, f"never {count} connected agents"
         await asyncio.sleep(0.05)
+
+
+async def ended(stream: Stream) -> None:
+    """Wait until the server ends ``stream`` (heartbeats before the end are skipped)."""
+    try:
+        async with asyncio.timeout(RECEIVE_TIMEOUT):
+            with pytest.raises((AssertionError, grpc.aio.AioRpcError)):
+                while True:
+                    await stream.receive("never")
+    except TimeoutError:
+        raise AssertionError(
+            f"the server kept the stream open for {RECEIVE_TIMEOUT} s (heartbeats only)"
+        ) from None
 
 
 async def test_a_second_instance_of_a_connected_name_is_refused_saying_which(
@@ -70,12 +83,12 @@ async def test_the_same_instance_reconnecting_replaces_its_stale_session_and_kee
         observed=[agent_pb2.ObservedRun(run_id=run.id, attempt=1, infrastructure_id="p/1")],
     )
     await fresh.receive("welcome")
-    with pytest.raises((AssertionError, grpc.aio.AioRpcError)):
-        while True:  # the stale stream ends (the server closed it), after any heartbeats
-            await stale.receive("never", wait=5)
+    await ended(stale)
     await wait_connected(plane, 1)
     # The new session holds the run: its cancel goes there.
-    await plane.control.CancelRun(pb.CancelRunRequest(run_id=run.id, reason="test"))
+    await plane.control.CancelRun(
+        pb.CancelRunRequest(run_id=run.id, reason="test"), timeout=RECEIVE_TIMEOUT
+    )
     cancel = await fresh.receive("cancel")
     assert cancel.run_id == run.id
     fresh.send(agent_pb2.ConnectRequest(cancelled=agent_pb2.Cancelled(run_id=run.id, attempt=1)))
