@@ -288,6 +288,11 @@ async def ready(plane: Plane) -> Plane:
     return await make_ready(plane)
 
 
+async def submitted(plane: Plane, run_id: str) -> bool:
+    """Whether the server has recorded the run's infrastructure (PENDING/Submitted)."""
+    return (await plane.get(run_id)).run.state.name == "Submitted"
+
+
 async def drive_to_running(plane: Plane) -> tuple[Stream, Stream, str, str]:
     agent = agent_stream(plane, capacity=1)
     await agent.receive("welcome")
@@ -299,7 +304,8 @@ async def drive_to_running(plane: Plane) -> tuple[Stream, Stream, str, str]:
             submitted=agent_pb2.Submitted(run_id=run.id, attempt=1, infrastructure_id="process/h/1")
         )
     )
-    await plane.wait_state(run.id, types_pb2.STATE_TYPE_PENDING)
+    # As with a real agent, the engine starts once the server knows the run was submitted.
+    await eventually(lambda: submitted(plane, run.id), within=RECEIVE_TIMEOUT, what="Submitted")
     engine = engine_stream(plane, run.id, 1, assign.engine_token)
     opened = await engine.receive("opened")
     assert opened.stored_seq == 0

@@ -20,7 +20,9 @@ from .conftest import STOP_TIMEOUT, Plane, agent_stream, connect, engine_stream
 async def test_after_a_restart_the_agent_has_a_whole_lease_to_say_what_it_started(
     tmp_path: Path,
 ) -> None:
-    config = ServerConfig(port=0, data_dir=tmp_path, lease_seconds=1.5, agent_heartbeat_seconds=1.0)
+    # A lease long enough that a loaded machine's restart and first reads fit in it twice
+    # over, and short enough that the test's outage can outlast it.
+    config = ServerConfig(port=0, data_dir=tmp_path, lease_seconds=4.0, agent_heartbeat_seconds=1.0)
     app = await build(config)
     await app.start()
     plane = connect(app, tmp_path)
