@@ -9,6 +9,7 @@ INTERNAL and a status message never carries a traceback::
     ├── NotFound             unknown pool, deployment or run                   NOT_FOUND
     ├── AlreadyExists        a name that is taken                              ALREADY_EXISTS
     ├── FailedPrecondition   the current state forbids it (run finished, ...)  FAILED_PRECONDITION
+    ├── Aborted              concurrent changes kept winning; retry the call   ABORTED
     ├── Unauthenticated      no credentials                                    UNAUTHENTICATED
     └── PermissionDenied     credentials outside their scope                   PERMISSION_DENIED
 """
@@ -32,6 +33,10 @@ class AlreadyExists(FlowyardError):
 
 class FailedPrecondition(FlowyardError):
     """The request is well-formed but the current state forbids it."""
+
+
+class Aborted(FlowyardError):
+    """What the request depends on kept changing under it; retrying the call is safe."""
 
 
 class Unauthenticated(FlowyardError):

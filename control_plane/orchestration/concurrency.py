@@ -35,17 +35,18 @@ class Slots:
         pool: Pool,
         queues: list[WorkQueue],
         deployments: list[DeploymentLimit],
-        active: list[tuple[str, str, str | None]],
+        active: list[tuple[str, str | None, int]],
     ) -> None:
+        """``active``: (deployment id, queue id, how many runs) holding slots now."""
         self._pool = pool
         self._queues = {q.id: q for q in queues}
         self._deployments = {d.id: d for d in deployments}
-        self._pool_count = len(active)
-        self._by_queue: Counter[str | None] = Counter(queue for _, _, queue in active)
-        self._by_deployment: Counter[str] = Counter(deployment for _, deployment, _ in active)
-        self._holders: dict[str, list[str]] = {}
-        for run_id, deployment_id, _ in active:
-            self._holders.setdefault(deployment_id, []).append(run_id)
+        self._pool_count = sum(count for _, _, count in active)
+        self._by_queue: Counter[str | None] = Counter()
+        self._by_deployment: Counter[str] = Counter()
+        for deployment_id, queue_id, count in active:
+            self._by_queue[queue_id] += count
+            self._by_deployment[deployment_id] += count
 
     def pool_room(self, wanted: int) -> int:
         """How many more runs the pool may start, at most ``wanted``."""
@@ -76,13 +77,13 @@ class Slots:
         self._pool_count += 1
         self._by_queue[run.queue_id] += 1
         self._by_deployment[run.deployment_id] += 1
-        self._holders.setdefault(run.deployment_id, []).append(run.id)
 
-    def reason(self, deployment: DeploymentLimit) -> str:
-        """Why a run of a deployment at its limit waits (or is cancelled), for its state."""
-        holders = self._holders.get(deployment.id, [])
-        shown = ", ".join(holders[:SHOWN_IDS]) + (", ..." if len(holders) > SHOWN_IDS else "")
+    def reason(self, deployment: DeploymentLimit, holders: list[str]) -> str:
+        """Why a run of a deployment at its limit waits (or is cancelled), for its state;
+        ``holders`` are the ids of (the first ``SHOWN_IDS``) runs holding its slots."""
+        count = self._by_deployment[deployment.id]
+        shown = ", ".join(holders[:SHOWN_IDS]) + (", ..." if count > SHOWN_IDS else "")
         return (
             f"deployment {deployment.name} is at its concurrency limit "
-            f"({len(holders)} of {deployment.limit} running: {shown})"
+            f"({count} of {deployment.limit} running: {shown})"
         )

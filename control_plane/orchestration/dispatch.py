@@ -26,7 +26,7 @@ from control_plane.orchestration import clock, sources, tokens
 from control_plane.orchestration.agents import AgentRegistry, AgentSession, AssignMessage
 from control_plane.orchestration.attempts import hand_back
 from control_plane.orchestration.changes import Notifier
-from control_plane.orchestration.concurrency import DeploymentLimit, Slots
+from control_plane.orchestration.concurrency import SHOWN_IDS, DeploymentLimit, Slots
 from control_plane.orchestration.loops import WakeLoop
 from control_plane.states import (
     ASSIGNED,
@@ -60,6 +60,11 @@ class Dispatcher:
         self._notifier = notifier
         self._lease = lease
         self._regranted = False
+        #: When a lease can next run out: the earliest deadline the store held when last
+        #: asked, lowered by every lease this dispatcher grants. Leases granted later never end
+        #: earlier (they all last ``lease``), so no pass before this time needs to look.
+        self._lease_check_at: datetime | None = None
+        self._leases_read = False
         self._loop = WakeLoop(
             lambda: self._db.shielded(self.dispatch_once()),
             what="dispatch",
@@ -95,19 +100,19 @@ class Dispatcher:
             await self.regrant_leases()
             self._regranted = True
         now = clock.now()
-        await self._expire_leases(now)
+        if not self._leases_read or (
+            self._lease_check_at is not None and self._lease_check_at <= now
+        ):
+            await self._expire_leases(now)
+            async with self._db.read() as conn:
+                self._lease_check_at = await repo.next_lease_deadline(conn)
+            self._leases_read = True
         waiting = self._agents.with_credit()
         for pool_id, sessions in waiting.items():
             await self._dispatch_pool(pool_id, sessions, now)
         async with self._db.read() as conn:
-            candidates = [
-                t
-                for t in (
-                    await repo.next_scheduled_time(conn, self._agents.with_credit().keys(), now),
-                    await repo.next_lease_deadline(conn),
-                )
-                if t is not None
-            ]
+            scheduled = await repo.next_scheduled_time(conn, self._agents.with_credit().keys(), now)
+        candidates = [t for t in (scheduled, self._lease_check_at) if t is not None]
         return min(candidates) if candidates else None
 
     async def _dispatch_pool(
@@ -131,7 +136,7 @@ class Dispatcher:
                     DeploymentLimit(*row)
                     for row in await queues_repo.limited_deployments(conn, pool_id)
                 ],
-                await repo.active_in_pool(conn, pool_id),
+                await repo.active_counts(conn, pool_id),
             )
             # Queues some connected agent takes runs from; a paused queue dispatches nothing.
             served = {
@@ -157,6 +162,7 @@ class Dispatcher:
                     blocked_deployments=blocked,
                 )
                 progressed = False
+                page_claims: list[tuple[AgentSession, repo.Change, str]] = []
                 for run in page:
                     if slots.pool_room(1) <= 0:
                         break
@@ -174,34 +180,43 @@ class Dispatcher:
                         progressed = True
                         continue
                     token, token_hash = tokens.mint_engine(run.id, run.attempt)
-                    updated = await repo.compare_and_set(
-                        conn,
-                        run,
-                        State(
-                            StateType.PENDING, ASSIGNED, f"Assigned to agent {session.agent_name}"
-                        ),
-                        now=now,
-                        agent_session_id=session.id,
-                        agent_name=session.agent_name,
-                        lease_deadline=now + self._lease,
-                        engine_token_hash=token_hash,
-                        accepted_at=None,
-                        infrastructure_id="",
+                    state = State(
+                        StateType.PENDING, ASSIGNED, f"Assigned to agent {session.agent_name}"
                     )
-                    if updated is None:
-                        continue  # changed under us (cancelled); the next pass sees it as it is
+                    claim = repo.Change(
+                        run,
+                        state,
+                        {
+                            "agent_session_id": session.id,
+                            "agent_name": session.agent_name,
+                            "lease_deadline": now + self._lease,
+                            "engine_token_hash": token_hash,
+                            "accepted_at": None,
+                            "infrastructure_id": "",
+                        },
+                    )
+                    page_claims.append((session, claim, token))
+                    credits[session.id] -= 1
+                    slots.take(run)
+                    progressed = True
+                # One UPDATE and one history insert for the page's claims: the page's rows
+                # are this transaction's (see ``due_runs``), so no claim can lose a race.
+                updated = await repo.apply_locked(conn, [c for _, c, _ in page_claims], now)
+                for (session, _, token), run in zip(page_claims, updated, strict=True):
                     if run.deployment_id not in deployments:
                         deployments[run.deployment_id] = await catalog_repo.get_deployment(
                             conn, id=run.deployment_id
                         )
-                    credits[session.id] -= 1
-                    slots.take(updated)
-                    claimed.append((session, updated, token))
-                    progressed = True
+                    claimed.append((session, run, token))
+                if page_claims:
+                    self._lease_granted(now + self._lease)
+                page_claims.clear()
                 if not page or not progressed:
                     break
             for limit in slots.full_deployments():
-                changed += await self._hold_back(conn, limit, slots.reason(limit), now)
+                holders = await repo.active_of_deployment(conn, limit.id, SHOWN_IDS)
+                reason = slots.reason(limit, holders)
+                changed += await self._hold_back(conn, limit, reason, now)
         for session, run, token in claimed:
             deployment = deployments[run.deployment_id]
             session.credits -= 1
@@ -225,6 +240,10 @@ class Dispatcher:
             self._notifier.changed(run)
         for run in changed:
             self._notifier.changed(run)
+
+    def _lease_granted(self, deadline: datetime) -> None:
+        if self._lease_check_at is None or deadline < self._lease_check_at:
+            self._lease_check_at = deadline
 
     async def _hold_back(
         self, conn: AsyncConnection, limit: DeploymentLimit, reason: str, now: datetime

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from control_plane.errors import FailedPrecondition, InvalidArgument, NotFound
-from control_plane.models import Deployment, Run, Schedule, StateRecord
+from control_plane.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from control_plane.models import Deployment, Pool, Run, Schedule, StateRecord
 from control_plane.orchestration import clock, numbers, queues, templates, validation
 from control_plane.orchestration.agents import AgentRegistry, CancelMessage
 from control_plane.orchestration.changes import Notifier, claimed, retrying
@@ -25,11 +25,38 @@ from control_plane.store import runs as repo
 from control_plane.store.db import Database
 
 MAX_PAGE_SIZE = 500
+#: How many times a creation is planned again when its deployment changes under it.
+CREATE_ATTEMPTS = 3
 DEFAULT_PAGE_SIZE = 50
 MAX_KEY_CHARS = 200
 MAX_REASON_CHARS = 1000
 #: Longer than any token ListRuns hands out (an ISO time and a run id, in base64).
 MAX_PAGE_TOKEN_CHARS = 200
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A new run's row, checked against the deployment, pool and queue as they were read."""
+
+    values: dict[str, Any]
+    deployment: Deployment
+    pool: Pool
+    queue_name: str
+
+    def run(self) -> Run:
+        """The run as the row inserts it."""
+        values = {**self.values, "state_type": StateType(self.values["state_type"])}
+        return Run(
+            **values,
+            deployment_name=self.deployment.name,
+            pool_name=self.pool.name,
+            queue_name=self.queue_name,
+            accepted_at=None,
+            started_at=None,
+            ended_at=None,
+            lease_deadline=None,
+            engine_token_hash=None,
+        )
 
 
 @dataclass(frozen=True)
@@ -58,27 +85,51 @@ class Runs:
         self._agents = agents
 
     async def create(self, request: RunRequest) -> tuple[Run, bool]:
-        """Create a run (or return the one with the same idempotency key)."""
+        """Create a run (or return the one with the same idempotency key).
+
+        Everything that can refuse the request -- the deployment, its schedule, the
+        parameters, the queue, the job variables -- is read and checked before the write
+        transaction, so that writers never wait behind validation. The transaction then
+        checks in one read that the deployment, pool and queue are still as checked, and
+        inserts; if one changed meanwhile, the whole creation starts again.
+        """
         validation.deployment_name(request.deployment_name, "deployment_name")
         parameters = validation.json_object(request.parameters_json, "parameters_json")
         job_variables = validation.json_object(request.job_variables_json, "job_variables_json")
         key = validation.text(request.idempotency_key, "idempotency_key", MAX_KEY_CHARS) or None
         if request.queue:
             validation.pool_name(request.queue, "queue")
-        now = clock.now()
-        async with self._db.write() as conn:
+        for _ in range(CREATE_ATTEMPTS):
+            plan = await self._plan(request, parameters, job_variables, key)
+            if isinstance(plan, Run):
+                return plan, False
+            outcome = await self._db.shielded(self._insert(plan))
+            if outcome is not None:
+                run, created = outcome
+                if created:
+                    self._notifier.wake_dispatcher()
+                return run, created
+        raise Aborted(
+            f"deployment {request.deployment_name!r} kept changing while the run was created; "
+            "retry to create it as the deployment is now"
+        )
+
+    async def _plan(
+        self,
+        request: RunRequest,
+        parameters: dict[str, Any],
+        job_variables: dict[str, Any],
+        key: str | None,
+    ) -> _Planned | Run:
+        """The checked row of a new run, or the existing run with the idempotency key."""
+        async with self._db.read() as conn:
             deployment = await catalog_repo.get_deployment(conn, name=request.deployment_name)
             if deployment is None:
                 raise NotFound(f"deployment {request.deployment_name!r} not found")
             if key is not None:
                 existing = await repo.get_run_by_key(conn, deployment.id, key)
                 if existing is not None:
-                    return existing, False
-            if request.schedule is not None:
-                _check_schedule_current(deployment, request.schedule)
-            merged = {**deployment.parameters, **parameters}
-            validation.parameters(merged, deployment.parameter_schema, deployment.flow_name)
-            merged = numbers.whole_numbers(merged, deployment.parameter_schema)
+                    return existing
             pool = await catalog_repo.get_pool(conn, id=deployment.pool_id)
             assert pool is not None  # a deployment's pool cannot be deleted under it
             queue = await queues.resolve(
@@ -87,51 +138,66 @@ class Runs:
                 request.queue or deployment.scheduling.queue,
                 "queue" if request.queue else "deployment.queue",
             )
-            with validation.evaluating(
-                f"the job variables schema of pool {pool.name!r}",
-                FailedPrecondition,
-                validation.POOL_FIX,
-            ):
-                templates.check_job_variables(
-                    {**deployment.job_variables, **job_variables},
-                    pool.base_job_template,
-                    "job_variables_json",
-                )
-            values: dict[str, Any] = {
-                "id": uuid.uuid4().hex,
-                "deployment_id": deployment.id,
-                "pool_id": deployment.pool_id,
-                "flow_name": deployment.flow_name,
-                "parameters": merged,
-                "job_variables": job_variables,
-                "idempotency_key": key,
-                "state_type": StateType.SCHEDULED.value,
-                "state_name": "Scheduled",
-                "state_message": "",
-                "state_time": now,
-                "version": 1,
-                "last_transition_id": None,
-                "attempt": 1,
-                "scheduled_at": request.scheduled_at or now,
-                "created_at": now,
-                "agent_session_id": None,
-                "agent_name": "",
-                "infrastructure_id": "",
-                "result_summary": "",
-                "queue_id": queue.id,
-                "max_retries": deployment.scheduling.retries,
-                "schedule_name": request.schedule_name,
-            }
-            created = await repo.insert_run(conn, values, self._db.dialect)
-            run = await (
-                repo.get_run(conn, values["id"])
-                if created
-                else repo.get_run_by_key(conn, deployment.id, key or "")
+        if request.schedule is not None:
+            _check_schedule_current(deployment, request.schedule)
+        merged = {**deployment.parameters, **parameters}
+        validation.parameters(merged, deployment.parameter_schema, deployment.flow_name)
+        merged = numbers.whole_numbers(merged, deployment.parameter_schema)
+        with validation.evaluating(
+            f"the job variables schema of pool {pool.name!r}",
+            FailedPrecondition,
+            validation.POOL_FIX,
+        ):
+            templates.check_job_variables(
+                {**deployment.job_variables, **job_variables},
+                pool.base_job_template,
+                "job_variables_json",
             )
-        assert run is not None
-        if created:
-            self._notifier.wake_dispatcher()
-        return run, created
+        now = clock.now()
+        values: dict[str, Any] = {
+            "id": uuid.uuid4().hex,
+            "deployment_id": deployment.id,
+            "pool_id": deployment.pool_id,
+            "flow_name": deployment.flow_name,
+            "parameters": merged,
+            "job_variables": job_variables,
+            "idempotency_key": key,
+            "state_type": StateType.SCHEDULED.value,
+            "state_name": "Scheduled",
+            "state_message": "",
+            "state_time": now,
+            "version": 1,
+            "last_transition_id": None,
+            "attempt": 1,
+            "scheduled_at": request.scheduled_at or now,
+            "created_at": now,
+            "agent_session_id": None,
+            "agent_name": "",
+            "infrastructure_id": "",
+            "result_summary": "",
+            "queue_id": queue.id,
+            "max_retries": deployment.scheduling.retries,
+            "schedule_name": request.schedule_name,
+        }
+        return _Planned(values, deployment, pool, queue.name)
+
+    async def _insert(self, plan: _Planned) -> tuple[Run, bool] | None:
+        """Insert a planned run; None when what it was checked against changed meanwhile."""
+        deployment, values = plan.deployment, plan.values
+        async with self._db.write() as conn:
+            current = await repo.catalog_as_read(
+                conn, deployment.id, deployment.updated_at, plan.pool.updated_at, values["queue_id"]
+            )
+            if current is None:
+                raise NotFound(f"deployment {deployment.name!r} not found")
+            if not current:
+                return None
+            if await repo.insert_run(conn, values, self._db.dialect):
+                return plan.run(), True
+            # The key was taken since the plan looked: answer with that run.
+            existing = await repo.get_run_by_key(conn, deployment.id, values["idempotency_key"])
+        assert existing is not None
+        return existing, False
 
     async def get(self, run_id: str) -> tuple[Run, list[StateRecord]]:
         """A run and its state history; NOT_FOUND if there is no such run."""

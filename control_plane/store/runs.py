@@ -12,7 +12,18 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import Run, StateRecord
@@ -69,6 +80,38 @@ async def insert_run(conn: AsyncConnection, values: dict[str, Any], dialect: str
         values["created_at"],
     )
     return True
+
+
+async def catalog_as_read(
+    conn: AsyncConnection,
+    deployment_id: str,
+    deployment_updated_at: datetime,
+    pool_updated_at: datetime,
+    queue_id: str,
+) -> bool | None:
+    """Whether a deployment, its pool and a queue are still as read (None: deployment gone).
+
+    Run creation reads and checks them before its write transaction; this one-row read in
+    that transaction says whether the checks still hold. On PostgreSQL the rows stay locked
+    (FOR SHARE) until the transaction ends, so they cannot change before the run is in.
+    """
+    query = (
+        select(deployments.c.updated_at, pools.c.updated_at.label("pool_updated_at"))
+        .join(pools, pools.c.id == deployments.c.pool_id)
+        .join(work_queues, and_(work_queues.c.id == queue_id, work_queues.c.pool_id == pools.c.id))
+        .where(deployments.c.id == deployment_id)
+        .with_for_update(read=True, of=[deployments, pools, work_queues])
+    )
+    row = (await conn.execute(query)).first()
+    if row is None:
+        exists = await conn.scalar(
+            select(deployments.c.id).where(deployments.c.id == deployment_id)
+        )
+        return False if exists else None
+    return bool(
+        _as_utc(row.updated_at) == deployment_updated_at
+        and _as_utc(row.pool_updated_at) == pool_updated_at
+    )
 
 
 async def get_run(conn: AsyncConnection, run_id: str) -> Run | None:
@@ -190,6 +233,33 @@ async def history(conn: AsyncConnection, run_id: str) -> list[StateRecord]:
     ]
 
 
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """A state change of one run, with further columns to set in the same UPDATE."""
+
+    run: Run
+    state: State
+    columns: dict[str, Any] = dataclasses.field(default_factory=dict)
+    transition_id: str | None = None
+
+    def values(self, now: datetime) -> dict[str, Any]:
+        """Every column the change sets."""
+        changes: dict[str, Any] = {
+            "state_type": self.state.type,
+            "state_name": self.state.display_name,
+            "state_message": self.state.message,
+            "state_time": now,
+            "version": self.run.version + 1,
+            "last_transition_id": self.transition_id,
+            **self.columns,
+        }
+        if self.state.type.is_terminal:
+            changes["ended_at"] = now
+        if self.state.type is StateType.RUNNING:
+            changes["started_at"] = now
+        return changes
+
+
 async def compare_and_set(
     conn: AsyncConnection,
     run: Run,
@@ -203,24 +273,66 @@ async def compare_and_set(
 
     ``columns`` are further columns to set in the same UPDATE (agent, lease, attempt, ...).
     """
-    changes: dict[str, Any] = {
-        "state_type": state.type,
-        "state_name": state.display_name,
-        "state_message": state.message,
-        "state_time": now,
-        "version": run.version + 1,
-        "last_transition_id": transition_id,
-        **columns,
-    }
-    if state.type.is_terminal:
-        changes["ended_at"] = now
-    if state.type is StateType.RUNNING:
-        changes["started_at"] = now
-    updated = await _guarded_update(conn, run, changes)
+    change = Change(run, state, columns, transition_id)
+    updated = await _guarded_update(conn, run, change.values(now))
     if updated is None:
         return None
     await _insert_history(conn, run.id, updated.attempt, state, now)
     return updated
+
+
+async def apply_locked(conn: AsyncConnection, changes: list[Change], now: datetime) -> list[Run]:
+    """Apply changes to runs this transaction holds (read with ``lock=True`` on PostgreSQL,
+    under the writer lock on SQLite): one UPDATE and one history insert for all of them,
+    however many. Returns the changed runs, in order."""
+    if not changes:
+        return []
+    rows = [c.values(now) for c in changes]
+    keys = list(rows[0])
+    if any(list(row) != keys for row in rows):
+        raise ValueError("apply_locked: every change must set the same columns")
+    statement = (
+        update(flow_runs)
+        .where(
+            flow_runs.c.id == bindparam("w_id"),
+            flow_runs.c.version == bindparam("w_version"),
+        )
+        .values({key: bindparam(f"b_{key}", type_=flow_runs.c[key].type) for key in keys})
+    )
+    params = [
+        {
+            "w_id": change.run.id,
+            "w_version": change.run.version,
+            **{f"b_{key}": _plain(value) for key, value in row.items()},
+        }
+        for change, row in zip(changes, rows, strict=True)
+    ]
+    result = await conn.execute(statement, params)
+    # Locked rows cannot have moved on; a driver that counts rows confirms it.
+    if result.rowcount not in (-1, len(changes)):
+        raise RuntimeError(f"apply_locked: {result.rowcount} of {len(changes)} runs changed")
+    updated = [
+        dataclasses.replace(change.run, **row) for change, row in zip(changes, rows, strict=True)
+    ]
+    await conn.execute(
+        insert(run_states),
+        [
+            {
+                "run_id": run.id,
+                "attempt": run.attempt,
+                "type": change.state.type.value,
+                "name": change.state.display_name,
+                "message": change.state.message,
+                "created_at": now,
+            }
+            for change, run in zip(changes, updated, strict=True)
+        ],
+    )
+    return updated
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, StateType) else value
 
 
 async def set_columns(conn: AsyncConnection, run: Run, **columns: Any) -> Run | None:
@@ -229,10 +341,7 @@ async def set_columns(conn: AsyncConnection, run: Run, **columns: Any) -> Run | 
 
 
 async def _guarded_update(conn: AsyncConnection, run: Run, changes: dict[str, Any]) -> Run | None:
-    values = {
-        key: (value.value if isinstance(value, StateType) else value)
-        for key, value in changes.items()
-    }
+    values = {key: _plain(value) for key, value in changes.items()}
     # RETURNING says whether this UPDATE won the compare-and-set on every driver, where
     # rowcount is not reliable on all of them.
     result = await conn.execute(
@@ -349,7 +458,11 @@ async def due_runs(
 ) -> list[Run]:
     """SCHEDULED runs of a pool whose time has come: higher-priority queues first (lower
     number), then oldest due first. Only runs of ``queue_ids`` (None: every queue) and none
-    of ``blocked_deployments``, so runs that cannot go never fill the page."""
+    of ``blocked_deployments``, so runs that cannot go never fill the page.
+
+    On PostgreSQL the rows are locked for the transaction, skipping rows another transaction
+    holds (FOR UPDATE SKIP LOCKED): what this returns, nobody else changes until the claims
+    commit (``apply_locked``), and two passes at once claim different runs."""
     query = (
         _select_runs()
         .where(
@@ -359,6 +472,7 @@ async def due_runs(
         )
         .order_by(work_queues.c.priority, flow_runs.c.scheduled_at, flow_runs.c.id)
         .limit(limit)
+        .with_for_update(skip_locked=True, of=flow_runs)
     )
     if queue_ids is not None:
         query = query.where(flow_runs.c.queue_id.in_(list(queue_ids)))
@@ -388,18 +502,35 @@ async def due_runs_of_deployment(
     return [_run(row) for row in await conn.execute(query)]
 
 
-async def active_in_pool(conn: AsyncConnection, pool_id: str) -> list[tuple[str, str, str | None]]:
-    """(run id, deployment id, queue id) of every run of a pool holding a claim or
-    infrastructure (PENDING, RUNNING, CANCELLING): what counts against concurrency limits."""
+async def active_counts(conn: AsyncConnection, pool_id: str) -> list[tuple[str, str | None, int]]:
+    """(deployment id, queue id, how many) of the runs of a pool holding a claim or
+    infrastructure (PENDING, RUNNING, CANCELLING): what counts against concurrency limits.
+
+    Counted by the database: a pass reads one row per deployment and queue, however many
+    runs are active."""
     query = (
-        select(flow_runs.c.id, flow_runs.c.deployment_id, flow_runs.c.queue_id)
+        select(flow_runs.c.deployment_id, flow_runs.c.queue_id, func.count())
         .where(
             flow_runs.c.pool_id == pool_id,
             flow_runs.c.state_type.in_([t.value for t in ACTIVE]),
         )
-        .order_by(flow_runs.c.created_at, flow_runs.c.id)
+        .group_by(flow_runs.c.deployment_id, flow_runs.c.queue_id)
     )
-    return [(row.id, row.deployment_id, row.queue_id) for row in await conn.execute(query)]
+    return [(row[0], row[1], int(row[2])) for row in await conn.execute(query)]
+
+
+async def active_of_deployment(conn: AsyncConnection, deployment_id: str, limit: int) -> list[str]:
+    """Ids of the oldest ``limit`` active runs of a deployment (those holding its slots)."""
+    query = (
+        select(flow_runs.c.id)
+        .where(
+            flow_runs.c.deployment_id == deployment_id,
+            flow_runs.c.state_type.in_([t.value for t in ACTIVE]),
+        )
+        .order_by(flow_runs.c.created_at, flow_runs.c.id)
+        .limit(limit)
+    )
+    return [row.id for row in await conn.execute(query)]
 
 
 async def delete_future_scheduled(
