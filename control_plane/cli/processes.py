@@ -104,16 +104,18 @@ def start_server(
     db_url: str | None = None,
     extra_args: list[str] | None = None,
     timeout: float = 30.0,
+    executable: str | None = None,
 ) -> Child:
     """Start ``flowyard server start`` and wait until it serves.
 
     ``extra`` then holds ``address``, ``token`` (the admin token the server keeps in
-    ``data_dir``) and, with a mutual-TLS agent port, ``agent_address``.
+    ``data_dir``) and, with a mutual-TLS agent port, ``agent_address``. ``executable`` is
+    another installation's ``flowyard`` (the benchmarks compare releases with it).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     ready = data_dir / f"server-{time.monotonic_ns()}.ready"
     command = [
-        *script("flowyard"),
+        *([executable] if executable else script("flowyard")),
         "server",
         "start",
         "--host",

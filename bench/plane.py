@@ -1,0 +1,167 @@
+"""What the gRPC-level benchmarks share: a throw-away control plane and figures to print.
+
+``--store sqlite`` (the default) puts the server's database in a temporary directory;
+``--store postgresql`` creates a database of its own on the server at ``--postgres`` and drops
+it afterwards. ``--flowyard PATH`` starts another installation's ``flowyard`` instead of this
+one's, so the same benchmark measures two versions of the server in one session (the client
+side is always this checkout's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from control_plane.cli.deploy import build_deployment
+from control_plane.cli.processes import Child, start_server
+from flowyard.v1 import (
+    agent_pb2_grpc,
+    control_plane_pb2,
+    control_plane_pb2_grpc,
+    engine_pb2_grpc,
+    types_pb2,
+)
+
+POOL = "bench"
+DEPLOYMENT = "bench"
+ADMIN_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+#: Enough streams on one connection for every synthetic agent and engine of a benchmark.
+CHANNEL_OPTIONS = [("grpc.max_concurrent_streams", 100_000)]
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every gRPC benchmark takes to choose the server it measures."""
+    parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument(
+        "--postgres", default=ADMIN_POSTGRES, help="a database on the server to create one from"
+    )
+    parser.add_argument(
+        "--flowyard", default=None, help="the flowyard executable to start the server with"
+    )
+
+
+@dataclass
+class Plane:
+    """A started control plane: where it listens, its admin token and async stubs."""
+
+    address: str
+    token: str
+    #: The server's database, as a URL for a blocking SQLAlchemy engine.
+    db_url: str
+    channel: grpc.aio.Channel
+    # The generated stubs are typed for blocking channels; on an aio channel they return
+    # awaitables and streaming calls, which the stubs' types do not describe.
+    control: Any
+    agents: Any
+    engines: Any
+
+    @property
+    def admin(self) -> tuple[tuple[str, str]]:
+        """Call metadata that authenticates as the admin."""
+        return (("authorization", f"Bearer {self.token}"),)
+
+
+@contextlib.contextmanager
+def postgres_database(admin_url: str) -> Iterator[str]:
+    """A new PostgreSQL database: its URL for the server, dropped afterwards."""
+    name = f"flowyard_bench_{uuid.uuid4().hex[:12]}"
+    conninfo = make_url(admin_url).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(conninfo, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_url(admin_url).set(drivername="postgresql+psycopg", database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@contextlib.contextmanager
+def server_process(
+    args: argparse.Namespace, extra_args: Sequence[str] = ()
+) -> Iterator[tuple[Child, str]]:
+    """A ``flowyard server start`` on the chosen store, and its database URL (for a blocking
+    engine); stopped and removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="flowyard-bench-"))
+    try:
+        with contextlib.ExitStack() as stack:
+            db_url = None
+            if args.store == "postgresql":
+                db_url = stack.enter_context(postgres_database(args.postgres))
+            server = start_server(
+                root / "server",
+                db_url=db_url,
+                extra_args=list(extra_args),
+                executable=args.flowyard,
+            )
+            stack.callback(server.stop)
+            yield server, db_url or f"sqlite:///{root / 'server' / 'flowyard.db'}"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def bench_plane(
+    args: argparse.Namespace, extra_args: Sequence[str] = ()
+) -> AsyncIterator[Plane]:
+    """A control plane with pool ``bench`` and deployment ``bench`` (a flow never fetched)."""
+    with server_process(args, extra_args) as (server, db_url):
+        address, token = server.extra["address"], server.extra["token"]
+        async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+            plane = Plane(
+                address,
+                token,
+                db_url,
+                channel,
+                control_plane_pb2_grpc.ControlPlaneServiceStub(channel),
+                agent_pb2_grpc.AgentServiceStub(channel),
+                engine_pb2_grpc.EngineServiceStub(channel),
+            )
+            await plane.control.CreatePool(
+                control_plane_pb2.CreatePoolRequest(name=POOL, type=types_pb2.POOL_TYPE_PROCESS),
+                metadata=plane.admin,
+            )
+            source = Path(tempfile.mkdtemp(prefix="flowyard-bench-flow-"))
+            try:
+                (source / "flow.py").write_text("def bench() -> None:\n    return None\n")
+                deployment = build_deployment(
+                    "flow.py:bench", name=DEPLOYMENT, pool=POOL, source=source, parameters={}
+                )
+            finally:
+                shutil.rmtree(source, ignore_errors=True)
+            await plane.control.UpsertDeployment(
+                control_plane_pb2.UpsertDeploymentRequest(deployment=deployment),
+                metadata=plane.admin,
+            )
+            yield plane
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The value at ``fraction`` (0..1) of the sorted ``values`` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def print_latencies(rows: Sequence[tuple[str, Sequence[float]]]) -> None:
+    """A table of p50, p99 and max, in milliseconds, of each row's seconds."""
+    print(f"{'':<34}{'count':>8}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
+    for name, seconds in rows:
+        if not seconds:
+            print(f"{name:<34}{0:>8}")
+            continue
+        p50, p99 = (percentile(seconds, f) * 1000 for f in (0.5, 0.99))
+        print(f"{name:<34}{len(seconds):>8}{p50:>10.1f}{p99:>10.1f}{max(seconds) * 1000:>10.1f}")
