@@ -1,0 +1,44 @@
+"""CreateRun checks a request before its write transaction, then inserts only if what it was
+checked against is unchanged; a deployment changed in between gets the run planned again."""
+
+import json
+
+import pytest
+
+from control_plane.errors import InvalidArgument
+from control_plane.orchestration.changes import Notifier
+from control_plane.orchestration.runs import RunRequest, Runs
+from flowyard.v1 import control_plane_pb2 as pb
+from flowyard.v1 import types_pb2
+
+from .conftest import SCHEMA, Plane
+
+
+async def test_a_run_checked_against_a_deployment_that_changed_is_not_inserted(
+    ready: Plane,
+) -> None:
+    runs = Runs(ready.app.db, Notifier(ready.app.signals, lambda: None), ready.app.agents)
+    request = RunRequest("hello", parameters_json='{"name": "x"}')
+    plan = await runs._plan(request, {"name": "x"}, {}, None)
+    # Between the check and the insert, the deployment starts to require another parameter.
+    stricter = {
+        **SCHEMA,
+        "properties": {"name": {"type": "string"}, "count": {"type": "integer"}},
+        "required": ["name", "count"],
+    }
+    current = (await ready.control.GetDeployment(pb.GetDeploymentRequest(name="hello"))).deployment
+    current.parameter_schema_json = json.dumps(stricter)
+    await ready.control.UpsertDeployment(pb.UpsertDeploymentRequest(deployment=current))
+
+    assert await runs._insert(plan) is None
+    assert ready.count_rows("flow_runs") == 0
+    # Planned again, the same request meets the deployment as it is now.
+    with pytest.raises(InvalidArgument, match="count"):
+        await runs.create(request)
+    assert ready.count_rows("flow_runs") == 0
+    run, created = await runs.create(
+        RunRequest("hello", parameters_json='{"name": "x", "count": 2}')
+    )
+    assert created and run.parameters == {"name": "x", "count": 2}
+    stored = (await ready.get(run.id)).run
+    assert stored.state.type == types_pb2.STATE_TYPE_SCHEDULED
