@@ -173,6 +173,11 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                     )
                 elif kind == "heartbeat":
                     await self._db.shielded(self._reports.heartbeat(run))
+        except Unauthenticated as exc:
+            # The attempt ended under the stream (a refused log batch or heartbeat): as when
+            # the watcher sees the end first, the engine is told to stop, then refused.
+            out.put_nowait(pb.ReportResponse(cancel=pb.CancelFlow(reason=str(exc))))
+            out.put_nowait(exc)
         except FlowyardError as exc:
             # Ends the stream with the error's status once what was answered before is sent.
             out.put_nowait(exc)
