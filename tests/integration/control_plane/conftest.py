@@ -128,7 +128,10 @@ class Plane:
 class Stream:
     """One bidirectional call driven message by message."""
 
-    def __init__(self, call_factory: Any, metadata: Any = None) -> None:
+    def __init__(self, call_factory: Any, metadata: Any = None, heartbeat: bool = True) -> None:
+        """``heartbeat=False``: send only what the test sends (for calls the server may refuse
+        at once: a write to a call the server has ended fails locally, as INTERNAL)."""
+        self._heartbeat = heartbeat
         self._outgoing: asyncio.Queue[Any] = asyncio.Queue()
         self._incoming: asyncio.Queue[Any] = asyncio.Queue()
         self.call = call_factory(self._requests(), metadata=metadata)
@@ -155,7 +158,8 @@ class Stream:
         heartbeat = type(first)(heartbeat={})
         while True:
             try:
-                message = await asyncio.wait_for(self._outgoing.get(), HEARTBEAT_SECONDS)
+                wait = HEARTBEAT_SECONDS if self._heartbeat else None
+                message = await asyncio.wait_for(self._outgoing.get(), wait)
             except TimeoutError:
                 yield heartbeat
                 continue

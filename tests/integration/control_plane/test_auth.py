@@ -59,7 +59,7 @@ async def status_of(call: Awaitable[object]) -> Code:
 
 async def connect_status(bare: Bare, token: str | None, pool: str) -> Code:
     """Open an agent session for ``pool`` (capacity 0: it takes no run) and close it."""
-    stream = Stream(bare.agents.Connect, metadata=bearer(token))
+    stream = Stream(bare.agents.Connect, metadata=bearer(token), heartbeat=False)
     stream.send(
         agent_pb2.ConnectRequest(
             hello=agent_pb2.Hello(agent_name="probe", pool=pool, capacity=0, runtime="process")
@@ -77,7 +77,7 @@ async def report_status(bare: Bare, token: str | None, run_id: str) -> Code:
     Nothing more is sent before the answer to Open: a client that writes to a call the server
     has already ended gets a local INTERNAL from gRPC instead of the server's status.
     """
-    stream = Stream(bare.engines.Report, metadata=bearer(token))
+    stream = Stream(bare.engines.Report, metadata=bearer(token), heartbeat=False)
     stream.send(engine_pb2.ReportRequest(open=engine_pb2.Open(run_id=run_id, attempt=1)))
     try:
         status = await status_of(stream.receive("opened"))
