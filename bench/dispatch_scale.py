@@ -19,11 +19,10 @@ import uuid
 from typing import Any
 
 from lifecycle import Clock, agent, create
-from plane import POOL, Plane, add_server_arguments, bench_plane, percentile, print_latencies
+from plane import add_server_arguments, bench_plane, percentile, print_latencies
 from sqlalchemy import create_engine, insert, select
 
 from control_plane.store.tables import deployments, flow_runs, work_queues
-from flowyard.v1 import control_plane_pb2 as pb
 
 #: Rows written per INSERT while filling the table.
 FILL_BATCH = 5_000
@@ -86,7 +85,7 @@ async def measure(args: argparse.Namespace, stored: int) -> list[float]:
     clock = Clock()
     async with bench_plane(args) as plane:
         await asyncio.to_thread(fill, plane.db_url, stored)
-        token = await agent_token(plane)
+        token = await plane.agent_token("bench")
         async with agent(plane, token, "bench/agent", 1, clock):
             run_ids = []
             for _ in range(args.runs):
@@ -94,14 +93,6 @@ async def measure(args: argparse.Namespace, stored: int) -> list[float]:
                 run_ids.append(run_id)
                 await asyncio.wait_for(clock.done(run_id).wait(), 60)
     return clock.create_to_assign(run_ids)
-
-
-async def agent_token(plane: Plane) -> str:
-    response = await plane.control.CreateToken(
-        pb.CreateTokenRequest(kind=pb.TOKEN_KIND_AGENT, pool=POOL, description="bench"),
-        metadata=plane.admin,
-    )
-    return str(response.token)
 
 
 async def main() -> None:

@@ -204,14 +204,7 @@ async def main() -> None:
     clock = Clock()
     async with bench_plane(args) as plane, contextlib.AsyncExitStack() as agents:
         for index in range(args.agents):
-            token = (
-                await plane.control.CreateToken(
-                    pb.CreateTokenRequest(
-                        kind=pb.TOKEN_KIND_AGENT, pool=POOL, description=f"agent {index}"
-                    ),
-                    metadata=plane.admin,
-                )
-            ).token
+            token = await plane.agent_token(f"agent {index}")
             await agents.enter_async_context(
                 agent(plane, token, f"bench/agent-{index}", args.capacity, clock)
             )

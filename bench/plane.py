@@ -72,6 +72,16 @@ class Plane:
         """Call metadata that authenticates as the admin."""
         return (("authorization", f"Bearer {self.token}"),)
 
+    async def agent_token(self, description: str) -> str:
+        """A new agent token for pool ``bench``."""
+        response = await self.control.CreateToken(
+            control_plane_pb2.CreateTokenRequest(
+                kind=control_plane_pb2.TOKEN_KIND_AGENT, pool=POOL, description=description
+            ),
+            metadata=self.admin,
+        )
+        return str(response.token)
+
 
 @contextlib.contextmanager
 def postgres_database(admin_url: str) -> Iterator[str]:

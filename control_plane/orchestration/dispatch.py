@@ -210,7 +210,6 @@ class Dispatcher:
                     claimed.append((session, run, token))
                 if page_claims:
                     self._lease_granted(now + self._lease)
-                page_claims.clear()
                 if not page or not progressed:
                     break
             for limit in slots.full_deployments():
