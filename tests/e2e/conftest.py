@@ -26,6 +26,8 @@ from tests import waiting
 
 POOL = "e2e"
 DEADLINE = 60.0
+#: How long an engine whose run has ended may take to exit before it counts as left running.
+ENGINE_EXIT_SECONDS = 10.0
 
 
 def wait_for(
@@ -190,6 +192,10 @@ def running_system(
         for agent in system.agents:
             agent.stop()
         system.server.stop()  # the test may have replaced the server it started with
+    # An engine whose run just ended may still be closing its channel: it has a moment to
+    # exit on its own; one still there after that was left running.
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: not _engines_under(root), ENGINE_EXIT_SECONDS, "engines to exit")
     leaked = _engines_under(root)
     for pid in leaked:
         os.kill(pid, 9)
