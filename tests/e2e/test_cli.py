@@ -362,7 +362,11 @@ def test_interrupted_watch_says_the_run_goes_on_and_how_to_follow_it(system: Sys
         )
     try:
         wait_for(lambda: "started" in out.read_text(), what="the flow's first line")
-        run_id = err.read_text().split()[2]
+        # Found by what the CLI says, not by position: gRPC's own runtime may log to stderr
+        # before it (seen on a loaded machine: an epoll_wait warning).
+        found = re.search(r"^Created run ([0-9a-f]{32}) ", err.read_text(), re.MULTILINE)
+        assert found, err.read_text()
+        run_id = found.group(1)
         watch.send_signal(signal.SIGINT)
         assert watch.wait(timeout=DEADLINE) == 130
     finally:

@@ -15,6 +15,7 @@ from agent.errors import ConfigurationError, SubmitError
 from agent.models import Assignment, InfraEvent, InfraEventKind, RunKey, RunningInfra
 from agent.runtimes.process import ProcessRuntime, read_tail
 from agent.settings import ProcessSettings
+from tests.waiting import wait_for
 
 SERVER = "cp.example:7700"
 
@@ -241,6 +242,8 @@ async def test_close_leaves_engines_running(
         assert exits.items == []
     finally:
         os.killpg(pid, 9)
+        # SIGKILL is delivered, not done, when kill() returns: a loaded machine shows it.
+        wait_for(lambda: not alive(pid), 10.0, "the killed engine to be gone")
 
 
 async def test_default_work_dir_is_a_new_temporary_directory(
