@@ -43,16 +43,19 @@ from control_plane.auth.registry import Tokens
 from control_plane.auth.transport import TLSFiles
 from control_plane.config import ServerConfig
 from control_plane.orchestration.agents import AgentRegistry
+from control_plane.orchestration.bus import DISPATCH, RUN, SCHEDULES, Bus
 from control_plane.orchestration.catalog import Catalog
 from control_plane.orchestration.changes import Notifier
+from control_plane.orchestration.cluster import Replica, Singleton
 from control_plane.orchestration.dispatch import Dispatcher
 from control_plane.orchestration.liveness import LivenessPolicy, Reaper
 from control_plane.orchestration.queues import Queues
 from control_plane.orchestration.reports import AgentReports, EngineReports
 from control_plane.orchestration.runs import Runs
 from control_plane.orchestration.scheduler import Scheduler, Schedules
-from control_plane.orchestration.signals import Signals
+from control_plane.orchestration.signals import Signals, run_key
 from control_plane.store.db import Database
+from control_plane.store.notifications import PostgresChannel
 from flowyard.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -160,6 +163,10 @@ class App:
     port: int
     #: Who waits for which run to change (WatchRun, TailLogs, engine streams).
     signals: Signals
+    #: This process as one of the replicas serving the database.
+    replica: Replica
+    #: Hints between the parts of this process and to the other replicas.
+    bus: Bus
     #: The mutual-TLS agent port, if the server has one.
     agent_port: int | None = None
     #: The root tasks, once started: each runs as long as the server does.
@@ -178,7 +185,12 @@ class App:
             asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
             asyncio.create_task(self.reaper.run(), name="reaper"),
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
+            asyncio.create_task(self.replica.run(), name="replica heartbeat"),
         ]
+        if self.bus.channel is not None:
+            self.tasks.append(
+                asyncio.create_task(self.bus.channel.run(), name="notification channel")
+            )
         for task in self.tasks:
             task.add_done_callback(self._ended)
 
@@ -208,12 +220,15 @@ class App:
         """Stop gracefully: NOT_SERVING, end agent streams, drain calls, stop dispatching."""
         self._stopping = True
         await self.health.enter_graceful_shutdown()
-        for session in self.agents.all():
-            # The agents stay: what they were assigned waits for them to reconnect.
-            session.keep_assignments = True
-            session.close()
+        # The agents stay: what they were assigned waits for them to reconnect.
+        _close_sessions(self.agents)
         await self.server.stop(grace)
         await cancel_and_wait(self.tasks)
+        try:
+            # Another replica takes over the singleton passes at once, not after a timeout.
+            await self.db.shielded(self.replica.stop())
+        except Exception as error:
+            log.warning("could not record that this replica stopped: %s", error)
         await self.db.close()
 
     async def _serving(self) -> None:
@@ -231,12 +246,20 @@ async def build(config: ServerConfig) -> App:
     """Open the database and build the server (not yet started)."""
     db = await Database.open(config.resolved_db_url())
     signals = Signals()
-    agents = AgentRegistry()
+    bus = Bus()
+    scheduling, sweeping = Singleton("scheduler"), Singleton("reaper")
+    agents_ref: list[AgentRegistry] = []
+    replica = Replica(
+        db, bus, [scheduling, sweeping], on_ended=lambda: _close_sessions(agents_ref[0])
+    )
+    agents = AgentRegistry(db, bus, replica.id)
+    agents_ref.append(agents)
+    await replica.register()
     lease = timedelta(seconds=config.lease_seconds)
-    dispatcher_ref: list[Dispatcher] = []
-    notifier = Notifier(signals, lambda: dispatcher_ref[0].wake())
-    dispatcher = Dispatcher(db, agents, notifier, lease)
-    dispatcher_ref.append(dispatcher)
+    notifier = Notifier(bus)
+    # Leases of running assignments are re-granted only after an outage of the whole control
+    # plane, not when one replica joins others that serve.
+    dispatcher = Dispatcher(db, agents, notifier, lease, alone=replica.alone)
     reaper = Reaper(
         db,
         agents,
@@ -247,24 +270,38 @@ async def build(config: ServerConfig) -> App:
             cancelling_timeout=timedelta(seconds=config.cancelling_timeout_seconds),
             agent_grace=timedelta(seconds=config.agent_grace_seconds),
         ),
+        lease=sweeping,
     )
     runs = Runs(db, notifier, agents)
-    scheduler = Scheduler(db, runs)
+    scheduler = Scheduler(db, runs, lease=scheduling)
+
+    bus.on(RUN, lambda run_id: signals.notify(run_key(run_id)))
+    bus.on(DISPATCH, lambda _: dispatcher.wake())
+    bus.on(SCHEDULES, lambda _: scheduler.wake())
+
+    def missed_hints() -> None:
+        signals.notify_all()
+        dispatcher.wake()
+        scheduler.wake()
+
+    bus.on_gap(missed_hints)
+    if db.dialect == "postgresql":
+        bus.channel = PostgresChannel(db.engine.url, replica.id, bus.receive, bus.gap)
 
     def deployment_changed() -> None:
         # New schedules are the scheduler's business; a raised limit, the dispatcher's.
-        scheduler.wake()
-        dispatcher.wake()
+        bus.publish(SCHEDULES)
+        bus.publish(DISPATCH)
 
     catalog = Catalog(db, deployment_changed)
-    queues = Queues(db, dispatcher.wake)
-    schedules = Schedules(db, scheduler.wake)
+    queues = Queues(db, lambda: bus.publish(DISPATCH))
+    schedules = Schedules(db, lambda: bus.publish(SCHEDULES))
 
     tls = TLSFiles(config.tls_cert, config.tls_key, config.tls_client_ca)
     tls.check()
     if config.require_agent_cert and tls.client_ca is None:
         raise ValueError("--require-agent-cert needs --tls-client-ca (and --tls-cert/--tls-key)")
-    tokens = Tokens(db, agents)
+    tokens = Tokens(db, bus)
     await ensure_admin_token(tokens, config.resolved_data_dir())
 
     admission = Admission(config.max_concurrent_calls, lambda: db.in_flight, ADMITTED_SERVICES)
@@ -326,8 +363,18 @@ async def build(config: ServerConfig) -> App:
         health_servicer,
         port,
         signals,
+        replica,
+        bus,
         agent_port,
     )
+
+
+def _close_sessions(agents: AgentRegistry) -> None:
+    """End every agent stream of this replica; the agents reconnect, and what they were
+    assigned waits for them."""
+    for session in agents.all():
+        session.keep_assignments = True
+        session.close()
 
 
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:

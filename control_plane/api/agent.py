@@ -103,7 +103,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             raise InvalidArgument("the first message of Connect must be Hello")
         session = await self._db.shielded(self._open(first.hello))
         try:
-            replaced = self._agents.admit(session, self._silence_seconds)
+            replaced = await self._db.shielded(self._agents.admit(session, self._silence_seconds))
         except AlreadyExists as refused:
             log.warning("refused a second agent: %s", refused)
             raise
@@ -159,9 +159,10 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             if reader.done() and not reader.cancelled() and (failure := reader.result()):
                 raise failure
         finally:
-            self._agents.remove(session)
+            self._agents.forget(session)
             await cancel_and_wait([reader])
             log.info("agent %s disconnected (session %s)", session.agent_name, session.id)
+            await self._db.shielded(self._agents.ended([session]))
             await self._db.shielded(
                 self._reports.session_closed(session, keep_assignments=session.keep_assignments)
             )

@@ -60,8 +60,9 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         self._schedules = schedules
 
     async def _pool_to_proto(self, pool: Pool) -> types_pb2.WorkPool:
+        connected = await self._agents.count_by_pool()
         return convert.pool_to_proto(
-            pool, self._agents.count_in_pool(pool.id), await self._queues.of_pool(pool.id)
+            pool, connected.get(pool.id, 0), await self._queues.of_pool(pool.id)
         )
 
     @unary
@@ -87,9 +88,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
     ) -> pb.ListPoolsResponse:
         pools = await self._catalog.list_pools()
         queues = await self._queues.by_pool()
+        connected = await self._agents.count_by_pool()
         return pb.ListPoolsResponse(
             pools=[
-                convert.pool_to_proto(p, self._agents.count_in_pool(p.id), queues.get(p.id, []))
+                convert.pool_to_proto(p, connected.get(p.id, 0), queues.get(p.id, []))
                 for p in pools
             ]
         )

@@ -2,8 +2,8 @@
 
 Verification is on every call's path, so a verified admin or agent token is cached for a few
 seconds (``CACHE_SECONDS``): a busy CLI or a reconnect storm does not read the database per
-call. Revoking on this server drops the token from the cache at once; another replica (on a
-shared PostgreSQL) stops honouring it within the cache time. Engine tokens are not cached: an
+call. Revoking drops the token from the cache of every replica at once (a hint on the bus);
+were the hint lost, another replica would stop honouring it within the cache time. Engine tokens are not cached: an
 engine verifies when it opens its stream or asks for its run, and the check must see the
 attempt that is current now (a new attempt's assignment replaces the stored hash).
 """
@@ -18,7 +18,7 @@ from control_plane.auth.principals import Principal
 from control_plane.errors import InvalidArgument, NotFound, Unauthenticated
 from control_plane.models import TokenKind, TokenRecord
 from control_plane.orchestration import attempts, clock, tokens, validation
-from control_plane.orchestration.agents import AgentRegistry
+from control_plane.orchestration.bus import TOKEN_REVOKED, Bus
 from control_plane.store import catalog as catalog_repo
 from control_plane.store import runs as runs_repo
 from control_plane.store import tokens as repo
@@ -44,14 +44,15 @@ class Tokens:
     def __init__(
         self,
         db: Database,
-        agents: AgentRegistry,
+        bus: Bus,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = db
-        self._agents = agents
+        self._bus = bus
         self._monotonic = monotonic
         # digest of the whole token -> (principal, monotonic time the entry is good until)
         self._cache: dict[str, tuple[Principal, float]] = {}
+        bus.on(TOKEN_REVOKED, self._forget)
 
     async def create(
         self, kind: TokenKind, pool: str, description: str, ttl_seconds: int
@@ -106,11 +107,12 @@ class Tokens:
             await repo.revoke_token(conn, token_id, clock.now())
             found = await repo.get_token(conn, token_id)
             assert found is not None
-        self._cache = {k: v for k, v in self._cache.items() if v[0].token_id != token_id}
-        for session in self._agents.all():
-            if session.token_id == token_id:
-                session.revoke()
+        # Every replica drops it from its cache and cuts off the agents connected with it.
+        self._bus.publish(TOKEN_REVOKED, token_id)
         return found[0]
+
+    def _forget(self, token_id: str) -> None:
+        self._cache = {k: v for k, v in self._cache.items() if v[0].token_id != token_id}
 
     async def verify(self, token: str) -> Principal:
         """The principal a bearer token stands for.

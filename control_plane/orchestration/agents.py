@@ -19,8 +19,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from control_plane.errors import AlreadyExists
 from control_plane.orchestration import clock
+from control_plane.orchestration.bus import CANCEL, CLOSE_SESSION, TOKEN_REVOKED, Bus
+from control_plane.store import cluster as cluster_repo
+from control_plane.store.db import Database
 
 
 @dataclass(frozen=True)
@@ -93,85 +98,131 @@ class AgentSession:
         self.close()
 
 
-#: Departed sessions remembered; older ones count as long gone.
-MAX_DEPARTED = 10_000
-
-
 class AgentRegistry:
-    """The sessions connected to this control plane."""
+    """The agent sessions of this replica, and what every replica knows of all of them.
 
-    def __init__(self) -> None:
+    The streams themselves live in the replica that holds them (only it pushes to an agent),
+    so ``get``, ``connected``, ``all`` and ``with_credit`` are about this replica's sessions.
+    Which agent is connected, to which replica, is in the database (``store.cluster``): a
+    second instance of an agent is refused wherever it connects, and whether a run's holder is
+    still connected is answered for sessions on any replica. A cancel for an agent connected
+    to another replica, or the close of its stale session, reaches it as a hint on the bus.
+    """
+
+    def __init__(self, db: Database, bus: Bus, replica_id: str) -> None:
+        self._db = db
+        self._bus = bus
+        self._replica_id = replica_id
         self._sessions: dict[str, AgentSession] = {}
         # The latest admitted session of each (pool id, agent name): admit stays O(1) in a
         # fleet of thousands reconnecting at once.
         self._named: dict[tuple[str, str], AgentSession] = {}
-        # When sessions ended, for the reaper's "agent gone too long" rule; oldest first.
-        self._departed: dict[str, datetime] = {}
+        bus.on(CANCEL, self._cancel_hint)
+        bus.on(CLOSE_SESSION, self._close_hint)
+        bus.on(TOKEN_REVOKED, self._revoked_hint)
 
-    def add(self, session: AgentSession) -> None:
-        """Register a session once its Hello was accepted."""
-        self._sessions[session.id] = session
-        self._named[session.pool_id, session.agent_name] = session
+    async def admit(self, session: AgentSession, silence_seconds: float) -> AgentSession | None:
+        """Register a session unless another instance of its agent is connected, to this
+        replica or any other.
 
-    def admit(self, session: AgentSession, silence_seconds: float) -> AgentSession | None:
-        """Register a session unless another instance of its agent is connected.
-
-        Returns the stale session of the same instance that ``session`` replaces (closed and
-        forgotten here), if there was one. Check and registration happen without an ``await``
-        in between, so two Hellos of one name cannot both pass.
+        Returns the stale session of the same instance on this replica that ``session``
+        replaces (closed and forgotten here), if there was one; a stale session on another
+        replica is ended in the database and closed there. Admissions of one agent name are
+        serialised by the database (a lock per pool and name), so two Hellos of one name
+        cannot both pass, even on two replicas.
 
         Raises:
             AlreadyExists: a session of another instance with this name is connected to the
                 pool; the message says which, and how the agent gets in.
         """
-        holder = self._named.get((session.pool_id, session.agent_name))
+        local = self._named.get((session.pool_id, session.agent_name))
+        if local is not None and self.connected(local):
+            self._check_same_instance(
+                session, local.instance_id, local.connected_at, silence_seconds
+            )
+        now = clock.now()
+        async with self._db.write() as conn:
+            await cluster_repo.lock_agent_name(
+                conn, self._db.dialect, session.pool_id, session.agent_name
+            )
+            holder = await cluster_repo.live_session_named(
+                conn, session.pool_id, session.agent_name
+            )
+            if holder is not None:
+                held_here = self._sessions.get(holder.id)
+                # A stream of this replica that is ending no longer counts as connected.
+                if held_here is None or self.connected(held_here):
+                    self._check_same_instance(
+                        session, holder.instance_id, holder.connected_at, silence_seconds
+                    )
+                await cluster_repo.end_sessions(conn, [holder.id], now)
+            await cluster_repo.open_session(
+                conn,
+                cluster_repo.SessionRecord(
+                    id=session.id,
+                    replica_id=self._replica_id,
+                    pool_id=session.pool_id,
+                    agent_name=session.agent_name,
+                    instance_id=session.instance_id,
+                    token_id=session.token_id,
+                    capacity=session.credits,
+                    connected_at=session.connected_at,
+                ),
+            )
         replaced = None
-        if holder is not None and self.connected(holder):
-            # Without an instance id (an older agent) a reconnect cannot be told from a second
-            # agent: refusing is the safe answer, and the agent's retries get it in later.
-            if not session.instance_id or holder.instance_id != session.instance_id:
-                raise AlreadyExists(_name_taken(session, holder, silence_seconds))
+        if holder is not None:
             # The same process is back on a new stream: what it was assigned on the old one
             # it may be running, so those assignments wait for their lease (or its re-report).
-            holder.keep_assignments = True
-            holder.close()
-            self.remove(holder)
-            replaced = holder
-        self.add(session)
+            stale = self._sessions.get(holder.id)
+            if stale is not None and self.connected(stale):
+                self._close_stale(stale)
+                replaced = stale
+            elif stale is None and holder.replica_id != self._replica_id:
+                self._bus.publish(CLOSE_SESSION, holder.id)
+        self._sessions[session.id] = session
+        self._named[session.pool_id, session.agent_name] = session
         return replaced
 
-    def remove(self, session: AgentSession) -> None:
-        """Forget a session whose stream ended."""
+    def forget(self, session: AgentSession) -> None:
+        """Forget a session whose stream ended (``ended`` records it in the database)."""
         key = (session.pool_id, session.agent_name)
         if self._named.get(key) is session:
             del self._named[key]
-        if self._sessions.pop(session.id, None) is not None:
-            self._departed[session.id] = clock.now()
-            while len(self._departed) > MAX_DEPARTED:
-                del self._departed[next(iter(self._departed))]
+        self._sessions.pop(session.id, None)
 
-    def recently_gone(self, since: datetime) -> set[str]:
-        """Sessions that ended at or after ``since`` (still given time to come back)."""
-        return {sid for sid, at in self._departed.items() if at >= since}
+    async def ended(self, sessions: list[AgentSession]) -> None:
+        """Record in the database that these sessions' streams ended."""
+        async with self._db.write() as conn:
+            await cluster_repo.end_sessions(conn, [s.id for s in sessions], clock.now())
 
     def get(self, session_id: str | None) -> AgentSession | None:
-        """The connected session with this id, if it is still connected."""
+        """This replica's connected session with this id, if it is still connected."""
         return self._sessions.get(session_id) if session_id else None
 
     def connected(self, session: AgentSession) -> bool:
-        """Whether ``session`` is registered and its stream is not ending."""
+        """Whether ``session`` is registered here and its stream is not ending."""
         return self._sessions.get(session.id) is session and not session.closing
 
+    async def holder_connected(self, conn: AsyncConnection, session_id: str | None) -> bool:
+        """Whether the session ``session_id`` is connected, to this replica or another."""
+        if not session_id:
+            return False
+        local = self._sessions.get(session_id)
+        if local is not None:
+            return self.connected(local)
+        return await cluster_repo.live_session(conn, session_id) is not None
+
     def all(self) -> list[AgentSession]:
-        """Every connected session."""
+        """Every session connected to this replica."""
         return list(self._sessions.values())
 
-    def count_in_pool(self, pool_id: str) -> int:
-        """How many agents are connected to a pool."""
-        return sum(1 for s in self._sessions.values() if s.pool_id == pool_id)
+    async def count_by_pool(self) -> dict[str, int]:
+        """How many agents are connected to each pool, over all replicas."""
+        async with self._db.read() as conn:
+            return await cluster_repo.live_sessions_by_pool(conn)
 
     def with_credit(self) -> dict[str, list[AgentSession]]:
-        """Sessions that can take an assignment, by pool id, most credit first."""
+        """This replica's sessions that can take an assignment, by pool id, most credit first."""
         pools: dict[str, list[AgentSession]] = {}
         for session in self._sessions.values():
             if session.credits > 0:
@@ -180,16 +231,63 @@ class AgentRegistry:
             sessions.sort(key=lambda s: s.credits, reverse=True)
         return pools
 
+    def tell_cancel(self, session_id: str | None, message: CancelMessage) -> None:
+        """Tell the agent of ``session_id`` to tear a run down, on whichever replica it is."""
+        if not session_id:
+            return
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session.send(message)
+            return
+        reason = message.reason[:MAX_HINT_REASON_CHARS]
+        self._bus.publish(CANCEL, f"{session_id}:{message.run_id}:{message.attempt}:{reason}")
 
-def _name_taken(session: AgentSession, holder: AgentSession, silence_seconds: float) -> str:
-    def instance(s: AgentSession) -> str:
-        return repr(s.instance_id) if s.instance_id else "an unnamed instance (an older agent)"
+    def _cancel_hint(self, argument: str) -> None:
+        session_id, run_id, attempt, reason = argument.split(":", 3)
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session.send(CancelMessage(run_id, int(attempt), reason))
+
+    def _close_hint(self, session_id: str) -> None:
+        session = self._sessions.get(session_id)
+        if session is not None:
+            self._close_stale(session)
+
+    def _revoked_hint(self, token_id: str) -> None:
+        for session in self.all():
+            if session.token_id == token_id:
+                session.revoke()
+
+    def _close_stale(self, session: AgentSession) -> None:
+        session.keep_assignments = True
+        session.close()
+        self.forget(session)
+
+    @staticmethod
+    def _check_same_instance(
+        session: AgentSession, instance_id: str, since: datetime, silence_seconds: float
+    ) -> None:
+        # Without an instance id (an older agent) a reconnect cannot be told from a second
+        # agent: refusing is the safe answer, and the agent's retries get it in later.
+        if not session.instance_id or instance_id != session.instance_id:
+            raise AlreadyExists(_name_taken(session, instance_id, since, silence_seconds))
+
+
+#: A cancel's reason as sent to another replica in a hint (the agent only logs it).
+MAX_HINT_REASON_CHARS = 500
+
+
+def _name_taken(
+    session: AgentSession, holder_instance: str, since: datetime, silence_seconds: float
+) -> str:
+    def instance(instance_id: str) -> str:
+        return repr(instance_id) if instance_id else "an unnamed instance (an older agent)"
 
     return (
         f"hello.agent_name: pool {session.pool_name!r} already has a connected agent named "
-        f"{session.agent_name!r} (instance {instance(holder)}, connected since "
-        f"{holder.connected_at:%Y-%m-%d %H:%M:%S} UTC); this one is instance "
-        f"{instance(session)}. If it is a different agent, give each agent of the pool its own "
+        f"{session.agent_name!r} (instance {instance(holder_instance)}, connected since "
+        f"{since:%Y-%m-%d %H:%M:%S} UTC); this one is instance "
+        f"{instance(session.instance_id)}. If it is a different agent, give each agent of the pool its own "
         "name (flowyard-agent --name or FLOWYARD_AGENT_NAME; 'flowyard agent install --name'). "
         "If it replaces that agent (a restart or rollout while the old one is still "
         "connected), it is let in once the old session ends, at the latest after "

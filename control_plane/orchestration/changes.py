@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from control_plane.models import Run
-from control_plane.orchestration.signals import Signals, run_key
+from control_plane.orchestration.bus import DISPATCH, RUN, Bus
 from control_plane.states import StateType
 
 T = TypeVar("T")
@@ -35,18 +35,21 @@ async def retrying(operation: Callable[[], Awaitable[T]]) -> T:
 
 
 class Notifier:
-    """Publishes committed run changes to waiters and to the dispatcher."""
+    """Publishes committed run changes to waiters and dispatchers, on every replica."""
 
-    def __init__(self, signals: Signals, wake_dispatcher: Callable[[], None]) -> None:
-        self.signals = signals
-        self._wake = wake_dispatcher
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
 
     def changed(self, run: Run) -> None:
-        """A run's state or logs changed (call after the commit)."""
-        self.signals.notify(run_key(run.id))
+        """A run's state changed (call after the commit)."""
+        self._bus.publish(RUN, run.id)
         # A finished run frees a pool slot; a re-queued one is dispatchable again.
         if run.state_type.is_terminal or run.state_type is StateType.SCHEDULED:
-            self._wake()
+            self._bus.publish(DISPATCH)
+
+    def lines_added(self, run_id: str) -> None:
+        """Log lines of a run were stored (call after the commit)."""
+        self._bus.publish(RUN, run_id)
 
     async def apply(self, operation: Callable[[], Awaitable[Run | None]]) -> Run | None:
         """Run a unit of work that may change one run, retrying lost races; publish the change.
@@ -60,4 +63,4 @@ class Notifier:
 
     def wake_dispatcher(self) -> None:
         """Something that affects dispatch changed (new run, new credit)."""
-        self._wake()
+        self._bus.publish(DISPATCH)

@@ -16,8 +16,11 @@ sees the next claim as a new attempt.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -35,9 +38,11 @@ from control_plane.states import (
     StateType,
 )
 from control_plane.store import catalog as catalog_repo
+from control_plane.store import cluster as cluster_repo
 from control_plane.store import queues as queues_repo
 from control_plane.store import runs as repo
 from control_plane.store.db import Database
+from flowyard_common.aiotasks import cancel_and_wait
 from flowyard_common.templates import resolve_variables
 
 log = logging.getLogger(__name__)
@@ -53,12 +58,22 @@ class Dispatcher:
     """Pushes due runs to agents with credit; hands back expired assignments."""
 
     def __init__(
-        self, db: Database, agents: AgentRegistry, notifier: Notifier, lease: timedelta
+        self,
+        db: Database,
+        agents: AgentRegistry,
+        notifier: Notifier,
+        lease: timedelta,
+        *,
+        alone: Callable[[], Coroutine[Any, Any, bool]] | None = None,
     ) -> None:
         self._db = db
         self._agents = agents
         self._notifier = notifier
         self._lease = lease
+        #: Whether no other replica served while this one started (see ``regrant_leases``);
+        #: None: always alone.
+        self._alone = alone
+        self._alone_task: asyncio.Task[bool] | None = None
         self._regranted = False
         #: When a lease can next run out: the earliest deadline the store held when last
         #: asked, lowered by every lease this dispatcher grants. Leases granted later never end
@@ -77,7 +92,11 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Dispatch until cancelled (the first pass gives running assignments a whole lease)."""
-        await self._loop.run()
+        try:
+            await self._loop.run()
+        finally:
+            if self._alone_task is not None:
+                await cancel_and_wait([self._alone_task])
 
     async def regrant_leases(self) -> None:
         """Extend every running assignment lease to a whole lease from now.
@@ -86,22 +105,40 @@ class Dispatcher:
         confirm what they were assigned, and leases are not for outages. Without this, every
         lease that ran out meanwhile would hand its run back a moment after the restart,
         under the agent that started it; with it, the agent reconnects and its Hello says
-        what it runs (``AgentReports.adopt``).
+        what it runs (``AgentReports.adopt``). A replica that starts while others serve
+        does not: there was no outage, and their agents confirm on time.
         """
         async with self._db.write() as conn:
             count = await repo.regrant_leases(conn, clock.now() + self._lease)
         if count:
             log.info("re-granted %d assignment lease(s) for agents to reconnect", count)
 
+    async def _may_regrant(self) -> bool:
+        """Whether the re-grant can be decided now; decided, it is done or skipped. Until
+        then no lease is expired (the passes meanwhile still dispatch)."""
+        if self._alone is None:
+            return True
+        if self._alone_task is None:
+            self._alone_task = asyncio.create_task(self._alone(), name="replicas at start")
+            self._alone_task.add_done_callback(lambda _: self.wake())
+        if not self._alone_task.done():
+            return False
+        if not self._alone_task.result():
+            log.info("other replicas are serving: running assignment leases stand as they are")
+            self._regranted = True
+            return False
+        return True
+
     async def dispatch_once(self) -> datetime | None:
         """One pass: expire leases, claim and push due runs. Returns when to look again."""
-        if not self._regranted:
-            # In the first pass, so that a busy database only delays it, like any pass.
+        if not self._regranted and await self._may_regrant():
+            # In a pass, so that a busy database only delays it, like any pass.
             await self.regrant_leases()
             self._regranted = True
         now = clock.now()
-        if not self._leases_read or (
-            self._lease_check_at is not None and self._lease_check_at <= now
+        if self._regranted and (
+            not self._leases_read
+            or (self._lease_check_at is not None and self._lease_check_at <= now)
         ):
             await self._expire_leases(now)
             async with self._db.read() as conn:
@@ -124,6 +161,7 @@ class Dispatcher:
         async with self._db.write() as conn:
             # Read the time under the write lock: a run that ended while this pass waited
             # for it ended before the claims that take its slot.
+            await cluster_repo.lock_pool(conn, self._db.dialect, pool_id)
             now = max(now, clock.now())
             pool = await catalog_repo.get_pool(conn, id=pool_id)
             if pool is None or pool.paused:

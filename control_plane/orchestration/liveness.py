@@ -35,9 +35,11 @@ from control_plane.models import Pool, Run, WorkQueue
 from control_plane.orchestration import clock
 from control_plane.orchestration.agents import AgentRegistry, CancelMessage
 from control_plane.orchestration.changes import Notifier
+from control_plane.orchestration.cluster import LostLease, Singleton
 from control_plane.orchestration.loops import transient
 from control_plane.states import LATE, State, StateType
 from control_plane.store import catalog as catalog_repo
+from control_plane.store import cluster as cluster_repo
 from control_plane.store import queues as queues_repo
 from control_plane.store import runs as repo
 from control_plane.store.db import Database
@@ -68,19 +70,26 @@ class Reaper:
         notifier: Notifier,
         policy: LivenessPolicy,
         started_at: datetime | None = None,
+        lease: Singleton | None = None,
     ) -> None:
         self._db = db
         self._agents = agents
         self._notifier = notifier
         self._policy = policy
         self._started_at = started_at or clock.now()
+        #: With several replicas, only the holder of this lease sweeps.
+        self._lease = lease
 
     async def run(self) -> None:
         """Sweep, sleep until something can be due, repeat (until cancelled, or until a sweep
         fails for good: see ``loops.transient``)."""
         while True:
+            if self._lease is not None:
+                await self._lease.acquired()
             try:
                 await self._db.shielded(self.sweep_once())
+            except LostLease:
+                log.info("another replica took over the liveness sweeps")
             except Exception as error:
                 if not transient(error):
                     raise
@@ -107,12 +116,11 @@ class Reaper:
             )
         if now - self._started_at >= self._policy.agent_grace:
             since = now - self._policy.agent_grace
-            present = {s.id for s in self._agents.all()} | self._agents.recently_gone(since)
             changed += await self._apply(
-                lambda conn: repo.orphaned_pending(conn, since, present, BATCH),
+                lambda conn: repo.orphaned_pending(conn, since, BATCH),
                 lambda run: _crash_orphaned(run, self._policy.agent_grace),
             )
-        waiting = _Waiting(self._agents)
+        waiting = _Waiting()
 
         async def overdue(conn: AsyncConnection) -> list[Run]:
             runs = await repo.overdue_scheduled(conn, now - self._policy.late_after, BATCH)
@@ -132,9 +140,9 @@ class Reaper:
             ),
         )
         for run in forced:
-            session = self._agents.get(run.agent_session_id)
-            if session is not None:
-                session.send(CancelMessage(run.id, run.attempt, "cancel timed out"))
+            self._agents.tell_cancel(
+                run.agent_session_id, CancelMessage(run.id, run.attempt, "cancel timed out")
+            )
         return changed + forced
 
     async def _apply(
@@ -147,6 +155,8 @@ class Reaper:
                 return []
         changed: list[Run] = []
         async with self._db.write() as conn:
+            if self._lease is not None:
+                await self._lease.check(conn)
             for run in await find(conn):
                 state = target(run)
                 updated = await repo.compare_and_set(
@@ -184,14 +194,15 @@ def _crash_orphaned(run: Run, grace: timedelta) -> State:
 class _Waiting:
     """Why a due run is still waiting, from its pool, its queue and the connected agents."""
 
-    def __init__(self, agents: AgentRegistry) -> None:
-        self._agents = agents
+    def __init__(self) -> None:
+        self._connected: dict[str, int] = {}
         self._pools: dict[str, Pool] = {}
         self._queues: dict[str, WorkQueue] = {}
 
     async def load(self, conn: AsyncConnection) -> None:
         self._pools = {pool.id: pool for pool in await catalog_repo.list_pools(conn)}
         self._queues = {queue.id: queue for queue in await queues_repo.list_queues(conn)}
+        self._connected = await cluster_repo.live_sessions_by_pool(conn)
 
     def late_message(self, run: Run, now: datetime) -> str:
         late = int((now - run.scheduled_at).total_seconds())
@@ -205,7 +216,7 @@ class _Waiting:
             return f"{where} is paused (flowyard pool set {run.pool_name} --resume)"
         if queue is not None and queue.paused:
             return f"queue {queue.name!r} of {where} is paused"
-        if self._agents.count_in_pool(run.pool_id) == 0:
+        if not self._connected.get(run.pool_id):
             return f"no agent of {where} is connected"
         limits = []
         if pool is not None and pool.concurrency_limit:

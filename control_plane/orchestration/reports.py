@@ -25,7 +25,6 @@ from control_plane.orchestration.agents import AgentRegistry, AgentSession, Canc
 from control_plane.orchestration.attempts import ended as attempt_ended
 from control_plane.orchestration.attempts import hand_back
 from control_plane.orchestration.changes import Notifier, claimed, retrying
-from control_plane.orchestration.signals import run_key
 from control_plane.states import (
     ASSIGNED,
     INFRASTRUCTURE_PENDING,
@@ -338,7 +337,7 @@ class AgentReports:
             return None
         if run.agent_session_id == session.id:
             return run
-        if self._may_take_over(session, run):
+        if await self._may_take_over(conn, session, run):
             updated = await repo.set_columns(conn, run, agent_session_id=session.id)
             return claimed(updated)
         log.info(
@@ -355,12 +354,11 @@ class AgentReports:
 
         return await retrying(apply)
 
-    def _may_take_over(self, session: AgentSession, run: Run) -> bool:
-        holder = self._agents.get(run.agent_session_id)
+    async def _may_take_over(self, conn: AsyncConnection, session: AgentSession, run: Run) -> bool:
         return (
             run.pool_id == session.pool_id
             and run.agent_name == session.agent_name
-            and (holder is None or not self._agents.connected(holder))
+            and not await self._agents.holder_connected(conn, run.agent_session_id)
         )
 
     async def _system_lines(
@@ -449,7 +447,7 @@ class EngineReports:
             if why:
                 raise Unauthenticated(why)
             await logs_repo.insert_lines(conn, lines, self._db.dialect)
-        self._notifier.signals.notify(run_key(run.id))
+        self._notifier.lines_added(run.id)
 
     async def propose(self, run_id: str, attempt: int, proposal: Proposal) -> ProposalResult:
         """Apply a state proposal of the engine of ``attempt``."""

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from control_plane.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from control_plane.models import Deployment, Pool, Run, Schedule, StateRecord
 from control_plane.orchestration import clock, numbers, queues, templates, validation
@@ -277,7 +279,7 @@ class Runs:
                     raise FailedPrecondition(
                         f"run {run_id} is already {run.state_type.value} and cannot be cancelled"
                     )
-                target = cancel_target(run.state_type, self._holds_infrastructure(run))
+                target = cancel_target(run.state_type, await self._holds_infrastructure(conn, run))
                 refused = rejection(run.state_type, target, Actor.USER)
                 if refused:
                     raise FailedPrecondition(refused)
@@ -289,16 +291,19 @@ class Runs:
 
         run = await retrying(attempt)
         self._notifier.changed(run)
-        session = self._agents.get(run.agent_session_id)
-        if run.state_type is StateType.CANCELLING and session is not None:
-            session.send(CancelMessage(run.id, run.attempt, run.state_message))
+        if run.state_type is StateType.CANCELLING:
+            self._agents.tell_cancel(
+                run.agent_session_id, CancelMessage(run.id, run.attempt, run.state_message)
+            )
         return run
 
-    def _holds_infrastructure(self, run: Run) -> bool:
+    async def _holds_infrastructure(self, conn: AsyncConnection, run: Run) -> bool:
         # A PENDING run whose agent is gone and which was never submitted has nothing to tear
         # down; anything further along may have a live engine that must be told.
         if run.state_type is StateType.PENDING:
-            return bool(run.infrastructure_id) or self._agents.get(run.agent_session_id) is not None
+            return bool(run.infrastructure_id) or await self._agents.holder_connected(
+                conn, run.agent_session_id
+            )
         return run.state_type is not StateType.SCHEDULED
 
 

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from control_plane.errors import FlowyardError, InvalidArgument, NotFound
 from control_plane.models import Deployment, Run, Schedule
 from control_plane.orchestration import clock, schedules, validation
+from control_plane.orchestration.cluster import Singleton
 from control_plane.orchestration.loops import WakeLoop
 from control_plane.orchestration.runs import RunRequest, Runs
 from control_plane.store import catalog as catalog_repo
@@ -43,9 +44,13 @@ DEFAULT_UPCOMING = 5
 class Scheduler:
     """Keeps the upcoming runs of every active schedule created."""
 
-    def __init__(self, db: Database, runs: Runs) -> None:
+    def __init__(self, db: Database, runs: Runs, lease: Singleton | None = None) -> None:
         self._db = db
         self._runs = runs
+        #: With several replicas, only the holder of this lease schedules.
+        self._lease = lease
+        if lease is not None:
+            lease.on_gained(self.wake)
         self._loop = WakeLoop(
             lambda: self._db.shielded(self.schedule_once()),
             what="scheduling",
@@ -62,6 +67,8 @@ class Scheduler:
 
     async def schedule_once(self) -> datetime | None:
         """One pass: create missing upcoming runs; returns the soonest next firing."""
+        if self._lease is not None and not self._lease.held:
+            return None
         now = clock.now()
         async with self._db.read() as conn:
             deployments = await catalog_repo.list_deployments(conn)

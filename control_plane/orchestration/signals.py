@@ -10,8 +10,8 @@ unknown run, a client that hung up), so the registry holds exactly the keys some
 on right now. Nothing should be yielded to a client inside the block: a server-streaming
 handler suspended at a ``yield`` may never be resumed or closed.
 
-This is the single-process bus; several control-plane replicas on PostgreSQL feed the same
-``notify`` from LISTEN/NOTIFY.
+The bus (``orchestration.bus``) calls ``notify`` for changes committed by this replica and,
+on PostgreSQL, for those other replicas committed (``LISTEN/NOTIFY``).
 """
 
 from __future__ import annotations
@@ -60,6 +60,12 @@ class Signals:
         """Wake everyone waiting on ``key``."""
         waiters = self._waiting.pop(key, None)
         if waiters is not None:
+            waiters.event.set()
+
+    def notify_all(self) -> None:
+        """Wake everyone waiting on anything (changes may have been missed: re-read)."""
+        waiting, self._waiting = self._waiting, {}
+        for waiters in waiting.values():
             waiters.event.set()
 
     def __len__(self) -> int:

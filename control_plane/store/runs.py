@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import Run, StateRecord
 from control_plane.states import ACTIVE, State, StateType
+from control_plane.store import cluster
 from control_plane.store.dialects import insert_ignoring_duplicates
 from control_plane.store.tables import (
     UTCDateTime,
@@ -391,10 +392,9 @@ async def silent_engines(conn: AsyncConnection, before: datetime, limit: int) ->
     return [_run(row) for row in await conn.execute(query)]
 
 
-async def orphaned_pending(
-    conn: AsyncConnection, before: datetime, present: set[str], limit: int
-) -> list[Run]:
-    """Submitted PENDING runs quiet since ``before`` whose agent session is not in ``present``.
+async def orphaned_pending(conn: AsyncConnection, before: datetime, limit: int) -> list[Run]:
+    """Submitted PENDING runs quiet since ``before`` whose agent session has been gone since
+    before ``before`` (on whichever replica it was connected).
 
     Quiet: no state change and no engine heartbeat since ``before``. Runs still under an
     assignment lease are the dispatcher's (the lease sends them back to the queue).
@@ -409,7 +409,7 @@ async def orphaned_pending(
             last_sign < before,
             or_(
                 flow_runs.c.agent_session_id.is_(None),
-                flow_runs.c.agent_session_id.not_in(sorted(present)),
+                ~cluster.session_present(flow_runs.c.agent_session_id, before),
             ),
         )
         .order_by(flow_runs.c.state_time)

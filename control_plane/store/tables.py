@@ -204,3 +204,47 @@ api_tokens = Table(
     Column("expires_at", UTCDateTime, nullable=True),
     Column("revoked_at", UTCDateTime, nullable=True),
 )
+
+# Control-plane processes serving this database. A replica refreshes ``seen_at`` every few
+# seconds; one not seen for longer than the replica timeout is gone, and so are its agent
+# sessions (``ended_at`` is then set for it by whoever notices).
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime, nullable=True),
+)
+
+# Agent streams, on whichever replica holds them: which agent (pool and name) is connected,
+# so that a second instance is refused and a departed one's runs are recognised, wherever the
+# agent connects.
+agent_sessions = Table(
+    "agent_sessions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("replica_id", String(32), nullable=False),
+    Column("pool_id", String(32), nullable=False),
+    Column("agent_name", String(200), nullable=False),
+    Column("instance_id", String(200), nullable=False),
+    Column("token_id", String(32), nullable=False),
+    Column("capacity", Integer, nullable=False),
+    Column("connected_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime, nullable=True),
+    Index("ix_agent_sessions_live", "pool_id", "agent_name", "ended_at"),
+    Index("ix_agent_sessions_replica", "replica_id", "ended_at"),
+)
+
+# Background passes that must run on one replica at a time (the scheduler, the reaper). The
+# holder renews ``expires_at``; another replica takes the lease only once it has run out, and
+# every take raises ``fence``, so a holder that lost its lease can tell (its writes check it).
+singleton_leases = Table(
+    "singleton_leases",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("holder", String(32), nullable=False),
+    Column("fence", BigInteger, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)

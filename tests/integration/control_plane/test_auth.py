@@ -337,7 +337,7 @@ async def test_a_revoked_admin_token_file_is_not_replaced_behind_the_admins_back
     app = await build(config)
     try:
         first = admin_token(tmp_path)
-        tokens = Tokens(app.db, app.agents)
+        tokens = Tokens(app.db, app.bus)
         await tokens.revoke(first.split(".")[0])
     finally:
         await app.db.close()
@@ -345,6 +345,6 @@ async def test_a_revoked_admin_token_file_is_not_replaced_behind_the_admins_back
     try:
         assert admin_token(tmp_path) == first
         with pytest.raises(Unauthenticated, match="revoked"):
-            await Tokens(app.db, app.agents).verify(first)
+            await Tokens(app.db, app.bus).verify(first)
     finally:
         await app.db.close()

@@ -17,7 +17,7 @@ from .conftest import SCHEMA, Plane
 async def test_a_run_checked_against_a_deployment_that_changed_is_not_inserted(
     ready: Plane,
 ) -> None:
-    runs = Runs(ready.app.db, Notifier(ready.app.signals, lambda: None), ready.app.agents)
+    runs = Runs(ready.app.db, Notifier(ready.app.bus), ready.app.agents)
     request = RunRequest("hello", parameters_json='{"name": "x"}')
     plan = await runs._plan(request, {"name": "x"}, {}, None)
     # Between the check and the insert, the deployment starts to require another parameter.

@@ -81,6 +81,7 @@ async def test_a_loop_that_fails_for_good_is_reported_and_the_app_says_so(
         "gRPC server",
         "reaper",
         "scheduler",
+        "replica heartbeat",
     ]
 
 

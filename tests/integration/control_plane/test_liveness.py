@@ -8,7 +8,6 @@ from datetime import timedelta
 from control_plane.orchestration import clock
 from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.liveness import LivenessPolicy, Reaper
-from control_plane.orchestration.signals import Signals
 from flowyard.v1 import agent_pb2, engine_pb2, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
 from tests import waiting
@@ -27,7 +26,7 @@ def last_heartbeat(plane: Plane, run_id: str) -> object:
 
 
 def reaper(plane: Plane, started_long_ago: bool = True, **policy: float) -> Reaper:
-    notifier = Notifier(Signals(), plane.app.dispatcher.wake)
+    notifier = Notifier(plane.app.bus)
     return Reaper(
         plane.app.db,
         plane.app.agents,
