@@ -135,6 +135,14 @@ def server() -> None:
     is_flag=True,
     help="Agents must connect with a verified client certificate (the agent port).",
 )
+@click.option(
+    "--admin-token",
+    default="",
+    envvar="FLOWYARD_ADMIN_TOKEN",
+    help="The first admin token (better given as FLOWYARD_ADMIN_TOKEN, e.g. from a Kubernetes "
+    "Secret): registered while the database holds no admin token, instead of writing a new "
+    "one to the data directory's admin.token.",
+)
 @click.option("--log-level", default="INFO", show_default=True, envvar="FLOWYARD_LOG_LEVEL")
 def server_start(
     host: str,
@@ -155,13 +163,16 @@ def server_start(
     tls_client_ca: Path | None,
     agent_port: int,
     require_agent_cert: bool,
+    admin_token: str,
     log_level: str,
 ) -> None:
     """Start the control plane (gRPC) and serve until SIGTERM/SIGINT.
 
     On first start it creates an admin token in the data directory (admin.token, mode 0600),
-    which the CLI on this machine reads by itself.
+    which the CLI on this machine reads by itself; or, with FLOWYARD_ADMIN_TOKEN, it registers
+    that one and writes no file.
     """
+    from control_plane.orchestration import tokens
     from control_plane.server import serve
 
     logging.basicConfig(
@@ -187,7 +198,13 @@ def server_start(
         tls_client_ca=tls_client_ca,
         agent_port=agent_port,
         require_agent_cert=require_agent_cert,
+        admin_token=admin_token.strip(),
     )
+    if admin_token and not tokens.well_formed(admin_token.strip()):
+        # The token itself is never echoed.
+        raise click.UsageError(
+            f"--admin-token (FLOWYARD_ADMIN_TOKEN) must read {tokens.GIVEN_SHAPE}"
+        )
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
     if tls_client_ca is not None and tls_cert is None:
