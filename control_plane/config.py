@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_PORT = 7700
@@ -73,6 +73,9 @@ class ServerConfig:
     agent_port: int = DEFAULT_AGENT_PORT
     #: Refuse AgentService.Connect calls without a verified client certificate.
     require_agent_cert: bool = False
+    #: The first admin token, registered while the database holds none, instead of minting
+    #: one into the data directory (``control_plane.auth.bootstrap``). Kept out of the repr.
+    admin_token: str = field(default="", repr=False)
 
     def resolved_data_dir(self) -> Path:
         """The data directory in use."""

@@ -302,7 +302,7 @@ async def build(config: ServerConfig) -> App:
     if config.require_agent_cert and tls.client_ca is None:
         raise ValueError("--require-agent-cert needs --tls-client-ca (and --tls-cert/--tls-key)")
     tokens = Tokens(db, bus)
-    await ensure_admin_token(tokens, config.resolved_data_dir())
+    await ensure_admin_token(tokens, config.resolved_data_dir(), config.admin_token)
 
     admission = Admission(config.max_concurrent_calls, lambda: db.in_flight, ADMITTED_SERVICES)
     # Admission first: verifying a token may read the database, and that counts as work.

@@ -12,13 +12,16 @@ The agent's name, its identity towards the control plane, is ``<namespace>/<inst
 drains, so the agent of a replacement pod takes over the runs its predecessor held. The pod's
 name only goes into the instance id the agent makes up for each process.
 
-Pure: dicts out, and YAML text via PyYAML (not the Kubernetes client).
+Pure: dicts out, and YAML text via PyYAML (not the Kubernetes client; ``to_yaml`` is shared
+with ``flowyard server install`` and re-exported here).
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any, Final
+
+from flowyard_common.manifests import to_yaml
 
 __all__ = [
     "AGENT_RULES",
@@ -273,17 +276,3 @@ def install_manifests(
     if emit_secret:
         manifests.append(secret)
     return [*manifests, deployment]
-
-
-def to_yaml(manifests: list[dict[str, Any]]) -> str:
-    """``manifests`` as one multi-document YAML stream, keys in the order they were built."""
-    import yaml
-
-    class Dumper(yaml.SafeDumper):
-        # Objects used twice are written out twice: kubectl users read these files, and
-        # "&id001"/"*id001" anchors would only puzzle them.
-        def ignore_aliases(self, data: Any) -> bool:
-            return True
-
-    text: str = yaml.dump_all(manifests, Dumper=Dumper, sort_keys=False, default_flow_style=False)
-    return text

@@ -4,6 +4,6 @@
 - ``registry``: minting, listing, revoking and verifying tokens, with a short cache;
 - ``interceptor``: the one server interceptor that authenticates every Flowyard call and
   enforces each service's scope (health and reflection stay open);
-- ``bootstrap``: the admin token file created on first start;
+- ``bootstrap``: the first admin token: a file created on first start, or the one given;
 - ``transport``: TLS and mutual-TLS server credentials.
 """

@@ -22,7 +22,7 @@ from control_plane.orchestration.bus import TOKEN_REVOKED, Bus
 from control_plane.store import catalog as catalog_repo
 from control_plane.store import runs as runs_repo
 from control_plane.store import tokens as repo
-from control_plane.store.db import Database
+from control_plane.store.db import Database, unique_violation
 
 CACHE_SECONDS = 10.0
 #: Verified tokens remembered at once; past it the cache starts afresh.
@@ -89,6 +89,47 @@ class Tokens:
                 raise NotFound(f"pool {pool!r} not found; create it first")
             await repo.insert_token(conn, record, secret_hash)
         return token, record
+
+    async def register_admin(self, token: str, description: str) -> TokenRecord:
+        """Store an admin token made outside the server (only its hash, as ``create`` does).
+
+        Registering the same token again is no error (replicas starting together all do it):
+        the record stored first is returned.
+
+        Raises:
+            InvalidArgument: ``token`` is not shaped like a minted token, or its id is taken
+                by another token.
+        """
+        if not tokens.well_formed(token):
+            raise InvalidArgument(f"the admin token must read {tokens.GIVEN_SHAPE}")
+        validation.text(description, "description", MAX_DESCRIPTION_CHARS)
+        record = TokenRecord(
+            id=tokens.token_id(token),
+            kind=TokenKind.ADMIN,
+            pool="",
+            description=description,
+            created_at=clock.now(),
+            expires_at=None,
+            revoked_at=None,
+        )
+        try:
+            async with self._db.write() as conn:
+                await repo.insert_token(conn, record, tokens.digest(token))
+        except Exception as error:
+            if not unique_violation(error):
+                raise
+            async with self._db.read() as conn:
+                found = await repo.get_token(conn, record.id)
+            if (
+                found is None
+                or found[0].kind is not TokenKind.ADMIN
+                or not tokens.matches(token, found[1])
+            ):
+                raise InvalidArgument(
+                    f"token id {record.id!r} is taken by another token; make a new admin token"
+                ) from error
+            return found[0]
+        return record
 
     async def list(self) -> list[TokenRecord]:
         """Every admin and agent token, oldest first."""

@@ -1,4 +1,5 @@
-"""``flowyard server start``: the control plane's flags, checked and turned into a ServerConfig."""
+"""``flowyard server start``: the control plane's flags, checked and turned into a ServerConfig;
+``flowyard server install``: the manifests that run it in a cluster (``cli.install``)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ MAX_INTERVAL_SECONDS = 10 * 365 * 86400.0
 
 @click.group()
 def server() -> None:
-    """Run the control plane."""
+    """Run the control plane, or print the manifests that run it in a cluster."""
 
 
 @server.command("start")
@@ -135,6 +136,14 @@ def server() -> None:
     is_flag=True,
     help="Agents must connect with a verified client certificate (the agent port).",
 )
+@click.option(
+    "--admin-token",
+    default="",
+    envvar="FLOWYARD_ADMIN_TOKEN",
+    help="The first admin token (better given as FLOWYARD_ADMIN_TOKEN, e.g. from a Kubernetes "
+    "Secret): registered while the database holds no admin token, instead of writing a new "
+    "one to the data directory's admin.token.",
+)
 @click.option("--log-level", default="INFO", show_default=True, envvar="FLOWYARD_LOG_LEVEL")
 def server_start(
     host: str,
@@ -155,13 +164,16 @@ def server_start(
     tls_client_ca: Path | None,
     agent_port: int,
     require_agent_cert: bool,
+    admin_token: str,
     log_level: str,
 ) -> None:
     """Start the control plane (gRPC) and serve until SIGTERM/SIGINT.
 
     On first start it creates an admin token in the data directory (admin.token, mode 0600),
-    which the CLI on this machine reads by itself.
+    which the CLI on this machine reads by itself; or, with FLOWYARD_ADMIN_TOKEN, it registers
+    that one and writes no file.
     """
+    from control_plane.orchestration import tokens
     from control_plane.server import serve
 
     logging.basicConfig(
@@ -187,7 +199,13 @@ def server_start(
         tls_client_ca=tls_client_ca,
         agent_port=agent_port,
         require_agent_cert=require_agent_cert,
+        admin_token=admin_token.strip(),
     )
+    if admin_token and not tokens.well_formed(admin_token.strip()):
+        # The token itself is never echoed.
+        raise click.UsageError(
+            f"--admin-token (FLOWYARD_ADMIN_TOKEN) must read {tokens.GIVEN_SHAPE}"
+        )
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
     if tls_client_ca is not None and tls_cert is None:
@@ -205,3 +223,110 @@ def server_start(
     except RootTaskFailed as exc:
         # Logged above with its traceback; this is the one line that says why it stopped.
         raise click.ClickException(f"the control plane stopped: {exc}") from None
+
+
+@server.command("install")
+@click.option(
+    "--namespace",
+    default="flowyard",
+    show_default=True,
+    help="Namespace of the control plane.",
+)
+@click.option("--image", required=True, help="Control-plane image (built from the Dockerfile).")
+@click.option(
+    "--name",
+    default="flowyard",
+    show_default=True,
+    help="Name of the Kubernetes objects; pods in the cluster reach the control plane at "
+    "NAME.NAMESPACE:PORT.",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(1, 100),
+    default=2,
+    show_default=True,
+    help="Control planes serving at once (more than one needs PostgreSQL).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=DEFAULT_PORT,
+    show_default=True,
+    help="Port of the server and its Service.",
+)
+@click.option(
+    "--db-url",
+    default="",
+    help="Database URL (postgresql://user:password@host/dbname), put in the Secret the "
+    "manifests create, with a new first admin token.",
+)
+@click.option(
+    "--db-url-secret",
+    default="",
+    help="Instead of --db-url: an existing Secret with the database URL (key 'db-url') and, "
+    "optionally, the first admin token (key 'admin-token'). Nothing secret is printed.",
+)
+@click.option(
+    "--create-namespace/--no-create-namespace",
+    default=True,
+    show_default=True,
+    help="Print the Namespace object first (leave it out when the namespace exists).",
+)
+def server_install(
+    namespace: str,
+    image: str,
+    name: str,
+    replicas: int,
+    port: int,
+    db_url: str,
+    db_url_secret: str,
+    create_namespace: bool,
+) -> None:
+    """Print the manifests that run the control plane in a cluster: pipe them to
+    `kubectl apply -f -`.
+
+    The pods read the database URL and the first admin token from a Secret, never from a
+    literal in the Deployment. With --db-url, a new admin token is made for that Secret; the
+    server registers it on first start.
+    """
+    from control_plane.cli import output
+    from control_plane.cli.install import (
+        ADMIN_TOKEN_KEY,
+        DATA_DIR,
+        install_manifests,
+        is_sqlite,
+    )
+    from control_plane.orchestration import tokens
+    from flowyard_common.manifests import to_yaml
+
+    if db_url and db_url_secret:
+        raise click.UsageError("give --db-url or --db-url-secret, not both")
+    admin_token = tokens.mint()[0] if db_url else ""
+    try:
+        manifests = install_manifests(
+            namespace=namespace,
+            image=image,
+            name=name,
+            replicas=replicas,
+            port=port,
+            db_url=db_url,
+            admin_token=admin_token,
+            db_url_secret=db_url_secret,
+            create_namespace=create_namespace,
+        )
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
+    # On stderr: stdout is the manifests, piped to kubectl.
+    if db_url and is_sqlite(db_url):
+        output.errors.print(
+            f"warning: a SQLite database lives in the pod ({DATA_DIR} is an emptyDir) and is "
+            "lost with it: fine for a trial; use PostgreSQL to keep your state"
+        )
+    if admin_token:
+        secret = next(m for m in manifests if m["kind"] == "Secret")["metadata"]["name"]
+        output.errors.print(
+            f"Made admin token {tokens.token_id(admin_token)} for the Secret below; the control "
+            f"plane registers it on first start. Read it with: kubectl -n {namespace} get "
+            f"secret {secret} -o jsonpath='{{.data.{ADMIN_TOKEN_KEY}}}' | base64 -d"
+        )
+    click.echo(to_yaml(manifests), nl=False)

@@ -17,6 +17,14 @@ import secrets
 _ENGINE_ID = re.compile(r"run-([0-9a-f]{32})-([1-9][0-9]{0,8})")
 #: The id part of an admin or agent token.
 _API_ID = re.compile(r"[0-9a-f]{16}")
+#: The secret part of an admin token made outside the server: URL-safe, 128 bits or more even
+#: when it is hex (``openssl rand -hex 16``); a minted one has 43 characters.
+_GIVEN_SECRET = re.compile(r"[A-Za-z0-9_-]{32,}")
+#: What a token made outside the server must look like, said in errors (never the token).
+GIVEN_SHAPE = (
+    "<16 hex digits>.<32 or more letters, digits, '-' or '_'>, like a minted token: e.g. "
+    '"$(openssl rand -hex 8).$(openssl rand -hex 32)"'
+)
 
 
 def mint() -> tuple[str, str]:
@@ -41,6 +49,12 @@ def api_token_id(token: str) -> str | None:
     """The id of an admin or agent token, or None if ``token`` is not shaped like one."""
     head = token_id(token)
     return head if _API_ID.fullmatch(head) else None
+
+
+def well_formed(token: str) -> bool:
+    """Whether a token made outside the server has the shape and strength of a minted one."""
+    head, dot, secret = token.partition(".")
+    return bool(dot) and bool(_API_ID.fullmatch(head)) and bool(_GIVEN_SECRET.fullmatch(secret))
 
 
 def engine_attempt(token: str) -> tuple[str, int] | None:

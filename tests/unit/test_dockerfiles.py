@@ -1,4 +1,4 @@
-"""The documented images build from a checkout, as their docs say.
+"""The documented images build from a checkout, as their docs say, and run what they say.
 
 There is no Docker engine in the test environment, so this reads the Dockerfiles: every COPY
 source exists in the build context (the checkout's root) and is not excluded by
@@ -10,17 +10,23 @@ the three console scripts, done here the way the image does it.
 from __future__ import annotations
 
 import fnmatch
+import json
 import shlex
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCKERFILES = [ROOT / "Dockerfile.agent", ROOT / "examples" / "flow-image" / "Dockerfile"]
+DOCKERFILES = [
+    ROOT / "Dockerfile",
+    ROOT / "Dockerfile.agent",
+    ROOT / "examples" / "flow-image" / "Dockerfile",
+]
 
 
 def instructions(dockerfile: Path) -> list[tuple[str, list[str]]]:
@@ -138,3 +144,43 @@ def test_the_copied_checkout_builds_the_flowyard_wheel(dockerfile: Path, tmp_pat
         assert module in names, module
     for script in ("flowyard ", "flowyard-agent ", "flowyard-engine "):
         assert script in scripts, scripts
+
+
+def exec_form(dockerfile: Path, instruction: str) -> list[str]:
+    """The JSON (exec form) arguments of the one ``instruction`` of ``dockerfile``."""
+    [line] = [
+        line
+        for line in dockerfile.read_text().splitlines()
+        if line.upper().startswith(instruction + " ")
+    ]
+    arguments: list[str] = json.loads(line[len(instruction) :])
+    return arguments
+
+
+def test_the_control_plane_image_runs_the_server_on_every_interface_as_a_user() -> None:
+    from control_plane.cli.main import cli
+    from control_plane.config import DEFAULT_PORT
+
+    dockerfile = ROOT / "Dockerfile"
+    entrypoint = exec_form(dockerfile, "ENTRYPOINT")
+    assert entrypoint == ["flowyard", "server", "start", "--host", "0.0.0.0"]
+    # Each word is the command it means: `flowyard server start` takes --host.
+    group: Any = cli
+    for word in entrypoint[1:3]:
+        group = group.commands[word]
+    assert "--host" in {name for p in group.params for name in p.opts}
+    steps = instructions(dockerfile)
+    [user] = [args for instruction, args in steps if instruction == "USER"]
+    assert user[0].isdigit() and int(user[0]) != 0, "a numeric uid, so runAsNonRoot can check it"
+    env = dict(
+        arg.split("=", 1) for instruction, args in steps if instruction == "ENV" for arg in args
+    )
+    # Writes go to the data directory only (a volume under a read-only root filesystem),
+    # which the user owns; the database URL and the admin token come from the environment.
+    data_dir = env["FLOWYARD_DATA_DIR"]
+    assert any(
+        instruction == "RUN" and data_dir in args and f"{user[0]}" in " ".join(args)
+        for instruction, args in steps
+    ), "the data directory is created for the image's user"
+    assert "FLOWYARD_DB_URL" not in env and "FLOWYARD_ADMIN_TOKEN" not in env
+    assert [args for instruction, args in steps if instruction == "EXPOSE"] == [[str(DEFAULT_PORT)]]

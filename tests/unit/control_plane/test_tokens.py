@@ -37,6 +37,22 @@ def test_malformed_tokens_have_no_id(text: str) -> None:
     assert tokens.api_token_id(text) is None
 
 
+def test_a_token_made_outside_the_server_must_look_and_weigh_like_a_minted_one() -> None:
+    assert tokens.well_formed(tokens.mint()[0])
+    assert tokens.well_formed("0123456789abcdef." + "0f" * 16)  # openssl rand -hex 16
+    for weak in (
+        "0123456789abcdef." + "a" * 31,  # under 128 bits of hex
+        "0123456789ABCDEF." + "a" * 43,  # the id is lowercase hex
+        "0123456789abcde." + "a" * 43,
+        "0123456789abcdef." + "a" * 42 + "/",  # not URL-safe: breaks in metadata and URLs
+        "0123456789abcdef." + "a" * 42 + " ",
+        "0123456789abcdef" + "a" * 43,
+        tokens.mint_engine(RUN_ID, 1)[0],
+        "",
+    ):
+        assert not tokens.well_formed(weak), weak
+
+
 def test_bearer_metadata() -> None:
     assert bearer_token([("authorization", "Bearer abc.def")]) == "abc.def"
     assert bearer_token([("x", "y"), ("authorization", "bearer  abc.def ")]) == "abc.def"
