@@ -21,6 +21,7 @@ from agent.runs import RunManager
 from agent.session import Session
 from agent.settings import AgentSettings, ConnectionSettings
 from agent.tasks import stop_tasks
+from flowyard_common import addresses
 from flowyard_common.aiotasks import cancel_and_wait
 
 __all__ = ["channel_options", "open_channel", "run_connection"]
@@ -45,16 +46,19 @@ def channel_options(settings: ConnectionSettings) -> list[tuple[str, int]]:
 
 def open_channel(settings: ConnectionSettings) -> grpc.aio.Channel:
     """A channel to the control plane: TLS when a CA is configured, else plaintext."""
-    options = channel_options(settings)
+    # Several addresses (replicas): one channel over all of them, moving to another replica
+    # when the one it uses goes away (see flowyard_common.addresses).
+    target, extra = addresses.grpc_target(settings.server)
+    options: list[tuple[str, int | str]] = [*channel_options(settings), *extra]
     tls = settings.tls
     if tls.ca is None:
-        return grpc.aio.insecure_channel(settings.server, options=options)
+        return grpc.aio.insecure_channel(target, options=options)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=tls.ca.read_bytes(),
         private_key=tls.key.read_bytes() if tls.key else None,
         certificate_chain=tls.cert.read_bytes() if tls.cert else None,
     )
-    return grpc.aio.secure_channel(settings.server, credentials, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)
 
 
 async def run_connection(

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flowyard_common import addresses
+
 __all__ = [
     "DEFAULT_HEALTH_FILE",
     "DEFAULT_NAMESPACE",
@@ -349,8 +351,10 @@ def _settings(
         parser.error("a pool is required: pass --pool or set FLOWYARD_POOL")
 
     server = (args.server or environ.get("FLOWYARD_SERVER") or DEFAULT_SERVER).strip()
-    if not server:
-        parser.error("--server must be HOST:PORT")
+    try:
+        addresses.check(server)
+    except addresses.AddressError as error:
+        parser.error(f"--server: {error}; give HOST:PORT, or several separated by commas")
 
     name = (
         args.name or environ.get("FLOWYARD_AGENT_NAME") or hostname or socket.gethostname()
@@ -418,8 +422,10 @@ def _kubernetes(
         if not _NAMESPACE.fullmatch(name):
             parser.error(f"--watch-namespace must be a Kubernetes namespace name, got {name!r}")
     engine_server = (args.engine_server or environ.get("FLOWYARD_ENGINE_SERVER") or server).strip()
-    if not engine_server:
-        parser.error("--engine-server must be HOST:PORT")
+    try:
+        addresses.check(engine_server)
+    except addresses.AddressError as error:
+        parser.error(f"--engine-server: {error}; give HOST:PORT, or several separated by commas")
     try:
         engine_tls_ca = tls_ca.read_text() if tls_ca is not None else None
     except OSError as error:

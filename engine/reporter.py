@@ -35,6 +35,7 @@ from engine.settings import EngineSettings
 from engine.stream import FATAL_CODES, Proposal, ReportStream, backoff_delay, refusal
 from engine.wire import new_transition_id, proposal_to_proto, run_spec_from_proto
 from flowyard.v1 import engine_pb2, engine_pb2_grpc
+from flowyard_common import addresses
 
 __all__ = ["Reporter"]
 
@@ -223,13 +224,15 @@ class Reporter:
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # Several addresses (replicas): one channel over all of them, moving to another
+        # replica when the one it uses goes away (see flowyard_common.addresses).
+        target, extra = addresses.grpc_target(self._settings.server)
+        options = [*_CHANNEL_OPTIONS, *extra]
         if self._settings.tls_ca is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=self._settings.tls_ca)
-            channel = grpc.aio.secure_channel(
-                self._settings.server, credentials, options=_CHANNEL_OPTIONS
-            )
+            channel = grpc.aio.secure_channel(target, credentials, options=options)
         else:
-            channel = grpc.aio.insecure_channel(self._settings.server, options=_CHANNEL_OPTIONS)
+            channel = grpc.aio.insecure_channel(target, options=options)
         self._stub = engine_pb2_grpc.EngineServiceStub(channel)
         stream = self._stream = ReportStream(
             self._stub,

@@ -2,7 +2,7 @@
 
 The agent (or the Kubernetes Job it renders) starts the engine with::
 
-    FLOWYARD_SERVER       control plane address, "host:port"
+    FLOWYARD_SERVER       control plane address, "host:port" (several: comma-separated)
     FLOWYARD_RUN_ID       the run to execute
     FLOWYARD_RUN_ATTEMPT  the attempt, an integer >= 1
     FLOWYARD_RUN_TOKEN    bearer token scoped to this run attempt
@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from engine.errors import SettingsError
+from flowyard_common import addresses
 
 __all__ = ["EngineSettings", "Timeouts", "load_settings"]
 
@@ -115,9 +116,12 @@ def _required(env: Mapping[str, str], name: str) -> str:
 
 
 def _server(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise SettingsError(f"FLOWYARD_SERVER={value!r} is not of the form host:port")
+    try:
+        addresses.check(value)
+    except addresses.AddressError as error:
+        raise SettingsError(
+            f"FLOWYARD_SERVER={value!r}: {error}; give host:port, or several separated by commas"
+        ) from None
     return value
 
 

@@ -36,6 +36,18 @@ def host_port(address: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
+def check(addresses: str) -> None:
+    """Raise ``AddressError`` unless ``addresses`` is a gRPC target or ``HOST:PORT`` list
+    (host names are not resolved here)."""
+    if addresses.strip().startswith(GRPC_SCHEMES):
+        return
+    parts = split(addresses)
+    if not parts:
+        raise AddressError("no address given")
+    for part in parts:
+        host_port(part)
+
+
 def grpc_target(addresses: str) -> tuple[str, list[tuple[str, str]]]:
     """The gRPC target for ``addresses``, and the channel options it needs.
 

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import grpc
 
 from control_plane.config import DEFAULT_PORT, admin_token_path, default_data_dir
 from flowyard.v1 import control_plane_pb2_grpc
+from flowyard_common import addresses
 
 DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
 
@@ -103,10 +105,12 @@ class BearerToken(
 
 def open_channel(address: str, token: str = "", tls_ca: Path | None = None) -> grpc.Channel:
     """A channel to ``address`` that sends ``token`` on every call; TLS with ``tls_ca``."""
+    # Several addresses (replicas): one channel over all of them (flowyard_common.addresses).
+    target, options = addresses.grpc_target(address)
     if tls_ca is not None:
-        channel = grpc.secure_channel(address, channel_credentials(tls_ca))
+        channel = grpc.secure_channel(target, channel_credentials(tls_ca), options=options)
     else:
-        channel = grpc.insecure_channel(address)
+        channel = grpc.insecure_channel(target, options=options)
     return grpc.intercept_channel(channel, BearerToken(token)) if token else channel
 
 
@@ -120,8 +124,14 @@ class Client:
 
     @classmethod
     def connect(cls, address: str, token: str = "", tls_ca: Path | None = None) -> Client:
-        """A client for ``address`` (host:port); the connection is made on first use."""
-        channel = open_channel(address, token, tls_ca)
+        """A client for ``address`` (host:port, or several separated by commas); the
+        connection is made on first use."""
+        try:
+            channel = open_channel(address, token, tls_ca)
+        except addresses.AddressError as error:
+            raise click.UsageError(
+                f"--server: {error}; give HOST:PORT, or several separated by commas"
+            ) from None
         return cls(address, channel, control_plane_pb2_grpc.ControlPlaneServiceStub(channel))
 
     def close(self) -> None:

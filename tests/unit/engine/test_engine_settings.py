@@ -43,7 +43,8 @@ def test_run_id_argument_must_match_the_environment() -> None:
     ("overrides", "message"),
     [
         ({"FLOWYARD_SERVER": ""}, "FLOWYARD_SERVER is not set"),
-        ({"FLOWYARD_SERVER": "no-port"}, "is not of the form host:port"),
+        ({"FLOWYARD_SERVER": "no-port"}, "'no-port' is not HOST:PORT"),
+        ({"FLOWYARD_SERVER": "a:1,b"}, "'b' is not HOST:PORT"),
         ({"FLOWYARD_RUN_ATTEMPT": "two"}, "is not an integer"),
         ({"FLOWYARD_RUN_ATTEMPT": "0"}, "must be 1 or more"),
         ({"FLOWYARD_RUN_TOKEN": ""}, "FLOWYARD_RUN_TOKEN is not set"),

@@ -1,0 +1,228 @@
+"""Three control-plane processes on one PostgreSQL database, with a real agent and engines.
+
+The agent and its engines are given every replica's address; they stream to the first that
+answers. Runs are created through a second replica and watched and tailed through a third.
+The replica the agent and engines stream to is killed with SIGKILL in the middle of a burst
+and started again: every run must end exactly once, with every line its flow printed stored
+once and in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from control_plane.cli.client import open_channel
+from control_plane.cli.processes import Child, script, start_agent, start_server
+from flowyard.v1 import control_plane_pb2 as pb
+from flowyard.v1 import control_plane_pb2_grpc, types_pb2
+from tests.e2e.conftest import DEADLINE, ENGINE_EXIT_SECONDS, _engines_under, wait_for
+from tests.stores import postgres_database
+
+POOL = "e2e"
+RUNS = 30
+LINES = 200
+CHATTY = f"""
+import time
+
+
+def main(run: int = 0) -> int:
+    for line in range({LINES}):
+        print(f"run {{run}} line {{line}}", flush=True)
+        if line % 20 == 0:
+            time.sleep(0.05)
+    return run
+"""
+SLEEPER = """
+import time
+
+
+def main() -> None:
+    print("started", flush=True)
+    time.sleep(600)
+"""
+
+
+@dataclass
+class Replica:
+    data_dir: Path
+    server: Child
+    port: int
+    stub: control_plane_pb2_grpc.ControlPlaneServiceStub
+    channel: grpc.Channel
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass
+class Cluster:
+    root: Path
+    db_url: str
+    replicas: list[Replica]
+    token: str
+
+    def start(self, index: int, port: int = 0) -> Replica:
+        data_dir = self.root / f"replica-{index}"
+        data_dir.mkdir(exist_ok=True)
+        if index:
+            shutil.copy(self.root / "replica-0" / "admin.token", data_dir / "admin.token")
+        server = start_server(data_dir, port=port, db_url=self.db_url)
+        address = server.extra["address"]
+        channel = open_channel(address, server.extra["token"])
+        replica = Replica(
+            data_dir,
+            server,
+            int(address.rpartition(":")[2]),
+            control_plane_pb2_grpc.ControlPlaneServiceStub(channel),
+            channel,
+        )
+        if index < len(self.replicas):
+            self.replicas[index] = replica
+        else:
+            self.replicas.append(replica)
+        return replica
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(r.address for r in self.replicas)
+
+    def cli(self, replica: Replica, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*script("flowyard"), "--server", replica.address, *args],
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+            env={**os.environ, "FLOWYARD_TOKEN": self.token},
+        )
+
+    def deploy(self, replica: Replica, name: str, code: str) -> None:
+        source = self.root / "flows" / name
+        source.mkdir(parents=True)
+        (source / "flow.py").write_text(code)
+        result = self.cli(
+            replica,
+            "deploy",
+            "flow.py:main",
+            "--name",
+            name,
+            "--pool",
+            POOL,
+            "--source",
+            str(source),
+        )
+        assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with postgres_database() as url, contextlib.ExitStack() as stack:
+        cluster = Cluster(tmp_path, url, [], "")
+        first = cluster.start(0)
+        cluster.token = first.server.extra["token"]
+        for index in (1, 2):
+            cluster.start(index)
+        agents: list[Child] = []
+        # Undone last first: the agents stop before the replicas they stream to.
+        stack.callback(lambda: [r.channel.close() for r in cluster.replicas])
+        stack.callback(lambda: [r.server.stop() for r in cluster.replicas])
+        stack.callback(lambda: [a.stop() for a in agents])
+        first.stub.CreatePool(pb.CreatePoolRequest(name=POOL, type=types_pb2.POOL_TYPE_PROCESS))
+        token = first.stub.CreateToken(
+            pb.CreateTokenRequest(kind=pb.TOKEN_KIND_AGENT, pool=POOL, description="replicas")
+        ).token
+        agent = start_agent(
+            cluster.addresses, POOL, tmp_path / "agent", capacity=4, name="agent-1", token=token
+        )
+        agents.append(agent)
+        wait_for(
+            lambda: first.stub.GetPool(pb.GetPoolRequest(name=POOL)).pool.connected_agents == 1,
+            what="the agent to connect",
+        )
+        yield cluster
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: not _engines_under(tmp_path), ENGINE_EXIT_SECONDS, "engines to exit")
+    leaked = _engines_under(tmp_path)
+    for pid in leaked:
+        os.kill(pid, 9)
+    assert not leaked, f"engine processes left running: {leaked}"
+
+
+def terminal(
+    stub: control_plane_pb2_grpc.ControlPlaneServiceStub, run_id: str
+) -> types_pb2.FlowRun:
+    last = None
+    for message in stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=3 * DEADLINE):
+        last = message.run
+    assert last is not None
+    return last
+
+
+def test_a_burst_survives_the_replica_its_agent_and_engines_stream_to_being_killed(
+    cluster: Cluster,
+) -> None:
+    streaming, creating, watching = cluster.replicas
+    cluster.deploy(creating, "chatty", CHATTY)
+    run_ids = [
+        creating.stub.CreateRun(
+            pb.CreateRunRequest(deployment_name="chatty", parameters_json=f'{{"run": {n}}}')
+        ).run.id
+        for n in range(RUNS)
+    ]
+
+    # Mid-burst: some runs done, some running (their engines streaming), the rest queued.
+    def mid_burst() -> bool:
+        states = [watching.stub.GetRun(pb.GetRunRequest(run_id=r)).run.state.type for r in run_ids]
+        return (
+            states.count(types_pb2.STATE_TYPE_COMPLETED) >= 2
+            and states.count(types_pb2.STATE_TYPE_RUNNING) >= 1
+        )
+
+    wait_for(mid_burst, timeout=DEADLINE, what="some runs completed and some running")
+    streaming.server.kill()
+    cluster.start(0, port=streaming.port)
+
+    for number, run_id in enumerate(run_ids):
+        run = terminal(watching.stub, run_id)
+        assert run.state.type == types_pb2.STATE_TYPE_COMPLETED, (run_id, run.state)
+        history = watching.stub.GetRun(pb.GetRunRequest(run_id=run_id)).history
+        ended = [s for s in history if s.type == types_pb2.STATE_TYPE_COMPLETED]
+        assert len(ended) == 1, history
+        lines = [
+            line
+            for message in watching.stub.TailLogs(pb.TailLogsRequest(run_id=run_id))
+            for line in message.lines
+        ]
+        keys = [(line.attempt, line.seq) for line in lines]
+        assert keys == sorted(set(keys)), f"run {run_id}: lines out of order or doubled"
+        printed = [line.text for line in lines if line.text.startswith(f"run {number} line ")]
+        assert printed == [f"run {number} line {n}" for n in range(LINES)], run_id
+
+
+def test_a_cancel_made_on_one_replica_reaches_an_engine_streaming_to_another(
+    cluster: Cluster,
+) -> None:
+    streaming, creating, watching = cluster.replicas
+    cluster.deploy(creating, "sleeper", SLEEPER)
+    run_id = creating.stub.CreateRun(pb.CreateRunRequest(deployment_name="sleeper")).run.id
+    wait_for(
+        lambda: any(
+            line.text == "started"
+            for message in watching.stub.TailLogs(pb.TailLogsRequest(run_id=run_id))
+            for line in message.lines
+        ),
+        timeout=DEADLINE,
+        what="the flow to start",
+    )
+    watching.stub.CancelRun(pb.CancelRunRequest(run_id=run_id, reason="from another replica"))
+    run = terminal(streaming.stub, run_id)
+    assert run.state.type == types_pb2.STATE_TYPE_CANCELLED, run.state
