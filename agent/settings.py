@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--server",
-        help=f"control plane address HOST:PORT (env FLOWYARD_SERVER, default {DEFAULT_SERVER})",
+        help="control plane address HOST:PORT, or several separated by commas for several "
+        f"replicas (env FLOWYARD_SERVER, default {DEFAULT_SERVER})",
     )
     parser.add_argument(
         "--token",
@@ -286,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--engine-server",
-        help="control plane address HOST:PORT as engines reach it: from inside pods, or the "
+        help="control plane address HOST:PORT (or several, comma-separated) as engines reach "
+        "it: from inside pods, or the "
         "main port when the agent uses the mutual-TLS agent port "
         "(env FLOWYARD_ENGINE_SERVER, default: --server)",
     )

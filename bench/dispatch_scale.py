@@ -86,7 +86,7 @@ async def measure(args: argparse.Namespace, stored: int) -> list[float]:
     async with bench_plane(args) as plane:
         await asyncio.to_thread(fill, plane.db_url, stored)
         token = await plane.agent_token("bench")
-        async with agent(plane, token, "bench/agent", 1, clock):
+        async with agent(plane, plane, token, "bench/agent", 1, clock):
             run_ids = []
             for _ in range(args.runs):
                 run_id = await create(plane, clock)

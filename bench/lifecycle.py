@@ -10,8 +10,13 @@ back. So the figures are the control plane's: dispatch, state reports, log inges
    ``--agents`` agents of ``--capacity`` each run them: completed runs/s (first create to last
    COMPLETED) and create -> assignment under that load.
 
-Usage: python bench/lifecycle.py [--store sqlite|postgresql] [--runs 3000] [--agents 4]
-       [--capacity 64] [--callers 16] [--probe 200] [--flowyard PATH]
+With ``--replicas N`` (PostgreSQL) the work is spread over N control planes: agent ``i``
+connects to replica ``i mod N`` and its engines stream to the next replica, and callers
+create runs through each replica in turn. Afterwards the database is checked: every run
+COMPLETED exactly once, with each of its lines stored once.
+
+Usage: python bench/lifecycle.py [--store sqlite|postgresql] [--replicas 1] [--runs 3000]
+       [--agents 4] [--capacity 64] [--callers 16] [--probe 200] [--flowyard PATH]
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from plane import DEPLOYMENT, POOL, Plane, add_server_arguments, bench_plane, print_latencies
+from plane import DEPLOYMENT, POOL, Plane, add_server_arguments, bench_planes, print_latencies
+from sqlalchemy import create_engine, text
 
 from flowyard.v1 import agent_pb2, engine_pb2, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
@@ -123,9 +129,10 @@ async def propose(call: Any, state: types_pb2.StateType.ValueType) -> None:
 
 @contextlib.asynccontextmanager
 async def agent(
-    plane: Plane, token: str, name: str, capacity: int, clock: Clock
+    plane: Plane, engines_to: Plane, token: str, name: str, capacity: int, clock: Clock
 ) -> AsyncIterator[None]:
-    """A synthetic agent of pool ``bench`` for the duration of the block."""
+    """A synthetic agent of pool ``bench`` connected to ``plane`` for the duration of the
+    block; its engines stream to ``engines_to``."""
     outbox: asyncio.Queue[agent_pb2.ConnectRequest] = asyncio.Queue()
     outbox.put_nowait(
         agent_pb2.ConnectRequest(
@@ -150,7 +157,7 @@ async def agent(
 
     async def run(assign: agent_pb2.Assign) -> None:
         try:
-            await engine(plane, assign, clock)
+            await engine(engines_to, assign, clock)
         except Exception as error:
             clock.failures.append(f"{assign.run_id}: {error}")
         outbox.put_nowait(agent_pb2.ConnectRequest(credit=agent_pb2.CreditGrant(credits=1)))
@@ -202,40 +209,57 @@ async def main() -> None:
     args = parser.parse_args()
 
     clock = Clock()
-    async with bench_plane(args) as plane, contextlib.AsyncExitStack() as agents:
+    async with bench_planes(args) as planes, contextlib.AsyncExitStack() as agents:
         for index in range(args.agents):
+            plane = planes[index % len(planes)]
             token = await plane.agent_token(f"agent {index}")
             await agents.enter_async_context(
-                agent(plane, token, f"bench/agent-{index}", args.capacity, clock)
+                agent(
+                    plane,
+                    planes[(index + 1) % len(planes)],
+                    token,
+                    f"bench/agent-{index}",
+                    args.capacity,
+                    clock,
+                )
             )
 
         idle: list[str] = []
-        for _ in range(args.probe):
-            run_id = await create(plane, clock)
+        for number in range(args.probe):
+            run_id = await create(planes[number % len(planes)], clock)
             idle.append(run_id)
             await asyncio.wait_for(clock.done(run_id).wait(), 30)
 
         counter = itertools.count()
         loaded: list[str] = []
 
-        async def caller() -> None:
+        async def caller(plane: Plane) -> None:
             while next(counter) < args.runs:
                 loaded.append(await create(plane, clock))
 
         started = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(args.callers)))
+        await asyncio.gather(
+            *(caller(planes[index % len(planes)]) for index in range(args.callers))
+        )
         created = time.perf_counter()
         waiting = [clock.done(r).wait() for r in loaded]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*waiting), 300)
         finished = [r for r in loaded if r in clock.completed]
         last = max((clock.completed[r] for r in finished), default=started)
+        stored = stored_outcome(planes[0].db_url)
 
-    print(f"Lifecycle on {args.store}: {args.agents} agents x {args.capacity} slots")
+    replicas = f", {len(planes)} replicas" if len(planes) > 1 else ""
+    print(f"Lifecycle on {args.store}{replicas}: {args.agents} agents x {args.capacity} slots")
     print(f"load: {len(finished)} of {len(loaded)} runs COMPLETED")
     print(f"  created at {len(loaded) / (created - started):.0f} runs/s")
     print(
         f"  completed at {len(finished) / (last - started):.0f} runs/s (first create to last COMPLETED)"
+    )
+    print(
+        f"  stored: {stored['runs']} runs, {stored['completed_once']} COMPLETED exactly once, "
+        f"{stored['completed_twice']} more than once, {stored['lines']} log lines "
+        f"({stored['lines_expected']} expected)"
     )
     if clock.failures:
         print(f"  {len(clock.failures)} failures, first: {clock.failures[0]}")
@@ -249,6 +273,28 @@ async def main() -> None:
             ),
         ]
     )
+
+
+def stored_outcome(db_url: str) -> dict[str, int]:
+    """What the database holds once the runs ended: runs, how often each COMPLETED, lines."""
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            runs = conn.execute(text("SELECT count(*) FROM flow_runs")).scalar_one()
+            counts = conn.execute(
+                text("SELECT count(*) FROM run_states WHERE type = 'COMPLETED' GROUP BY run_id")
+            ).scalars()
+            completions = list(counts)
+            lines = conn.execute(text("SELECT count(*) FROM log_lines")).scalar_one()
+    finally:
+        engine.dispose()
+    return {
+        "runs": runs,
+        "completed_once": sum(1 for c in completions if c == 1),
+        "completed_twice": sum(1 for c in completions if c > 1),
+        "lines": lines,
+        "lines_expected": runs * LOG_LINES,
+    }
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 ``--store postgresql`` creates a database of its own on the server at ``--postgres`` and drops
 it afterwards. ``--flowyard PATH`` starts another installation's ``flowyard`` instead of this
 one's, so the same benchmark measures two versions of the server in one session (the client
-side is always this checkout's).
+side is always this checkout's). ``--replicas N`` (PostgreSQL) starts N control planes on the
+one database; ``bench_planes`` gives a ``Plane`` for each.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--flowyard", default=None, help="the flowyard executable to start the server with"
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="control planes on the one database (PostgreSQL)"
     )
 
 
@@ -101,46 +105,63 @@ def postgres_database(admin_url: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def server_process(
+def server_processes(
     args: argparse.Namespace, extra_args: Sequence[str] = ()
-) -> Iterator[tuple[Child, str]]:
-    """A ``flowyard server start`` on the chosen store, and its database URL (for a blocking
-    engine); stopped and removed afterwards."""
+) -> Iterator[tuple[list[Child], str]]:
+    """``--replicas`` ``flowyard server start`` on the chosen store, and its database URL (for
+    a blocking engine); stopped and removed afterwards. The first makes the admin token; the
+    others are handed it."""
+    replicas = getattr(args, "replicas", 1)
+    if replicas > 1 and args.store != "postgresql":
+        raise SystemExit("--replicas needs --store postgresql")
     root = Path(tempfile.mkdtemp(prefix="flowyard-bench-"))
     try:
         with contextlib.ExitStack() as stack:
             db_url = None
             if args.store == "postgresql":
                 db_url = stack.enter_context(postgres_database(args.postgres))
-            server = start_server(
-                root / "server",
-                db_url=db_url,
-                extra_args=list(extra_args),
-                executable=args.flowyard,
-            )
-            stack.callback(server.stop)
-            yield server, db_url or f"sqlite:///{root / 'server' / 'flowyard.db'}"
+            servers: list[Child] = []
+            for index in range(replicas):
+                data_dir = root / f"server-{index}"
+                if servers:
+                    data_dir.mkdir()
+                    shutil.copy(root / "server-0" / "admin.token", data_dir / "admin.token")
+                server = start_server(
+                    data_dir, db_url=db_url, extra_args=list(extra_args), executable=args.flowyard
+                )
+                stack.callback(server.stop)
+                servers.append(server)
+            yield servers, db_url or f"sqlite:///{root / 'server-0' / 'flowyard.db'}"
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager
-async def bench_plane(
+async def bench_planes(
     args: argparse.Namespace, extra_args: Sequence[str] = ()
-) -> AsyncIterator[Plane]:
-    """A control plane with pool ``bench`` and deployment ``bench`` (a flow never fetched)."""
-    with server_process(args, extra_args) as (server, db_url):
-        address, token = server.extra["address"], server.extra["token"]
-        async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-            plane = Plane(
-                address,
-                token,
-                db_url,
-                channel,
-                control_plane_pb2_grpc.ControlPlaneServiceStub(channel),
-                agent_pb2_grpc.AgentServiceStub(channel),
-                engine_pb2_grpc.EngineServiceStub(channel),
-            )
+) -> AsyncIterator[list[Plane]]:
+    """A control plane per replica with pool ``bench`` and deployment ``bench`` (a flow never
+    fetched)."""
+    with server_processes(args, extra_args) as (servers, db_url):
+        async with contextlib.AsyncExitStack() as stack:
+            planes = []
+            for server in servers:
+                address, token = server.extra["address"], server.extra["token"]
+                channel = await stack.enter_async_context(
+                    grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+                )
+                planes.append(
+                    Plane(
+                        address,
+                        token,
+                        db_url,
+                        channel,
+                        control_plane_pb2_grpc.ControlPlaneServiceStub(channel),
+                        agent_pb2_grpc.AgentServiceStub(channel),
+                        engine_pb2_grpc.EngineServiceStub(channel),
+                    )
+                )
+            plane = planes[0]
             await plane.control.CreatePool(
                 control_plane_pb2.CreatePoolRequest(name=POOL, type=types_pb2.POOL_TYPE_PROCESS),
                 metadata=plane.admin,
@@ -157,7 +178,16 @@ async def bench_plane(
                 control_plane_pb2.UpsertDeploymentRequest(deployment=deployment),
                 metadata=plane.admin,
             )
-            yield plane
+            yield planes
+
+
+@contextlib.asynccontextmanager
+async def bench_plane(
+    args: argparse.Namespace, extra_args: Sequence[str] = ()
+) -> AsyncIterator[Plane]:
+    """The first replica's plane of ``bench_planes`` (one, unless ``--replicas`` says more)."""
+    async with bench_planes(args, extra_args) as planes:
+        yield planes[0]
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

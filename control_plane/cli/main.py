@@ -31,7 +31,7 @@ from control_plane.config import DEFAULT_PORT
     "--server",
     default=default_server,
     show_default=f"$FLOWYARD_SERVER or 127.0.0.1:{DEFAULT_PORT}",
-    help="Control plane address (host:port).",
+    help="Control plane address (host:port), or several separated by commas (replicas).",
 )
 @click.option(
     "--token",
