@@ -93,10 +93,15 @@ _ALLOWED: dict[Actor, dict[StateType, frozenset[StateType]]] = {
         _S.RUNNING: frozenset({_S.CANCELLING}),
     },
     Actor.SERVER: {
-        # Dispatch claims a run, marks it Late, or puts an expired assignment back.
-        _S.SCHEDULED: frozenset({_S.SCHEDULED, _S.PENDING}),
+        # Dispatch claims a run or holds it back (AwaitingConcurrencySlot, or CANCELLED by a
+        # deployment's CANCEL_NEW collision strategy); the reaper marks it Late.
+        _S.SCHEDULED: frozenset({_S.SCHEDULED, _S.PENDING, _S.CANCELLED}),
+        # An expired assignment is handed back, a failed attempt with retries left is
+        # scheduled again (AwaitingRetry), an orphaned submission crashes.
         _S.PENDING: frozenset({_S.SCHEDULED, _S.CRASHED}),
-        _S.RUNNING: frozenset({_S.CRASHED}),
+        # A failed attempt with retries left; an engine gone silent.
+        _S.RUNNING: frozenset({_S.SCHEDULED, _S.CRASHED}),
+        # An expired lease or a cancel that timed out: the run is CANCELLED for good.
         _S.CANCELLING: frozenset({_S.CANCELLED}),
     },
     Actor.AGENT: {
@@ -112,6 +117,12 @@ _ALLOWED: dict[Actor, dict[StateType, frozenset[StateType]]] = {
         _S.CANCELLING: frozenset({_S.CANCELLED, _S.COMPLETED, _S.FAILED}),
     },
 }
+
+
+class IllegalTransition(RuntimeError):
+    """Code of the control plane tried a transition its actor may not make: a bug, refused
+    before anything is stored. (Proposals from outside are checked with ``rejection`` and
+    answered with FAILED_PRECONDITION before they get this far.)"""
 
 
 def rejection(current: StateType, proposed: StateType, actor: Actor) -> str | None:

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import Run
 from control_plane.orchestration import clock
-from control_plane.states import AWAITING_RETRY, State, StateType
+from control_plane.states import AWAITING_RETRY, Actor, State, StateType
 from control_plane.store import catalog as catalog_repo
 from control_plane.store import runs as repo
 
@@ -78,6 +78,7 @@ async def hand_back(conn: AsyncConnection, run: Run, why: str) -> Run | None:
             f"Back in the queue as attempt {run.attempt + 1}: attempt {run.attempt} was "
             f"handed back ({why})",
         ),
+        actor=Actor.SERVER,
         now=now,
         attempt=run.attempt + 1,
         agent_session_id=None,
@@ -118,6 +119,7 @@ async def retry(
         conn,
         run,
         State(StateType.SCHEDULED, AWAITING_RETRY, message),
+        actor=Actor.SERVER,
         now=now,
         transition_id=transition_id or None,
         attempt=run.attempt + 1,

@@ -34,6 +34,7 @@ from control_plane.orchestration.loops import WakeLoop
 from control_plane.states import (
     ASSIGNED,
     AWAITING_CONCURRENCY_SLOT,
+    Actor,
     State,
     StateType,
 )
@@ -224,7 +225,8 @@ class Dispatcher:
                     claim = repo.Change(
                         run,
                         state,
-                        {
+                        actor=Actor.SERVER,
+                        columns={
                             "agent_session_id": session.id,
                             "agent_name": session.agent_name,
                             "lease_deadline": now + self._lease,
@@ -316,6 +318,7 @@ class Dispatcher:
                         conn,
                         run,
                         State(StateType.CANCELLED, message=run.state_message),
+                        actor=Actor.SERVER,
                         now=now,
                         lease_deadline=None,
                     )

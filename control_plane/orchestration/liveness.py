@@ -37,7 +37,7 @@ from control_plane.orchestration.agents import AgentRegistry, CancelMessage
 from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.cluster import LostLease, Singleton
 from control_plane.orchestration.loops import transient
-from control_plane.states import LATE, State, StateType
+from control_plane.states import LATE, Actor, State, StateType
 from control_plane.store import catalog as catalog_repo
 from control_plane.store import cluster as cluster_repo
 from control_plane.store import queues as queues_repo
@@ -160,7 +160,7 @@ class Reaper:
             for run in await find(conn):
                 state = target(run)
                 updated = await repo.compare_and_set(
-                    conn, run, state, now=clock.now(), lease_deadline=None
+                    conn, run, state, actor=Actor.SERVER, now=clock.now(), lease_deadline=None
                 )
                 if updated is not None:
                     changed.append(updated)

@@ -177,6 +177,7 @@ class AgentReports:
                         conn,
                         run,
                         State(StateType.PENDING, SUBMITTED, f"Submitted as {infrastructure_id}"),
+                        actor=Actor.AGENT,
                         now=clock.now(),
                         **columns,
                     )
@@ -219,6 +220,7 @@ class AgentReports:
                         conn,
                         run,
                         State(StateType.PENDING, INFRASTRUCTURE_PENDING, text),
+                        actor=Actor.AGENT,
                         now=clock.now(),
                     )
                     return claimed(updated)
@@ -238,6 +240,7 @@ class AgentReports:
                     conn,
                     run,
                     State(StateType.CANCELLED, message=run.state_message),
+                    actor=Actor.AGENT,
                     now=clock.now(),
                     lease_deadline=None,
                 )
@@ -295,7 +298,12 @@ class AgentReports:
                     )
                 message = run.state_message if target is StateType.CANCELLED else detail
                 updated = await repo.compare_and_set(
-                    conn, run, State(target, message=message), now=clock.now(), lease_deadline=None
+                    conn,
+                    run,
+                    State(target, message=message),
+                    actor=Actor.AGENT,
+                    now=clock.now(),
+                    lease_deadline=None,
                 )
                 return claimed(updated)
 
@@ -494,6 +502,7 @@ class EngineReports:
                     conn,
                     run,
                     State(proposal.type, proposal.name, message),
+                    actor=Actor.ENGINE,
                     now=clock.now(),
                     transition_id=proposal.transition_id or None,
                     **columns,

@@ -285,7 +285,7 @@ class Runs:
                     raise FailedPrecondition(refused)
                 message = f"Cancelled by user: {reason}" if reason else "Cancelled by user"
                 updated = await repo.compare_and_set(
-                    conn, run, State(target, message=message), now=clock.now()
+                    conn, run, State(target, message=message), actor=Actor.USER, now=clock.now()
                 )
                 return claimed(updated)
 

@@ -27,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import Run, StateRecord
-from control_plane.states import ACTIVE, State, StateType
+from control_plane.states import ACTIVE, Actor, IllegalTransition, State, StateType, rejection
 from control_plane.store import cluster
 from control_plane.store.dialects import insert_ignoring_duplicates
 from control_plane.store.tables import (
@@ -236,12 +236,23 @@ async def history(conn: AsyncConnection, run_id: str) -> list[StateRecord]:
 
 @dataclasses.dataclass(frozen=True)
 class Change:
-    """A state change of one run, with further columns to set in the same UPDATE."""
+    """A state change of one run, with further columns to set in the same UPDATE.
+
+    Every state change is made by one of the actors of the run state machine and must be a
+    transition it allows (``states.rejection``), the server's own included: one that is not
+    is a bug, refused here before anything is written (``IllegalTransition``).
+    """
 
     run: Run
     state: State
     columns: dict[str, Any] = dataclasses.field(default_factory=dict)
     transition_id: str | None = None
+    actor: Actor = dataclasses.field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        refused = rejection(self.run.state_type, self.state.type, self.actor)
+        if refused:
+            raise IllegalTransition(f"run {self.run.id}: {refused}")
 
     def values(self, now: datetime) -> dict[str, Any]:
         """Every column the change sets."""
@@ -266,6 +277,7 @@ async def compare_and_set(
     run: Run,
     state: State,
     *,
+    actor: Actor,
     now: datetime,
     transition_id: str | None = None,
     **columns: Any,
@@ -273,8 +285,11 @@ async def compare_and_set(
     """Move ``run`` to ``state`` if nobody changed it since it was read; None if somebody did.
 
     ``columns`` are further columns to set in the same UPDATE (agent, lease, attempt, ...).
+
+    Raises:
+        IllegalTransition: ``actor`` may not make this transition (a bug; nothing written).
     """
-    change = Change(run, state, columns, transition_id)
+    change = Change(run, state, columns, transition_id, actor=actor)
     updated = await _guarded_update(conn, run, change.values(now))
     if updated is None:
         return None
@@ -580,7 +595,7 @@ async def mark_waiting(
     guarded UPDATE each plus a history row; returns the runs that changed."""
     changed: list[Run] = []
     for run in runs:
-        updated = await compare_and_set(conn, run, state, now=now)
+        updated = await compare_and_set(conn, run, state, actor=Actor.SERVER, now=now)
         if updated is not None:
             changed.append(updated)
     return changed

@@ -1,15 +1,22 @@
 """The run state rules."""
 
+import dataclasses
+from datetime import UTC, datetime
+
 import pytest
 
+from control_plane.models import Run
 from control_plane.states import (
     TERMINAL,
     Actor,
+    IllegalTransition,
+    State,
     StateType,
     cancel_target,
     crash_target,
     rejection,
 )
+from control_plane.store.runs import Change
 
 S = StateType
 
@@ -82,3 +89,43 @@ def test_infrastructure_ending_while_cancelling_is_a_cancel_not_a_crash() -> Non
     assert crash_target(S.RUNNING) is S.CRASHED
     assert crash_target(S.PENDING) is S.CRASHED
     assert crash_target(S.CANCELLING) is S.CANCELLED
+
+
+@pytest.mark.parametrize(
+    ("current", "proposed"),
+    [
+        # The server never says how a flow ended, nor starts one: only the engine does.
+        (S.RUNNING, S.COMPLETED),
+        (S.PENDING, S.RUNNING),
+        (S.SCHEDULED, S.RUNNING),
+        # A cancel is the user's to ask for.
+        (S.RUNNING, S.CANCELLING),
+    ],
+)
+def test_the_servers_own_changes_follow_the_table_too(
+    current: StateType, proposed: StateType
+) -> None:
+    assert rejection(current, proposed, Actor.SERVER) is not None
+
+
+def _run(state: StateType) -> Run:
+    now = datetime.now(UTC)
+    return Run(
+        **{
+            field.name: None
+            for field in dataclasses.fields(Run)
+            if field.default is dataclasses.MISSING
+        }
+        | {"id": "0" * 32, "state_type": state, "state_time": now, "version": 1, "attempt": 1}
+    )
+
+
+def test_a_state_change_the_table_forbids_is_refused_before_it_is_stored() -> None:
+    with pytest.raises(
+        IllegalTransition, match="server cannot move a run from RUNNING to COMPLETED"
+    ):
+        Change(_run(S.RUNNING), State(S.COMPLETED), actor=Actor.SERVER)
+    with pytest.raises(IllegalTransition, match="already COMPLETED"):
+        Change(_run(S.COMPLETED), State(S.SCHEDULED), actor=Actor.SERVER)
+    # What the dispatcher does is allowed.
+    Change(_run(S.SCHEDULED), State(S.PENDING, "Assigned"), actor=Actor.SERVER)
