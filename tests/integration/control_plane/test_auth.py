@@ -8,10 +8,12 @@ refused call changes nothing (no run taken, no line written, no token minted).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -26,7 +28,7 @@ from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import control_plane_pb2_grpc as pb_grpc
 from tests.bearer import admin_token
 
-from .conftest import Plane, Stream, agent_stream, drive_to_running
+from .conftest import RECEIVE_TIMEOUT, Plane, Stream, agent_stream, drive_to_running
 
 S = types_pb2
 Code = grpc.StatusCode
@@ -57,41 +59,59 @@ async def status_of(call: Awaitable[object]) -> Code:
     return OK
 
 
+async def first_answer(call: Any, first: Any, kind: str) -> tuple[Code, Any]:
+    """Send ``first`` on a bidirectional ``call`` and read the answer: the server's status,
+    and its first message of ``kind`` when OK.
+
+    The message is written on the call itself, not through a request iterator: when the
+    server refuses the call at once, gRPC's iterator path may report its own failure to write
+    (INTERNAL) instead of the server's status, while a direct write that fails leaves the
+    status to be read.
+    """
+    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        await call.write(first)
+    try:
+        message = await asyncio.wait_for(call.read(), RECEIVE_TIMEOUT)
+    except grpc.aio.AioRpcError as error:
+        assert error.details(), f"{error.code()} without a message"
+        return error.code(), None
+    assert message is not grpc.aio.EOF, "the stream ended without a status"
+    assert message.WhichOneof("message") == kind, message
+    return OK, getattr(message, kind)
+
+
 async def connect_status(bare: Bare, token: str | None, pool: str) -> Code:
     """Open an agent session for ``pool`` (capacity 0: it takes no run) and close it."""
-    stream = Stream(bare.agents.Connect, metadata=bearer(token), heartbeat=False)
-    stream.send(
-        agent_pb2.ConnectRequest(
-            hello=agent_pb2.Hello(agent_name="probe", pool=pool, capacity=0, runtime="process")
-        )
-    )
+    call = bare.agents.Connect(metadata=bearer(token))
+    hello = agent_pb2.Hello(agent_name="probe", pool=pool, capacity=0, runtime="process")
     try:
-        return await status_of(stream.receive("welcome"))
+        status, _ = await first_answer(call, agent_pb2.ConnectRequest(hello=hello), "welcome")
+        return status
     finally:
-        await stream.close()
+        call.cancel()
 
 
 async def report_status(bare: Bare, token: str | None, run_id: str) -> Code:
-    """Open the engine stream of ``run_id`` attempt 1; if it opens, write a line with it.
-
-    Nothing more is sent before the answer to Open: a client that writes to a call the server
-    has already ended gets a local INTERNAL from gRPC instead of the server's status.
-    """
-    stream = Stream(bare.engines.Report, metadata=bearer(token), heartbeat=False)
-    stream.send(engine_pb2.ReportRequest(open=engine_pb2.Open(run_id=run_id, attempt=1)))
+    """Open the engine stream of ``run_id`` attempt 1; if it opens, write a line with it."""
+    call = bare.engines.Report(metadata=bearer(token))
+    opening = engine_pb2.ReportRequest(open=engine_pb2.Open(run_id=run_id, attempt=1))
     try:
-        status = await status_of(stream.receive("opened"))
+        status, _ = await first_answer(call, opening, "opened")
         if status is OK:
             # The run's own engine: its stream takes lines (one after the stored ones).
-            stream.send(
+            await call.write(
                 engine_pb2.ReportRequest(
                     log_batch=engine_pb2.LogBatch(lines=[S.LogLine(seq=1, text="from engine")])
                 )
             )
-            assert (await stream.receive("log_ack")).stored_seq == 1
+            while (message := await asyncio.wait_for(call.read(), RECEIVE_TIMEOUT)).WhichOneof(
+                "message"
+            ) == "heartbeat":
+                continue
+            assert message.log_ack.stored_seq == 1, message
         return status
     finally:
-        await stream.close()
+        call.cancel()
 
 
 @pytest.fixture
