@@ -28,7 +28,7 @@ from tests.e2e.conftest import DEADLINE, ENGINE_EXIT_SECONDS, _engines_under, wa
 from tests.stores import postgres_database
 
 POOL = "e2e"
-RUNS = 30
+RUNS = 100
 LINES = 200
 CHATTY = f"""
 import time
