@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["to_yaml"]
+__all__ = ["namespace_manifest", "to_yaml"]
+
+
+def namespace_manifest(name: str) -> dict[str, Any]:
+    """The Namespace an install creates. Without an instance label: removing an install by
+    its label leaves the namespace, and whatever else lives in it, alone."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "flowyard"}},
+    }
 
 
 def to_yaml(manifests: list[dict[str, Any]]) -> str:

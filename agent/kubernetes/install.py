@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-from flowyard_common.manifests import to_yaml
+from flowyard_common.manifests import namespace_manifest, to_yaml
 
 __all__ = [
     "AGENT_RULES",
@@ -132,13 +132,8 @@ def install_manifests(
         raise ValueError(f"token secret {token_secret!r} is not a valid Secret name")
     emit_secret = not token_secret
     token_secret = token_secret or name + _TOKEN_SECRET_SUFFIX
-    # Without the instance label: removing the agent by that label leaves the namespace, and
-    # the Jobs in it, alone.
-    namespace_object = {
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": namespace, "labels": {"app.kubernetes.io/part-of": "flowyard"}},
-    }
+    # Removing the agent by its label leaves the namespace, and the Jobs in it, alone.
+    namespace_object = namespace_manifest(namespace)
     service_account = {
         "apiVersion": "v1",
         "kind": "ServiceAccount",

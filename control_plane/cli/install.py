@@ -26,6 +26,7 @@ from control_plane.config import DEFAULT_PORT, ServerConfig
 from control_plane.orchestration import tokens
 from control_plane.store.db import CLOSE_WAIT_SECONDS, normalise_url
 from control_plane.store.migrate import StoreError
+from flowyard_common.manifests import namespace_manifest
 
 __all__ = [
     "ADMIN_TOKEN_KEY",
@@ -148,13 +149,7 @@ def install_manifests(
         return {"name": object_name, "namespace": namespace, "labels": dict(labels)}
 
     secret_name = db_url_secret or name + _SECRET_SUFFIX
-    # Without the instance label: removing the control plane by that label leaves the
-    # namespace, and whatever else lives in it, alone.
-    namespace_object = {
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": namespace, "labels": {"app.kubernetes.io/part-of": "flowyard"}},
-    }
+    namespace_object = namespace_manifest(namespace)
     service_account = {
         "apiVersion": "v1",
         "kind": "ServiceAccount",

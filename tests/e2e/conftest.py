@@ -192,8 +192,15 @@ def running_system(
         for agent in system.agents:
             agent.stop()
         system.server.stop()  # the test may have replaced the server it started with
-    # An engine whose run just ended may still be closing its channel: it has a moment to
-    # exit on its own; one still there after that was left running.
+    assert_no_engines_left(root)
+
+
+def assert_no_engines_left(root: Path) -> None:
+    """Fail if an engine whose working directory is under ``root`` still runs (it is killed).
+
+    An engine whose run just ended may still be closing its channel: it has a moment to exit
+    on its own; one still there after that was left running.
+    """
     with contextlib.suppress(AssertionError):
         wait_for(lambda: not _engines_under(root), ENGINE_EXIT_SECONDS, "engines to exit")
     leaked = _engines_under(root)

@@ -24,7 +24,7 @@ from control_plane.cli.client import open_channel
 from control_plane.cli.processes import Child, script, start_agent, start_server
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import control_plane_pb2_grpc, types_pb2
-from tests.e2e.conftest import DEADLINE, ENGINE_EXIT_SECONDS, _engines_under, wait_for
+from tests.e2e.conftest import DEADLINE, assert_no_engines_left, wait_for
 from tests.stores import postgres_database
 
 POOL = "e2e"
@@ -149,12 +149,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             what="the agent to connect",
         )
         yield cluster
-    with contextlib.suppress(AssertionError):
-        wait_for(lambda: not _engines_under(tmp_path), ENGINE_EXIT_SECONDS, "engines to exit")
-    leaked = _engines_under(tmp_path)
-    for pid in leaked:
-        os.kill(pid, 9)
-    assert not leaked, f"engine processes left running: {leaked}"
+    assert_no_engines_left(tmp_path)
 
 
 def terminal(
