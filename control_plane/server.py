@@ -48,6 +48,7 @@ from control_plane.orchestration.catalog import Catalog
 from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.cluster import Replica, Singleton
 from control_plane.orchestration.dispatch import Dispatcher
+from control_plane.orchestration.heartbeats import Heartbeats
 from control_plane.orchestration.liveness import LivenessPolicy, Reaper
 from control_plane.orchestration.queues import Queues
 from control_plane.orchestration.reports import AgentReports, EngineReports
@@ -167,6 +168,8 @@ class App:
     replica: Replica
     #: Hints between the parts of this process and to the other replicas.
     bus: Bus
+    #: Engine heartbeats noted, stored in batches.
+    heartbeats: Heartbeats
     #: The mutual-TLS agent port, if the server has one.
     agent_port: int | None = None
     #: The root tasks, once started: each runs as long as the server does.
@@ -186,6 +189,7 @@ class App:
             asyncio.create_task(self.reaper.run(), name="reaper"),
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
             asyncio.create_task(self.replica.run(), name="replica heartbeat"),
+            asyncio.create_task(self.heartbeats.run(), name="engine heartbeat writer"),
         ]
         if self.bus.channel is not None:
             self.tasks.append(
@@ -225,6 +229,10 @@ class App:
         await self.server.stop(grace)
         await cancel_and_wait(self.tasks)
         try:
+            await self.db.shielded(self.heartbeats.flush())
+        except Exception as error:
+            log.warning("could not store the last engine heartbeats: %s", error)
+        try:
             # Another replica takes over the singleton passes at once, not after a timeout.
             await self.db.shielded(self.replica.stop())
         except Exception as error:
@@ -257,6 +265,7 @@ async def build(config: ServerConfig) -> App:
     await replica.register()
     lease = timedelta(seconds=config.lease_seconds)
     notifier = Notifier(bus)
+    heartbeats = Heartbeats(db)
     # Leases of running assignments are re-granted only after an outage of the whole control
     # plane, not when one replica joins others that serve.
     dispatcher = Dispatcher(db, agents, notifier, lease, alone=replica.alone)
@@ -271,6 +280,7 @@ async def build(config: ServerConfig) -> App:
             agent_grace=timedelta(seconds=config.agent_grace_seconds),
         ),
         lease=sweeping,
+        heartbeats=heartbeats,
     )
     runs = Runs(db, notifier, agents)
     scheduler = Scheduler(db, runs, lease=scheduling)
@@ -332,7 +342,7 @@ async def build(config: ServerConfig) -> App:
         EngineServicer(
             db,
             catalog,
-            EngineReports(db, notifier),
+            EngineReports(db, notifier, heartbeats),
             signals,
             timedelta(seconds=config.engine_heartbeat_seconds),
         ),
@@ -365,6 +375,7 @@ async def build(config: ServerConfig) -> App:
         signals,
         replica,
         bus,
+        heartbeats,
         agent_port,
     )
 

@@ -172,7 +172,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                         await self._db.shielded(self._propose(run, request.propose_state))
                     )
                 elif kind == "heartbeat":
-                    await self._db.shielded(self._reports.heartbeat(run))
+                    self._reports.heartbeat(run)
         except Unauthenticated as exc:
             # The attempt ended under the stream (a refused log batch or heartbeat): as when
             # the watcher sees the end first, the engine is told to stop, then refused.

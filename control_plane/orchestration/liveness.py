@@ -36,6 +36,7 @@ from control_plane.orchestration import clock
 from control_plane.orchestration.agents import AgentRegistry, CancelMessage
 from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.cluster import LostLease, Singleton
+from control_plane.orchestration.heartbeats import Heartbeats
 from control_plane.orchestration.loops import transient
 from control_plane.states import LATE, Actor, State, StateType
 from control_plane.store import catalog as catalog_repo
@@ -71,6 +72,7 @@ class Reaper:
         policy: LivenessPolicy,
         started_at: datetime | None = None,
         lease: Singleton | None = None,
+        heartbeats: Heartbeats | None = None,
     ) -> None:
         self._db = db
         self._agents = agents
@@ -79,6 +81,8 @@ class Reaper:
         self._started_at = started_at or clock.now()
         #: With several replicas, only the holder of this lease sweeps.
         self._lease = lease
+        #: This replica's heartbeats not yet stored, flushed before engines are judged.
+        self._heartbeats = heartbeats
 
     async def run(self) -> None:
         """Sweep, sleep until something can be due, repeat (until cancelled, or until a sweep
@@ -110,6 +114,8 @@ class Reaper:
         now = clock.now()
         changed: list[Run] = []
         if now - self._started_at >= self._policy.engine_grace:
+            if self._heartbeats is not None:
+                await self._heartbeats.flush()
             changed += await self._apply(
                 lambda conn: repo.silent_engines(conn, now - self._policy.engine_grace, BATCH),
                 lambda run: _crash_silent(run, now),

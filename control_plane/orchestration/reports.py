@@ -25,6 +25,7 @@ from control_plane.orchestration.agents import AgentRegistry, AgentSession, Canc
 from control_plane.orchestration.attempts import ended as attempt_ended
 from control_plane.orchestration.attempts import hand_back
 from control_plane.orchestration.changes import Notifier, claimed, retrying
+from control_plane.orchestration.heartbeats import Heartbeats
 from control_plane.states import (
     ASSIGNED,
     INFRASTRUCTURE_PENDING,
@@ -414,19 +415,20 @@ def _describe_end(report: InfraReport) -> str:
 class EngineReports:
     """Applies what engines report; every call is authenticated by the attempt's token."""
 
-    def __init__(self, db: Database, notifier: Notifier) -> None:
+    def __init__(self, db: Database, notifier: Notifier, heartbeats: Heartbeats) -> None:
         self._db = db
         self._notifier = notifier
+        self._heartbeats = heartbeats
 
     async def current(self, run_id: str) -> Run | None:
         """The run as stored now (for an already authenticated stream)."""
         async with self._db.read() as conn:
             return await repo.get_run(conn, run_id)
 
-    async def heartbeat(self, run: Run) -> None:
-        """The engine of ``run`` is alive now (a liveness mark, not a state change)."""
-        async with self._db.write() as conn:
-            await repo.touch_heartbeat(conn, run.id, run.attempt, clock.now())
+    def heartbeat(self, run: Run) -> None:
+        """The engine of ``run`` is alive now (a liveness mark, not a state change: stored
+        with the next batch, see ``heartbeats``)."""
+        self._heartbeats.mark(run.id, run.attempt)
 
     async def open(self, run: Run) -> int:
         """An engine stream opens: mark the engine alive and return the highest stored seq.

@@ -395,6 +395,21 @@ async def touch_heartbeat(conn: AsyncConnection, run_id: str, attempt: int, now:
     )
 
 
+async def touch_heartbeats(conn: AsyncConnection, beats: dict[tuple[str, int], datetime]) -> None:
+    """``touch_heartbeat`` for many attempts at once: one UPDATE, executed for each."""
+    if not beats:
+        return
+    await conn.execute(
+        update(flow_runs)
+        .where(flow_runs.c.id == bindparam("w_id"), flow_runs.c.attempt == bindparam("w_attempt"))
+        .values(last_heartbeat_at=bindparam("b_at", type_=flow_runs.c.last_heartbeat_at.type)),
+        [
+            {"w_id": run_id, "w_attempt": attempt, "b_at": at}
+            for (run_id, attempt), at in sorted(beats.items())
+        ],
+    )
+
+
 async def silent_engines(conn: AsyncConnection, before: datetime, limit: int) -> list[Run]:
     """RUNNING runs whose engine has not said it is alive since ``before``."""
     last_sign = func.coalesce(flow_runs.c.last_heartbeat_at, flow_runs.c.started_at)

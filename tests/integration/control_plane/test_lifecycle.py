@@ -82,6 +82,7 @@ async def test_a_loop_that_fails_for_good_is_reported_and_the_app_says_so(
         "reaper",
         "scheduler",
         "replica heartbeat",
+        "engine heartbeat writer",
     ]
 
 
