@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 2.0
 #: A replica not seen for this long is taken for gone; a singleton lease lasts as long.
 TIMEOUT_SECONDS = 10.0
+#: Ended agent sessions and replicas are kept this long, then deleted (far longer than any
+#: grace that asks about them), by a prune every ``PRUNE_EVERY`` heartbeats.
+KEEP_ENDED = timedelta(days=1)
+PRUNE_EVERY = 150
 
 
 class LostLease(Conflict):
@@ -113,6 +117,7 @@ class Replica:
         self._heartbeat = heartbeat
         self._timeout = timeout
         self.registered_at = clock.now()
+        self._beats = 0
         for singleton in singletons:
             singleton._replica = self
 
@@ -159,12 +164,15 @@ class Replica:
 
     async def _beat(self) -> None:
         now = clock.now()
+        self._beats += 1
         async with self.db.write() as conn:
             alive = await repo.beat(conn, self.id, now)
             if not alive:
                 # Found silent by another replica, which ended our sessions: serve on.
                 await repo.reopen_replica(conn, self.id, now)
             ended = await repo.end_silent_replicas(conn, now - self._timeout)
+            if self._beats % PRUNE_EVERY == 0:
+                await repo.prune(conn, now - KEEP_ENDED)
         if ended:
             log.warning("replica(s) %s stopped answering; their agent sessions ended", ended)
         if not alive:

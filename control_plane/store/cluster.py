@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Exists, and_, case, func, select, update
+from sqlalchemy import Exists, and_, case, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.store.dialects import insert_ignoring_duplicates
@@ -96,6 +96,24 @@ async def end_silent_replicas(conn: AsyncConnection, before: datetime) -> list[s
             .values(ended_at=seen_at)
         )
     return [replica_id for replica_id, _ in ended]
+
+
+async def prune(conn: AsyncConnection, ended_before: datetime) -> int:
+    """Forget agent sessions and replicas that ended before ``ended_before``; how many rows.
+
+    Every agent connection leaves a row when it ends; kept for a while (the reaper's
+    orphaned-submission rule asks whether a run's agent left long enough ago), then deleted,
+    so that the table holds about what connected lately, not every reconnect ever made.
+    """
+    sessions = await conn.execute(
+        delete(agent_sessions)
+        .where(agent_sessions.c.ended_at < ended_before)
+        .returning(agent_sessions.c.id)
+    )
+    gone = await conn.execute(
+        delete(replicas).where(replicas.c.ended_at < ended_before).returning(replicas.c.id)
+    )
+    return len(list(sessions)) + len(list(gone))
 
 
 async def live_replicas(conn: AsyncConnection, since: datetime) -> list[str]:

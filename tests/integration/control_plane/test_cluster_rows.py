@@ -1,0 +1,59 @@
+"""The rows replicas share: silent replicas are ended with their agent sessions, and what
+ended long ago is deleted (on both stores)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from control_plane.orchestration import clock
+from control_plane.store import catalog, cluster
+
+from .conftest import Plane, agent_stream
+
+
+def session(session_id: str, replica_id: str, pool_id: str, name: str) -> cluster.SessionRecord:
+    return cluster.SessionRecord(
+        id=session_id,
+        replica_id=replica_id,
+        pool_id=pool_id,
+        agent_name=name,
+        instance_id="",
+        token_id="",
+        capacity=1,
+        connected_at=clock.now() - timedelta(days=3),
+    )
+
+
+async def test_a_silent_replica_is_ended_with_its_sessions_and_old_rows_are_pruned(
+    ready: Plane,
+) -> None:
+    db = ready.app.db
+    await ready.pool("pool-b")
+    async with db.read() as conn:
+        pool = await catalog.get_pool(conn, name="pool-b")
+    assert pool is not None
+    pool_id = pool.id
+    long_ago = clock.now() - timedelta(days=3)
+    async with db.write() as conn:
+        # A replica killed three days ago, its agent still "connected" in its rows.
+        await cluster.register_replica(conn, "dead", "host", long_ago)
+        await cluster.open_session(conn, session("s-dead", "dead", pool_id, "lost"))
+    live = agent_stream(ready, pool="pool-b", name="alive")
+    await live.receive("welcome")
+    async with db.read() as conn:
+        assert await cluster.live_sessions_by_pool(conn) == {pool_id: 2}
+
+    async with db.write() as conn:
+        ended = await cluster.end_silent_replicas(conn, clock.now() - timedelta(seconds=10))
+    assert ended == ["dead"]
+    async with db.read() as conn:
+        # Ended as of when the replica was last seen; this replica's own agent is untouched.
+        assert await cluster.live_session(conn, "s-dead") is None
+        assert await cluster.live_sessions_by_pool(conn) == {pool_id: 1}
+
+    async with db.write() as conn:
+        pruned = await cluster.prune(conn, clock.now() - timedelta(days=1))
+    assert pruned == 2  # the dead replica's row and its session's
+    assert ready.count_rows("replicas") == 1
+    assert ready.count_rows("agent_sessions") == 1
+    await live.close()
