@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 
 from control_plane.cli.client import open_channel
@@ -25,7 +26,7 @@ from control_plane.cli.processes import Child, script, start_agent, start_server
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import control_plane_pb2_grpc, types_pb2
 from tests.e2e.conftest import DEADLINE, assert_no_engines_left, wait_for
-from tests.stores import postgres_database
+from tests.stores import conninfo, postgres_database
 
 POOL = "e2e"
 RUNS = 100
@@ -201,6 +202,32 @@ def test_a_burst_survives_the_replica_its_agent_and_engines_stream_to_being_kill
         assert keys == sorted(set(keys)), f"run {run_id}: lines out of order or doubled"
         printed = [line.text for line in lines if line.text.startswith(f"run {number} line ")]
         assert printed == [f"run {number} line {n}" for n in range(LINES)], run_id
+
+    # The killed replica was ended by the others, its agent session with it, and the passes
+    # it may have held (scheduler, reaper) run on replicas that serve.
+    wait_for(
+        lambda: _cluster_rows(cluster.db_url) == (1, 0, True),
+        timeout=DEADLINE,
+        what="the killed replica ended, its session ended and its leases taken over",
+    )
+
+
+def _cluster_rows(db_url: str) -> tuple[int, int, bool]:
+    """(replicas ended, live agent sessions on an ended replica, every lease held by a live
+    replica)."""
+    with psycopg.connect(conninfo(db_url)) as conn:
+        ended = conn.execute("SELECT count(*) FROM replicas WHERE ended_at IS NOT NULL").fetchone()
+        orphaned = conn.execute(
+            "SELECT count(*) FROM agent_sessions s JOIN replicas r ON r.id = s.replica_id "
+            "WHERE s.ended_at IS NULL AND r.ended_at IS NOT NULL"
+        ).fetchone()
+        stale = conn.execute(
+            "SELECT count(*) FROM singleton_leases l LEFT JOIN replicas r ON r.id = l.holder "
+            "WHERE r.id IS NULL OR r.ended_at IS NOT NULL OR l.expires_at < now()"
+        ).fetchone()
+        leases = conn.execute("SELECT count(*) FROM singleton_leases").fetchone()
+    assert ended and orphaned and stale and leases
+    return ended[0], orphaned[0], stale[0] == 0 and leases[0] == 2
 
 
 def test_a_cancel_made_on_one_replica_reaches_an_engine_streaming_to_another(

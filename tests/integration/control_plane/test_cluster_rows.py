@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from control_plane.orchestration import clock
 from control_plane.store import catalog, cluster
 
-from .conftest import Plane, agent_stream
+from .conftest import RECEIVE_TIMEOUT, Plane, agent_stream
 
 
 def session(session_id: str, replica_id: str, pool_id: str, name: str) -> cluster.SessionRecord:
@@ -57,3 +59,23 @@ async def test_a_silent_replica_is_ended_with_its_sessions_and_old_rows_are_prun
     assert ready.count_rows("replicas") == 1
     assert ready.count_rows("agent_sessions") == 1
     await live.close()
+
+
+async def test_a_replica_taken_for_gone_closes_its_agent_streams_and_serves_on(
+    ready: Plane,
+) -> None:
+    agent = agent_stream(ready)
+    await agent.receive("welcome")
+    replica_id = ready.app.replica.id
+    # Another replica found this one silent for too long (a stalled VM) and ended it.
+    async with ready.app.db.write() as conn:
+        await cluster.end_replica(conn, replica_id, clock.now())
+    # At its next heartbeat it finds out: the agent is told to go (and reconnects, anywhere).
+    with pytest.raises(AssertionError, match="the stream ended"):
+        await agent.receive("assign", wait=RECEIVE_TIMEOUT)
+    async with ready.app.db.read() as conn:
+        assert replica_id in await cluster.live_replicas(conn, clock.now() - timedelta(minutes=1))
+    again = agent_stream(ready)
+    await again.receive("welcome")
+    await again.close()
+    await agent.close()
