@@ -1,10 +1,10 @@
 """Three control-plane processes on one PostgreSQL database, with a real agent and engines.
 
-The agent and its engines are given every replica's address; they stream to the first that
-answers. Runs are created through a second replica and watched and tailed through a third.
-The replica the agent and engines stream to is killed with SIGKILL in the middle of a burst
-and started again: every run must end exactly once, with every line its flow printed stored
-once and in order.
+The agent and its engines are given every replica's address, in two orders: the agent
+streams to replica A, its engines to replica B (the first of their list that answers). Runs
+are created, watched and tailed through replica C. In the middle of a burst, B is killed with
+SIGKILL and started again, then A: every run must end exactly once, with every line its flow
+printed stored once and in order.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,8 +141,16 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         token = first.stub.CreateToken(
             pb.CreateTokenRequest(kind=pb.TOKEN_KIND_AGENT, pool=POOL, description="replicas")
         ).token
+        # The agent streams to A, its engines to B; each moves on to another when theirs dies.
+        a, b, c = (r.address for r in cluster.replicas)
         agent = start_agent(
-            cluster.addresses, POOL, tmp_path / "agent", capacity=4, name="agent-1", token=token
+            f"{a},{b},{c}",
+            POOL,
+            tmp_path / "agent",
+            capacity=4,
+            name="agent-1",
+            token=token,
+            extra_args=["--engine-server", f"{b},{c},{a}"],
         )
         agents.append(agent)
         wait_for(
@@ -163,30 +171,40 @@ def terminal(
     return last
 
 
-def test_a_burst_survives_the_replica_its_agent_and_engines_stream_to_being_killed(
+def test_a_burst_survives_the_replicas_its_engines_and_its_agent_stream_to_being_killed(
     cluster: Cluster,
 ) -> None:
-    streaming, creating, watching = cluster.replicas
-    cluster.deploy(creating, "chatty", CHATTY)
+    agents_replica, engines_replica, users_replica = cluster.replicas
+    cluster.deploy(users_replica, "chatty", CHATTY)
     run_ids = [
-        creating.stub.CreateRun(
+        users_replica.stub.CreateRun(
             pb.CreateRunRequest(deployment_name="chatty", parameters_json=f'{{"run": {n}}}')
         ).run.id
         for n in range(RUNS)
     ]
 
-    # Mid-burst: some runs done, some running (their engines streaming), the rest queued.
-    def mid_burst() -> bool:
-        states = [watching.stub.GetRun(pb.GetRunRequest(run_id=r)).run.state.type for r in run_ids]
-        return (
-            states.count(types_pb2.STATE_TYPE_COMPLETED) >= 2
-            and states.count(types_pb2.STATE_TYPE_RUNNING) >= 1
+    def under_way(completed: int) -> Callable[[], bool]:
+        # At least ``completed`` runs done, and some running (their engines streaming).
+        def check() -> bool:
+            states = [
+                users_replica.stub.GetRun(pb.GetRunRequest(run_id=r)).run.state.type
+                for r in run_ids
+            ]
+            return (
+                states.count(types_pb2.STATE_TYPE_COMPLETED) >= completed
+                and states.count(types_pb2.STATE_TYPE_RUNNING) >= 1
+            )
+
+        return check
+
+    for index, replica, completed in ((1, engines_replica, 2), (0, agents_replica, RUNS // 3)):
+        wait_for(
+            under_way(completed), timeout=DEADLINE, what=f"{completed} runs done, some running"
         )
+        replica.server.kill()
+        cluster.start(index, port=replica.port)
 
-    wait_for(mid_burst, timeout=DEADLINE, what="some runs completed and some running")
-    streaming.server.kill()
-    cluster.start(0, port=streaming.port)
-
+    watching = users_replica
     for number, run_id in enumerate(run_ids):
         run = terminal(watching.stub, run_id)
         assert run.state.type == types_pb2.STATE_TYPE_COMPLETED, (run_id, run.state)
@@ -203,10 +221,10 @@ def test_a_burst_survives_the_replica_its_agent_and_engines_stream_to_being_kill
         printed = [line.text for line in lines if line.text.startswith(f"run {number} line ")]
         assert printed == [f"run {number} line {n}" for n in range(LINES)], run_id
 
-    # The killed replica was ended by the others, its agent session with it, and the passes
+    # The killed replicas were ended by the others, their agent sessions with them, and the passes
     # it may have held (scheduler, reaper) run on replicas that serve.
     wait_for(
-        lambda: _cluster_rows(cluster.db_url) == (1, 0, True),
+        lambda: _cluster_rows(cluster.db_url) == (2, 0, True),
         timeout=DEADLINE,
         what="the killed replica ended, its session ended and its leases taken over",
     )
@@ -233,18 +251,20 @@ def _cluster_rows(db_url: str) -> tuple[int, int, bool]:
 def test_a_cancel_made_on_one_replica_reaches_an_engine_streaming_to_another(
     cluster: Cluster,
 ) -> None:
-    streaming, creating, watching = cluster.replicas
-    cluster.deploy(creating, "sleeper", SLEEPER)
-    run_id = creating.stub.CreateRun(pb.CreateRunRequest(deployment_name="sleeper")).run.id
+    agents_replica, _, users_replica = cluster.replicas
+    cluster.deploy(users_replica, "sleeper", SLEEPER)
+    run_id = users_replica.stub.CreateRun(pb.CreateRunRequest(deployment_name="sleeper")).run.id
     wait_for(
         lambda: any(
             line.text == "started"
-            for message in watching.stub.TailLogs(pb.TailLogsRequest(run_id=run_id))
+            for message in users_replica.stub.TailLogs(pb.TailLogsRequest(run_id=run_id))
             for line in message.lines
         ),
         timeout=DEADLINE,
         what="the flow to start",
     )
-    watching.stub.CancelRun(pb.CancelRunRequest(run_id=run_id, reason="from another replica"))
-    run = terminal(streaming.stub, run_id)
+    # Its engine streams to the second replica, its agent to the first; the cancel is made
+    # on the third, and the run is watched on the first.
+    users_replica.stub.CancelRun(pb.CancelRunRequest(run_id=run_id, reason="from another replica"))
+    run = terminal(agents_replica.stub, run_id)
     assert run.state.type == types_pb2.STATE_TYPE_CANCELLED, run.state
