@@ -147,7 +147,6 @@ class Replica:
             await asyncio.sleep(self._heartbeat.total_seconds())
             try:
                 await self._beat()
-                await self._renew()
             except Exception as error:
                 if not transient(error):
                     raise
@@ -163,6 +162,8 @@ class Replica:
             await repo.end_replica(conn, self.id, now)
 
     async def _beat(self) -> None:
+        """One heartbeat: this replica's row, silent replicas, old rows and the leases, in
+        one transaction."""
         now = clock.now()
         self._beats += 1
         async with self.db.write() as conn:
@@ -173,6 +174,7 @@ class Replica:
             ended = await repo.end_silent_replicas(conn, now - self._timeout)
             if self._beats % PRUNE_EVERY == 0:
                 await repo.prune(conn, now - KEEP_ENDED)
+            fences = await self._take_leases(conn, now)
         if ended:
             log.warning("replica(s) %s stopped answering; their agent sessions ended", ended)
         if not alive:
@@ -181,15 +183,23 @@ class Replica:
                 self._timeout.total_seconds(),
             )
             self._on_ended()
+        self._leases_taken(fences, now)
 
     async def _renew(self) -> None:
         now = clock.now()
-        until = now + self._timeout
         async with self.db.write() as conn:
-            fences = [
-                await repo.take_lease(conn, self.db.dialect, s.name, self.id, now, until)
-                for s in self.singletons
-            ]
+            fences = await self._take_leases(conn, now)
+        self._leases_taken(fences, now)
+
+    async def _take_leases(self, conn: AsyncConnection, now: datetime) -> list[int | None]:
+        until = now + self._timeout
+        return [
+            await repo.take_lease(conn, self.db.dialect, s.name, self.id, now, until)
+            for s in self.singletons
+        ]
+
+    def _leases_taken(self, fences: list[int | None], now: datetime) -> None:
+        until = now + self._timeout
         for singleton, fence in zip(self.singletons, fences, strict=True):
             if singleton._set(fence, until):
                 log.info("this replica now runs the %s", singleton.name)
