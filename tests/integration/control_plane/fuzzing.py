@@ -135,12 +135,13 @@ class ServerThread:
     @staticmethod
     async def _start(config: ServerConfig) -> App:
         app = await build(config)
-        # The reaper and the scheduler change runs as time passes, not because of a request:
-        # between two snapshots their work would look like a rejected request's. Requests are
-        # what is checked here, so their root tasks idle instead (a root task that ended
-        # would stop the server).
+        # The reaper, the scheduler and the engine heartbeat writer change runs as time
+        # passes, not because of a request: between two snapshots their work would look like
+        # a rejected request's. Requests are what is checked here, so their root tasks idle
+        # instead (a root task that ended would stop the server).
         app.reaper.run = _idle  # type: ignore[method-assign]
         app.scheduler.run = _idle  # type: ignore[method-assign]
+        app.heartbeats.run = _idle  # type: ignore[method-assign]
         await app.start()
         return app
 
