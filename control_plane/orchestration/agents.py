@@ -117,6 +117,8 @@ class AgentRegistry:
         # The latest admitted session of each (pool id, agent name): admit stays O(1) in a
         # fleet of thousands reconnecting at once.
         self._named: dict[tuple[str, str], AgentSession] = {}
+        # (lock, how many Hellos hold or wait for it) per name being admitted
+        self._admitting: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
         bus.on(CANCEL, self._cancel_hint)
         bus.on(CLOSE_SESSION, self._close_hint)
         bus.on(TOKEN_REVOKED, self._revoked_hint)
@@ -135,6 +137,22 @@ class AgentRegistry:
             AlreadyExists: a session of another instance with this name is connected to the
                 pool; the message says which, and how the agent gets in.
         """
+        key = (session.pool_id, session.agent_name)
+        # Hellos of one name on this replica are admitted one after the other, so that the
+        # second sees the first registered here, not only its row.
+        lock, users = self._admitting.get(key, (asyncio.Lock(), 0))
+        self._admitting[key] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._admit(session, silence_seconds)
+        finally:
+            lock, users = self._admitting[key]
+            if users == 1:
+                del self._admitting[key]
+            else:
+                self._admitting[key] = (lock, users - 1)
+
+    async def _admit(self, session: AgentSession, silence_seconds: float) -> AgentSession | None:
         local = self._named.get((session.pool_id, session.agent_name))
         if local is not None and self.connected(local):
             self._check_same_instance(
@@ -149,9 +167,10 @@ class AgentRegistry:
                 conn, session.pool_id, session.agent_name
             )
             if holder is not None:
-                held_here = self._sessions.get(holder.id)
-                # A stream of this replica that is ending no longer counts as connected.
-                if held_here is None or self.connected(held_here):
+                # A session of this replica counts while its stream is connected (one that is
+                # ending is forgotten here before its row is ended); another replica's, while
+                # its row says so.
+                if self._holds_connected(holder):
                     self._check_same_instance(
                         session, holder.instance_id, holder.connected_at, silence_seconds
                     )
@@ -210,7 +229,15 @@ class AgentRegistry:
         local = self._sessions.get(session_id)
         if local is not None:
             return self.connected(local)
-        return await cluster_repo.live_session(conn, session_id) is not None
+        record = await cluster_repo.live_session(conn, session_id)
+        return record is not None and self._holds_connected(record)
+
+    def _holds_connected(self, record: cluster_repo.SessionRecord) -> bool:
+        """Whether the live row ``record`` stands for a connected stream."""
+        if record.replica_id != self._replica_id:
+            return True
+        local = self._sessions.get(record.id)
+        return local is not None and self.connected(local)
 
     def all(self) -> list[AgentSession]:
         """Every session connected to this replica."""
