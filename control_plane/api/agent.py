@@ -160,13 +160,18 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 raise failure
         finally:
             self._agents.forget(session)
-            await cancel_and_wait([reader])
-            log.info("agent %s disconnected (session %s)", session.agent_name, session.id)
-            await self._db.shielded(self._agents.ended([session]))
-            await self._db.shielded(
-                self._reports.session_closed(session, keep_assignments=session.keep_assignments)
-            )
-            self._notifier.wake_dispatcher()
+            # One shielded unit: a handler cancelled again while it cleans up (the client
+            # went, the server stops) must not skip the hand-back of what it never accepted.
+            await self._db.shielded(self._closed(session, reader))
+
+    async def _closed(self, session: AgentSession, reader: asyncio.Task[Any]) -> None:
+        """What follows the end of a session's stream: its reader stopped, its row ended,
+        the assignments it never accepted handed back, the dispatcher woken."""
+        await cancel_and_wait([reader])
+        log.info("agent %s disconnected (session %s)", session.agent_name, session.id)
+        await self._agents.ended([session])
+        await self._reports.session_closed(session, keep_assignments=session.keep_assignments)
+        self._notifier.wake_dispatcher()
 
     @property
     def _silence_seconds(self) -> float:
