@@ -146,7 +146,9 @@ class Replica:
         while True:
             await asyncio.sleep(self._heartbeat.total_seconds())
             try:
-                await self._beat()
+                # Shielded like every background unit of work: a stop that cancels this
+                # task must not cut a transaction in half (see ``Database.shielded``).
+                await self.db.shielded(self._beat())
             except Exception as error:
                 if not transient(error):
                     raise
