@@ -60,7 +60,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         self._schedules = schedules
 
     async def _pool_to_proto(self, pool: Pool) -> types_pb2.WorkPool:
-        connected = await self._agents.count_by_pool()
+        connected = await self._agents.count_by_pool([pool.id])
         return convert.pool_to_proto(
             pool, connected.get(pool.id, 0), await self._queues.of_pool(pool.id)
         )

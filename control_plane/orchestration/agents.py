@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -114,9 +115,6 @@ class AgentRegistry:
         self._bus = bus
         self._replica_id = replica_id
         self._sessions: dict[str, AgentSession] = {}
-        # The latest admitted session of each (pool id, agent name): admit stays O(1) in a
-        # fleet of thousands reconnecting at once.
-        self._named: dict[tuple[str, str], AgentSession] = {}
         # (lock, how many Hellos hold or wait for it) per name being admitted
         self._admitting: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
         bus.on(CANCEL, self._cancel_hint)
@@ -153,11 +151,6 @@ class AgentRegistry:
                 self._admitting[key] = (lock, users - 1)
 
     async def _admit(self, session: AgentSession, silence_seconds: float) -> AgentSession | None:
-        local = self._named.get((session.pool_id, session.agent_name))
-        if local is not None and self.connected(local):
-            self._check_same_instance(
-                session, local.instance_id, local.connected_at, silence_seconds
-            )
         now = clock.now()
         async with self._db.write() as conn:
             await cluster_repo.lock_agent_name(
@@ -199,24 +192,16 @@ class AgentRegistry:
             elif stale is None and holder.replica_id != self._replica_id:
                 self._bus.publish(CLOSE_SESSION, holder.id)
         self._sessions[session.id] = session
-        self._named[session.pool_id, session.agent_name] = session
         return replaced
 
     def forget(self, session: AgentSession) -> None:
         """Forget a session whose stream ended (``ended`` records it in the database)."""
-        key = (session.pool_id, session.agent_name)
-        if self._named.get(key) is session:
-            del self._named[key]
         self._sessions.pop(session.id, None)
 
     async def ended(self, sessions: list[AgentSession]) -> None:
         """Record in the database that these sessions' streams ended."""
         async with self._db.write() as conn:
             await cluster_repo.end_sessions(conn, [s.id for s in sessions], clock.now())
-
-    def get(self, session_id: str | None) -> AgentSession | None:
-        """This replica's connected session with this id, if it is still connected."""
-        return self._sessions.get(session_id) if session_id else None
 
     def connected(self, session: AgentSession) -> bool:
         """Whether ``session`` is registered here and its stream is not ending."""
@@ -243,10 +228,11 @@ class AgentRegistry:
         """Every session connected to this replica."""
         return list(self._sessions.values())
 
-    async def count_by_pool(self) -> dict[str, int]:
-        """How many agents are connected to each pool, over all replicas."""
+    async def count_by_pool(self, pool_ids: Iterable[str] | None = None) -> dict[str, int]:
+        """How many agents are connected to each pool (of ``pool_ids``, or every pool), over
+        all replicas; pools with none are left out."""
         async with self._db.read() as conn:
-            return await cluster_repo.live_sessions_by_pool(conn)
+            return await cluster_repo.live_sessions_by_pool(conn, pool_ids)
 
     def with_credit(self) -> dict[str, list[AgentSession]]:
         """This replica's sessions that can take an assignment, by pool id, most credit first."""
