@@ -127,8 +127,9 @@ class Replica:
         async with self.db.write() as conn:
             await repo.end_silent_replicas(conn, now - self._timeout)
             await repo.register_replica(conn, self.id, socket.gethostname()[:255], now)
+            fences = await self._take_leases(conn, now)
         self.registered_at = now
-        await self._renew()
+        self._leases_taken(fences, now)
 
     async def alone(self) -> bool:
         """Whether no other replica served while this one started (decided once every
@@ -185,12 +186,6 @@ class Replica:
                 self._timeout.total_seconds(),
             )
             self._on_ended()
-        self._leases_taken(fences, now)
-
-    async def _renew(self) -> None:
-        now = clock.now()
-        async with self.db.write() as conn:
-            fences = await self._take_leases(conn, now)
         self._leases_taken(fences, now)
 
     async def _take_leases(self, conn: AsyncConnection, now: datetime) -> list[int | None]:

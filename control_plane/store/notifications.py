@@ -67,7 +67,6 @@ class PostgresChannel:
         self._on_gap = on_gap
         self._pending: dict[str, None] = {}
         self._has_pending = asyncio.Event()
-        self.listening = asyncio.Event()
 
     def publish(self, hints: Iterable[str]) -> None:
         """Send ``hints`` to the other replicas soon (in order, duplicates merged)."""
@@ -91,7 +90,6 @@ class PostgresChannel:
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     failures = 0
-                    self.listening.set()
                     # Whatever was notified while we were not listening is lost.
                     self._on_gap()
                     async for notification in conn.notifies():
@@ -99,7 +97,6 @@ class PostgresChannel:
                         if sender != self._replica_id and text:
                             self._on_hints(text.split("\n"))
             except psycopg.Error as error:
-                self.listening.clear()
                 pause = RECONNECT_PAUSES[min(failures, len(RECONNECT_PAUSES) - 1)]
                 failures += 1
                 log.warning(

@@ -128,10 +128,7 @@ class Plane:
 class Stream:
     """One bidirectional call driven message by message."""
 
-    def __init__(self, call_factory: Any, metadata: Any = None, heartbeat: bool = True) -> None:
-        """``heartbeat=False``: send only what the test sends (for calls the server may refuse
-        at once: a write to a call the server has ended fails locally, as INTERNAL)."""
-        self._heartbeat = heartbeat
+    def __init__(self, call_factory: Any, metadata: Any = None) -> None:
         self._outgoing: asyncio.Queue[Any] = asyncio.Queue()
         self._incoming: asyncio.Queue[Any] = asyncio.Queue()
         self.call = call_factory(self._requests(), metadata=metadata)
@@ -158,8 +155,7 @@ class Stream:
         heartbeat = type(first)(heartbeat={})
         while True:
             try:
-                wait = HEARTBEAT_SECONDS if self._heartbeat else None
-                message = await asyncio.wait_for(self._outgoing.get(), wait)
+                message = await asyncio.wait_for(self._outgoing.get(), HEARTBEAT_SECONDS)
             except TimeoutError:
                 yield heartbeat
                 continue
