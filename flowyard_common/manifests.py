@@ -6,9 +6,20 @@ one multi-document stream, keys in the order they were built, no YAML anchors.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Final
 
-__all__ = ["namespace_manifest", "to_yaml"]
+__all__ = ["DNS_LABEL", "DNS_SUBDOMAIN", "is_secret_name", "namespace_manifest", "to_yaml"]
+
+#: A DNS-1123 label: object and namespace names.
+DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+#: The characters and ends of a DNS-1123 subdomain (Secret names, at most 253 characters).
+DNS_SUBDOMAIN: Final = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether Kubernetes takes ``name`` as a Secret's name."""
+    return len(name) <= 253 and DNS_SUBDOMAIN.fullmatch(name) is not None
 
 
 def namespace_manifest(name: str) -> dict[str, Any]:

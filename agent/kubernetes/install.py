@@ -18,10 +18,9 @@ with ``flowyard server install`` and re-exported here).
 
 from __future__ import annotations
 
-import re
 from typing import Any, Final
 
-from flowyard_common.manifests import namespace_manifest, to_yaml
+from flowyard_common.manifests import DNS_LABEL, is_secret_name, namespace_manifest, to_yaml
 
 __all__ = [
     "AGENT_RULES",
@@ -62,8 +61,6 @@ CLUSTER_RULES: Final[tuple[dict[str, Any], ...]] = (
 )
 """The ClusterRole's rules: reading where Jobs are, nothing else across the cluster."""
 
-_DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_DNS_SUBDOMAIN: Final = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 _TOKEN_SECRET_SUFFIX: Final = "-token"
 
 
@@ -108,7 +105,7 @@ def install_manifests(
     for what, value in (("namespace", namespace), ("name", name)):
         # The name also prefixes the token Secret's name, hence the shorter limit.
         limit = 63 - len(_TOKEN_SECRET_SUFFIX) if what == "name" else 63
-        if not _DNS_LABEL.fullmatch(value) or len(value) > limit:
+        if not DNS_LABEL.fullmatch(value) or len(value) > limit:
             raise ValueError(
                 f"{what} {value!r} must be lowercase letters, digits and '-', at most "
                 f"{limit} characters, starting and ending with a letter or digit"
@@ -128,7 +125,7 @@ def install_manifests(
     def metadata(object_name: str) -> dict[str, Any]:
         return {"name": object_name, "namespace": namespace, "labels": dict(labels)}
 
-    if token_secret and (not _DNS_SUBDOMAIN.fullmatch(token_secret) or len(token_secret) > 253):
+    if token_secret and not is_secret_name(token_secret):
         raise ValueError(f"token secret {token_secret!r} is not a valid Secret name")
     emit_secret = not token_secret
     token_secret = token_secret or name + _TOKEN_SECRET_SUFFIX

@@ -22,7 +22,6 @@ from agent.kubernetes.naming import (
     CONTAINER_NAME,
     DEPLOYMENT_ANNOTATION,
     DEPLOYMENT_LABEL,
-    DNS_LABEL,
     FLOW_ANNOTATION,
     MANAGED_BY,
     MANAGED_BY_LABEL,
@@ -39,6 +38,7 @@ from agent.kubernetes.template import (
     check_kubernetes_template,
     default_template,
 )
+from flowyard_common.manifests import DNS_LABEL
 from flowyard_common.templates import (
     TemplateError,
     apply_values,

@@ -11,6 +11,8 @@ import hashlib
 import re
 from typing import Final
 
+from flowyard_common.manifests import DNS_LABEL
+
 RUN_ID_LABEL: Final = "flowyard.io/run-id"
 ATTEMPT_LABEL: Final = "flowyard.io/attempt"
 POOL_LABEL: Final = "flowyard.io/pool"
@@ -27,8 +29,6 @@ CONTAINER_NAME: Final = "flowyard"
 """The name of the Job's one container, whatever the template says: the agent reads its logs
 and status by this name."""
 
-#: A DNS-1123 label: object and namespace names.
-DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_VALUE_CHARS: Final = re.compile(r"[^A-Za-z0-9_.-]+")
 _LABEL_VALUE_MAX: Final = 63
 

@@ -26,7 +26,7 @@ from control_plane.config import DEFAULT_PORT, ServerConfig
 from control_plane.orchestration import tokens
 from control_plane.store.db import CLOSE_WAIT_SECONDS, normalise_url
 from control_plane.store.migrate import StoreError
-from flowyard_common.manifests import namespace_manifest
+from flowyard_common.manifests import DNS_LABEL, is_secret_name, namespace_manifest
 
 __all__ = [
     "ADMIN_TOKEN_KEY",
@@ -56,10 +56,8 @@ TERMINATION_GRACE_SECONDS: Final = (
 """SIGTERM to SIGKILL: the server's graceful stop (calls drained for its shutdown grace, then
 the database work still in flight waited for), and a margin for its last steps."""
 
-_DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # Service names must also start with a letter (RFC 1035).
 _SERVICE_NAME: Final = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
-_DNS_SUBDOMAIN: Final = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 _SECRET_SUFFIX: Final = "-credentials"
 
 
@@ -122,7 +120,7 @@ def install_manifests(
         )
     if not 1 <= port <= 65535:
         raise ValueError(f"port must be between 1 and 65535, got {port}")
-    if not _DNS_LABEL.fullmatch(namespace):
+    if not DNS_LABEL.fullmatch(namespace):
         raise ValueError(
             f"namespace {namespace!r} must be lowercase letters, digits and '-', at most 63 "
             "characters, starting and ending with a letter or digit"
@@ -134,7 +132,7 @@ def install_manifests(
             f"name {name!r} must be lowercase letters, digits and '-', at most {limit} "
             "characters, starting with a letter and ending with a letter or digit"
         )
-    if db_url_secret and (not _DNS_SUBDOMAIN.fullmatch(db_url_secret) or len(db_url_secret) > 253):
+    if db_url_secret and not is_secret_name(db_url_secret):
         raise ValueError(f"secret {db_url_secret!r} is not a valid Secret name")
     if not image.strip():
         raise ValueError("image must not be empty")
