@@ -18,8 +18,14 @@ def admin_token(data_dir: Path) -> str:
     return admin_token_path(data_dir).read_text().strip()
 
 
+#: The deadline of a unary call that sets none: a test's call that hangs fails, naming itself.
+UNARY_DEADLINE_SECONDS = 30.0
+
+
 class _AioBearer:
     """Adds ``authorization: Bearer <token>`` to calls that carry no authorization of their own."""
+
+    timeout: float | None = None
 
     def __init__(self, token: str) -> None:
         self._header = ("authorization", f"Bearer {token}")
@@ -28,13 +34,16 @@ class _AioBearer:
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         if "authorization" not in metadata:
             metadata.add(*self._header)
+        timeout = self.timeout if details.timeout is None else details.timeout
         return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+            details.method, timeout, metadata, details.credentials, details.wait_for_ready
         )
 
 
 # grpc.aio files an interceptor under the first kind it implements only: one class per kind.
 class _UnaryUnary(_AioBearer, grpc.aio.UnaryUnaryClientInterceptor):
+    timeout = UNARY_DEADLINE_SECONDS
+
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 

@@ -153,8 +153,10 @@ def create_engine(url: str) -> AsyncEngine:
     """
     parsed = normalise_url(url)
     if parsed.get_backend_name() != "sqlite":
+        # Settings in the URL's own ``options`` are the operator's: they win.
+        session = {} if "options" in parsed.query else {"options": POSTGRES_SESSION_OPTIONS}
         try:
-            return create_async_engine(parsed, pool_pre_ping=True)
+            return create_async_engine(parsed, pool_pre_ping=True, connect_args=session)
         except (ImportError, sa_exc.NoSuchModuleError) as error:
             raise StoreError(
                 f"--db-url: the driver {parsed.drivername!r} is not installed ({error}); "
@@ -167,6 +169,13 @@ def create_engine(url: str) -> AsyncEngine:
     event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
     return engine
 
+
+#: Every PostgreSQL session of the control plane gives up waiting for a lock after 30 s, and
+#: the server ends one left idle inside a transaction for 60 s (its locks with it). Nothing
+#: the control plane does holds a lock that long, so either is a fault: the unit of work fails
+#: (and is retried or answered UNAVAILABLE) instead of waiting for ever, and a transaction a
+#: stalled process left open does not block every other replica.
+POSTGRES_SESSION_OPTIONS = "-c lock_timeout=30s -c idle_in_transaction_session_timeout=60s"
 
 #: How long a SQLite statement waits for another process's lock before failing as busy.
 SQLITE_BUSY_TIMEOUT_MS = 30_000

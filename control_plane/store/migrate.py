@@ -63,6 +63,8 @@ def upgrade_connection(connection: Connection) -> None:
     """``upgrade`` on a synchronous connection, in its transaction (the caller commits)."""
     if connection.dialect.name == "postgresql":
         # Held until this transaction ends: concurrent starters queue here, then see head.
+        # Another replica's migration may take longer than a session's usual lock wait.
+        connection.execute(text("SET LOCAL lock_timeout = 0"))
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
     config = alembic_config()
     check_known(connection, config)

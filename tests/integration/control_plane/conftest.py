@@ -32,6 +32,7 @@ from flowyard.v1 import (
     types_pb2,
 )
 from tests.bearer import admin_token, aio_channel
+from tests.hangs import report_hang_after
 from tests.stores import count_rows
 from tests.waiting import eventually
 
@@ -250,7 +251,8 @@ async def running_plane(
     await app.start()
     plane = connect(app, data_dir, db_url)
     try:
-        yield plane
+        with report_hang_after(db_url):
+            yield plane
         await plane.channel.close()
         # Every call the test made has ended with its channel: nobody is waiting any more.
         await eventually(

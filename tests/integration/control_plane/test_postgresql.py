@@ -16,6 +16,7 @@ import grpc
 import psycopg
 import pytest
 from psycopg import sql
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from control_plane.cli.processes import script
@@ -209,6 +210,34 @@ async def test_both_url_forms_reach_postgresql(postgres_url: str) -> None:
             assert db.engine.dialect.driver == "psycopg"
         finally:
             await db.close()
+
+
+async def test_sessions_never_wait_for_ever_on_a_lock_or_an_idle_transaction(
+    postgres_url: str,
+) -> None:
+    db = await Database.open(postgres_url)
+    try:
+        async with db.read() as conn:
+            lock = (await conn.execute(text("SHOW lock_timeout"))).scalar()
+            idle = (await conn.execute(text("SHOW idle_in_transaction_session_timeout"))).scalar()
+    finally:
+        await db.close()
+    assert (lock, idle) == ("30s", "1min")
+
+
+async def test_a_call_blocked_by_a_lock_held_elsewhere_answers_unavailable(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    # The operator's own session options win over ours: here, a lock wait of 200 ms.
+    url = make_url(postgres_url).update_query_dict({"options": "-c lock_timeout=200ms"})
+    empty(postgres_url)
+    with psycopg.connect(conninfo(postgres_url)) as holder:
+        holder.execute("LOCK TABLE pools IN ACCESS EXCLUSIVE MODE")
+        async with running_plane(tmp_path, url.render_as_string(hide_password=False)) as plane:
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await plane.control.ListPools(pb.ListPoolsRequest())
+        holder.rollback()
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE, error.value.details()
 
 
 async def test_an_unreachable_database_answers_unavailable(postgres_ready: Plane) -> None:
