@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
-from control_plane.models import Deployment, Pool, Run, Schedule, StateRecord
+from control_plane.models import Deployment, Pool, Run, Schedule, StateRecord, WorkQueue
 from control_plane.orchestration import clock, numbers, queues, templates, validation
 from control_plane.orchestration.agents import AgentRegistry, CancelMessage
 from control_plane.orchestration.changes import Notifier, claimed, retrying
@@ -24,9 +25,11 @@ from control_plane.states import (
 )
 from control_plane.store import catalog as catalog_repo
 from control_plane.store import runs as repo
-from control_plane.store.db import Database
+from control_plane.store.db import Database, GroupCommit
 
 MAX_PAGE_SIZE = 500
+#: Deployments (with a queue asked for) whose catalog rows run creation remembers.
+MAX_REMEMBERED = 1000
 #: How many times a creation is planned again when its deployment changes under it.
 CREATE_ATTEMPTS = 3
 DEFAULT_PAGE_SIZE = 50
@@ -44,6 +47,18 @@ class _Planned:
     deployment: Deployment
     pool: Pool
     queue_name: str
+    #: Whether the deployment, pool and queue were remembered rather than read for this run.
+    remembered: bool = False
+
+    @property
+    def read(self) -> tuple[str, datetime, datetime, str]:
+        """The deployment, pool and queue as the plan read them (``repo.catalog_as_read``)."""
+        return (
+            self.deployment.id,
+            self.deployment.updated_at,
+            self.pool.updated_at,
+            self.values["queue_id"],
+        )
 
     def run(self) -> Run:
         """The run as the row inserts it."""
@@ -85,6 +100,9 @@ class Runs:
         self._db = db
         self._notifier = notifier
         self._agents = agents
+        self._inserts = GroupCommit(db, self._insert)
+        # (deployment name, queue asked for) -> what a creation read for them
+        self._catalog: dict[tuple[str, str], tuple[Deployment, Pool, WorkQueue]] = {}
 
     async def create(self, request: RunRequest) -> tuple[Run, bool]:
         """Create a run (or return the one with the same idempotency key).
@@ -93,7 +111,12 @@ class Runs:
         parameters, the queue, the job variables -- is read and checked before the write
         transaction, so that writers never wait behind validation. The transaction then
         checks in one read that the deployment, pool and queue are still as checked, and
-        inserts; if one changed meanwhile, the whole creation starts again.
+        inserts; if one changed meanwhile, the whole creation starts again. Creations that
+        arrive together share that transaction (``GroupCommit``).
+
+        The deployment, pool and queue a creation read are remembered for the next one of the
+        same deployment: the transaction's check covers them as it covers a fresh read, and a
+        request they would refuse is checked again against the stored rows before it is.
         """
         validation.deployment_name(request.deployment_name, "deployment_name")
         parameters = validation.json_object(request.parameters_json, "parameters_json")
@@ -101,11 +124,18 @@ class Runs:
         key = validation.text(request.idempotency_key, "idempotency_key", MAX_KEY_CHARS) or None
         if request.queue:
             validation.pool_name(request.queue, "queue")
-        for _ in range(CREATE_ATTEMPTS):
-            plan = await self._plan(request, parameters, job_variables, key)
+        for attempt in range(CREATE_ATTEMPTS):
+            # What was read for an earlier creation is checked in the write transaction like
+            # anything read now; once it is found out of date, it is read afresh.
+            plan = await self._plan(request, parameters, job_variables, key, attempt == 0)
             if isinstance(plan, Run):
                 return plan, False
-            outcome = await self._db.shielded(self._insert(plan))
+            try:
+                outcome = await self._inserts.submit(plan)
+            except NotFound:
+                if plan.remembered:
+                    continue  # the deployment went, but one of that name may be there now
+                raise
             if outcome is not None:
                 run, created = outcome
                 if created:
@@ -116,22 +146,27 @@ class Runs:
             "retry to create it as the deployment is now"
         )
 
-    async def _plan(
-        self,
-        request: RunRequest,
-        parameters: dict[str, Any],
-        job_variables: dict[str, Any],
-        key: str | None,
-    ) -> _Planned | Run:
-        """The checked row of a new run, or the existing run with the idempotency key."""
+    async def _catalog_of(
+        self, request: RunRequest, key: str | None, remembered: bool
+    ) -> tuple[Deployment, Pool, WorkQueue, bool] | Run:
+        """The deployment, pool and queue of a new run (and whether they were remembered
+        from an earlier creation), or the existing run with the idempotency key."""
+        entry = self._catalog.get((request.deployment_name, request.queue)) if remembered else None
+        if entry is not None and key is None:
+            return (*entry, True)
         async with self._db.read() as conn:
-            deployment = await catalog_repo.get_deployment(conn, name=request.deployment_name)
-            if deployment is None:
-                raise NotFound(f"deployment {request.deployment_name!r} not found")
+            if entry is None:
+                deployment = await catalog_repo.get_deployment(conn, name=request.deployment_name)
+                if deployment is None:
+                    raise NotFound(f"deployment {request.deployment_name!r} not found")
+            else:
+                deployment = entry[0]
             if key is not None:
                 existing = await repo.get_run_by_key(conn, deployment.id, key)
                 if existing is not None:
                     return existing
+            if entry is not None:
+                return (*entry, True)
             pool = await catalog_repo.get_pool(conn, id=deployment.pool_id)
             assert pool is not None  # a deployment's pool cannot be deleted under it
             queue = await queues.resolve(
@@ -140,6 +175,43 @@ class Runs:
                 request.queue or deployment.scheduling.queue,
                 "queue" if request.queue else "deployment.queue",
             )
+        if len(self._catalog) >= MAX_REMEMBERED:
+            self._catalog.clear()
+        self._catalog[request.deployment_name, request.queue] = (deployment, pool, queue)
+        return deployment, pool, queue, False
+
+    async def _plan(
+        self,
+        request: RunRequest,
+        parameters: dict[str, Any],
+        job_variables: dict[str, Any],
+        key: str | None,
+        remembered: bool = False,
+    ) -> _Planned | Run:
+        """The checked row of a new run, or the existing run with the idempotency key."""
+        catalog = await self._catalog_of(request, key, remembered)
+        if isinstance(catalog, Run):
+            return catalog
+        try:
+            return self._checked(request, parameters, job_variables, key, *catalog)
+        except (InvalidArgument, FailedPrecondition, NotFound):
+            if not catalog[-1]:
+                raise
+            # Refused by what an earlier creation read: only what is stored now may refuse.
+            return await self._plan(request, parameters, job_variables, key)
+
+    @staticmethod
+    def _checked(
+        request: RunRequest,
+        parameters: dict[str, Any],
+        job_variables: dict[str, Any],
+        key: str | None,
+        deployment: Deployment,
+        pool: Pool,
+        queue: WorkQueue,
+        remembered: bool,
+    ) -> _Planned:
+        """The row of a new run, checked against its deployment, pool and queue."""
         if request.schedule is not None:
             _check_schedule_current(deployment, request.schedule)
         merged = {**deployment.parameters, **parameters}
@@ -181,25 +253,35 @@ class Runs:
             "max_retries": deployment.scheduling.retries,
             "schedule_name": request.schedule_name,
         }
-        return _Planned(values, deployment, pool, queue.name)
+        return _Planned(values, deployment, pool, queue.name, remembered)
 
-    async def _insert(self, plan: _Planned) -> tuple[Run, bool] | None:
-        """Insert a planned run; None when what it was checked against changed meanwhile."""
-        deployment, values = plan.deployment, plan.values
-        async with self._db.write() as conn:
-            current = await repo.catalog_as_read(
-                conn, deployment.id, deployment.updated_at, plan.pool.updated_at, values["queue_id"]
-            )
-            if current is None:
-                raise NotFound(f"deployment {deployment.name!r} not found")
-            if not current:
-                return None
-            if await repo.insert_run(conn, values, self._db.dialect):
-                return plan.run(), True
-            # The key was taken since the plan looked: answer with that run.
-            existing = await repo.get_run_by_key(conn, deployment.id, values["idempotency_key"])
-        assert existing is not None
-        return existing, False
+    async def _insert(
+        self, conn: AsyncConnection, plans: Sequence[_Planned]
+    ) -> list[tuple[Run, bool] | Exception | None]:
+        """Insert planned runs in one transaction. For each: the run and whether it is new
+        (False: its idempotency key was taken since the plan looked), None when what it was
+        checked against changed meanwhile, NotFound when its deployment is gone."""
+        as_read: dict[tuple[str, datetime, datetime, str], bool | None] = {}
+        for plan in plans:
+            if plan.read not in as_read:
+                as_read[plan.read] = await repo.catalog_as_read(conn, *plan.read)
+        current = [plan for plan in plans if as_read[plan.read]]
+        stored = await repo.insert_runs(conn, [plan.values for plan in current], self._db.dialect)
+        outcomes: list[tuple[Run, bool] | Exception | None] = []
+        for plan in plans:
+            if as_read[plan.read] is None:
+                outcomes.append(NotFound(f"deployment {plan.deployment.name!r} not found"))
+            elif not as_read[plan.read]:
+                outcomes.append(None)
+            elif plan.values["id"] in stored:
+                outcomes.append((plan.run(), True))
+            else:
+                existing = await repo.get_run_by_key(
+                    conn, plan.deployment.id, plan.values["idempotency_key"]
+                )
+                assert existing is not None
+                outcomes.append((existing, False))
+        return outcomes
 
     async def get(self, run_id: str) -> tuple[Run, list[StateRecord]]:
         """A run and its state history; NOT_FOUND if there is no such run."""

@@ -14,6 +14,11 @@ SQLite allows one writer at a time. Rather than let concurrent writers collide o
 lets readers proceed while a write is in progress. PostgreSQL needs no such lock: its writers
 are kept apart by row locks, unique keys and the version compare-and-set.
 
+Units of work of one kind that arrive together can share a transaction: ``GroupCommit`` stores
+every item that waited while the previous transaction ran in the next one, and gives each caller
+its own outcome. Under load that turns a queue of small transactions behind SQLite's one writer
+(or many round trips to PostgreSQL) into a few larger ones.
+
 Opening a database that cannot be used (its driver is not installed, its server does not
 answer, its schema is newer than this code) raises ``StoreError`` with a one-line message
 that says what to do, which the CLI prints instead of a traceback. Once open, an error that
@@ -24,9 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
@@ -37,6 +42,7 @@ from control_plane.store import migrate
 from control_plane.store.migrate import StoreError
 
 T = TypeVar("T")
+Item = TypeVar("Item")
 #: How long ``close()`` waits for shielded work still in flight.
 CLOSE_WAIT_SECONDS = 10.0
 
@@ -103,16 +109,103 @@ class Database:
         The caller still sees its own cancellation at once; the work finishes in the
         background and ``close()`` waits for it.
         """
+        return await asyncio.shield(self.background(work))
+
+    def background(self, work: Awaitable[T]) -> asyncio.Future[T]:
+        """Start ``work`` as a task that ``close()`` waits for."""
         task = asyncio.ensure_future(work)
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
-        return await asyncio.shield(task)
+        return task
 
     async def close(self) -> None:
         """Wait for shielded work still in flight, then close every pooled connection."""
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=CLOSE_WAIT_SECONDS)
         await self.engine.dispose()
+
+
+class GroupCommit(Generic[Item, T]):
+    """Items stored by ``store`` in shared transactions, each caller answered on its own.
+
+    ``store(conn, items)`` writes the items in the transaction ``conn`` and returns one
+    outcome per item, in order: a value for its caller, or an exception to raise to it. A
+    batch whose transaction fails is tried again one item per transaction, so an item that
+    cannot be stored fails only its own caller. As with ``Database.shielded``, an item is
+    stored even if its caller is cancelled meanwhile.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        store: Callable[[AsyncConnection, Sequence[Item]], Awaitable[Sequence[T | Exception]]],
+        max_items: int = 500,
+    ) -> None:
+        self._db = db
+        self._store = store
+        self._max_items = max_items
+        self._waiting: list[tuple[Item, asyncio.Future[T]]] = []
+        self._draining = False
+
+    async def submit(self, item: Item) -> T:
+        """Store ``item`` with whatever else is waiting; its outcome."""
+        answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, answer))
+        if not self._draining:
+            self._draining = True
+            self._db.background(self._drain())
+        try:
+            return await asyncio.shield(answer)
+        except asyncio.CancelledError:
+            # Its caller has gone: nobody will read what the item's outcome was.
+            answer.add_done_callback(_retrieve)
+            raise
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch = self._waiting[: self._max_items]
+                del self._waiting[: self._max_items]
+                await self._commit(batch)
+        except BaseException:
+            # Cancelled (the loop is closing): nothing that still waits will be stored.
+            for _, answer in self._waiting:
+                answer.cancel()
+            self._waiting.clear()
+            raise
+        finally:
+            self._draining = False
+
+    async def _commit(self, batch: list[tuple[Item, asyncio.Future[T]]]) -> None:
+        outcomes: Sequence[T | Exception]
+        try:
+            outcomes = await self._transaction([item for item, _ in batch])
+        except Exception as error:
+            if len(batch) > 1:
+                for one in batch:
+                    await self._commit([one])
+                return
+            outcomes = [error]
+        except BaseException:
+            for _, answer in batch:
+                answer.cancel()
+            raise
+        for (_, answer), outcome in zip(batch, outcomes, strict=True):
+            if answer.done():
+                continue
+            if isinstance(outcome, Exception):
+                answer.set_exception(outcome)
+            else:
+                answer.set_result(outcome)
+
+    async def _transaction(self, items: list[Item]) -> Sequence[T | Exception]:
+        async with self._db.write() as conn:
+            return await self._store(conn, items)
+
+
+def _retrieve(answer: asyncio.Future[Any]) -> None:
+    if not answer.cancelled():
+        answer.exception()
 
 
 #: The async driver each database is used through when the URL names none (or a sync one).

@@ -8,7 +8,7 @@ and re-reads.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -65,22 +65,33 @@ def _run(row: Row[Any]) -> Run:
     return Run(**values)
 
 
-async def insert_run(conn: AsyncConnection, values: dict[str, Any], dialect: str) -> bool:
-    """Store a new run and its first history row; False if its idempotency key is taken."""
+async def insert_runs(
+    conn: AsyncConnection, rows: Sequence[dict[str, Any]], dialect: str
+) -> set[str]:
+    """Store new runs, each with its first history row; the ids of those stored (a run whose
+    idempotency key is taken is skipped). Every row has the same columns."""
+    if not rows:
+        return set()
     # RETURNING, not rowcount: async psycopg reports -1 rows for an INSERT, so only a
-    # returned id says the row went in rather than hitting the idempotency key.
-    statement = insert_ignoring_duplicates(flow_runs, dialect).values(**values)
-    inserted = await conn.execute(statement.returning(flow_runs.c.id))
-    if inserted.first() is None:
-        return False
-    await _insert_history(
-        conn,
-        values["id"],
-        values["attempt"],
-        State(StateType(values["state_type"]), values["state_name"], values["state_message"]),
-        values["created_at"],
-    )
-    return True
+    # returned id says the row went in rather than hitting the idempotency key. Executed for
+    # many rows, SQLAlchemy sends them as multi-row INSERTs.
+    statement = insert_ignoring_duplicates(flow_runs, dialect).returning(flow_runs.c.id)
+    stored = set((await conn.execute(statement, list(rows))).scalars())
+    history = [
+        {
+            "run_id": row["id"],
+            "attempt": row["attempt"],
+            "type": row["state_type"],
+            "name": row["state_name"],
+            "message": row["state_message"],
+            "created_at": row["created_at"],
+        }
+        for row in rows
+        if row["id"] in stored
+    ]
+    if history:
+        await conn.execute(insert(run_states), history)
+    return stored
 
 
 async def catalog_as_read(

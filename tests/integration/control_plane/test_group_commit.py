@@ -1,0 +1,98 @@
+"""Creations that arrive together share a transaction, and each caller still gets its own
+answer: its own run, the run its idempotency key already names, or its own error."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from control_plane.store.db import Database, GroupCommit
+from flowyard.v1 import control_plane_pb2 as pb
+
+from .conftest import Plane
+
+BURST = 120
+
+
+def keyed(index: int) -> bool:
+    return index % 3 == 0
+
+
+def invalid(index: int) -> bool:
+    # Not keyed: a key already taken answers with its run, whatever the parameters.
+    return index % 10 == 1 and not keyed(index)
+
+
+async def test_a_burst_of_creates_answers_each_caller_with_its_own_run(ready: Plane) -> None:
+    async def create(index: int) -> pb.CreateRunResponse | grpc.StatusCode:
+        # Every third call shares one of five keys; some have a parameter of the wrong type.
+        name = str(index) if invalid(index) else f'"n{index}"'
+        request = pb.CreateRunRequest(
+            deployment_name="hello",
+            parameters_json=f'{{"name": {name}}}',
+            idempotency_key=f"key-{index % 5}" if keyed(index) else "",
+        )
+        try:
+            response: pb.CreateRunResponse = await ready.control.CreateRun(request)
+            return response
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+
+    answers = await asyncio.gather(*(create(i) for i in range(BURST)))
+    refused = [i for i, a in enumerate(answers) if isinstance(a, grpc.StatusCode)]
+    assert refused == [i for i in range(BURST) if invalid(i)]
+    assert {answers[i] for i in refused} == {grpc.StatusCode.INVALID_ARGUMENT}
+    by_key: dict[str, set[str]] = {}
+    created = Counter[str]()
+    plain = set()
+    for index, answer in enumerate(answers):
+        if isinstance(answer, grpc.StatusCode):
+            continue
+        if keyed(index):
+            by_key.setdefault(f"key-{index % 5}", set()).add(answer.run.id)
+            created[f"key-{index % 5}"] += answer.created
+        else:
+            assert answer.created
+            assert answer.run.parameters_json.replace(" ", "") == f'{{"name":"n{index}"}}'
+            plain.add(answer.run.id)
+    # One run per key, created by exactly one of its callers.
+    assert all(len(ids) == 1 for ids in by_key.values()), by_key
+    assert created == Counter({key: 1 for key in by_key})
+    stored = len(plain) + len(by_key)
+    assert ready.count_rows("flow_runs") == stored
+    assert ready.count_rows("run_states") == stored
+
+
+async def test_an_item_that_cannot_be_stored_fails_only_its_own_caller(tmp_path: Path) -> None:
+    db = await Database.open(f"sqlite:///{tmp_path / 'group.db'}")
+    async with db.write() as conn:
+        await conn.execute(text("CREATE TABLE items (n INTEGER PRIMARY KEY)"))
+
+    async def store(conn: AsyncConnection, items: Sequence[int]) -> list[int]:
+        for item in items:
+            await conn.execute(text("INSERT INTO items VALUES (:n)"), {"n": item})
+            if item == 7:
+                raise ValueError("seven cannot be stored")
+        return list(items)
+
+    group = GroupCommit(db, store)
+    try:
+        outcomes = await asyncio.gather(
+            *(group.submit(i) for i in range(20)), return_exceptions=True
+        )
+        async with db.read() as conn:
+            stored = sorted((await conn.execute(text("SELECT n FROM items"))).scalars())
+    finally:
+        await db.close()
+    assert isinstance(outcomes[7], ValueError)
+    assert [o for o in outcomes if isinstance(o, Exception)] == [outcomes[7]]
+    expected = [i for i in range(20) if i != 7]
+    assert [o for o in outcomes if not isinstance(o, Exception)] == expected
+    # Seven's row went with its transaction; every other caller's row is stored, once.
+    assert stored == expected
