@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,6 +105,9 @@ class Runs:
         self._inserts = GroupCommit(db, self._insert)
         # (deployment name, queue asked for) -> what a creation read for them
         self._catalog: dict[tuple[str, str], tuple[Deployment, Pool, WorkQueue]] = {}
+        self._reading: dict[
+            tuple[str, str], asyncio.Future[tuple[Deployment, Pool, WorkQueue]]
+        ] = {}
 
     async def create(self, request: RunRequest) -> tuple[Run, bool]:
         """Create a run (or return the one with the same idempotency key).
@@ -151,22 +156,42 @@ class Runs:
     ) -> tuple[Deployment, Pool, WorkQueue, bool] | Run:
         """The deployment, pool and queue of a new run (and whether they were remembered
         from an earlier creation), or the existing run with the idempotency key."""
-        entry = self._catalog.get((request.deployment_name, request.queue)) if remembered else None
-        if entry is not None and key is None:
-            return (*entry, True)
+        name = (request.deployment_name, request.queue)
+        entry = self._catalog.get(name) if remembered else None
+        if entry is None:
+            reading = self._reading.get(name) if remembered else None
+            # A burst of creations of one deployment waits for one read, not one each; one
+            # that joins a read begun before it treats what it reads as remembered.
+            remembered = reading is not None
+            if reading is None:
+                reading = asyncio.ensure_future(self._read_catalog(request))
+                self._reading[name] = reading
+                reading.add_done_callback(functools.partial(self._read, name))
+            try:
+                entry = await asyncio.shield(reading)
+            except NotFound:
+                if not remembered:
+                    raise
+                return await self._catalog_of(request, key, remembered=False)
+        if key is not None:
+            async with self._db.read() as conn:
+                existing = await repo.get_run_by_key(conn, entry[0].id, key)
+            if existing is not None:
+                return existing
+        return (*entry, remembered)
+
+    def _read(self, name: tuple[str, str], reading: asyncio.Future[Any]) -> None:
+        if self._reading.get(name) is reading:
+            del self._reading[name]
+        if not reading.cancelled():
+            reading.exception()  # each caller that waited has it; none may have
+
+    async def _read_catalog(self, request: RunRequest) -> tuple[Deployment, Pool, WorkQueue]:
+        """Read (and remember) the deployment, pool and queue of a new run."""
         async with self._db.read() as conn:
-            if entry is None:
-                deployment = await catalog_repo.get_deployment(conn, name=request.deployment_name)
-                if deployment is None:
-                    raise NotFound(f"deployment {request.deployment_name!r} not found")
-            else:
-                deployment = entry[0]
-            if key is not None:
-                existing = await repo.get_run_by_key(conn, deployment.id, key)
-                if existing is not None:
-                    return existing
-            if entry is not None:
-                return (*entry, True)
+            deployment = await catalog_repo.get_deployment(conn, name=request.deployment_name)
+            if deployment is None:
+                raise NotFound(f"deployment {request.deployment_name!r} not found")
             pool = await catalog_repo.get_pool(conn, id=deployment.pool_id)
             assert pool is not None  # a deployment's pool cannot be deleted under it
             queue = await queues.resolve(
@@ -178,7 +203,7 @@ class Runs:
         if len(self._catalog) >= MAX_REMEMBERED:
             self._catalog.clear()
         self._catalog[request.deployment_name, request.queue] = (deployment, pool, queue)
-        return deployment, pool, queue, False
+        return deployment, pool, queue
 
     async def _plan(
         self,

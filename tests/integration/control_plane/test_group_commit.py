@@ -96,3 +96,21 @@ async def test_an_item_that_cannot_be_stored_fails_only_its_own_caller(tmp_path:
     assert [o for o in outcomes if not isinstance(o, Exception)] == expected
     # Seven's row went with its transaction; every other caller's row is stored, once.
     assert stored == expected
+
+
+async def test_a_burst_for_a_deployment_that_is_not_there_is_refused_by_each_call(
+    ready: Plane,
+) -> None:
+    async def create() -> grpc.aio.AioRpcError:
+        request = pb.CreateRunRequest(deployment_name="nope", parameters_json='{"name": "x"}')
+        try:
+            await ready.control.CreateRun(request)
+        except grpc.aio.AioRpcError as error:
+            return error
+        raise AssertionError("a run of a deployment that does not exist was created")
+
+    errors = await asyncio.gather(*(create() for _ in range(50)))
+    assert {(e.code(), e.details()) for e in errors} == {
+        (grpc.StatusCode.NOT_FOUND, "deployment 'nope' not found")
+    }
+    assert ready.count_rows("flow_runs") == 0
