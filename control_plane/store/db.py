@@ -55,6 +55,8 @@ class Database:
         self.dialect = engine.dialect.name
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
         self._in_flight: set[asyncio.Future[Any]] = set()
+        #: Items waiting in, or being stored by, a ``GroupCommit`` of this database.
+        self.grouped = 0
 
     @classmethod
     async def open(cls, url: str) -> Database:
@@ -96,12 +98,13 @@ class Database:
 
     @property
     def in_flight(self) -> int:
-        """Units of work started through ``shielded`` and not yet finished, queued or running.
+        """Units of work started through ``shielded`` or submitted to a ``GroupCommit`` and
+        not yet finished, queued or running.
 
         It includes work whose caller has gone, which is why admission control weighs it
         rather than the calls it is answering.
         """
-        return len(self._in_flight)
+        return len(self._in_flight) + self.grouped
 
     async def shielded(self, work: Awaitable[T]) -> T:
         """Run ``work`` to its end even if the caller is cancelled meanwhile.
@@ -150,6 +153,8 @@ class GroupCommit(Generic[Item, T]):
     async def submit(self, item: Item) -> T:
         """Store ``item`` with whatever else is waiting; its outcome."""
         answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._db.grouped += 1
+        answer.add_done_callback(self._answered)
         self._waiting.append((item, answer))
         if not self._draining:
             self._draining = True
@@ -160,6 +165,9 @@ class GroupCommit(Generic[Item, T]):
             # Its caller has gone: nobody will read what the item's outcome was.
             answer.add_done_callback(_retrieve)
             raise
+
+    def _answered(self, _: asyncio.Future[T]) -> None:
+        self._db.grouped -= 1
 
     async def _drain(self) -> None:
         try:

@@ -86,6 +86,8 @@ async def test_an_item_that_cannot_be_stored_fails_only_its_own_caller(tmp_path:
         outcomes = await asyncio.gather(
             *(group.submit(i) for i in range(20)), return_exceptions=True
         )
+        # Admission control weighs what waits in a group: nothing once all are answered.
+        assert db.in_flight == 0
         async with db.read() as conn:
             stored = sorted((await conn.execute(text("SELECT n FROM items"))).scalars())
     finally:
