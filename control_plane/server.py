@@ -43,7 +43,7 @@ from control_plane.auth.registry import Tokens
 from control_plane.auth.transport import TLSFiles
 from control_plane.config import ServerConfig
 from control_plane.orchestration.agents import AgentRegistry
-from control_plane.orchestration.bus import DISPATCH, RUN, SCHEDULES, Bus
+from control_plane.orchestration.bus import DISPATCH, LINES, RUN, SCHEDULES, Bus
 from control_plane.orchestration.catalog import Catalog
 from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.cluster import Replica, Singleton
@@ -54,7 +54,7 @@ from control_plane.orchestration.queues import Queues
 from control_plane.orchestration.reports import AgentReports, EngineReports
 from control_plane.orchestration.runs import Runs
 from control_plane.orchestration.scheduler import Scheduler, Schedules
-from control_plane.orchestration.signals import Signals, run_key
+from control_plane.orchestration.signals import Signals, lines_key, run_key
 from control_plane.store.db import Database
 from control_plane.store.notifications import PostgresChannel
 from flowyard.v1 import (
@@ -286,6 +286,9 @@ async def build(config: ServerConfig) -> App:
     scheduler = Scheduler(db, runs, lease=scheduling)
 
     bus.on(RUN, lambda run_id: signals.notify(run_key(run_id)))
+    # Whoever follows a run's lines also stops at its end: a state change wakes them too.
+    bus.on(RUN, lambda run_id: signals.notify(lines_key(run_id)))
+    bus.on(LINES, lambda run_id: signals.notify(lines_key(run_id)))
     bus.on(DISPATCH, lambda _: dispatcher.wake())
     bus.on(SCHEDULES, lambda _: scheduler.wake())
 

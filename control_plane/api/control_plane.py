@@ -19,7 +19,7 @@ from control_plane.orchestration.catalog import Catalog, DeploymentSpec
 from control_plane.orchestration.queues import Queues, QueueSpec
 from control_plane.orchestration.runs import RunRequest, Runs
 from control_plane.orchestration.scheduler import Schedules
-from control_plane.orchestration.signals import Signals, run_key
+from control_plane.orchestration.signals import Signals, lines_key, run_key
 from control_plane.store import logs as logs_repo
 from control_plane.store.db import Database
 from flowyard.v1 import control_plane_pb2 as pb
@@ -305,7 +305,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             raise InvalidArgument("after_attempt/after_seq: must not be negative")
         attempt, seq = request.after_attempt, request.after_seq
         while True:
-            with self._signals.waiting(run_key(run_id)) as changed:
+            with self._signals.waiting(lines_key(run_id)) as changed:
                 run, lines = await self._db.shielded(self._read_tail(run_id, attempt, seq))
                 if not lines and request.follow and not run.is_terminal:
                     await _wait(changed)

@@ -1,7 +1,7 @@
 """Hints between the parts of the control plane, and between its replicas.
 
-A committed change is published as a hint: run ``r:<id>`` changed,
-``d`` there may be runs to dispatch, ``s`` schedules changed, ``c:<session>:<run>`` an agent
+A committed change is published as a hint: run ``r:<id>`` changed state, ``l:<id>`` got
+log lines, ``d`` there may be runs to dispatch, ``s`` schedules changed, ``c:<session>:<run>`` an agent
 must be told to cancel, ``x:<session>`` an agent's stale session must close, ``t:<token>`` a
 token was revoked. The bus acts on a hint in this process at once and, on PostgreSQL, sends
 it to the other replicas with ``LISTEN/NOTIFY`` (``store.notifications``), which act on it
@@ -20,6 +20,7 @@ from control_plane.store.notifications import PostgresChannel
 log = logging.getLogger(__name__)
 
 RUN = "r"
+LINES = "l"
 DISPATCH = "d"
 SCHEDULES = "s"
 CANCEL = "c"

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from control_plane.models import Run
-from control_plane.orchestration.bus import DISPATCH, RUN, Bus
+from control_plane.orchestration.bus import DISPATCH, LINES, RUN, Bus
 from control_plane.states import StateType
 
 T = TypeVar("T")
@@ -49,7 +49,7 @@ class Notifier:
 
     def lines_added(self, run_id: str) -> None:
         """Log lines of a run were stored (call after the commit)."""
-        self._bus.publish(RUN, run_id)
+        self._bus.publish(LINES, run_id)
 
     async def apply(self, operation: Callable[[], Awaitable[Run | None]]) -> Run | None:
         """Run a unit of work that may change one run, retrying lost races; publish the change.

@@ -3,7 +3,8 @@
 A waiter enters ``signals.waiting(key)`` *before* it reads the database, then reads, then
 awaits the event if it found nothing new. ``notify(key)`` after a commit sets every event taken
 so far for that key, so no change between the read and the wait is missed. Keys name what
-changed: ``run_key(run_id)`` for a run's state or logs.
+changed: ``run_key(run_id)`` for a run's state, ``lines_key(run_id)`` for its logs (notified
+on a state change too: whoever follows the lines also stops at the run's end).
 
 A waiter is registered only inside its ``with`` block, however the block ends (a finished or
 unknown run, a client that hung up), so the registry holds exactly the keys someone is waiting
@@ -23,8 +24,13 @@ from dataclasses import dataclass, field
 
 
 def run_key(run_id: str) -> str:
-    """The key notified when a run's state changes or lines are added to its logs."""
+    """The key notified when a run's state changes."""
     return f"run:{run_id}"
+
+
+def lines_key(run_id: str) -> str:
+    """The key notified when lines are added to a run's logs, or its state changes."""
+    return f"lines:{run_id}"
 
 
 @dataclass
