@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -38,7 +39,7 @@ from control_plane.states import (
 )
 from control_plane.store import logs as logs_repo
 from control_plane.store import runs as repo
-from control_plane.store.db import Database
+from control_plane.store.db import Database, GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -419,6 +420,7 @@ class EngineReports:
         self._db = db
         self._notifier = notifier
         self._heartbeats = heartbeats
+        self._log_batches = GroupCommit(db, self._store_batches)
 
     async def current(self, run_id: str) -> Run | None:
         """The run as stored now (for an already authenticated stream)."""
@@ -443,21 +445,34 @@ class EngineReports:
     async def store_logs(self, run: Run, lines: list[LogRecord]) -> None:
         """Store a batch (duplicates of stored lines are dropped) and wake log tailers.
 
+        Batches of several engines that arrive together are stored in one transaction, with
+        one insert (``GroupCommit``).
+
         Raises:
             Unauthenticated: the stream's attempt has ended (the rule of its token, checked
                 in the same transaction as the insert, so no line lands after the end).
         """
-        async with self._db.write() as conn:
-            current = await repo.attempt_state(conn, run.id)
+        await self._log_batches.submit((run.id, run.attempt, lines))
+        self._notifier.lines_added(run.id)
+
+    async def _store_batches(
+        self, conn: AsyncConnection, batches: Sequence[tuple[str, int, list[LogRecord]]]
+    ) -> list[Exception | None]:
+        current = await repo.attempt_states(conn, {run_id for run_id, _, _ in batches})
+        outcomes: list[Exception | None] = []
+        lines: list[LogRecord] = []
+        for run_id, attempt, batch in batches:
+            state = current.get(run_id)
             why = (
-                attempts.ended_at(run.id, run.attempt, *current)
-                if current
-                else "the run no longer exists"
+                attempts.ended_at(run_id, attempt, *state) if state else "the run no longer exists"
             )
             if why:
-                raise Unauthenticated(why)
-            await logs_repo.insert_lines(conn, lines, self._db.dialect)
-        self._notifier.lines_added(run.id)
+                outcomes.append(Unauthenticated(why))
+            else:
+                outcomes.append(None)
+                lines.extend(batch)
+        await logs_repo.insert_lines(conn, lines, self._db.dialect)
+        return outcomes
 
     async def propose(self, run_id: str, attempt: int, proposal: Proposal) -> ProposalResult:
         """Apply a state proposal of the engine of ``attempt``."""

@@ -192,14 +192,16 @@ async def record_history(
     await _insert_history(conn, run_id, attempt, state, now)
 
 
-async def attempt_state(conn: AsyncConnection, run_id: str) -> tuple[int, StateType] | None:
-    """The run's current attempt and state type, read alone (for every stored log batch)."""
-    row = (
-        await conn.execute(
-            select(flow_runs.c.attempt, flow_runs.c.state_type).where(flow_runs.c.id == run_id)
-        )
-    ).first()
-    return (row.attempt, StateType(row.state_type)) if row else None
+async def attempt_states(
+    conn: AsyncConnection, run_ids: Iterable[str]
+) -> dict[str, tuple[int, StateType]]:
+    """The current attempt and state type of each run that exists, read alone (for every
+    stored log batch)."""
+    query = select(flow_runs.c.id, flow_runs.c.attempt, flow_runs.c.state_type).where(
+        flow_runs.c.id.in_(list(run_ids))
+    )
+    rows = (await conn.execute(query)).all()
+    return {row.id: (row.attempt, StateType(row.state_type)) for row in rows}
 
 
 async def count_failed(conn: AsyncConnection, run_id: str) -> int:

@@ -116,3 +116,39 @@ async def test_a_burst_for_a_deployment_that_is_not_there_is_refused_by_each_cal
         (grpc.StatusCode.NOT_FOUND, "deployment 'nope' not found")
     }
     assert ready.count_rows("flow_runs") == 0
+
+
+async def test_an_item_refused_by_its_outcome_does_not_undo_the_others(tmp_path: Path) -> None:
+    db = await Database.open(f"sqlite:///{tmp_path / 'group.db'}")
+    async with db.write() as conn:
+        await conn.execute(text("CREATE TABLE items (n INTEGER PRIMARY KEY)"))
+
+    async def store(conn: AsyncConnection, items: Sequence[int]) -> list[int | Exception]:
+        outcomes: list[int | Exception] = []
+        for item in items:
+            if item % 4 == 0:
+                outcomes.append(PermissionError(f"{item} is refused"))
+                continue
+            await conn.execute(text("INSERT INTO items VALUES (:n)"), {"n": item})
+            outcomes.append(item)
+        return outcomes
+
+    group = GroupCommit(db, store)
+    try:
+        outcomes = await asyncio.gather(
+            *(group.submit(i) for i in range(12)), return_exceptions=True
+        )
+        async with db.read() as conn:
+            stored = sorted((await conn.execute(text("SELECT n FROM items"))).scalars())
+    finally:
+        await db.close()
+    assert [str(o) for o in outcomes if isinstance(o, PermissionError)] == [
+        "0 is refused",
+        "4 is refused",
+        "8 is refused",
+    ]
+    assert (
+        stored
+        == [o for o in outcomes if not isinstance(o, Exception)]
+        == [i for i in range(12) if i % 4]
+    )
