@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from control_plane.errors import Unauthenticated
-from control_plane.models import TokenKind
+from control_plane.models import Run, TokenKind
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class Principal:
     attempt: int = 0
     #: Admin and agent tokens: when they stop working (None: never).
     expires_at: datetime | None = None
+    #: Engine tokens: the run as read to verify the token (on its attempt, not ended).
+    run: Run | None = None
 
     def describe(self) -> str:
         """How a message names this caller."""

@@ -211,7 +211,11 @@ class Tokens:
         if why:
             raise Unauthenticated(why)
         return Principal(
-            kind=TokenKind.ENGINE, token_id=tokens.token_id(token), run_id=run_id, attempt=attempt
+            kind=TokenKind.ENGINE,
+            token_id=tokens.token_id(token),
+            run_id=run_id,
+            attempt=attempt,
+            run=run,
         )
 
 
