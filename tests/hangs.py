@@ -32,7 +32,11 @@ def _report(db_url: str | None) -> None:
     out = io.StringIO()
     out.write(f"--- still running after {HANG_REPORT_SECONDS:g} s: every task's stack ---\n")
     for task in asyncio.all_tasks():
-        task.print_stack(limit=25, file=out)
+        out.write(f"{task!r}\n")
+        # Task.print_stack can fail on a frame without a line number: format frames here.
+        for frame in task.get_stack(limit=25):
+            code = frame.f_code
+            out.write(f"  {code.co_filename}:{frame.f_lineno} in {code.co_name}\n")
     if db_url is not None:
         out.write("--- connections to the test database ---\n")
         try:

@@ -137,7 +137,12 @@ class AgentReports:
             held = await self._hold(session, run)
             if held is None:
                 continue
-            if held.state_type is StateType.CANCELLING:
+            # What the run is now, not what it was when read above: a cancel may have ended
+            # it meanwhile (its agent gone, nothing seemed to need tearing down).
+            why = attempt_ended(held, attempt)
+            if why:
+                session.send(CancelMessage(run_id, attempt, why))
+            elif held.state_type is StateType.CANCELLING:
                 session.send(CancelMessage(run_id, attempt, held.state_message))
             elif (
                 held.state_type is StateType.PENDING
@@ -360,7 +365,8 @@ class AgentReports:
     async def _hold(self, session: AgentSession, run: Run) -> Run | None:
         async def apply() -> Run | None:
             async with self._db.write() as conn:
-                return await self._held_run(conn, session, run.id, run.attempt)
+                # An attempt handed back meanwhile is torn down like any stale one.
+                return await self._held_run(conn, session, run.id, run.attempt, stale_cancel=True)
 
         return await retrying(apply)
 

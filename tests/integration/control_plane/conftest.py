@@ -168,9 +168,16 @@ class Stream:
         self._outgoing.put_nowait(message)
 
     async def receive(self, kind: str, wait: float = RECEIVE_TIMEOUT) -> Any:
-        """The next message of ``kind`` (heartbeats are skipped)."""
+        """The next message of ``kind`` (heartbeats are skipped), within ``wait`` seconds."""
+        try:
+            async with asyncio.timeout(wait):
+                return await self._next(kind)
+        except TimeoutError:
+            raise TimeoutError(f"no {kind} within {wait:g} s (heartbeats only)") from None
+
+    async def _next(self, kind: str) -> Any:
         while True:
-            message = await asyncio.wait_for(self._incoming.get(), wait)
+            message = await self._incoming.get()
             if isinstance(message, grpc.aio.AioRpcError):
                 raise message
             assert message is not grpc.aio.EOF, "the stream ended"

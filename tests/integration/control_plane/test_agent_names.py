@@ -7,6 +7,9 @@ import time
 import grpc
 import pytest
 
+from control_plane.models import Run
+from control_plane.orchestration.agents import AgentSession
+from control_plane.orchestration.reports import AgentReports
 from flowyard.v1 import agent_pb2, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
 
@@ -124,3 +127,39 @@ async def test_an_instance_id_longer_than_200_characters_is_invalid(plane: Plane
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "hello.instance_id" in (refused.value.details() or "")
     await stream.close()
+
+
+async def test_a_run_cancelled_while_its_agent_reconnects_is_torn_down_by_the_new_session(
+    ready: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plane = ready
+    stale = agent_stream(plane, capacity=1, name="agent-1", instance="host-1-abcd")
+    await stale.receive("welcome")
+    run = await plane.run()
+    await stale.receive("assign")
+    # The agent started the run, but its reports were lost with its stream. The user's cancel
+    # lands while the reconnected agent's Hello, which names the run, is being applied: the
+    # server sees nothing to tear down and ends the run at once.
+    hold = AgentReports._hold
+
+    async def cancelled_meanwhile(
+        reports: AgentReports, session: AgentSession, held: Run
+    ) -> Run | None:
+        await plane.control.CancelRun(pb.CancelRunRequest(run_id=run.id, reason="test"))
+        return await hold(reports, session, held)
+
+    monkeypatch.setattr(AgentReports, "_hold", cancelled_meanwhile)
+    fresh = agent_stream(
+        plane,
+        capacity=1,
+        name="agent-1",
+        instance="host-1-abcd",
+        observed=[agent_pb2.ObservedRun(run_id=run.id, attempt=1, infrastructure_id="p/1")],
+    )
+    await fresh.receive("welcome")
+    # The agent still runs it: it is told to tear it down.
+    cancel = await fresh.receive("cancel")
+    assert (cancel.run_id, cancel.attempt) == (run.id, 1)
+    await plane.wait_state(run.id, types_pb2.STATE_TYPE_CANCELLED)
+    for stream in (stale, fresh):
+        await stream.close()
