@@ -41,6 +41,17 @@ async def ended(stream: Stream) -> None:
         ) from None
 
 
+def redialled(plane: Plane, run_id: str) -> Stream:
+    """agent-1's process on a new stream, naming the infrastructure it runs ``run_id`` on."""
+    return agent_stream(
+        plane,
+        capacity=1,
+        name="agent-1",
+        instance="host-1-abcd",
+        observed=[agent_pb2.ObservedRun(run_id=run_id, attempt=1, infrastructure_id="p/1")],
+    )
+
+
 async def test_a_second_instance_of_a_connected_name_is_refused_saying_which(
     plane: Plane,
 ) -> None:
@@ -78,13 +89,7 @@ async def test_the_same_instance_reconnecting_replaces_its_stale_session_and_kee
     )
     await plane.wait_state(run.id, types_pb2.STATE_TYPE_PENDING)
     # The process lost its stream without the server noticing, and dials again at once.
-    fresh = agent_stream(
-        plane,
-        capacity=1,
-        name="agent-1",
-        instance="host-1-abcd",
-        observed=[agent_pb2.ObservedRun(run_id=run.id, attempt=1, infrastructure_id="p/1")],
-    )
+    fresh = redialled(plane, run.id)
     await fresh.receive("welcome")
     await ended(stale)
     await wait_connected(plane, 1)
@@ -149,13 +154,7 @@ async def test_a_run_cancelled_while_its_agent_reconnects_is_torn_down_by_the_ne
         return await hold(reports, session, held)
 
     monkeypatch.setattr(AgentReports, "_hold", cancelled_meanwhile)
-    fresh = agent_stream(
-        plane,
-        capacity=1,
-        name="agent-1",
-        instance="host-1-abcd",
-        observed=[agent_pb2.ObservedRun(run_id=run.id, attempt=1, infrastructure_id="p/1")],
-    )
+    fresh = redialled(plane, run.id)
     await fresh.receive("welcome")
     # The agent still runs it: it is told to tear it down.
     cancel = await fresh.receive("cancel")
