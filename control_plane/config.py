@@ -12,7 +12,8 @@ DEFAULT_AGENT_PORT = 7701
 #: gRPC's own default, and what a client receives unless it raises its limit: a request the
 #: server accepts can be answered back to any client.
 DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
-#: About five seconds of CreateRun calls on SQLite on two cores, well inside usual deadlines.
+#: About a second of CreateRun calls on SQLite on two cores (``bench/create_runs.py``), well
+#: inside usual deadlines.
 DEFAULT_MAX_CONCURRENT_CALLS = 1000
 
 
