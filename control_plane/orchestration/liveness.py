@@ -47,7 +47,9 @@ from control_plane.store.db import Database
 
 log = logging.getLogger(__name__)
 
-BATCH = 200
+#: Runs one transaction of a sweep changes, and transactions one rule takes per sweep.
+BATCH = 50
+MAX_BATCHES = 4
 MAX_SLEEP_SECONDS = 30.0
 
 
@@ -156,14 +158,31 @@ class Reaper:
         find: Callable[[AsyncConnection], Awaitable[list[Run]]],
         target: Callable[[Run], State],
     ) -> list[Run]:
+        """Change what ``find`` finds, ``BATCH`` runs per transaction: on SQLite a
+        transaction holds the one write lock, so a backlog goes in short turns that let the
+        calls waiting to write go between them, rather than in one long one."""
+        changed: list[Run] = []
+        for _ in range(MAX_BATCHES):
+            found, batch = await self._apply_batch(find, target)
+            changed += batch
+            if found < BATCH:
+                break
+        return changed
+
+    async def _apply_batch(
+        self,
+        find: Callable[[AsyncConnection], Awaitable[list[Run]]],
+        target: Callable[[Run], State],
+    ) -> tuple[int, list[Run]]:
         async with self._db.read() as conn:
             if not await find(conn):
-                return []
+                return 0, []
         changed: list[Run] = []
         async with self._db.write() as conn:
             if self._lease is not None:
                 await self._lease.check(conn)
-            for run in await find(conn):
+            runs = await find(conn)
+            for run in runs:
                 state = target(run)
                 updated = await repo.compare_and_set(
                     conn, run, state, actor=Actor.SERVER, now=clock.now(), lease_deadline=None
@@ -173,7 +192,7 @@ class Reaper:
         for run in changed:
             log.info("run %s: %s (%s)", run.id, run.state_name, run.state_message)
             self._notifier.changed(run)
-        return changed
+        return len(runs), changed
 
 
 def _crash_silent(run: Run, now: datetime) -> State:

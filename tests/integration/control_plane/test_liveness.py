@@ -5,9 +5,11 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from control_plane.orchestration import clock
 from control_plane.orchestration.changes import Notifier
-from control_plane.orchestration.liveness import LivenessPolicy, Reaper
+from control_plane.orchestration.liveness import BATCH, LivenessPolicy, Reaper
 from flowyard.v1 import agent_pb2, engine_pb2, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
 from tests import waiting
@@ -193,3 +195,22 @@ async def test_a_restarted_control_plane_gives_agents_time_to_come_back(ready: P
     reap = reaper(ready, started_long_ago=False, agent_grace=0.3)
     assert not await reap.sweep_once()  # up for less than the grace
     assert (await ready.get(run_id)).run.state.name == "Submitted"
+
+
+async def test_a_backlog_larger_than_a_batch_is_marked_late_in_one_sweep(ready: Plane) -> None:
+    due = Timestamp()
+    due.FromDatetime(LONG_AGO)
+    request = pb.CreateRunRequest(
+        deployment_name="hello", parameters_json='{"name": "x"}', scheduled_time=due
+    )
+    created = await asyncio.gather(
+        *(ready.control.CreateRun(request) for _ in range(3 * BATCH + 10))
+    )
+    await reaper(ready, late_after=60).sweep_once()
+    # Every run of the backlog is Late after the one sweep (the server's own reaper may have
+    # marked some of them first).
+    listed = await ready.control.ListRuns(
+        pb.ListRunsRequest(deployment_name="hello", page_size=500)
+    )
+    assert sorted(run.id for run in listed.runs) == sorted(c.run.id for c in created)
+    assert {run.state.name for run in listed.runs} == {"Late"}
