@@ -78,14 +78,12 @@ async def insert_runs(
     statement = insert_ignoring_duplicates(flow_runs, dialect).returning(flow_runs.c.id)
     stored = set((await conn.execute(statement, list(rows))).scalars())
     history = [
-        {
-            "run_id": row["id"],
-            "attempt": row["attempt"],
-            "type": row["state_type"],
-            "name": row["state_name"],
-            "message": row["state_message"],
-            "created_at": row["created_at"],
-        }
+        _history_row(
+            row["id"],
+            row["attempt"],
+            State(StateType(row["state_type"]), row["state_name"], row["state_message"]),
+            row["created_at"],
+        )
         for row in rows
         if row["id"] in stored
     ]
@@ -387,16 +385,18 @@ async def _guarded_update(conn: AsyncConnection, run: Run, changes: dict[str, An
 async def _insert_history(
     conn: AsyncConnection, run_id: str, attempt: int, state: State, now: datetime
 ) -> None:
-    await conn.execute(
-        insert(run_states).values(
-            run_id=run_id,
-            attempt=attempt,
-            type=state.type.value,
-            name=state.display_name,
-            message=state.message,
-            created_at=now,
-        )
-    )
+    await conn.execute(insert(run_states).values(**_history_row(run_id, attempt, state, now)))
+
+
+def _history_row(run_id: str, attempt: int, state: State, now: datetime) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "attempt": attempt,
+        "type": state.type.value,
+        "name": state.display_name,
+        "message": state.message,
+        "created_at": now,
+    }
 
 
 async def touch_heartbeat(conn: AsyncConnection, run_id: str, attempt: int, now: datetime) -> None:

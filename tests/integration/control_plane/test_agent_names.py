@@ -41,6 +41,15 @@ async def ended(stream: Stream) -> None:
         ) from None
 
 
+async def assigned(plane: Plane) -> tuple[Stream, types_pb2.FlowRun]:
+    """agent-1's process on its first stream, and a run assigned to it there."""
+    stale = agent_stream(plane, capacity=1, name="agent-1", instance="host-1-abcd")
+    await stale.receive("welcome")
+    run = await plane.run()
+    await stale.receive("assign")
+    return stale, run
+
+
 def redialled(plane: Plane, run_id: str) -> Stream:
     """agent-1's process on a new stream, naming the infrastructure it runs ``run_id`` on."""
     return agent_stream(
@@ -77,10 +86,7 @@ async def test_the_same_instance_reconnecting_replaces_its_stale_session_and_kee
     ready: Plane,
 ) -> None:
     plane = ready
-    stale = agent_stream(plane, capacity=1, name="agent-1", instance="host-1-abcd")
-    await stale.receive("welcome")
-    run = await plane.run()
-    await stale.receive("assign")
+    stale, run = await assigned(plane)
     stale.send(agent_pb2.ConnectRequest(accepted=agent_pb2.Accepted(run_id=run.id, attempt=1)))
     stale.send(
         agent_pb2.ConnectRequest(
@@ -138,10 +144,7 @@ async def test_a_run_cancelled_while_its_agent_reconnects_is_torn_down_by_the_ne
     ready: Plane, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     plane = ready
-    stale = agent_stream(plane, capacity=1, name="agent-1", instance="host-1-abcd")
-    await stale.receive("welcome")
-    run = await plane.run()
-    await stale.receive("assign")
+    stale, run = await assigned(plane)
     # The agent started the run, but its reports were lost with its stream. The user's cancel
     # lands while the reconnected agent's Hello, which names the run, is being applied: the
     # server sees nothing to tear down and ends the run at once.
