@@ -222,11 +222,17 @@ class AgentReports:
                 # a line of ours in between would take a seq it is about to use.
                 if run.last_heartbeat_at is None:
                     await self._system_lines(conn, run, [text], level=30)
-                if run.state_type is StateType.PENDING and report.kind is InfraKind.PENDING:
+                # Whatever holds the pod back (scheduling, an image pull, its config), the run
+                # waits on its infrastructure; a watch may never show the plain Pending between.
+                waiting = State(StateType.PENDING, INFRASTRUCTURE_PENDING, text)
+                if run.state_type is StateType.PENDING and (
+                    run.state_name,
+                    run.state_message,
+                ) != (waiting.name, waiting.message):
                     updated = await repo.compare_and_set(
                         conn,
                         run,
-                        State(StateType.PENDING, INFRASTRUCTURE_PENDING, text),
+                        waiting,
                         actor=Actor.AGENT,
                         now=clock.now(),
                     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,14 +114,28 @@ class Plane:
         self, run_id: str, state: types_pb2.StateType.ValueType, wait: float = RECEIVE_TIMEOUT
     ) -> types_pb2.FlowRun:
         """Watch the run until it is in ``state`` (fails on timeout or on another terminal state)."""
+        return await self._watch(run_id, lambda run: run.state.type == state, str(state), wait)
 
+    async def wait_named(
+        self, run_id: str, name: str, wait: float = RECEIVE_TIMEOUT
+    ) -> types_pb2.FlowRun:
+        """Watch the run until its state has the sub-state ``name``."""
+        return await self._watch(run_id, lambda run: run.state.name == name, name, wait)
+
+    async def _watch(
+        self,
+        run_id: str,
+        reached: Callable[[types_pb2.FlowRun], bool],
+        what: str,
+        wait: float,
+    ) -> types_pb2.FlowRun:
         async def watch() -> types_pb2.FlowRun:
             async for message in self.control.WatchRun(
                 control_plane_pb2.WatchRunRequest(run_id=run_id)
             ):
-                if message.run.state.type == state:
+                if reached(message.run):
                     return message.run
-            raise AssertionError(f"run ended in {message.run.state} before reaching {state}")
+            raise AssertionError(f"run ended in {message.run.state} before reaching {what}")
 
         return await asyncio.wait_for(watch(), wait)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from control_plane.config import ServerConfig
 from control_plane.server import build
-from flowyard.v1 import agent_pb2, types_pb2
+from flowyard.v1 import agent_pb2
 
-from .conftest import STOP_TIMEOUT, Plane, agent_stream, connect, engine_stream
+from .conftest import STOP_TIMEOUT, agent_stream, connect, engine_stream
 
 
 async def test_after_a_restart_the_agent_has_a_whole_lease_to_say_what_it_started(
@@ -52,7 +52,7 @@ async def test_after_a_restart_the_agent_has_a_whole_lease_to_say_what_it_starte
         observed=[agent_pb2.ObservedRun(run_id=run.id, attempt=1, infrastructure_id="process/h/7")],
     )
     await back.receive("welcome")
-    submitted = await until_named(plane, run.id, "Submitted")
+    submitted = await plane.wait_named(run.id, "Submitted")
     assert submitted.infrastructure_id == "process/h/7"
     # Past the re-granted lease: submitted runs have none, so it stays the agent's.
     await asyncio.sleep(config.lease_seconds + 0.5)
@@ -64,12 +64,3 @@ async def test_after_a_restart_the_agent_has_a_whole_lease_to_say_what_it_starte
         await stream.close()
     await plane.channel.close()
     await asyncio.wait_for(again.stop(0.5), STOP_TIMEOUT)
-
-
-async def until_named(plane: Plane, run_id: str, name: str) -> types_pb2.FlowRun:
-    for _ in range(200):
-        run = (await plane.get(run_id)).run
-        if run.state.name == name:
-            return run
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"run {run_id} never reached {name}: {run.state}")

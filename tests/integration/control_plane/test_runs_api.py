@@ -370,6 +370,10 @@ async def test_infrastructure_that_never_starts_crashes_the_run_with_the_reason(
             )
         )
     )
+    # The run waits on its infrastructure, and says what holds it back.
+    waiting = await ready.wait_named(run.id, "InfrastructurePending")
+    assert waiting.state.type == S.STATE_TYPE_PENDING
+    assert "ErrImagePull" in waiting.state.message, waiting.state.message
     # ...until the runtime gives up at the pod-start deadline.
     agent.send(
         agent_pb2.ConnectRequest(
