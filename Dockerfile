@@ -16,6 +16,7 @@ COPY control_plane ./control_plane
 COPY agent ./agent
 COPY engine ./engine
 COPY flowyard_common ./flowyard_common
+COPY flowyard_sdk ./flowyard_sdk
 RUN pip install --no-cache-dir . && rm -rf /opt/flowyard/*
 
 # The data directory: admin.token when no FLOWYARD_ADMIN_TOKEN is given, SQLite without a

@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## Run the demo: control plane on SQLite + process agent + engine; a flow runs and its logs stream here.
+## EXAMPLE=etl runs the flow written with tasks instead of examples/hello.
 demo: $(STAMP)
-	$(BIN)/flowyard demo
+	$(BIN)/flowyard demo $(if $(EXAMPLE),--example $(EXAMPLE))
 
 ## Run the whole test suite: protocol checks, lint, types, then unit, integration and end-to-end tests.
 test: $(STAMP) check

@@ -5,14 +5,13 @@ Nothing here talks to the control plane: the runner reports what these functions
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from engine.entrypoints import parse_entrypoint
@@ -22,6 +21,8 @@ from engine.model import RunSpec, StateType
 from engine.params import BoundCall, bind_parameters
 from engine.storage import FetchedCode, fetch_code
 from engine.tracebacks import describe_exception, format_user_traceback
+from flowyard_sdk.context import FlowRunInfo
+from flowyard_sdk.flows import run_entrypoint
 
 __all__ = [
     "Outcome",
@@ -42,6 +43,8 @@ class PreparedFlow:
     source_dir: Path
     function: Callable[..., Any]
     call: BoundCall
+    run: FlowRunInfo
+    """What ``flowyard.runtime.flow_run`` tells the flow."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,16 @@ def prepare_flow(spec: RunSpec, fetched: FetchedCode) -> PreparedFlow:
     sys.path.insert(0, str(source_dir))
     entrypoint = parse_entrypoint(spec.entrypoint)
     function = load_entrypoint(entrypoint, source_dir)
-    return PreparedFlow(source_dir, function, bind_parameters(function, _parameters(spec)))
+    parameters = _parameters(spec)
+    run = FlowRunInfo(
+        id=spec.run_id,
+        attempt=spec.attempt,
+        flow_name=spec.flow_name or None,
+        deployment_name=spec.deployment_name or None,
+        scheduled_time=spec.scheduled_time,
+        parameters=MappingProxyType(parameters),
+    )
+    return PreparedFlow(source_dir, function, bind_parameters(function, parameters), run)
 
 
 def _parameters(spec: RunSpec) -> dict[str, Any]:
@@ -99,15 +111,9 @@ def _parameters(spec: RunSpec) -> dict[str, Any]:
 
 
 def call_flow(flow: PreparedFlow) -> Any:
-    """Call the function in this thread; coroutine functions run in a new event loop."""
-    result = flow.function(*flow.call.args, **flow.call.kwargs)
-    if inspect.isawaitable(result):
-        return asyncio.run(_await(result))
-    return result
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
+    """Call the function in this thread as the run's flow (``flowyard.runtime`` knows the run;
+    its tasks' threads are waited for); coroutine functions run in a new event loop."""
+    return run_entrypoint(flow.function, flow.call.args, flow.call.kwargs, flow.run)
 
 
 def completed(result: Any) -> Outcome:

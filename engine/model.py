@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import datetime
 
 from engine.storage import CodeSource
 
@@ -65,6 +66,8 @@ class RunSpec:
     parameters_json: str
     heartbeat_interval: float
     """Seconds between heartbeats on the Report stream."""
+    deployment_name: str = ""
+    scheduled_time: datetime | None = None
 
 
 @dataclass(frozen=True)

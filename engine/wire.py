@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import UTC
 from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -151,4 +152,10 @@ def run_spec_from_proto(response: engine_pb2.StartRunResponse) -> RunSpec:
         source_problem=problem,
         parameters_json=response.run.parameters_json,
         heartbeat_interval=interval if interval > 0 else DEFAULT_HEARTBEAT_INTERVAL,
+        deployment_name=response.run.deployment_name,
+        scheduled_time=(
+            response.run.scheduled_time.ToDatetime(tzinfo=UTC)
+            if response.run.HasField("scheduled_time")
+            else None
+        ),
     )

@@ -1,12 +1,13 @@
 """``flowyard demo``: the whole system on one machine, started and cleaned up in one command.
 
-It starts a control plane on a temporary SQLite database and a process agent, deploys
-``examples/hello``, runs it, follows its logs to the end, prints the final state, and stops
-every process it started, whatever happens.
+It starts a control plane on a temporary SQLite database and a process agent, deploys an
+example (``examples/hello`` unless ``--example`` names another), runs it, follows its logs to
+the end, prints the final state, and stops every process it started, whatever happens.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tempfile
@@ -27,23 +28,32 @@ from flowyard.v1 import types_pb2
 
 POOL = "demo"
 AGENT_READY_SECONDS = 30.0
+#: Each example's entrypoint in its ``flow.py``.
+EXAMPLES = {"hello": "hello", "etl": "etl"}
 
 
 @click.command()
-@click.option("--name", default="world", show_default=True, help="Who the demo flow greets.")
-def demo(name: str) -> None:
+@click.option("--name", default="world", show_default=True, help="Who the hello flow greets.")
+@click.option(
+    "--example",
+    type=click.Choice(sorted(EXAMPLES)),
+    default="hello",
+    show_default=True,
+    help="Which flow of examples/ to run: hello (a plain function) or etl (tasks and a subflow).",
+)
+def demo(name: str, example: str) -> None:
     """Run a flow end to end on a throw-away local control plane and process agent."""
-    sys.exit(run_demo(name))
+    sys.exit(run_demo(name, example))
 
 
-def example_dir() -> Path:
-    """The ``examples/hello`` directory of the source tree."""
-    return Path(control_plane.__file__).resolve().parents[1] / "examples" / "hello"
+def example_dir(example: str = "hello") -> Path:
+    """The ``examples/<example>`` directory of the source tree."""
+    return Path(control_plane.__file__).resolve().parents[1] / "examples" / example
 
 
-def run_demo(name: str) -> int:
+def run_demo(name: str, example: str = "hello") -> int:
     """Run the demo; the exit code is 0 when the flow COMPLETED."""
-    source = example_dir()
+    source = example_dir(example)
     if not (source / "flow.py").exists():
         output.error(f"the demo flow is missing: {source / 'flow.py'}")
         return 1
@@ -67,13 +77,14 @@ def run_demo(name: str) -> int:
         )
         wait_for_agent(client, children[-1])
         deployment = build_deployment(
-            "flow.py:hello", name="hello", pool=POOL, source=source, parameters={}
+            f"flow.py:{EXAMPLES[example]}", name=example, pool=POOL, source=source, parameters={}
         )
         client.stub.UpsertDeployment(pb.UpsertDeploymentRequest(deployment=deployment))
+        parameters = json.dumps({"name": name} if example == "hello" else {})
         created = client.stub.CreateRun(
-            pb.CreateRunRequest(deployment_name="hello", parameters_json=f'{{"name": "{name}"}}')
+            pb.CreateRunRequest(deployment_name=example, parameters_json=parameters)
         )
-        say(f"Deployed examples/hello; run {created.run.id} created. Its logs:")
+        say(f"Deployed examples/{example}; run {created.run.id} created. Its logs:")
         state = follow_logs(client.stub, created.run.id, follow=True)
         output.console.print("Final state:", output.state_text(state))
         ok = state.type == types_pb2.STATE_TYPE_COMPLETED

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-OURS = ("control_plane", "agent", "engine", "flowyard_common")
+OURS = ("control_plane", "agent", "engine", "flowyard_common", "flowyard_sdk")
 #: Alembic runs these scripts itself; importing its environment outside a migration fails.
 NOT_IMPORTABLE = ("control_plane.store.migrations",)
 

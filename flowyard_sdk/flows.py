@@ -1,0 +1,142 @@
+"""``@flow``: a name and task defaults for a flow function, and subflows.
+
+``@flow`` is optional on a deployment's entrypoint: the engine runs a plain function the same
+way (:func:`run_entrypoint`). What it adds is a name, defaults for the tasks the flow calls
+(``task_retries``, ``task_retry_delay_seconds``, ``task_timeout_seconds``) and the size of
+its worker pool (``max_workers``). A ``@flow`` function called from inside another flow is a
+subflow: it runs in the caller's process with a frame of its own (its own task-run numbering,
+worker pool and defaults) and its start and end are written to the run's logs. Called outside
+any run (a script, a test), a flow runs locally with no server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from flowyard_sdk.context import FlowRunInfo, enter_run
+from flowyard_sdk.frames import Frame, TaskDefaults, in_flow, run_in_frame
+
+__all__ = ["Flow", "flow", "run_entrypoint"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+log = logging.getLogger("flowyard.flows")
+
+
+class Flow(Generic[P, R]):
+    """A flow function with its name and defaults; see the module docstring."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        max_workers: int | None = None,
+        defaults: TaskDefaults | None = None,
+    ) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.name = str(name or getattr(fn, "__name__", "flow"))
+        self.max_workers = max_workers
+        self.defaults = defaults or TaskDefaults()
+        if max_workers is not None and max_workers < 1:
+            raise ValueError(f"flow {self.name}: max_workers must be >= 1")
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        frame = Frame(self.name, max_workers=self.max_workers, defaults=self.defaults)
+        if not in_flow():
+            return run_in_frame(frame, self.fn, *args, **kwargs)  # type: ignore[no-any-return]
+        if inspect.iscoroutinefunction(self.fn):
+            return self._subflow_async(frame, args, kwargs)  # type: ignore[return-value]
+        with self._subflow():
+            return run_in_frame(frame, self.fn, *args, **kwargs)  # type: ignore[no-any-return]
+
+    async def _subflow_async(self, frame: Frame, args: Any, kwargs: Any) -> Any:
+        with self._subflow():
+            return await run_in_frame(frame, self.fn, *args, **kwargs)
+
+    @contextmanager
+    def _subflow(self) -> Iterator[None]:
+        log.info("Subflow %s started", self.name)
+        started = time.monotonic()
+        try:
+            yield
+        except Exception as exc:
+            log.error("Subflow %s failed: %s: %s", self.name, type(exc).__name__, exc)
+            raise
+        log.info("Subflow %s finished in %.3f s", self.name, time.monotonic() - started)
+
+    def __repr__(self) -> str:
+        return f"<Flow {self.name}>"
+
+
+class _FlowDecorator:
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+
+    def __call__(self, fn: Callable[P, R]) -> Flow[P, R]:
+        return _make(fn, **self._options)
+
+
+@overload
+def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
+@overload
+def flow(
+    *,
+    name: str | None = None,
+    max_workers: int | None = None,
+    task_retries: int | None = None,
+    task_retry_delay_seconds: float | Sequence[float] | None = None,
+    task_timeout_seconds: float | None = None,
+) -> _FlowDecorator: ...
+def flow(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Make a function a flow: ``@flow`` or ``@flow(name="etl", task_retries=2)``."""
+    decorator = _FlowDecorator(**options)
+    return decorator if fn is None else decorator(fn)
+
+
+def _make(
+    fn: Callable[P, R],
+    *,
+    name: str | None = None,
+    max_workers: int | None = None,
+    task_retries: int | None = None,
+    task_retry_delay_seconds: float | Sequence[float] | None = None,
+    task_timeout_seconds: float | None = None,
+) -> Flow[P, R]:
+    delays = (
+        tuple(task_retry_delay_seconds)
+        if isinstance(task_retry_delay_seconds, Sequence)
+        else task_retry_delay_seconds
+    )
+    defaults = TaskDefaults(task_retries, delays, task_timeout_seconds)
+    return Flow(fn, name=name, max_workers=max_workers, defaults=defaults)
+
+
+def run_entrypoint(
+    function: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any], run: FlowRunInfo
+) -> Any:
+    """Call a run's entrypoint (a ``@flow`` or a plain function) as the run's flow call.
+
+    The engine calls this in its main thread; a coroutine function runs in a new event loop.
+    """
+    with enter_run(run):
+        if isinstance(function, Flow):
+            frame = Frame(
+                function.name, max_workers=function.max_workers, defaults=function.defaults
+            )
+            function = function.fn
+        else:
+            frame = Frame(str(run.flow_name or getattr(function, "__name__", "flow")))
+        value = run_in_frame(frame, function, *args, **kwargs)
+        if inspect.iscoroutine(value):
+            return asyncio.run(value)
+        return value
