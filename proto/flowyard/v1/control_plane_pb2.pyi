@@ -995,8 +995,29 @@ class GetRunResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TaskRunCountsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     RUN_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    TASK_RUN_COUNTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def run(self) -> _types_pb2.FlowRun:
         """The run."""
@@ -1005,15 +1026,22 @@ class GetRunResponse(_message.Message):
     def history(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.RunState]:
         """Every state the run has been in, oldest first."""
 
+    @_builtins.property
+    def task_run_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """How many task runs the run has, by state (the names of TaskRunState, e.g.
+        "TASK_RUN_STATE_FAILED"); ListTaskRuns lists them.
+        """
+
     def __init__(
         self,
         *,
         run: _types_pb2.FlowRun | None = ...,
         history: _abc.Iterable[_types_pb2.RunState] | None = ...,
+        task_run_counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "run", b"run"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "run", b"run", "task_run_counts", b"task_run_counts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1189,6 +1217,68 @@ class WatchRunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchRunResponse: _TypeAlias = WatchRunResponse  # noqa: Y015
+
+@_typing.final
+class ListTaskRunsRequest(_message.Message):
+    """ListTaskRunsRequest says which run's task runs to list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    TASK_NAME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run's id."""
+    task_name: _builtins.str
+    """Only task runs of this task (empty: all)."""
+    page_size: _builtins.int
+    """Page size; 0 means 1000, at most 10000."""
+    page_token: _builtins.str
+    """The next_page_token of a previous response, to continue from there."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        task_name: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id", "task_name", b"task_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTaskRunsRequest: _TypeAlias = ListTaskRunsRequest  # noqa: Y015
+
+@_typing.final
+class ListTaskRunsResponse(_message.Message):
+    """ListTaskRunsResponse returns one page of task runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_RUNS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token to get the next page; empty on the last page."""
+    @_builtins.property
+    def task_runs(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.TaskRun]:
+        """The task runs, in the order they started."""
+
+    def __init__(
+        self,
+        *,
+        task_runs: _abc.Iterable[_types_pb2.TaskRun] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "task_runs", b"task_runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTaskRunsResponse: _TypeAlias = ListTaskRunsResponse  # noqa: Y015
 
 @_typing.final
 class TailLogsRequest(_message.Message):

@@ -135,6 +135,11 @@ class ControlPlaneServiceStub:
                 request_serializer=flowyard_dot_v1_dot_control__plane__pb2.TailLogsRequest.SerializeToString,
                 response_deserializer=flowyard_dot_v1_dot_control__plane__pb2.TailLogsResponse.FromString,
                 _registered_method=True)
+        self.ListTaskRuns = channel.unary_unary(
+                '/flowyard.v1.ControlPlaneService/ListTaskRuns',
+                request_serializer=flowyard_dot_v1_dot_control__plane__pb2.ListTaskRunsRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_control__plane__pb2.ListTaskRunsResponse.FromString,
+                _registered_method=True)
         self.CreateToken = channel.unary_unary(
                 '/flowyard.v1.ControlPlaneService/CreateToken',
                 request_serializer=flowyard_dot_v1_dot_control__plane__pb2.CreateTokenRequest.SerializeToString,
@@ -303,6 +308,14 @@ class ControlPlaneServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTaskRuns(self, request, context):
+        """Lists a run's task runs in the order they started (attempt, then start), with paging.
+        NOT_FOUND if the run does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateToken(self, request, context):
         """Mints a token. The secret is returned once and stored only hashed.
         """
@@ -416,6 +429,11 @@ def add_ControlPlaneServiceServicer_to_server(servicer, server):
                     servicer.TailLogs,
                     request_deserializer=flowyard_dot_v1_dot_control__plane__pb2.TailLogsRequest.FromString,
                     response_serializer=flowyard_dot_v1_dot_control__plane__pb2.TailLogsResponse.SerializeToString,
+            ),
+            'ListTaskRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTaskRuns,
+                    request_deserializer=flowyard_dot_v1_dot_control__plane__pb2.ListTaskRunsRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_control__plane__pb2.ListTaskRunsResponse.SerializeToString,
             ),
             'CreateToken': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateToken,
@@ -930,6 +948,33 @@ class ControlPlaneService:
             '/flowyard.v1.ControlPlaneService/TailLogs',
             flowyard_dot_v1_dot_control__plane__pb2.TailLogsRequest.SerializeToString,
             flowyard_dot_v1_dot_control__plane__pb2.TailLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTaskRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.ControlPlaneService/ListTaskRuns',
+            flowyard_dot_v1_dot_control__plane__pb2.ListTaskRunsRequest.SerializeToString,
+            flowyard_dot_v1_dot_control__plane__pb2.ListTaskRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

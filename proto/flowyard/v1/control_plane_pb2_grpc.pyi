@@ -96,6 +96,10 @@ class ControlPlaneServiceStub:
     terminal and every line it wrote has been sent. A client that reconnects with the
     position of the last line it received misses nothing and sees nothing twice.
     """
+    ListTaskRuns: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.ListTaskRunsRequest, _control_plane_pb2.ListTaskRunsResponse]
+    """Lists a run's task runs in the order they started (attempt, then start), with paging.
+    NOT_FOUND if the run does not exist.
+    """
     CreateToken: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.CreateTokenRequest, _control_plane_pb2.CreateTokenResponse]
     """Mints a token. The secret is returned once and stored only hashed."""
     ListTokens: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.ListTokensRequest, _control_plane_pb2.ListTokensResponse]
@@ -170,6 +174,10 @@ class ControlPlaneServiceAsyncStub(ControlPlaneServiceStub):
     with follow, new lines as they are stored. A follow stream ends once the run is
     terminal and every line it wrote has been sent. A client that reconnects with the
     position of the last line it received misses nothing and sees nothing twice.
+    """
+    ListTaskRuns: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.ListTaskRunsRequest, _control_plane_pb2.ListTaskRunsResponse]  # type: ignore[assignment]
+    """Lists a run's task runs in the order they started (attempt, then start), with paging.
+    NOT_FOUND if the run does not exist.
     """
     CreateToken: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.CreateTokenRequest, _control_plane_pb2.CreateTokenResponse]  # type: ignore[assignment]
     """Mints a token. The secret is returned once and stored only hashed."""
@@ -350,6 +358,16 @@ class ControlPlaneServiceServicer(metaclass=_abc_1.ABCMeta):
         with follow, new lines as they are stored. A follow stream ends once the run is
         terminal and every line it wrote has been sent. A client that reconnects with the
         position of the last line it received misses nothing and sees nothing twice.
+        """
+
+    @_abc_1.abstractmethod
+    def ListTaskRuns(
+        self,
+        request: _control_plane_pb2.ListTaskRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.ListTaskRunsResponse, _abc.Awaitable[_control_plane_pb2.ListTaskRunsResponse]]:
+        """Lists a run's task runs in the order they started (attempt, then start), with paging.
+        NOT_FOUND if the run does not exist.
         """
 
     @_abc_1.abstractmethod

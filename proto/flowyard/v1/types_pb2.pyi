@@ -155,6 +155,46 @@ LOG_STREAM_SYSTEM: LogStream.ValueType  # 4
 """A line written by Flowyard itself about the run (engine, agent or control plane)."""
 Global___LogStream: _TypeAlias = LogStream  # noqa: Y015
 
+class _TaskRunState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TaskRunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskRunState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TASK_RUN_STATE_UNSPECIFIED: _TaskRunState.ValueType  # 0
+    """Unknown."""
+    TASK_RUN_STATE_RUNNING: _TaskRunState.ValueType  # 1
+    """An attempt is running."""
+    TASK_RUN_STATE_RETRYING: _TaskRunState.ValueType  # 2
+    """An attempt failed; the next one starts after the retry delay."""
+    TASK_RUN_STATE_COMPLETED: _TaskRunState.ValueType  # 3
+    """The task returned."""
+    TASK_RUN_STATE_FAILED: _TaskRunState.ValueType  # 4
+    """The task raised and has no retry left (or the error is not one it retries)."""
+    TASK_RUN_STATE_CANCELLED: _TaskRunState.ValueType  # 5
+    """The task run was stopped, or never started, because its flow was stopping."""
+    TASK_RUN_STATE_CRASHED: _TaskRunState.ValueType  # 6
+    """The run's attempt ended while the task run was unfinished: set by the control plane."""
+
+class TaskRunState(_TaskRunState, metaclass=_TaskRunStateEnumTypeWrapper):
+    """TaskRunState is where a task run stands."""
+
+TASK_RUN_STATE_UNSPECIFIED: TaskRunState.ValueType  # 0
+"""Unknown."""
+TASK_RUN_STATE_RUNNING: TaskRunState.ValueType  # 1
+"""An attempt is running."""
+TASK_RUN_STATE_RETRYING: TaskRunState.ValueType  # 2
+"""An attempt failed; the next one starts after the retry delay."""
+TASK_RUN_STATE_COMPLETED: TaskRunState.ValueType  # 3
+"""The task returned."""
+TASK_RUN_STATE_FAILED: TaskRunState.ValueType  # 4
+"""The task raised and has no retry left (or the error is not one it retries)."""
+TASK_RUN_STATE_CANCELLED: TaskRunState.ValueType  # 5
+"""The task run was stopped, or never started, because its flow was stopping."""
+TASK_RUN_STATE_CRASHED: TaskRunState.ValueType  # 6
+"""The run's attempt ended while the task run was unfinished: set by the control plane."""
+Global___TaskRunState: _TypeAlias = TaskRunState  # noqa: Y015
+
 @_typing.final
 class RunState(_message.Message):
     """RunState is one state of a flow run, as stored in its history."""
@@ -825,6 +865,8 @@ class LogLine(_message.Message):
     STREAM_FIELD_NUMBER: _builtins.int
     LOGGER_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    TASK_RUN_FIELD_NUMBER: _builtins.int
+    TASK_RUN_EVENT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run the line belongs to."""
     attempt: _builtins.int
@@ -839,9 +881,17 @@ class LogLine(_message.Message):
     """Logger name for LOG_STREAM_LOGGER lines, empty otherwise."""
     text: _builtins.str
     """The text, without a trailing newline."""
+    task_run: _builtins.str
+    """The task run that wrote the line (its name, e.g. "extract-0"); empty outside a task."""
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
         """When the line was written, by the writer's clock."""
+
+    @_builtins.property
+    def task_run_event(self) -> Global___TaskRunEvent:
+        """Set when the line records a change of a task run: the engine writes task-run changes as
+        log lines, so they are numbered, batched, acknowledged and resent exactly like the text.
+        """
 
     def __init__(
         self,
@@ -854,11 +904,145 @@ class LogLine(_message.Message):
         stream: Global___LogStream.ValueType = ...,
         logger: _builtins.str = ...,
         text: _builtins.str = ...,
+        task_run: _builtins.str = ...,
+        task_run_event: Global___TaskRunEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task_run_event", b"task_run_event", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "level", b"level", "logger", b"logger", "run_id", b"run_id", "seq", b"seq", "stream", b"stream", "text", b"text", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "level", b"level", "logger", b"logger", "run_id", b"run_id", "seq", b"seq", "stream", b"stream", "task_run", b"task_run", "task_run_event", b"task_run_event", "text", b"text", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LogLine: _TypeAlias = LogLine  # noqa: Y015
+
+@_typing.final
+class TaskRunEvent(_message.Message):
+    """TaskRunEvent is one change of a task run, attached to the log line that announces it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_RUN_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TASK_NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    ERROR_TYPE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    task_run_id: _builtins.str
+    """The task run's id, unique within the run attempt (chosen by the engine)."""
+    name: _builtins.str
+    """The task run's name: the task's name and its call number in its flow, e.g. "extract-0"."""
+    task_name: _builtins.str
+    """The task's name."""
+    state: Global___TaskRunState.ValueType
+    """The task run's state after this change."""
+    attempt: _builtins.int
+    """The attempt of the task this change is about, from 1."""
+    error_type: _builtins.str
+    """For FAILED and RETRYING: the exception's type name."""
+    error_message: _builtins.str
+    """For FAILED and RETRYING: the exception's message."""
+    inputs: _builtins.str
+    """A bounded repr of the arguments (sent with the first RUNNING)."""
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The task's tags (sent with the first RUNNING)."""
+
+    def __init__(
+        self,
+        *,
+        task_run_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        task_name: _builtins.str = ...,
+        state: Global___TaskRunState.ValueType = ...,
+        attempt: _builtins.int = ...,
+        error_type: _builtins.str = ...,
+        error_message: _builtins.str = ...,
+        inputs: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error_message", b"error_message", "error_type", b"error_type", "inputs", b"inputs", "name", b"name", "state", b"state", "tags", b"tags", "task_name", b"task_name", "task_run_id", b"task_run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskRunEvent: _TypeAlias = TaskRunEvent  # noqa: Y015
+
+@_typing.final
+class TaskRun(_message.Message):
+    """TaskRun is one call of a task inside a flow run, as the control plane stored it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    FLOW_ATTEMPT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TASK_NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    ERROR_TYPE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The task run's id."""
+    run_id: _builtins.str
+    """The flow run it belongs to."""
+    flow_attempt: _builtins.int
+    """The flow run's attempt it ran in."""
+    name: _builtins.str
+    """Its name, e.g. "extract-0"."""
+    task_name: _builtins.str
+    """The task's name."""
+    state: Global___TaskRunState.ValueType
+    """Its latest state."""
+    attempts: _builtins.int
+    """How many attempts it has made so far."""
+    error_type: _builtins.str
+    """The last error's exception type name (also kept after a retry succeeded)."""
+    error_message: _builtins.str
+    """The last error's message."""
+    inputs: _builtins.str
+    """A bounded repr of its arguments."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When its first attempt started."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it reached COMPLETED, FAILED, CANCELLED or CRASHED."""
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The task's tags."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        flow_attempt: _builtins.int = ...,
+        name: _builtins.str = ...,
+        task_name: _builtins.str = ...,
+        state: Global___TaskRunState.ValueType = ...,
+        attempts: _builtins.int = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        error_type: _builtins.str = ...,
+        error_message: _builtins.str = ...,
+        inputs: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "end_time", b"end_time", "error_message", b"error_message", "error_type", b"error_type", "flow_attempt", b"flow_attempt", "id", b"id", "inputs", b"inputs", "name", b"name", "run_id", b"run_id", "start_time", b"start_time", "state", b"state", "tags", b"tags", "task_name", b"task_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskRun: _TypeAlias = TaskRun  # noqa: Y015
