@@ -33,9 +33,12 @@ from typing import BinaryIO, TextIO
 from engine.logbuffer import SYSTEM_LOGGER, LogBuffer
 from engine.model import LogStream
 from flowyard_common.loglines import MAX_LINE_BYTES
+from flowyard_sdk.context import runtime
+from flowyard_sdk.events import TaskRunChange
 
 __all__ = ["Capture", "CaptureHandler", "LineWriter", "capture_output"]
 
+TASKS_LOGGER = "flowyard.tasks"
 _STREAM_HANDLER_EMIT = logging.StreamHandler.emit.__code__
 # A line without a newline is cut into pieces of this many characters rather than growing
 # without bound (progress bars that only ever write "\r").
@@ -116,7 +119,7 @@ class LineWriter(io.TextIOBase):
             self._emit(pending)
 
     def _emit(self, line: str) -> None:
-        self._buffer.write(self._level, self._stream, "", line.removesuffix("\r"))
+        self._buffer.write(self._level, self._stream, "", line.removesuffix("\r"), _task_run_here())
 
 
 class CaptureHandler(logging.Handler):
@@ -144,7 +147,7 @@ class CaptureHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
-        self._buffer.write(record.levelno, LogStream.LOGGER, record.name, text)
+        self._buffer.write(record.levelno, LogStream.LOGGER, record.name, text, _task_run_here())
         if self._echo is not None:
             with suppress(Exception):  # the echo is a courtesy; the line is captured
                 self._echo.write(self._echo_format.format(record) + "\n")
@@ -164,6 +167,16 @@ class Capture:
         self.buffer.write(level, LogStream.SYSTEM, SYSTEM_LOGGER, text)
         with suppress(OSError, ValueError):
             print(f"[flowyard] {text}", file=self.stderr.original, flush=True)
+
+    def task_change(self, change: TaskRunChange) -> None:
+        """Write a task run's change as a line that carries it (``flowyard_sdk.events``'s
+        listener while the flow runs); echoed to the original stderr unless it is DEBUG."""
+        self.buffer.write(
+            change.level, LogStream.SYSTEM, TASKS_LOGGER, change.text, change.name, change
+        )
+        if change.level > logging.DEBUG:
+            with suppress(OSError, ValueError):
+                print(f"[flowyard] {change.text}", file=self.stderr.original, flush=True)
 
     def flush_partial(self) -> None:
         """Capture lines still waiting for a newline on stdout and stderr."""
@@ -196,3 +209,8 @@ def capture_output(buffer: LogBuffer, level: int = logging.INFO) -> Iterator[Cap
         sys.stdout, sys.stderr = original_out, original_err
         root.removeHandler(capture.handler)
         root.setLevel(previous_level)
+
+
+def _task_run_here() -> str:
+    """The name of the task run the calling thread (or asyncio task) is in, or ""."""
+    return runtime.task_run.name or ""

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from engine.model import LogLine, LogStream
 from flowyard_common.loglines import truncate_line
+from flowyard_sdk.events import TaskRunChange
 
 __all__ = ["BATCH_DELAY", "BATCH_MAX_BYTES", "BATCH_MAX_LINES", "LogBuffer"]
 
@@ -51,6 +52,8 @@ class _Entry:
     logger: str
     text: str
     size: int
+    task_run: str
+    task_event: TaskRunChange | None
 
 
 class LogBuffer:
@@ -94,10 +97,20 @@ class LogBuffer:
         with self._lock:
             self._listener = listener
 
-    def write(self, level: int, stream: LogStream, logger: str, text: str) -> None:
+    def write(
+        self,
+        level: int,
+        stream: LogStream,
+        logger: str,
+        text: str,
+        task_run: str = "",
+        task_event: TaskRunChange | None = None,
+    ) -> None:
         """Add one line; never blocks on the network, drops the oldest unnumbered if full."""
         text = truncate_line(text)
-        entry = _Entry(self._clock(), level, stream, logger, text, _size(text))
+        entry = _Entry(
+            self._clock(), level, stream, logger, text, _size(text), task_run, task_event
+        )
         with self._lock:
             if len(self._queued) + len(self._numbered) >= self._capacity and self._queued:
                 dropped = self._queued.popleft()
@@ -194,7 +207,14 @@ class LogBuffer:
             entry = self._queued.popleft()
             self._queued_bytes -= entry.size
             line = LogLine(
-                self._next_seq, entry.timestamp, entry.level, entry.stream, entry.logger, entry.text
+                self._next_seq,
+                entry.timestamp,
+                entry.level,
+                entry.stream,
+                entry.logger,
+                entry.text,
+                entry.task_run,
+                entry.task_event,
             )
         self._next_seq += 1
         self._numbered.append(line)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from engine.storage import CodeSource
+from flowyard_sdk.events import TaskRunChange
 
 __all__ = ["LogLine", "LogStream", "OpenedInfo", "RunSpec", "StateResult", "StateType"]
 
@@ -49,6 +50,10 @@ class LogLine:
     stream: LogStream
     logger: str
     text: str
+    task_run: str = ""
+    """The name of the task run that wrote the line; empty outside a task."""
+    task_event: TaskRunChange | None = None
+    """The change of a task run this line announces, if it does."""
 
 
 @dataclass(frozen=True)

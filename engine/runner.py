@@ -34,6 +34,7 @@ from engine.logbuffer import LogBuffer
 from engine.model import RunSpec, StateType
 from engine.reporter import Reporter
 from engine.settings import EngineSettings
+from flowyard_sdk.events import listening
 
 __all__ = ["ExitCode", "execute"]
 
@@ -148,7 +149,11 @@ class _Attempt:
 
         self._capture.system(f"Running {flow.call.describe()}")
         try:
-            with self._cancellation.armed():
+            # Task runs' changes become lines that carry them, for the control plane to store.
+            with (
+                self._cancellation.armed(),
+                listening(self._capture.task_change, wants_inputs=True),
+            ):
                 value = call_flow(flow)
         except FlowCancelled:
             raise

@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from engine.model import LogLine, LogStream, OpenedInfo, RunSpec, StateResult, StateType
 from engine.storage import CodeSource, LocalSource
 from flowyard.v1 import engine_pb2, types_pb2
+from flowyard_sdk.events import TaskRunChange, TaskRunState
 
 __all__ = [
     "log_batch_to_proto",
@@ -99,17 +100,43 @@ def log_batch_to_proto(lines: Sequence[LogLine]) -> engine_pb2.ReportRequest:
         seconds = int(line.timestamp)
         timestamp.seconds = seconds
         timestamp.nanos = int((line.timestamp - seconds) * 1e9)
-        batch.lines.append(
-            types_pb2.LogLine(
-                seq=line.seq,
-                timestamp=timestamp,
-                level=line.level,
-                stream=_STREAMS[line.stream],
-                logger=line.logger,
-                text=line.text,
-            )
+        message = types_pb2.LogLine(
+            seq=line.seq,
+            timestamp=timestamp,
+            level=line.level,
+            stream=_STREAMS[line.stream],
+            logger=line.logger,
+            text=line.text,
+            task_run=line.task_run,
         )
+        if line.task_event is not None:
+            message.task_run_event.CopyFrom(task_event_to_proto(line.task_event))
+        batch.lines.append(message)
     return engine_pb2.ReportRequest(log_batch=batch)
+
+
+_TASK_STATES = {
+    TaskRunState.RUNNING: types_pb2.TASK_RUN_STATE_RUNNING,
+    TaskRunState.RETRYING: types_pb2.TASK_RUN_STATE_RETRYING,
+    TaskRunState.COMPLETED: types_pb2.TASK_RUN_STATE_COMPLETED,
+    TaskRunState.FAILED: types_pb2.TASK_RUN_STATE_FAILED,
+    TaskRunState.CANCELLED: types_pb2.TASK_RUN_STATE_CANCELLED,
+}
+
+
+def task_event_to_proto(change: TaskRunChange) -> types_pb2.TaskRunEvent:
+    """A task run's change as the event its log line carries."""
+    return types_pb2.TaskRunEvent(
+        task_run_id=change.task_run_id,
+        name=change.name,
+        task_name=change.task_name,
+        state=_TASK_STATES[change.state],
+        attempt=change.attempt,
+        error_type=change.error_type,
+        error_message=change.error_message,
+        inputs=change.inputs,
+        tags=sorted(change.tags),
+    )
 
 
 def run_spec_from_proto(response: engine_pb2.StartRunResponse) -> RunSpec:

@@ -24,6 +24,7 @@ import functools
 import inspect
 import logging
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from flowyard_sdk.context import TaskRunInfo, enter_task_run, runtime
+from flowyard_sdk.events import TaskRunChange, TaskRunState, describe_inputs, tell, wants_inputs
 from flowyard_sdk.frames import Frame, block_termination_signals, current_frame
 from flowyard_sdk.futures import TaskFuture, TaskFutureList, resolve, resolve_async
 
@@ -124,28 +126,17 @@ class _BaseTask:
             timeout=timeout if timeout is not None else defaults.timeout_seconds,
         )
 
-    def _info(self, run_id: str, run_name: str, attempt: int) -> TaskRunInfo:
-        return TaskRunInfo(run_id, run_name, self.name, attempt, self.settings.tags)
-
-    def _retry_after(
-        self, exc: Exception, plan: _Plan, run_name: str, attempt: int
-    ) -> float | None:
-        """Seconds to wait before the next attempt, or None when ``exc`` is final."""
-        tries = plan.retries + 1
+    def _retry_after(self, exc: Exception, run: _Run, attempt: int) -> float | None:
+        """Seconds to wait before the next attempt, or None when ``exc`` is final (reported)."""
         if (
-            attempt < tries
+            attempt < run.tries
             and isinstance(exc, self.settings.retry_on)
             and not runtime.cancel_requested
         ):
-            delay = plan.delay(attempt)
-            log.warning(
-                "Task run %s failed (attempt %d of %d): %s; retrying in %g s",
-                run_name, attempt, tries, _describe(exc), delay,
-            )  # fmt: skip
+            delay = run.plan.delay(attempt)
+            run.failed(exc, attempt, retry_delay=delay)
             return delay
-        log.error(
-            "Task run %s failed (attempt %d of %d): %s", run_name, attempt, tries, _describe(exc)
-        )
+        run.failed(exc, attempt, retry_delay=None)
         return None
 
     def _calls(
@@ -173,6 +164,65 @@ class _BaseTask:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
+
+
+class _Run:
+    """One task run's identity and reporting: every change goes to the listener."""
+
+    def __init__(
+        self,
+        task: _BaseTask,
+        name: str,
+        plan: _Plan,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.id = uuid.uuid4().hex
+        self.name = name
+        self.task = task
+        self.plan = plan
+        self.tries = plan.retries + 1
+        self._inputs = describe_inputs(args, kwargs) if wants_inputs() else ""
+        self._started = time.monotonic()
+
+    def info(self, attempt: int) -> TaskRunInfo:
+        return TaskRunInfo(self.id, self.name, self.task.name, attempt, self.task.settings.tags)
+
+    def running(self, attempt: int) -> None:
+        first = attempt == 1
+        self._tell(
+            TaskRunState.RUNNING,
+            attempt,
+            inputs=self._inputs if first else "",
+            tags=self.task.settings.tags if first else frozenset(),
+        )
+
+    def completed(self, attempt: int) -> None:
+        self._tell(TaskRunState.COMPLETED, attempt, duration=time.monotonic() - self._started)
+
+    def failed(self, exc: BaseException, attempt: int, retry_delay: float | None) -> None:
+        state = TaskRunState.FAILED if retry_delay is None else TaskRunState.RETRYING
+        self._tell(
+            state,
+            attempt,
+            error_type=type(exc).__name__,
+            error_message=str(exc),
+            retry_delay=retry_delay or 0.0,
+            duration=time.monotonic() - self._started,
+        )
+
+    def cancelled(self, attempt: int, reason: str) -> None:
+        self._tell(
+            TaskRunState.CANCELLED,
+            attempt,
+            error_message=reason,
+            duration=time.monotonic() - self._started,
+        )
+
+    def _tell(self, state: TaskRunState, attempt: int, **details: Any) -> None:
+        tell(
+            TaskRunChange(self.id, self.name, self.task.name, state, attempt, self.tries, **details)
+        )
 
 
 class _Items(list[Any]):
@@ -225,31 +275,38 @@ class Task(_BaseTask, Generic[P, T]):
 
     def _run(self, frame: Frame, run_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         args, kwargs = resolve(args), resolve(kwargs)
-        plan = self._plan(frame)
-        run_id = uuid.uuid4().hex
+        run = _Run(self, run_name, self._plan(frame), args, kwargs)
         attempt = 1
         while True:
             try:
-                with enter_task_run(self._info(run_id, run_name, attempt)):
-                    return self._attempt(plan, args, kwargs)
+                with enter_task_run(run.info(attempt)):
+                    value = self._attempt(run, attempt, args, kwargs)
             except Exception as exc:
-                delay = self._retry_after(exc, plan, run_name, attempt)
+                delay = self._retry_after(exc, run, attempt)
                 if delay is None:
                     raise
+            except BaseException as exc:
+                run.cancelled(attempt, _describe(exc))
+                raise
+            else:
+                run.completed(attempt)
+                return value
             if frame.stopping.wait(delay):
+                run.cancelled(attempt, "its flow is stopping")
                 raise TaskCancelledError(f"task run {run_name}: the flow is stopping")
             attempt += 1
 
-    def _attempt(self, plan: _Plan, args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    def _attempt(self, run: _Run, attempt: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         if self._slots is not None:
             with self._slots:
-                return self._timed(plan, args, kwargs)
-        return self._timed(plan, args, kwargs)
+                return self._timed(run, attempt, args, kwargs)
+        return self._timed(run, attempt, args, kwargs)
 
-    def _timed(self, plan: _Plan, args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
-        if plan.timeout is None:
+    def _timed(self, run: _Run, attempt: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+        run.running(attempt)
+        if run.plan.timeout is None:
             return self.fn(*args, **kwargs)
-        return _call_with_timeout(self.fn, args, kwargs, plan.timeout, self.name)
+        return _call_with_timeout(self.fn, args, kwargs, run.plan.timeout, self.name)
 
 
 def _call_with_timeout(
@@ -314,38 +371,47 @@ class AsyncTask(_BaseTask, Generic[P, T]):
         self, frame: Frame, run_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> T:
         args, kwargs = await resolve_async(args), await resolve_async(kwargs)
-        plan = self._plan(frame)
-        run_id = uuid.uuid4().hex
+        run = _Run(self, run_name, self._plan(frame), args, kwargs)
         attempt = 1
         while True:
             try:
-                with enter_task_run(self._info(run_id, run_name, attempt)):
-                    return await self._attempt(plan, args, kwargs)
+                with enter_task_run(run.info(attempt)):
+                    value = await self._attempt(run, attempt, args, kwargs)
             except Exception as exc:
-                delay = self._retry_after(exc, plan, run_name, attempt)
+                delay = self._retry_after(exc, run, attempt)
                 if delay is None:
                     raise
+            except BaseException as exc:
+                run.cancelled(attempt, _describe(exc))
+                raise
+            else:
+                run.completed(attempt)
+                return value
             await asyncio.sleep(delay)
             attempt += 1
 
-    async def _attempt(self, plan: _Plan, args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    async def _attempt(
+        self, run: _Run, attempt: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
         limit = self.settings.max_concurrency
         if limit is None:
-            return await self._timed(plan, args, kwargs)
+            return await self._timed(run, attempt, args, kwargs)
         loop = asyncio.get_running_loop()
         slots = self._slots.setdefault(loop, asyncio.Semaphore(limit))
         async with slots:
-            return await self._timed(plan, args, kwargs)
+            return await self._timed(run, attempt, args, kwargs)
 
-    async def _timed(self, plan: _Plan, args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
-        if plan.timeout is None:
+    async def _timed(
+        self, run: _Run, attempt: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        run.running(attempt)
+        timeout = run.plan.timeout
+        if timeout is None:
             return await self.fn(*args, **kwargs)
         try:
-            return await asyncio.wait_for(self.fn(*args, **kwargs), plan.timeout)
+            return await asyncio.wait_for(self.fn(*args, **kwargs), timeout)
         except TimeoutError as exc:
-            raise TaskTimeoutError(
-                f"task {self.name} did not finish within {plan.timeout:g} s"
-            ) from exc
+            raise TaskTimeoutError(f"task {self.name} did not finish within {timeout:g} s") from exc
 
 
 class _TaskDecorator:

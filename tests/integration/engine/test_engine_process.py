@@ -101,6 +101,7 @@ async def test_raising_flow_proposes_failed_with_the_exception(
     assert message.startswith("ZeroDivisionError: division by zero\n\nTraceback")
     assert "in divide" in message and "flow.py" in message
     assert "engine/" not in message, "the engine's own frames leak into the traceback"
+    assert "flowyard_sdk" not in message, "the SDK's frames leak into the traceback"
     # The partial line without newline was flushed at the end, before FAILED.
     assert "about to fail" in fake.texts(STDOUT)
     assert any(t.startswith("Flow raised ZeroDivisionError") for t in fake.texts(SYSTEM))
@@ -323,3 +324,66 @@ async def test_sigterm_while_the_control_plane_is_unreachable_exits_at_once(
     assert result.returncode == 143, result.stderr
     assert "nothing ran" in result.stderr
     assert "ran" not in result.stdout
+
+
+TASKS_FLOW = """
+    from flowyard import flow, task
+
+    @task(retries=1, tags=["io"])
+    def extract(rows):
+        print(f"extracting {rows}")
+        if extract_calls.append(1) or len(extract_calls) == 1:
+            raise ConnectionError("busy")
+        return list(range(rows))
+
+    @task
+    def check(values):
+        raise ValueError(f"{len(values)} values are too many")
+
+    extract_calls = []
+
+    @flow
+    def main():
+        print("outside any task")
+        return check(extract(3))
+"""
+
+
+async def test_task_runs_travel_as_lines_that_carry_their_changes(
+    engine: EngineHarness, flow_dir: Path
+) -> None:
+    write_flow(flow_dir, TASKS_FLOW)
+
+    result = await engine.run()
+
+    assert result.returncode == 1, result.stderr
+    fake = engine.fake
+    assert_contiguous(engine)
+    lines = [line for _, line in sorted(fake.lines.items())]
+    changes = [
+        (line.task_run_event.name, types_pb2.TaskRunState.Name(line.task_run_event.state))
+        for line in lines
+        if line.HasField("task_run_event")
+    ]
+    assert changes == [
+        ("extract-0", "TASK_RUN_STATE_RUNNING"),
+        ("extract-0", "TASK_RUN_STATE_RETRYING"),
+        ("extract-0", "TASK_RUN_STATE_RUNNING"),
+        ("extract-0", "TASK_RUN_STATE_COMPLETED"),
+        ("check-0", "TASK_RUN_STATE_RUNNING"),
+        ("check-0", "TASK_RUN_STATE_FAILED"),
+    ]
+    events = [line.task_run_event for line in lines if line.HasField("task_run_event")]
+    first, retrying, second = events[0], events[1], events[2]
+    assert first.attempt == 1 and second.attempt == 2
+    assert first.task_run_id == retrying.task_run_id == second.task_run_id
+    assert (first.inputs, list(first.tags)) == ("3", ["io"])
+    assert (retrying.error_type, retrying.error_message) == ("ConnectionError", "busy")
+    assert events[-1].error_message == "3 values are too many"
+    # What the flow prints is the task run's inside a task, nobody's outside.
+    printed = {line.text: line.task_run for line in lines if line.stream == STDOUT}
+    assert printed == {"extracting 3": "extract-0", "outside any task": ""}
+    # The failure's traceback shows the flow and the task, not the SDK between them.
+    message = fake.last_proposal(FAILED).message
+    assert "in main" in message and "in check" in message, message
+    assert "flowyard_sdk" not in message, message
