@@ -92,8 +92,43 @@ def run(message: types_pb2.FlowRun) -> Document:
 
 
 def run_with_history(response: pb.GetRunResponse) -> Document:
-    """A run (as in ``runs ls``) plus ``history``: every state it was in, oldest first."""
-    return {**run(response.run), "history": [state(h) for h in response.history]}
+    """A run (as in ``runs ls``) plus ``history``: every state it was in, oldest first, and
+    ``task_runs``: how many task runs it has in each state."""
+    return {
+        **run(response.run),
+        "history": [state(h) for h in response.history],
+        "task_runs": task_run_counts(response.task_run_counts),
+    }
+
+
+def task_run_state(value: types_pb2.TaskRunState.ValueType) -> str:
+    """``TASK_RUN_STATE_FAILED`` as ``FAILED``."""
+    return types_pb2.TaskRunState.Name(value).removeprefix("TASK_RUN_STATE_")
+
+
+def task_run_counts(counts: Any) -> dict[str, int]:
+    """``GetRunResponse.task_run_counts`` keyed by short state names."""
+    return {
+        name.removeprefix("TASK_RUN_STATE_"): int(count) for name, count in sorted(counts.items())
+    }
+
+
+def task_run(message: types_pb2.TaskRun) -> Document:
+    """A task run, as ``runs tasks -o json`` lists them."""
+    return {
+        "id": message.id,
+        "name": message.name,
+        "task": message.task_name,
+        "state": task_run_state(message.state),
+        "flow_attempt": message.flow_attempt,
+        "attempts": message.attempts,
+        "start_time": timestamp(message, "start_time"),
+        "end_time": timestamp(message, "end_time"),
+        "error_type": message.error_type or None,
+        "error_message": message.error_message or None,
+        "inputs": message.inputs or None,
+        "tags": list(message.tags),
+    }
 
 
 def queue(message: types_pb2.WorkQueue) -> Document:
@@ -251,5 +286,6 @@ def log_line(message: types_pb2.LogLine) -> Document:
         "level_number": message.level,
         "stream": types_pb2.LogStream.Name(message.stream).removeprefix("LOG_STREAM_").lower(),
         "logger": message.logger or None,
+        "task_run": message.task_run or None,
         "text": message.text,
     }

@@ -15,6 +15,7 @@ import grpc
 from control_plane.cli import documents, output
 from control_plane.cli.run_ids import resolve_run_id
 from control_plane.cli.session import Session, parse_assignments
+from control_plane.cli.task_runs import belongs_to, print_run_task_runs, runs_tasks
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
 
@@ -93,12 +94,14 @@ def follow_logs(
     show_attempt: bool = False,
     headers: bool = False,
     as_json: bool = False,
+    task: str = "",
 ) -> types_pb2.RunState:
     """Print a run's logs (history, then live lines with ``follow``); return the last state seen.
 
     With ``headers`` (runs that may have several attempts), a line ``=== attempt N ===`` comes
     before each attempt's lines. If the stream breaks, it reconnects from the last line
-    printed: nothing is missed or printed twice.
+    printed: nothing is missed or printed twice. With ``task``, only the lines of that task
+    run (``extract-0``) or of that task's runs (``extract``) are printed.
     """
     attempt, seq = 0, 0
     state = types_pb2.RunState()
@@ -113,6 +116,8 @@ def follow_logs(
             ):
                 failures = 0
                 for line in message.lines:
+                    if task and not belongs_to(line, task):
+                        continue
                     if as_json:
                         click.echo(json.dumps(documents.log_line(line), ensure_ascii=False))
                         continue
@@ -179,6 +184,9 @@ def runs_ls(
     output.print_runs(response.runs)
 
 
+runs.add_command(runs_tasks)
+
+
 @runs.command("show")
 @click.argument("run_id", metavar="RUN")
 @output.format_option
@@ -229,6 +237,7 @@ def runs_show(session: Session, run_id: str, fmt: str) -> None:
     )
     output.console.print()
     print_attempts(response.history)
+    print_run_task_runs(session.stub, run.id, response.task_run_counts)
 
 
 @click.command()
@@ -249,8 +258,13 @@ def runs_show(session: Session, run_id: str, fmt: str) -> None:
     show_default=True,
     help="json: one JSON object per line (shape in docs/cli.md).",
 )
+@click.option(
+    "--task",
+    default="",
+    help="Only the lines written inside this task's runs (extract) or one task run (extract-0).",
+)
 @click.pass_obj
-def logs(session: Session, run_id: str, follow: bool, fmt: str) -> None:
+def logs(session: Session, run_id: str, follow: bool, fmt: str, task: str) -> None:
     """Print a run's logs (a header line per attempt for runs that may be retried).
 
     RUN is the run's id or a unique prefix of it.
@@ -264,6 +278,7 @@ def logs(session: Session, run_id: str, follow: bool, fmt: str) -> None:
             follow=follow,
             headers=run.max_retries > 0 or run.attempt > 1,
             as_json=fmt == "json",
+            task=task,
         )
     if follow and fmt == "text":
         finish(final)
