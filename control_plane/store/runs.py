@@ -2,8 +2,8 @@
 
 Every state change goes through ``compare_and_set``: an UPDATE guarded by the run's version,
 plus one history row, in the caller's transaction (``apply_locked`` for many runs at once).
-A change that ends the run's attempt also ends the task runs the attempt left unfinished. A caller that loses the race gets None
-and re-reads.
+A caller that loses the race gets None and re-reads. A change that ends the run's attempt
+also ends the task runs the attempt left unfinished (``task_runs.end_unfinished``).
 """
 
 from __future__ import annotations
@@ -271,9 +271,8 @@ class Change:
     def ends_attempt(self) -> bool:
         """Whether the run's current attempt is over after the change: the run ends, or it
         goes on as another attempt (a retry, a hand-back)."""
-        return self.state.type.is_terminal or self.columns.get("attempt", self.run.attempt) != (
-            self.run.attempt
-        )
+        next_attempt = self.columns.get("attempt", self.run.attempt)
+        return self.state.type.is_terminal or next_attempt != self.run.attempt
 
     @property
     def task_runs_end(self) -> TaskRunState:
