@@ -170,6 +170,42 @@ class LogStream(enum.StrEnum):
     SYSTEM = "system"
 
 
+class TaskRunState(enum.StrEnum):
+    """Where a task run stands (stored values; ``TASK_RUN_STATE_<value>`` in the API)."""
+
+    RUNNING = "RUNNING"
+    RETRYING = "RETRYING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    CRASHED = "CRASHED"
+    """Set by the control plane only: the run's attempt ended while the task run was unfinished."""
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the task run can never change again."""
+        return self not in UNFINISHED_TASK_RUN_STATES
+
+
+#: Task-run states that an ending attempt turns into CRASHED (or CANCELLED).
+UNFINISHED_TASK_RUN_STATES = frozenset({TaskRunState.RUNNING, TaskRunState.RETRYING})
+
+
+@dataclass(frozen=True)
+class TaskRunEvent:
+    """One change of a task run, as the engine reported it on a log line."""
+
+    task_run_id: str
+    name: str
+    task_name: str
+    state: TaskRunState
+    attempt: int
+    error_type: str = ""
+    error_message: str = ""
+    inputs: str = ""
+    tags: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class LogRecord:
     """One stored log line."""
@@ -182,6 +218,32 @@ class LogRecord:
     stream: LogStream
     logger: str
     text: str
+    #: The name of the task run that wrote the line; empty outside a task.
+    task_run: str = ""
+    #: The change of a task run this line records (not stored with the line: folded into
+    #: the task run's row).
+    task_run_event: TaskRunEvent | None = None
+
+
+@dataclass(frozen=True)
+class TaskRunRecord:
+    """A stored task run: every event of it folded into one row."""
+
+    id: str
+    run_id: str
+    flow_attempt: int
+    name: str
+    task_name: str
+    state: TaskRunState
+    attempts: int
+    start_time: datetime | None
+    end_time: datetime | None
+    error_type: str
+    error_message: str
+    inputs: str
+    tags: tuple[str, ...]
+    first_seq: int
+    last_seq: int
 
 
 class TokenKind(enum.StrEnum):

@@ -55,6 +55,7 @@ from control_plane.orchestration.reports import AgentReports, EngineReports
 from control_plane.orchestration.runs import Runs
 from control_plane.orchestration.scheduler import Scheduler, Schedules
 from control_plane.orchestration.signals import Signals, lines_key, run_key
+from control_plane.orchestration.task_runs import TaskRuns
 from control_plane.store.db import Database
 from control_plane.store.notifications import PostgresChannel
 from flowyard.v1 import (
@@ -326,7 +327,9 @@ async def build(config: ServerConfig) -> App:
         options=server_options(config),
     )
     control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(
-        ControlPlaneServicer(db, catalog, runs, agents, signals, queues, schedules, tokens),
+        ControlPlaneServicer(
+            db, catalog, runs, agents, signals, queues, schedules, tokens, TaskRuns(db)
+        ),
         server,
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(

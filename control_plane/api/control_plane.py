@@ -20,6 +20,7 @@ from control_plane.orchestration.queues import Queues, QueueSpec
 from control_plane.orchestration.runs import RunRequest, Runs
 from control_plane.orchestration.scheduler import Schedules
 from control_plane.orchestration.signals import Signals, lines_key, run_key
+from control_plane.orchestration.task_runs import TaskRuns
 from control_plane.store import logs as logs_repo
 from control_plane.store.db import Database
 from flowyard.v1 import control_plane_pb2 as pb
@@ -49,8 +50,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         queues: Queues,
         schedules: Schedules,
         tokens: Tokens,
+        task_runs: TaskRuns,
     ) -> None:
         self._db = db
+        self._task_runs = task_runs
         self._tokens = tokens
         self._catalog = catalog
         self._runs = runs
@@ -251,8 +254,11 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
     @unary
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
         run, history = await self._runs.get(request.run_id)
+        counts = await self._task_runs.counts(run.id)
         return pb.GetRunResponse(
-            run=convert.run_to_proto(run), history=[convert.state_to_proto(h) for h in history]
+            run=convert.run_to_proto(run),
+            history=[convert.state_to_proto(h) for h in history],
+            task_run_counts=convert.task_run_counts(counts),
         )
 
     @unary
@@ -270,6 +276,17 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         )
         return pb.ListRunsResponse(
             runs=[convert.run_to_proto(r) for r in runs], next_page_token=token
+        )
+
+    @unary
+    async def ListTaskRuns(
+        self, request: pb.ListTaskRunsRequest, context: Context
+    ) -> pb.ListTaskRunsResponse:
+        records, token = await self._task_runs.list(
+            request.run_id, request.task_name, request.page_size, request.page_token
+        )
+        return pb.ListTaskRunsResponse(
+            task_runs=[convert.task_run_to_proto(r) for r in records], next_page_token=token
         )
 
     @unary

@@ -21,6 +21,9 @@ from control_plane.models import (
     Schedule,
     Scheduling,
     StateRecord,
+    TaskRunEvent,
+    TaskRunRecord,
+    TaskRunState,
     WorkQueue,
 )
 from control_plane.orchestration import validation
@@ -40,6 +43,18 @@ MAX_SECONDS = 253_402_300_799
 LOG_STREAMS: dict[LogStream, types_pb2.LogStream.ValueType] = {
     s: types_pb2.LogStream.Value(f"LOG_STREAM_{s.name}") for s in LogStream
 }
+TASK_RUN_STATES: dict[TaskRunState, types_pb2.TaskRunState.ValueType] = {
+    t: types_pb2.TaskRunState.Value(f"TASK_RUN_STATE_{t.value}") for t in TaskRunState
+}
+#: Bounds of what a task-run event may say: ids, names and the line's task run are refused
+#: beyond them (INVALID_ARGUMENT), free text is cut to its column.
+MAX_TASK_RUN_ID_CHARS = 64
+MAX_TASK_RUN_NAME_CHARS = 200
+MAX_TASK_ERROR_TYPE_CHARS = 200
+MAX_TASK_ERROR_MESSAGE_CHARS = 4000
+MAX_TASK_INPUTS_CHARS = 2000
+MAX_TASK_TAGS = 100
+MAX_TASK_TAG_CHARS = 200
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
@@ -108,6 +123,86 @@ def log_stream(value: types_pb2.LogStream.ValueType) -> LogStream:
         if wire == value:
             return domain
     return LogStream.UNSPECIFIED
+
+
+def task_run_name(value: str, field: str) -> str:
+    """The task run a log line names (empty outside a task); INVALID_ARGUMENT if too long."""
+    if len(value) > MAX_TASK_RUN_NAME_CHARS:
+        raise InvalidArgument(
+            f"{field}: longer than {MAX_TASK_RUN_NAME_CHARS} characters ({len(value)})"
+        )
+    return storable(value)
+
+
+def task_run_event(event: types_pb2.TaskRunEvent, field: str) -> TaskRunEvent:
+    """The domain event; INVALID_ARGUMENT naming the field for what cannot be stored.
+
+    Ids and names out of bounds and impossible states are refused; the error, inputs and
+    tags are cut to what is stored.
+    """
+    if not 1 <= len(event.task_run_id) <= MAX_TASK_RUN_ID_CHARS:
+        raise InvalidArgument(
+            f"{field}.task_run_id: must be 1 to {MAX_TASK_RUN_ID_CHARS} characters, "
+            f"got {len(event.task_run_id)}"
+        )
+    for name in ("name", "task_name"):
+        value = getattr(event, name)
+        if not 1 <= len(value) <= MAX_TASK_RUN_NAME_CHARS:
+            raise InvalidArgument(
+                f"{field}.{name}: must be 1 to {MAX_TASK_RUN_NAME_CHARS} characters, "
+                f"got {len(value)}"
+            )
+    if event.attempt < 1:
+        raise InvalidArgument(f"{field}.attempt: must be 1 or more, got {event.attempt}")
+    return TaskRunEvent(
+        task_run_id=storable(event.task_run_id),
+        name=storable(event.name),
+        task_name=storable(event.task_name),
+        state=_reported_task_run_state(event.state, f"{field}.state"),
+        attempt=event.attempt,
+        error_type=storable(event.error_type[:MAX_TASK_ERROR_TYPE_CHARS]),
+        error_message=storable(event.error_message[:MAX_TASK_ERROR_MESSAGE_CHARS]),
+        inputs=storable(event.inputs[:MAX_TASK_INPUTS_CHARS]),
+        tags=tuple(storable(tag[:MAX_TASK_TAG_CHARS]) for tag in event.tags[:MAX_TASK_TAGS]),
+    )
+
+
+def _reported_task_run_state(value: types_pb2.TaskRunState.ValueType, field: str) -> TaskRunState:
+    reportable = {t: wire for t, wire in TASK_RUN_STATES.items() if t is not TaskRunState.CRASHED}
+    for domain, wire in reportable.items():
+        if wire == value:
+            return domain
+    names = ", ".join(types_pb2.TaskRunState.Name(wire) for wire in reportable.values())
+    if value == TASK_RUN_STATES[TaskRunState.CRASHED]:
+        raise InvalidArgument(
+            f"{field}: TASK_RUN_STATE_CRASHED is set by the control plane only (when the run's "
+            f"attempt ends with the task run unfinished); report one of {names}"
+        )
+    raise InvalidArgument(f"{field}: {value} is not a task run state; use one of {names}")
+
+
+def task_run_to_proto(record: TaskRunRecord) -> types_pb2.TaskRun:
+    """A TaskRun message."""
+    return types_pb2.TaskRun(
+        id=record.id,
+        run_id=record.run_id,
+        flow_attempt=record.flow_attempt,
+        name=record.name,
+        task_name=record.task_name,
+        state=TASK_RUN_STATES[record.state],
+        attempts=record.attempts,
+        start_time=timestamp(record.start_time),
+        end_time=timestamp(record.end_time),
+        error_type=record.error_type,
+        error_message=record.error_message,
+        inputs=record.inputs,
+        tags=list(record.tags),
+    )
+
+
+def task_run_counts(counts: dict[TaskRunState, int]) -> dict[str, int]:
+    """Counts by state as GetRunResponse.task_run_counts names them."""
+    return {types_pb2.TaskRunState.Name(TASK_RUN_STATES[s]): n for s, n in counts.items()}
 
 
 COLLISIONS = {
@@ -305,4 +400,5 @@ def log_to_proto(line: LogRecord) -> types_pb2.LogLine:
         stream=LOG_STREAMS[line.stream],
         logger=line.logger,
         text=line.text,
+        task_run=line.task_run,
     )

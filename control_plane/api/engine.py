@@ -299,6 +299,13 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
                 f"{where}.seq: {line.seq} after {previous}: send lines in seq order"
             )
         previous = line.seq
+        # Resent lines are checked too: a batch is taken or refused as a whole.
+        task_run = convert.task_run_name(line.task_run, f"{where}.task_run")
+        event = (
+            convert.task_run_event(line.task_run_event, f"{where}.task_run_event")
+            if line.HasField("task_run_event")
+            else None
+        )
         if line.seq <= stored:
             continue
         expected = stored + len(records) + 1
@@ -321,6 +328,8 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
                 logger=convert.storable(line.logger[:MAX_LOGGER_CHARS]),
                 # The engine's own rule: a line stored is never longer than one it sends.
                 text=convert.storable(truncate_line(line.text)),
+                task_run=task_run,
+                task_run_event=event,
             )
         )
     return records

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import ColumnElement, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
 
@@ -14,4 +15,31 @@ def insert_ignoring_duplicates(table: Table, dialect: str) -> Any:
         return postgresql.insert(table).on_conflict_do_nothing()
     if dialect == "sqlite":
         return sqlite.insert(table).on_conflict_do_nothing()
+    raise NotImplementedError(f"unsupported database dialect {dialect!r}")
+
+
+def insert_or_update(
+    table: Table,
+    dialect: str,
+    rows: list[dict[str, Any]],
+    keys: list[str],
+    set_: Callable[[Any], dict[str, Any]],
+    where: Callable[[Any], ColumnElement[bool]],
+) -> Any:
+    """One multi-row INSERT ... ON CONFLICT (keys) DO UPDATE SET ... WHERE ...
+
+    ``set_`` and ``where`` are given the row that was refused (``excluded``) and answer the
+    columns to set and when to set them. A statement may not touch one row twice (PostgreSQL
+    refuses it): ``rows`` must have distinct keys.
+    """
+    if dialect == "postgresql":
+        pg = postgresql.insert(table).values(rows)
+        return pg.on_conflict_do_update(
+            index_elements=keys, set_=set_(pg.excluded), where=where(pg.excluded)
+        )
+    if dialect == "sqlite":
+        lite = sqlite.insert(table).values(rows)
+        return lite.on_conflict_do_update(
+            index_elements=keys, set_=set_(lite.excluded), where=where(lite.excluded)
+        )
     raise NotImplementedError(f"unsupported database dialect {dialect!r}")

@@ -8,12 +8,17 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import LogRecord, LogStream
+from control_plane.store import task_runs
 from control_plane.store.dialects import insert_ignoring_duplicates
 from control_plane.store.tables import log_lines
 
 
 async def insert_lines(conn: AsyncConnection, lines: Sequence[LogRecord], dialect: str) -> None:
-    """Store lines in one statement; a line whose (run, attempt, seq) is stored is skipped."""
+    """Store lines in one statement; a line whose (run, attempt, seq) is stored is skipped.
+
+    The task-run events the lines carry are applied to the task runs in the same
+    transaction (``task_runs.apply_events``; a resent event changes nothing).
+    """
     if not lines:
         return
     await conn.execute(
@@ -28,10 +33,13 @@ async def insert_lines(conn: AsyncConnection, lines: Sequence[LogRecord], dialec
                 "stream": line.stream.value,
                 "logger": line.logger,
                 "text": line.text,
+                "task_run": line.task_run or None,
             }
             for line in lines
         ],
     )
+    if any(line.task_run_event is not None for line in lines):
+        await task_runs.apply_events(conn, lines, dialect)
 
 
 async def max_seq(conn: AsyncConnection, run_id: str, attempt: int) -> int:
@@ -68,6 +76,7 @@ async def read_after(
             stream=LogStream(row.stream),
             logger=row.logger,
             text=row.text,
+            task_run=row.task_run or "",
         )
         for row in await conn.execute(query)
     ]

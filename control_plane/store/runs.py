@@ -1,8 +1,9 @@
 """Repository of flow runs and their state history. Functions take a connection and never commit.
 
 Every state change goes through ``compare_and_set``: an UPDATE guarded by the run's version,
-plus one history row, in the caller's transaction. A caller that loses the race gets None
-and re-reads.
+plus one history row, in the caller's transaction (``apply_locked`` for many runs at once).
+A caller that loses the race gets None and re-reads. A change that ends the run's attempt
+also ends the task runs the attempt left unfinished (``task_runs.end_unfinished``).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from control_plane.models import Run, StateRecord
+from control_plane.models import Run, StateRecord, TaskRunState
 from control_plane.states import ACTIVE, Actor, IllegalTransition, State, StateType, rejection
-from control_plane.store import cluster
+from control_plane.store import cluster, task_runs
 from control_plane.store.dialects import insert_ignoring_duplicates
 from control_plane.store.tables import (
     UTCDateTime,
@@ -39,6 +40,7 @@ from control_plane.store.tables import (
     run_states,
     work_queues,
 )
+from control_plane.store.tables import task_runs as task_runs_table
 
 _RUN_COLUMNS = (
     *flow_runs.c,
@@ -265,6 +267,20 @@ class Change:
         if refused:
             raise IllegalTransition(f"run {self.run.id}: {refused}")
 
+    @property
+    def ends_attempt(self) -> bool:
+        """Whether the run's current attempt is over after the change: the run ends, or it
+        goes on as another attempt (a retry, a hand-back)."""
+        next_attempt = self.columns.get("attempt", self.run.attempt)
+        return self.state.type.is_terminal or next_attempt != self.run.attempt
+
+    @property
+    def task_runs_end(self) -> TaskRunState:
+        """What the task runs an ending attempt leaves unfinished become."""
+        if self.state.type is StateType.CANCELLED:
+            return TaskRunState.CANCELLED
+        return TaskRunState.CRASHED
+
     def values(self, now: datetime) -> dict[str, Any]:
         """Every column the change sets."""
         changes: dict[str, Any] = {
@@ -305,6 +321,8 @@ async def compare_and_set(
     if updated is None:
         return None
     await _insert_history(conn, run.id, updated.attempt, state, now)
+    if change.ends_attempt:
+        await task_runs.end_unfinished(conn, [run.id], change.task_runs_end, now)
     return updated
 
 
@@ -355,6 +373,10 @@ async def apply_locked(conn: AsyncConnection, changes: list[Change], now: dateti
             for change, run in zip(changes, updated, strict=True)
         ],
     )
+    for end in TaskRunState:
+        ending = [c.run.id for c in changes if c.ends_attempt and c.task_runs_end is end]
+        if ending:
+            await task_runs.end_unfinished(conn, ending, end, now)
     return updated
 
 
@@ -594,6 +616,7 @@ async def delete_future_scheduled(
     if not ids:
         return 0
     await conn.execute(delete(log_lines).where(log_lines.c.run_id.in_(ids)))
+    await conn.execute(delete(task_runs_table).where(task_runs_table.c.run_id.in_(ids)))
     await conn.execute(delete(run_states).where(run_states.c.run_id.in_(ids)))
     await conn.execute(delete(flow_runs).where(flow_runs.c.id.in_(ids)))
     return len(ids)
@@ -691,9 +714,10 @@ async def count_unfinished(conn: AsyncConnection, deployment_id: str) -> int:
 
 
 async def delete_runs_of_deployment(conn: AsyncConnection, deployment_id: str) -> None:
-    """Remove every run of a deployment with its history and logs."""
+    """Remove every run of a deployment with its history, logs and task runs."""
     ids = select(flow_runs.c.id).where(flow_runs.c.deployment_id == deployment_id)
     await conn.execute(delete(log_lines).where(log_lines.c.run_id.in_(ids)))
+    await conn.execute(delete(task_runs_table).where(task_runs_table.c.run_id.in_(ids)))
     await conn.execute(delete(run_states).where(run_states.c.run_id.in_(ids)))
     await conn.execute(delete(flow_runs).where(flow_runs.c.deployment_id == deployment_id))
 

@@ -185,8 +185,38 @@ log_lines = Table(
     Column("stream", String(8), nullable=False),
     Column("logger", String(200), nullable=False),
     Column("text", Text, nullable=False),
+    # The name of the task run that wrote the line (NULL outside a task).
+    Column("task_run", String(200), nullable=True),
     # (run, attempt, seq) identifies a line: a resent line is dropped, never stored twice.
     PrimaryKeyConstraint("run_id", "attempt", "seq"),
+)
+
+# Task runs (calls of a task inside a flow run). The engine reports their changes as log
+# lines; every batch's changes are folded into one row per task run (``store/task_runs.py``),
+# which ``first_seq``/``last_seq`` tie to the lines they came from: a change is applied only
+# if it is newer than the last one applied, so a resent batch never moves a task run back.
+task_runs = Table(
+    "task_runs",
+    metadata,
+    Column("run_id", String(32), ForeignKey("flow_runs.id", ondelete="CASCADE"), nullable=False),
+    # The flow run's attempt: the engine chooses ids unique within one attempt.
+    Column("flow_attempt", Integer, nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("task_name", String(200), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("start_time", UTCDateTime, nullable=True),
+    Column("end_time", UTCDateTime, nullable=True),
+    Column("error_type", String(200), nullable=True),
+    Column("error_message", String(4000), nullable=True),
+    Column("inputs", String(2000), nullable=True),
+    # SQL NULL, not JSON null, when there are none: the upsert keeps the first non-NULL.
+    Column("tags", JSON(none_as_null=True), nullable=True),
+    Column("first_seq", BigInteger, nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("run_id", "flow_attempt", "id"),
+    Index(None, "run_id", "flow_attempt", "first_seq"),
 )
 
 api_tokens = Table(

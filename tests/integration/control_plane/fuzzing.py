@@ -72,6 +72,7 @@ TABLES = {
     "flow_runs": "id",
     "run_states": "id",
     "log_lines": "run_id, attempt, seq",
+    "task_runs": "run_id, flow_attempt, id",
     "api_tokens": "id",
 }
 

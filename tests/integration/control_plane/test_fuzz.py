@@ -588,6 +588,15 @@ UNARY = [
         True,
     ),
     Unary(
+        "ListTaskRuns",
+        pb.ListTaskRunsRequest,
+        lambda w: [
+            *(pb.ListTaskRunsRequest(run_id=r) for r in w.runs),
+            pb.ListTaskRunsRequest(run_id=w.running[0], task_name="t", page_size=1),
+        ],
+        True,
+    ),
+    Unary(
         "CancelRun",
         pb.CancelRunRequest,
         lambda w: [pb.CancelRunRequest(run_id=r, reason="fuzz") for r in w.cancellable],
@@ -909,6 +918,16 @@ def _report_messages(
                     for i in range(count)
                 ]
             )
+            for line in batch.lines:
+                # Some lines announce a change of a task run, which near_valid may spoil.
+                if draw(st.booleans()):
+                    state = draw(st.sampled_from(REPORTABLE_TASK_RUN_STATES))
+                    line.task_run = "t-0"
+                    line.task_run_event.CopyFrom(
+                        types_pb2.TaskRunEvent(
+                            task_run_id="t", name="t-0", task_name="t", state=state, attempt=1
+                        )
+                    )
             if draw(st.booleans()):
                 index = draw(st.integers(0, count - 1))
                 batch.lines[index].CopyFrom(draw(near_valid(batch.lines[index], hints)))
@@ -918,6 +937,13 @@ def _report_messages(
             message = draw(random_messages(engine_pb2.ReportRequest, hints))
             messages.append(_refusable(message))
     return messages
+
+
+REPORTABLE_TASK_RUN_STATES = [
+    types_pb2.TASK_RUN_STATE_RUNNING,
+    types_pb2.TASK_RUN_STATE_RETRYING,
+    types_pb2.TASK_RUN_STATE_COMPLETED,
+]
 
 
 def _lines(fuzz: Fuzzer, run_id: str) -> list[tuple[Any, ...]]:
@@ -963,8 +989,13 @@ def test_engine_streams_store_exactly_what_they_acknowledge(
     assert [row[2] for row in new] == list(range(stored + 1, last + 1)), (
         "the lines stored are not exactly the acknowledged ones"
     )
-    assert {k: v for k, v in before.items() if k != "log_lines"} == {
-        k: v for k, v in after.items() if k != "log_lines"
+    # Task runs change only with lines stored, and only the attempt's own.
+    changed = set(after["task_runs"]) ^ set(before["task_runs"])
+    assert all(row[0] == run_id and row[1] == 1 for row in changed), changed
+    assert new or not changed, changed
+    own = {"log_lines", "task_runs"}
+    assert {k: v for k, v in before.items() if k not in own} == {
+        k: v for k, v in after.items() if k not in own
     }
     for answer in answers:
         if answer.WhichOneof("message") == "state_result":
