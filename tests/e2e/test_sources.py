@@ -8,6 +8,7 @@ import json
 import textwrap
 from pathlib import Path
 
+from control_plane.orchestration.schedules import HORIZON_RUNS
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
 from tests.codesources import make_repo, serve_files, tar_gz
@@ -89,6 +90,12 @@ def _scheduled(system: System, deployment: str) -> set[str]:
     return {run.id for run in runs if run.schedule_name}
 
 
+def _all_scheduled(system: System, deployment: str) -> set[str] | None:
+    """The scheduled runs once the scheduler has created every upcoming one, else None."""
+    runs = _scheduled(system, deployment)
+    return runs if len(runs) == HORIZON_RUNS else None
+
+
 def _project(path: Path, git_url: str, archive_url: str, sha256: str, description: str) -> None:
     path.write_text(
         textwrap.dedent(PROJECT).format(
@@ -127,7 +134,8 @@ def test_project_file_git_and_archive_runs_record_what_they_ran(
         ]
         stored = system.stub.GetDeployment(pb.GetDeploymentRequest(name="etl")).deployment
         assert stored.version == "1.5.0"
-        morning = wait_for(lambda: _scheduled(system, "etl") or None, what="the morning runs")
+        # The scheduler creates a schedule's upcoming runs one by one: wait for all of them.
+        morning = wait_for(lambda: _all_scheduled(system, "etl"), what="the morning runs")
         again = system.cli("deploy", "--file", str(project))
         assert again.returncode == 0, again.stderr
         assert [line for line in again.stdout.splitlines() if not line.startswith("  (")] == [
