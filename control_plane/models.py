@@ -244,6 +244,8 @@ class TaskRunRecord:
     tags: tuple[str, ...]
     first_seq: int
     last_seq: int
+    attempt_errors: dict[int, str] = field(default_factory=dict)
+    """Each failed attempt's error (``"Type: message"``), by attempt number."""
 
 
 class TokenKind(enum.StrEnum):

@@ -197,6 +197,7 @@ def task_run_to_proto(record: TaskRunRecord) -> types_pb2.TaskRun:
         error_message=record.error_message,
         inputs=record.inputs,
         tags=list(record.tags),
+        attempt_errors=record.attempt_errors,
     )
 
 

@@ -128,6 +128,9 @@ def task_run(message: types_pb2.TaskRun) -> Document:
         "error_message": message.error_message or None,
         "inputs": message.inputs or None,
         "tags": list(message.tags),
+        "attempt_errors": {
+            str(attempt): error for attempt, error in sorted(message.attempt_errors.items())
+        },
     }
 
 

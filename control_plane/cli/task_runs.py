@@ -54,7 +54,7 @@ def each_task_run(
 
 
 def print_task_runs(task_runs: list[types_pb2.TaskRun], title: str = "") -> None:
-    """A table of task runs: name, state, attempts, start, duration, last error."""
+    """A table of task runs: name, state, attempts, start, duration, errors."""
     output.print_table(
         [
             output.Column("NAME", whole=True),
@@ -62,7 +62,7 @@ def print_task_runs(task_runs: list[types_pb2.TaskRun], title: str = "") -> None
             output.Column("ATTEMPTS"),
             output.Column("START", whole=True),
             output.Column("DURATION"),
-            output.Column("ERROR"),
+            output.Column("ERRORS"),
         ],
         (
             (
@@ -103,6 +103,12 @@ def _duration(task_run: types_pb2.TaskRun) -> str:
 
 
 def _error(task_run: types_pb2.TaskRun) -> str:
+    """Each failed attempt's error, oldest first (the last error alone if none is listed)."""
+    if task_run.attempt_errors:
+        return "; ".join(
+            f"attempt {attempt}: {output.first_line(error)}"
+            for attempt, error in sorted(task_run.attempt_errors.items())
+        )
     if not task_run.error_type:
         return "-"
     message = output.first_line(task_run.error_message)

@@ -213,6 +213,8 @@ task_runs = Table(
     Column("inputs", String(2000), nullable=True),
     # SQL NULL, not JSON null, when there are none: the upsert keeps the first non-NULL.
     Column("tags", JSON(none_as_null=True), nullable=True),
+    # Each failed attempt's error, by attempt number (as a string: JSON object keys).
+    Column("attempt_errors", JSON(none_as_null=True), nullable=True),
     Column("first_seq", BigInteger, nullable=False),
     Column("last_seq", BigInteger, nullable=False),
     PrimaryKeyConstraint("run_id", "flow_attempt", "id"),

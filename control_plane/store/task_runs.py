@@ -15,7 +15,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import JSON, and_, case, cast, func, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import (
@@ -27,8 +28,12 @@ from control_plane.models import (
 from control_plane.store.dialects import insert_or_update
 from control_plane.store.tables import task_runs
 
-#: Task runs per upsert statement: 15 parameters each, far below SQLite's 32,766.
+#: Task runs per upsert statement: 16 parameters each, far below SQLite's 32,766.
 UPSERT_ROWS = 500
+#: Failed attempts whose error a task run keeps, and characters of each.
+MAX_ATTEMPT_ERRORS = 50
+ATTEMPT_ERROR_CHARS = 1000
+_FAILED_ATTEMPT = frozenset({TaskRunState.RETRYING, TaskRunState.FAILED})
 
 _UNFINISHED = sorted(state.value for state in UNFINISHED_TASK_RUN_STATES)
 _KEY = ["run_id", "flow_attempt", "id"]
@@ -63,6 +68,7 @@ def fold(lines: Iterable[LogRecord]) -> list[dict[str, Any]]:
                 "error_message": None,
                 "inputs": None,
                 "tags": None,
+                "attempt_errors": None,
                 "first_seq": line.seq,
                 "attempts": 0,
             }
@@ -79,6 +85,11 @@ def fold(lines: Iterable[LogRecord]) -> list[dict[str, Any]]:
             row["error_type"] = event.error_type
         if event.error_message:
             row["error_message"] = event.error_message
+        if event.error_type and event.state in _FAILED_ATTEMPT:
+            errors = row["attempt_errors"] = row["attempt_errors"] or {}
+            if len(errors) < MAX_ATTEMPT_ERRORS:
+                text = f"{event.error_type}: {event.error_message}".rstrip(": ")
+                errors[str(event.attempt)] = text[:ATTEMPT_ERROR_CHARS]
         if event.inputs and row["inputs"] is None:
             row["inputs"] = event.inputs
         if event.tags and row["tags"] is None:
@@ -108,6 +119,7 @@ def _upsert(rows: list[dict[str, Any]], dialect: str) -> Any:
             "error_message": func.coalesce(new.error_message, stored.error_message),
             "inputs": func.coalesce(stored.inputs, new.inputs),
             "tags": func.coalesce(stored.tags, new.tags),
+            "attempt_errors": _merged(stored.attempt_errors, new.attempt_errors, dialect),
             "first_seq": case(
                 (new.first_seq < stored.first_seq, new.first_seq), else_=stored.first_seq
             ),
@@ -118,6 +130,22 @@ def _upsert(rows: list[dict[str, Any]], dialect: str) -> Any:
         return and_(new.last_seq > stored.last_seq, stored.state.in_(_UNFINISHED))
 
     return insert_or_update(task_runs, dialect, rows, _KEY, set_, newer)
+
+
+def _merged(stored: Any, new: Any, dialect: str) -> Any:
+    """The two JSON objects of errors by attempt merged (the new one wins a key): a batch
+    resent with an error already stored sets the same key again, never a second entry."""
+    if dialect == "postgresql":
+        empty = cast(literal("{}"), JSONB)
+        merged = func.coalesce(cast(stored, JSONB), empty).op("||")(
+            func.coalesce(cast(new, JSONB), empty)
+        )
+        return case((and_(stored.is_(None), new.is_(None)), None), else_=cast(merged, JSON))
+    return case(
+        (stored.is_(None), new),
+        (new.is_(None), stored),
+        else_=func.json_patch(stored, new),
+    )
 
 
 async def end_unfinished(
@@ -177,6 +205,7 @@ async def list_page(
             tags=tuple(row.tags or ()),
             first_seq=row.first_seq,
             last_seq=row.last_seq,
+            attempt_errors={int(k): v for k, v in (row.attempt_errors or {}).items()},
         )
         for row in await conn.execute(query)
     ]

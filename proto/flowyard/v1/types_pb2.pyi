@@ -977,6 +977,26 @@ class TaskRun(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class AttemptErrorsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     FLOW_ATTEMPT_FIELD_NUMBER: _builtins.int
@@ -990,6 +1010,7 @@ class TaskRun(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    ATTEMPT_ERRORS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The task run's id."""
     run_id: _builtins.str
@@ -1022,6 +1043,10 @@ class TaskRun(_message.Message):
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The task's tags."""
 
+    @_builtins.property
+    def attempt_errors(self) -> _containers.ScalarMap[_builtins.int, _builtins.str]:
+        """Each failed attempt's error ("ConnectionError: refused"), by attempt number."""
+
     def __init__(
         self,
         *,
@@ -1038,10 +1063,11 @@ class TaskRun(_message.Message):
         error_message: _builtins.str = ...,
         inputs: _builtins.str = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
+        attempt_errors: _abc.Mapping[_builtins.int, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "end_time", b"end_time", "error_message", b"error_message", "error_type", b"error_type", "flow_attempt", b"flow_attempt", "id", b"id", "inputs", b"inputs", "name", b"name", "run_id", b"run_id", "start_time", b"start_time", "state", b"state", "tags", b"tags", "task_name", b"task_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_errors", b"attempt_errors", "attempts", b"attempts", "end_time", b"end_time", "error_message", b"error_message", "error_type", b"error_type", "flow_attempt", b"flow_attempt", "id", b"id", "inputs", b"inputs", "name", b"name", "run_id", b"run_id", "start_time", b"start_time", "state", b"state", "tags", b"tags", "task_name", b"task_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

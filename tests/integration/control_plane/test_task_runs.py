@@ -178,6 +178,47 @@ async def test_a_batch_resent_after_a_reconnect_changes_nothing(ready: Plane) ->
     await agent.close()
 
 
+async def test_each_failed_attempt_keeps_its_error_once(ready: Plane) -> None:
+    agent, engine, run_id, token = await drive_to_running(ready)
+
+    def failed(seq: int, attempt: int, state: S.TaskRunState.ValueType) -> S.LogLine:
+        return event(
+            seq,
+            "t1",
+            state,
+            name="fetch-0",
+            attempt=attempt,
+            error_type="ConnectionError",
+            error_message=f"refused {attempt}",
+        )
+
+    first = [
+        event(1, "t1", S.TASK_RUN_STATE_RUNNING, name="fetch-0"),
+        failed(2, 1, S.TASK_RUN_STATE_RETRYING),
+    ]
+    assert await store(engine, *first) == 2
+    await engine.close()
+    # Resent after a reconnect, with what came next: the first error is not counted twice.
+    again = engine_stream(ready, run_id, 1, token)
+    assert (await again.receive("opened")).stored_seq == 2
+    later = [
+        event(3, "t1", S.TASK_RUN_STATE_RUNNING, name="fetch-0", attempt=2),
+        failed(4, 2, S.TASK_RUN_STATE_RETRYING),
+        event(5, "t1", S.TASK_RUN_STATE_RUNNING, name="fetch-0", attempt=3),
+        event(6, "t1", S.TASK_RUN_STATE_COMPLETED, name="fetch-0", attempt=3),
+    ]
+    assert await store(again, *first, *later[:2]) == 4
+    assert await store(again, *later[2:]) == 6
+    (fetch,) = await task_runs(ready, run_id)
+    assert (fetch.state, fetch.attempts) == (S.TASK_RUN_STATE_COMPLETED, 3)
+    assert dict(fetch.attempt_errors) == {
+        1: "ConnectionError: refused 1",
+        2: "ConnectionError: refused 2",
+    }
+    await again.close()
+    await agent.close()
+
+
 async def test_an_older_event_after_a_newer_one_does_not_move_a_task_run_back(
     ready: Plane,
 ) -> None:

@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("error_message", sa.String(4000), nullable=True),
         sa.Column("inputs", sa.String(2000), nullable=True),
         sa.Column("tags", sa.JSON(), nullable=True),
+        sa.Column("attempt_errors", sa.JSON(), nullable=True),
         sa.Column("first_seq", sa.BigInteger(), nullable=False),
         sa.Column("last_seq", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(
