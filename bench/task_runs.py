@@ -123,7 +123,9 @@ def main() -> None:
         started = float(lines[0].removeprefix("started at "))
         listed = sum(1 for _ in _all_task_runs(stub, run_id))
         finished = stub.GetRun(pb.GetRunRequest(run_id=run_id)).run
+        returned = float(finished.result_summary)
         print(f"map over {args.items} no-op tasks (8 workers):")
+        print(f"  flow start -> flow returned           {returned - started:6.2f} s")
         print(f"  flow start -> every task run stored   {stored_at - started:6.2f} s")
         print(f"  task runs listed by ListTaskRuns      {listed}")
         state = types_pb2.StateType.Name(finished.state.type)
