@@ -142,6 +142,13 @@ class Run:
     queue_name: str = DEFAULT_QUEUE
     max_retries: int = 0
     schedule_name: str = ""
+    #: The run whose flow started this one (attempt ``parent_attempt``), if any.
+    parent_run_id: str | None = None
+    parent_attempt: int | None = None
+    #: A subflow: run by the parent's engine, its lines stored with the parent's.
+    subflow: bool = False
+    #: Whether cancelling the parent cancels this run.
+    cancel_with_parent: bool = False
 
     @property
     def is_terminal(self) -> bool:
@@ -220,6 +227,8 @@ class LogRecord:
     text: str
     #: The name of the task run that wrote the line; empty outside a task.
     task_run: str = ""
+    #: The subflow run that wrote the line (its id); empty outside a subflow.
+    subflow_run: str = ""
     #: The change of a task run this line records (not stored with the line: folded into
     #: the task run's row).
     task_run_event: TaskRunEvent | None = None

@@ -46,6 +46,7 @@ from control_plane.orchestration.agents import AgentRegistry
 from control_plane.orchestration.bus import DISPATCH, LINES, RUN, SCHEDULES, Bus
 from control_plane.orchestration.catalog import Catalog
 from control_plane.orchestration.changes import Notifier
+from control_plane.orchestration.children import ChildRuns
 from control_plane.orchestration.cluster import Replica, Singleton
 from control_plane.orchestration.dispatch import Dispatcher
 from control_plane.orchestration.heartbeats import Heartbeats
@@ -351,6 +352,7 @@ async def build(config: ServerConfig) -> App:
             EngineReports(db, notifier, heartbeats),
             signals,
             timedelta(seconds=config.engine_heartbeat_seconds),
+            ChildRuns(db, notifier, runs),
         ),
         server,
     )

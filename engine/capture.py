@@ -33,6 +33,7 @@ from typing import BinaryIO, TextIO
 from engine.logbuffer import SYSTEM_LOGGER, LogBuffer
 from engine.model import LogStream
 from flowyard_common.loglines import MAX_LINE_BYTES
+from flowyard_sdk.children import current_subflow_run
 from flowyard_sdk.context import runtime
 from flowyard_sdk.events import TaskRunChange
 
@@ -119,7 +120,15 @@ class LineWriter(io.TextIOBase):
             self._emit(pending)
 
     def _emit(self, line: str) -> None:
-        self._buffer.write(self._level, self._stream, "", line.removesuffix("\r"), _task_run_here())
+        self._buffer.write(
+            self._level,
+            self._stream,
+            "",
+            line.removesuffix("\r"),
+            _task_run_here(),
+            None,
+            current_subflow_run(),
+        )
 
 
 class CaptureHandler(logging.Handler):
@@ -147,7 +156,15 @@ class CaptureHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
-        self._buffer.write(record.levelno, LogStream.LOGGER, record.name, text, _task_run_here())
+        self._buffer.write(
+            record.levelno,
+            LogStream.LOGGER,
+            record.name,
+            text,
+            _task_run_here(),
+            None,
+            current_subflow_run(),
+        )
         if self._echo is not None:
             with suppress(Exception):  # the echo is a courtesy; the line is captured
                 self._echo.write(self._echo_format.format(record) + "\n")
@@ -162,9 +179,10 @@ class Capture:
         self.stdout = stdout
         self.stderr = stderr
 
-    def system(self, text: str, level: int = logging.INFO) -> None:
-        """Write one of the engine's own lines about the run; echoed to the original stderr."""
-        self.buffer.write(level, LogStream.SYSTEM, SYSTEM_LOGGER, text)
+    def system(self, text: str, level: int = logging.INFO, subflow_run: str = "") -> None:
+        """Write one of the engine's own lines about the run (or one of its subflows);
+        echoed to the original stderr."""
+        self.buffer.write(level, LogStream.SYSTEM, SYSTEM_LOGGER, text, "", None, subflow_run)
         with suppress(OSError, ValueError):
             print(f"[flowyard] {text}", file=self.stderr.original, flush=True)
 
@@ -172,7 +190,13 @@ class Capture:
         """Write a task run's change as a line that carries it (``flowyard_sdk.events``'s
         listener while the flow runs); echoed to the original stderr unless it is DEBUG."""
         self.buffer.write(
-            change.level, LogStream.SYSTEM, TASKS_LOGGER, change.text, change.name, change
+            change.level,
+            LogStream.SYSTEM,
+            TASKS_LOGGER,
+            change.text,
+            change.name,
+            change,
+            current_subflow_run(),
         )
         if change.level > logging.DEBUG:
             with suppress(OSError, ValueError):

@@ -54,6 +54,7 @@ class _Entry:
     size: int
     task_run: str
     task_event: TaskRunChange | None
+    subflow_run: str
 
 
 class LogBuffer:
@@ -105,11 +106,20 @@ class LogBuffer:
         text: str,
         task_run: str = "",
         task_event: TaskRunChange | None = None,
+        subflow_run: str = "",
     ) -> None:
         """Add one line; never blocks on the network, drops the oldest unnumbered if full."""
         text = truncate_line(text)
         entry = _Entry(
-            self._clock(), level, stream, logger, text, _size(text), task_run, task_event
+            self._clock(),
+            level,
+            stream,
+            logger,
+            text,
+            _size(text),
+            task_run,
+            task_event,
+            subflow_run,
         )
         with self._lock:
             if len(self._queued) + len(self._numbered) >= self._capacity and self._queued:
@@ -215,6 +225,7 @@ class LogBuffer:
                 entry.text,
                 entry.task_run,
                 entry.task_event,
+                entry.subflow_run,
             )
         self._next_seq += 1
         self._numbered.append(line)

@@ -54,6 +54,8 @@ class LogLine:
     """The name of the task run that wrote the line; empty outside a task."""
     task_event: TaskRunChange | None = None
     """The change of a task run this line announces, if it does."""
+    subflow_run: str = ""
+    """The id of the subflow run that wrote the line; empty outside a subflow."""
 
 
 @dataclass(frozen=True)

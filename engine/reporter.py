@@ -23,9 +23,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf.message import Message
 
 from engine.cancellation import block_termination_signals
 from engine.errors import ControlPlaneRejected, ControlPlaneUnavailable, ReportError
@@ -133,6 +135,47 @@ class Reporter:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise ControlPlaneUnavailable("StartRun did not answer in time") from None
+
+    def call(self, method: str, request: Message) -> Any:
+        """Call a unary EngineService method from any thread but the reporter's, retrying
+        transient errors until the connect timeout.
+
+        Raises:
+            ReportError: refused, or unreachable.
+        """
+        future = asyncio.run_coroutine_threadsafe(
+            self._unary(method, request), self._running_loop()
+        )
+        try:
+            return future.result(self._timeouts.connect + 5.0)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise ControlPlaneUnavailable(f"{method} did not answer in time") from None
+
+    def watch(
+        self,
+        request: engine_pb2.WatchChildRunRequest,
+        on_change: Callable[[Any], bool],
+        timeout: float | None,
+    ) -> bool:
+        """Follow a child run until ``on_change`` says stop or it is terminal; False if
+        ``timeout`` passed first. ``on_change`` runs on the reporter thread.
+
+        Raises:
+            ReportError: refused.
+        """
+        future = asyncio.run_coroutine_threadsafe(
+            self._watch(request, on_change), self._running_loop()
+        )
+        try:
+            future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            return False
+        except BaseException:
+            future.cancel()  # a cancelled flow stops waiting; the watch stops with it
+            raise
+        return True
 
     def set_heartbeat_interval(self, seconds: float) -> None:
         """Send a heartbeat every ``seconds`` from now on."""
@@ -279,30 +322,54 @@ class Reporter:
         self._buffer.interrupt()
 
     async def _start_run(self) -> RunSpec:
-        assert self._stub is not None
         request = engine_pb2.StartRunRequest(
             run_id=self._settings.run_id, attempt=self._settings.attempt
         )
+        return run_spec_from_proto(await self._unary("StartRun", request))
+
+    async def _unary(self, method: str, request: Message) -> Any:
+        """Call a unary EngineService method, retrying transient errors until the connect
+        timeout; a fatal status is raised as :func:`~engine.stream.refusal` says."""
+        assert self._stub is not None
+        call = getattr(self._stub, method)
         deadline = time.monotonic() + self._timeouts.connect
         failures = 0
         last_error = "no answer"
         while (remaining := deadline - time.monotonic()) > 0:
             try:
-                response = await self._stub.StartRun(
-                    request, timeout=remaining, metadata=self._metadata
-                )
+                return await call(request, timeout=remaining, metadata=self._metadata)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in FATAL_CODES:
-                    raise refusal(exc.code(), exc.details(), "StartRun") from None
+                    raise refusal(exc.code(), exc.details(), method) from None
                 last_error = f"{exc.code().name}: {exc.details()}"
                 failures += 1
                 delay = backoff_delay(
                     failures, self._timeouts.backoff_base, self._timeouts.backoff_cap
                 )
                 await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-                continue
-            return run_spec_from_proto(response)
         raise ControlPlaneUnavailable(
-            f"StartRun got no answer from {self._settings.server} within "
+            f"{method} got no answer from {self._settings.server} within "
             f"{self._timeouts.connect:g} s (last error: {last_error})"
         )
+
+    async def _watch(
+        self, request: engine_pb2.WatchChildRunRequest, on_change: Callable[[Any], bool]
+    ) -> None:
+        """Follow WatchChildRun until ``on_change`` returns True for a snapshot (or the child
+        is terminal), reconnecting after transient errors."""
+        assert self._stub is not None
+        failures = 0
+        while True:
+            try:
+                async for response in self._stub.WatchChildRun(request, metadata=self._metadata):
+                    failures = 0
+                    if on_change(response.run):
+                        return
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in FATAL_CODES:
+                    raise refusal(exc.code(), exc.details(), "WatchChildRun") from None
+                failures += 1
+                await asyncio.sleep(
+                    backoff_delay(failures, self._timeouts.backoff_base, self._timeouts.backoff_cap)
+                )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from engine.cancellation import Cancellation
 from engine.capture import Capture, capture_output
+from engine.children import EngineChildRuns
 from engine.errors import FlowCancelled, FlowSetupError, ReportError
 from engine.flow import (
     Outcome,
@@ -34,6 +35,7 @@ from engine.logbuffer import LogBuffer
 from engine.model import RunSpec, StateType
 from engine.reporter import Reporter
 from engine.settings import EngineSettings
+from flowyard_sdk.children import hosting
 from flowyard_sdk.events import listening
 
 __all__ = ["ExitCode", "execute"]
@@ -150,9 +152,11 @@ class _Attempt:
         self._capture.system(f"Running {flow.call.describe()}")
         try:
             # Task runs' changes become lines that carry them, for the control plane to store.
+            # Subflows and run_deployment become child runs through the control plane.
             with (
                 self._cancellation.armed(),
                 listening(self._capture.task_change, wants_inputs=True),
+                hosting(EngineChildRuns(self._settings, self._reporter, self._capture)),
             ):
                 value = call_flow(flow)
         except FlowCancelled:

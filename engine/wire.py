@@ -108,6 +108,7 @@ def log_batch_to_proto(lines: Sequence[LogLine]) -> engine_pb2.ReportRequest:
             logger=line.logger,
             text=line.text,
             task_run=line.task_run,
+            subflow_run=line.subflow_run,
         )
         if line.task_event is not None:
             message.task_run_event.CopyFrom(task_event_to_proto(line.task_event))

@@ -1,9 +1,11 @@
-"""The flow author's SDK, imported as ``flowyard``: tasks, flows and the runtime context.
+"""The flow author's SDK, imported as ``flowyard``: tasks, flows, child runs and the runtime
+context.
 
 It needs nothing but the standard library, so importing it costs the engine next to nothing
 and a flow stays runnable (and testable) with no server.
 """
 
+from flowyard_sdk.children import ChildRun, ChildRunError, run_deployment
 from flowyard_sdk.context import FlowRunInfo, TaskRunInfo, runtime
 from flowyard_sdk.flows import Flow, flow
 from flowyard_sdk.futures import TaskFuture, TaskFutureList, UpstreamTaskFailed
@@ -18,6 +20,8 @@ from flowyard_sdk.tasks import (
 
 __all__ = [
     "AsyncTask",
+    "ChildRun",
+    "ChildRunError",
     "Flow",
     "FlowRunInfo",
     "Task",
@@ -28,6 +32,7 @@ __all__ = [
     "TaskTimeoutError",
     "UpstreamTaskFailed",
     "flow",
+    "run_deployment",
     "runtime",
     "task",
     "unmapped",

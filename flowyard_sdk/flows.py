@@ -5,8 +5,9 @@ way (:func:`run_entrypoint`). What it adds is a name, defaults for the tasks the
 (``task_retries``, ``task_retry_delay_seconds``, ``task_timeout_seconds``) and the size of
 its worker pool (``max_workers``). A ``@flow`` function called from inside another flow is a
 subflow: it runs in the caller's process with a frame of its own (its own task-run numbering,
-worker pool and defaults) and its start and end are written to the run's logs. Called outside
-any run (a script, a test), a flow runs locally with no server.
+worker pool and defaults), and inside a run it is recorded as a child run of the caller
+(``flowyard_sdk.children``): its own state, task runs and log lines. Called outside any run
+(a script, a test), a flow runs locally with no server.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from flowyard_sdk.context import FlowRunInfo, enter_run
+from flowyard_sdk.children import current_host, in_subflow, jsonable
+from flowyard_sdk.context import FlowRunInfo, enter_run, runtime
 from flowyard_sdk.frames import Frame, TaskDefaults, in_flow, run_in_frame
 
 __all__ = ["Flow", "flow", "run_entrypoint"]
@@ -56,15 +59,49 @@ class Flow(Generic[P, R]):
             return run_in_frame(frame, self.fn, *args, **kwargs)  # type: ignore[no-any-return]
         if inspect.iscoroutinefunction(self.fn):
             return self._subflow_async(frame, args, kwargs)  # type: ignore[return-value]
-        with self._subflow():
-            return run_in_frame(frame, self.fn, *args, **kwargs)  # type: ignore[no-any-return]
+        with self._subflow(args, kwargs) as recorded:
+            result = run_in_frame(frame, self.fn, *args, **kwargs)
+            recorded.append(result)
+            return result  # type: ignore[no-any-return]
 
     async def _subflow_async(self, frame: Frame, args: Any, kwargs: Any) -> Any:
-        with self._subflow():
-            return await run_in_frame(frame, self.fn, *args, **kwargs)
+        with self._subflow(args, kwargs) as recorded:
+            result = await run_in_frame(frame, self.fn, *args, **kwargs)
+            recorded.append(result)
+            return result
 
     @contextmanager
-    def _subflow(self) -> Iterator[None]:
+    def _subflow(self, args: Any, kwargs: Any) -> Iterator[list[Any]]:
+        """Run the body as a subflow: recorded as a child run of the current run when the
+        engine hosts one (its lines and task runs its own), logged either way."""
+        host = current_host()
+        recorded: list[Any] = []
+        if host is None:
+            with self._logged():
+                yield recorded
+            return
+        parameters = jsonable(self._arguments(args, kwargs))
+        run_id = host.start_subflow(self.name, parameters)
+        parent = runtime.flow_run
+        info = FlowRunInfo(
+            id=run_id,
+            attempt=1,
+            flow_name=self.name,
+            deployment_name=parent.deployment_name,
+            scheduled_time=parent.scheduled_time,
+            parameters=MappingProxyType(parameters),
+        )
+        with enter_run(info), in_subflow(run_id):
+            try:
+                with self._logged():
+                    yield recorded
+            except Exception as exc:
+                host.end_subflow(run_id, exc, None)
+                raise
+            host.end_subflow(run_id, None, recorded[0] if recorded else None)
+
+    @contextmanager
+    def _logged(self) -> Iterator[None]:
         log.info("Subflow %s started", self.name)
         started = time.monotonic()
         try:
@@ -73,6 +110,12 @@ class Flow(Generic[P, R]):
             log.error("Subflow %s failed: %s: %s", self.name, type(exc).__name__, exc)
             raise
         log.info("Subflow %s finished in %.3f s", self.name, time.monotonic() - started)
+
+    def _arguments(self, args: Any, kwargs: Any) -> dict[str, Any]:
+        try:
+            return dict(inspect.signature(self.fn).bind_partial(*args, **kwargs).arguments)
+        except (TypeError, ValueError):
+            return {**{f"arg{i}": value for i, value in enumerate(args)}, **kwargs}
 
     def __repr__(self) -> str:
         return f"<Flow {self.name}>"

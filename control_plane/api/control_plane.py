@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +18,7 @@ from control_plane.orchestration.catalog import Catalog, DeploymentSpec
 from control_plane.orchestration.queues import Queues, QueueSpec
 from control_plane.orchestration.runs import RunRequest, Runs
 from control_plane.orchestration.scheduler import Schedules
-from control_plane.orchestration.signals import Signals, lines_key, run_key
+from control_plane.orchestration.signals import Signals, lines_key, run_key, wait_or_recheck
 from control_plane.orchestration.task_runs import TaskRuns
 from control_plane.store import logs as logs_repo
 from control_plane.store.db import Database
@@ -33,8 +32,6 @@ Context = Any  # grpc.aio.ServicerContext, whose generic parameters the stubs do
 TAIL_BATCH = 500
 #: Bytes of lines per TailLogs message, far below a default client's 4 MiB receive limit.
 TAIL_MESSAGE_BYTES = 1 << 20
-#: A follow stream re-reads at least this often even without a notification.
-TAIL_RECHECK_SECONDS = 30.0
 
 
 class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
@@ -255,10 +252,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
         run, history = await self._runs.get(request.run_id)
         counts = await self._task_runs.counts(run.id)
+        children = await self._runs.children(run.id)
         return pb.GetRunResponse(
             run=convert.run_to_proto(run),
             history=[convert.state_to_proto(h) for h in history],
             task_run_counts=convert.task_run_counts(counts),
+            children=[convert.run_to_proto(child) for child in children],
         )
 
     @unary
@@ -301,12 +300,18 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         self, request: pb.WatchRunRequest, context: Context
     ) -> AsyncIterator[pb.WatchRunResponse]:
         run_id = validation.run_id(request.run_id)
+        run = await self._db.shielded(self._runs.current(run_id))
+        # A subflow also ends with its parent's attempt, a change notified as the parent's.
+        keys = [run_key(run_id)] + (
+            [run_key(run.parent_run_id)] if run.subflow and run.parent_run_id else []
+        )
         last_version = -1
         while True:
-            with self._signals.waiting(run_key(run_id)) as changed:
+            with contextlib.ExitStack() as stack:
+                events = [stack.enter_context(self._signals.waiting(key)) for key in keys]
                 run = await self._db.shielded(self._runs.current(run_id))
                 if run.version == last_version:
-                    await _wait(changed)
+                    await wait_or_recheck(*events)
                     continue
             last_version = run.version
             yield pb.WatchRunResponse(run=convert.run_to_proto(run))
@@ -321,11 +326,14 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         if request.after_attempt < 0 or request.after_seq < 0:
             raise InvalidArgument("after_attempt/after_seq: must not be negative")
         attempt, seq = request.after_attempt, request.after_seq
+        run = await self._db.shielded(self._runs.current(run_id))
+        # A subflow's lines are stored with its parent's attempt: follow the parent's.
+        source = run.parent_run_id if run.subflow and run.parent_run_id else run_id
         while True:
-            with self._signals.waiting(lines_key(run_id)) as changed:
-                run, lines = await self._db.shielded(self._read_tail(run_id, attempt, seq))
+            with self._signals.waiting(lines_key(source)) as changed:
+                run, lines = await self._db.shielded(self._read_tail(run, attempt, seq))
                 if not lines and request.follow and not run.is_terminal:
-                    await _wait(changed)
+                    await wait_or_recheck(changed)
                     continue
             if lines:
                 attempt, seq = lines[-1].attempt, lines[-1].seq
@@ -336,12 +344,17 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             yield pb.TailLogsResponse(state=convert.current_state(run))
             return
 
-    async def _read_tail(self, run_id: str, attempt: int, seq: int) -> tuple[Run, list[LogRecord]]:
+    async def _read_tail(self, run: Run, attempt: int, seq: int) -> tuple[Run, list[LogRecord]]:
         # Read the state before the lines: every line of a run is stored before its
         # terminal state, so a terminal state read first means no line can be missed.
-        run = await self._runs.current(run_id)
+        run = await self._runs.current(run.id)
         async with self._db.read() as conn:
-            lines = await logs_repo.read_after(conn, run_id, attempt, seq, TAIL_BATCH)
+            if run.subflow and run.parent_run_id:
+                lines = await logs_repo.read_after(
+                    conn, run.parent_run_id, attempt, seq, TAIL_BATCH, subflow_run=run.id
+                )
+            else:
+                lines = await logs_repo.read_after(conn, run.id, attempt, seq, TAIL_BATCH)
         return run, lines
 
 
@@ -357,9 +370,3 @@ def _by_size(lines: list[types_pb2.LogLine]) -> list[list[types_pb2.LogLine]]:
         chunks[-1].append(line)
         size += line_size
     return chunks
-
-
-async def _wait(event: asyncio.Event) -> None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(TAIL_RECHECK_SECONDS):
-            await event.wait()

@@ -387,6 +387,9 @@ def run_to_proto(run: Run) -> types_pb2.FlowRun:
         queue=run.queue_name,
         max_retries=run.max_retries,
         schedule_name=run.schedule_name,
+        parent_run_id=run.parent_run_id or "",
+        subflow=run.subflow,
+        cancel_with_parent=run.cancel_with_parent,
     )
 
 
@@ -402,4 +405,5 @@ def log_to_proto(line: LogRecord) -> types_pb2.LogLine:
         logger=line.logger,
         text=line.text,
         task_run=line.task_run,
+        subflow_run=line.subflow_run,
     )

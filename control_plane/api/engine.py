@@ -30,8 +30,9 @@ from control_plane.errors import (
 from control_plane.models import LogRecord, Run
 from control_plane.orchestration import attempts, clock, validation
 from control_plane.orchestration.catalog import Catalog
+from control_plane.orchestration.children import ChildRuns
 from control_plane.orchestration.reports import EngineReports, Proposal
-from control_plane.orchestration.signals import Signals, run_key
+from control_plane.orchestration.signals import Signals, run_key, wait_or_recheck
 from control_plane.states import StateType
 from control_plane.store import catalog as catalog_repo
 from control_plane.store.db import Database
@@ -66,10 +67,12 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         reports: EngineReports,
         signals: Signals,
         heartbeat: timedelta,
+        children: ChildRuns,
     ) -> None:
         self._db = db
         self._catalog = catalog
         self._reports = reports
+        self._children = children
         self._signals = signals
         self._heartbeat = heartbeat
 
@@ -107,6 +110,60 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
             source=convert.source_to_proto(deployment.source),
             heartbeat_interval=heartbeat,
         )
+
+    @unary
+    async def StartChildRun(
+        self, request: pb.StartChildRunRequest, context: Context
+    ) -> pb.StartChildRunResponse:
+        parent = await self._authorize(request.run_id, request.attempt, "")
+        kind = request.WhichOneof("child")
+        if kind == "subflow_name":
+            run = await self._children.start_subflow(
+                parent, request.key, request.subflow_name, request.parameters_json
+            )
+        elif kind == "deployment_name":
+            run = await self._children.start_deployment_run(
+                parent,
+                request.key,
+                request.deployment_name,
+                request.parameters_json,
+                request.cancel_with_parent,
+            )
+        else:
+            raise InvalidArgument("child: give subflow_name or deployment_name")
+        return pb.StartChildRunResponse(run=convert.run_to_proto(run))
+
+    @unary
+    async def EndSubflow(
+        self, request: pb.EndSubflowRequest, context: Context
+    ) -> pb.EndSubflowResponse:
+        parent = await self._authorize(request.run_id, request.attempt, "")
+        run = await self._children.end_subflow(
+            parent,
+            request.subflow_run_id,
+            convert.state_type(request.type, "type"),
+            convert.storable(request.message),
+            convert.storable(request.result_summary),
+        )
+        return pb.EndSubflowResponse(run=convert.run_to_proto(run))
+
+    @streaming
+    async def WatchChildRun(
+        self, request: pb.WatchChildRunRequest, context: Context
+    ) -> AsyncIterator[pb.WatchChildRunResponse]:
+        parent = await self._authorize(request.run_id, request.attempt, "")
+        child = await self._children.child(parent, request.child_run_id)
+        last_version = -1
+        while True:
+            with self._signals.waiting(run_key(child.id)) as changed:
+                child = await self._db.shielded(self._children.child(parent, child.id))
+                if child.version == last_version:
+                    await wait_or_recheck(changed)
+                    continue
+            last_version = child.version
+            yield pb.WatchChildRunResponse(run=convert.run_to_proto(child))
+            if child.is_terminal:
+                return
 
     @streaming
     async def Report(
@@ -155,11 +212,14 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         own: set[str],
         out: asyncio.Queue[Outgoing],
     ) -> None:
+        subflows: set[str] = set()  # subflow runs of this attempt, checked once each
         try:
             async for request in requests:
                 kind = request.WhichOneof("message")
                 if kind == "log_batch":
-                    stored = await self._db.shielded(self._store(run, request.log_batch, stored))
+                    stored = await self._db.shielded(
+                        self._store(run, request.log_batch, stored, subflows)
+                    )
                     out.put_nowait(pb.ReportResponse(log_ack=pb.LogAck(stored_seq=stored)))
                 elif kind == "propose_state":
                     own.add(request.propose_state.transition_id)
@@ -181,8 +241,12 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         finally:
             out.put_nowait(None)
 
-    async def _store(self, run: Run, batch: pb.LogBatch, stored: int) -> int:
+    async def _store(self, run: Run, batch: pb.LogBatch, stored: int, subflows: set[str]) -> int:
         records = _new_lines(run, batch, stored)
+        named = {record.subflow_run for record in records if record.subflow_run}
+        if not named <= subflows:
+            await self._children.check_subflows(run, named - subflows)
+            subflows |= named
         if records:
             await self._reports.store_logs(run, records)
             stored = records[-1].seq
@@ -330,6 +394,7 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
                 text=convert.storable(truncate_line(line.text)),
                 task_run=task_run,
                 task_run_event=event,
+                subflow_run=line.subflow_run,
             )
         )
     return records

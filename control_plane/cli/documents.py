@@ -88,16 +88,20 @@ def run(message: types_pb2.FlowRun) -> Document:
         "infrastructure_id": message.infrastructure_id or None,
         "result": message.result_summary or None,
         "source_revision": message.source_revision or None,
+        "parent_run_id": message.parent_run_id or None,
+        "subflow": message.subflow,
     }
 
 
 def run_with_history(response: pb.GetRunResponse) -> Document:
     """A run (as in ``runs ls``) plus ``history``: every state it was in, oldest first, and
-    ``task_runs``: how many task runs it has in each state."""
+    ``task_runs``: how many task runs it has in each state, and ``children``: the runs its
+    flow started (subflows, ``run_deployment``)."""
     return {
         **run(response.run),
         "history": [state(h) for h in response.history],
         "task_runs": task_run_counts(response.task_run_counts),
+        "children": [run(child) for child in response.children],
     }
 
 

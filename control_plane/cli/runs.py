@@ -6,7 +6,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import click
@@ -209,6 +209,11 @@ def runs_show(session: Session, run_id: str, fmt: str) -> None:
             ("Attempt", attempt_text(run, response.history)),
             ("Queue", run.queue or "-"),
             ("Schedule", run.schedule_name or "-"),
+            *(
+                [("Parent run", f"{run.parent_run_id}{' (subflow)' if run.subflow else ''}")]
+                if run.parent_run_id
+                else []
+            ),
             ("Parameters", run.parameters_json),
             ("Agent", run.agent_name or "-"),
             ("Infrastructure", run.infrastructure_id or "-"),
@@ -238,6 +243,36 @@ def runs_show(session: Session, run_id: str, fmt: str) -> None:
     output.console.print()
     print_attempts(response.history)
     print_run_task_runs(session.stub, run.id, response.task_run_counts)
+    print_children(response.children)
+
+
+def print_children(children: Sequence[types_pb2.FlowRun]) -> None:
+    """The end of ``runs show``: the runs the flow started."""
+    if not children:
+        return
+    output.console.print()
+    output.print_table(
+        [
+            output.Column("RUN", whole=True),
+            output.Column("KIND"),
+            output.Column("FLOW"),
+            output.Column("DEPLOYMENT"),
+            output.Column("STATE"),
+            output.Column("MESSAGE"),
+        ],
+        (
+            (
+                child.id,
+                "subflow" if child.subflow else "deployment run",
+                child.flow_name,
+                child.deployment_name,
+                output.state_text(child.state),
+                output.first_line(child.state.message),
+            )
+            for child in children
+        ),
+        title=f"Child runs ({len(children)})",
+    )
 
 
 @click.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import uuid
 from collections.abc import Sequence
@@ -93,6 +94,11 @@ class RunRequest:
     schedule_name: str = ""
     #: The schedule as the scheduler read it: the run is created only if it is still so.
     schedule: Schedule | None = None
+    #: The run (and attempt) whose flow starts this one (``run_deployment``), if any.
+    parent_run_id: str | None = None
+    parent_attempt: int | None = None
+    #: Whether cancelling the parent cancels this run (the parent waits on it).
+    cancel_with_parent: bool = False
 
 
 class Runs:
@@ -277,6 +283,10 @@ class Runs:
             "queue_id": queue.id,
             "max_retries": deployment.scheduling.retries,
             "schedule_name": request.schedule_name,
+            "parent_run_id": request.parent_run_id,
+            "parent_attempt": request.parent_attempt,
+            "subflow": False,
+            "cancel_with_parent": request.cancel_with_parent,
         }
         return _Planned(values, deployment, pool, queue.name, remembered)
 
@@ -316,6 +326,11 @@ class Runs:
             if run is None:
                 raise NotFound(f"run {run_id} not found")
             return run, await repo.history(conn, run_id)
+
+    async def children(self, run_id: str) -> list[Run]:
+        """The runs a run's flow started (subflows, ``run_deployment``), oldest first."""
+        async with self._db.read() as conn:
+            return await repo.children(conn, run_id)
 
     async def current(self, run_id: str) -> Run:
         """The run as stored now; NOT_FOUND if there is no such run."""
@@ -386,6 +401,11 @@ class Runs:
                     raise FailedPrecondition(
                         f"run {run_id} is already {run.state_type.value} and cannot be cancelled"
                     )
+                if run.subflow:
+                    raise FailedPrecondition(
+                        f"run {run_id} is a subflow: it runs inside the flow of run "
+                        f"{run.parent_run_id}; cancel that run"
+                    )
                 target = cancel_target(run.state_type, await self._holds_infrastructure(conn, run))
                 refused = rejection(run.state_type, target, Actor.USER)
                 if refused:
@@ -402,7 +422,19 @@ class Runs:
             self._agents.tell_cancel(
                 run.agent_session_id, CancelMessage(run.id, run.attempt, run.state_message)
             )
+        await self._cancel_children(run)
         return run
+
+    async def _cancel_children(self, parent: Run) -> None:
+        """Cancel the deployment runs ``parent``'s flow waits on (``run_deployment(wait=True)``),
+        and theirs in turn. Its subflows end with it (``store.runs.end_subflows``)."""
+        async with self._db.read() as conn:
+            children = await repo.children(conn, parent.id)
+        for child in children:
+            if child.subflow or not child.cancel_with_parent or child.is_terminal:
+                continue
+            with contextlib.suppress(FailedPrecondition, NotFound):  # it ended meanwhile
+                await self.cancel(child.id, f"its parent run {parent.id} was cancelled")
 
     async def _holds_infrastructure(self, conn: AsyncConnection, run: Run) -> bool:
         # A PENDING run whose agent is gone and which was never submitted has nothing to tear

@@ -22,6 +22,19 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+#: A follower re-reads at least this often even without a notification.
+RECHECK_SECONDS = 30.0
+
+
+async def wait_or_recheck(*events: asyncio.Event) -> None:
+    """Wait until one of ``events`` is set, or ``RECHECK_SECONDS`` have passed."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=RECHECK_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
 
 def run_key(run_id: str) -> str:
     """The key notified when a run's state changes."""

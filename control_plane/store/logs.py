@@ -34,6 +34,7 @@ async def insert_lines(conn: AsyncConnection, lines: Sequence[LogRecord], dialec
                 "logger": line.logger,
                 "text": line.text,
                 "task_run": line.task_run or None,
+                "subflow_run": line.subflow_run or None,
             }
             for line in lines
         ],
@@ -51,9 +52,15 @@ async def max_seq(conn: AsyncConnection, run_id: str, attempt: int) -> int:
 
 
 async def read_after(
-    conn: AsyncConnection, run_id: str, attempt: int, seq: int, limit: int
+    conn: AsyncConnection,
+    run_id: str,
+    attempt: int,
+    seq: int,
+    limit: int,
+    subflow_run: str | None = None,
 ) -> list[LogRecord]:
-    """Up to ``limit`` lines after (attempt, seq), ordered by attempt then seq."""
+    """Up to ``limit`` lines after (attempt, seq), ordered by attempt then seq; only those
+    a subflow run wrote, if ``subflow_run`` is given."""
     query = (
         select(log_lines)
         .where(
@@ -66,6 +73,8 @@ async def read_after(
         .order_by(log_lines.c.attempt, log_lines.c.seq)
         .limit(limit)
     )
+    if subflow_run is not None:
+        query = query.where(log_lines.c.subflow_run == subflow_run)
     return [
         LogRecord(
             run_id=row.run_id,
@@ -77,6 +86,7 @@ async def read_after(
             logger=row.logger,
             text=row.text,
             task_run=row.task_run or "",
+            subflow_run=row.subflow_run or "",
         )
         for row in await conn.execute(query)
     ]

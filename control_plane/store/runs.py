@@ -323,6 +323,7 @@ async def compare_and_set(
     await _insert_history(conn, run.id, updated.attempt, state, now)
     if change.ends_attempt:
         await task_runs.end_unfinished(conn, [run.id], change.task_runs_end, now)
+        await end_subflows(conn, [run.id], change.task_runs_end, now)
     return updated
 
 
@@ -377,7 +378,72 @@ async def apply_locked(conn: AsyncConnection, changes: list[Change], now: dateti
         ending = [c.run.id for c in changes if c.ends_attempt and c.task_runs_end is end]
         if ending:
             await task_runs.end_unfinished(conn, ending, end, now)
+            await end_subflows(conn, ending, end, now)
     return updated
+
+
+_SUBFLOW_ENDS = {
+    TaskRunState.CANCELLED: State(StateType.CANCELLED, message="Cancelled with its parent run"),
+    TaskRunState.CRASHED: State(
+        StateType.CRASHED,
+        message="The parent run's attempt ended before the subflow did (the engine running "
+        "both stopped)",
+    ),
+}
+
+
+async def end_subflows(
+    conn: AsyncConnection, parent_ids: Sequence[str], end: TaskRunState, now: datetime
+) -> None:
+    """The subflow runs still RUNNING under these runs' ending attempts end with them
+    (CANCELLED or CRASHED, as ``end`` says), with their task runs and their own subflows.
+
+    A subflow runs inside its parent's engine: once the parent's attempt is over nothing
+    can finish it, so it is never left RUNNING.
+    """
+    query = select(flow_runs.c.id).where(
+        flow_runs.c.parent_run_id.in_(list(parent_ids)),
+        flow_runs.c.subflow.is_(True),
+        flow_runs.c.state_type == StateType.RUNNING.value,
+    )
+    ids = list((await conn.execute(query)).scalars())
+    if not ids:
+        return
+    state = _SUBFLOW_ENDS[end]
+    await conn.execute(
+        update(flow_runs)
+        .where(flow_runs.c.id.in_(ids), flow_runs.c.state_type == StateType.RUNNING.value)
+        .values(
+            state_type=state.type.value,
+            state_name=state.display_name,
+            state_message=state.message,
+            state_time=now,
+            ended_at=now,
+            version=flow_runs.c.version + 1,
+        )
+    )
+    await conn.execute(insert(run_states), [_history_row(i, 1, state, now) for i in ids])
+    await task_runs.end_unfinished(conn, ids, end, now)
+    await end_subflows(conn, ids, end, now)
+
+
+async def children(conn: AsyncConnection, run_id: str) -> list[Run]:
+    """The runs started by a run's flow (subflows and deployment runs), oldest first."""
+    query = (
+        _select_runs()
+        .where(flow_runs.c.parent_run_id == run_id)
+        .order_by(flow_runs.c.created_at, flow_runs.c.id)
+    )
+    return [_run(row) for row in await conn.execute(query)]
+
+
+async def insert_subflow(conn: AsyncConnection, values: dict[str, Any], dialect: str) -> Run:
+    """Store a subflow run (RUNNING from the start, with its first history row), or return
+    the one already stored under its idempotency key."""
+    await insert_runs(conn, [values], dialect)
+    run = await get_run_by_key(conn, values["deployment_id"], values["idempotency_key"])
+    assert run is not None
+    return run
 
 
 def _plain(value: Any) -> Any:
@@ -450,7 +516,11 @@ async def silent_engines(conn: AsyncConnection, before: datetime, limit: int) ->
     last_sign = func.coalesce(flow_runs.c.last_heartbeat_at, flow_runs.c.started_at)
     query = (
         _select_runs()
-        .where(flow_runs.c.state_type == StateType.RUNNING.value, last_sign < before)
+        .where(
+            flow_runs.c.state_type == StateType.RUNNING.value,
+            last_sign < before,
+            flow_runs.c.subflow.is_(False),
+        )
         .order_by(last_sign)
         .limit(limit)
     )
@@ -578,6 +648,7 @@ async def active_counts(conn: AsyncConnection, pool_id: str) -> list[tuple[str, 
         .where(
             flow_runs.c.pool_id == pool_id,
             flow_runs.c.state_type.in_([t.value for t in ACTIVE]),
+            flow_runs.c.subflow.is_(False),
         )
         .group_by(flow_runs.c.deployment_id, flow_runs.c.queue_id)
     )
@@ -591,6 +662,7 @@ async def active_of_deployment(conn: AsyncConnection, deployment_id: str, limit:
         .where(
             flow_runs.c.deployment_id == deployment_id,
             flow_runs.c.state_type.in_([t.value for t in ACTIVE]),
+            flow_runs.c.subflow.is_(False),
         )
         .order_by(flow_runs.c.created_at, flow_runs.c.id)
         .limit(limit)
@@ -709,6 +781,7 @@ async def count_unfinished(conn: AsyncConnection, deployment_id: str) -> int:
     query = select(func.count()).where(
         flow_runs.c.deployment_id == deployment_id,
         flow_runs.c.state_type.not_in([t.value for t in StateType if t.is_terminal]),
+        flow_runs.c.subflow.is_(False),
     )
     return int((await conn.execute(query)).scalar_one())
 

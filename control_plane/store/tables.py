@@ -153,7 +153,15 @@ flow_runs = Table(
     Column("queue_id", String(32), ForeignKey("work_queues.id"), nullable=True),
     Column("max_retries", Integer, nullable=False, server_default="0"),
     Column("schedule_name", String(100), nullable=False, server_default=""),
+    # A child run: started by the flow of ``parent_run_id``'s attempt ``parent_attempt``.
+    # A subflow runs inside the parent's engine: never dispatched, its lines stored with the
+    # parent's (``log_lines.subflow_run``), not counted against concurrency limits.
+    Column("parent_run_id", String(32), nullable=True),
+    Column("parent_attempt", Integer, nullable=True),
+    Column("subflow", Boolean, nullable=False, server_default=false()),
+    Column("cancel_with_parent", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("deployment_id", "idempotency_key"),
+    Index(None, "parent_run_id"),
     Index(None, "pool_id", "state_type", "scheduled_at"),
     Index(None, "deployment_id", "created_at"),
     Index(None, "created_at"),
@@ -187,6 +195,8 @@ log_lines = Table(
     Column("text", Text, nullable=False),
     # The name of the task run that wrote the line (NULL outside a task).
     Column("task_run", String(200), nullable=True),
+    # The subflow run that wrote the line (NULL outside a subflow).
+    Column("subflow_run", String(32), nullable=True),
     # (run, attempt, seq) identifies a line: a resent line is dropped, never stored twice.
     PrimaryKeyConstraint("run_id", "attempt", "seq"),
 )

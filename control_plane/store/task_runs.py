@@ -55,12 +55,14 @@ def fold(lines: Iterable[LogRecord]) -> list[dict[str, Any]]:
     for line in events:
         event = line.task_run_event
         assert event is not None
-        key = (line.run_id, line.attempt, event.task_run_id)
+        # A subflow's task runs are its own (attempt 1 of the subflow run).
+        run_id, attempt = (line.subflow_run, 1) if line.subflow_run else (line.run_id, line.attempt)
+        key = (run_id, attempt, event.task_run_id)
         row = rows.get(key)
         if row is None:
             row = rows[key] = {
-                "run_id": line.run_id,
-                "flow_attempt": line.attempt,
+                "run_id": run_id,
+                "flow_attempt": attempt,
                 "id": event.task_run_id,
                 "start_time": line.timestamp,
                 "end_time": None,

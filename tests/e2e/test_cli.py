@@ -362,7 +362,12 @@ def test_interrupted_watch_says_the_run_goes_on_and_how_to_follow_it(system: Sys
             preexec_fn=_sigint_default,
         )
     try:
-        wait_for(lambda: "started" in out.read_text(), what="the flow's first line")
+        try:
+            wait_for(lambda: "started" in out.read_text(), what="the flow's first line")
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}\nstdout: {out.read_text()!r}\nstderr: {err.read_text()!r}"
+            ) from None
         # Found by what the CLI says, not by position: gRPC's own runtime may log to stderr
         # before it (seen on a loaded machine: an epoll_wait warning).
         found = re.search(r"^Created run ([0-9a-f]{32}) ", err.read_text(), re.MULTILINE)

@@ -1018,6 +1018,7 @@ class GetRunResponse(_message.Message):
     RUN_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     TASK_RUN_COUNTS_FIELD_NUMBER: _builtins.int
+    CHILDREN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def run(self) -> _types_pb2.FlowRun:
         """The run."""
@@ -1032,16 +1033,23 @@ class GetRunResponse(_message.Message):
         "TASK_RUN_STATE_FAILED"); ListTaskRuns lists them.
         """
 
+    @_builtins.property
+    def children(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.FlowRun]:
+        """The runs this run started from inside its flow (subflows and `run_deployment`
+        children), oldest first.
+        """
+
     def __init__(
         self,
         *,
         run: _types_pb2.FlowRun | None = ...,
         history: _abc.Iterable[_types_pb2.RunState] | None = ...,
         task_run_counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        children: _abc.Iterable[_types_pb2.FlowRun] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "run", b"run", "task_run_counts", b"task_run_counts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["children", b"children", "history", b"history", "run", b"run", "task_run_counts", b"task_run_counts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

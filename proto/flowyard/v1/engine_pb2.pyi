@@ -21,6 +21,200 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class StartChildRunRequest(_message.Message):
+    """StartChildRunRequest describes the child run to start."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    SUBFLOW_NAME_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_NAME_FIELD_NUMBER: _builtins.int
+    PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
+    CANCEL_WITH_PARENT_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The engine's run (the parent)."""
+    attempt: _builtins.int
+    """The engine's attempt."""
+    key: _builtins.str
+    """Identifies the call within the attempt (e.g. "subflow:transform:0"), 1-200 characters."""
+    subflow_name: _builtins.str
+    """A subflow: the `@flow` function's name."""
+    deployment_name: _builtins.str
+    """A run of this deployment."""
+    parameters_json: _builtins.str
+    """Parameters: a JSON object. For a deployment run, merged over the deployment's and
+    checked against its schema; for a subflow, recorded as given.
+    """
+    cancel_with_parent: _builtins.bool
+    """For a deployment run: cancel it when the parent is cancelled (the parent waits on it)."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        key: _builtins.str = ...,
+        subflow_name: _builtins.str = ...,
+        deployment_name: _builtins.str = ...,
+        parameters_json: _builtins.str = ...,
+        cancel_with_parent: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["child", b"child", "deployment_name", b"deployment_name", "subflow_name", b"subflow_name"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancel_with_parent", b"cancel_with_parent", "child", b"child", "deployment_name", b"deployment_name", "key", b"key", "parameters_json", b"parameters_json", "run_id", b"run_id", "subflow_name", b"subflow_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_child: _TypeAlias = _typing.Literal["subflow_name", "deployment_name"]  # noqa: Y015
+    _WhichOneofArgType_child: _TypeAlias = _typing.Literal["child", b"child"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_child) -> _WhichOneofReturnType_child | None: ...
+
+Global___StartChildRunRequest: _TypeAlias = StartChildRunRequest  # noqa: Y015
+
+@_typing.final
+class StartChildRunResponse(_message.Message):
+    """StartChildRunResponse names the child run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> _types_pb2.FlowRun:
+        """The child run as created (or as it is, for a repeated key)."""
+
+    def __init__(
+        self,
+        *,
+        run: _types_pb2.FlowRun | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartChildRunResponse: _TypeAlias = StartChildRunResponse  # noqa: Y015
+
+@_typing.final
+class EndSubflowRequest(_message.Message):
+    """EndSubflowRequest ends a subflow run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    SUBFLOW_RUN_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    RESULT_SUMMARY_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The engine's run (the parent)."""
+    attempt: _builtins.int
+    """The engine's attempt."""
+    subflow_run_id: _builtins.str
+    """The subflow run."""
+    type: _types_pb2.StateType.ValueType
+    """COMPLETED, FAILED or CANCELLED."""
+    message: _builtins.str
+    """The error (type, message, traceback) for FAILED."""
+    result_summary: _builtins.str
+    """Short text form of the return value, for COMPLETED."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        subflow_run_id: _builtins.str = ...,
+        type: _types_pb2.StateType.ValueType = ...,
+        message: _builtins.str = ...,
+        result_summary: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "message", b"message", "result_summary", b"result_summary", "run_id", b"run_id", "subflow_run_id", b"subflow_run_id", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndSubflowRequest: _TypeAlias = EndSubflowRequest  # noqa: Y015
+
+@_typing.final
+class EndSubflowResponse(_message.Message):
+    """EndSubflowResponse is the subflow run after its end."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> _types_pb2.FlowRun:
+        """The subflow run."""
+
+    def __init__(
+        self,
+        *,
+        run: _types_pb2.FlowRun | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndSubflowResponse: _TypeAlias = EndSubflowResponse  # noqa: Y015
+
+@_typing.final
+class WatchChildRunRequest(_message.Message):
+    """WatchChildRunRequest names the child to watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    CHILD_RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The engine's run (the parent)."""
+    attempt: _builtins.int
+    """The engine's attempt."""
+    child_run_id: _builtins.str
+    """The child run."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        child_run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "child_run_id", b"child_run_id", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchChildRunRequest: _TypeAlias = WatchChildRunRequest  # noqa: Y015
+
+@_typing.final
+class WatchChildRunResponse(_message.Message):
+    """WatchChildRunResponse is one snapshot of the watched child."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> _types_pb2.FlowRun:
+        """The child run as of this change."""
+
+    def __init__(
+        self,
+        *,
+        run: _types_pb2.FlowRun | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchChildRunResponse: _TypeAlias = WatchChildRunResponse  # noqa: Y015
+
+@_typing.final
 class StartRunRequest(_message.Message):
     """StartRunRequest names the attempt the engine was started for."""
 

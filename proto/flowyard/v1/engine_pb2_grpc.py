@@ -51,6 +51,21 @@ class EngineServiceStub:
                 request_serializer=flowyard_dot_v1_dot_engine__pb2.ReportRequest.SerializeToString,
                 response_deserializer=flowyard_dot_v1_dot_engine__pb2.ReportResponse.FromString,
                 _registered_method=True)
+        self.StartChildRun = channel.unary_unary(
+                '/flowyard.v1.EngineService/StartChildRun',
+                request_serializer=flowyard_dot_v1_dot_engine__pb2.StartChildRunRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_engine__pb2.StartChildRunResponse.FromString,
+                _registered_method=True)
+        self.EndSubflow = channel.unary_unary(
+                '/flowyard.v1.EngineService/EndSubflow',
+                request_serializer=flowyard_dot_v1_dot_engine__pb2.EndSubflowRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_engine__pb2.EndSubflowResponse.FromString,
+                _registered_method=True)
+        self.WatchChildRun = channel.unary_stream(
+                '/flowyard.v1.EngineService/WatchChildRun',
+                request_serializer=flowyard_dot_v1_dot_engine__pb2.WatchChildRunRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_engine__pb2.WatchChildRunResponse.FromString,
+                _registered_method=True)
 
 
 class EngineServiceServicer:
@@ -85,6 +100,31 @@ class EngineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartChildRun(self, request, context):
+        """Starts a child run of the engine's run: a subflow run (recorded, RUNNING at once, run by
+        this engine) or a run of a deployment (dispatched like any other run). The key makes the
+        call idempotent within the attempt: the same key returns the same child. NOT_FOUND for an
+        unknown deployment; INVALID_ARGUMENT for parameters its schema refuses.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndSubflow(self, request, context):
+        """Ends a subflow run this engine started (COMPLETED, FAILED or CANCELLED), after its log
+        lines were acknowledged on the Report stream. Repeating an accepted end is harmless.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchChildRun(self, request, context):
+        """Streams a child run as it changes, ending after its terminal state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EngineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +137,21 @@ def add_EngineServiceServicer_to_server(servicer, server):
                     servicer.Report,
                     request_deserializer=flowyard_dot_v1_dot_engine__pb2.ReportRequest.FromString,
                     response_serializer=flowyard_dot_v1_dot_engine__pb2.ReportResponse.SerializeToString,
+            ),
+            'StartChildRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartChildRun,
+                    request_deserializer=flowyard_dot_v1_dot_engine__pb2.StartChildRunRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_engine__pb2.StartChildRunResponse.SerializeToString,
+            ),
+            'EndSubflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndSubflow,
+                    request_deserializer=flowyard_dot_v1_dot_engine__pb2.EndSubflowRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_engine__pb2.EndSubflowResponse.SerializeToString,
+            ),
+            'WatchChildRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchChildRun,
+                    request_deserializer=flowyard_dot_v1_dot_engine__pb2.WatchChildRunRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_engine__pb2.WatchChildRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -160,6 +215,87 @@ class EngineService:
             '/flowyard.v1.EngineService/Report',
             flowyard_dot_v1_dot_engine__pb2.ReportRequest.SerializeToString,
             flowyard_dot_v1_dot_engine__pb2.ReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartChildRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.EngineService/StartChildRun',
+            flowyard_dot_v1_dot_engine__pb2.StartChildRunRequest.SerializeToString,
+            flowyard_dot_v1_dot_engine__pb2.StartChildRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndSubflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.EngineService/EndSubflow',
+            flowyard_dot_v1_dot_engine__pb2.EndSubflowRequest.SerializeToString,
+            flowyard_dot_v1_dot_engine__pb2.EndSubflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchChildRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flowyard.v1.EngineService/WatchChildRun',
+            flowyard_dot_v1_dot_engine__pb2.WatchChildRunRequest.SerializeToString,
+            flowyard_dot_v1_dot_engine__pb2.WatchChildRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,18 @@ class EngineServiceStub:
     (a cancel forced, the infrastructure gone), the server sends CancelFlow and ends the
     stream UNAUTHENTICATED; log lines are never stored after the attempt's end.
     """
+    StartChildRun: _grpc.UnaryUnaryMultiCallable[_engine_pb2.StartChildRunRequest, _engine_pb2.StartChildRunResponse]
+    """Starts a child run of the engine's run: a subflow run (recorded, RUNNING at once, run by
+    this engine) or a run of a deployment (dispatched like any other run). The key makes the
+    call idempotent within the attempt: the same key returns the same child. NOT_FOUND for an
+    unknown deployment; INVALID_ARGUMENT for parameters its schema refuses.
+    """
+    EndSubflow: _grpc.UnaryUnaryMultiCallable[_engine_pb2.EndSubflowRequest, _engine_pb2.EndSubflowResponse]
+    """Ends a subflow run this engine started (COMPLETED, FAILED or CANCELLED), after its log
+    lines were acknowledged on the Report stream. Repeating an accepted end is harmless.
+    """
+    WatchChildRun: _grpc.UnaryStreamMultiCallable[_engine_pb2.WatchChildRunRequest, _engine_pb2.WatchChildRunResponse]
+    """Streams a child run as it changes, ending after its terminal state."""
 
 @_typing.type_check_only
 class EngineServiceAsyncStub(EngineServiceStub):
@@ -81,6 +93,18 @@ class EngineServiceAsyncStub(EngineServiceStub):
     (a cancel forced, the infrastructure gone), the server sends CancelFlow and ends the
     stream UNAUTHENTICATED; log lines are never stored after the attempt's end.
     """
+    StartChildRun: _aio.UnaryUnaryMultiCallable[_engine_pb2.StartChildRunRequest, _engine_pb2.StartChildRunResponse]  # type: ignore[assignment]
+    """Starts a child run of the engine's run: a subflow run (recorded, RUNNING at once, run by
+    this engine) or a run of a deployment (dispatched like any other run). The key makes the
+    call idempotent within the attempt: the same key returns the same child. NOT_FOUND for an
+    unknown deployment; INVALID_ARGUMENT for parameters its schema refuses.
+    """
+    EndSubflow: _aio.UnaryUnaryMultiCallable[_engine_pb2.EndSubflowRequest, _engine_pb2.EndSubflowResponse]  # type: ignore[assignment]
+    """Ends a subflow run this engine started (COMPLETED, FAILED or CANCELLED), after its log
+    lines were acknowledged on the Report stream. Repeating an accepted end is harmless.
+    """
+    WatchChildRun: _aio.UnaryStreamMultiCallable[_engine_pb2.WatchChildRunRequest, _engine_pb2.WatchChildRunResponse]  # type: ignore[assignment]
+    """Streams a child run as it changes, ending after its terminal state."""
 
 class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
     """EngineService is the control plane's side of the engine protocol. The engine runs
@@ -117,5 +141,35 @@ class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
         (a cancel forced, the infrastructure gone), the server sends CancelFlow and ends the
         stream UNAUTHENTICATED; log lines are never stored after the attempt's end.
         """
+
+    @_abc_1.abstractmethod
+    def StartChildRun(
+        self,
+        request: _engine_pb2.StartChildRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_engine_pb2.StartChildRunResponse, _abc.Awaitable[_engine_pb2.StartChildRunResponse]]:
+        """Starts a child run of the engine's run: a subflow run (recorded, RUNNING at once, run by
+        this engine) or a run of a deployment (dispatched like any other run). The key makes the
+        call idempotent within the attempt: the same key returns the same child. NOT_FOUND for an
+        unknown deployment; INVALID_ARGUMENT for parameters its schema refuses.
+        """
+
+    @_abc_1.abstractmethod
+    def EndSubflow(
+        self,
+        request: _engine_pb2.EndSubflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_engine_pb2.EndSubflowResponse, _abc.Awaitable[_engine_pb2.EndSubflowResponse]]:
+        """Ends a subflow run this engine started (COMPLETED, FAILED or CANCELLED), after its log
+        lines were acknowledged on the Report stream. Repeating an accepted end is harmless.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchChildRun(
+        self,
+        request: _engine_pb2.WatchChildRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_engine_pb2.WatchChildRunResponse], _abc.AsyncIterator[_engine_pb2.WatchChildRunResponse]]:
+        """Streams a child run as it changes, ending after its terminal state."""
 
 def add_EngineServiceServicer_to_server(servicer: EngineServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -761,6 +761,9 @@ class FlowRun(_message.Message):
     QUEUE_FIELD_NUMBER: _builtins.int
     MAX_RETRIES_FIELD_NUMBER: _builtins.int
     SCHEDULE_NAME_FIELD_NUMBER: _builtins.int
+    PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
+    SUBFLOW_FIELD_NUMBER: _builtins.int
+    CANCEL_WITH_PARENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id (32 lowercase hex characters)."""
     deployment_id: _builtins.str
@@ -793,6 +796,19 @@ class FlowRun(_message.Message):
     """Retries the deployment allows in all (attempt - 1 of them are used)."""
     schedule_name: _builtins.str
     """Name of the schedule that created the run; empty for runs created by hand."""
+    parent_run_id: _builtins.str
+    """The run that started this one from inside its flow (a subflow, or `run_deployment`);
+    empty for a run created by a user or a schedule.
+    """
+    subflow: _builtins.bool
+    """A subflow run: a `@flow` function called inside the parent's flow, run by the parent's
+    engine (never dispatched). Its log lines are stored with the parent's attempt and shown
+    by the logs of both runs.
+    """
+    cancel_with_parent: _builtins.bool
+    """Whether cancelling the parent cancels this run: true for a subflow and for a
+    `run_deployment(wait=True)` child the parent waits on.
+    """
     @_builtins.property
     def state(self) -> Global___RunState:
         """The current state."""
@@ -842,10 +858,13 @@ class FlowRun(_message.Message):
         queue: _builtins.str = ...,
         max_retries: _builtins.int = ...,
         schedule_name: _builtins.str = ...,
+        parent_run_id: _builtins.str = ...,
+        subflow: _builtins.bool = ...,
+        cancel_with_parent: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["accept_time", b"accept_time", "create_time", b"create_time", "end_time", b"end_time", "scheduled_time", b"scheduled_time", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_time", b"accept_time", "agent_name", b"agent_name", "attempt", b"attempt", "create_time", b"create_time", "deployment_id", b"deployment_id", "deployment_name", b"deployment_name", "end_time", b"end_time", "flow_name", b"flow_name", "id", b"id", "idempotency_key", b"idempotency_key", "infrastructure_id", b"infrastructure_id", "job_variables_json", b"job_variables_json", "max_retries", b"max_retries", "parameters_json", b"parameters_json", "pool", b"pool", "queue", b"queue", "result_summary", b"result_summary", "schedule_name", b"schedule_name", "scheduled_time", b"scheduled_time", "source_revision", b"source_revision", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_time", b"accept_time", "agent_name", b"agent_name", "attempt", b"attempt", "cancel_with_parent", b"cancel_with_parent", "create_time", b"create_time", "deployment_id", b"deployment_id", "deployment_name", b"deployment_name", "end_time", b"end_time", "flow_name", b"flow_name", "id", b"id", "idempotency_key", b"idempotency_key", "infrastructure_id", b"infrastructure_id", "job_variables_json", b"job_variables_json", "max_retries", b"max_retries", "parameters_json", b"parameters_json", "parent_run_id", b"parent_run_id", "pool", b"pool", "queue", b"queue", "result_summary", b"result_summary", "schedule_name", b"schedule_name", "scheduled_time", b"scheduled_time", "source_revision", b"source_revision", "start_time", b"start_time", "state", b"state", "subflow", b"subflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -867,6 +886,7 @@ class LogLine(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     TASK_RUN_FIELD_NUMBER: _builtins.int
     TASK_RUN_EVENT_FIELD_NUMBER: _builtins.int
+    SUBFLOW_RUN_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run the line belongs to."""
     attempt: _builtins.int
@@ -883,6 +903,8 @@ class LogLine(_message.Message):
     """The text, without a trailing newline."""
     task_run: _builtins.str
     """The task run that wrote the line (its name, e.g. "extract-0"); empty outside a task."""
+    subflow_run: _builtins.str
+    """The subflow run that wrote the line (its run id); empty outside a subflow."""
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
         """When the line was written, by the writer's clock."""
@@ -906,10 +928,11 @@ class LogLine(_message.Message):
         text: _builtins.str = ...,
         task_run: _builtins.str = ...,
         task_run_event: Global___TaskRunEvent | None = ...,
+        subflow_run: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["task_run_event", b"task_run_event", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "level", b"level", "logger", b"logger", "run_id", b"run_id", "seq", b"seq", "stream", b"stream", "task_run", b"task_run", "task_run_event", b"task_run_event", "text", b"text", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "level", b"level", "logger", b"logger", "run_id", b"run_id", "seq", b"seq", "stream", b"stream", "subflow_run", b"subflow_run", "task_run", b"task_run", "task_run_event", b"task_run_event", "text", b"text", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

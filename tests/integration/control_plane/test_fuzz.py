@@ -363,6 +363,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
 # -- ControlPlaneService and EngineService.StartRun -----------------------------------------
 
 
+ENGINE_UNARY = frozenset({"StartRun", "StartChildRun", "EndSubflow"})
+
+
 @dataclass(frozen=True)
 class Unary:
     """How to fuzz one unary RPC."""
@@ -375,7 +378,7 @@ class Unary:
     run_ids: Callable[[World], list[str]] = lambda world: world.runs
 
     def stub(self, fuzz: Fuzzer) -> Callable[..., Any]:
-        service = fuzz.engines if self.method == "StartRun" else fuzz.control
+        service = fuzz.engines if self.method in ENGINE_UNARY else fuzz.control
         return getattr(service, self.method)
 
 
@@ -626,6 +629,35 @@ UNARY = [
         ],
         True,
     ),
+    Unary(
+        "StartChildRun",
+        engine_pb2.StartChildRunRequest,
+        lambda w: [
+            engine_pb2.StartChildRunRequest(
+                run_id=w.running[0], attempt=1, key="sub-1", subflow_name="transform"
+            ),
+            engine_pb2.StartChildRunRequest(
+                run_id=w.running[0],
+                attempt=1,
+                key="dep-1",
+                deployment_name="hello",
+                parameters_json='{"name": "x"}',
+                cancel_with_parent=True,
+            ),
+        ],
+    ),
+    Unary(
+        "EndSubflow",
+        engine_pb2.EndSubflowRequest,
+        lambda w: [
+            engine_pb2.EndSubflowRequest(
+                run_id=w.running[0],
+                attempt=1,
+                subflow_run_id=w.running[0],
+                type=types_pb2.STATE_TYPE_COMPLETED,
+            )
+        ],
+    ),
 ]
 
 
@@ -641,7 +673,7 @@ def test_unary_rpcs_blame_the_request_and_change_nothing_when_they_reject_it(
     }
     request = data.draw(requests(rpc.request_type, rpc.valid(world), hints), label="request")
     metadata = None
-    if rpc.method == "StartRun":
+    if rpc.method in ENGINE_UNARY:
         own = world.token_of.get(getattr(request, "run_id", ""))
         others = bearer_metadata(world.tokens)
         metadata = data.draw(usually(bearer(own), others) if own else others, label="metadata")
@@ -667,7 +699,7 @@ def test_server_streams_refuse_bad_requests_at_once_and_change_nothing(
 
 
 def test_unary_rpcs_covered() -> None:
-    """Every unary RPC of ControlPlaneService, and StartRun, is in the fuzzed list."""
+    """Every unary RPC of ControlPlaneService and EngineService is in the fuzzed list."""
     services = {
         name: method
         for service in (

@@ -1,0 +1,194 @@
+"""Child runs: the runs a flow starts from inside its run, through its engine.
+
+Two kinds, both recorded with the parent's id and attempt:
+
+- **Subflows** (a ``@flow`` called inside a flow) run in the parent's engine. Their run is
+  stored RUNNING at once, never dispatched and not counted against concurrency limits; their
+  log lines travel on the parent's stream and are stored with the parent's attempt
+  (``log_lines.subflow_run``); the engine ends them (``end_subflow``) and, if it cannot, the
+  parent's ending attempt does (``store.runs.end_subflows``).
+- **Deployment runs** (``run_deployment``) are ordinary runs created through
+  :meth:`Runs.create`; the one the parent waits on is cancelled with it (``cancel_with_parent``).
+
+Each call names a key; the same key within the attempt returns the same child, so an engine
+that retries a call after a lost answer never starts a second one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from control_plane.errors import FailedPrecondition, InvalidArgument, NotFound
+from control_plane.models import Run
+from control_plane.orchestration import clock, validation
+from control_plane.orchestration.changes import Notifier, claimed, retrying
+from control_plane.orchestration.runs import RunRequest, Runs
+from control_plane.states import Actor, State, StateType
+from control_plane.store import runs as repo
+from control_plane.store.db import Database
+
+MAX_CHILD_KEY_CHARS = 100
+MAX_MESSAGE_CHARS = 100_000
+MAX_SUMMARY_CHARS = 2000
+_SUBFLOW_ENDS = frozenset({StateType.COMPLETED, StateType.FAILED})
+
+
+class ChildRuns:
+    """Starting, ending and finding the child runs of an engine's attempt."""
+
+    def __init__(self, db: Database, notifier: Notifier, runs: Runs) -> None:
+        self._db = db
+        self._notifier = notifier
+        self._runs = runs
+
+    async def start_deployment_run(
+        self,
+        parent: Run,
+        key: str,
+        deployment_name: str,
+        parameters_json: str,
+        cancel_with_parent: bool,
+    ) -> Run:
+        """Create a run of a deployment as a child of ``parent``'s current attempt."""
+        key = _key(key)
+        run, _ = await self._runs.create(
+            RunRequest(
+                deployment_name=deployment_name,
+                parameters_json=parameters_json,
+                idempotency_key=f"child:{parent.id}:{parent.attempt}:{key}",
+                parent_run_id=parent.id,
+                parent_attempt=parent.attempt,
+                cancel_with_parent=cancel_with_parent,
+            )
+        )
+        if run.parent_run_id != parent.id:
+            raise FailedPrecondition(
+                f"key {key!r} names run {run.id}, which is not a child of run {parent.id}"
+            )
+        return run
+
+    async def start_subflow(self, parent: Run, key: str, name: str, parameters_json: str) -> Run:
+        """Record a subflow run (RUNNING) of ``parent``'s current attempt."""
+        key = _key(key)
+        name = validation.text(name, "subflow_name", 200, required=True)
+        parameters = validation.json_object(parameters_json, "parameters_json")
+        now = clock.now()
+        values: dict[str, Any] = {
+            "id": uuid.uuid4().hex,
+            "deployment_id": parent.deployment_id,
+            "pool_id": parent.pool_id,
+            "flow_name": name,
+            "parameters": parameters,
+            "job_variables": {},
+            "idempotency_key": f"subflow:{parent.id}:{parent.attempt}:{key}",
+            "state_type": StateType.RUNNING.value,
+            "state_name": "Running",
+            "state_message": f"Subflow of run {parent.id}",
+            "state_time": now,
+            "version": 1,
+            "last_transition_id": None,
+            "attempt": 1,
+            "scheduled_at": now,
+            "created_at": now,
+            "started_at": now,
+            "agent_session_id": None,
+            "agent_name": "",
+            "infrastructure_id": parent.infrastructure_id,
+            "result_summary": "",
+            "queue_id": parent.queue_id,
+            "max_retries": 0,
+            "schedule_name": "",
+            "parent_run_id": parent.id,
+            "parent_attempt": parent.attempt,
+            "subflow": True,
+            "cancel_with_parent": True,
+        }
+        async with self._db.write() as conn:
+            run = await repo.insert_subflow(conn, values, self._db.dialect)
+        if run.parent_run_id != parent.id:
+            raise FailedPrecondition(
+                f"key {key!r} names run {run.id}, which is not a subflow of run {parent.id}"
+            )
+        self._notifier.changed(run)
+        return run
+
+    async def end_subflow(
+        self, parent: Run, subflow_id: str, state: StateType, message: str, summary: str
+    ) -> Run:
+        """End a subflow of ``parent``'s current attempt as COMPLETED or FAILED."""
+        validation.run_id(subflow_id, "subflow_run_id")
+        if state not in _SUBFLOW_ENDS:
+            raise InvalidArgument(
+                f"type: a subflow ends COMPLETED or FAILED, not {state.value} (a cancelled "
+                "subflow ends with its parent)"
+            )
+
+        async def apply() -> Run:
+            async with self._db.write() as conn:
+                run = await repo.get_run(conn, subflow_id)
+                _check_child(run, parent, subflow_id, subflow=True)
+                assert run is not None
+                if run.is_terminal:
+                    if run.state_type is state:
+                        return run  # a repeat of an accepted end
+                    raise FailedPrecondition(
+                        f"subflow run {subflow_id} is already {run.state_type.value}"
+                    )
+                columns = {"result_summary": summary[:MAX_SUMMARY_CHARS]}
+                updated = await repo.compare_and_set(
+                    conn,
+                    run,
+                    State(state, message=message[:MAX_MESSAGE_CHARS]),
+                    actor=Actor.ENGINE,
+                    now=clock.now(),
+                    **columns,
+                )
+                return claimed(updated)
+
+        run = await retrying(apply)
+        self._notifier.changed(run)
+        return run
+
+    async def child(self, parent: Run, child_id: str) -> Run:
+        """A child run of ``parent`` (any attempt); NOT_FOUND for any other run."""
+        validation.run_id(child_id, "child_run_id")
+        async with self._db.read() as conn:
+            run = await repo.get_run(conn, child_id)
+        _check_child(run, parent, child_id, subflow=None)
+        assert run is not None
+        return run
+
+    async def check_subflows(self, parent: Run, ids: set[str]) -> None:
+        """INVALID_ARGUMENT unless every id is a subflow of ``parent``'s current attempt."""
+        async with self._db.read() as conn:
+            for subflow_id in sorted(ids):
+                validation.run_id(subflow_id, "log_batch.lines.subflow_run")
+                run = await repo.get_run(conn, subflow_id)
+                if (
+                    run is None
+                    or not run.subflow
+                    or run.parent_run_id != parent.id
+                    or run.parent_attempt != parent.attempt
+                ):
+                    raise InvalidArgument(
+                        f"log_batch.lines.subflow_run: {subflow_id} is not a subflow run of "
+                        f"run {parent.id} attempt {parent.attempt}"
+                    )
+
+
+def _key(key: str) -> str:
+    key = validation.text(key, "key", MAX_CHILD_KEY_CHARS, required=True)
+    return key
+
+
+def _check_child(run: Run | None, parent: Run, child_id: str, *, subflow: bool | None) -> None:
+    if run is None or run.parent_run_id != parent.id:
+        raise NotFound(f"run {child_id} is not a child run of run {parent.id}")
+    if subflow is not None and run.subflow != subflow:
+        raise FailedPrecondition(f"run {child_id} is not a subflow run")
+    if subflow and run.parent_attempt != parent.attempt:
+        raise FailedPrecondition(
+            f"subflow run {child_id} belongs to attempt {run.parent_attempt} of run "
+            f"{parent.id}, not to attempt {parent.attempt}"
+        )
