@@ -294,5 +294,6 @@ def log_line(message: types_pb2.LogLine) -> Document:
         "stream": types_pb2.LogStream.Name(message.stream).removeprefix("LOG_STREAM_").lower(),
         "logger": message.logger or None,
         "task_run": message.task_run or None,
+        "subflow_run": message.subflow_run or None,
         "text": message.text,
     }

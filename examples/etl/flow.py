@@ -43,7 +43,7 @@ def total(counts: list[int]) -> int:
 
 @flow(name="report")
 def report(counts: list[int], table: str) -> str:
-    """A subflow: its own tasks, its start and end in the parent's logs."""
+    """A subflow: a child run of the etl run, with its own state, task runs and logs."""
     rows = total(counts)
     log.info("%d batches, %d rows loaded into %s", len(counts), rows, table)
     return f"{rows} rows in {table}"

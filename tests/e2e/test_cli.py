@@ -274,8 +274,9 @@ def test_every_listing_and_show_prints_json_and_yaml(system: System) -> None:
     assert rfc3339(run["end_time"]) >= rfc3339(run["start_time"]) >= rfc3339(run["create_time"])
 
     shown = document(system, "runs", "show", run_id)
-    assert {k: v for k, v in shown.items() if k not in ("history", "task_runs")} == run
+    assert {k: v for k, v in shown.items() if k not in ("history", "task_runs", "children")} == run
     assert shown["task_runs"] == {}  # a plain function: no task runs
+    assert shown["children"] == [] and run["parent_run_id"] is None and run["subflow"] is False
     assert [h["type"] for h in shown["history"]][-2:] == ["RUNNING", "COMPLETED"]
     assert all(h["attempt"] == 1 for h in shown["history"])
 
