@@ -11,7 +11,7 @@ from control_plane.api import tokens as token_convert
 from control_plane.api.errors import streaming, unary
 from control_plane.auth.registry import Tokens
 from control_plane.errors import InvalidArgument
-from control_plane.models import LogRecord, Pool, Run
+from control_plane.models import LogRecord, Pool, Run, TaskRunState
 from control_plane.orchestration import validation
 from control_plane.orchestration.agents import AgentRegistry
 from control_plane.orchestration.catalog import Catalog, DeploymentSpec
@@ -301,22 +301,29 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
     ) -> AsyncIterator[pb.WatchRunResponse]:
         run_id = validation.run_id(request.run_id)
         run = await self._db.shielded(self._runs.current(run_id))
-        # A subflow also ends with its parent's attempt, a change notified as the parent's.
-        keys = [run_key(run_id)] + (
-            [run_key(run.parent_run_id)] if run.subflow and run.parent_run_id else []
-        )
-        last_version = -1
+        # Task runs change with the lines that carry their events (a subflow's travel with
+        # its parent's); a subflow also ends with its parent's attempt, notified as the
+        # parent's change.
+        source = run.parent_run_id if run.subflow and run.parent_run_id else run_id
+        keys = {run_key(run_id), run_key(source), lines_key(source)}
+        last: tuple[int, dict[TaskRunState, int]] | None = None
         while True:
             with contextlib.ExitStack() as stack:
                 events = [stack.enter_context(self._signals.waiting(key)) for key in keys]
-                run = await self._db.shielded(self._runs.current(run_id))
-                if run.version == last_version:
+                run, counts = await self._db.shielded(self._watched(run_id))
+                if (run.version, counts) == last:
                     await wait_or_recheck(*events)
                     continue
-            last_version = run.version
-            yield pb.WatchRunResponse(run=convert.run_to_proto(run))
+            last = (run.version, counts)
+            yield pb.WatchRunResponse(
+                run=convert.run_to_proto(run), task_run_counts=convert.task_run_counts(counts)
+            )
             if run.is_terminal:
                 return
+
+    async def _watched(self, run_id: str) -> tuple[Run, dict[TaskRunState, int]]:
+        run = await self._runs.current(run_id)
+        return run, await self._task_runs.counts(run_id)
 
     @streaming
     async def TailLogs(

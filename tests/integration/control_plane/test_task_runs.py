@@ -490,3 +490,29 @@ async def test_bad_task_run_events_refuse_the_whole_batch(ready: Plane) -> None:
     assert (len(stored.error_message), len(stored.inputs)) == (4000, 2000)
     await stream.close()
     await agent.close()
+
+
+async def test_watch_run_sends_task_run_counts_as_they_change(ready: Plane) -> None:
+    agent, engine, run_id, _ = await drive_to_running(ready)
+    watch = ready.control.WatchRun(pb.WatchRunRequest(run_id=run_id))
+    first = await watch.read()
+    assert first.run.state.type == S.STATE_TYPE_RUNNING and dict(first.task_run_counts) == {}
+
+    await store(engine, event(1, "t1", S.TASK_RUN_STATE_RUNNING, name="a-0"))
+    running = await watch.read()
+    assert running.run.state.type == S.STATE_TYPE_RUNNING
+    assert dict(running.task_run_counts) == {"TASK_RUN_STATE_RUNNING": 1}
+
+    # A line that changes no task run sends nothing; the next change does.
+    await store(engine, text(2, "working"))
+    await store(engine, event(3, "t1", S.TASK_RUN_STATE_COMPLETED, name="a-0"))
+    done = await watch.read()
+    assert dict(done.task_run_counts) == {"TASK_RUN_STATE_COMPLETED": 1}
+
+    await propose(engine, S.STATE_TYPE_COMPLETED, "t-done")
+    last = await watch.read()
+    assert last.run.state.type == S.STATE_TYPE_COMPLETED
+    assert dict(last.task_run_counts) == {"TASK_RUN_STATE_COMPLETED": 1}
+    assert await watch.read() == grpc.aio.EOF
+    await engine.close()
+    await agent.close()
