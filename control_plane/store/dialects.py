@@ -21,24 +21,24 @@ def insert_ignoring_duplicates(table: Table, dialect: str) -> Any:
 def insert_or_update(
     table: Table,
     dialect: str,
-    rows: list[dict[str, Any]],
     keys: list[str],
     set_: Callable[[Any], dict[str, Any]],
     where: Callable[[Any], ColumnElement[bool]],
 ) -> Any:
-    """One multi-row INSERT ... ON CONFLICT (keys) DO UPDATE SET ... WHERE ...
+    """INSERT ... ON CONFLICT (keys) DO UPDATE SET ... WHERE ..., to execute with a list of
+    rows (one compiled statement, cached, for any number of rows).
 
     ``set_`` and ``where`` are given the row that was refused (``excluded``) and answer the
-    columns to set and when to set them. A statement may not touch one row twice (PostgreSQL
-    refuses it): ``rows`` must have distinct keys.
+    columns to set and when to set them; they may not use list parameters (``in_`` over a
+    Python list), which a statement executed for many rows cannot carry.
     """
     if dialect == "postgresql":
-        pg = postgresql.insert(table).values(rows)
+        pg = postgresql.insert(table)
         return pg.on_conflict_do_update(
             index_elements=keys, set_=set_(pg.excluded), where=where(pg.excluded)
         )
     if dialect == "sqlite":
-        lite = sqlite.insert(table).values(rows)
+        lite = sqlite.insert(table)
         return lite.on_conflict_do_update(
             index_elements=keys, set_=set_(lite.excluded), where=where(lite.excluded)
         )

@@ -2,8 +2,9 @@
 
 The engine reports every change of a task run as an event on a log line, so the changes are
 numbered, acknowledged and resent like the lines. ``apply_events`` folds the events of the
-lines being stored into one row per task run and upserts them in one statement, in the
-transaction that stores the lines; a row moves only forward (a change older than the last
+lines being stored into one row per task run and upserts them with one statement executed
+for all the rows (compiled once and cached; SQLite's ``executemany``, psycopg's pipeline),
+in the transaction that stores the lines; a row moves only forward (a change older than the last
 one applied, as a resent batch brings, is ignored) and a finished task run never changes
 again. ``end_unfinished`` is what a run's ending attempt does to the task runs it leaves
 running (``runs.compare_and_set``).
@@ -15,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, and_, case, cast, func, literal, or_, select, update
+from sqlalchemy import JSON, and_, case, cast, func, literal, literal_column, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -28,8 +29,6 @@ from control_plane.models import (
 from control_plane.store.dialects import insert_or_update
 from control_plane.store.tables import task_runs
 
-#: Task runs per upsert statement: 16 parameters each, far below SQLite's 32,766.
-UPSERT_ROWS = 500
 #: Failed attempts whose error a task run keeps, and characters of each.
 MAX_ATTEMPT_ERRORS = 50
 ATTEMPT_ERROR_CHARS = 1000
@@ -102,11 +101,11 @@ def fold(lines: Iterable[LogRecord]) -> list[dict[str, Any]]:
 async def apply_events(conn: AsyncConnection, lines: Sequence[LogRecord], dialect: str) -> None:
     """Fold the task-run events on ``lines`` and upsert one row per task run."""
     rows = fold(lines)
-    for start in range(0, len(rows), UPSERT_ROWS):
-        await conn.execute(_upsert(rows[start : start + UPSERT_ROWS], dialect))
+    if rows:
+        await conn.execute(_upsert(dialect), rows)
 
 
-def _upsert(rows: list[dict[str, Any]], dialect: str) -> Any:
+def _upsert(dialect: str) -> Any:
     stored = task_runs.c
 
     def set_(new: Any) -> dict[str, Any]:
@@ -129,9 +128,12 @@ def _upsert(rows: list[dict[str, Any]], dialect: str) -> Any:
         }
 
     def newer(new: Any) -> Any:
-        return and_(new.last_seq > stored.last_seq, stored.state.in_(_UNFINISHED))
+        # The states as constants in the SQL: executed for many rows, a statement may not
+        # carry a list parameter.
+        unfinished: list[Any] = [literal_column(f"'{state}'") for state in _UNFINISHED]
+        return and_(new.last_seq > stored.last_seq, stored.state.in_(unfinished))
 
-    return insert_or_update(task_runs, dialect, rows, _KEY, set_, newer)
+    return insert_or_update(task_runs, dialect, _KEY, set_, newer)
 
 
 def _merged(stored: Any, new: Any, dialect: str) -> Any:

@@ -81,14 +81,22 @@ async def first_answer(call: Any, first: Any, kind: str) -> tuple[Code, Any]:
 
 
 async def connect_status(bare: Bare, token: str | None, pool: str) -> Code:
-    """Open an agent session for ``pool`` (capacity 0: it takes no run) and close it."""
-    call = bare.agents.Connect(metadata=bearer(token))
+    """Open an agent session for ``pool`` (capacity 0: it takes no run) and close it.
+
+    A stream the server refuses at once may still see the client's own write fail and report
+    INTERNAL instead of the server's status (seen once on a loaded machine): such a probe is
+    made again, twice at most; a server that answers INTERNAL every time still fails.
+    """
     hello = agent_pb2.Hello(agent_name="probe", pool=pool, capacity=0, runtime="process")
-    try:
-        status, _ = await first_answer(call, agent_pb2.ConnectRequest(hello=hello), "welcome")
-        return status
-    finally:
-        call.cancel()
+    for _ in range(3):
+        call = bare.agents.Connect(metadata=bearer(token))
+        try:
+            status, _ = await first_answer(call, agent_pb2.ConnectRequest(hello=hello), "welcome")
+        finally:
+            call.cancel()
+        if status is not grpc.StatusCode.INTERNAL:
+            break
+    return status
 
 
 async def report_status(bare: Bare, token: str | None, run_id: str) -> Code:
