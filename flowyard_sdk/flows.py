@@ -59,31 +59,52 @@ class Flow(Generic[P, R]):
             return run_in_frame(frame, self.fn, *args, **kwargs)  # type: ignore[no-any-return]
         if inspect.iscoroutinefunction(self.fn):
             return self._subflow_async(frame, args, kwargs)  # type: ignore[return-value]
-        with self._subflow(args, kwargs) as recorded:
-            result = run_in_frame(frame, self.fn, *args, **kwargs)
-            recorded.append(result)
-            return result  # type: ignore[no-any-return]
+        # A subflow: recorded as a child run of the current run when the engine hosts one
+        # (its lines and task runs its own), logged either way.
+        host, info = current_host(), None
+        if host is not None:
+            parameters = self._parameters(args, kwargs)
+            info = self._started(host.start_subflow(self.name, parameters), parameters)
+        try:
+            with self._entered(info):
+                result = run_in_frame(frame, self.fn, *args, **kwargs)
+        except Exception as exc:
+            if host is not None and info is not None:
+                host.end_subflow(str(info.id), exc, None)
+            raise
+        if host is not None and info is not None:
+            host.end_subflow(str(info.id), None, result)
+        return result  # type: ignore[no-any-return]
 
     async def _subflow_async(self, frame: Frame, args: Any, kwargs: Any) -> Any:
-        with self._subflow(args, kwargs) as recorded:
-            result = await run_in_frame(frame, self.fn, *args, **kwargs)
-            recorded.append(result)
-            return result
+        # As in __call__, with the control plane's round trips off the event loop.
+        host, info = current_host(), None
+        if host is not None:
+            parameters = self._parameters(args, kwargs)
+            run_id = await asyncio.to_thread(host.start_subflow, self.name, parameters)
+            info = self._started(run_id, parameters)
+        try:
+            with self._entered(info):
+                result = await run_in_frame(frame, self.fn, *args, **kwargs)
+        except Exception as exc:
+            if host is not None and info is not None:
+                await asyncio.to_thread(host.end_subflow, str(info.id), exc, None)
+            raise
+        if host is not None and info is not None:
+            await asyncio.to_thread(host.end_subflow, str(info.id), None, result)
+        return result
 
-    @contextmanager
-    def _subflow(self, args: Any, kwargs: Any) -> Iterator[list[Any]]:
-        """Run the body as a subflow: recorded as a child run of the current run when the
-        engine hosts one (its lines and task runs its own), logged either way."""
-        host = current_host()
-        recorded: list[Any] = []
-        if host is None:
-            with self._logged():
-                yield recorded
-            return
-        parameters = jsonable(self._arguments(args, kwargs))
-        run_id = host.start_subflow(self.name, parameters)
+    def _parameters(self, args: Any, kwargs: Any) -> dict[str, Any]:
+        try:
+            bound = dict(inspect.signature(self.fn).bind_partial(*args, **kwargs).arguments)
+        except (TypeError, ValueError):
+            bound = {**{f"arg{i}": value for i, value in enumerate(args)}, **kwargs}
+        return jsonable(bound)
+
+    def _started(self, run_id: str, parameters: dict[str, Any]) -> FlowRunInfo:
+        """The subflow run ``runtime.flow_run`` names inside the subflow."""
         parent = runtime.flow_run
-        info = FlowRunInfo(
+        return FlowRunInfo(
             id=run_id,
             attempt=1,
             flow_name=self.name,
@@ -91,14 +112,15 @@ class Flow(Generic[P, R]):
             scheduled_time=parent.scheduled_time,
             parameters=MappingProxyType(parameters),
         )
-        with enter_run(info), in_subflow(run_id):
-            try:
-                with self._logged():
-                    yield recorded
-            except Exception as exc:
-                host.end_subflow(run_id, exc, None)
-                raise
-            host.end_subflow(run_id, None, recorded[0] if recorded else None)
+
+    @contextmanager
+    def _entered(self, info: FlowRunInfo | None) -> Iterator[None]:
+        if info is None:
+            with self._logged():
+                yield
+            return
+        with enter_run(info), in_subflow(str(info.id)), self._logged():
+            yield
 
     @contextmanager
     def _logged(self) -> Iterator[None]:
@@ -110,12 +132,6 @@ class Flow(Generic[P, R]):
             log.error("Subflow %s failed: %s: %s", self.name, type(exc).__name__, exc)
             raise
         log.info("Subflow %s finished in %.3f s", self.name, time.monotonic() - started)
-
-    def _arguments(self, args: Any, kwargs: Any) -> dict[str, Any]:
-        try:
-            return dict(inspect.signature(self.fn).bind_partial(*args, **kwargs).arguments)
-        except (TypeError, ValueError):
-            return {**{f"arg{i}": value for i, value in enumerate(args)}, **kwargs}
 
     def __repr__(self) -> str:
         return f"<Flow {self.name}>"

@@ -185,3 +185,39 @@ def test_a_killed_engine_leaves_no_subflow_running(system: System) -> None:
     assert system.wait_terminal(parent_id).state.type == types_pb2.STATE_TYPE_CRASHED
     subflow = system.wait_terminal(subflow.id)
     assert subflow.state.type == types_pb2.STATE_TYPE_CRASHED
+
+
+ASYNC_SUBFLOWS = """
+import asyncio
+
+from flowyard import flow, runtime
+
+
+@flow(name="inner")
+async def inner(x: int) -> int:
+    print(f"inner {x} in run {runtime.flow_run.id}", flush=True)
+    await asyncio.sleep(0.05)
+    return 2 * x
+
+
+@flow
+async def main() -> int:
+    return sum(await asyncio.gather(inner(1), inner(2)))
+"""
+
+
+def test_async_subflows_running_together_are_each_their_own_run(system: System) -> None:
+    system.start_agent()
+    system.deploy("async-subflows", ASYNC_SUBFLOWS)
+    parent_id = system.create_run("async-subflows")
+    parent = system.wait_terminal(parent_id)
+    assert parent.state.type == types_pb2.STATE_TYPE_COMPLETED, parent.state.message
+    assert parent.result_summary == "6"
+    children = system.stub.GetRun(pb.GetRunRequest(run_id=parent_id)).children
+    assert sorted(c.result_summary for c in children) == ["2", "4"]
+    for child in children:
+        assert child.state.type == types_pb2.STATE_TYPE_COMPLETED
+        x = json.loads(child.parameters_json)["x"]
+        texts = [line.text for line in system.logs(child.id)]
+        assert f"inner {x} in run {child.id}" in texts
+        assert not any(t.startswith(f"inner {3 - x} ") for t in texts)
