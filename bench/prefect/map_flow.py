@@ -21,6 +21,9 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.runtime import flow_run
 
 
+PAGE = 200
+
+
 @task
 def item(x: int) -> int:
     return x
@@ -34,11 +37,20 @@ def fan_out(n: int) -> tuple[str, float]:
 
 
 async def count_completed(run_id: str) -> int:
+    """Completed task runs of the flow run, read page by page (the API serves 200 at most)."""
+    completed = 0
     async with get_client() as client:
-        runs = await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])), limit=200_000
-        )
-    return sum(1 for r in runs if r.state is not None and r.state.is_completed())
+        offset = 0
+        while True:
+            page = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
+                limit=PAGE,
+                offset=offset,
+            )
+            completed += sum(1 for r in page if r.state is not None and r.state.is_completed())
+            if len(page) < PAGE:
+                return completed
+            offset += PAGE
 
 
 def main() -> None:

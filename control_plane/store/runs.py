@@ -196,9 +196,19 @@ async def attempt_states(
     conn: AsyncConnection, run_ids: Iterable[str]
 ) -> dict[str, tuple[int, StateType]]:
     """The current attempt and state type of each run that exists, read alone (for every
-    stored log batch)."""
-    query = select(flow_runs.c.id, flow_runs.c.attempt, flow_runs.c.state_type).where(
-        flow_runs.c.id.in_(list(run_ids))
+    stored log batch).
+
+    On PostgreSQL the rows stay share-locked until the transaction ends: a change that ends
+    an attempt waits for a batch that found the attempt live, and then ends the task runs
+    that batch stored, so no line or task run lands after its attempt's end. (SQLite's one
+    writer serializes them anyway.) Locked in id order, so batches of several runs never
+    wait on each other in a cycle.
+    """
+    query = (
+        select(flow_runs.c.id, flow_runs.c.attempt, flow_runs.c.state_type)
+        .where(flow_runs.c.id.in_(list(run_ids)))
+        .order_by(flow_runs.c.id)
+        .with_for_update(read=True)
     )
     rows = (await conn.execute(query)).all()
     return {row.id: (row.attempt, StateType(row.state_type)) for row in rows}

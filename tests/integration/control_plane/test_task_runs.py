@@ -3,15 +3,19 @@ ended with the run's attempt, and listed by ListTaskRuns."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import text as text_sql
 
 from control_plane.models import LogRecord, LogStream, TaskRunEvent, TaskRunState
+from control_plane.states import Actor, State, StateType
 from control_plane.store import logs as logs_repo
+from control_plane.store import runs as runs_repo
 from control_plane.store.db import Database
 from flowyard.v1 import agent_pb2, control_plane_pb2_grpc, engine_pb2, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
@@ -516,3 +520,64 @@ async def test_watch_run_sends_task_run_counts_as_they_change(ready: Plane) -> N
     assert await watch.read() == grpc.aio.EOF
     await engine.close()
     await agent.close()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_an_attempt_ending_waits_for_a_batch_that_found_it_live(ready: Plane) -> None:
+    """PostgreSQL runs transactions side by side: a batch that found the attempt live holds
+    the run until it commits, so the change that ends the attempt comes after it and ends
+    the task runs the batch stored (none is left RUNNING under a CRASHED run)."""
+    agent, engine, run_id, _ = await drive_to_running(ready)
+    assert ready.db_url is not None
+    db = await Database.open(ready.db_url)
+
+    async def waiting_on_a_lock() -> int:
+        async with db.read() as conn:
+            query = text_sql(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return int((await conn.execute(query)).scalar_one())
+
+    async def crash() -> None:
+        async with db.write() as conn:
+            run = await runs_repo.get_run(conn, run_id)
+            assert run is not None
+            crashed = State(StateType.CRASHED, message="the engine is gone")
+            await runs_repo.compare_and_set(
+                conn, run, crashed, actor=Actor.SERVER, now=datetime.now(UTC)
+            )
+
+    started = LogRecord(
+        run_id,
+        1,
+        1,
+        datetime.fromtimestamp(BASE + 1, UTC),
+        20,
+        LogStream.SYSTEM,
+        "flowyard.tasks",
+        "a-0 started",
+        task_run="a-0",
+        task_run_event=TaskRunEvent("t1", "a-0", "a", TaskRunState.RUNNING, 1),
+    )
+    try:
+        async with db.write() as batch:
+            live = await runs_repo.attempt_states(batch, [run_id])
+            assert live[run_id] == (1, StateType.RUNNING)
+            ending = asyncio.create_task(crash())
+            await until(waiting_on_a_lock, "the attempt's end to wait for the batch")
+            assert not ending.done()
+            await logs_repo.insert_lines(batch, [started], db.dialect)
+        await ending
+        assert await states(ready, run_id) == {"a-0": "TASK_RUN_STATE_CRASHED"}
+    finally:
+        await db.close()
+        await engine.close()
+        await agent.close()
+
+
+async def until(condition: Any, what: str, within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
