@@ -52,6 +52,7 @@ class ChildRuns:
     ) -> Run:
         """Create a run of a deployment as a child of ``parent``'s current attempt."""
         key = _key(key)
+        _check_not_cancelling(parent)
         run, _ = await self._runs.create(
             RunRequest(
                 deployment_name=deployment_name,
@@ -71,6 +72,7 @@ class ChildRuns:
     async def start_subflow(self, parent: Run, key: str, name: str, parameters_json: str) -> Run:
         """Record a subflow run (RUNNING) of ``parent``'s current attempt."""
         key = _key(key)
+        _check_not_cancelling(parent)
         name = validation.text(name, "subflow_name", 200, required=True)
         parameters = validation.json_object(parameters_json, "parameters_json")
         now = clock.now()
@@ -178,8 +180,15 @@ class ChildRuns:
 
 
 def _key(key: str) -> str:
-    key = validation.text(key, "key", MAX_CHILD_KEY_CHARS, required=True)
-    return key
+    return validation.text(key, "key", MAX_CHILD_KEY_CHARS, required=True)
+
+
+def _check_not_cancelling(parent: Run) -> None:
+    # Its waited-on children were cancelled with it: one started now would be left behind.
+    if parent.state_type is StateType.CANCELLING:
+        raise FailedPrecondition(
+            f"run {parent.id} is being cancelled: it starts no more child runs"
+        )
 
 
 def _check_child(run: Run | None, parent: Run, child_id: str, *, subflow: bool | None) -> None:
