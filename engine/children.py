@@ -2,7 +2,8 @@
 ``run_deployment``, through ``EngineService`` with the attempt's token.
 
 Every call carries a key made here, once per call, so that a call retried after a transient
-error returns the child the first try created rather than a second one.
+error returns the child the first try created rather than a second one, and names the subflow
+it is made from (if any), which becomes the child's parent.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from engine.flow import completed, failed
 from engine.reporter import Reporter
 from engine.settings import EngineSettings
 from flowyard.v1 import engine_pb2, types_pb2
-from flowyard_sdk.children import ChildRun, ChildRunError
+from flowyard_sdk.children import ChildRun, ChildRunError, current_subflow_run
 
 __all__ = ["EngineChildRuns"]
 
@@ -46,6 +47,7 @@ class EngineChildRuns:
             key=f"subflow:{uuid.uuid4().hex}",
             subflow_name=name,
             parameters_json=json.dumps(dict(parameters)),
+            within_run_id=current_subflow_run(),
         )
         run = self._call("StartChildRun", request, f"subflow {name!r}").run
         self._capture.system(f"Subflow {name} is run {run.id}")
@@ -84,6 +86,7 @@ class EngineChildRuns:
             deployment_name=name,
             parameters_json=parameters_json,
             cancel_with_parent=cancel_with_parent,
+            within_run_id=current_subflow_run(),
         )
         run = self._call("StartChildRun", request, f"a run of deployment {name!r}").run
         self._capture.system(f"Started run {run.id} of deployment {name}")

@@ -304,7 +304,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         # Task runs change with the lines that carry their events (a subflow's travel with
         # its parent's); a subflow also ends with its parent's attempt, notified as the
         # parent's change.
-        source = run.parent_run_id if run.subflow and run.parent_run_id else run_id
+        source, _ = await self._db.shielded(self._runs.engine_run_of(run))
         keys = {run_key(run_id), run_key(source), lines_key(source)}
         last: tuple[int, dict[TaskRunState, int]] | None = None
         while True:
@@ -334,11 +334,11 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             raise InvalidArgument("after_attempt/after_seq: must not be negative")
         attempt, seq = request.after_attempt, request.after_seq
         run = await self._db.shielded(self._runs.current(run_id))
-        # A subflow's lines are stored with its parent's attempt: follow the parent's.
-        source = run.parent_run_id if run.subflow and run.parent_run_id else run_id
+        # A subflow's lines are stored with the attempt of the run whose engine runs it.
+        source = await self._db.shielded(self._runs.engine_run_of(run))
         while True:
-            with self._signals.waiting(lines_key(source)) as changed:
-                run, lines = await self._db.shielded(self._read_tail(run, attempt, seq))
+            with self._signals.waiting(lines_key(source[0])) as changed:
+                run, lines = await self._db.shielded(self._read_tail(run, source, attempt, seq))
                 if not lines and request.follow and not run.is_terminal:
                     await wait_or_recheck(changed)
                     continue
@@ -351,14 +351,16 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             yield pb.TailLogsResponse(state=convert.current_state(run))
             return
 
-    async def _read_tail(self, run: Run, attempt: int, seq: int) -> tuple[Run, list[LogRecord]]:
+    async def _read_tail(
+        self, run: Run, source: tuple[str, int], attempt: int, seq: int
+    ) -> tuple[Run, list[LogRecord]]:
         # Read the state before the lines: every line of a run is stored before its
         # terminal state, so a terminal state read first means no line can be missed.
         run = await self._runs.current(run.id)
         async with self._db.read() as conn:
-            if run.subflow and run.parent_run_id:
+            if run.subflow:
                 lines = await logs_repo.read_after(
-                    conn, run.parent_run_id, attempt, seq, TAIL_BATCH, subflow_run=run.id
+                    conn, source[0], attempt, seq, TAIL_BATCH, subflow_run=run.id
                 )
             else:
                 lines = await logs_repo.read_after(conn, run.id, attempt, seq, TAIL_BATCH)

@@ -119,11 +119,16 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         kind = request.WhichOneof("child")
         if kind == "subflow_name":
             run = await self._children.start_subflow(
-                parent, request.key, request.subflow_name, request.parameters_json
+                parent,
+                request.within_run_id,
+                request.key,
+                request.subflow_name,
+                request.parameters_json,
             )
         elif kind == "deployment_name":
             run = await self._children.start_deployment_run(
                 parent,
+                request.within_run_id,
                 request.key,
                 request.deployment_name,
                 request.parameters_json,

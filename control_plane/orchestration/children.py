@@ -29,6 +29,8 @@ from control_plane.store import runs as repo
 from control_plane.store.db import Database
 
 MAX_CHILD_KEY_CHARS = 100
+#: How deep runs started by flows may nest (a run, its child, the child's child...).
+MAX_DEPTH = 20
 MAX_MESSAGE_CHARS = 100_000
 MAX_SUMMARY_CHARS = 2000
 _SUBFLOW_ENDS = frozenset({StateType.COMPLETED, StateType.FAILED})
@@ -44,15 +46,19 @@ class ChildRuns:
 
     async def start_deployment_run(
         self,
-        parent: Run,
+        engine_run: Run,
+        within: str,
         key: str,
         deployment_name: str,
         parameters_json: str,
         cancel_with_parent: bool,
     ) -> Run:
-        """Create a run of a deployment as a child of ``parent``'s current attempt."""
+        """Create a run of a deployment as a child of ``engine_run``'s current attempt, or of
+        its subflow ``within``."""
         key = _key(key)
-        _check_not_cancelling(parent)
+        _check_not_cancelling(engine_run)
+        parent = await self._parent(engine_run, within)
+        await self._check_depth(parent)
         run, _ = await self._runs.create(
             RunRequest(
                 deployment_name=deployment_name,
@@ -69,10 +75,15 @@ class ChildRuns:
             )
         return run
 
-    async def start_subflow(self, parent: Run, key: str, name: str, parameters_json: str) -> Run:
-        """Record a subflow run (RUNNING) of ``parent``'s current attempt."""
+    async def start_subflow(
+        self, engine_run: Run, within: str, key: str, name: str, parameters_json: str
+    ) -> Run:
+        """Record a subflow run (RUNNING) of ``engine_run``'s current attempt, or of its
+        subflow ``within``."""
         key = _key(key)
-        _check_not_cancelling(parent)
+        _check_not_cancelling(engine_run)
+        parent = await self._parent(engine_run, within)
+        await self._check_depth(parent)
         name = validation.text(name, "subflow_name", 200, required=True)
         parameters = validation.json_object(parameters_json, "parameters_json")
         now = clock.now()
@@ -116,9 +127,9 @@ class ChildRuns:
         return run
 
     async def end_subflow(
-        self, parent: Run, subflow_id: str, state: StateType, message: str, summary: str
+        self, engine_run: Run, subflow_id: str, state: StateType, message: str, summary: str
     ) -> Run:
-        """End a subflow of ``parent``'s current attempt as COMPLETED or FAILED."""
+        """End a subflow of ``engine_run``'s current attempt as COMPLETED or FAILED."""
         validation.run_id(subflow_id, "subflow_run_id")
         if state not in _SUBFLOW_ENDS:
             raise InvalidArgument(
@@ -129,8 +140,13 @@ class ChildRuns:
         async def apply() -> Run:
             async with self._db.write() as conn:
                 run = await repo.get_run(conn, subflow_id)
-                _check_child(run, parent, subflow_id, subflow=True)
-                assert run is not None
+                if run is None or not run.subflow:
+                    raise NotFound(f"run {subflow_id} is not a subflow run")
+                if await repo.engine_run_of(conn, run) != (engine_run.id, engine_run.attempt):
+                    raise FailedPrecondition(
+                        f"subflow run {subflow_id} is not run by run {engine_run.id} attempt "
+                        f"{engine_run.attempt}"
+                    )
                 if run.is_terminal:
                     if run.state_type is state:
                         return run  # a repeat of an accepted end
@@ -152,17 +168,61 @@ class ChildRuns:
         self._notifier.changed(run)
         return run
 
-    async def child(self, parent: Run, child_id: str) -> Run:
-        """A child run of ``parent`` (any attempt); NOT_FOUND for any other run."""
+    async def child(self, engine_run: Run, child_id: str) -> Run:
+        """A run started by ``engine_run``'s flow (from the flow itself or from one of its
+        subflows, in any attempt); NOT_FOUND for any other run."""
         validation.run_id(child_id, "child_run_id")
         async with self._db.read() as conn:
             run = await repo.get_run(conn, child_id)
-        _check_child(run, parent, child_id, subflow=None)
-        assert run is not None
+            parent = (
+                await repo.get_run(conn, run.parent_run_id) if run and run.parent_run_id else None
+            )
+            started_by = await repo.engine_run_of(conn, parent) if parent else None
+        if run is None or started_by is None or started_by[0] != engine_run.id:
+            raise NotFound(f"run {child_id} is not a child run of run {engine_run.id}")
         return run
 
-    async def check_subflows(self, parent: Run, ids: set[str]) -> None:
-        """INVALID_ARGUMENT unless every id is a subflow of ``parent``'s current attempt."""
+    async def _parent(self, engine_run: Run, within: str) -> Run:
+        """The parent of a new child: the engine's run, or its live subflow ``within``."""
+        if not within:
+            return engine_run
+        validation.run_id(within, "within_run_id")
+        async with self._db.read() as conn:
+            run = await repo.get_run(conn, within)
+            runs_it = (
+                run is not None
+                and run.subflow
+                and (await repo.engine_run_of(conn, run) == (engine_run.id, engine_run.attempt))
+            )
+        if run is None or not runs_it:
+            raise NotFound(
+                f"within_run_id: {within} is not a subflow run of run {engine_run.id} "
+                f"attempt {engine_run.attempt}"
+            )
+        if run.is_terminal:
+            raise FailedPrecondition(f"within_run_id: subflow run {within} has ended")
+        return run
+
+    async def _check_depth(self, parent: Run) -> None:
+        """FAILED_PRECONDITION if a child of ``parent`` would nest deeper than MAX_DEPTH: a
+        flow that starts its own deployment (or calls itself as a subflow) would otherwise
+        start runs without end."""
+        depth, ancestor = 1, parent.parent_run_id
+        async with self._db.read() as conn:
+            while ancestor is not None:
+                depth += 1
+                if depth >= MAX_DEPTH:
+                    raise FailedPrecondition(
+                        f"run {parent.id} is {depth} levels deep in runs started by flows "
+                        f"(at most {MAX_DEPTH}): does a flow start its own deployment, or "
+                        "call itself as a subflow?"
+                    )
+                run = await repo.get_run(conn, ancestor)
+                ancestor = run.parent_run_id if run is not None else None
+
+    async def check_subflows(self, engine_run: Run, ids: set[str]) -> None:
+        """INVALID_ARGUMENT unless every id is a subflow run by ``engine_run``'s current
+        attempt (at any depth)."""
         async with self._db.read() as conn:
             for subflow_id in sorted(ids):
                 validation.run_id(subflow_id, "log_batch.lines.subflow_run")
@@ -170,12 +230,11 @@ class ChildRuns:
                 if (
                     run is None
                     or not run.subflow
-                    or run.parent_run_id != parent.id
-                    or run.parent_attempt != parent.attempt
+                    or await repo.engine_run_of(conn, run) != (engine_run.id, engine_run.attempt)
                 ):
                     raise InvalidArgument(
                         f"log_batch.lines.subflow_run: {subflow_id} is not a subflow run of "
-                        f"run {parent.id} attempt {parent.attempt}"
+                        f"run {engine_run.id} attempt {engine_run.attempt}"
                     )
 
 
@@ -188,16 +247,4 @@ def _check_not_cancelling(parent: Run) -> None:
     if parent.state_type is StateType.CANCELLING:
         raise FailedPrecondition(
             f"run {parent.id} is being cancelled: it starts no more child runs"
-        )
-
-
-def _check_child(run: Run | None, parent: Run, child_id: str, *, subflow: bool | None) -> None:
-    if run is None or run.parent_run_id != parent.id:
-        raise NotFound(f"run {child_id} is not a child run of run {parent.id}")
-    if subflow is not None and run.subflow != subflow:
-        raise FailedPrecondition(f"run {child_id} is not a subflow run")
-    if subflow and run.parent_attempt != parent.attempt:
-        raise FailedPrecondition(
-            f"subflow run {child_id} belongs to attempt {run.parent_attempt} of run "
-            f"{parent.id}, not to attempt {parent.attempt}"
         )

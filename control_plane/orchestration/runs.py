@@ -327,6 +327,13 @@ class Runs:
                 raise NotFound(f"run {run_id} not found")
             return run, await repo.history(conn, run_id)
 
+    async def engine_run_of(self, run: Run) -> tuple[str, int]:
+        """The run and attempt whose engine runs ``run`` (see ``store.runs.engine_run_of``)."""
+        if not run.subflow:
+            return run.id, run.attempt
+        async with self._db.read() as conn:
+            return await repo.engine_run_of(conn, run)
+
     async def children(self, run_id: str) -> list[Run]:
         """The runs a run's flow started (subflows, ``run_deployment``), oldest first."""
         async with self._db.read() as conn:
@@ -431,10 +438,12 @@ class Runs:
         async with self._db.read() as conn:
             children = await repo.children(conn, parent.id)
         for child in children:
-            if child.subflow or not child.cancel_with_parent or child.is_terminal:
-                continue
-            with contextlib.suppress(FailedPrecondition, NotFound):  # it ended meanwhile
-                await self.cancel(child.id, f"its parent run {parent.id} was cancelled")
+            if child.subflow:
+                # Ends with its parent; what it waits on is cancelled with it.
+                await self._cancel_children(child)
+            elif child.cancel_with_parent and not child.is_terminal:
+                with contextlib.suppress(FailedPrecondition, NotFound):  # it ended meanwhile
+                    await self.cancel(child.id, f"its parent run {parent.id} was cancelled")
 
     async def _holds_infrastructure(self, conn: AsyncConnection, run: Run) -> bool:
         # A PENDING run whose agent is gone and which was never submitted has nothing to tear

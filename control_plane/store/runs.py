@@ -437,6 +437,17 @@ async def end_subflows(
     await end_subflows(conn, ids, end, now)
 
 
+async def engine_run_of(conn: AsyncConnection, run: Run) -> tuple[str, int]:
+    """The run (and attempt) whose engine runs ``run``: itself, or for a subflow the first
+    ancestor that is not a subflow. A subflow's lines are stored with that attempt."""
+    run_id, attempt = run.id, run.attempt
+    current: Run | None = run
+    while current is not None and current.subflow and current.parent_run_id:
+        run_id, attempt = current.parent_run_id, current.parent_attempt or 1
+        current = await get_run(conn, run_id)
+    return run_id, attempt
+
+
 async def children(conn: AsyncConnection, run_id: str) -> list[Run]:
     """The runs started by a run's flow (subflows and deployment runs), oldest first."""
     query = (

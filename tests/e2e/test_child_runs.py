@@ -221,3 +221,82 @@ def test_async_subflows_running_together_are_each_their_own_run(system: System) 
         texts = [line.text for line in system.logs(child.id)]
         assert f"inner {x} in run {child.id}" in texts
         assert not any(t.startswith(f"inner {3 - x} ") for t in texts)
+
+
+RECURSIVE = """
+from flowyard import ChildRunError, flow
+
+
+@flow(name="deeper")
+def deeper(n: int) -> int:
+    return deeper(n + 1)
+
+
+@flow
+def main() -> str:
+    try:
+        deeper(1)
+    except ChildRunError as exc:
+        print(f"refused: {exc}", flush=True)
+        return "stopped"
+    return "never"
+"""
+
+
+def test_runs_started_by_flows_nest_only_so_deep(system: System) -> None:
+    system.start_agent()
+    system.deploy("recursive", RECURSIVE)
+    run_id = system.create_run("recursive")
+    run = system.wait_terminal(run_id)
+    assert run.state.type == types_pb2.STATE_TYPE_COMPLETED, run.state.message
+    assert run.result_summary == "'stopped'"
+    refused = [line.text for line in system.logs(run_id) if line.text.startswith("refused: ")]
+    assert refused and "20 levels deep" in refused[0], refused
+    (child,) = system.stub.GetRun(pb.GetRunRequest(run_id=run_id)).children
+    assert child.state.type == types_pb2.STATE_TYPE_FAILED
+
+
+NESTED = """
+from flowyard import flow, run_deployment
+
+
+@flow(name="inner")
+def inner() -> str:
+    print("inner line", flush=True)
+    return run_deployment("child", {"n": 1}).state
+
+
+@flow(name="outer")
+def outer() -> str:
+    print("outer line", flush=True)
+    return inner()
+
+
+@flow
+def main() -> str:
+    return outer()
+"""
+
+
+def test_a_run_started_inside_a_subflow_is_that_subflows_child(system: System) -> None:
+    system.start_agent()
+    system.deploy("child", CHILD)
+    system.deploy("nested", NESTED)
+    run_id = system.create_run("nested")
+    run = system.wait_terminal(run_id)
+    assert run.state.type == types_pb2.STATE_TYPE_COMPLETED, run.state.message
+    assert run.result_summary == "'COMPLETED'"
+
+    def children(of: str) -> list[types_pb2.FlowRun]:
+        return list(system.stub.GetRun(pb.GetRunRequest(run_id=of)).children)
+
+    (outer,) = children(run_id)
+    (inner,) = children(outer.id)
+    (deployed,) = children(inner.id)
+    assert (outer.flow_name, inner.flow_name) == ("outer", "inner")
+    assert (inner.subflow, deployed.subflow, deployed.deployment_name) == (True, False, "child")
+    assert deployed.state.type == types_pb2.STATE_TYPE_COMPLETED
+    texts = {r.id: [line.text for line in system.logs(r.id)] for r in (run, outer, inner)}
+    assert "outer line" in texts[outer.id] and "inner line" not in texts[outer.id]
+    assert "inner line" in texts[inner.id] and "outer line" not in texts[inner.id]
+    assert {"outer line", "inner line"} <= set(texts[run_id])

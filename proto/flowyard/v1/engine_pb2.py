@@ -26,7 +26,7 @@ from flowyard.v1 import types_pb2 as flowyard_dot_v1_dot_types__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66lowyard/v1/engine.proto\x12\x0b\x66lowyard.v1\x1a\x17\x66lowyard/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"\xb5\x01\n\x14StartChildRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x16\n\x0csubflow_name\x18\x04 \x01(\tH\x00\x12\x19\n\x0f\x64\x65ployment_name\x18\x05 \x01(\tH\x00\x12\x17\n\x0fparameters_json\x18\x06 \x01(\t\x12\x1a\n\x12\x63\x61ncel_with_parent\x18\x07 \x01(\x08\x42\x07\n\x05\x63hild\":\n\x15StartChildRunResponse\x12!\n\x03run\x18\x01 \x01(\x0b\x32\x14.flowyard.v1.FlowRun\"\x9b\x01\n\x11\x45ndSubflowRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x16\n\x0esubflow_run_id\x18\x03 \x01(\t\x12$\n\x04type\x18\x04 \x01(\x0e\x32\x16.flowyard.v1.StateType\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x16\n\x0eresult_summary\x18\x06 \x01(\t\"7\n\x12\x45ndSubflowResponse\x12!\n\x03run\x18\x01 \x01(\x0b\x32\x14.flowyard.v1.FlowRun\"M\n\x14WatchChildRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x14\n\x0c\x63hild_run_id\x18\x03 \x01(\t\":\n\x15WatchChildRunResponse\x12!\n\x03run\x18\x01 \x01(\x0b\x32\x14.flowyard.v1.FlowRun\"2\n\x0fStartRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"\xa5\x01\n\x10StartRunResponse\x12!\n\x03run\x18\x01 \x01(\x0b\x32\x14.flowyard.v1.FlowRun\x12\x12\n\nentrypoint\x18\x02 \x01(\t\x12#\n\x06source\x18\x03 \x01(\x0b\x32\x13.flowyard.v1.Source\x12\x35\n\x12heartbeat_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd0\x01\n\rReportRequest\x12!\n\x04open\x18\x01 \x01(\x0b\x32\x11.flowyard.v1.OpenH\x00\x12\x32\n\rpropose_state\x18\x02 \x01(\x0b\x32\x19.flowyard.v1.ProposeStateH\x00\x12*\n\tlog_batch\x18\x03 \x01(\x0b\x32\x15.flowyard.v1.LogBatchH\x00\x12\x31\n\theartbeat\x18\x04 \x01(\x0b\x32\x1c.flowyard.v1.EngineHeartbeatH\x00\x42\t\n\x07message\"\xc7\x01\n\x0eReportResponse\x12%\n\x06opened\x18\x01 \x01(\x0b\x32\x13.flowyard.v1.OpenedH\x00\x12\x30\n\x0cstate_result\x18\x02 \x01(\x0b\x32\x18.flowyard.v1.StateResultH\x00\x12&\n\x07log_ack\x18\x03 \x01(\x0b\x32\x13.flowyard.v1.LogAckH\x00\x12)\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x17.flowyard.v1.CancelFlowH\x00\x42\t\n\x07message\"\'\n\x04Open\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"B\n\x06Opened\x12\x12\n\nstored_seq\x18\x01 \x01(\x03\x12$\n\x05state\x18\x02 \x01(\x0b\x32\x15.flowyard.v1.RunState\"\x9b\x01\n\x0cProposeState\x12\x15\n\rtransition_id\x18\x01 \x01(\t\x12$\n\x04type\x18\x02 \x01(\x0e\x32\x16.flowyard.v1.StateType\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x16\n\x0eresult_summary\x18\x05 \x01(\t\x12\x17\n\x0fsource_revision\x18\x06 \x01(\t\"l\n\x0bStateResult\x12\x15\n\rtransition_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12$\n\x05state\x18\x03 \x01(\x0b\x32\x15.flowyard.v1.RunState\x12\x0e\n\x06reason\x18\x04 \x01(\t\"/\n\x08LogBatch\x12#\n\x05lines\x18\x01 \x03(\x0b\x32\x14.flowyard.v1.LogLine\"\x1c\n\x06LogAck\x12\x12\n\nstored_seq\x18\x01 \x01(\x03\"\x11\n\x0f\x45ngineHeartbeat\"\x1c\n\nCancelFlow\x12\x0e\n\x06reason\x18\x01 \x01(\t2\xa0\x03\n\rEngineService\x12G\n\x08StartRun\x12\x1c.flowyard.v1.StartRunRequest\x1a\x1d.flowyard.v1.StartRunResponse\x12\x45\n\x06Report\x12\x1a.flowyard.v1.ReportRequest\x1a\x1b.flowyard.v1.ReportResponse(\x01\x30\x01\x12V\n\rStartChildRun\x12!.flowyard.v1.StartChildRunRequest\x1a\".flowyard.v1.StartChildRunResponse\x12M\n\nEndSubflow\x12\x1e.flowyard.v1.EndSubflowRequest\x1a\x1f.flowyard.v1.EndSubflowResponse\x12X\n\rWatchChildRun\x12!.flowyard.v1.WatchChildRunRequest\x1a\".flowyard.v1.WatchChildRunResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66lowyard/v1/engine.proto\x12\x0b\x66lowyard.v1\x1a\x17\x66lowyard/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"\xcc\x01\n\x14StartChildRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x16\n\x0csubflow_name\x18\x04 \x01(\tH\x00\x12\x19\n\x0f\x64\x65ployment_name\x18\x05 \x01(\tH\x00\x12\x17\n\x0fparameters_json\x18\x06 \x01(\t\x12\x1a\n\x12\x63\x61ncel_with_parent\x18\x07 \x01(\x08\x12\x15\n\rwithin_run_id\x18\x08 \x01(\tB\x07\n\x05\x63hild\":\n\x15StartChildRunResponse\x12!\n\x03run\x18\x01 \x01(\x0b\x32\x14.flowyard.v1.FlowRun\"\x9b\x01\n\x11\x45ndSubflowRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x16\n\x0esubflow_run_id\x18\x03 \x01(\t\x12$\n\x04type\x18\x04 \x01(\x0e\x32\x16.flowyard.v1.StateType\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x16\n\x0eresult_summary\x18\x06 \x01(\t\"7\n\x12\x45ndSubflowResponse\x12!\n\x03run\x18\x01 \x01(\x0b\x32\x14.flowyard.v1.FlowRun\"M\n\x14WatchChildRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x14\n\x0c\x63hild_run_id\x18\x03 \x01(\t\":\n\x15WatchChildRunResponse\x12!\n\x03run\x18\x01 \x01(\x0b\x32\x14.flowyard.v1.FlowRun\"2\n\x0fStartRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"\xa5\x01\n\x10StartRunResponse\x12!\n\x03run\x18\x01 \x01(\x0b\x32\x14.flowyard.v1.FlowRun\x12\x12\n\nentrypoint\x18\x02 \x01(\t\x12#\n\x06source\x18\x03 \x01(\x0b\x32\x13.flowyard.v1.Source\x12\x35\n\x12heartbeat_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd0\x01\n\rReportRequest\x12!\n\x04open\x18\x01 \x01(\x0b\x32\x11.flowyard.v1.OpenH\x00\x12\x32\n\rpropose_state\x18\x02 \x01(\x0b\x32\x19.flowyard.v1.ProposeStateH\x00\x12*\n\tlog_batch\x18\x03 \x01(\x0b\x32\x15.flowyard.v1.LogBatchH\x00\x12\x31\n\theartbeat\x18\x04 \x01(\x0b\x32\x1c.flowyard.v1.EngineHeartbeatH\x00\x42\t\n\x07message\"\xc7\x01\n\x0eReportResponse\x12%\n\x06opened\x18\x01 \x01(\x0b\x32\x13.flowyard.v1.OpenedH\x00\x12\x30\n\x0cstate_result\x18\x02 \x01(\x0b\x32\x18.flowyard.v1.StateResultH\x00\x12&\n\x07log_ack\x18\x03 \x01(\x0b\x32\x13.flowyard.v1.LogAckH\x00\x12)\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x17.flowyard.v1.CancelFlowH\x00\x42\t\n\x07message\"\'\n\x04Open\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"B\n\x06Opened\x12\x12\n\nstored_seq\x18\x01 \x01(\x03\x12$\n\x05state\x18\x02 \x01(\x0b\x32\x15.flowyard.v1.RunState\"\x9b\x01\n\x0cProposeState\x12\x15\n\rtransition_id\x18\x01 \x01(\t\x12$\n\x04type\x18\x02 \x01(\x0e\x32\x16.flowyard.v1.StateType\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x16\n\x0eresult_summary\x18\x05 \x01(\t\x12\x17\n\x0fsource_revision\x18\x06 \x01(\t\"l\n\x0bStateResult\x12\x15\n\rtransition_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12$\n\x05state\x18\x03 \x01(\x0b\x32\x15.flowyard.v1.RunState\x12\x0e\n\x06reason\x18\x04 \x01(\t\"/\n\x08LogBatch\x12#\n\x05lines\x18\x01 \x03(\x0b\x32\x14.flowyard.v1.LogLine\"\x1c\n\x06LogAck\x12\x12\n\nstored_seq\x18\x01 \x01(\x03\"\x11\n\x0f\x45ngineHeartbeat\"\x1c\n\nCancelFlow\x12\x0e\n\x06reason\x18\x01 \x01(\t2\xa0\x03\n\rEngineService\x12G\n\x08StartRun\x12\x1c.flowyard.v1.StartRunRequest\x1a\x1d.flowyard.v1.StartRunResponse\x12\x45\n\x06Report\x12\x1a.flowyard.v1.ReportRequest\x1a\x1b.flowyard.v1.ReportResponse(\x01\x30\x01\x12V\n\rStartChildRun\x12!.flowyard.v1.StartChildRunRequest\x1a\".flowyard.v1.StartChildRunResponse\x12M\n\nEndSubflow\x12\x1e.flowyard.v1.EndSubflowRequest\x1a\x1f.flowyard.v1.EndSubflowResponse\x12X\n\rWatchChildRun\x12!.flowyard.v1.WatchChildRunRequest\x1a\".flowyard.v1.WatchChildRunResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,41 +34,41 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flowyard.v1.engine_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STARTCHILDRUNREQUEST']._serialized_start=99
-  _globals['_STARTCHILDRUNREQUEST']._serialized_end=280
-  _globals['_STARTCHILDRUNRESPONSE']._serialized_start=282
-  _globals['_STARTCHILDRUNRESPONSE']._serialized_end=340
-  _globals['_ENDSUBFLOWREQUEST']._serialized_start=343
-  _globals['_ENDSUBFLOWREQUEST']._serialized_end=498
-  _globals['_ENDSUBFLOWRESPONSE']._serialized_start=500
-  _globals['_ENDSUBFLOWRESPONSE']._serialized_end=555
-  _globals['_WATCHCHILDRUNREQUEST']._serialized_start=557
-  _globals['_WATCHCHILDRUNREQUEST']._serialized_end=634
-  _globals['_WATCHCHILDRUNRESPONSE']._serialized_start=636
-  _globals['_WATCHCHILDRUNRESPONSE']._serialized_end=694
-  _globals['_STARTRUNREQUEST']._serialized_start=696
-  _globals['_STARTRUNREQUEST']._serialized_end=746
-  _globals['_STARTRUNRESPONSE']._serialized_start=749
-  _globals['_STARTRUNRESPONSE']._serialized_end=914
-  _globals['_REPORTREQUEST']._serialized_start=917
-  _globals['_REPORTREQUEST']._serialized_end=1125
-  _globals['_REPORTRESPONSE']._serialized_start=1128
-  _globals['_REPORTRESPONSE']._serialized_end=1327
-  _globals['_OPEN']._serialized_start=1329
-  _globals['_OPEN']._serialized_end=1368
-  _globals['_OPENED']._serialized_start=1370
-  _globals['_OPENED']._serialized_end=1436
-  _globals['_PROPOSESTATE']._serialized_start=1439
-  _globals['_PROPOSESTATE']._serialized_end=1594
-  _globals['_STATERESULT']._serialized_start=1596
-  _globals['_STATERESULT']._serialized_end=1704
-  _globals['_LOGBATCH']._serialized_start=1706
-  _globals['_LOGBATCH']._serialized_end=1753
-  _globals['_LOGACK']._serialized_start=1755
-  _globals['_LOGACK']._serialized_end=1783
-  _globals['_ENGINEHEARTBEAT']._serialized_start=1785
-  _globals['_ENGINEHEARTBEAT']._serialized_end=1802
-  _globals['_CANCELFLOW']._serialized_start=1804
-  _globals['_CANCELFLOW']._serialized_end=1832
-  _globals['_ENGINESERVICE']._serialized_start=1835
-  _globals['_ENGINESERVICE']._serialized_end=2251
+  _globals['_STARTCHILDRUNREQUEST']._serialized_end=303
+  _globals['_STARTCHILDRUNRESPONSE']._serialized_start=305
+  _globals['_STARTCHILDRUNRESPONSE']._serialized_end=363
+  _globals['_ENDSUBFLOWREQUEST']._serialized_start=366
+  _globals['_ENDSUBFLOWREQUEST']._serialized_end=521
+  _globals['_ENDSUBFLOWRESPONSE']._serialized_start=523
+  _globals['_ENDSUBFLOWRESPONSE']._serialized_end=578
+  _globals['_WATCHCHILDRUNREQUEST']._serialized_start=580
+  _globals['_WATCHCHILDRUNREQUEST']._serialized_end=657
+  _globals['_WATCHCHILDRUNRESPONSE']._serialized_start=659
+  _globals['_WATCHCHILDRUNRESPONSE']._serialized_end=717
+  _globals['_STARTRUNREQUEST']._serialized_start=719
+  _globals['_STARTRUNREQUEST']._serialized_end=769
+  _globals['_STARTRUNRESPONSE']._serialized_start=772
+  _globals['_STARTRUNRESPONSE']._serialized_end=937
+  _globals['_REPORTREQUEST']._serialized_start=940
+  _globals['_REPORTREQUEST']._serialized_end=1148
+  _globals['_REPORTRESPONSE']._serialized_start=1151
+  _globals['_REPORTRESPONSE']._serialized_end=1350
+  _globals['_OPEN']._serialized_start=1352
+  _globals['_OPEN']._serialized_end=1391
+  _globals['_OPENED']._serialized_start=1393
+  _globals['_OPENED']._serialized_end=1459
+  _globals['_PROPOSESTATE']._serialized_start=1462
+  _globals['_PROPOSESTATE']._serialized_end=1617
+  _globals['_STATERESULT']._serialized_start=1619
+  _globals['_STATERESULT']._serialized_end=1727
+  _globals['_LOGBATCH']._serialized_start=1729
+  _globals['_LOGBATCH']._serialized_end=1776
+  _globals['_LOGACK']._serialized_start=1778
+  _globals['_LOGACK']._serialized_end=1806
+  _globals['_ENGINEHEARTBEAT']._serialized_start=1808
+  _globals['_ENGINEHEARTBEAT']._serialized_end=1825
+  _globals['_CANCELFLOW']._serialized_start=1827
+  _globals['_CANCELFLOW']._serialized_end=1855
+  _globals['_ENGINESERVICE']._serialized_start=1858
+  _globals['_ENGINESERVICE']._serialized_end=2274
 # @@protoc_insertion_point(module_scope)

@@ -33,6 +33,7 @@ class StartChildRunRequest(_message.Message):
     DEPLOYMENT_NAME_FIELD_NUMBER: _builtins.int
     PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
     CANCEL_WITH_PARENT_FIELD_NUMBER: _builtins.int
+    WITHIN_RUN_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The engine's run (the parent)."""
     attempt: _builtins.int
@@ -49,6 +50,10 @@ class StartChildRunRequest(_message.Message):
     """
     cancel_with_parent: _builtins.bool
     """For a deployment run: cancel it when the parent is cancelled (the parent waits on it)."""
+    within_run_id: _builtins.str
+    """The subflow run the call is made from, if any (a subflow of this attempt, at any depth):
+    it becomes the child's parent. Empty: the engine's run is.
+    """
     def __init__(
         self,
         *,
@@ -59,10 +64,11 @@ class StartChildRunRequest(_message.Message):
         deployment_name: _builtins.str = ...,
         parameters_json: _builtins.str = ...,
         cancel_with_parent: _builtins.bool = ...,
+        within_run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["child", b"child", "deployment_name", b"deployment_name", "subflow_name", b"subflow_name"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancel_with_parent", b"cancel_with_parent", "child", b"child", "deployment_name", b"deployment_name", "key", b"key", "parameters_json", b"parameters_json", "run_id", b"run_id", "subflow_name", b"subflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancel_with_parent", b"cancel_with_parent", "child", b"child", "deployment_name", b"deployment_name", "key", b"key", "parameters_json", b"parameters_json", "run_id", b"run_id", "subflow_name", b"subflow_name", "within_run_id", b"within_run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_child: _TypeAlias = _typing.Literal["subflow_name", "deployment_name"]  # noqa: Y015
     _WhichOneofArgType_child: _TypeAlias = _typing.Literal["child", b"child"]  # noqa: Y015
