@@ -15,3 +15,7 @@ try:
     __version__ = metadata.version("flowyard")
 except metadata.PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
+
+from flowyard_common.forking import keep_grpc_out_of_forks
+
+keep_grpc_out_of_forks()

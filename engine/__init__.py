@@ -6,6 +6,10 @@ code, calls the flow function in the main thread and reports states and log line
 Kubernetes client), and :mod:`engine.entrypoints` and :mod:`engine.schema` are pure modules
 that the control plane and the CLI import to validate deployments.
 
-This ``__init__`` imports nothing on purpose: importing ``engine.entrypoints`` must not pull in
-gRPC.
+This ``__init__`` imports nothing heavy on purpose: importing ``engine.entrypoints`` must not
+pull in gRPC. It turns gRPC's fork support off (``flowyard_common.forking``) before gRPC loads.
 """
+
+from flowyard_common.forking import keep_grpc_out_of_forks
+
+keep_grpc_out_of_forks()

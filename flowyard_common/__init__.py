@@ -5,6 +5,7 @@ Each module here is used by at least two of the three and imports none of them:
 =================  ==========================================================================
 ``aiotasks``       cancelling one's own asyncio tasks without swallowing one's own cancellation
 ``entrypoints``    parsing ``path/to/file.py:fn`` and ``package.module:fn``
+``forking``        turning gRPC's fork handlers off in every Flowyard process
 ``loglines``       the size limit of one log line, and how a longer line is cut
 ``manifests``      Kubernetes manifests as the YAML kubectl reads (both install commands)
 ``templates``      base job templates: placeholders, job variables, their JSON Schema checks

@@ -6,7 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from flowyard_common.forking import keep_grpc_out_of_forks
 from tests.stores import STORES, empty, migrate, postgres_database
+
+# The harness starts processes (one with a preexec_fn, which makes subprocess fork) while its
+# own gRPC clients run: like every Flowyard process, it keeps gRPC's fork handlers off.
+keep_grpc_out_of_forks()
 
 
 @pytest.fixture(scope="session")

@@ -253,3 +253,31 @@ def test_int_parameters_reach_the_flow_as_ints_at_every_depth(system: System) ->
     run = system.wait_terminal(system.create_run("unchecked", **{**WHOLE, "n": 7.5}))
     assert run.state.type == types_pb2.STATE_TYPE_FAILED
     assert "parameter 'n' of main(): 7.5 is not an integer" in run.state.message
+
+
+FORKING = """
+import logging
+import subprocess
+
+log = logging.getLogger("forking")
+
+
+def main(n: int = 100) -> int:
+    # A preexec_fn makes subprocess fork (not vfork) while the engine's gRPC threads run;
+    # with gRPC's fork handlers on, a child could die before exec.
+    failed = 0
+    for i in range(n):
+        log.info("child %s", i)
+        failed += subprocess.run(["true"], preexec_fn=lambda: None).returncode != 0
+    return failed
+"""
+
+
+def test_a_flow_that_forks_subprocesses_while_the_engine_reports(system: System) -> None:
+    system.start_agent()
+    system.deploy("forking", FORKING)
+    run_id = system.create_run("forking")
+    run = system.wait_terminal(run_id)
+    assert run.state.type == types_pb2.STATE_TYPE_COMPLETED, run.state.message
+    assert run.result_summary == "0"
+    assert not [line.text for line in system.logs(run_id) if "Bad file descriptor" in line.text]
