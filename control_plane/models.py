@@ -149,6 +149,8 @@ class Run:
     subflow: bool = False
     #: Whether cancelling the parent cancels this run.
     cancel_with_parent: bool = False
+    #: Whether this run's flow has started a subflow.
+    has_subflows: bool = False
 
     @property
     def is_terminal(self) -> bool:

@@ -116,8 +116,11 @@ class ChildRuns:
             "parent_attempt": parent.attempt,
             "subflow": True,
             "cancel_with_parent": True,
+            "has_subflows": False,
         }
         async with self._db.write() as conn:
+            if not parent.has_subflows:
+                await repo.mark_has_subflows(conn, parent.id)
             run = await repo.insert_subflow(conn, values, self._db.dialect)
         if run.parent_run_id != parent.id:
             raise FailedPrecondition(

@@ -287,6 +287,7 @@ class Runs:
             "parent_attempt": request.parent_attempt,
             "subflow": False,
             "cancel_with_parent": request.cancel_with_parent,
+            "has_subflows": False,
         }
         return _Planned(values, deployment, pool, queue.name, remembered)
 

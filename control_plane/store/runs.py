@@ -333,7 +333,8 @@ async def compare_and_set(
     await _insert_history(conn, run.id, updated.attempt, state, now)
     if change.ends_attempt:
         await task_runs.end_unfinished(conn, [run.id], change.task_runs_end, now)
-        await end_subflows(conn, [run.id], change.task_runs_end, now)
+        if run.has_subflows:
+            await end_subflows(conn, [run.id], change.task_runs_end, now)
     return updated
 
 
@@ -388,7 +389,13 @@ async def apply_locked(conn: AsyncConnection, changes: list[Change], now: dateti
         ending = [c.run.id for c in changes if c.ends_attempt and c.task_runs_end is end]
         if ending:
             await task_runs.end_unfinished(conn, ending, end, now)
-            await end_subflows(conn, ending, end, now)
+        with_subflows = [
+            c.run.id
+            for c in changes
+            if c.ends_attempt and c.task_runs_end is end and c.run.has_subflows
+        ]
+        if with_subflows:
+            await end_subflows(conn, with_subflows, end, now)
     return updated
 
 
@@ -456,6 +463,17 @@ async def children(conn: AsyncConnection, run_id: str) -> list[Run]:
         .order_by(flow_runs.c.created_at, flow_runs.c.id)
     )
     return [_run(row) for row in await conn.execute(query)]
+
+
+async def mark_has_subflows(conn: AsyncConnection, run_id: str) -> None:
+    """Note that a run's flow started a subflow. The version moves on, so a change that read
+    the run before (and would not end its subflows) loses its compare-and-set and reads it
+    again."""
+    await conn.execute(
+        update(flow_runs)
+        .where(flow_runs.c.id == run_id)
+        .values(has_subflows=True, version=flow_runs.c.version + 1)
+    )
 
 
 async def insert_subflow(conn: AsyncConnection, values: dict[str, Any], dialect: str) -> Run:

@@ -160,6 +160,9 @@ flow_runs = Table(
     Column("parent_attempt", Integer, nullable=True),
     Column("subflow", Boolean, nullable=False, server_default=false()),
     Column("cancel_with_parent", Boolean, nullable=False, server_default=false()),
+    # Set when the run's flow starts its first subflow: only such a run's ending attempt has
+    # subflows to end (``runs.end_subflows``), so no other pays a query for it.
+    Column("has_subflows", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("deployment_id", "idempotency_key"),
     Index(None, "parent_run_id"),
     Index(None, "pool_id", "state_type", "scheduled_at"),

@@ -28,6 +28,10 @@ def upgrade() -> None:
         "flow_runs",
         sa.Column("cancel_with_parent", sa.Boolean(), nullable=False, server_default=sa.false()),
     )
+    op.add_column(
+        "flow_runs",
+        sa.Column("has_subflows", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
     op.create_index(
         op.f("ix_flow_runs_parent_run_id"), "flow_runs", ["parent_run_id"], unique=False
     )
@@ -39,6 +43,7 @@ def downgrade() -> None:
         batch_op.drop_column("subflow_run")
     op.drop_index(op.f("ix_flow_runs_parent_run_id"), table_name="flow_runs")
     with op.batch_alter_table("flow_runs", schema=None) as batch_op:
+        batch_op.drop_column("has_subflows")
         batch_op.drop_column("cancel_with_parent")
         batch_op.drop_column("subflow")
         batch_op.drop_column("parent_attempt")
