@@ -207,7 +207,19 @@ def level_name(level: int) -> str:
 
 
 def print_lines(lines: Iterable[types_pb2.LogLine], show_attempt: bool = False) -> None:
-    """Print log lines as ``HH:MM:SS.mmm LEVEL    text``."""
+    """Print log lines as ``HH:MM:SS.mmm LEVEL    text``: coloured on a terminal; to a pipe
+    or a file as plain text, written (and flushed, for a follower) once per call rather than
+    rendered line by line."""
+    if not console.is_terminal:
+        plain = "".join(
+            f"{line.timestamp.ToDatetime().strftime('%H:%M:%S.%f')[:-3]} "
+            f"{f'[{line.attempt}] ' if show_attempt else ''}"
+            f"{level_name(line.level):<8} {line.text}\n"
+            for line in lines
+        )
+        console.file.write(plain)
+        console.file.flush()
+        return
     for line in lines:
         when = line.timestamp.ToDatetime().strftime("%H:%M:%S.%f")[:-3]
         level = level_name(line.level)
