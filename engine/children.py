@@ -19,15 +19,11 @@ from engine.errors import ReportError
 from engine.flow import completed, failed
 from engine.reporter import Reporter
 from engine.settings import EngineSettings
-from flowyard.v1 import engine_pb2, types_pb2
+from engine.wire import state_type_from_proto, state_type_to_proto
+from flowyard.v1 import engine_pb2
 from flowyard_sdk.children import ChildRun, ChildRunError, current_subflow_run
 
 __all__ = ["EngineChildRuns"]
-
-_STATE_TYPES = {
-    value: name.removeprefix("STATE_TYPE_") for name, value in types_pb2.StateType.items()
-}
-_TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 class EngineChildRuns:
@@ -63,7 +59,7 @@ class EngineChildRuns:
             run_id=self._run_id,
             attempt=self._attempt,
             subflow_run_id=run_id,
-            type=types_pb2.StateType.Value(f"STATE_TYPE_{outcome.state.value}"),
+            type=state_type_to_proto(outcome.state),
             message=outcome.message,
             result_summary=outcome.result_summary,
         )
@@ -97,11 +93,11 @@ class EngineChildRuns:
         request = engine_pb2.WatchChildRunRequest(
             run_id=self._run_id, attempt=self._attempt, child_run_id=run_id
         )
-        last: list[Any] = []
+        last: list[ChildRun] = []
 
         def seen(run: Any) -> bool:
-            last[:] = [run]
-            return _STATE_TYPES.get(run.state.type, "") in _TERMINAL
+            last[:] = [_child(run)]
+            return last[0].is_final
 
         try:
             self._reporter.watch(request, seen, timeout)
@@ -109,7 +105,7 @@ class EngineChildRuns:
             raise ChildRunError(f"could not follow run {run_id}: {exc}") from None
         if not last:
             raise ChildRunError(f"run {run_id} was not seen within {timeout:g} s")
-        child = _child(last[0])
+        child = last[0]
         level = logging.INFO if child.ok or not child.is_final else logging.WARNING
         self._capture.system(
             f"Run {run_id} of deployment {child.deployment_name} is {child.state}", level
@@ -127,7 +123,7 @@ def _child(run: Any) -> ChildRun:
     return ChildRun(
         id=run.id,
         deployment_name=run.deployment_name,
-        state=_STATE_TYPES.get(run.state.type, "UNSPECIFIED"),
+        state=state_type_from_proto(run.state.type).value,
         state_name=run.state.name,
         message=run.state.message,
         result_summary=run.result_summary,

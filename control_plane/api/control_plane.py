@@ -335,9 +335,9 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         attempt, seq = request.after_attempt, request.after_seq
         run = await self._db.shielded(self._runs.current(run_id))
         # A subflow's lines are stored with the attempt of the run whose engine runs it.
-        source = await self._db.shielded(self._runs.engine_run_of(run))
+        source, _ = await self._db.shielded(self._runs.engine_run_of(run))
         while True:
-            with self._signals.waiting(lines_key(source[0])) as changed:
+            with self._signals.waiting(lines_key(source)) as changed:
                 run, lines = await self._db.shielded(self._read_tail(run, source, attempt, seq))
                 if not lines and request.follow and not run.is_terminal:
                     await wait_or_recheck(changed)
@@ -352,18 +352,18 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             return
 
     async def _read_tail(
-        self, run: Run, source: tuple[str, int], attempt: int, seq: int
+        self, run: Run, source: str, attempt: int, seq: int
     ) -> tuple[Run, list[LogRecord]]:
         # Read the state before the lines: every line of a run is stored before its
         # terminal state, so a terminal state read first means no line can be missed.
+        # ``source`` is the run whose lines these are (``engine_run_of``): the run itself,
+        # or the one whose engine runs this subflow, of whose lines the subflow's are read.
         run = await self._runs.current(run.id)
+        subflow_run = run.id if run.subflow else None
         async with self._db.read() as conn:
-            if run.subflow:
-                lines = await logs_repo.read_after(
-                    conn, source[0], attempt, seq, TAIL_BATCH, subflow_run=run.id
-                )
-            else:
-                lines = await logs_repo.read_after(conn, run.id, attempt, seq, TAIL_BATCH)
+            lines = await logs_repo.read_after(
+                conn, source, attempt, seq, TAIL_BATCH, subflow_run=subflow_run
+            )
         return run, lines
 
 

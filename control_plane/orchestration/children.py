@@ -19,6 +19,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from control_plane.errors import FailedPrecondition, InvalidArgument, NotFound
 from control_plane.models import Run
 from control_plane.orchestration import clock, validation
@@ -145,7 +147,7 @@ class ChildRuns:
                 run = await repo.get_run(conn, subflow_id)
                 if run is None or not run.subflow:
                     raise NotFound(f"run {subflow_id} is not a subflow run")
-                if await repo.engine_run_of(conn, run) != (engine_run.id, engine_run.attempt):
+                if not await _runs_subflow(conn, engine_run, run):
                     raise FailedPrecondition(
                         f"subflow run {subflow_id} is not run by run {engine_run.id} attempt "
                         f"{engine_run.attempt}"
@@ -192,11 +194,7 @@ class ChildRuns:
         validation.run_id(within, "within_run_id")
         async with self._db.read() as conn:
             run = await repo.get_run(conn, within)
-            runs_it = (
-                run is not None
-                and run.subflow
-                and (await repo.engine_run_of(conn, run) == (engine_run.id, engine_run.attempt))
-            )
+            runs_it = await _runs_subflow(conn, engine_run, run)
         if run is None or not runs_it:
             raise NotFound(
                 f"within_run_id: {within} is not a subflow run of run {engine_run.id} "
@@ -229,16 +227,20 @@ class ChildRuns:
         async with self._db.read() as conn:
             for subflow_id in sorted(ids):
                 validation.run_id(subflow_id, "log_batch.lines.subflow_run")
-                run = await repo.get_run(conn, subflow_id)
-                if (
-                    run is None
-                    or not run.subflow
-                    or await repo.engine_run_of(conn, run) != (engine_run.id, engine_run.attempt)
-                ):
+                if not await _runs_subflow(conn, engine_run, await repo.get_run(conn, subflow_id)):
                     raise InvalidArgument(
                         f"log_batch.lines.subflow_run: {subflow_id} is not a subflow run of "
                         f"run {engine_run.id} attempt {engine_run.attempt}"
                     )
+
+
+async def _runs_subflow(conn: AsyncConnection, engine_run: Run, run: Run | None) -> bool:
+    """Whether ``run`` is a subflow run by ``engine_run``'s current attempt (at any depth)."""
+    return (
+        run is not None
+        and run.subflow
+        and await repo.engine_run_of(conn, run) == (engine_run.id, engine_run.attempt)
+    )
 
 
 def _key(key: str) -> str:

@@ -386,15 +386,10 @@ async def apply_locked(conn: AsyncConnection, changes: list[Change], now: dateti
         ],
     )
     for end in TaskRunState:
-        ending = [c.run.id for c in changes if c.ends_attempt and c.task_runs_end is end]
+        ending = [c.run for c in changes if c.ends_attempt and c.task_runs_end is end]
         if ending:
-            await task_runs.end_unfinished(conn, ending, end, now)
-        with_subflows = [
-            c.run.id
-            for c in changes
-            if c.ends_attempt and c.task_runs_end is end and c.run.has_subflows
-        ]
-        if with_subflows:
+            await task_runs.end_unfinished(conn, [run.id for run in ending], end, now)
+        if with_subflows := [run.id for run in ending if run.has_subflows]:
             await end_subflows(conn, with_subflows, end, now)
     return updated
 

@@ -12,6 +12,7 @@ running (``runs.compare_and_set``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -105,7 +106,9 @@ async def apply_events(conn: AsyncConnection, lines: Sequence[LogRecord], dialec
         await conn.execute(_upsert(dialect), rows)
 
 
+@functools.cache
 def _upsert(dialect: str) -> Any:
+    """The upsert statement, built once per dialect (it holds no row)."""
     stored = task_runs.c
 
     def set_(new: Any) -> dict[str, Any]:
