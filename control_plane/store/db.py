@@ -38,7 +38,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from control_plane.store import migrate
+from control_plane.store import migrate, sqlite_inline
 from control_plane.store.migrate import StoreError
 
 T = TypeVar("T")
@@ -81,14 +81,26 @@ class Database:
         return cls(engine)
 
     @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A unit of work: a transaction that commits on success and rolls back on error."""
+    async def write(self, large: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A unit of work: a transaction that commits on success and rolls back on error.
+
+        ``large`` says the transaction stores a batch: on SQLite its statements then run on
+        a worker thread rather than on the event loop (see ``sqlite_inline``).
+        """
         if self._write_lock is None:
             async with self.engine.begin() as connection:
                 yield connection
             return
         async with self._write_lock, self.engine.begin() as connection:
-            yield connection
+            driver = await sqlite_inline.offloaded(connection) if large else None
+            if driver is None:
+                yield connection
+                return
+            driver.offload = True
+            try:
+                yield connection
+            finally:
+                driver.offload = False
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -207,7 +219,7 @@ class GroupCommit(Generic[Item, T]):
                 answer.set_result(outcome)
 
     async def _transaction(self, items: list[Item]) -> Sequence[T | Exception]:
-        async with self._db.write() as conn:
+        async with self._db.write(large=len(items) > 1) as conn:
             return await self._store(conn, items)
 
 
@@ -265,7 +277,7 @@ def create_engine(url: str) -> AsyncEngine:
             ) from error
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(parsed, connect_args={"timeout": 30})
+    engine = sqlite_inline.create_engine(parsed, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
     event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
     event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
     return engine

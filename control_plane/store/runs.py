@@ -48,7 +48,6 @@ _RUN_COLUMNS = (
     pools.c.name.label("pool_name"),
     work_queues.c.name.label("queue_name"),
 )
-_FIELDS = {field.name for field in dataclasses.fields(Run)}
 
 
 def _select_runs() -> Any:
@@ -61,7 +60,8 @@ def _select_runs() -> Any:
 
 
 def _run(row: Row[Any]) -> Run:
-    values = {name: getattr(row, name) for name in _FIELDS}
+    # The row's columns are exactly the Run's fields (see ``_RUN_COLUMNS``).
+    values = row._asdict()
     values["state_type"] = StateType(values["state_type"])
     values["queue_name"] = values["queue_name"] or "default"
     return Run(**values)
@@ -126,9 +126,14 @@ async def catalog_as_read(
     )
 
 
+#: Built once: the hottest statements are reused rather than built (and their SQLAlchemy
+#: cache keys computed) on every call.
+_GET_RUN = _select_runs().where(flow_runs.c.id == bindparam("run_id"))
+
+
 async def get_run(conn: AsyncConnection, run_id: str) -> Run | None:
     """The run with this id, if any."""
-    row = (await conn.execute(_select_runs().where(flow_runs.c.id == run_id))).first()
+    row = (await conn.execute(_GET_RUN, {"run_id": run_id})).first()
     return _run(row) if row else None
 
 
@@ -491,23 +496,28 @@ async def set_columns(conn: AsyncConnection, run: Run, **columns: Any) -> Run | 
 
 async def _guarded_update(conn: AsyncConnection, run: Run, changes: dict[str, Any]) -> Run | None:
     values = {key: _plain(value) for key, value in changes.items()}
-    # RETURNING says whether this UPDATE won the compare-and-set on every driver, where
-    # rowcount is not reliable on all of them.
-    result = await conn.execute(
-        update(flow_runs)
-        .where(flow_runs.c.id == run.id, flow_runs.c.version == run.version)
-        .values(**values)
-        .returning(flow_runs.c.id)
-    )
+    # The columns set are the parameters' names (SQLAlchemy sets those that name columns).
+    values.update(w_id=run.id, w_version=run.version)
+    result = await conn.execute(_GUARDED_UPDATE, values)
     if result.first() is None:
         return None
     return dataclasses.replace(run, **changes)
 
 
+#: RETURNING says whether the UPDATE won the compare-and-set on every driver, where rowcount
+#: is not reliable on all of them.
+_GUARDED_UPDATE = (
+    update(flow_runs)
+    .where(flow_runs.c.id == bindparam("w_id"), flow_runs.c.version == bindparam("w_version"))
+    .returning(flow_runs.c.id)
+)
+_INSERT_HISTORY = insert(run_states)
+
+
 async def _insert_history(
     conn: AsyncConnection, run_id: str, attempt: int, state: State, now: datetime
 ) -> None:
-    await conn.execute(insert(run_states).values(**_history_row(run_id, attempt, state, now)))
+    await conn.execute(_INSERT_HISTORY, _history_row(run_id, attempt, state, now))
 
 
 def _history_row(run_id: str, attempt: int, state: State, now: datetime) -> dict[str, Any]:

@@ -1,0 +1,191 @@
+"""SQLite through SQLAlchemy's asyncio API, with each statement run on the calling thread.
+
+SQLAlchemy's ``aiosqlite`` dialect sends every DBAPI call (execute, fetch, close, commit) to a
+thread per connection and waits for the answer on the event loop: three or four thread hops
+and loop wake-ups per statement. A SQLite statement on a local file takes microseconds, so
+those hops, not SQLite, were most of the control plane's cost per statement.
+
+This module gives the dialect a connection with aiosqlite's interface whose coroutines run
+the ``sqlite3`` call at once and never suspend, so a statement costs what SQLite costs. What
+that trades away, and why it is the right trade here:
+
+- A statement blocks the event loop while it runs. The control plane's statements are
+  indexed and small; the longest (a page of runs, a batch of log lines) take a few
+  milliseconds, less than the hops they replace under load.
+- A large batch (many runs or log lines stored in one transaction) would hold the loop for
+  its whole SQLite time, so a transaction can ask for its statements to run on a worker
+  thread instead (``Connection.offload``): ``GroupCommit`` does, and SQLite then works on the
+  batch while the loop serves everyone else.
+- Waiting for another process's lock (``busy_timeout``) also blocks the loop. Within the
+  process, writers already queue on an asyncio lock (``Database.write``) and WAL lets readers
+  run beside the writer, so only another process writing the same file (an operator's
+  ``sqlite3`` shell, say) can make a statement wait, and only for as long as its transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+T = TypeVar("T")
+
+
+def create_engine(url: URL, timeout: float) -> AsyncEngine:
+    """An async engine for the SQLite ``url`` whose statements run on the calling thread.
+
+    ``timeout`` is how long a statement waits for another process's lock, in seconds.
+    """
+    files, options = url.get_dialect()().create_connect_args(url)
+    (database,) = files
+    options = {**options, "timeout": timeout, "check_same_thread": False}
+
+    # One thread for every offloaded transaction: they are writes, which run one at a time.
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+
+    async def connect() -> Connection:
+        return Connection(sqlite3.connect(database, **options), worker)
+
+    return create_async_engine(url, async_creator=connect)
+
+
+class Connection:
+    """aiosqlite's ``Connection``, as the SQLAlchemy dialect uses it, without its thread."""
+
+    def __init__(self, conn: sqlite3.Connection, worker: ThreadPoolExecutor) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._worker = worker
+        #: Whether statements run on the worker thread instead of the calling one.
+        self.offload = False
+        # The dialect sets ``isolation_level`` by queueing a call on aiosqlite's thread.
+        self._tx = _RunAtOnce()
+
+    @property
+    def _connection(self) -> sqlite3.Connection | None:
+        # Read by the dialect to tell whether the connection is still open.
+        return self._conn
+
+    @property
+    def isolation_level(self) -> str | None:
+        return self._open.isolation_level
+
+    @property
+    def _open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise ValueError("no active connection")
+        return self._conn
+
+    def cursor(self) -> Cursor:
+        return Cursor(self._open.cursor(), self)
+
+    async def run(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)``, on the worker thread if the connection is offloading."""
+        if not self.offload:
+            return call(*args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._worker, functools.partial(call, *args)
+        )
+
+    async def commit(self) -> None:
+        await self.run(self._open.commit)
+
+    async def rollback(self) -> None:
+        await self.run(self._open.rollback)
+
+    async def create_function(self, *args: Any, **kwargs: Any) -> None:
+        self._open.create_function(*args, **kwargs)
+
+    async def close(self) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Close the connection (the dialect's forced close)."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
+
+
+class Cursor:
+    """aiosqlite's ``Cursor``, as the SQLAlchemy dialect uses it, without its thread."""
+
+    def __init__(self, cursor: sqlite3.Cursor, connection: Connection) -> None:
+        self._cursor = cursor
+        self._connection = connection
+
+    async def __aenter__(self) -> Cursor:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._cursor.close()
+
+    @property
+    def description(self) -> Any:
+        return self._cursor.description
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        return self._cursor.lastrowid
+
+    @property
+    def arraysize(self) -> int:
+        return self._cursor.arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._cursor.arraysize = value
+
+    async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> Cursor:
+        await self._connection.run(self._cursor.execute, sql, parameters or ())
+        return self
+
+    async def executemany(self, sql: str, parameters: Sequence[Sequence[Any]]) -> Cursor:
+        await self._connection.run(self._cursor.executemany, sql, parameters)
+        return self
+
+    async def fetchone(self) -> Any:
+        return await self._connection.run(self._cursor.fetchone)
+
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        count = self._cursor.arraysize if size is None else size
+        return await self._connection.run(self._cursor.fetchmany, count)
+
+    async def fetchall(self) -> list[Any]:
+        return await self._connection.run(self._cursor.fetchall)
+
+    async def close(self) -> None:
+        self._cursor.close()
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        # A server-side cursor (``AsyncConnection.stream``) reads rows this way.
+        while (row := await self.fetchone()) is not None:
+            yield row
+
+
+async def offloaded(connection: AsyncConnection) -> Connection | None:
+    """The driver connection behind ``connection`` if it is one of this module's."""
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    return driver if isinstance(driver, Connection) else None
+
+
+class _RunAtOnce:
+    """Stands in for aiosqlite's queue of calls to its thread: runs each call when queued."""
+
+    def put_nowait(self, item: tuple[asyncio.Future[Any], Callable[[], Any]]) -> None:
+        future, call = item
+        try:
+            result = call()
+        except Exception as error:
+            future.set_exception(error)
+        else:
+            future.set_result(result)

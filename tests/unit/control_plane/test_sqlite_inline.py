@@ -1,0 +1,76 @@
+"""The SQLite connection that runs statements on the event loop's thread, or on a worker
+thread for a large transaction, behind SQLAlchemy's asyncio API."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+
+from control_plane.models import Run
+from control_plane.store import runs, sqlite_inline
+from control_plane.store.db import Database
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> Database:
+    database = await Database.open(f"sqlite:///{tmp_path / 'inline.db'}")
+    yield database
+    await database.close()
+
+
+async def test_statements_run_on_the_loop_thread_unless_the_transaction_is_large(
+    db: Database,
+) -> None:
+    threads: list[str] = []
+
+    def where() -> int:
+        threads.append(threading.current_thread().name)
+        return 1
+
+    async with db.write() as conn:
+        driver = await sqlite_inline.offloaded(conn)
+        assert driver is not None
+        await driver.create_function("where_am_i", 0, where)
+        await conn.execute(text("SELECT where_am_i()"))
+    async with db.write(large=True) as conn:
+        await conn.execute(text("SELECT where_am_i()"))
+        assert driver.offload
+    assert not driver.offload
+    assert threads[0] == threading.current_thread().name
+    assert threads[1].startswith("sqlite")
+
+
+@pytest.mark.parametrize("large", [False, True])
+async def test_a_failed_statement_raises_the_dbapi_error_and_rolls_back(
+    db: Database, large: bool
+) -> None:
+    async with db.write() as conn:
+        await conn.execute(text("CREATE TABLE t (k TEXT PRIMARY KEY)"))
+        await conn.execute(text("INSERT INTO t VALUES ('a')"))
+    with pytest.raises(sa_exc.IntegrityError, match="UNIQUE"):
+        async with db.write(large=large) as conn:
+            await conn.execute(text("INSERT INTO t VALUES ('b')"))
+            await conn.execute(text("INSERT INTO t VALUES ('a')"))
+    async with db.read() as conn:
+        assert (await conn.execute(text("SELECT k FROM t"))).scalars().all() == ["a"]
+
+
+async def test_rows_are_fetched_one_many_and_all(db: Database) -> None:
+    async with db.write(large=True) as conn:
+        await conn.execute(text("CREATE TABLE n (v INTEGER)"))
+        await conn.execute(text("INSERT INTO n VALUES (:v)"), [{"v": v} for v in range(10)])
+    async with db.read() as conn:
+        result = await conn.stream(text("SELECT v FROM n ORDER BY v"))
+        assert [row.v async for row in result] == list(range(10))
+        assert (await conn.execute(text("SELECT count(*) FROM n"))).scalar_one() == 10
+
+
+def test_a_run_row_holds_exactly_the_fields_of_a_run() -> None:
+    # ``runs._run`` builds a Run from the whole row.
+    columns = {column.key for column in runs._RUN_COLUMNS}
+    assert columns == {field.name for field in dataclasses.fields(Run)}
