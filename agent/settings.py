@@ -41,6 +41,8 @@ __all__ = [
 
 DEFAULT_SERVER = "127.0.0.1:7700"
 DEFAULT_CAPACITY = 4
+#: Engines the process runtime keeps started ahead of their runs, unless told otherwise.
+DEFAULT_WARM_ENGINES = 2
 DEFAULT_NAMESPACE = "default"
 DEFAULT_HEALTH_FILE = Path("/tmp/flowyard-agent.health")
 RUNTIMES = ("process", "kubernetes")
@@ -121,6 +123,8 @@ class ProcessSettings:
     work_dir: Path | None = None
     cancel_grace: float = 10.0
     log_tail_lines: int = 50
+    # Engines started ahead of their runs (0: every run starts its own interpreter).
+    warm_engines: int = 0
 
 
 @dataclass(frozen=True)
@@ -264,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: flowyard-engine beside this Python)",
     )
     parser.add_argument(
+        "--warm-engines",
+        help="process runtime: engines kept started ahead of their runs, at most --capacity; "
+        f"0 starts each run cold (env FLOWYARD_WARM_ENGINES, default {DEFAULT_WARM_ENGINES}, "
+        "or 0 with --engine-command: a custom engine must understand 'standby')",
+    )
+    parser.add_argument(
         "--cancel-grace-seconds",
         default="10",
         help="after SIGTERM, how long a cancelled engine may take before SIGKILL (default 10)",
@@ -385,6 +395,7 @@ def _settings(
     else:
         engine_command = default_engine_command(executable or sys.executable)
 
+    warm_engines = _warm_engines(parser, args, environ, capacity)
     work_dir = Path(args.work_dir).expanduser() if args.work_dir else None
     tls = _tls(parser, args, environ)
 
@@ -399,7 +410,10 @@ def _settings(
         ),
         connection=ConnectionSettings(server=server, token=_token(args, environ, server), tls=tls),
         process=ProcessSettings(
-            engine_command=engine_command, work_dir=work_dir, cancel_grace=cancel_grace
+            engine_command=engine_command,
+            work_dir=work_dir,
+            cancel_grace=cancel_grace,
+            warm_engines=warm_engines,
         ),
         log_level=args.log_level,
         kubernetes=_kubernetes(parser, args, environ, server, tls.ca),
@@ -490,6 +504,31 @@ def _tls(
 def _health(environ: Mapping[str, str]) -> HealthSettings:
     path = environ.get("FLOWYARD_AGENT_HEALTH_FILE", "").strip()
     return HealthSettings(file=Path(path).expanduser() if path else DEFAULT_HEALTH_FILE)
+
+
+def _warm_engines(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    capacity: int,
+) -> int:
+    """How many engines to keep warm: given, or the default for the engine command; never
+    more than the runs the agent holds at once."""
+    if args.warm_engines is not None:
+        text, what = args.warm_engines, "--warm-engines"
+    elif "FLOWYARD_WARM_ENGINES" in environ:
+        text, what = environ["FLOWYARD_WARM_ENGINES"], "FLOWYARD_WARM_ENGINES"
+    elif args.engine_command is not None:
+        return 0
+    else:
+        return min(DEFAULT_WARM_ENGINES, capacity)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        parser.error(f"{what} must be 0 or a positive integer, got {text!r}")
+    return min(value, capacity)
 
 
 def _positive_int(parser: argparse.ArgumentParser, what: str, text: str) -> int:

@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
 
     claimed: list[float] = []
-    with bench_pool({"etl.py": SLEEPY, "other.py": NOOP}, capacity=2) as (stub, source):
+    with bench_pool({"etl.py": SLEEPY, "other.py": NOOP}, capacity=2) as (stub, source, _, _):
         for entrypoint, name in (("etl.py:etl", "etl"), ("other.py:other", "other")):
             deployment = build_deployment(
                 entrypoint, name=name, pool="bench", source=source, parameters={}

@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     args = parser.parse_args()
 
-    with bench_pool({"flow.py": FLOW}, capacity=4) as (stub, source):
+    with bench_pool({"flow.py": FLOW}, capacity=4) as (stub, source, _, _):
         deployment = build_deployment(
             "flow.py:noop", name="noop", pool="bench", source=source, parameters={}
         )

@@ -18,10 +18,14 @@ POOL = "bench"
 
 
 @contextlib.contextmanager
-def bench_pool(flows: dict[str, str], capacity: int) -> Iterator[tuple[Any, Path]]:
-    """A control plane and an agent of pool ``bench`` with ``capacity`` slots.
+def bench_pool(
+    flows: dict[str, str], capacity: int, agent_options: list[str] | None = None
+) -> Iterator[tuple[Any, Path, str, str]]:
+    """A control plane and an agent of pool ``bench`` with ``capacity`` slots (and
+    ``agent_options`` on its command line).
 
-    Yields the ControlPlaneService stub and the directory holding ``flows`` (file name → code);
+    Yields the ControlPlaneService stub, the directory holding ``flows`` (file name → code),
+    the server's address and its admin token;
     stops both processes and removes every file afterwards.
     """
     root = Path(tempfile.mkdtemp(prefix="flowyard-bench-"))
@@ -39,9 +43,14 @@ def bench_pool(flows: dict[str, str], capacity: int) -> Iterator[tuple[Any, Path
                 pb.CreateTokenRequest(kind=pb.TOKEN_KIND_AGENT, pool=POOL, description=POOL)
             ).token
             agent = start_agent(
-                server.extra["address"], POOL, root / "agent", capacity=capacity, token=agent_token
+                server.extra["address"],
+                POOL,
+                root / "agent",
+                capacity=capacity,
+                token=agent_token,
+                extra_args=agent_options,
             )
-            yield stub, source
+            yield stub, source, server.extra["address"], server.extra["token"]
     finally:
         if agent is not None:
             agent.stop()

@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=10_000)
     args = parser.parse_args()
 
-    with bench_pool({"flow.py": FLOWS}, capacity=2) as (stub, source):
+    with bench_pool({"flow.py": FLOWS}, capacity=2) as (stub, source, _, _):
         for name in ("calls", "fan_out"):
             deployment = build_deployment(
                 f"flow.py:{name}", name=name, pool="bench", source=source, parameters={}

@@ -4,20 +4,28 @@
 ``FLOWYARD_*`` environment (see :mod:`engine.settings`), and exits with one of the codes of
 :class:`engine.runner.ExitCode`: 0 completed, 1 failed, 3 could not run or report,
 143 cancelled.
+
+``flowyard-engine standby`` is the same engine started ahead of its run (the process
+runtime's warm engines): its imports done, it waits for one line of JSON on stdin naming the
+run, its working directory and its whole environment, takes them on, and goes on exactly as
+``execute`` would. It serves one run, or none: end of input (its agent went away) ends it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from engine.errors import SettingsError
 from engine.runner import ExitCode, execute
 from engine.settings import load_settings
+from flowyard_common.forking import keep_grpc_out_of_forks
 
 __all__ = ["main"]
 
@@ -34,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Execute the run attempt named by FLOWYARD_RUN_ID and FLOWYARD_RUN_ATTEMPT.",
     )
     execute_parser.add_argument("run_id", help="the run's id (must match FLOWYARD_RUN_ID)")
+    commands.add_parser(
+        "standby",
+        help="start ahead of a run and wait for it on stdin",
+        description=(
+            "Import everything a run needs, then read one JSON line from stdin with the run "
+            '("run_id"), its working directory ("cwd") and its environment ("env"), and '
+            "execute it. Used by the process runtime's warm engines."
+        ),
+    )
     return parser
 
 
@@ -51,14 +68,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, run, and return the exit code."""
     args = _parser().parse_args(argv)
     _configure_engine_logging()
+    run_id = args.run_id if args.command == "execute" else _take_run()
+    if run_id is None:
+        return ExitCode.COMPLETED
     try:
-        settings = load_settings(os.environ, args.run_id)
+        settings = load_settings(os.environ, run_id)
     except SettingsError as exc:
         print(f"flowyard-engine: {exc}", file=sys.stderr, flush=True)
         return ExitCode.COULD_NOT_RUN
     code = int(execute(settings))
     _exit_if_threads_linger(code)
     return code
+
+
+def _take_run() -> str | None:
+    """Wait for the run a standby engine is handed, and take on its directory and
+    environment as if the process had been started for it; None if none comes."""
+    line = sys.stdin.buffer.readline()
+    if not line.strip():
+        return None
+    try:
+        handoff = json.loads(line)
+        run_id, cwd, env = str(handoff["run_id"]), str(handoff["cwd"]), handoff["env"]
+        started_in = os.getcwd()
+        os.chdir(cwd)
+    except (ValueError, KeyError, TypeError, OSError) as error:
+        print(f"flowyard-engine: cannot take the run handed over: {error}", file=sys.stderr)
+        sys.exit(ExitCode.COULD_NOT_RUN)
+    os.environ.clear()
+    os.environ.update({str(name): str(value) for name, value in env.items()})
+    keep_grpc_out_of_forks()
+    time.tzset()
+    # ``python -m`` put the directory it started in first on the path; a cold start would
+    # have put the run's directory there.
+    if sys.path and sys.path[0] == started_in:
+        sys.path[0] = cwd
+    # Like a cold start, the run reads nothing from stdin.
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    sys.argv = [sys.argv[0], "execute", run_id]
+    return run_id
 
 
 def _exit_if_threads_linger(code: int) -> None:

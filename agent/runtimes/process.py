@@ -4,6 +4,10 @@ Every engine gets its own session (and so its own process group), a working dire
 ``<work-dir>/<run-id>-<attempt>/`` and an output file ``<work-dir>/<run-id>-<attempt>.log``,
 whose last lines become the exit's log tail. Engines outlive the agent: closing the runtime
 stops watching them but never kills them, because they report to the control plane themselves.
+
+With ``warm_engines`` set, an attempt goes to an engine started ahead of it when one is ready
+(``agent.runtimes.warm``); the result is the same process, directory, environment and output
+file a cold start gives, minus the interpreter's start-up.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from agent.errors import ConfigurationError, SubmitError
 from agent.models import Assignment, InfraExit, RunKey, RunningInfra
 from agent.runtimes.base import EventCallback, Runtime
 from agent.runtimes.pgroup import signal_group, wait_group_gone
+from agent.runtimes.warm import WarmEngines, compatible
 from agent.settings import ProcessSettings
 from agent.tasks import TaskSet
 from flowyard_common.templates import TemplateError, apply_values, resolve_variables
@@ -81,6 +86,7 @@ class ProcessRuntime(Runtime):
         # Spawns are short; serialising them makes "already running?" and "start" atomic.
         self._spawn_lock = asyncio.Lock()
         self._tasks = TaskSet("process-runtime")
+        self._warm: WarmEngines | None = None
 
     @property
     def work_dir(self) -> Path:
@@ -102,6 +108,16 @@ class ProcessRuntime(Runtime):
             raise ConfigurationError(f"cannot create the work directory: {error}") from error
         self._on_event = on_event
         logger.info("process runtime: work directory %s", self._work_dir)
+        if self._settings.warm_engines > 0:
+            self._warm = WarmEngines(
+                self._settings.engine_command,
+                self._work_dir,
+                self._settings.warm_engines,
+                self._base_env(),
+                self._tasks,
+            )
+            self._warm.start()
+            logger.info("process runtime: keeping %d engine(s) warm", self._settings.warm_engines)
 
     async def submit(self, assignment: Assignment) -> str:
         """Start the engine for ``assignment`` unless it is already running."""
@@ -133,7 +149,10 @@ class ProcessRuntime(Runtime):
         return [RunningInfra(e.key, e.infrastructure_id) for e in self._engines.values()]
 
     async def close(self) -> None:
-        """Stop watching; the engine processes keep running and report on their own."""
+        """Stop watching; the engine processes keep running and report on their own (warm
+        engines that have no run yet are stopped)."""
+        if self._warm is not None:
+            await self._warm.close()
         await self._tasks.stop(grace=0)
         if self._engines:
             logger.info(
@@ -149,14 +168,14 @@ class ProcessRuntime(Runtime):
         cwd = self.work_dir / stem
         log_path = self.work_dir / f"{stem}.log"
         env = {
-            # The agent's own credentials never reach flow code: the engine gets its attempt's.
-            **{k: v for k, v in os.environ.items() if k not in AGENT_SECRETS},
+            **self._base_env(),
             **engine_env(
                 _job_env(assignment), server=self._server, key=key, token=assignment.engine_token
             ),
         }
-        if self._tls_ca is not None:
-            env["FLOWYARD_TLS_CA"] = str(self._tls_ca)
+        warm = await self._hand_to_warm(key, cwd, env, log_path)
+        if warm is not None:
+            return warm
         try:
             output = await asyncio.to_thread(_prepare, cwd, log_path)
         except OSError as error:
@@ -188,6 +207,42 @@ class ProcessRuntime(Runtime):
             key=key,
             process=process,
             infrastructure_id=f"process/{self._hostname}/{process.pid}",
+            log_path=log_path,
+        )
+
+    def _base_env(self) -> dict[str, str]:
+        """What every engine's environment starts from: the agent's own, less its secrets."""
+        # The agent's own credentials never reach flow code: the engine gets its attempt's.
+        env = {k: v for k, v in os.environ.items() if k not in AGENT_SECRETS}
+        if self._tls_ca is not None:
+            env["FLOWYARD_TLS_CA"] = str(self._tls_ca)
+        return env
+
+    async def _hand_to_warm(
+        self, key: RunKey, cwd: Path, env: dict[str, str], log_path: Path
+    ) -> _Engine | None:
+        """The attempt running in a warm engine, or None to start it cold: no engine is
+        ready, the run's environment needs a fresh interpreter, or an earlier run of the same
+        attempt left output that a cold start appends to."""
+        if self._warm is None or not compatible(self._warm.env, env):
+            return None
+        if await asyncio.to_thread(log_path.exists):
+            return None
+        standby = self._warm.take()
+        if standby is None:
+            return None
+        try:
+            await asyncio.to_thread(cwd.mkdir, parents=True, exist_ok=True)
+        except OSError as error:
+            raise SubmitError(f"cannot prepare the run directory {cwd}: {error}") from error
+        if not await standby.hand_over(key.run_id, cwd, env, log_path):
+            return None
+        self._warm.handed_over()
+        pid = standby.process.pid
+        return _Engine(
+            key=key,
+            process=standby.process,
+            infrastructure_id=f"process/{self._hostname}/{pid}",
             log_path=log_path,
         )
 

@@ -216,7 +216,8 @@ def system(tmp_path: Path) -> Iterator[System]:
 
 
 def _engines_under(root: Path) -> list[int]:
-    """Engine processes whose working directory is inside this test's directory."""
+    """Engine processes (warm ones too) whose working directory is inside this test's
+    directory."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -226,6 +227,7 @@ def _engines_under(root: Path) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if cwd.startswith(str(root)) and b"execute" in cmdline and pid_alive(int(entry.name)):
+        engine = b"execute" in cmdline or b"standby" in cmdline
+        if cwd.startswith(str(root)) and engine and pid_alive(int(entry.name)):
             found.append(int(entry.name))
     return found

@@ -43,6 +43,19 @@ def test_defaults() -> None:
     assert settings.log_level == "INFO"
 
 
+def test_warm_engines_default_to_two_at_most_capacity_and_to_none_for_a_custom_engine() -> None:
+    assert parse(["--pool", "p"]).process.warm_engines == 2
+    assert parse(["--pool", "p", "--capacity", "1"]).process.warm_engines == 1
+    assert (
+        parse(["--pool", "p", "--warm-engines", "9", "--capacity", "5"]).process.warm_engines == 5
+    )
+    assert parse(["--pool", "p", "--warm-engines", "0"]).process.warm_engines == 0
+    assert parse(["--pool", "p"], {"FLOWYARD_WARM_ENGINES": "3"}).process.warm_engines == 3
+    custom = ["--pool", "p", "--engine-command", "my-engine"]
+    assert parse(custom).process.warm_engines == 0
+    assert parse([*custom, "--warm-engines", "1"]).process.warm_engines == 1
+
+
 def test_queues_limit_the_agent_to_some_queues_of_its_pool() -> None:
     assert parse(["--pool", "p"]).agent.queues == ()
     settings = parse(["--pool", "p", "--queue", "urgent", "--queue", "gpu"])
@@ -126,6 +139,8 @@ def test_settings_are_frozen() -> None:
         (["--pool", "p", "--engine-command", ""], {}, "--engine-command must not be empty"),
         (["--pool", "p", "--engine-command", "'unclosed"], {}, "--engine-command"),
         (["--pool", "p", "--runtime", "docker"], {}, "invalid choice"),
+        (["--pool", "p", "--warm-engines", "-1"], {}, "--warm-engines must be 0 or a positive"),
+        (["--pool", "p"], {"FLOWYARD_WARM_ENGINES": "two"}, "FLOWYARD_WARM_ENGINES must be"),
     ],
 )
 def test_invalid_input_exits_2_with_a_message(
