@@ -92,6 +92,8 @@ def main() -> None:
     with bench_pool({"flow.py": flow}, capacity=args.capacity, agent_options=args.agent_option) as (
         stub,
         source,
+        _,
+        _,
     ):
         deployment = build_deployment(
             "flow.py:noop", name="noop", pool="bench", source=source, parameters={}

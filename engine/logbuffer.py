@@ -27,10 +27,11 @@ from flowyard_sdk.events import TaskRunChange
 
 __all__ = ["BATCH_DELAY", "BATCH_MAX_BYTES", "BATCH_MAX_LINES", "LogBuffer"]
 
-BATCH_DELAY = 0.2
+BATCH_DELAY = 0.05
 """A batch is sent at the latest this long after its first line was written..."""
-BATCH_MAX_LINES = 500
-"""...or as soon as this many lines are waiting..."""
+BATCH_MAX_LINES = 5_000
+"""...or as soon as this many lines are waiting (two such batches fit in the in-flight
+window, so one is stored while the next is sent)..."""
 BATCH_MAX_BYTES = 1024 * 1024
 """...or this many bytes of text."""
 
@@ -122,6 +123,7 @@ class LogBuffer:
             subflow_run,
         )
         with self._lock:
+            was_full = self._batch_full()
             if len(self._queued) + len(self._numbered) >= self._capacity and self._queued:
                 dropped = self._queued.popleft()
                 self._queued_bytes -= dropped.size
@@ -130,7 +132,9 @@ class LogBuffer:
                 self._dropped += 1
             self._queued.append(entry)
             self._queued_bytes += entry.size
-            notify = self._oldest_unsent_at is None or self._batch_full()
+            # The reporter is woken when a batch starts, and when one fills (not for every
+            # line written while it is full: a wake-up costs the writer more than the line).
+            notify = self._oldest_unsent_at is None or (not was_full and self._batch_full())
             if self._oldest_unsent_at is None:
                 self._oldest_unsent_at = self._monotonic()
             listener = self._listener

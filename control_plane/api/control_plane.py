@@ -28,8 +28,9 @@ from flowyard.v1 import types_pb2
 
 Context = Any  # grpc.aio.ServicerContext, whose generic parameters the stubs do not use
 
-#: Lines per TailLogs message.
-TAIL_BATCH = 500
+#: Lines read at once by a tail (sent in messages of at most TAIL_MESSAGE_BYTES): one read per
+#: engine batch, however large, rather than several.
+TAIL_BATCH = 5_000
 #: Bytes of lines per TailLogs message, far below a default client's 4 MiB receive limit.
 TAIL_MESSAGE_BYTES = 1 << 20
 

