@@ -24,6 +24,8 @@ templates with exactly the code the agent renders them with. Every problem is a
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import re
 from collections.abc import Mapping
 from typing import Any, Final
@@ -77,6 +79,14 @@ def check_template(template: dict[str, Any]) -> None:
     """
     if not isinstance(template, dict):
         raise TemplateError("a base job template must be a JSON object")
+    # Checked once per distinct template: an agent renders every run of its pool from the
+    # same one, and checking a JSON Schema against its metaschema costs milliseconds.
+    _check_template_text(json.dumps(template, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _check_template_text(text: str) -> None:
+    template = json.loads(text)
     keys = set(template)
     if keys != set(_TEMPLATE_KEYS):
         problems = []

@@ -7,6 +7,10 @@ CreateContainerConfigError until the kubelet retries, which would add seconds to
 The price is a Secret without an owner if the agent dies between the creates; the next
 submission of the same attempt gets 409 for it and takes it over, refreshing the token.
 
+The submission is done, and ``Submitted`` reported, once the Job exists: two round trips. The
+owner reference (``own_secret``) is the runtime's next step, made while the Job's pod is
+scheduled; nothing about the run waits for it.
+
 Job names derive from run id and attempt, so a second submission of an attempt gets 409 for the
 Job: the existing Job is adopted, never duplicated.
 """
@@ -28,7 +32,7 @@ from agent.models import Assignment
 from agent.settings import KubernetesSettings
 from flowyard_common.templates import TemplateError
 
-__all__ = ["Created", "create_objects", "render"]
+__all__ = ["Created", "create_objects", "own_secret", "render"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +108,7 @@ def with_agent_namespace(
 
 
 async def create_objects(client: KubeClient, rendered: RenderedJob) -> Created:
-    """Create the Secret and the Job (adopting an existing Job) and link them.
+    """Create the Secret and the Job (adopting an existing Job); ``own_secret`` links them.
 
     Raises :class:`~agent.errors.SubmitError` when Kubernetes refuses; a Secret created for a
     Job that could not be created is deleted again.
@@ -128,7 +132,6 @@ async def create_objects(client: KubeClient, rendered: RenderedJob) -> Created:
         if secret_created:
             await _delete_secret(client, rendered)
         raise SubmitError(_refusal(error, rendered)) from error
-    await _own_secret(client, rendered, created.job)
     return created
 
 
@@ -150,8 +153,9 @@ async def _put_secret(client: KubeClient, rendered: RenderedJob) -> bool:
     return True
 
 
-async def _own_secret(client: KubeClient, rendered: RenderedJob, job: Mapping[str, Any]) -> None:
-    """Make the Job the Secret's owner, so deleting the Job deletes the Secret."""
+async def own_secret(client: KubeClient, rendered: RenderedJob, job: Mapping[str, Any]) -> None:
+    """Make the Job the Secret's owner, so deleting the Job deletes the Secret (a failure is
+    logged: the run is not harmed, the Secret only outlives its Job)."""
     job_uid = uid(job)
     if job_uid is None:
         return

@@ -78,6 +78,8 @@ class KubernetesRuntime(Runtime):
         self._environ = os.environ if environ is None else environ
         self._reports: AttemptReports | None = None
         self._attempts: dict[RunKey, Attempt] = {}
+        # Secrets being given their Job as owner, after the submission (see ``submission``).
+        self._owning: dict[RunKey, asyncio.Task[None]] = {}
         self._view: ClusterView | None = None
         # Orphaned pods whose deletion is under way.
         self._stopping: set[tuple[str, str]] = set()
@@ -241,6 +243,13 @@ class KubernetesRuntime(Runtime):
             logger.info("run %s: created Job %s", key, attempt.infrastructure_id)
         attempt.uid = objects.uid(created.job)
         attempt.known_since = asyncio.get_running_loop().time()
+        owning = self._tasks.spawn(
+            f"own-secret:{key}", submission.own_secret(self.client, rendered, created.job)
+        )
+        self._owning[key] = owning
+        owning.add_done_callback(
+            lambda done: self._owning.pop(key) if self._owning.get(key) is done else None
+        )
         self._tasks.spawn(f"pod-start:{key}", self.reports.enforce_pod_start(attempt))
         self.reports.evaluate(attempt)
         return attempt.infrastructure_id
@@ -256,6 +265,10 @@ class KubernetesRuntime(Runtime):
             if found is None:
                 return False
             namespace, name = found
+        owning = self._owning.get(key)
+        if owning is not None:
+            # Deleting the Job deletes its Secret only once the Secret names it as owner.
+            await asyncio.wait([owning])
         gone = self.view.gone_event(namespace, name)
         logger.info("deleting Job %s/%s of run %s", namespace, name, key)
         try:

@@ -104,6 +104,10 @@ class Handler(BaseHTTPRequestHandler):
     """One connection; implements the ``Responder`` protocol for :class:`Api`."""
 
     protocol_version = "HTTP/1.1"
+    # A response goes out in several writes (status, headers, body); with Nagle's algorithm
+    # each one after the first waits for the client's delayed ACK, about 40 ms a request,
+    # which no real kube-apiserver adds.
+    disable_nagle_algorithm = True
     server: HttpServer
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -119,12 +119,18 @@ async def started_runtime(kube: FakeKube, events: Events) -> KubernetesRuntime:
 
 
 async def test_submit_creates_the_secret_then_the_job_and_makes_the_job_its_owner(
-    runtime: KubernetesRuntime, kube: FakeKube
+    runtime: KubernetesRuntime, kube: FakeKube, eventually: Eventually
 ) -> None:
     infrastructure_id = await runtime.submit(assignment(pod_start_timeout_seconds=42))
     assert infrastructure_id == f"default/{JOB}"
-    creates = [c for c in kube.calls if c.startswith(("create", "patch"))]
-    assert creates == ["create secrets default", "create jobs default", "patch secrets default"]
+
+    def writes() -> list[str]:
+        return [c for c in kube.calls if c.startswith(("create", "patch"))]
+
+    # Submitted once the Job exists: two round trips; the owner reference follows.
+    assert writes() == ["create secrets default", "create jobs default"]
+    await eventually(lambda: len(writes()) == 3, message="the owner reference")
+    assert writes()[2] == "patch secrets default"
     job = kube.get(Resource.JOBS, JOB)
     secret = kube.get(Resource.SECRETS, JOB)
     assert job is not None and secret is not None
