@@ -15,7 +15,6 @@ from __future__ import annotations
 import enum
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
 from engine.cancellation import Cancellation
@@ -35,6 +34,7 @@ from engine.logbuffer import LogBuffer
 from engine.model import RunSpec, StateType
 from engine.reporter import Reporter
 from engine.settings import EngineSettings
+from engine.storage import scratch_directory
 from flowyard_sdk.children import hosting
 from flowyard_sdk.events import listening
 
@@ -78,8 +78,7 @@ def execute(settings: EngineSettings) -> ExitCode:
         if reporter.thread_ident is not None:
             capture.handler.ignored_threads.add(reporter.thread_ident)
         try:
-            with tempfile.TemporaryDirectory(prefix="flowyard-") as workdir:
-                return _Attempt(settings, reporter, capture, cancellation).run(Path(workdir))
+            return _Attempt(settings, reporter, capture, cancellation).run()
         finally:
             reporter.stop()
 
@@ -101,8 +100,8 @@ class _Attempt:
         self._revision = ""
         """What was fetched, reported with RUNNING and every later state."""
 
-    def run(self, workdir: Path) -> ExitCode:
-        """Run the attempt; ``workdir`` is scratch space for sources that download code."""
+    def run(self) -> ExitCode:
+        """Run the attempt."""
         try:
             # Armed: an engine stopped while it waits for the control plane (an attempt handed
             # back during an outage, a pod deleted) stops now, not after the connect timeout.
@@ -118,13 +117,16 @@ class _Attempt:
             return self._could_not_run(exc)
         self._reporter.set_heartbeat_interval(spec.heartbeat_interval)
         try:
-            return self._run(spec, workdir)
+            with scratch_directory(spec.source) as workdir:
+                return self._run(spec, workdir)
         except FlowCancelled as exc:
             return self._cancel(exc.reason)
         except ReportError as exc:
             return self._could_not_run(exc)
 
     def _run(self, spec: RunSpec, workdir: Path) -> ExitCode:
+        """The run once its spec is known; ``workdir`` is scratch space for sources that
+        download code."""
         try:
             # Armed: loading user code may take long (heavy imports) and must be cancellable.
             with self._cancellation.armed():
