@@ -345,9 +345,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
                     continue
             if lines:
                 attempt, seq = lines[-1].attempt, lines[-1].seq
-                state = convert.current_state(run)
-                for chunk in _by_size([convert.log_to_proto(line) for line in lines]):
-                    yield pb.TailLogsResponse(lines=chunk, state=state)
+                for response in _tail_responses(lines, convert.current_state(run)):
+                    yield response
                 continue
             yield pb.TailLogsResponse(state=convert.current_state(run))
             return
@@ -368,15 +367,18 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         return run, lines
 
 
-def _by_size(lines: list[types_pb2.LogLine]) -> list[list[types_pb2.LogLine]]:
-    """Lines split into messages of at most TAIL_MESSAGE_BYTES (a larger line goes alone)."""
-    chunks: list[list[types_pb2.LogLine]] = [[]]
+def _tail_responses(lines: list[LogRecord], state: types_pb2.RunState) -> list[pb.TailLogsResponse]:
+    """``lines`` in TailLogs messages of at most TAIL_MESSAGE_BYTES (a larger line goes
+    alone), each with the run's state."""
+    responses = [pb.TailLogsResponse(state=state)]
     size = 0
     for line in lines:
-        line_size = line.ByteSize()
-        if chunks[-1] and size + line_size > TAIL_MESSAGE_BYTES:
-            chunks.append([])
+        message = convert.add_log_line(responses[-1].lines, line)
+        line_size = message.ByteSize()
+        if size and size + line_size > TAIL_MESSAGE_BYTES:
+            del responses[-1].lines[-1]
+            responses.append(pb.TailLogsResponse(state=state))
+            convert.add_log_line(responses[-1].lines, line)
             size = 0
-        chunks[-1].append(line)
         size += line_size
-    return chunks
+    return responses

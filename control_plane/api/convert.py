@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from control_plane.errors import InvalidArgument
@@ -397,15 +398,32 @@ def run_to_proto(run: Run) -> types_pb2.FlowRun:
 
 def log_to_proto(line: LogRecord) -> types_pb2.LogLine:
     """A LogLine message."""
-    return types_pb2.LogLine(
-        run_id=line.run_id,
-        attempt=line.attempt,
-        seq=line.seq,
-        timestamp=timestamp(line.timestamp),
-        level=line.level,
-        stream=LOG_STREAMS[line.stream],
-        logger=line.logger,
-        text=line.text,
-        task_run=line.task_run,
-        subflow_run=line.subflow_run,
-    )
+    message = types_pb2.LogLine()
+    _fill_log_line(message, line)
+    return message
+
+
+def add_log_line(
+    into: RepeatedCompositeFieldContainer[types_pb2.LogLine], line: LogRecord
+) -> types_pb2.LogLine:
+    """Append the LogLine message of ``line`` to a repeated field, built in place (a tail
+    sends every line it reads: no message is built twice or copied)."""
+    message = into.add()
+    _fill_log_line(message, line)
+    return message
+
+
+def _fill_log_line(message: types_pb2.LogLine, line: LogRecord) -> None:
+    # Field by field, the time by arithmetic: half the cost of keyword construction.
+    message.run_id = line.run_id
+    message.attempt = line.attempt
+    message.seq = line.seq
+    since = line.timestamp - _EPOCH
+    message.timestamp.seconds = since.days * 86_400 + since.seconds
+    message.timestamp.nanos = since.microseconds * 1_000
+    message.level = line.level
+    message.stream = LOG_STREAMS[line.stream]
+    message.logger = line.logger
+    message.text = line.text
+    message.task_run = line.task_run
+    message.subflow_run = line.subflow_run

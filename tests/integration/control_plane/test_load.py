@@ -229,7 +229,9 @@ async def test_a_tail_of_maximal_lines_fits_a_default_client(ready: Plane) -> No
         assert (await engine.receive("log_ack")).stored_seq == seq
     try:
         tail = [m async for m in ready.control.TailLogs(pb.TailLogsRequest(run_id=run_id))]
-        assert sum(len(m.lines) for m in tail) == seq
+        assert [line.seq for m in tail for line in m.lines] == list(range(1, seq + 1))
+        # Every message stays well under a default client's 4 MiB limit.
+        assert max(m.ByteSize() for m in tail) <= (1 << 20) + 2 * LINE_LIMIT
     finally:
         await engine.close()
         await agent.close()

@@ -1,4 +1,5 @@
-"""What starting an engine loads: nothing a run does not need before the flow's first line.
+"""What the engine imports stays light: what the control plane and the CLI import from it is
+pure, and starting an engine loads nothing a run does not need before the flow's first line.
 
 Every run pays for the engine's imports (in CPU, and in memory per engine), so the engine
 must not pull in the control plane's or the agent's dependencies, nor what only some sources
@@ -10,6 +11,32 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
+
+import engine.entrypoints
+import engine.schema
+
+
+def test_public_exports() -> None:
+    assert engine.entrypoints.__all__ == [
+        "Entrypoint",
+        "EntrypointKind",
+        "InvalidEntrypoint",
+        "parse_entrypoint",
+    ]
+    assert engine.schema.__all__ == ["annotation_schema", "parameter_schema"]
+
+
+def test_entrypoints_and_schema_import_no_grpc() -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        import engine.entrypoints, engine.schema
+        assert not any(m.split(".")[0] in ("grpc", "google") for m in sys.modules), "grpc"
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
 
 #: Packages the engine must never load before user code: a database layer, the Kubernetes
 #: client, JSON Schema, the CLI's terminal toolkit, and the other Flowyard components.
