@@ -89,7 +89,7 @@ def _take_run() -> str | None:
         return None
     try:
         handoff = json.loads(line)
-        run_id, cwd, env = str(handoff["run_id"]), str(handoff["cwd"]), handoff["env"]
+        run_id, cwd, env = str(handoff["run_id"]), str(handoff["cwd"]), dict(handoff["env"])
         started_in = os.getcwd()
         os.chdir(cwd)
     except (ValueError, KeyError, TypeError, OSError) as error:

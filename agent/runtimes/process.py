@@ -228,14 +228,12 @@ class ProcessRuntime(Runtime):
             return None
         if await asyncio.to_thread(log_path.exists):
             return None
-        standby = self._warm.take()
-        if standby is None:
-            return None
         try:
             await asyncio.to_thread(cwd.mkdir, parents=True, exist_ok=True)
         except OSError as error:
             raise SubmitError(f"cannot prepare the run directory {cwd}: {error}") from error
-        if not await standby.hand_over(key.run_id, cwd, env, log_path):
+        standby = self._warm.take()
+        if standby is None or not await standby.hand_over(key.run_id, cwd, env, log_path):
             return None
         self._warm.handed_over()
         pid = standby.process.pid

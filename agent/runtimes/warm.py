@@ -68,7 +68,8 @@ class Standby:
     taken: bool = False
 
     async def hand_over(self, run_id: str, cwd: Path, env: Mapping[str, str], log: Path) -> bool:
-        """Give the engine its run; False if it is gone (start the run cold instead)."""
+        """Give the engine its run; False if it could not take it (it is stopped: start the
+        run cold instead)."""
         stdin = self.process.stdin
         if stdin is None or self.process.returncode is not None:
             return False
@@ -83,6 +84,8 @@ class Standby:
             logger.warning(
                 "warm engine %d could not take run %s: %s", self.process.pid, run_id, error
             )
+            # Taken, so nobody else would stop it.
+            signal_group(self.process.pid, signal.SIGKILL)
             return False
         return True
 
@@ -148,6 +151,10 @@ class WarmEngines:
             while len(self._ready) < self._size and self._failures < MAX_FAILURES:
                 standby = await self._start_one()
                 if standby is None:
+                    return
+                if self._stopped:
+                    # Closed while it started: stop it like the others.
+                    signal_group(standby.process.pid, signal.SIGKILL)
                     return
                 self._ready.append(standby)
                 self._tasks.spawn(f"standby:{standby.process.pid}", self._watch(standby))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from agent.runtimes.warm import compatible
+from agent.runtimes.warm import Standby, compatible
 from control_plane.cli.processes import script
 
 BASE = {"PATH": "/usr/bin", "HOME": "/root", "LANG": "C.UTF-8"}
@@ -65,3 +69,18 @@ def test_a_standby_engine_handed_a_bad_run_says_so_and_runs_nothing(line: bytes)
     )
     assert done.returncode == 3
     assert b"cannot take the run handed over" in done.stderr
+
+
+async def test_a_standby_that_cannot_take_its_run_is_stopped(tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import sys; sys.stdin.read()",
+        stdin=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    # Its output file is not there to be renamed: the handover fails half-way.
+    standby = Standby(process, tmp_path / "gone.log")
+    assert not await standby.hand_over("r1", tmp_path, {}, tmp_path / "r1-0.log")
+    async with asyncio.timeout(10):
+        assert await process.wait() == -signal.SIGKILL
