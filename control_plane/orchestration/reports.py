@@ -176,8 +176,16 @@ class AgentReports:
         async def apply() -> Run | None:
             async with self._db.write() as conn:
                 run = await self._held_run(conn, session, run_id, attempt, stale_cancel=True)
-                if run is None or run.is_terminal:
+                if run is None:
                     return None
+                if run.is_terminal:
+                    # It ended before this report arrived (a warm engine can finish a short
+                    # flow first): it still says where it ran, and nothing else changes.
+                    if run.infrastructure_id:
+                        return None
+                    return claimed(
+                        await repo.set_columns(conn, run, infrastructure_id=infrastructure_id[:300])
+                    )
                 columns = {"infrastructure_id": infrastructure_id[:300], "lease_deadline": None}
                 if run.state_type is StateType.PENDING and run.state_name == ASSIGNED:
                     updated = await repo.compare_and_set(

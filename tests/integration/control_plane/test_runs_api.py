@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from control_plane.orchestration import dispatch
 from flowyard.v1 import agent_pb2, engine_pb2, engine_pb2_grpc, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
+from tests.waiting import eventually
 
 from .conftest import RECEIVE_TIMEOUT, Plane, agent_stream, drive_to_running, engine_stream
 
@@ -437,3 +438,41 @@ async def test_an_integral_float_for_an_integer_is_stored_as_an_integer(ready: P
         await ready.run(name="x", count=7.5)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details() == "parameters: count: 7.5 is not of type 'integer'"
+
+
+async def test_a_run_that_ends_before_its_submitted_report_still_records_where_it_ran(
+    ready: Plane,
+) -> None:
+    # A warm engine can finish a short flow before the agent's Submitted reaches the server.
+    agent = agent_stream(ready, capacity=1)
+    await agent.receive("welcome")
+    run = await ready.run()
+    assign = await agent.receive("assign")
+    agent.send(agent_pb2.ConnectRequest(accepted=agent_pb2.Accepted(run_id=run.id, attempt=1)))
+    engine = engine_stream(ready, run.id, 1, assign.engine_token)
+    await engine.receive("opened")
+    for transition, state in (
+        ("t1", types_pb2.STATE_TYPE_RUNNING),
+        ("t2", types_pb2.STATE_TYPE_COMPLETED),
+    ):
+        engine.send(
+            engine_pb2.ReportRequest(
+                propose_state=engine_pb2.ProposeState(transition_id=transition, type=state)
+            )
+        )
+        assert (await engine.receive("state_result")).accepted
+    agent.send(
+        agent_pb2.ConnectRequest(
+            submitted=agent_pb2.Submitted(run_id=run.id, attempt=1, infrastructure_id="process/h/7")
+        )
+    )
+
+    async def recorded() -> bool:
+        got = (await ready.control.GetRun(pb.GetRunRequest(run_id=run.id))).run
+        return got.infrastructure_id == "process/h/7"
+
+    await eventually(recorded, within=RECEIVE_TIMEOUT, what="the late Submitted recorded")
+    done = (await ready.control.GetRun(pb.GetRunRequest(run_id=run.id))).run
+    assert done.state.type == types_pb2.STATE_TYPE_COMPLETED
+    await engine.close()
+    await agent.close()
