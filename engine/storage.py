@@ -86,9 +86,10 @@ class LocalSource:
 def scratch_directory(source: CodeSource | None) -> Iterator[Path]:
     """A directory for ``source`` to download or unpack code into, removed afterwards.
 
-    Local code (or no source: the run fails without fetching) needs none, and gets none: no directory is made, and ``tempfile`` (with the
-    ``shutil`` and compression modules it loads) is not imported on that path, which is most
-    runs' and the one engine start-up is measured on.
+    Local code (or no source: the run fails without fetching) needs none, and gets none: no
+    directory is made, and ``tempfile`` (with the ``shutil`` and compression modules it loads)
+    is not imported on that path, which is most runs' and the one engine start-up is measured
+    on.
     """
     if source is None or isinstance(source, LocalSource):
         yield Path(".")  # never used: ``LocalSource.fetch`` ignores its scratch directory

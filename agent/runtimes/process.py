@@ -29,6 +29,7 @@ from typing import Any, BinaryIO, ClassVar
 from agent.errors import ConfigurationError, SubmitError
 from agent.models import Assignment, InfraExit, RunKey, RunningInfra
 from agent.runtimes.base import EventCallback, Runtime
+from agent.runtimes.output import read_tail
 from agent.runtimes.pgroup import signal_group, wait_group_gone
 from agent.runtimes.warm import WarmEngines, compatible
 from agent.settings import ProcessSettings
@@ -43,8 +44,6 @@ logger = logging.getLogger(__name__)
 _SAFE_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 # After SIGKILL the kernel ends the group promptly; this only bounds a pathological wait.
 _KILL_WAIT_SECONDS = 5.0
-# Enough bytes for 50 long lines without reading a huge log file whole.
-_TAIL_BYTES = 256 * 1024
 
 
 @dataclass(eq=False)
@@ -344,21 +343,3 @@ def engine_env(
         "FLOWYARD_RUN_ATTEMPT": str(key.attempt),
         "FLOWYARD_RUN_TOKEN": token,
     }
-
-
-def read_tail(path: Path, lines: int) -> tuple[str, ...]:
-    """The last ``lines`` lines of a text file (empty if the file does not exist)."""
-    if lines <= 0:
-        return ()
-    try:
-        with path.open("rb") as file:
-            size = file.seek(0, os.SEEK_END)
-            start = max(0, size - _TAIL_BYTES)
-            file.seek(start)
-            data = file.read()
-    except FileNotFoundError:
-        return ()
-    rows = data.decode("utf-8", errors="replace").splitlines()
-    if start > 0 and rows:
-        rows = rows[1:]  # probably cut in the middle
-    return tuple(rows[-lines:])

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.runtimes.output import read_tail
 from agent.runtimes.pgroup import signal_group
 from agent.tasks import TaskSet
 
@@ -186,7 +187,7 @@ class WarmEngines:
         if standby in self._ready:
             self._ready.remove(standby)
         self._failures += 1
-        tail = _tail(standby.log_path)
+        tail = "".join(await asyncio.to_thread(read_tail, standby.log_path, 1)) or "no output"
         with contextlib.suppress(OSError):
             standby.log_path.unlink()
         if self._failures >= MAX_FAILURES:
@@ -200,11 +201,3 @@ class WarmEngines:
             "a warm engine exited before its run (exit %s: %s)", standby.process.returncode, tail
         )
         self._wanted.set()
-
-
-def _tail(path: Path) -> str:
-    try:
-        lines = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return "no output"
-    return lines[-1] if lines else "no output"

@@ -65,8 +65,17 @@ async def read_after(
     a subflow run wrote, if ``subflow_run`` is given."""
     c = log_lines.c
     query = (
-        select(c.attempt, c.seq, c.timestamp, c.level, c.stream, c.logger, c.text, c.task_run)
-        .add_columns(c.subflow_run)
+        select(
+            c.attempt,
+            c.seq,
+            c.timestamp,
+            c.level,
+            c.stream,
+            c.logger,
+            c.text,
+            c.task_run,
+            c.subflow_run,
+        )
         .where(
             c.run_id == run_id,
             or_(c.attempt > attempt, and_(c.attempt == attempt, c.seq > seq)),

@@ -202,8 +202,8 @@ def assert_no_engines_left(root: Path) -> None:
     on its own; one still there after that was left running.
     """
     with contextlib.suppress(AssertionError):
-        wait_for(lambda: not _engines_under(root), ENGINE_EXIT_SECONDS, "engines to exit")
-    leaked = _engines_under(root)
+        wait_for(lambda: not engines_under(root), ENGINE_EXIT_SECONDS, "engines to exit")
+    leaked = engines_under(root)
     for pid in leaked:
         os.kill(pid, 9)
     assert not leaked, f"engine processes left running: {leaked}"
@@ -215,9 +215,9 @@ def system(tmp_path: Path) -> Iterator[System]:
         yield system
 
 
-def _engines_under(root: Path) -> list[int]:
-    """Engine processes (warm ones too) whose working directory is inside this test's
-    directory."""
+def engines_under(root: Path, commands: tuple[bytes, ...] = (b"execute", b"standby")) -> list[int]:
+    """Engine processes started with one of ``commands`` (by default running ones and warm
+    ones) whose working directory is inside this test's directory."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -227,7 +227,7 @@ def _engines_under(root: Path) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        engine = b"execute" in cmdline or b"standby" in cmdline
+        engine = any(command in cmdline for command in commands)
         if cwd.startswith(str(root)) and engine and pid_alive(int(entry.name)):
             found.append(int(entry.name))
     return found

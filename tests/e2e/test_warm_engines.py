@@ -12,7 +12,7 @@ import pytest
 
 from flowyard.v1 import types_pb2
 
-from .conftest import System, pid_alive, running_system, wait_for
+from .conftest import System, engines_under, pid_alive, running_system, wait_for
 
 # What the flow sees of its process: how it was started, where it runs, what it was given.
 INTROSPECT = """
@@ -123,15 +123,5 @@ def test_warm_engines_without_a_run_stop_with_the_agent(system: System) -> None:
 
 
 def standbys(root: Path) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            cwd = str((entry / "cwd").readlink())
-        except OSError:
-            continue
-        if b"standby" in cmdline and cwd.startswith(str(root)) and pid_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
+    """Warm engines waiting for a run under this test's directory."""
+    return engines_under(root, (b"standby",))
