@@ -50,12 +50,6 @@ def noop() -> None:
     with open(os.path.join(NOTES, os.environ["FLOWYARD_RUN_ID"] + ".json"), "w") as out:
         json.dump(note, out)
 """
-TERMINAL = {
-    types_pb2.STATE_TYPE_COMPLETED,
-    types_pb2.STATE_TYPE_FAILED,
-    types_pb2.STATE_TYPE_CRASHED,
-    types_pb2.STATE_TYPE_CANCELLED,
-}
 
 
 def table(rows: list[tuple[str, list[float]]]) -> None:
