@@ -9,6 +9,8 @@ from pathlib import Path
 DEFAULT_PORT = 7700
 #: The mutual-TLS agent port, when a client CA is configured.
 DEFAULT_AGENT_PORT = 7701
+#: The HTTP port: web UI, JSON + Server-Sent-Events API, health and metrics.
+DEFAULT_HTTP_PORT = 7780
 #: gRPC's own default, and what a client receives unless it raises its limit: a request the
 #: server accepts can be answered back to any client.
 DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -40,8 +42,14 @@ class ServerConfig:
     port: int = DEFAULT_PORT
     data_dir: Path | None = None
     db_url: str | None = None
-    #: A file the server writes "host:port" into once it is serving (port 0 picks a free port).
+    #: A file the server writes "host:port" into once it is serving (port 0 picks a free port),
+    #: then, on lines of their own, the agent port's "host:port" if it has one and the HTTP
+    #: listener's "http://host:port/".
     ready_file: Path | None = None
+    #: The HTTP listener's port (0 picks a free port; None: no HTTP listener). ``flowyard
+    #: server start`` serves it on DEFAULT_HTTP_PORT unless told otherwise; a control plane
+    #: built in-process serves none unless given one.
+    http_port: int | None = None
     #: Cadence the server asks agents to heartbeat at (told in Welcome).
     agent_heartbeat_seconds: float = 10.0
     #: How long an assignment may go unaccepted/unsubmitted before it is handed back (the run

@@ -49,6 +49,7 @@ from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.children import ChildRuns
 from control_plane.orchestration.cluster import Replica, Singleton
 from control_plane.orchestration.dispatch import Dispatcher
+from control_plane.orchestration.following import Following
 from control_plane.orchestration.heartbeats import Heartbeats
 from control_plane.orchestration.liveness import LivenessPolicy, Reaper
 from control_plane.orchestration.queues import Queues
@@ -58,7 +59,11 @@ from control_plane.orchestration.scheduler import Scheduler, Schedules
 from control_plane.orchestration.signals import Signals, lines_key, run_key
 from control_plane.orchestration.task_runs import TaskRuns
 from control_plane.store.db import Database
+from control_plane.store.migrate import behind_head
 from control_plane.store.notifications import PostgresChannel
+from control_plane.web.app import build_app
+from control_plane.web.events import ANY_RUN
+from control_plane.web.services import Services
 from flowyard.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -68,6 +73,7 @@ from flowyard.v1 import (
     engine_pb2_grpc,
 )
 from flowyard_common.aiotasks import cancel_and_wait
+from flowyard_common.http_server import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +180,10 @@ class App:
     heartbeats: Heartbeats
     #: The mutual-TLS agent port, if the server has one.
     agent_port: int | None = None
+    #: The HTTP listener (web UI, JSON API, health, metrics), if the server has one.
+    http: HttpServer | None = None
+    #: What the HTTP routes share with the gRPC servicers.
+    services: Services | None = None
     #: The root tasks, once started: each runs as long as the server does.
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     #: The first root task that ended by itself, if one did.
@@ -197,6 +207,8 @@ class App:
             self.tasks.append(
                 asyncio.create_task(self.bus.channel.run(), name="notification channel")
             )
+        if self.http is not None:
+            self.tasks.append(asyncio.create_task(self.http.serve(), name="HTTP server"))
         for task in self.tasks:
             task.add_done_callback(self._ended)
 
@@ -228,7 +240,15 @@ class App:
         await self.health.enter_graceful_shutdown()
         # The agents stay: what they were assigned waits for them to reconnect.
         _close_sessions(self.agents)
+        if self.services is not None:
+            # Browsers following a run reconnect (and resume) instead of holding the stop.
+            self.services.stopping.set()
+        if self.http is not None:
+            self.http.stop()
         await self.server.stop(grace)
+        http_tasks = [task for task in self.tasks if task.get_name() == "HTTP server"]
+        if http_tasks:
+            await asyncio.wait(http_tasks, timeout=grace)
         await cancel_and_wait(self.tasks)
         try:
             await self.db.shielded(self.heartbeats.flush())
@@ -240,6 +260,18 @@ class App:
         except Exception as error:
             log.warning("could not record that this replica stopped: %s", error)
         await self.db.close()
+
+    async def unready(self) -> str | None:
+        """Why this replica should not be sent traffic now, or None (``/readyz``)."""
+        if self._stopping:
+            return "the control plane is stopping"
+        if self.failure is not None:
+            return str(self.failure)
+        try:
+            async with self.db.read() as conn:
+                return await conn.run_sync(behind_head)
+        except Exception as error:
+            return f"the database is unreachable: {_first_line(error)}"
 
     async def _serving(self) -> None:
         await self.server.wait_for_termination()
@@ -291,6 +323,8 @@ async def build(config: ServerConfig) -> App:
     # Whoever follows a run's lines also stops at its end: a state change wakes them too.
     bus.on(RUN, lambda run_id: signals.notify(lines_key(run_id)))
     bus.on(LINES, lambda run_id: signals.notify(lines_key(run_id)))
+    # Pages that list runs re-read them when any run changes.
+    bus.on(RUN, lambda _: signals.notify(ANY_RUN))
     bus.on(DISPATCH, lambda _: dispatcher.wake())
     bus.on(SCHEDULES, lambda _: scheduler.wake())
 
@@ -327,9 +361,11 @@ async def build(config: ServerConfig) -> App:
         interceptors=[admission, authenticator, Decoding(SERVICE_NAMES)],
         options=server_options(config),
     )
+    task_runs = TaskRuns(db)
+    following = Following(db, runs, task_runs, signals)
     control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(
         ControlPlaneServicer(
-            db, catalog, runs, agents, signals, queues, schedules, tokens, TaskRuns(db)
+            db, catalog, runs, agents, signals, queues, schedules, tokens, task_runs, following
         ),
         server,
     )
@@ -371,7 +407,7 @@ async def build(config: ServerConfig) -> App:
         agent_port = server.add_secure_port(
             f"{config.host}:{config.agent_port}", tls.server_credentials(mutual=True)
         )
-    return App(
+    app = App(
         db,
         agents,
         dispatcher,
@@ -386,6 +422,27 @@ async def build(config: ServerConfig) -> App:
         heartbeats,
         agent_port,
     )
+    if config.http_port is not None:
+        app.services = Services(
+            db=db,
+            tokens=tokens,
+            catalog=catalog,
+            runs=runs,
+            queues=queues,
+            schedules=schedules,
+            task_runs=task_runs,
+            agents=agents,
+            following=following,
+            signals=signals,
+            unready=app.unready,
+        )
+        app.http = HttpServer(
+            build_app(app.services),
+            config.host,
+            config.http_port,
+            grace=config.shutdown_grace_seconds,
+        )
+    return app
 
 
 def _close_sessions(agents: AgentRegistry) -> None:
@@ -417,6 +474,10 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         log.info("mutual-TLS agent port on %s:%d", config.host, app.agent_port)
         # A second line: the agent port, for tests and scripts that start with port 0.
         ready += f"\n{config.host}:{app.agent_port}"
+    if app.http is not None:
+        url = f"http://{_url_host(config.host)}:{app.http.port}/"
+        log.info("web UI and HTTP API on %s", url)
+        ready += f"\n{url}"
     if config.ready_file is not None:
         _write_atomically(config.ready_file, ready)
     try:
@@ -431,6 +492,13 @@ def _safe_url(config: ServerConfig) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(config.resolved_db_url()).render_as_string(hide_password=True)
+
+
+def _url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets, any-address as loopback."""
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def _first_line(error: BaseException) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,17 +9,15 @@ from control_plane.api import convert
 from control_plane.api import tokens as token_convert
 from control_plane.api.errors import streaming, unary
 from control_plane.auth.registry import Tokens
-from control_plane.errors import InvalidArgument
-from control_plane.models import LogRecord, Pool, Run, TaskRunState
-from control_plane.orchestration import validation
+from control_plane.models import LogRecord, Pool
 from control_plane.orchestration.agents import AgentRegistry
 from control_plane.orchestration.catalog import Catalog, DeploymentSpec
+from control_plane.orchestration.following import Following
 from control_plane.orchestration.queues import Queues, QueueSpec
 from control_plane.orchestration.runs import RunRequest, Runs
 from control_plane.orchestration.scheduler import Schedules
-from control_plane.orchestration.signals import Signals, lines_key, run_key, wait_or_recheck
+from control_plane.orchestration.signals import Signals
 from control_plane.orchestration.task_runs import TaskRuns
-from control_plane.store import logs as logs_repo
 from control_plane.store.db import Database
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import control_plane_pb2_grpc as pb_grpc
@@ -28,9 +25,6 @@ from flowyard.v1 import types_pb2
 
 Context = Any  # grpc.aio.ServicerContext, whose generic parameters the stubs do not use
 
-#: Lines read at once by a tail (sent in messages of at most TAIL_MESSAGE_BYTES): one read per
-#: engine batch, however large, rather than several.
-TAIL_BATCH = 5_000
 #: Bytes of lines per TailLogs message, far below a default client's 4 MiB receive limit.
 TAIL_MESSAGE_BYTES = 1 << 20
 
@@ -49,8 +43,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         schedules: Schedules,
         tokens: Tokens,
         task_runs: TaskRuns,
+        following: Following,
     ) -> None:
         self._db = db
+        self._following = following
         self._task_runs = task_runs
         self._tokens = tokens
         self._catalog = catalog
@@ -300,71 +296,24 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
     async def WatchRun(
         self, request: pb.WatchRunRequest, context: Context
     ) -> AsyncIterator[pb.WatchRunResponse]:
-        run_id = validation.run_id(request.run_id)
-        run = await self._db.shielded(self._runs.current(run_id))
-        # Task runs change with the lines that carry their events (a subflow's travel with
-        # its parent's); a subflow also ends with its parent's attempt, notified as the
-        # parent's change.
-        source, _ = await self._db.shielded(self._runs.engine_run_of(run))
-        keys = {run_key(run_id), run_key(source), lines_key(source)}
-        last: tuple[int, dict[TaskRunState, int]] | None = None
-        while True:
-            with contextlib.ExitStack() as stack:
-                events = [stack.enter_context(self._signals.waiting(key)) for key in keys]
-                run, counts = await self._db.shielded(self._watched(run_id))
-                if (run.version, counts) == last:
-                    await wait_or_recheck(*events)
-                    continue
-            last = (run.version, counts)
+        async for run, counts in self._following.changes(request.run_id):
             yield pb.WatchRunResponse(
                 run=convert.run_to_proto(run), task_run_counts=convert.task_run_counts(counts)
             )
-            if run.is_terminal:
-                return
-
-    async def _watched(self, run_id: str) -> tuple[Run, dict[TaskRunState, int]]:
-        run = await self._runs.current(run_id)
-        return run, await self._task_runs.counts(run_id)
 
     @streaming
     async def TailLogs(
         self, request: pb.TailLogsRequest, context: Context
     ) -> AsyncIterator[pb.TailLogsResponse]:
-        run_id = validation.run_id(request.run_id)
-        if request.after_attempt < 0 or request.after_seq < 0:
-            raise InvalidArgument("after_attempt/after_seq: must not be negative")
-        attempt, seq = request.after_attempt, request.after_seq
-        run = await self._db.shielded(self._runs.current(run_id))
-        # A subflow's lines are stored with the attempt of the run whose engine runs it.
-        source, _ = await self._db.shielded(self._runs.engine_run_of(run))
-        while True:
-            with self._signals.waiting(lines_key(source)) as changed:
-                run, lines = await self._db.shielded(self._read_tail(run, source, attempt, seq))
-                if not lines and request.follow and not run.is_terminal:
-                    await wait_or_recheck(changed)
-                    continue
-            if lines:
-                attempt, seq = lines[-1].attempt, lines[-1].seq
-                for response in _tail_responses(lines, convert.current_state(run)):
-                    yield response
+        batches = self._following.lines(
+            request.run_id, request.after_attempt, request.after_seq, follow=request.follow
+        )
+        async for run, lines in batches:
+            if not lines:
+                yield pb.TailLogsResponse(state=convert.current_state(run))
                 continue
-            yield pb.TailLogsResponse(state=convert.current_state(run))
-            return
-
-    async def _read_tail(
-        self, run: Run, source: str, attempt: int, seq: int
-    ) -> tuple[Run, list[LogRecord]]:
-        # Read the state before the lines: every line of a run is stored before its
-        # terminal state, so a terminal state read first means no line can be missed.
-        # ``source`` is the run whose lines these are (``engine_run_of``): the run itself,
-        # or the one whose engine runs this subflow, of whose lines the subflow's are read.
-        run = await self._runs.current(run.id)
-        subflow_run = run.id if run.subflow else None
-        async with self._db.read() as conn:
-            lines = await logs_repo.read_after(
-                conn, source, attempt, seq, TAIL_BATCH, subflow_run=subflow_run
-            )
-        return run, lines
+            for response in _tail_responses(lines, convert.current_state(run)):
+                yield response
 
 
 def _tail_responses(lines: list[LogRecord], state: types_pb2.RunState) -> list[pb.TailLogsResponse]:

@@ -7,6 +7,7 @@ the end, prints the final state, and stops every process it started, whatever ha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -23,6 +24,7 @@ from control_plane.cli.client import Client, describe
 from control_plane.cli.deploy import build_deployment
 from control_plane.cli.processes import Child, StartError, start_agent, start_server
 from control_plane.cli.runs import follow_logs
+from control_plane.config import ADMIN_TOKEN_FILE
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
 
@@ -41,9 +43,14 @@ EXAMPLES = {"hello": "hello", "etl": "etl"}
     show_default=True,
     help="Which flow of examples/ to run: hello (a plain function) or etl (tasks and a subflow).",
 )
-def demo(name: str, example: str) -> None:
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Keep the control plane and its web UI up after the run, until Ctrl-C.",
+)
+def demo(name: str, example: str, serve: bool) -> None:
     """Run a flow end to end on a throw-away local control plane and process agent."""
-    sys.exit(run_demo(name, example))
+    sys.exit(run_demo(name, example, serve=serve))
 
 
 def example_dir(example: str = "hello") -> Path:
@@ -51,7 +58,7 @@ def example_dir(example: str = "hello") -> Path:
     return Path(control_plane.__file__).resolve().parents[1] / "examples" / example
 
 
-def run_demo(name: str, example: str = "hello") -> int:
+def run_demo(name: str, example: str = "hello", *, serve: bool = False) -> int:
     """Run the demo; the exit code is 0 when the flow COMPLETED."""
     source = example_dir(example)
     if not (source / "flow.py").exists():
@@ -84,11 +91,21 @@ def run_demo(name: str, example: str = "hello") -> int:
         created = client.stub.CreateRun(
             pb.CreateRunRequest(deployment_name=example, parameters_json=parameters)
         )
-        say(f"Deployed examples/{example}; run {created.run.id} created. Its logs:")
+        say(f"Deployed examples/{example}; run {created.run.id} created.")
+        say(
+            f"Web UI: {server.extra['http_url']}runs/{created.run.id} (log in with the token in "
+            f"{workdir / 'server' / ADMIN_TOKEN_FILE}"
+            + (")" if serve else "; --serve keeps it up after the run)")
+        )
+        say("The run's logs:")
         state = follow_logs(client.stub, created.run.id, follow=True)
         output.console.print("Final state:", output.state_text(state))
         ok = state.type == types_pb2.STATE_TYPE_COMPLETED
         client.close()
+        if serve:
+            say(f"The control plane serves {server.extra['http_url']} until Ctrl-C.")
+            with contextlib.suppress(KeyboardInterrupt):
+                server.process.wait()
     except StartError as exc:
         output.error(str(exc))
     except grpc.RpcError as error:

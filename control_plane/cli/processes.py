@@ -109,7 +109,8 @@ def start_server(
     """Start ``flowyard server start`` and wait until it serves.
 
     ``extra`` then holds ``address``, ``token`` (the admin token the server keeps in
-    ``data_dir``) and, with a mutual-TLS agent port, ``agent_address``. ``executable`` is
+    ``data_dir``), ``http_url`` (the web UI's address; the HTTP port is a free one unless
+    ``extra_args`` name one) and, with a mutual-TLS agent port, ``agent_address``. ``executable`` is
     another installation's ``flowyard`` (the benchmarks compare releases with it).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +130,8 @@ def start_server(
     ]
     if db_url:
         command += ["--db-url", db_url]
+    if not {"--http-port", "--no-http"} & set(extra_args or []):
+        command += ["--http-port", "0"]
     child = _spawn("control plane", command + (extra_args or []), data_dir / "server.log", None)
     deadline = time.monotonic() + timeout
     while not ready.exists():
@@ -142,8 +145,9 @@ def start_server(
         time.sleep(0.02)
     addresses = ready.read_text().split()
     child.extra["address"] = addresses[0]
-    if len(addresses) > 1:
-        child.extra["agent_address"] = addresses[1]
+    for address in addresses[1:]:
+        key = "http_url" if address.startswith("http://") else "agent_address"
+        child.extra[key] = address
     child.extra["token"] = (data_dir / ADMIN_TOKEN_FILE).read_text().strip()
     ready.unlink()
     return child

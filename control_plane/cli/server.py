@@ -11,6 +11,7 @@ import click
 
 from control_plane.config import (
     DEFAULT_AGENT_PORT,
+    DEFAULT_HTTP_PORT,
     DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
     DEFAULT_PORT,
@@ -32,6 +33,18 @@ def server() -> None:
     "--port", default=DEFAULT_PORT, show_default=True, type=int, help="Port (0: any free port)."
 )
 @click.option(
+    "--http-port",
+    default=DEFAULT_HTTP_PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    envvar="FLOWYARD_HTTP_PORT",
+    help="HTTP port of the web UI, its JSON API, /healthz, /readyz and /metrics (0: any free "
+    "port).",
+)
+@click.option(
+    "--no-http", is_flag=True, help="Serve no HTTP at all: gRPC only (no web UI, no /metrics)."
+)
+@click.option(
     "--data-dir",
     type=click.Path(path_type=Path, file_okay=False),
     envvar="FLOWYARD_DATA_DIR",
@@ -45,7 +58,8 @@ def server() -> None:
 @click.option(
     "--ready-file",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Write host:port here once serving.",
+    help="Write host:port here once serving (then the agent port and the HTTP address, if "
+    "any, one per line).",
 )
 @click.option(
     "--lease-seconds",
@@ -148,6 +162,8 @@ def server() -> None:
 def server_start(
     host: str,
     port: int,
+    http_port: int,
+    no_http: bool,
     data_dir: Path | None,
     db_url: str | None,
     ready_file: Path | None,
@@ -182,6 +198,7 @@ def server_start(
     config = ServerConfig(
         host=host,
         port=port,
+        http_port=None if no_http else http_port,
         data_dir=data_dir,
         db_url=db_url,
         ready_file=ready_file,

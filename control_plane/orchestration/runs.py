@@ -357,6 +357,9 @@ class Runs:
         page_token: str,
         schedule_name: str = "",
         run_id_prefix: str = "",
+        pool_name: str = "",
+        created_since: datetime | None = None,
+        created_until: datetime | None = None,
     ) -> tuple[list[Run], str]:
         """One page of runs, newest first, and the token of the next page ("" at the end)."""
         if run_id_prefix:
@@ -379,6 +382,13 @@ class Runs:
                 if deployment_id is None:
                     raise InvalidArgument("schedule_name: give deployment_name with it")
                 validation.deployment_name(schedule_name, "schedule_name")
+            pool_id = None
+            if pool_name:
+                validation.pool_name(pool_name, "pool")
+                pool = await catalog_repo.get_pool(conn, name=pool_name)
+                if pool is None:
+                    raise NotFound(f"pool {pool_name!r} not found")
+                pool_id = pool.id
             runs = await repo.list_runs(
                 conn,
                 deployment_id=deployment_id,
@@ -387,6 +397,9 @@ class Runs:
                 before=before,
                 schedule_name=schedule_name,
                 id_prefix=run_id_prefix,
+                pool_id=pool_id,
+                created_since=created_since,
+                created_until=created_until,
             )
         if len(runs) <= limit:
             return runs, ""

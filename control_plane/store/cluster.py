@@ -210,6 +210,16 @@ async def live_sessions_by_pool(
     return {pool_id: count for pool_id, count in await conn.execute(query)}
 
 
+async def live_sessions(conn: AsyncConnection, pool_ids: Iterable[str]) -> list[SessionRecord]:
+    """The agents connected to ``pool_ids`` now, over all replicas, by name."""
+    query = (
+        select(*_SESSION_COLUMNS)
+        .where(agent_sessions.c.ended_at.is_(None), agent_sessions.c.pool_id.in_(sorted(pool_ids)))
+        .order_by(agent_sessions.c.agent_name)
+    )
+    return [SessionRecord(*row) for row in await conn.execute(query)]
+
+
 def session_present(session_id: Any, since: datetime) -> Exists:
     """SQL: the session ``session_id`` is connected, or ended at or after ``since``."""
     return (

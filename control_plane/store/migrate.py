@@ -12,6 +12,7 @@ migrated the database and this one would misread it. ``upgrade`` refuses with ``
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -70,6 +71,20 @@ def upgrade_connection(connection: Connection) -> None:
     check_known(connection, config)
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+@functools.cache
+def _head() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def behind_head(connection: Connection) -> str | None:
+    """Why the database's schema is not the one this control plane serves, or None."""
+    current = MigrationContext.configure(connection).get_current_heads()
+    head = _head()
+    if tuple(current) != (head,):
+        return f"the database schema is at {', '.join(current) or 'no revision'}, not {head}"
+    return None
 
 
 async def upgrade(engine: AsyncEngine) -> None:

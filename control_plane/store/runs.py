@@ -155,10 +155,14 @@ async def list_runs(
     before: tuple[datetime, str] | None,
     schedule_name: str = "",
     id_prefix: str = "",
+    pool_id: str | None = None,
+    created_since: datetime | None = None,
+    created_until: datetime | None = None,
 ) -> list[Run]:
     """Runs newest first; ``before`` is the (created_at, id) of the last run of the previous page.
 
-    ``id_prefix`` (lowercase hex) keeps the runs whose id starts with it.
+    ``id_prefix`` (lowercase hex) keeps the runs whose id starts with it; ``created_since``
+    (inclusive) and ``created_until`` (exclusive) bound when they were created.
     """
     query = _select_runs()
     if id_prefix:
@@ -175,6 +179,12 @@ async def list_runs(
         query = query.where(flow_runs.c.deployment_id == deployment_id)
     if schedule_name:
         query = query.where(flow_runs.c.schedule_name == schedule_name)
+    if pool_id is not None:
+        query = query.where(flow_runs.c.pool_id == pool_id)
+    if created_since is not None:
+        query = query.where(flow_runs.c.created_at >= created_since)
+    if created_until is not None:
+        query = query.where(flow_runs.c.created_at < created_until)
     types = [t.value for t in state_types]
     if types:
         query = query.where(flow_runs.c.state_type.in_(types))

@@ -180,7 +180,17 @@ async def test_a_schema_newer_than_the_code_is_refused_naming_both_revisions(
 
 
 def _server_start(data_dir: Path, url: str) -> subprocess.CompletedProcess[str]:
-    command = [*script("flowyard"), "server", "start", "--port", "0", "--data-dir", str(data_dir)]
+    command = [
+        *script("flowyard"),
+        "server",
+        "start",
+        "--port",
+        "0",
+        "--http-port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+    ]
     return subprocess.run([*command, "--db-url", url], capture_output=True, text=True, timeout=60)
 
 

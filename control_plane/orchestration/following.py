@@ -1,0 +1,111 @@
+"""Following a run: its log lines and its changes, as they are stored.
+
+The gRPC ``TailLogs``/``WatchRun`` streams and the HTTP Server-Sent-Events streams of the web UI
+are the same use case seen through two protocols, so both iterate these generators. Each one
+reads what is stored, then waits for the run's signal (set by this replica, or by another
+through the notification channel) before reading again; a missed signal costs at most
+``RECHECK_SECONDS`` (``orchestration.signals``), never a line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator
+
+from control_plane.errors import InvalidArgument
+from control_plane.models import LogRecord, Run, TaskRunState
+from control_plane.orchestration import validation
+from control_plane.orchestration.runs import Runs
+from control_plane.orchestration.signals import Signals, lines_key, run_key, wait_or_recheck
+from control_plane.orchestration.task_runs import TaskRuns
+from control_plane.store import logs as logs_repo
+from control_plane.store.db import Database
+
+#: Lines read at once: one read per engine batch, however large, rather than several.
+LINES_BATCH = 5_000
+
+
+class Following:
+    """Streams of one run's lines and changes, shared by every protocol that offers them."""
+
+    def __init__(self, db: Database, runs: Runs, task_runs: TaskRuns, signals: Signals) -> None:
+        self._db = db
+        self._runs = runs
+        self._task_runs = task_runs
+        self._signals = signals
+
+    async def lines(
+        self, run_id: str, after_attempt: int, after_seq: int, *, follow: bool
+    ) -> AsyncGenerator[tuple[Run, list[LogRecord]]]:
+        """The run's lines after (``after_attempt``, ``after_seq``), in order, in batches, each
+        with the run as read just before it; then, once no line is left (and, if ``follow``,
+        the run has ended), one last item with no lines and the run as it ended.
+
+        Raises:
+            InvalidArgument: a malformed run id or a negative position.
+            NotFound: no such run.
+        """
+        validation.run_id(run_id)
+        if after_attempt < 0 or after_seq < 0:
+            raise InvalidArgument("after_attempt/after_seq: must not be negative")
+        attempt, seq = after_attempt, after_seq
+        run = await self._db.shielded(self._runs.current(run_id))
+        # A subflow's lines are stored with the attempt of the run whose engine runs it.
+        source, _ = await self._db.shielded(self._runs.engine_run_of(run))
+        while True:
+            with self._signals.waiting(lines_key(source)) as changed:
+                run, lines = await self._db.shielded(self._read(run, source, attempt, seq))
+                if not lines and follow and not run.is_terminal:
+                    await wait_or_recheck(changed)
+                    continue
+            if not lines:
+                yield run, []
+                return
+            attempt, seq = lines[-1].attempt, lines[-1].seq
+            yield run, lines
+
+    async def _read(
+        self, run: Run, source: str, attempt: int, seq: int
+    ) -> tuple[Run, list[LogRecord]]:
+        # Read the state before the lines: every line of a run is stored before its
+        # terminal state, so a terminal state read first means no line can be missed.
+        # ``source`` is the run whose lines these are (``engine_run_of``): the run itself,
+        # or the one whose engine runs this subflow, of whose lines the subflow's are read.
+        run = await self._runs.current(run.id)
+        subflow_run = run.id if run.subflow else None
+        async with self._db.read() as conn:
+            lines = await logs_repo.read_after(
+                conn, source, attempt, seq, LINES_BATCH, subflow_run=subflow_run
+            )
+        return run, lines
+
+    async def changes(self, run_id: str) -> AsyncGenerator[tuple[Run, dict[TaskRunState, int]]]:
+        """The run and its task-run counts now, then at every change, until it has ended.
+
+        Raises:
+            InvalidArgument: a malformed run id.
+            NotFound: no such run.
+        """
+        validation.run_id(run_id)
+        run = await self._db.shielded(self._runs.current(run_id))
+        # Task runs change with the lines that carry their events (a subflow's travel with
+        # its parent's); a subflow also ends with its parent's attempt, notified as the
+        # parent's change.
+        source, _ = await self._db.shielded(self._runs.engine_run_of(run))
+        keys = {run_key(run_id), run_key(source), lines_key(source)}
+        last: tuple[int, dict[TaskRunState, int]] | None = None
+        while True:
+            with contextlib.ExitStack() as stack:
+                events = [stack.enter_context(self._signals.waiting(key)) for key in keys]
+                run, counts = await self._db.shielded(self._watched(run_id))
+                if (run.version, counts) == last:
+                    await wait_or_recheck(*events)
+                    continue
+            last = (run.version, counts)
+            yield run, counts
+            if run.is_terminal:
+                return
+
+    async def _watched(self, run_id: str) -> tuple[Run, dict[TaskRunState, int]]:
+        run = await self._runs.current(run_id)
+        return run, await self._task_runs.counts(run_id)
