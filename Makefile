@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check lint protos protos-check bench clean
+.PHONY: demo test check lint protos protos-check bench clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,15 @@ demo: $(STAMP)
 	$(BIN)/flowyard demo $(if $(EXAMPLE),--example $(EXAMPLE))
 
 ## Run the whole test suite: protocol checks, lint, types, then unit, integration and end-to-end tests.
-test: $(STAMP) check
+test: $(STAMP) check chromium
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+## The browser tests drive the system's Chromium (Debian's package), never a downloaded one.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || test -n "$$FLOWYARD_CHROMIUM" || { \
+	  echo "installing Debian's chromium for the browser tests" >&2; \
+	  SUDO=$$(test "$$(id -u)" -eq 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 ## Static checks: generated stubs up to date, buf lint, ruff, mypy, import contracts.
 check: $(STAMP) protos-check lint

@@ -19,15 +19,20 @@ as the gRPC servicers, with no second process and no copy of the state.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import grpc
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from control_plane.web import api, events, openapi, pages
+from control_plane.web.errors import error_response
 from control_plane.web.services import Services, services
 
 STATIC = Path(__file__).parent / "static"
@@ -60,6 +65,27 @@ async def openapi_document(request: Request) -> Response:
     return JSONResponse(openapi.DOCUMENT)
 
 
+class RefuseWhileStopping:
+    """Answers 503 with Retry-After to every request once the server is stopping (but the
+    liveness probe): the database is about to close under whatever would run, and a browser's
+    event stream retries, reaching another replica or this one restarted."""
+
+    def __init__(self, app: ASGIApp, stopping: asyncio.Event) -> None:
+        self._app = app
+        self._stopping = stopping
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self._stopping.is_set() and scope["path"] != "/healthz":
+            response = error_response(
+                grpc.StatusCode.UNAVAILABLE,
+                "the control plane is stopping; retry in a moment",
+                {"Retry-After": "1"},
+            )
+            await response(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
+
+
 def build_app(found: Services) -> Starlette:
     """The HTTP application over ``found``."""
     app = Starlette(
@@ -74,6 +100,7 @@ def build_app(found: Services) -> Starlette:
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         exception_handlers={404: pages.not_found},
+        middleware=[Middleware(RefuseWhileStopping, stopping=found.stopping)],
     )
     app.state.services = found
     return app

@@ -26,6 +26,23 @@ function stamp(iso) {
   return iso ? iso.replace("T", " ").replace(/\.\d+/, "").replace("Z", "") : "";
 }
 
+// An EventSource reconnects by itself after a broken stream, but gives up for good when a
+// reconnect is answered with an error (a server stopping or starting answers 503): then a new
+// one is opened a moment later, from where the page is (``url()`` is asked again).
+function followEvents(url, handlers, onTrouble) {
+  let source = null, stopped = false;
+  function open() {
+    source = new EventSource(url());
+    for (const [kind, handler] of Object.entries(handlers)) source.addEventListener(kind, handler);
+    source.addEventListener("error", () => {
+      if (onTrouble) onTrouble();
+      if (source.readyState === EventSource.CLOSED && !stopped) setTimeout(open, 1000);
+    });
+  }
+  open();
+  return { close() { stopped = true; source.close(); } };
+}
+
 // --- runs list: re-read the rows when runs change ---
 function liveRunsList() {
   const table = document.getElementById("runs");
@@ -45,10 +62,8 @@ function liveRunsList() {
       if (again) { again = false; reread(); }
     }
   }
-  const source = new EventSource("/api/v1/events");
-  source.addEventListener("changed", reread);
-  // A reconnect may have missed changes: read once more.
-  source.addEventListener("ready", reread);
+  // A reconnect may have missed changes: "ready" reads once more.
+  followEvents(() => "/api/v1/events", { changed: reread, ready: reread });
 }
 
 // --- run page: state, logs, cancel ---
@@ -95,11 +110,15 @@ function liveRun() {
   });
   follow.addEventListener("change", () => { if (follow.checked) logs.scrollTop = logs.scrollHeight; });
 
-  const lines = new EventSource(`/api/v1/runs/${runId}/logs`);
-  lines.addEventListener("lines", (e) => append(JSON.parse(e.data)));
-  lines.addEventListener("end", () => { lines.close(); status.textContent = `${count} lines · run ended`; });
-  lines.addEventListener("error", () => { if (lines.readyState !== EventSource.CLOSED) status.textContent = `${count} lines · reconnecting…`; });
-  lines.addEventListener("open", () => { status.textContent = `${count} lines`; });
+  const lines = followEvents(
+    () => `/api/v1/runs/${runId}/logs?after=${last[0]}:${last[1]}`,
+    {
+      lines: (e) => append(JSON.parse(e.data)),
+      end: () => { lines.close(); status.textContent = `${count} lines · run ended`; },
+      open: () => { status.textContent = `${count} lines`; },
+    },
+    () => { status.textContent = `${count} lines · reconnecting…`; },
+  );
 
   const cancel = document.getElementById("cancel");
   function showRun(run) {
@@ -117,9 +136,10 @@ function liveRun() {
     head.dataset.terminal = ended ? "yes" : "no";
   }
   if (head.dataset.terminal !== "yes") {
-    const changes = new EventSource(`/api/v1/runs/${runId}/events`);
-    changes.addEventListener("run", (e) => showRun(JSON.parse(e.data).run));
-    changes.addEventListener("end", () => changes.close());
+    const changes = followEvents(() => `/api/v1/runs/${runId}/events`, {
+      run: (e) => showRun(JSON.parse(e.data).run),
+      end: () => changes.close(),
+    });
   }
   cancel.addEventListener("click", async () => {
     cancel.disabled = true;
