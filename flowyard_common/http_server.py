@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -57,7 +58,8 @@ class HttpServer:
             log_config=None,
             access_log=False,
             lifespan="off",
-            timeout_graceful_shutdown=grace,
+            # uvicorn takes whole seconds; a fraction of one is rounded up.
+            timeout_graceful_shutdown=math.ceil(grace),
             # The process's own logging says when it is listening; uvicorn's lines are noise.
             log_level="warning",
         )
