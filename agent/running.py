@@ -14,6 +14,7 @@ import signal
 
 from agent.connection import run_connection
 from agent.health import HealthFile
+from agent.http import serving
 from agent.reports import Outbox
 from agent.runs import RunManager
 from agent.runtimes.base import Runtime
@@ -35,6 +36,13 @@ async def run_agent(settings: Settings, stop: asyncio.Event | None = None) -> No
     :class:`~agent.errors.SessionRejected` when the server refuses the agent.
     """
     stop = stop if stop is not None else asyncio.Event()
+    # Listening from the start: the runtime's own start (a first list of Jobs) shows in the
+    # metrics, and a port that cannot be bound stops the agent before it takes any work.
+    async with serving(settings.http, settings.health):
+        await _run(settings, stop)
+
+
+async def _run(settings: Settings, stop: asyncio.Event) -> None:
     runtime = make_runtime(settings)
     outbox = Outbox()
     manager = RunManager(runtime, outbox, settings.agent.capacity)

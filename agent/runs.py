@@ -23,6 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
+from agent import metrics
 from agent.errors import SubmitError
 from agent.models import Assignment, InfraEvent, RunKey, RunningInfra
 from agent.reports import (
@@ -219,6 +220,7 @@ class RunManager:
             logger.exception("run %s: unexpected error while submitting", key)
             self._submit_failed(key, f"internal agent error: {type(error).__name__}: {error}")
             return
+        metrics.RUNS_STARTED.labels(self._runtime.name).inc()
         held = self._held.get(key)
         if held is None:
             return  # it already ended, Submitted first

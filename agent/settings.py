@@ -28,6 +28,7 @@ __all__ = [
     "BackoffSettings",
     "ConnectionSettings",
     "HealthSettings",
+    "HttpSettings",
     "KubernetesSettings",
     "Probe",
     "ProcessSettings",
@@ -45,6 +46,9 @@ DEFAULT_CAPACITY = 4
 DEFAULT_WARM_ENGINES = 2
 DEFAULT_NAMESPACE = "default"
 DEFAULT_HEALTH_FILE = Path("/tmp/flowyard-agent.health")
+#: Where ``/metrics`` and ``/healthz`` listen when a port is given: this machine only, unless
+#: told otherwise (the Kubernetes install listens on every address of its pod).
+DEFAULT_HTTP_HOST = "127.0.0.1"
 RUNTIMES = ("process", "kubernetes")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # A Kubernetes namespace name: an RFC 1123 DNS label.
@@ -183,6 +187,15 @@ class HealthSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """The agent's own HTTP listener: ``/metrics`` and ``/healthz``."""
+
+    host: str = DEFAULT_HTTP_HOST
+    # 0: no listener (the default outside the Kubernetes install).
+    port: int = 0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the agent needs, grouped by the part of the agent that uses it."""
 
@@ -192,6 +205,7 @@ class Settings:
     log_level: str = "INFO"
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
 
 
 @dataclass(frozen=True)
@@ -309,6 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
         "within 90 s (its health file, env FLOWYARD_AGENT_HEALTH_FILE), else 1",
     )
     parser.add_argument(
+        "--http-port",
+        help="serve /metrics and /healthz on this port (env FLOWYARD_AGENT_HTTP_PORT; "
+        "default 0: no HTTP listener)",
+    )
+    parser.add_argument(
+        "--http-host",
+        help="address the HTTP listener binds (env FLOWYARD_AGENT_HTTP_HOST, default "
+        f"{DEFAULT_HTTP_HOST}; 0.0.0.0 to be scraped from other hosts)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -418,6 +442,7 @@ def _settings(
         log_level=args.log_level,
         kubernetes=_kubernetes(parser, args, environ, server, tls.ca),
         health=_health(environ),
+        http=_http(parser, args, environ),
     )
 
 
@@ -504,6 +529,23 @@ def _tls(
 def _health(environ: Mapping[str, str]) -> HealthSettings:
     path = environ.get("FLOWYARD_AGENT_HEALTH_FILE", "").strip()
     return HealthSettings(file=Path(path).expanduser() if path else DEFAULT_HEALTH_FILE)
+
+
+def _http(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapping[str, str]
+) -> HttpSettings:
+    host = (args.http_host or environ.get("FLOWYARD_AGENT_HTTP_HOST") or DEFAULT_HTTP_HOST).strip()
+    if args.http_port is not None:
+        text, what = args.http_port, "--http-port"
+    else:
+        text, what = environ.get("FLOWYARD_AGENT_HTTP_PORT", "0"), "FLOWYARD_AGENT_HTTP_PORT"
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        parser.error(f"{what} must be a port number (0: no HTTP listener), got {text!r}")
+    return HttpSettings(host=host, port=port)
 
 
 def _warm_engines(

@@ -27,7 +27,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, NoReturn, cast
 
 import grpc
+from prometheus_client import Counter
 
+from control_plane import metrics
 from control_plane.interceptors import Handler, MethodWrapper
 
 #: Trailing metadata carrying the retry hint in milliseconds (gRFC A6 server pushback).
@@ -112,15 +114,18 @@ class Admission(MethodWrapper):
             return None  # streams are long-lived: their limits are gRPC's own
         return grpc.unary_unary_rpc_method_handler(
             # On an aio server the behavior is a coroutine function (the stubs type it sync).
-            self._guard(cast(Behavior, handler.unary_unary)),
+            self._guard(
+                cast(Behavior, handler.unary_unary), metrics.ADMISSION_REFUSALS.labels(method)
+            ),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
-    def _guard(self, behavior: Behavior) -> Behavior:
+    def _guard(self, behavior: Behavior, refusals: Counter) -> Behavior:
         async def admitted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             in_progress = max(self._active, self._backlog())
             if in_progress >= self.limit:
+                refusals.inc()
                 await self._refuse(context, in_progress)
             self._active += 1
             try:

@@ -58,6 +58,7 @@ class HttpServer:
             log_config=None,
             access_log=False,
             lifespan="off",
+            # uvicorn takes whole seconds; a fraction of one is rounded up.
             timeout_graceful_shutdown=math.ceil(grace),
             # The process's own logging says when it is listening; uvicorn's lines are noise.
             log_level="warning",

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agent import metrics
 from agent.errors import KubernetesError
 from agent.kubernetes import diagnosis, objects
 from agent.kubernetes.cleanup import delete_quietly
@@ -253,6 +254,7 @@ class AttemptReports:
         *,
         gave_up: bool = False,
     ) -> None:
+        metrics.DIAGNOSES.labels(verdict.kind.name, verdict.reason).inc()
         self._on_event(
             InfraEvent(
                 key=attempt.key,

@@ -22,6 +22,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.watch.watch import iter_resp_lines
 
+from agent import metrics
 from agent.errors import ConfigurationError, KubernetesError
 from agent.kubernetes.retries import with_retries
 from agent.settings import ApiRetrySettings, KubernetesSettings
@@ -179,6 +181,7 @@ class ApiKubeClient(KubeClient):
         """Create an object."""
         create = self._method(resource, "create_namespaced_{}")
         return await self._call(
+            "create",
             f"create {resource.value} in {namespace}",
             lambda: _json(create(namespace, body, **_plain())),
         )
@@ -188,6 +191,7 @@ class ApiKubeClient(KubeClient):
         read = self._method(resource, "read_namespaced_{}")
         try:
             return await self._call(
+                "read",
                 f"read {resource.value} {namespace}/{name}",
                 lambda: _json(read(name, namespace, **_plain())),
             )
@@ -200,6 +204,7 @@ class ApiKubeClient(KubeClient):
         """Strategic merge patch."""
         method = self._method(resource, "patch_namespaced_{}")
         return await self._call(
+            "patch",
             f"patch {resource.value} {namespace}/{name}",
             lambda: _json(method(name, namespace, patch, **_plain())),
         )
@@ -209,6 +214,7 @@ class ApiKubeClient(KubeClient):
         delete = self._method(resource, "delete_namespaced_{}")
         try:
             await self._call(
+                "delete",
                 f"delete {resource.value} {namespace}/{name}",
                 lambda: delete(name, namespace, propagation_policy="Background", **_plain()),
             )
@@ -222,6 +228,7 @@ class ApiKubeClient(KubeClient):
         """List by label selector."""
         method = self._method(resource, "list_namespaced_{}")
         body = await self._call(
+            "list",
             f"list {resource.value} in {namespace}",
             lambda: _json(method(namespace, label_selector=selector, **_plain())),
         )
@@ -234,6 +241,7 @@ class ApiKubeClient(KubeClient):
         """List by label selector across namespaces."""
         method = self._method(resource, "list_{}_for_all_namespaces")
         body = await self._call(
+            "list",
             f"list {resource.value} in all namespaces",
             lambda: _json(method(label_selector=selector, **_plain())),
         )
@@ -287,6 +295,7 @@ class ApiKubeClient(KubeClient):
         """The container's last log lines."""
         extra: dict[str, Any] = {"container": container} if container else {}
         data = await self._call(
+            "log",
             f"read the log of pod {namespace}/{pod}",
             lambda: _body(
                 self._core.read_namespaced_pod_log(
@@ -306,9 +315,18 @@ class ApiKubeClient(KubeClient):
         method: Callable[..., Any] = getattr(api, pattern.format(singular[resource]))
         return method
 
-    async def _call(self, what: str, call: Callable[[], T]) -> T:
+    async def _call(self, verb: str, what: str, call: Callable[[], T]) -> T:
+        seconds = metrics.API_SECONDS.labels(verb)
+
         async def attempt() -> T:
-            return await asyncio.to_thread(_translated, call)
+            started = time.perf_counter()
+            try:
+                return await asyncio.to_thread(_translated, call)
+            except KubernetesError as error:
+                metrics.API_ERRORS.labels(verb, str(error.status)).inc()
+                raise
+            finally:
+                seconds.observe(time.perf_counter() - started)
 
         return await with_retries(attempt, self._retry, what=what)
 

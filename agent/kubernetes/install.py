@@ -26,6 +26,7 @@ __all__ = [
     "AGENT_RULES",
     "AGENT_UID",
     "CLUSTER_RULES",
+    "HTTP_PORT",
     "agent_name",
     "install_manifests",
     "to_yaml",
@@ -33,6 +34,9 @@ __all__ = [
 
 AGENT_UID: Final = 10001
 """The non-root user of the agent image (see ``Dockerfile.agent``)."""
+
+HTTP_PORT: Final = 9700
+"""The installed agent's ``/metrics`` and ``/healthz`` port (container port ``http``)."""
 
 AGENT_RULES: Final[tuple[dict[str, Any], ...]] = (
     # Create, watch and clean up run Jobs; patch is for ownership and cancellation.
@@ -91,7 +95,8 @@ def install_manifests(
     token is never a literal in the Deployment. With ``token_secret`` instead of
     ``agent_token``, no Secret is emitted: the Deployment references an existing Secret of
     that name (key ``token``), e.g. one made by ``kubectl create secret``, so the token never
-    appears in the manifests at all.
+    appears in the manifests at all. The agent serves ``/metrics`` and ``/healthz`` on
+    container port ``http`` (:data:`HTTP_PORT`); its probes ask ``/healthz``.
 
     Raises:
         ValueError: a name that Kubernetes would refuse, a capacity below 1, or not exactly
@@ -184,7 +189,8 @@ def install_manifests(
     }
 
     def probe(**timing: int) -> dict[str, Any]:
-        return {"exec": {"command": ["flowyard-agent", "--probe"]}, "timeoutSeconds": 5, **timing}
+        # /healthz answers as ``flowyard-agent --probe`` does, without a process per probe.
+        return {"httpGet": {"path": "/healthz", "port": "http"}, "timeoutSeconds": 5, **timing}
 
     deployment = {
         "apiVersion": "apps/v1",
@@ -198,7 +204,15 @@ def install_manifests(
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": dict(labels)},
             "template": {
-                "metadata": {"labels": dict(labels)},
+                "metadata": {
+                    "labels": dict(labels),
+                    # The convention most Prometheus set-ups discover pods to scrape by.
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(HTTP_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
                 "spec": {
                     "serviceAccountName": name,
                     "securityContext": {
@@ -240,6 +254,12 @@ def install_manifests(
                                         "secretKeyRef": {"name": token_secret, "key": "token"}
                                     },
                                 },
+                                # Reachable by the kubelet's probes and by Prometheus.
+                                {"name": "FLOWYARD_AGENT_HTTP_HOST", "value": "0.0.0.0"},
+                                {"name": "FLOWYARD_AGENT_HTTP_PORT", "value": str(HTTP_PORT)},
+                            ],
+                            "ports": [
+                                {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}
                             ],
                             "resources": {
                                 "requests": {"cpu": "100m", "memory": "128Mi"},

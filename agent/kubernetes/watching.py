@@ -25,6 +25,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from agent import metrics
 from agent.backoff import Backoff
 from agent.errors import KubernetesError
 from agent.kubernetes.client import KubeClient, Resource
@@ -95,12 +96,17 @@ class ObjectWatch:
         loop = asyncio.get_running_loop()
         backoff = Backoff(self._settings.watch_backoff)
         expired_in_a_row = 0
+        ended, expired, failed = (
+            metrics.WATCH_RESTARTS.labels(self.resource.value, reason)
+            for reason in ("ended", "expired", "failed")
+        )
         while True:
             try:
                 if self._version is None:
                     self._version = await self._list()
                 started = loop.time()
                 events = await self._watch()
+                ended.inc()
                 if events or loop.time() - started >= _SHORT_STREAM_SECONDS:
                     backoff.reset()
                     expired_in_a_row = 0
@@ -110,12 +116,14 @@ class ObjectWatch:
                 self.last_error = error
                 self._progress.set()
                 if error.status == 410:
+                    expired.inc()
                     self._version = None
                     expired_in_a_row += 1
                     logger.info("watch of %s expired (%s); listing again", self, error.reason)
                     if expired_in_a_row == 1:
                         continue
                 else:
+                    failed.inc()
                     logger.warning("watch of %s failed: %s", self, error)
             await asyncio.sleep(backoff.next_delay())
 

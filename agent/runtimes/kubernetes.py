@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
+from agent import metrics
 from agent.errors import ConfigurationError, KubernetesError
 from agent.kubernetes import cleanup, diagnosis, objects, submission
 from agent.kubernetes.attempts import Attempt, AttemptReports
@@ -232,6 +233,7 @@ class KubernetesRuntime(Runtime):
         except BaseException:
             self._attempts.pop(key, None)
             raise
+        metrics.JOBS_SUBMITTED.labels("adopted" if created.adopted else "created").inc()
         if created.adopted:
             logger.info(
                 "run %s: Job %s exists already, adopting it", key, attempt.infrastructure_id

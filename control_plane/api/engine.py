@@ -17,6 +17,7 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
+from control_plane import metrics
 from control_plane.api import convert
 from control_plane.api.errors import streaming, unary
 from control_plane.auth.principals import caller
@@ -185,29 +186,33 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
             self._authorize(first.open.run_id, first.open.attempt, "open.")
         )
         stored = await self._db.shielded(self._reports.open(run))
-        yield pb.ReportResponse(
-            opened=pb.Opened(stored_seq=stored, state=convert.current_state(run))
-        )
-        out: asyncio.Queue[Outgoing] = asyncio.Queue()
-        # Transition ids this stream proposed: the end they bring is the engine's own doing.
-        own: set[str] = set()
-        tasks = [
-            asyncio.create_task(
-                self._read(request_iterator, run, stored, own, out),
-                name=f"engine-reader-{run.id}",
-            ),
-            asyncio.create_task(self._watch(run, own, out), name=f"engine-watch-{run.id}"),
-        ]
+        metrics.ENGINE_STREAMS.inc()
         try:
-            while (message := await out.get()) is not None:
-                if isinstance(message, FlowyardError):
-                    raise message
-                yield message
+            yield pb.ReportResponse(
+                opened=pb.Opened(stored_seq=stored, state=convert.current_state(run))
+            )
+            out: asyncio.Queue[Outgoing] = asyncio.Queue()
+            # Transition ids this stream proposed: the end they bring is the engine's own doing.
+            own: set[str] = set()
+            tasks = [
+                asyncio.create_task(
+                    self._read(request_iterator, run, stored, own, out),
+                    name=f"engine-reader-{run.id}",
+                ),
+                asyncio.create_task(self._watch(run, own, out), name=f"engine-watch-{run.id}"),
+            ]
+            try:
+                while (message := await out.get()) is not None:
+                    if isinstance(message, FlowyardError):
+                        raise message
+                    yield message
+            finally:
+                await cancel_and_wait(tasks)
+                for task in tasks:
+                    if not task.cancelled():
+                        task.result()  # what made a helper end early is this call's failure
         finally:
-            await cancel_and_wait(tasks)
-            for task in tasks:
-                if not task.cancelled():
-                    task.result()  # what made a helper end early is this call's failure
+            metrics.ENGINE_STREAMS.dec()
 
     async def _read(
         self,

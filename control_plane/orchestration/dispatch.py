@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from control_plane import metrics
 from control_plane.models import Collision, Deployment, Run
 from control_plane.orchestration import clock, sources, tokens
 from control_plane.orchestration.agents import AgentRegistry, AgentSession, AssignMessage
@@ -259,6 +260,7 @@ class Dispatcher:
         for session, run, token in claimed:
             deployment = deployments[run.deployment_id]
             session.credits -= 1
+            metrics.DUE_TO_ASSIGNED.observe(max(0.0, (now - run.scheduled_at).total_seconds()))
             session.send(
                 AssignMessage(
                     run_id=run.id,
@@ -327,6 +329,7 @@ class Dispatcher:
                     updated = await hand_back(conn, run, why)
                 if updated is not None:
                     changed.append(updated)
+        metrics.LEASE_EXPIRIES.inc(len(changed))
         for run in changed:
             log.info("run %s: lease expired, now %s", run.id, run.state_type.value)
             self._notifier.changed(run)

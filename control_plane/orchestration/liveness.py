@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from control_plane import metrics
 from control_plane.models import Pool, Run, WorkQueue
 from control_plane.orchestration import clock
 from control_plane.orchestration.agents import AgentRegistry, CancelMessage
@@ -119,12 +120,14 @@ class Reaper:
             if self._heartbeats is not None:
                 await self._heartbeats.flush()
             changed += await self._apply(
+                "engine_silent",
                 lambda conn: repo.silent_engines(conn, now - self._policy.engine_grace, BATCH),
                 lambda run: _crash_silent(run, now),
             )
         if now - self._started_at >= self._policy.agent_grace:
             since = now - self._policy.agent_grace
             changed += await self._apply(
+                "agent_gone",
                 lambda conn: repo.orphaned_pending(conn, since, BATCH),
                 lambda run: _crash_orphaned(run, self._policy.agent_grace),
             )
@@ -137,9 +140,12 @@ class Reaper:
             return runs
 
         changed += await self._apply(
-            overdue, lambda run: State(StateType.SCHEDULED, LATE, waiting.late_message(run, now))
+            "late",
+            overdue,
+            lambda run: State(StateType.SCHEDULED, LATE, waiting.late_message(run, now)),
         )
         forced = await self._apply(
+            "cancel_timeout",
             lambda conn: repo.stuck_cancelling(conn, now - self._policy.cancelling_timeout, BATCH),
             lambda run: State(
                 StateType.CANCELLED,
@@ -155,15 +161,19 @@ class Reaper:
 
     async def _apply(
         self,
+        rule: str,
         find: Callable[[AsyncConnection], Awaitable[list[Run]]],
         target: Callable[[Run], State],
     ) -> list[Run]:
         """Change what ``find`` finds, ``BATCH`` runs per transaction: on SQLite a
         transaction holds the one write lock, so a backlog goes in short turns that let the
-        calls waiting to write go between them, rather than in one long one."""
+        calls waiting to write go between them, rather than in one long one. The runs changed
+        are counted under ``rule`` (one of ``metrics.REAP_RULES``)."""
+        reaped = metrics.REAPED.labels(rule)
         changed: list[Run] = []
         for _ in range(MAX_BATCHES):
             found, batch = await self._apply_batch(find, target)
+            reaped.inc(len(batch))
             changed += batch
             if found < BATCH:
                 break

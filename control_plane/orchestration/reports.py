@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from control_plane import metrics
 from control_plane.errors import NotFound, Unauthenticated
 from control_plane.models import LogRecord, LogStream, Run
 from control_plane.orchestration import attempts, clock
@@ -413,6 +414,15 @@ async def append_system_lines(
     )
 
 
+async def _observe_start(conn: AsyncConnection, run: Run, now: datetime) -> None:
+    """Time the attempt took from its assignment to its engine running (once it commits):
+    one indexed read of the attempt's history, once per attempt."""
+    assigned = await repo.assigned_at(conn, run.id, run.attempt)
+    if assigned is not None:
+        seconds = max(0.0, (now - assigned).total_seconds())
+        metrics.counted(conn.info).observe(metrics.ASSIGNED_TO_RUNNING, seconds)
+
+
 def _describe_end(report: InfraReport) -> str:
     if report.gave_up:
         what = f"{report.reason}: {report.message}" if report.message else report.reason
@@ -473,6 +483,7 @@ class EngineReports:
                 in the same transaction as the insert, so no line lands after the end).
         """
         await self._log_batches.submit((run.id, run.attempt, lines))
+        metrics.LOG_LINES.inc(len(lines))
         self._notifier.lines_added(run.id)
 
     async def _store_batches(
@@ -535,15 +546,22 @@ class EngineReports:
                 message = proposal.message
                 if proposal.type is StateType.CANCELLED:
                     message = run.state_message  # the user's reason, not how the engine heard it
+                now = clock.now()
                 updated = await repo.compare_and_set(
                     conn,
                     run,
                     State(proposal.type, proposal.name, message),
                     actor=Actor.ENGINE,
-                    now=clock.now(),
+                    now=now,
                     transition_id=proposal.transition_id or None,
                     **columns,
                 )
+                if (
+                    updated is not None
+                    and proposal.type is StateType.RUNNING
+                    and run.state_type is StateType.PENDING
+                ):
+                    await _observe_start(conn, run, now)
                 return ProposalResult(True, claimed(updated))
 
         result = await retrying(apply)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -38,6 +39,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from control_plane import metrics
 from control_plane.store import migrate, sqlite_inline
 from control_plane.store.migrate import StoreError
 
@@ -85,8 +87,25 @@ class Database:
         """A unit of work: a transaction that commits on success and rolls back on error.
 
         ``large`` says the transaction stores a batch: on SQLite its statements then run on
-        a worker thread rather than on the event loop (see ``sqlite_inline``).
+        a worker thread rather than on the event loop (see ``sqlite_inline``). What the
+        transaction counts (``metrics.counted``) is counted once it has committed.
         """
+        started = time.perf_counter()
+        pending = metrics.Pending()
+        try:
+            async with self._transaction(large) as connection:
+                connection.info[metrics.PENDING_KEY] = pending
+                try:
+                    yield connection
+                finally:
+                    # The connection goes back to the pool, its ``info`` with it.
+                    del connection.info[metrics.PENDING_KEY]
+        finally:
+            metrics.DB_WRITE.observe(time.perf_counter() - started)
+        pending.apply()
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, large: bool) -> AsyncIterator[AsyncConnection]:
         if self._write_lock is None:
             async with self.engine.begin() as connection:
                 yield connection
@@ -105,8 +124,12 @@ class Database:
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads; nothing written through it is committed."""
-        async with self.engine.connect() as connection:
-            yield connection
+        started = time.perf_counter()
+        try:
+            async with self.engine.connect() as connection:
+                yield connection
+        finally:
+            metrics.DB_READ.observe(time.perf_counter() - started)
 
     @property
     def in_flight(self) -> int:

@@ -2,6 +2,8 @@
 
 Every state change goes through ``compare_and_set``: an UPDATE guarded by the run's version,
 plus one history row, in the caller's transaction (``apply_locked`` for many runs at once).
+Where the history rows are written, the states entered are counted (``metrics``), so every
+change is counted whichever use case made it.
 A caller that loses the race gets None and re-reads. A change that ends the run's attempt
 also ends the task runs the attempt left unfinished (``task_runs.end_unfinished``).
 """
@@ -27,8 +29,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from control_plane import metrics
 from control_plane.models import Run, StateRecord, TaskRunState
-from control_plane.states import ACTIVE, Actor, IllegalTransition, State, StateType, rejection
+from control_plane.states import (
+    ACTIVE,
+    ASSIGNED,
+    Actor,
+    IllegalTransition,
+    State,
+    StateType,
+    rejection,
+)
 from control_plane.store import cluster, task_runs
 from control_plane.store.dialects import insert_ignoring_duplicates
 from control_plane.store.tables import (
@@ -91,6 +102,9 @@ async def insert_runs(
     ]
     if history:
         await conn.execute(insert(run_states), history)
+        pending = metrics.counted(conn.info)
+        pending.created(len(history))
+        pending.entered(row["type"] for row in history)
     return stored
 
 
@@ -227,6 +241,23 @@ async def attempt_states(
     )
     rows = (await conn.execute(query)).all()
     return {row.id: (row.attempt, StateType(row.state_type)) for row in rows}
+
+
+async def assigned_at(conn: AsyncConnection, run_id: str, attempt: int) -> datetime | None:
+    """When the dispatcher last assigned this attempt of the run to an agent, if it did."""
+    query = (
+        select(run_states.c.created_at)
+        .where(
+            run_states.c.run_id == run_id,
+            run_states.c.attempt == attempt,
+            run_states.c.type == StateType.PENDING.value,
+            run_states.c.name == ASSIGNED,
+        )
+        .order_by(run_states.c.id.desc())
+        .limit(1)
+    )
+    at: datetime | None = (await conn.execute(query)).scalar()
+    return at
 
 
 async def count_failed(conn: AsyncConnection, run_id: str) -> int:
@@ -400,6 +431,7 @@ async def apply_locked(conn: AsyncConnection, changes: list[Change], now: dateti
             for change, run in zip(changes, updated, strict=True)
         ],
     )
+    metrics.counted(conn.info).entered(change.state.type.value for change in changes)
     for end in TaskRunState:
         ending = [c.run for c in changes if c.ends_attempt and c.task_runs_end is end]
         if ending:
@@ -450,6 +482,7 @@ async def end_subflows(
         )
     )
     await conn.execute(insert(run_states), [_history_row(i, 1, state, now) for i in ids])
+    metrics.counted(conn.info).inc(metrics.STATE_TRANSITIONS.labels(state.type.value), len(ids))
     await task_runs.end_unfinished(conn, ids, end, now)
     await end_subflows(conn, ids, end, now)
 
@@ -528,6 +561,7 @@ async def _insert_history(
     conn: AsyncConnection, run_id: str, attempt: int, state: State, now: datetime
 ) -> None:
     await conn.execute(_INSERT_HISTORY, _history_row(run_id, attempt, state, now))
+    metrics.counted(conn.info).entered((state.type.value,))
 
 
 def _history_row(run_id: str, attempt: int, state: State, now: datetime) -> dict[str, Any]:

@@ -10,6 +10,7 @@ Control plane, agents and engines are real processes; the cluster is the fake on
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,8 @@ def start_pod(kube: KubeSystem, pod_name: str) -> Child:
         **os.environ,
         "FLOWYARD_AGENT_HEALTH_FILE": str(kube.root / f"{pod_name}.health"),
         **{item["name"]: _value(item, pod_name, kube.agent_token) for item in container["env"]},
+        # Each pod has an address of its own; here they share this machine's.
+        "FLOWYARD_AGENT_HTTP_PORT": str(_free_port()),
     }
     # In the cluster the in-cluster config is used; here the fake cluster's kubeconfig.
     command = [*script("flowyard-agent"), *container["args"], "--kubeconfig"]
@@ -65,6 +68,13 @@ def start_pod(kube: KubeSystem, pod_name: str) -> Child:
     agent = Child(f"agent pod {pod_name}", process, log_path)
     kube.agents.append(agent)
     return agent
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def _value(item: dict[str, Any], pod_name: str, token: str) -> str:

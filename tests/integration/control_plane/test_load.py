@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from control_plane.admission import RETRY_PUSHBACK_KEY
 from control_plane.config import ServerConfig
+from control_plane.metrics import REGISTRY
 from control_plane.server import build
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import (
@@ -92,6 +93,8 @@ async def stored_runs(plane: Plane) -> list[types_pb2.FlowRun]:
 
 
 async def test_a_busy_server_refuses_user_calls_at_once_with_a_retry_hint(tight: Plane) -> None:
+    refusals = {"method": "CreateRun"}
+    refused_before = REGISTRY.get_sample_value("flowyard_admission_refusals_total", refusals) or 0
     release, work = await hold_database(tight)
     # Refused at once, not queued: the database is held busy until release is set, so a
     # queued call could only end by its deadline, as DEADLINE_EXCEEDED.
@@ -108,6 +111,8 @@ async def test_a_busy_server_refuses_user_calls_at_once_with_a_retry_hint(tight:
     assert isinstance(pushback, str) and 100 <= int(pushback) <= 30_000
     assert f"at most {TIGHT_LIMIT}" in details
     assert abs(int(pushback) / 1000 - seconds) < 0.1
+    refused_after = REGISTRY.get_sample_value("flowyard_admission_refusals_total", refusals)
+    assert refused_after == refused_before + 1
 
     # What the server exists for is never refused: health checks and agents get through.
     health = health_pb2_grpc.HealthStub(tight.channel)

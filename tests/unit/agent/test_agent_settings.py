@@ -18,6 +18,7 @@ from agent.settings import (
     DEFAULT_HEALTH_FILE,
     DEFAULT_SERVER,
     HealthSettings,
+    HttpSettings,
     Probe,
     Settings,
     default_engine_command,
@@ -141,6 +142,8 @@ def test_settings_are_frozen() -> None:
         (["--pool", "p", "--runtime", "docker"], {}, "invalid choice"),
         (["--pool", "p", "--warm-engines", "-1"], {}, "--warm-engines must be 0 or a positive"),
         (["--pool", "p"], {"FLOWYARD_WARM_ENGINES": "two"}, "FLOWYARD_WARM_ENGINES must be"),
+        (["--pool", "p", "--http-port", "70000"], {}, "--http-port must be a port number"),
+        (["--pool", "p"], {"FLOWYARD_AGENT_HTTP_PORT": "x"}, "FLOWYARD_AGENT_HTTP_PORT must be"),
     ],
 )
 def test_invalid_input_exits_2_with_a_message(
@@ -150,6 +153,19 @@ def test_invalid_input_exits_2_with_a_message(
         parse(argv, env)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_http_listener_is_off_unless_a_port_is_given() -> None:
+    assert parse(["--pool", "p"]).http == HttpSettings(host="127.0.0.1", port=0)
+    from_env = parse(
+        ["--pool", "p"], {"FLOWYARD_AGENT_HTTP_PORT": "9700", "FLOWYARD_AGENT_HTTP_HOST": "0.0.0.0"}
+    )
+    assert from_env.http == HttpSettings(host="0.0.0.0", port=9700)
+    flags = parse(
+        ["--pool", "p", "--http-port", "9701", "--http-host", "::1"],
+        {"FLOWYARD_AGENT_HTTP_PORT": "9700"},
+    )
+    assert flags.http == HttpSettings(host="::1", port=9701)
 
 
 def test_process_runtime_is_built_from_settings() -> None:

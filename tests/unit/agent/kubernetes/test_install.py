@@ -8,7 +8,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from agent.kubernetes.install import install_manifests, to_yaml
+from agent.kubernetes.install import HTTP_PORT, install_manifests, to_yaml
 
 ARGS: dict[str, Any] = {
     "pool": "k8s-pool",
@@ -149,9 +149,15 @@ def test_deployment() -> None:
     ]
     assert agent["resources"]["requests"] and agent["resources"]["limits"]
     assert agent["securityContext"]["allowPrivilegeEscalation"] is False
+    [port] = agent["ports"]
+    assert port == {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}
     for probe in ("livenessProbe", "readinessProbe"):
-        assert agent[probe]["exec"]["command"] == ["flowyard-agent", "--probe"]
+        assert agent[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(HTTP_PORT)
     env = {item["name"]: item for item in agent["env"]}
+    assert env["FLOWYARD_AGENT_HTTP_PORT"]["value"] == str(HTTP_PORT)
+    assert env["FLOWYARD_AGENT_HTTP_HOST"]["value"] == "0.0.0.0"
     assert env["FLOWYARD_SERVER"]["value"] == ARGS["server"]
     assert env["FLOWYARD_POOL"]["value"] == "k8s-pool"
     assert env["FLOWYARD_AGENT_NAME"]["value"] == "flowyard/agent-a"
