@@ -56,6 +56,8 @@ from control_plane.orchestration.queues import Queues
 from control_plane.orchestration.reports import AgentReports, EngineReports
 from control_plane.orchestration.runs import Runs
 from control_plane.orchestration.scheduler import Scheduler, Schedules
+from control_plane.orchestration.scrape import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from control_plane.orchestration.scrape import scrape
 from control_plane.orchestration.signals import Signals, lines_key, run_key
 from control_plane.orchestration.task_runs import TaskRuns
 from control_plane.store.db import Database
@@ -423,6 +425,10 @@ async def build(config: ServerConfig) -> App:
         agent_port,
     )
     if config.http_port is not None:
+
+        async def exposition() -> tuple[bytes, str]:
+            return await scrape(db, agents), METRICS_CONTENT_TYPE
+
         app.services = Services(
             db=db,
             tokens=tokens,
@@ -435,6 +441,7 @@ async def build(config: ServerConfig) -> App:
             following=following,
             signals=signals,
             unready=app.unready,
+            metrics=exposition,
         )
         app.http = HttpServer(
             build_app(app.services),

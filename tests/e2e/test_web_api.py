@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from flowyard.v1 import control_plane_pb2 as pb
 from tests.sse import Event, events
@@ -326,3 +327,38 @@ def test_openapi_names_every_api_route(system: System) -> None:
         if path != "/api/v1/openapi.json"
     }
     assert described == served, json.dumps(document["paths"], indent=1)[:500]
+
+
+def test_metrics_show_what_a_run_did_and_every_documented_name(system: System) -> None:
+    system.deploy("typed", TYPED)
+    system.start_agent()
+    run_id = system.create_run("typed", n=2)
+    system.wait_terminal(run_id)
+    with http(system, token="") as client:
+        scraped = client.get("/metrics")
+    assert scraped.status_code == 200
+    assert scraped.headers["content-type"].startswith("text/plain")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(scraped.text)
+        for sample in family.samples
+    }
+    names = {name for name, _ in samples}
+    docs = Path(__file__).parents[2] / "docs" / "metrics.md"
+    documented = set(re.findall(r"^\| `(flowyard_[a-z_]+)`", docs.read_text(), re.MULTILINE))
+    control_plane = {name for name in documented if not name.startswith("flowyard_agent_")}
+    control_plane |= {"flowyard_agents_connected", "flowyard_agent_free_credit"} & documented
+    for name in control_plane:
+        assert any(n == name or n.startswith(f"{name}_") for n in names), name
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    assert value("flowyard_runs_created_total") >= 1
+    assert value("flowyard_run_state_transitions_total", state="COMPLETED") >= 1
+    assert value("flowyard_log_lines_ingested_total") >= 1
+    assert value("flowyard_run_due_to_assigned_seconds_count") >= 1
+    assert value("flowyard_run_assigned_to_running_seconds_count") >= 1
+    assert value("flowyard_database_seconds_count", operation="write") >= 1
+    assert value("flowyard_agents_connected", pool=POOL) == 1
+    assert value("flowyard_queue_depth", pool=POOL, queue="default") == 0
