@@ -9,6 +9,7 @@ through the notification channel) before reading again; a missed signal costs at
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
 
@@ -33,6 +34,10 @@ class Following:
         self._runs = runs
         self._task_runs = task_runs
         self._signals = signals
+        #: Reads asked for and not yet begun, by run, source and position (_shared_read).
+        self._pending: dict[
+            tuple[str, str, int, int], asyncio.Future[tuple[Run, list[LogRecord]]]
+        ] = {}
 
     async def lines(
         self, run_id: str, after_attempt: int, after_seq: int, *, follow: bool
@@ -54,7 +59,7 @@ class Following:
         source, _ = await self._db.shielded(self._runs.engine_run_of(run))
         while True:
             with self._signals.waiting(lines_key(source)) as changed:
-                run, lines = await self._db.shielded(self._read(run, source, attempt, seq))
+                run, lines = await self._shared_read(run.id, source, attempt, seq)
                 if not lines and follow and not run.is_terminal:
                     await wait_or_recheck(changed)
                     continue
@@ -64,14 +69,34 @@ class Following:
             attempt, seq = lines[-1].attempt, lines[-1].seq
             yield run, lines
 
-    async def _read(
-        self, run: Run, source: str, attempt: int, seq: int
+    async def _shared_read(
+        self, run_id: str, source: str, attempt: int, seq: int
     ) -> tuple[Run, list[LogRecord]]:
+        """``_read``, shared by every follower that asks for the same lines before the read
+        begins.
+
+        Followers of one run are woken together by one notification and, once caught up,
+        ask for the same lines: one read serves them all instead of one each. Joining only a
+        read that has not begun keeps each follower's guarantee: its waiter was registered
+        before the read it gets started, so a line stored after that read began wakes it.
+        The read runs as a task of its own, shielded: a follower that leaves does not cancel
+        it for the others.
+        """
+        key = (run_id, source, attempt, seq)
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = asyncio.ensure_future(self._db.shielded(self._read(key)))
+        return await asyncio.shield(pending)
+
+    async def _read(self, key: tuple[str, str, int, int]) -> tuple[Run, list[LogRecord]]:
+        # Begun: later followers start a read of their own (see _shared_read).
+        del self._pending[key]
+        run_id, source, attempt, seq = key
         # Read the state before the lines: every line of a run is stored before its
         # terminal state, so a terminal state read first means no line can be missed.
         # ``source`` is the run whose lines these are (``engine_run_of``): the run itself,
         # or the one whose engine runs this subflow, of whose lines the subflow's are read.
-        run = await self._runs.current(run.id)
+        run = await self._runs.current(run_id)
         subflow_run = run.id if run.subflow else None
         async with self._db.read() as conn:
             lines = await logs_repo.read_after(

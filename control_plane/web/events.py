@@ -32,6 +32,8 @@ from control_plane.web.services import Services, authenticated, services
 
 #: A comment is sent after this long without an event.
 KEEPALIVE_SECONDS = 15.0
+#: Encoded batches kept for the followers of runs (a few per run followed at once).
+RENDERED_BATCHES = 256
 #: How soon a browser reconnects to a stream that broke.
 RECONNECT_MS = 1000
 #: Changes of many runs within this long go out as one "changed" event.
@@ -160,10 +162,25 @@ async def logs(request: Request) -> Response:
             chunks.append(event("state", _state(run)))
         if not lines:
             return [*chunks, event("end", _state(run))], True
-        last = f"{lines[-1].attempt}:{lines[-1].seq}"
-        return [*chunks, event("lines", [documents.line(line) for line in lines], last)], False
+        return [*chunks, lines_event(services(request), run.id, lines)], False
 
     return await _serve(request, "logs", source, render)
+
+
+def lines_event(found: Services, run_id: str, lines: list[LogRecord]) -> bytes:
+    """The "lines" event of a batch, encoded once for all the followers it is sent to."""
+    first, last = lines[0], lines[-1]
+    key = (run_id, first.attempt, first.seq, last.attempt, last.seq)
+    cache = found.line_events
+    encoded = cache.get(key)
+    if encoded is None:
+        encoded = event(
+            "lines", [documents.line(line) for line in lines], f"{last.attempt}:{last.seq}"
+        )
+        cache[key] = encoded
+        if len(cache) > RENDERED_BATCHES:
+            cache.popitem(last=False)
+    return encoded
 
 
 async def changes(request: Request) -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,11 @@ class Services:
     #: Set when the server stops: open event streams end, so the browser reconnects
     #: (to another replica, or to this one once it is back) and resumes where it was.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The "lines" events of the batches just sent, by run and range: the followers of a run
+    #: are sent the same batches, encoded once (``events.logs``).
+    line_events: OrderedDict[tuple[str, int, int, int, int], bytes] = field(
+        default_factory=OrderedDict
+    )
 
 
 def services(request: Request) -> Services:

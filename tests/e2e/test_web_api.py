@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -362,3 +363,24 @@ def test_metrics_show_what_a_run_did_and_every_documented_name(system: System) -
     assert value("flowyard_database_seconds_count", operation="write") >= 1
     assert value("flowyard_agents_connected", pool=POOL) == 1
     assert value("flowyard_queue_depth", pool=POOL, queue="default") == 0
+
+
+def test_many_followers_of_one_run_each_get_every_line_once(system: System, tmp_path: Path) -> None:
+    system.deploy("gated", GATED)
+    system.start_agent()
+    gate = tmp_path / "gate"
+    run_id = system.create_run("gated", gate=str(gate), first=100, second=2000)
+    followers = 20
+    with http(system) as client:
+        stream_lines(client, run_id, stop_after=100)  # the flow waits at its gate
+    with ThreadPoolExecutor(followers) as pool:
+        clients = [http(system) for _ in range(followers)]
+        results = [pool.submit(stream_lines, c, run_id) for c in clients]
+        gate.touch()
+        received = [result.result(timeout=120)[0] for result in results]
+        for c in clients:
+            c.close()
+    stored = [(line.attempt, line.seq) for line in system.logs(run_id)]
+    assert len(stored) > 2100
+    for lines in received:
+        assert [(line["attempt"], line["seq"]) for line in lines] == stored
