@@ -241,6 +241,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                     )
                     session.keep_assignments = True
                     break
+                session.last_seen = clock.now()
                 await self._db.shielded(self._apply(session, request))
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             raise

@@ -8,8 +8,11 @@ is an emptyDir. The database URL and the first admin token come from a Secret (k
 :data:`DB_URL_KEY` and :data:`ADMIN_TOKEN_KEY`): one printed with the manifests, or an
 existing one, and then nothing secret is printed at all.
 
-Kubernetes asks each pod's standard gRPC health service whether it is started, ready and
-alive (``grpc`` probes; the server answers NOT_SERVING from the moment it starts stopping).
+Kubernetes asks each pod's standard gRPC health service whether it has started (``grpc``
+probe), its ``/readyz`` whether it is ready (database reachable, schema at head; 503 from the
+moment it starts stopping) and its ``/healthz`` whether it is alive. The Service carries the
+HTTP port too (web UI, JSON API), and the pods the usual annotations by which Prometheus
+finds ``/metrics``.
 A rollout adds a new pod before it stops an old one, and a PodDisruptionBudget lets a node
 drain take one replica at a time.
 
@@ -22,7 +25,7 @@ import math
 import re
 from typing import Any, Final
 
-from control_plane.config import DEFAULT_PORT, ServerConfig
+from control_plane.config import DEFAULT_HTTP_PORT, DEFAULT_PORT, ServerConfig
 from control_plane.orchestration import tokens
 from control_plane.store.db import CLOSE_WAIT_SECONDS, normalise_url
 from control_plane.store.migrate import StoreError
@@ -80,6 +83,7 @@ def install_manifests(
     name: str = "flowyard",
     replicas: int = 2,
     port: int = DEFAULT_PORT,
+    http_port: int = DEFAULT_HTTP_PORT,
     db_url: str = "",
     admin_token: str = "",
     db_url_secret: str = "",
@@ -118,8 +122,11 @@ def install_manifests(
             "with SQLite each replica would keep a database of its own; use --replicas 1 "
             "for a SQLite trial"
         )
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port must be between 1 and 65535, got {port}")
+    for label, number in (("port", port), ("http port", http_port)):
+        if not 1 <= number <= 65535:
+            raise ValueError(f"{label} must be between 1 and 65535, got {number}")
+    if http_port == port:
+        raise ValueError(f"the HTTP port must differ from the gRPC port ({port})")
     if not DNS_LABEL.fullmatch(namespace):
         raise ValueError(
             f"namespace {namespace!r} must be lowercase letters, digits and '-', at most 63 "
@@ -179,13 +186,19 @@ def install_manifests(
         "spec": {
             "type": "ClusterIP",
             "selector": dict(labels),
-            "ports": [{"name": "grpc", "port": port, "targetPort": "grpc", "protocol": "TCP"}],
+            "ports": [
+                {"name": "grpc", "port": port, "targetPort": "grpc", "protocol": "TCP"},
+                {"name": "http", "port": http_port, "targetPort": "http", "protocol": "TCP"},
+            ],
         },
     }
 
     def probe(**timing: int) -> dict[str, Any]:
         # The standard gRPC health service: open without a token, NOT_SERVING once stopping.
         return {"grpc": {"port": port}, "timeoutSeconds": 5, **timing}
+
+    def http_probe(path: str, **timing: int) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": "http"}, "timeoutSeconds": 5, **timing}
 
     def secret_env(variable: str, key: str, optional: bool = False) -> dict[str, Any]:
         ref: dict[str, Any] = {"name": secret_name, "key": key}
@@ -206,7 +219,14 @@ def install_manifests(
             },
             "selector": {"matchLabels": dict(labels)},
             "template": {
-                "metadata": {"labels": dict(labels)},
+                "metadata": {
+                    "labels": dict(labels),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(http_port),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
                 "spec": {
                     "serviceAccountName": name,
                     "automountServiceAccountToken": False,
@@ -242,8 +262,11 @@ def install_manifests(
                             "image": image,
                             "imagePullPolicy": "IfNotPresent",
                             # After the image's `flowyard server start --host 0.0.0.0`.
-                            "args": ["--port", str(port)],
-                            "ports": [{"name": "grpc", "containerPort": port, "protocol": "TCP"}],
+                            "args": ["--port", str(port), "--http-port", str(http_port)],
+                            "ports": [
+                                {"name": "grpc", "containerPort": port, "protocol": "TCP"},
+                                {"name": "http", "containerPort": http_port, "protocol": "TCP"},
+                            ],
                             "env": [
                                 secret_env("FLOWYARD_DB_URL", DB_URL_KEY),
                                 # Without it the server writes admin.token to its data dir.
@@ -263,8 +286,12 @@ def install_manifests(
                             # Up to two minutes to migrate the schema, or to wait while the
                             # replica that holds the migration lock does, before liveness counts.
                             "startupProbe": probe(periodSeconds=2, failureThreshold=60),
-                            "readinessProbe": probe(periodSeconds=5, failureThreshold=2),
-                            "livenessProbe": probe(periodSeconds=10, failureThreshold=3),
+                            "readinessProbe": http_probe(
+                                "/readyz", periodSeconds=5, failureThreshold=2
+                            ),
+                            "livenessProbe": http_probe(
+                                "/healthz", periodSeconds=10, failureThreshold=3
+                            ),
                             "volumeMounts": [
                                 {"name": "data", "mountPath": DATA_DIR},
                                 {"name": "tmp", "mountPath": "/tmp"},

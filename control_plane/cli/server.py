@@ -272,6 +272,13 @@ def server_start(
     help="Port of the server and its Service.",
 )
 @click.option(
+    "--http-port",
+    type=click.IntRange(1, 65535),
+    default=DEFAULT_HTTP_PORT,
+    show_default=True,
+    help="HTTP port of the server and its Service: web UI, JSON API, probes, /metrics.",
+)
+@click.option(
     "--db-url",
     default="",
     help="Database URL (postgresql://user:password@host/dbname), put in the Secret the "
@@ -295,6 +302,7 @@ def server_install(
     name: str,
     replicas: int,
     port: int,
+    http_port: int,
     db_url: str,
     db_url_secret: str,
     create_namespace: bool,
@@ -326,6 +334,7 @@ def server_install(
             name=name,
             replicas=replicas,
             port=port,
+            http_port=http_port,
             db_url=db_url,
             admin_token=admin_token,
             db_url_secret=db_url_secret,

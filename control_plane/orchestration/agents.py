@@ -77,6 +77,8 @@ class AgentSession:
     #: The agent process's id (``Hello.instance_id``); empty for agents that send none.
     instance_id: str = ""
     connected_at: datetime = field(default_factory=clock.now)
+    #: When the agent last sent anything (a heartbeat at least every interval Welcome set).
+    last_seen: datetime = field(default_factory=clock.now)
     #: Set once the stream is ending: the session no longer counts as connected by its name.
     closing: bool = False
     #: Set when the server, not the agent, ends the session (the agent went silent, the

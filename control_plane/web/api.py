@@ -96,6 +96,8 @@ async def agents_of(services: Services, pools: list[Pool]) -> dict[str, list[Doc
                 "capacity": record.capacity,
                 "free_credit": session.credits if session is not None else None,
                 "connect_time": documents.time(record.connected_at),
+                # Known to the replica the agent is connected to.
+                "last_seen_time": documents.time(session.last_seen) if session else None,
                 "replica": record.replica_id,
             }
         )

@@ -58,6 +58,8 @@ def _when(value: datetime | None) -> str:
 
 TEMPLATES.filters["duration"] = lambda run: _duration(run.started_at, run.ended_at)
 TEMPLATES.filters["when"] = _when
+#: An RFC 3339 time of a document as the pages show times.
+TEMPLATES.filters["stamp"] = lambda value: value[:19].replace("T", " ") if value else ""
 TEMPLATES.filters["pretty"] = lambda value: json.dumps(value, indent=2, sort_keys=True)
 TEMPLATES.filters["level"] = lambda value: LEVELS.get(value, str(value))
 TEMPLATES.globals["iso"] = documents.time

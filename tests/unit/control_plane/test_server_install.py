@@ -16,7 +16,7 @@ from control_plane.cli.install import (
     install_manifests,
 )
 from control_plane.cli.main import cli
-from control_plane.config import DEFAULT_PORT, ServerConfig
+from control_plane.config import DEFAULT_HTTP_PORT, DEFAULT_PORT, ServerConfig
 from control_plane.orchestration import tokens
 from control_plane.store.db import CLOSE_WAIT_SECONDS
 from flowyard_common.manifests import to_yaml
@@ -163,8 +163,11 @@ def test_deployment() -> None:
     assert grace < pod["terminationGracePeriodSeconds"] == TERMINATION_GRACE_SECONDS <= grace + 10
     server = server_container(manifests)
     assert server["image"] == ARGS["image"]
-    assert server["args"] == ["--port", "7800"]
-    assert server["ports"] == [{"name": "grpc", "containerPort": 7800, "protocol": "TCP"}]
+    assert server["args"] == ["--port", "7800", "--http-port", str(DEFAULT_HTTP_PORT)]
+    assert server["ports"] == [
+        {"name": "grpc", "containerPort": 7800, "protocol": "TCP"},
+        {"name": "http", "containerPort": DEFAULT_HTTP_PORT, "protocol": "TCP"},
+    ]
     assert server["resources"]["requests"] and server["resources"]["limits"]
     assert server["securityContext"] == {
         "allowPrivilegeEscalation": False,
@@ -172,8 +175,14 @@ def test_deployment() -> None:
         "runAsNonRoot": True,
         "capabilities": {"drop": ["ALL"]},
     }
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert server[probe]["grpc"] == {"port": 7800}, probe
+    # Started: the gRPC health service answers (after migrations). Ready: /readyz (503 once
+    # stopping). Alive: /healthz.
+    assert server["startupProbe"]["grpc"] == {"port": 7800}
+    assert server["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert server["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    annotations = spec["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(DEFAULT_HTTP_PORT)
+    assert annotations["prometheus.io/path"] == "/metrics"
     # The data directory is writable under the read-only root filesystem.
     mounts = {m["mountPath"]: m["name"] for m in server["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -189,7 +198,8 @@ def test_service_and_disruption_budget_select_the_servers() -> None:
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["selector"].items() <= labels.items()
     assert service["spec"]["ports"] == [
-        {"name": "grpc", "port": 7800, "targetPort": "grpc", "protocol": "TCP"}
+        {"name": "grpc", "port": 7800, "targetPort": "grpc", "protocol": "TCP"},
+        {"name": "http", "port": DEFAULT_HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
     ]
     budget = kinds["PodDisruptionBudget"]["spec"]
     # One at a time, and a single replica can still be drained.
@@ -200,7 +210,7 @@ def test_service_and_disruption_budget_select_the_servers() -> None:
 def test_the_default_port_is_the_servers() -> None:
     manifests = install_manifests(**ARGS, db_url=DB_URL)
     assert by_kind(manifests)["Service"]["spec"]["ports"][0]["port"] == DEFAULT_PORT
-    assert server_container(manifests)["args"] == ["--port", str(DEFAULT_PORT)]
+    assert server_container(manifests)["args"][:2] == ["--port", str(DEFAULT_PORT)]
 
 
 def test_the_manifests_match_the_image() -> None:
@@ -224,6 +234,8 @@ def test_the_manifests_match_the_image() -> None:
         ({"db_url_secret": "Not_A_Name"}, "Secret name"),
         ({"db_url": DB_URL, "replicas": 0}, "replicas"),
         ({"db_url": DB_URL, "port": 0}, "port"),
+        ({"db_url": DB_URL, "http_port": 70000}, "http port"),
+        ({"db_url": DB_URL, "http_port": DEFAULT_PORT}, "must differ"),
         ({"db_url": DB_URL, "image": " "}, "image"),
     ],
 )
