@@ -28,6 +28,6 @@ ENV FLOWYARD_DATA_DIR=/var/lib/flowyard \
 
 USER 10001
 WORKDIR /home/flowyard
-EXPOSE 7700
+EXPOSE 7700 7780
 # Kubernetes probes it with the standard gRPC health service (`grpc: {port: 7700}`).
 ENTRYPOINT ["flowyard", "server", "start", "--host", "0.0.0.0"]

@@ -159,7 +159,7 @@ def exec_form(dockerfile: Path, instruction: str) -> list[str]:
 
 def test_the_control_plane_image_runs_the_server_on_every_interface_as_a_user() -> None:
     from control_plane.cli.main import cli
-    from control_plane.config import DEFAULT_PORT
+    from control_plane.config import DEFAULT_HTTP_PORT, DEFAULT_PORT
 
     dockerfile = ROOT / "Dockerfile"
     entrypoint = exec_form(dockerfile, "ENTRYPOINT")
@@ -183,4 +183,6 @@ def test_the_control_plane_image_runs_the_server_on_every_interface_as_a_user() 
         for instruction, args in steps
     ), "the data directory is created for the image's user"
     assert "FLOWYARD_DB_URL" not in env and "FLOWYARD_ADMIN_TOKEN" not in env
-    assert [args for instruction, args in steps if instruction == "EXPOSE"] == [[str(DEFAULT_PORT)]]
+    assert [args for instruction, args in steps if instruction == "EXPOSE"] == [
+        [str(DEFAULT_PORT), str(DEFAULT_HTTP_PORT)]
+    ]
