@@ -314,3 +314,24 @@ def _free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def test_a_deployment_and_one_of_its_schedules_are_paused_and_resumed(
+    page: Watched, system: System
+) -> None:
+    system.deploy("typed", TYPED, "main", "--param", "n=1", "--interval", "3600")
+    log_in(page.page, system, "/deployments/typed")
+    page.page.click("text=Pause schedule")
+    expect(page.page.locator("text=Resume schedule")).to_be_visible()
+    listed = system.stub.ListSchedules(pb.ListSchedulesRequest(deployment_name="typed"))
+    assert [s.schedule.paused for s in listed.schedules] == [True]
+    assert not listed.deployment_paused
+    page.page.click("text=Pause deployment")
+    expect(page.page.locator("#paused")).to_have_text("yes")
+    assert system.stub.ListSchedules(
+        pb.ListSchedulesRequest(deployment_name="typed")
+    ).deployment_paused
+    page.page.click("text=Resume deployment")
+    expect(page.page.locator("#paused")).to_have_text("no")
+    page.page.click("text=Resume schedule")
+    expect(page.page.locator("text=Pause schedule")).to_be_visible()

@@ -244,12 +244,15 @@ function runForm() {
     if (result.ok) location.assign(`/runs/${result.data.run.id}`);
     else error.textContent = errorText(result);
   });
-  const pause = document.getElementById("pause");
-  pause.addEventListener("click", async () => {
-    const result = await postJSON(`/api/v1/deployments/${encodeURIComponent(pause.dataset.deployment)}/pause`, { paused: pause.dataset.paused !== "yes" });
-    if (result.ok) location.reload();
-    else document.getElementById("pause-error").textContent = errorText(result);
-  });
+  for (const button of document.querySelectorAll("button.pause")) {
+    button.addEventListener("click", async () => {
+      const body = { paused: button.dataset.paused !== "yes" };
+      if (button.dataset.schedule) body.schedule = button.dataset.schedule;
+      const result = await postJSON(`/api/v1/deployments/${encodeURIComponent(button.dataset.deployment)}/pause`, body);
+      if (result.ok) location.reload();
+      else document.getElementById("pause-error").textContent = errorText(result);
+    });
+  }
 }
 
 document.addEventListener("DOMContentLoaded", () => {
