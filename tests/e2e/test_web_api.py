@@ -301,6 +301,9 @@ def test_pages_render_for_a_logged_in_admin(system: System) -> None:
             page = client.get(path)
             assert page.status_code == 200, (path, page.text)
             assert page.headers["content-type"].startswith("text/html")
+        headers = client.get(f"/runs/{run_id}").headers
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert headers["x-content-type-options"] == "nosniff"
         run_page = client.get(f"/runs/{run_id}").text
         assert "&lt;b&gt;" in run_page and "<b>" not in run_page.split("<main", 1)[1]
         download = client.get(f"/runs/{run_id}/logs.txt")
