@@ -39,8 +39,13 @@ def _int(request: Request, name: str, default: int = 0) -> int:
         raise InvalidArgument(f"{name}: must be an integer, got {raw!r}") from None
 
 
-def _time(request: Request, name: str) -> datetime | None:
-    raw = request.query_params.get(name)
+def time_param(request: Request, name: str) -> datetime | None:
+    """The query parameter ``name`` as a time (None when absent), or InvalidArgument."""
+    return parse_time(request.query_params.get(name, ""), name)
+
+
+def parse_time(raw: str, name: str) -> datetime | None:
+    """An RFC 3339 time with its zone (None for ""), or InvalidArgument naming ``name``."""
     if not raw:
         return None
     try:
@@ -148,15 +153,7 @@ async def create_run(request: Request, services: Services) -> JSONResponse:
     }
     if unknown:
         raise InvalidArgument(f"unknown fields: {', '.join(sorted(unknown))}")
-    scheduled = _text(body, "scheduled_time")
-    scheduled_at = None
-    if scheduled:
-        try:
-            scheduled_at = datetime.fromisoformat(scheduled.replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidArgument(f"scheduled_time: not an RFC 3339 time: {scheduled!r}") from None
-        if scheduled_at.tzinfo is None:
-            raise InvalidArgument("scheduled_time: give a time zone (Z or +hh:mm)")
+    scheduled_at = parse_time(_text(body, "scheduled_time"), "scheduled_time")
     run, created = await services.runs.create(
         RunRequest(
             deployment_name=request.path_params["name"],
@@ -197,8 +194,8 @@ async def list_runs(request: Request, services: Services) -> Document:
         params.get("page_token", ""),
         run_id_prefix=params.get("id_prefix", ""),
         pool_name=params.get("pool", ""),
-        created_since=_time(request, "since"),
-        created_until=_time(request, "until"),
+        created_since=time_param(request, "since"),
+        created_until=time_param(request, "until"),
     )
     return {"runs": [documents.run(r) for r in runs], "next_page_token": token}
 

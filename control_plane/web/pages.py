@@ -26,7 +26,7 @@ from control_plane.models import Run
 from control_plane.orchestration import clock
 from control_plane.states import StateType
 from control_plane.web import auth, documents
-from control_plane.web.api import UPCOMING, agents_of, state_types
+from control_plane.web.api import UPCOMING, agents_of, state_types, time_param
 from control_plane.web.errors import HTTP_STATUS, domain_error, error_response, unexpected_error
 from control_plane.web.services import Services, services
 
@@ -114,6 +114,8 @@ async def runs_page(request: Request, found: Services) -> Response:
         PAGE_SIZE,
         params.get("page_token", ""),
         pool_name=params.get("pool", ""),
+        created_since=time_param(request, "since"),
+        created_until=time_param(request, "until"),
     )
     filters = {k: v for k, v in params.multi_items() if k != "page_token" and k != "rows" and v}
     context: dict[str, Any] = {

@@ -179,6 +179,16 @@ def test_bad_requests_get_the_grpc_apis_status_and_message_and_change_nothing(
         assert same.status_code == 200 and same.json()["created"] is False
         assert same.json()["run"]["id"] == again.json()["run"]["id"]
 
+        later = client.post(
+            "/api/v1/deployments/typed/runs",
+            json={"parameters": {"n": 1}, "scheduled_time": "2099-01-02T03:04:05Z"},
+        )
+        assert later.json()["run"]["scheduled_time"] == "2099-01-02T03:04:05Z"
+        naive = client.post(
+            "/api/v1/deployments/typed/runs",
+            json={"parameters": {"n": 1}, "scheduled_time": "2099-01-02T03:04:05"},
+        )
+        assert naive.status_code == 400 and "time zone" in error_of(naive)["message"]
         cancelled = client.post(f"/api/v1/runs/{run_id}/cancel", json={"reason": "not needed"})
         assert cancelled.json()["run"]["state"]["type"] == "CANCELLED"
         twice = client.post(f"/api/v1/runs/{run_id}/cancel", json={})
@@ -308,6 +318,9 @@ def test_pages_render_for_a_logged_in_admin(system: System) -> None:
         assert "&lt;b&gt;" in run_page and "<b>" not in run_page.split("<main", 1)[1]
         download = client.get(f"/runs/{run_id}/logs.txt")
         assert download.status_code == 200 and "<b> 2" in download.text
+        assert client.get("/runs", params={"since": "2000-01-01T00:00:00Z"}).status_code == 200
+        bad_since = client.get("/runs", params={"since": "monday"})
+        assert bad_since.status_code == 400 and "RFC 3339" in bad_since.text
         missing = client.get(f"/runs/{'0' * 32}")
         assert missing.status_code == 404 and "not found" in missing.text
         assert re.search(r'<script src="/static/flowyard.js"', client.get("/runs").text)
