@@ -153,8 +153,13 @@ def schedule(value: Schedule) -> Document:
 
 
 def deployment(value: Deployment, statuses: list[ScheduleStatus] | None = None) -> Document:
-    """A deployment; with ``statuses``, each schedule's next times."""
+    """A deployment; with ``statuses``, each schedule's next times and the runs it already
+    created that wait for their time."""
     next_times = {s.schedule.name: [time(t) for t in s.next_times] for s in statuses or []}
+    scheduled = {
+        s.schedule.name: [{"id": r.id, "scheduled_time": time(r.scheduled_at)} for r in s.runs]
+        for s in statuses or []
+    }
     scheduling = value.scheduling
     return {
         "id": value.id,
@@ -176,7 +181,12 @@ def deployment(value: Deployment, statuses: list[ScheduleStatus] | None = None) 
         "collision_strategy": scheduling.collision.value,
         "paused": scheduling.paused,
         "schedules": [
-            {**schedule(s), "next_times": next_times.get(s.name, [])} for s in scheduling.schedules
+            {
+                **schedule(s),
+                "next_times": next_times.get(s.name, []),
+                "scheduled_runs": scheduled.get(s.name, []),
+            }
+            for s in scheduling.schedules
         ],
         "create_time": time(value.created_at),
         "update_time": time(value.updated_at),

@@ -128,6 +128,7 @@ def test_runs_are_listed_read_and_filtered_like_over_grpc(system: System) -> Non
         assert pools[0]["name"] == POOL and pools[0]["agents"][0]["name"] == "agent-1"
         assert pools[0]["agents"][0]["capacity"] == 4
         deployment = client.get("/api/v1/deployments/typed").json()
+        assert deployment["schedules"] == []
         assert deployment["parameter_schema"]["properties"]["n"]["type"] == "integer"
 
 

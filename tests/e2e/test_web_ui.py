@@ -321,6 +321,7 @@ def test_a_deployment_and_one_of_its_schedules_are_paused_and_resumed(
 ) -> None:
     system.deploy("typed", TYPED, "main", "--param", "n=1", "--interval", "3600")
     log_in(page.page, system, "/deployments/typed")
+    expect(page.page.locator("text=Waiting:")).to_be_visible()
     page.page.click("text=Pause schedule")
     expect(page.page.locator("text=Resume schedule")).to_be_visible()
     listed = system.stub.ListSchedules(pb.ListSchedulesRequest(deployment_name="typed"))
