@@ -121,7 +121,11 @@ function liveRun() {
   );
 
   const cancel = document.getElementById("cancel");
+  let shown = -1;
   function showRun(run) {
+    // The Cancel answer and the run's event stream race: an older version never wins.
+    if (run.version < shown) return;
+    shown = run.version;
     const state = document.getElementById("run-state");
     state.textContent = run.state.type;
     state.className = `state state-${run.state.type.toLowerCase()}`;
