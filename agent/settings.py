@@ -129,6 +129,9 @@ class ProcessSettings:
     log_tail_lines: int = 50
     # Engines started ahead of their runs (0: every run starts its own interpreter).
     warm_engines: int = 0
+    # Engines forked from one warm interpreter (``agent.runtimes.forked``); takes precedence
+    # over warm engines.
+    fork_engines: bool = False
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,10 @@ class Probe:
     health: HealthSettings
 
 
+#: The ways the process runtime starts an engine (``--engine-start``).
+ENGINE_STARTS = ("fork", "warm", "cold")
+
+
 def default_engine_command(executable: str) -> tuple[str, ...]:
     """The engine beside this interpreter: its ``flowyard-engine`` script, else ``-m engine.main``."""
     script = Path(executable).parent / "flowyard-engine"
@@ -286,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="process runtime: engines kept started ahead of their runs, at most --capacity; "
         f"0 starts each run cold (env FLOWYARD_WARM_ENGINES, default {DEFAULT_WARM_ENGINES}, "
         "or 0 with --engine-command: a custom engine must understand 'standby')",
+    )
+    parser.add_argument(
+        "--engine-start",
+        choices=ENGINE_STARTS,
+        help="process runtime: how an engine is started: 'fork' from one interpreter that has "
+        "the engine imported, 'warm' from engines started ahead (--warm-engines), 'cold' as a "
+        "new interpreter per run (env FLOWYARD_ENGINE_START; default fork, or cold with "
+        "--engine-command: a custom engine must understand 'forkserver' or 'standby')",
     )
     parser.add_argument(
         "--cancel-grace-seconds",
@@ -420,6 +435,9 @@ def _settings(
         engine_command = default_engine_command(executable or sys.executable)
 
     warm_engines = _warm_engines(parser, args, environ, capacity)
+    engine_start = _engine_start(parser, args, environ, warm_engines)
+    if engine_start != "warm":
+        warm_engines = 0
     work_dir = Path(args.work_dir).expanduser() if args.work_dir else None
     tls = _tls(parser, args, environ)
 
@@ -438,6 +456,7 @@ def _settings(
             work_dir=work_dir,
             cancel_grace=cancel_grace,
             warm_engines=warm_engines,
+            fork_engines=engine_start == "fork",
         ),
         log_level=args.log_level,
         kubernetes=_kubernetes(parser, args, environ, server, tls.ca),
@@ -546,6 +565,28 @@ def _http(
     if not 0 <= port <= 65535:
         parser.error(f"{what} must be a port number (0: no HTTP listener), got {text!r}")
     return HttpSettings(host=host, port=port)
+
+
+def _engine_start(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    warm_engines: int,
+) -> str:
+    """How engines start: given, or implied by --warm-engines, or the default for the engine
+    command."""
+    if args.engine_start is not None:
+        return str(args.engine_start)
+    if "FLOWYARD_ENGINE_START" in environ:
+        value = environ["FLOWYARD_ENGINE_START"]
+        if value not in ENGINE_STARTS:
+            parser.error(
+                f"FLOWYARD_ENGINE_START must be one of {', '.join(ENGINE_STARTS)}, got {value!r}"
+            )
+        return value
+    if args.warm_engines is not None or "FLOWYARD_WARM_ENGINES" in environ:
+        return "warm" if warm_engines > 0 else "cold"
+    return "cold" if args.engine_command is not None else "fork"
 
 
 def _warm_engines(

@@ -13,7 +13,7 @@ Every figure is read from what the runs themselves recorded (the control plane's
 times, and the flow's own clock), so it measures the real agent, engine and server.
 
 Usage: python bench/burst.py [--runs 200] [--capacity 10] [--probe 20]
-       [--agent-option=--warm-engines=0 ...]
+       [--agent-option=--engine-start=cold ...]  (fork, the default; warm; cold)
 """
 
 from __future__ import annotations

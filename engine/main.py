@@ -5,6 +5,9 @@
 :class:`engine.runner.ExitCode`: 0 completed, 1 failed, 3 could not run or report,
 143 cancelled.
 
+``flowyard-engine forkserver`` imports the engine once and forks one engine process per run
+the agent names on stdin (:mod:`engine.forkserver`).
+
 ``flowyard-engine standby`` is the same engine started ahead of its run (the process
 runtime's warm engines): its imports done, it waits for one line of JSON on stdin naming the
 run, its working directory and its whole environment, takes them on, and goes on exactly as
@@ -19,13 +22,13 @@ import logging
 import os
 import sys
 import threading
-import time
 from collections.abc import Sequence
 
 from engine.errors import SettingsError
+from engine.forkserver import serve
 from engine.runner import ExitCode, execute
 from engine.settings import load_settings
-from flowyard_common.forking import keep_grpc_out_of_forks
+from engine.takeover import take_on
 
 __all__ = ["main"]
 
@@ -42,6 +45,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Execute the run attempt named by FLOWYARD_RUN_ID and FLOWYARD_RUN_ATTEMPT.",
     )
     execute_parser.add_argument("run_id", help="the run's id (must match FLOWYARD_RUN_ID)")
+    commands.add_parser(
+        "forkserver",
+        help="fork one engine process per run read from stdin",
+        description=(
+            "Import everything a run needs, then for each JSON line on stdin "
+            '({"run_id", "cwd", "env", "log"}) fork an engine process that executes that run; '
+            "report starts and exits as JSON lines on stdout. Used by the process runtime."
+        ),
+    )
     commands.add_parser(
         "standby",
         help="start ahead of a run and wait for it on stdin",
@@ -68,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, run, and return the exit code."""
     args = _parser().parse_args(argv)
     _configure_engine_logging()
+    if args.command == "forkserver":
+        return serve()
     run_id = args.run_id if args.command == "execute" else _take_run()
     if run_id is None:
         return ExitCode.COMPLETED
@@ -89,25 +103,12 @@ def _take_run() -> str | None:
         return None
     try:
         handoff = json.loads(line)
-        run_id, cwd, env = str(handoff["run_id"]), str(handoff["cwd"]), dict(handoff["env"])
-        started_in = os.getcwd()
-        os.chdir(cwd)
+        run_id, cwd = str(handoff["run_id"]), str(handoff["cwd"])
+        env = {str(name): str(value) for name, value in dict(handoff["env"]).items()}
+        take_on(run_id, cwd, env)
     except (ValueError, KeyError, TypeError, OSError) as error:
         print(f"flowyard-engine: cannot take the run handed over: {error}", file=sys.stderr)
         sys.exit(ExitCode.COULD_NOT_RUN)
-    os.environ.clear()
-    os.environ.update({str(name): str(value) for name, value in env.items()})
-    keep_grpc_out_of_forks()
-    time.tzset()
-    # ``python -m`` put the directory it started in first on the path; a cold start would
-    # have put the run's directory there.
-    if sys.path and sys.path[0] == started_in:
-        sys.path[0] = cwd
-    # Like a cold start, the run reads nothing from stdin.
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    sys.argv = [sys.argv[0], "execute", run_id]
     return run_id
 
 

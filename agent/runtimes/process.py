@@ -24,11 +24,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar, Protocol
 
 from agent.errors import ConfigurationError, SubmitError
 from agent.models import Assignment, InfraExit, RunKey, RunningInfra
 from agent.runtimes.base import EventCallback, Runtime
+from agent.runtimes.forked import ForkServer
 from agent.runtimes.output import read_tail
 from agent.runtimes.pgroup import signal_group, wait_group_gone
 from agent.runtimes.warm import WarmEngines, compatible
@@ -46,12 +47,25 @@ _SAFE_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _KILL_WAIT_SECONDS = 5.0
 
 
+class EngineProcess(Protocol):
+    """What the runtime needs of an engine's process: a child of the agent, or one forked by
+    the fork server (``agent.runtimes.forked``)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+
 @dataclass(eq=False)
 class _Engine:
     """One engine process and the tasks that watch and stop it."""
 
     key: RunKey
-    process: asyncio.subprocess.Process
+    process: EngineProcess
     infrastructure_id: str
     log_path: Path
     terminator: asyncio.Task[None] | None = None
@@ -86,6 +100,7 @@ class ProcessRuntime(Runtime):
         self._spawn_lock = asyncio.Lock()
         self._tasks = TaskSet("process-runtime")
         self._warm: WarmEngines | None = None
+        self._forks: ForkServer | None = None
 
     @property
     def work_dir(self) -> Path:
@@ -107,7 +122,13 @@ class ProcessRuntime(Runtime):
             raise ConfigurationError(f"cannot create the work directory: {error}") from error
         self._on_event = on_event
         logger.info("process runtime: work directory %s", self._work_dir)
-        if self._settings.warm_engines > 0:
+        if self._settings.fork_engines:
+            self._forks = ForkServer(
+                self._settings.engine_command, self._work_dir, self._base_env(), self._tasks
+            )
+            self._tasks.spawn("forkserver-start", self._forks.warm_up())
+            logger.info("process runtime: engines are forked from a warm interpreter")
+        elif self._settings.warm_engines > 0:
             self._warm = WarmEngines(
                 self._settings.engine_command,
                 self._work_dir,
@@ -152,6 +173,8 @@ class ProcessRuntime(Runtime):
         engines that have no run yet are stopped)."""
         if self._warm is not None:
             await self._warm.close()
+        if self._forks is not None:
+            await self._forks.close()
         await self._tasks.stop(grace=0)
         if self._engines:
             logger.info(
@@ -172,7 +195,9 @@ class ProcessRuntime(Runtime):
                 _job_env(assignment), server=self._server, key=key, token=assignment.engine_token
             ),
         }
-        warm = await self._hand_to_warm(key, cwd, env, log_path)
+        warm = await self._fork(key, cwd, env, log_path) or await self._hand_to_warm(
+            key, cwd, env, log_path
+        )
         if warm is not None:
             return warm
         try:
@@ -216,6 +241,28 @@ class ProcessRuntime(Runtime):
         if self._tls_ca is not None:
             env["FLOWYARD_TLS_CA"] = str(self._tls_ca)
         return env
+
+    async def _fork(
+        self, key: RunKey, cwd: Path, env: dict[str, str], log_path: Path
+    ) -> _Engine | None:
+        """The attempt running in an engine forked by the fork server, or None to start it
+        another way (as for warm engines: see ``_hand_to_warm``)."""
+        forks = self._forks
+        if forks is None or not forks.available or not compatible(forks.env, env):
+            return None
+        try:
+            await asyncio.to_thread(cwd.mkdir, parents=True, exist_ok=True)
+        except OSError as error:
+            raise SubmitError(f"cannot prepare the run directory {cwd}: {error}") from error
+        process = await forks.fork(key.run_id, cwd, env, log_path)
+        if process is None:
+            return None
+        return _Engine(
+            key=key,
+            process=process,
+            infrastructure_id=f"process/{self._hostname}/{process.pid}",
+            log_path=log_path,
+        )
 
     async def _hand_to_warm(
         self, key: RunKey, cwd: Path, env: dict[str, str], log_path: Path
@@ -281,7 +328,7 @@ class ProcessRuntime(Runtime):
             logger.error("run %s: process group %d survived SIGKILL", engine.key, pgid)
 
 
-async def _stopped_within(seconds: float, process: asyncio.subprocess.Process, pgid: int) -> bool:
+async def _stopped_within(seconds: float, process: EngineProcess, pgid: int) -> bool:
     """Whether the leader is reaped and the rest of its group gone within ``seconds``."""
     try:
         async with asyncio.timeout(seconds):

@@ -8,10 +8,9 @@ engine takes those on and goes on as ``execute`` would. Each is its own session 
 group from the start, serves one run and exits, so isolation is a cold start's: one process
 per run, never reused, killed as a group on cancel.
 
-Why a fresh spawn ahead of time rather than ``fork`` from one warm parent: a process that has
-imported gRPC has its threads (the poller, the executor), and a fork copies only the forking
-thread, so the child could inherit locks held by threads that no longer exist; gRPC's own fork
-support is off in every Flowyard process for the same reason (``flowyard_common.forking``).
+The default is to fork engines from one warm interpreter instead (``agent.runtimes.forked``),
+which saves the interpreter's start in CPU as well as in latency; standbys remain for an
+engine command that cannot fork (``--engine-start warm``).
 
 What a standby cannot take on after it started: what the interpreter reads from its
 environment at start (``PYTHON*``, ``LANG``/``LC_*``, gRPC core's ``GRPC_*``). A run whose

@@ -215,9 +215,12 @@ def system(tmp_path: Path) -> Iterator[System]:
         yield system
 
 
-def engines_under(root: Path, commands: tuple[bytes, ...] = (b"execute", b"standby")) -> list[int]:
-    """Engine processes started with one of ``commands`` (by default running ones and warm
-    ones) whose working directory is inside this test's directory."""
+def engines_under(
+    root: Path, commands: tuple[bytes, ...] = (b"execute", b"standby", b"forkserver")
+) -> list[int]:
+    """Engine processes started with one of ``commands`` (by default running ones, warm ones,
+    fork servers and the engines they forked, which share their command line) whose working
+    directory is inside this test's directory."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

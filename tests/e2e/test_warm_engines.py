@@ -24,6 +24,7 @@ def main() -> None:
         started_as = cmdline.read().split(b"\\0")
     print("seen " + json.dumps({
         "standby": b"standby" in started_as,
+        "forked": b"forkserver" in started_as,
         "cwd": os.getcwd(),
         "pid": os.getpid(),
         "group_leader": os.getpgid(0) == os.getpid(),

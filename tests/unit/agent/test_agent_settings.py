@@ -44,16 +44,35 @@ def test_defaults() -> None:
     assert settings.log_level == "INFO"
 
 
+def test_engines_are_forked_by_default_and_warm_or_cold_on_request() -> None:
+    default = parse(["--pool", "p"]).process
+    assert default.fork_engines and default.warm_engines == 0
+    warm = parse(["--pool", "p", "--engine-start", "warm"]).process
+    assert not warm.fork_engines and warm.warm_engines == 2
+    cold = parse(["--pool", "p", "--engine-start", "cold"]).process
+    assert not cold.fork_engines and cold.warm_engines == 0
+    assert not parse(["--pool", "p"], {"FLOWYARD_ENGINE_START": "cold"}).process.fork_engines
+    # A size of warm engines asks for them; zero asks for cold starts.
+    sized = parse(["--pool", "p", "--warm-engines", "1"]).process
+    assert not sized.fork_engines and sized.warm_engines == 1
+    assert not parse(["--pool", "p", "--warm-engines", "0"]).process.fork_engines
+    # A custom engine starts cold unless told it can do better.
+    custom = ["--pool", "p", "--engine-command", "my-engine"]
+    assert not parse(custom).process.fork_engines
+    assert parse([*custom, "--engine-start", "fork"]).process.fork_engines
+
+
 def test_warm_engines_default_to_two_at_most_capacity_and_to_none_for_a_custom_engine() -> None:
-    assert parse(["--pool", "p"]).process.warm_engines == 2
-    assert parse(["--pool", "p", "--capacity", "1"]).process.warm_engines == 1
+    warm = ["--engine-start", "warm"]
+    assert parse(["--pool", "p", *warm]).process.warm_engines == 2
+    assert parse(["--pool", "p", "--capacity", "1", *warm]).process.warm_engines == 1
     assert (
         parse(["--pool", "p", "--warm-engines", "9", "--capacity", "5"]).process.warm_engines == 5
     )
     assert parse(["--pool", "p", "--warm-engines", "0"]).process.warm_engines == 0
     assert parse(["--pool", "p"], {"FLOWYARD_WARM_ENGINES": "3"}).process.warm_engines == 3
     custom = ["--pool", "p", "--engine-command", "my-engine"]
-    assert parse(custom).process.warm_engines == 0
+    assert parse([*custom, *warm]).process.warm_engines == 0
     assert parse([*custom, "--warm-engines", "1"]).process.warm_engines == 1
 
 
@@ -142,6 +161,8 @@ def test_settings_are_frozen() -> None:
         (["--pool", "p", "--runtime", "docker"], {}, "invalid choice"),
         (["--pool", "p", "--warm-engines", "-1"], {}, "--warm-engines must be 0 or a positive"),
         (["--pool", "p"], {"FLOWYARD_WARM_ENGINES": "two"}, "FLOWYARD_WARM_ENGINES must be"),
+        (["--pool", "p", "--engine-start", "spawn"], {}, "invalid choice"),
+        (["--pool", "p"], {"FLOWYARD_ENGINE_START": "hot"}, "FLOWYARD_ENGINE_START must be"),
         (["--pool", "p", "--http-port", "70000"], {}, "--http-port must be a port number"),
         (["--pool", "p"], {"FLOWYARD_AGENT_HTTP_PORT": "x"}, "FLOWYARD_AGENT_HTTP_PORT must be"),
     ],
