@@ -24,6 +24,7 @@ import collections
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, NoReturn, cast
 
 import grpc
@@ -80,6 +81,14 @@ def retry_after(backlog: int, pace: float | None, spread: float) -> float:
     return min(MAX_RETRY_SECONDS, max(MIN_RETRY_SECONDS, seconds))
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a call was refused, and how long its caller should wait before retrying."""
+
+    message: str
+    retry_seconds: float
+
+
 class Admission(MethodWrapper):
     """Admits the unary calls of ``services`` while fewer than ``limit`` are in progress.
 
@@ -121,28 +130,43 @@ class Admission(MethodWrapper):
             response_serializer=handler.response_serializer,
         )
 
+    def enter(self, refusals: Counter) -> Refusal | None:
+        """Admit one call (then ``leave()`` when it ends), or say why it is refused and when
+        to retry: one limit for every protocol the server speaks."""
+        in_progress = max(self._active, self._backlog())
+        if in_progress >= self.limit:
+            refusals.inc()
+            seconds = retry_after(in_progress, self._pace.per_second(), self._spread())
+            return Refusal(
+                f"the control plane is busy (requests in progress: {in_progress}, at most "
+                f"{self.limit}); nothing was done; retry after {seconds:.1f} s",
+                seconds,
+            )
+        self._active += 1
+        return None
+
+    def leave(self) -> None:
+        """An admitted call has ended."""
+        self._active -= 1
+        self._pace.finished()
+
     def _guard(self, behavior: Behavior, refusals: Counter) -> Behavior:
         async def admitted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            in_progress = max(self._active, self._backlog())
-            if in_progress >= self.limit:
-                refusals.inc()
-                await self._refuse(context, in_progress)
-            self._active += 1
+            refused = self.enter(refusals)
+            if refused is not None:
+                await self._refuse(context, refused)
             try:
                 return await behavior(request, context)
             finally:
-                self._active -= 1
-                self._pace.finished()
+                self.leave()
 
         return admitted
 
     async def _refuse(
-        self, context: grpc.aio.ServicerContext[Any, Any], in_progress: int
+        self, context: grpc.aio.ServicerContext[Any, Any], refusal: Refusal
     ) -> NoReturn:
-        seconds = retry_after(in_progress, self._pace.per_second(), self._spread())
         await context.abort(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"the control plane is busy (requests in progress: {in_progress}, at most "
-            f"{self.limit}); nothing was done; retry after {seconds:.1f} s",
-            trailing_metadata=((RETRY_PUSHBACK_KEY, str(round(seconds * 1000))),),
+            refusal.message,
+            trailing_metadata=((RETRY_PUSHBACK_KEY, str(round(refusal.retry_seconds * 1000))),),
         )

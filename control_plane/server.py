@@ -441,6 +441,7 @@ async def build(config: ServerConfig) -> App:
             following=following,
             signals=signals,
             unready=app.unready,
+            admission=admission,
             metrics=exposition,
         )
         app.http = HttpServer(

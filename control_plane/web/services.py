@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from control_plane import metrics
+from control_plane.admission import Admission, Refusal
 from control_plane.auth.principals import Principal
 from control_plane.auth.registry import Tokens
 from control_plane.errors import FlowyardError, InvalidArgument
@@ -25,7 +29,7 @@ from control_plane.orchestration.signals import Signals
 from control_plane.orchestration.task_runs import TaskRuns
 from control_plane.store.db import Database
 from control_plane.web import auth
-from control_plane.web.errors import domain_error, unexpected_error
+from control_plane.web.errors import domain_error, error_response, unexpected_error
 
 #: A request body larger than this is refused before it is parsed (the gRPC API's default
 #: message limit is 4 MiB; a web form never comes near either).
@@ -48,6 +52,8 @@ class Services:
     signals: Signals
     #: Why the control plane is not ready to serve (None: ready), for ``/readyz``.
     unready: Callable[[], Awaitable[str | None]]
+    #: The gRPC API's admission control, shared: one limit for both protocols.
+    admission: Admission | None = None
     #: The Prometheus exposition and its content type, for ``/metrics``.
     metrics: Callable[[], Awaitable[tuple[bytes, str]]] | None = None
     #: Set when the server stops: open event streams end, so the browser reconnects
@@ -74,8 +80,20 @@ def api(handler: Callable[[Request, Services], Awaitable[Any]]) -> Endpoint:
     a domain error becomes its status and message, anything else a 500 with the traceback
     only in the log."""
 
+    refusals = metrics.ADMISSION_REFUSALS.labels(f"http:{handler.__name__}")
+
     async def endpoint(request: Request) -> Response:
         found = services(request)
+        refused = found.admission.enter(refusals) if found.admission is not None else None
+        if refused is not None:
+            return busy(refused)
+        try:
+            return await _answer(request, found)
+        finally:
+            if found.admission is not None:
+                found.admission.leave()
+
+    async def _answer(request: Request, found: Services) -> Response:
         try:
             await auth.authenticate(request, found.tokens)
             # Shielded: a client that hangs up mid-call never leaves a half-done transaction.
@@ -91,6 +109,15 @@ def api(handler: Callable[[Request, Services], Awaitable[Any]]) -> Endpoint:
     endpoint.__name__ = handler.__name__
     endpoint.__doc__ = handler.__doc__
     return endpoint
+
+
+def busy(refusal: Refusal) -> Response:
+    """429 for a request admission control refused, with when to retry."""
+    return error_response(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        refusal.message,
+        {"Retry-After": str(max(1, math.ceil(refusal.retry_seconds)))},
+    )
 
 
 async def authenticated(request: Request) -> Principal:
