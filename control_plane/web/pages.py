@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from control_plane import metrics
 from control_plane.api.errors import status_of
 from control_plane.errors import FlowyardError, NotFound, PermissionDenied, Unauthenticated
 from control_plane.models import Run
@@ -28,7 +29,7 @@ from control_plane.states import StateType
 from control_plane.web import auth, documents
 from control_plane.web.api import UPCOMING, agents_of, state_types, time_param
 from control_plane.web.errors import HTTP_STATUS, domain_error, error_response, unexpected_error
-from control_plane.web.services import Services, services
+from control_plane.web.services import Services, admitted, busy, services
 
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -74,8 +75,18 @@ def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
 def page(handler: Any) -> Any:
     """A page that needs a logged-in admin: the login page otherwise, errors as a page."""
 
+    refusals = metrics.ADMISSION_REFUSALS.labels(f"http:{handler.__name__}")
+
     async def endpoint(request: Request) -> Response:
         found = services(request)
+        with admitted(found, refusals) as refused:
+            if refused is not None:
+                response = render("error.html", 429, title="Busy", message=refused.message)
+                response.headers["Retry-After"] = busy(refused).headers["Retry-After"]
+                return response
+            return await _answer(request, found)
+
+    async def _answer(request: Request, found: Services) -> Response:
         try:
             await auth.authenticate(request, found.tokens)
         except (Unauthenticated, PermissionDenied):

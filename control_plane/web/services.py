@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -84,24 +86,18 @@ def api(handler: Callable[[Request, Services], Awaitable[Any]]) -> Endpoint:
 
     async def endpoint(request: Request) -> Response:
         found = services(request)
-        refused = found.admission.enter(refusals) if found.admission is not None else None
-        if refused is not None:
-            return busy(refused)
-        try:
-            return await _answer(request, found)
-        finally:
-            if found.admission is not None:
-                found.admission.leave()
-
-    async def _answer(request: Request, found: Services) -> Response:
-        try:
-            await auth.authenticate(request, found.tokens)
-            # Shielded: a client that hangs up mid-call never leaves a half-done transaction.
-            result = await found.db.shielded(handler(request, found))
-        except FlowyardError as error:
-            return domain_error(error)
-        except Exception as error:
-            return unexpected_error(handler.__name__, error)
+        with admitted(found, refusals) as refused:
+            if refused is not None:
+                return busy(refused)
+            try:
+                await auth.authenticate(request, found.tokens)
+                # Shielded: a client that hangs up mid-call never leaves a half-done
+                # transaction.
+                result = await found.db.shielded(handler(request, found))
+            except FlowyardError as error:
+                return domain_error(error)
+            except Exception as error:
+                return unexpected_error(handler.__name__, error)
         if isinstance(result, Response):
             return result
         return JSONResponse(result)
@@ -109,6 +105,19 @@ def api(handler: Callable[[Request, Services], Awaitable[Any]]) -> Endpoint:
     endpoint.__name__ = handler.__name__
     endpoint.__doc__ = handler.__doc__
     return endpoint
+
+
+@contextlib.contextmanager
+def admitted(found: Services, refusals: Counter) -> Iterator[Refusal | None]:
+    """Inside: None if admission control admitted the request (it counts until the block
+    ends), else why it was refused."""
+    admission = found.admission
+    refused = admission.enter(refusals) if admission is not None else None
+    try:
+        yield refused
+    finally:
+        if admission is not None and refused is None:
+            admission.leave()
 
 
 def busy(refusal: Refusal) -> Response:

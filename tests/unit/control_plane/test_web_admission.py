@@ -8,9 +8,11 @@ from types import SimpleNamespace
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from control_plane.admission import Admission
+from control_plane.web.pages import page
 from control_plane.web.services import Services, api
 
 
@@ -35,3 +37,17 @@ async def test_a_request_past_the_limit_is_refused_with_a_retry_hint_and_nothing
     assert "at most 3" in refused.json()["error"]["message"]
     assert int(refused.headers["retry-after"]) >= 1
     assert ran == []
+
+
+async def test_a_page_past_the_limit_is_refused_too() -> None:
+    @page
+    async def listing(request: Request, services: Services) -> Response:
+        raise AssertionError("a refused page must not run")
+
+    app = Starlette(routes=[Route("/runs", listing)])
+    app.state.services = SimpleNamespace(admission=Admission(1, lambda: 1, []))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://control-plane") as client:
+        refused = await client.get("/runs")
+    assert refused.status_code == 429 and "at most 1" in refused.text
+    assert int(refused.headers["retry-after"]) >= 1
