@@ -70,6 +70,8 @@ class Plane:
     control: Any
     agents: Any
     engines: Any
+    #: The web UI's address, without the trailing slash: ``http://127.0.0.1:PORT``.
+    http_url: str = ""
 
     @property
     def admin(self) -> tuple[tuple[str, str]]:
@@ -159,6 +161,7 @@ async def bench_planes(
                         control_plane_pb2_grpc.ControlPlaneServiceStub(channel),
                         agent_pb2_grpc.AgentServiceStub(channel),
                         engine_pb2_grpc.EngineServiceStub(channel),
+                        server.extra.get("http_url", "").rstrip("/"),
                     )
                 )
             plane = planes[0]
