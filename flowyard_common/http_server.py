@@ -42,7 +42,10 @@ class HttpServer:
     def __init__(self, app: Any, host: str, port: int, *, grace: float = 5.0) -> None:
         """Bind ``host:port`` now (port 0 picks a free port); serve nothing until ``serve()``."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the
+        # listening socket says it is TCP. Without it a response written in two parts (its
+        # head, then its body) waits for the client's delayed ACK, 40 ms a request.
+        self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self._socket.bind((host, port))
