@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -66,6 +67,8 @@ def run_demo(name: str, example: str = "hello", *, serve: bool = False) -> int:
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="flowyard-demo-"))
     children: list[Child] = []
+    # Stopped by SIGTERM as by Ctrl-C: the processes it started are stopped with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ok = False
     try:
         say(f"Starting a control plane (SQLite in {workdir}) ...")
