@@ -243,8 +243,10 @@ class App:
         # The agents stay: what they were assigned waits for them to reconnect.
         _close_sessions(self.agents)
         if self.services is not None:
-            # Browsers following a run reconnect (and resume) instead of holding the stop.
+            # Browsers following a run reconnect (and resume) instead of holding the stop:
+            # woken, each stream sees the server stopping and ends.
             self.services.stopping.set()
+            self.signals.notify_all()
         if self.http is not None:
             self.http.stop()
         await self.server.stop(grace)

@@ -296,7 +296,9 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
     async def WatchRun(
         self, request: pb.WatchRunRequest, context: Context
     ) -> AsyncIterator[pb.WatchRunResponse]:
-        async for run, counts in self._following.changes(request.run_id):
+        async for change in self._following.changes(request.run_id):
+            assert change is not None  # quiet spells are said only when asked for
+            run, counts = change
             yield pb.WatchRunResponse(
                 run=convert.run_to_proto(run), task_run_counts=convert.task_run_counts(counts)
             )

@@ -17,7 +17,13 @@ from control_plane.errors import InvalidArgument
 from control_plane.models import LogRecord, Run, TaskRunState
 from control_plane.orchestration import validation
 from control_plane.orchestration.runs import Runs
-from control_plane.orchestration.signals import Signals, lines_key, run_key, wait_or_recheck
+from control_plane.orchestration.signals import (
+    RECHECK_SECONDS,
+    Signals,
+    lines_key,
+    run_key,
+    wait_or_recheck,
+)
 from control_plane.orchestration.task_runs import TaskRuns
 from control_plane.store import logs as logs_repo
 from control_plane.store.db import Database
@@ -40,11 +46,20 @@ class Following:
         ] = {}
 
     async def lines(
-        self, run_id: str, after_attempt: int, after_seq: int, *, follow: bool
-    ) -> AsyncGenerator[tuple[Run, list[LogRecord]]]:
+        self,
+        run_id: str,
+        after_attempt: int,
+        after_seq: int,
+        *,
+        follow: bool,
+        idle: float | None = None,
+    ) -> AsyncGenerator[tuple[Run, list[LogRecord] | None]]:
         """The run's lines after (``after_attempt``, ``after_seq``), in order, in batches, each
         with the run as read just before it; then, once no line is left (and, if ``follow``,
         the run has ended), one last item with no lines and the run as it ended.
+
+        With ``idle``, an item without lines (``None``) comes after every ``idle`` seconds
+        of waiting, so that a stream can show it is alive.
 
         Raises:
             InvalidArgument: a malformed run id or a negative position.
@@ -58,11 +73,17 @@ class Following:
         # A subflow's lines are stored with the attempt of the run whose engine runs it.
         source, _ = await self._db.shielded(self._runs.engine_run_of(run))
         while True:
+            lines: list[LogRecord] | None
             with self._signals.waiting(lines_key(source)) as changed:
                 run, lines = await self._shared_read(run.id, source, attempt, seq)
                 if not lines and follow and not run.is_terminal:
-                    await wait_or_recheck(changed)
-                    continue
+                    woken = await wait_or_recheck(changed, within=idle or RECHECK_SECONDS)
+                    if woken or idle is None:
+                        continue
+                    lines = None  # a quiet spell, said as such
+            if lines is None:
+                yield run, None
+                continue
             if not lines:
                 yield run, []
                 return
@@ -104,8 +125,12 @@ class Following:
             )
         return run, lines
 
-    async def changes(self, run_id: str) -> AsyncGenerator[tuple[Run, dict[TaskRunState, int]]]:
+    async def changes(
+        self, run_id: str, *, idle: float | None = None
+    ) -> AsyncGenerator[tuple[Run, dict[TaskRunState, int]] | None]:
         """The run and its task-run counts now, then at every change, until it has ended.
+
+        With ``idle``, None comes after every ``idle`` seconds without a change.
 
         Raises:
             InvalidArgument: a malformed run id.
@@ -123,9 +148,15 @@ class Following:
             with contextlib.ExitStack() as stack:
                 events = [stack.enter_context(self._signals.waiting(key)) for key in keys]
                 run, counts = await self._db.shielded(self._watched(run_id))
+                quiet = False
                 if (run.version, counts) == last:
-                    await wait_or_recheck(*events)
-                    continue
+                    woken = await wait_or_recheck(*events, within=idle or RECHECK_SECONDS)
+                    if woken or idle is None:
+                        continue
+                    quiet = True
+            if quiet:
+                yield None
+                continue
             last = (run.version, counts)
             yield run, counts
             if run.is_terminal:

@@ -26,14 +26,24 @@ from dataclasses import dataclass, field
 RECHECK_SECONDS = 30.0
 
 
-async def wait_or_recheck(*events: asyncio.Event) -> None:
-    """Wait until one of ``events`` is set, or ``RECHECK_SECONDS`` have passed."""
+async def wait_or_recheck(*events: asyncio.Event, within: float = RECHECK_SECONDS) -> bool:
+    """Wait until one of ``events`` is set, or ``within`` seconds have passed; whether one
+    was set."""
+    if len(events) == 1:
+        # The common case (a tail waiting for its run's lines), without a task per wait.
+        try:
+            async with asyncio.timeout(within):
+                await events[0].wait()
+        except TimeoutError:
+            return False
+        return True
     waits = [asyncio.ensure_future(event.wait()) for event in events]
     try:
-        await asyncio.wait(waits, timeout=RECHECK_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for wait in waits:
             wait.cancel()
+    return bool(done)
 
 
 def run_key(run_id: str) -> str:

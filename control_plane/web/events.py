@@ -5,10 +5,13 @@ as ``Last-Event-ID``; a logs stream resumes right after it. Lines go in one even
 batch (the engine sends them in batches already), whose id is the position of its last line,
 ``attempt:seq``: a reconnect never loses or repeats a line, whichever replica it reaches.
 
-Every stream sends a comment every ``KEEPALIVE_SECONDS`` while nothing happens, so proxies keep
-it open and a dead client is noticed, and ends with an ``end`` event the page closes on (an
+Every stream sends a comment after ``KEEPALIVE_SECONDS`` without an event, so proxies keep it
+open and a dead client is noticed, and ends with an ``end`` event the page closes on (an
 ``EventSource`` left open would reconnect for ever). When the server stops, streams end
-without ``end``: the browser reconnects and resumes.
+without ``end`` (every follower is woken: ``App.stop``): the browser reconnects and resumes.
+
+Each stream is one coroutine from the database read to the socket: no task or queue of its
+own, so that many browsers following one run cost little more than one.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ COALESCE_SECONDS = 0.25
 ANY_RUN = "runs:*"
 T = TypeVar("T")
 
+KEEPALIVE = b": keepalive\n\n"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -59,54 +63,16 @@ def position(text: str) -> tuple[int, int]:
     return int(attempt), int(seq)
 
 
-async def _with_keepalive(found: Services, items: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """``items``, with a keepalive comment in every silence, ending when the server stops.
-
-    The source runs as a task feeding a queue, so a silence can be filled without cancelling
-    the source in the middle of a read.
-    """
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=8)
-
-    async def produce() -> None:
-        try:
-            async for item in items:
-                await queue.put(item)
-        finally:
-            await queue.put(None)
-
-    producer = asyncio.create_task(produce(), name="event stream source")
-    stopping = asyncio.create_task(found.stopping.wait(), name="event stream stop")
-    try:
+def _stream(found: Services, items: AsyncIterator[bytes]) -> Response:
+    async def framed() -> AsyncIterator[bytes]:
         # A browser that lost the stream reconnects after a second (its default is three).
         yield f"retry: {RECONNECT_MS}\n\n".encode()
-        while True:
-            getting = asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait(
-                [getting, stopping], timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
-            )
-            if getting not in done:
-                getting.cancel()
-                if stopping in done:
-                    return
-                yield b": keepalive\n\n"
-                continue
-            item = getting.result()
-            if item is None:
-                if not producer.cancelled() and producer.exception() is not None:
-                    raise producer.exception()  # type: ignore[misc]
-                return
+        async for item in items:
             yield item
-    finally:
-        producer.cancel()
-        stopping.cancel()
-        with contextlib.suppress(BaseException):
-            await producer
+            if found.stopping.is_set():
+                return
 
-
-def _stream(found: Services, items: AsyncIterator[bytes]) -> Response:
-    return StreamingResponse(
-        _with_keepalive(found, items), media_type="text/event-stream", headers=HEADERS
-    )
+    return StreamingResponse(framed(), media_type="text/event-stream", headers=HEADERS)
 
 
 async def _serve(
@@ -150,12 +116,16 @@ async def logs(request: Request) -> Response:
     follow = request.query_params.get("follow", "true").lower() not in ("false", "0", "no")
     sent_state: list[str] = []
 
-    def source(found: Services) -> AsyncGenerator[tuple[Run, list[LogRecord]]]:
+    def source(found: Services) -> AsyncGenerator[tuple[Run, list[LogRecord] | None]]:
         attempt, seq = position(after) if after else (0, 0)
-        return found.following.lines(request.path_params["run_id"], attempt, seq, follow=follow)
+        return found.following.lines(
+            request.path_params["run_id"], attempt, seq, follow=follow, idle=KEEPALIVE_SECONDS
+        )
 
-    def render(batch: tuple[Run, list[LogRecord]]) -> tuple[list[bytes], bool]:
+    def render(batch: tuple[Run, list[LogRecord] | None]) -> tuple[list[bytes], bool]:
         run, lines = batch
+        if lines is None:
+            return [KEEPALIVE], False
         chunks = []
         if sent_state[-1:] != [run.state_type.value]:
             sent_state.append(run.state_type.value)
@@ -187,10 +157,12 @@ async def changes(request: Request) -> Response:
     """``GET /api/v1/runs/{run_id}/events``: the run now, then at every change, until it
     has ended."""
 
-    def source(found: Services) -> AsyncGenerator[tuple[Run, dict[TaskRunState, int]]]:
-        return found.following.changes(request.path_params["run_id"])
+    def source(found: Services) -> AsyncGenerator[tuple[Run, dict[TaskRunState, int]] | None]:
+        return found.following.changes(request.path_params["run_id"], idle=KEEPALIVE_SECONDS)
 
-    def render(item: tuple[Run, dict[TaskRunState, int]]) -> tuple[list[bytes], bool]:
+    def render(item: tuple[Run, dict[TaskRunState, int]] | None) -> tuple[list[bytes], bool]:
+        if item is None:
+            return [KEEPALIVE], False
         run, counts = item
         document = {"run": documents.run(run), "task_run_counts": documents.task_run_counts(counts)}
         if run.is_terminal:
@@ -213,10 +185,12 @@ async def any_run(request: Request) -> Response:
         yield event("ready", {})
         while True:
             with found.signals.waiting(ANY_RUN) as changed:
-                await wait_or_recheck(changed)
-            if changed.is_set():
+                woken = await wait_or_recheck(changed, within=KEEPALIVE_SECONDS)
+            if woken:
                 await asyncio.sleep(COALESCE_SECONDS)
                 yield event("changed", {})
+            else:
+                yield KEEPALIVE
 
     return _stream(found, items())
 

@@ -183,7 +183,7 @@ async def run_logs_text(request: Request) -> Response:
         async for _, batch in batches:
             lines.extend(
                 f"{_when(line.timestamp)} {LEVELS.get(line.level, line.level):<8} {line.text}"
-                for line in batch
+                for line in batch or ()
             )
     except FlowyardError as error:
         return domain_error(error)

@@ -7,12 +7,17 @@ function csrfToken() {
 }
 
 async function postJSON(url, body) {
-  const response = await fetch(url, {
-    method: "POST",
-    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrfToken() },
-    body: JSON.stringify(body),
-    credentials: "same-origin",
-  });
+  let response;
+  try {
+    response = await fetch(url, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrfToken() },
+      body: JSON.stringify(body),
+      credentials: "same-origin",
+    });
+  } catch (e) {
+    return { ok: false, status: 0, data: { error: { message: `cannot reach the control plane (${e.message}); try again` } } };
+  }
   let data = {};
   try { data = await response.json(); } catch (e) { /* an empty or non-JSON answer */ }
   return { ok: response.ok, status: response.status, data };
@@ -57,6 +62,8 @@ function liveRunsList() {
       params.set("rows", "1");
       const response = await fetch(`/runs?${params}`, { credentials: "same-origin" });
       if (response.ok) rows.innerHTML = await response.text();
+    } catch (e) {
+      // The control plane is away (restarting): the stream's next "ready" reads again.
     } finally {
       reading = false;
       if (again) { again = false; reread(); }
