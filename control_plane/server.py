@@ -243,10 +243,9 @@ class App:
         # The agents stay: what they were assigned waits for them to reconnect.
         _close_sessions(self.agents)
         if self.services is not None:
-            # Browsers following a run reconnect (and resume) instead of holding the stop:
-            # woken, each stream sees the server stopping and ends.
+            # Browsers following a run reconnect (and resume) instead of holding the stop.
             self.services.stopping.set()
-            self.signals.notify_all()
+            self.services.following.stop()
         if self.http is not None:
             self.http.stop()
         await self.server.stop(grace)

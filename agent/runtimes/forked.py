@@ -26,6 +26,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,22 @@ class ForkedProcess:
         return self.returncode
 
 
+@dataclass(eq=False)
+class _Server:
+    """One fork server process, the engines it forked and are running, and the answer it
+    owes (its replies and exits concern its own children only)."""
+
+    process: asyncio.subprocess.Process
+    children: dict[int, ForkedProcess] = field(default_factory=dict)
+    answer: asyncio.Future[dict[str, Any]] | None = None
+    #: Stopped by the runtime for a failure already counted: its exit is not another one.
+    stopped: bool = False
+
+    @property
+    def running(self) -> bool:
+        return self.process.returncode is None
+
+
 class ForkServer:
     """One fork server process, started again if it dies, and the engines it forked."""
 
@@ -75,9 +92,7 @@ class ForkServer:
         self._command = command
         self._work_dir = work_dir
         self._tasks = tasks
-        self._process: asyncio.subprocess.Process | None = None
-        self._children: dict[int, ForkedProcess] = {}
-        self._answer: asyncio.Future[dict[str, Any]] | None = None
+        self._server: _Server | None = None
         self._lock = asyncio.Lock()
         self._failures = 0
         self._closed = False
@@ -91,7 +106,7 @@ class ForkServer:
     async def warm_up(self) -> None:
         """Start the fork server ahead of the first run."""
         async with self._lock:
-            if self.available and self._process is None:
+            if self.available and self._server is None:
                 await self._start()
 
     async def fork(
@@ -101,24 +116,25 @@ class ForkServer:
         async with self._lock:
             if not self.available:
                 return None
-            stopped = self._process is None or self._process.returncode is not None
-            if stopped and not await self._start():
+            gone = self._server is None or not self._server.running
+            if gone and not await self._start():
                 return None
-            assert self._process is not None and self._process.stdin is not None
+            server = self._server
+            assert server is not None and server.process.stdin is not None
             request = {"run_id": run_id, "cwd": str(cwd), "env": dict(env), "log": str(log)}
-            self._answer = asyncio.get_running_loop().create_future()
+            server.answer = asyncio.get_running_loop().create_future()
             try:
-                self._process.stdin.write((json.dumps(request) + "\n").encode())
-                await self._process.stdin.drain()
+                server.process.stdin.write((json.dumps(request) + "\n").encode())
+                await server.process.stdin.drain()
                 async with asyncio.timeout(FORK_TIMEOUT_SECONDS):
-                    answer = await self._answer
+                    answer = await server.answer
             except (OSError, ConnectionError, TimeoutError, EOFError) as error:
-                self._failed(f"the fork server did not answer: {error!r}")
+                self._failed(server, f"the fork server did not answer: {error!r}")
                 return None
             finally:
-                self._answer = None
+                server.answer = None
             if "started" not in answer:
-                self._failed(f"the fork server refused run {run_id}: {answer.get('error')}")
+                self._failed(server, f"the fork server refused run {run_id}: {answer.get('error')}")
                 return None
             self._failures = 0
             child: ForkedProcess = answer["process"]
@@ -127,9 +143,9 @@ class ForkServer:
     async def close(self) -> None:
         """Stop the fork server (engines it forked keep running, like cold ones)."""
         self._closed = True
-        process = self._process
-        if process is None or process.returncode is not None:
+        if self._server is None or not self._server.running:
             return
+        process = self._server.process
         if process.stdin is not None:
             process.stdin.close()
         try:
@@ -143,7 +159,7 @@ class ForkServer:
     async def _start(self) -> bool:
         try:
             with self._log_path.open("ab") as output:
-                self._process = await asyncio.create_subprocess_exec(
+                process = await asyncio.create_subprocess_exec(
                     *self._command,
                     "forkserver",
                     cwd=self._work_dir,
@@ -154,52 +170,53 @@ class ForkServer:
                     start_new_session=True,
                 )
         except OSError as error:
-            self._failed(f"cannot start the fork server: {error}")
+            self._failures += 1
+            logger.warning("cannot start the fork server (%s); the run starts cold", error)
             return False
-        self._tasks.spawn(f"forkserver:{self._process.pid}", self._read(self._process))
+        self._server = _Server(process)
+        self._tasks.spawn(f"forkserver:{process.pid}", self._read(self._server))
         return True
 
-    async def _read(self, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None
-        while line := await process.stdout.readline():
+    async def _read(self, server: _Server) -> None:
+        stdout = server.process.stdout
+        assert stdout is not None
+        while line := await stdout.readline():
             try:
                 message = json.loads(line)
             except ValueError:
                 logger.warning("the fork server wrote something unexpected: %r", line[:200])
                 continue
             if "exited" in message:
-                ended = self._children.pop(int(message["exited"]), None)
+                ended = server.children.pop(int(message["exited"]), None)
                 if ended is not None:
                     ended.ended(int(message["returncode"]))
                 continue
             if "started" in message:
                 # Made here, not by the caller: its end may be the very next line.
-                child = self._children[int(message["started"])] = ForkedProcess(
-                    int(message["started"])
-                )
-                message["process"] = child
-            if self._answer is not None and not self._answer.done():
-                self._answer.set_result(message)
-        await process.wait()
-        if self._answer is not None and not self._answer.done():
-            self._answer.set_exception(EOFError("the fork server exited"))
-        orphans, self._children = self._children, {}
-        for child in orphans.values():
-            if child.returncode is None:
-                self._tasks.spawn(f"orphan:{child.pid}", _wait_orphan(child))
-        if not self._closed:
+                pid = int(message["started"])
+                message["process"] = server.children[pid] = ForkedProcess(pid)
+            if server.answer is not None and not server.answer.done():
+                server.answer.set_result(message)
+        await server.process.wait()
+        if server.answer is not None and not server.answer.done():
+            server.answer.set_exception(EOFError("the fork server exited"))
+        for child in server.children.values():
+            self._tasks.spawn(f"orphan:{child.pid}", _wait_orphan(child))
+        server.children.clear()
+        if not self._closed and not server.stopped:
             tail = "".join(await asyncio.to_thread(read_tail, self._log_path, 1)) or "no output"
-            self._failed(f"the fork server exited ({process.returncode}: {tail.strip()})")
+            self._failed(server, f"the fork server exited ({server.process.returncode}: {tail})")
 
-    def _failed(self, reason: str) -> None:
+    def _failed(self, server: _Server, reason: str) -> None:
         self._failures += 1
-        if self._process is not None and self._process.returncode is None:
+        if server.running:
+            server.stopped = True
             with contextlib.suppress(ProcessLookupError):
-                self._process.kill()
+                server.process.kill()
         if self._failures >= MAX_FAILURES:
-            logger.error("%s; every run starts cold from now on", reason)
+            logger.error("%s; every run starts cold from now on", reason.strip())
         else:
-            logger.warning("%s; it is started again for the next run", reason)
+            logger.warning("%s; it is started again for the next run", reason.strip())
 
 
 async def _wait_orphan(child: ForkedProcess) -> None:

@@ -40,6 +40,7 @@ class Following:
         self._runs = runs
         self._task_runs = task_runs
         self._signals = signals
+        self._stopping = False
         #: Reads asked for and not yet begun, by run, source and position (_shared_read).
         self._pending: dict[
             tuple[str, str, int, int], asyncio.Future[tuple[Run, list[LogRecord]]]
@@ -78,6 +79,8 @@ class Following:
                 run, lines = await self._shared_read(run.id, source, attempt, seq)
                 if not lines and follow and not run.is_terminal:
                     woken = await wait_or_recheck(changed, within=idle or RECHECK_SECONDS)
+                    if self._stopping:
+                        return
                     if woken or idle is None:
                         continue
                     lines = None  # a quiet spell, said as such
@@ -89,6 +92,12 @@ class Following:
                 return
             attempt, seq = lines[-1].attempt, lines[-1].seq
             yield run, lines
+
+    def stop(self) -> None:
+        """The server stops: every follower waiting for more ends its stream now (its client
+        reconnects and resumes, elsewhere or here once the server is back)."""
+        self._stopping = True
+        self._signals.notify_all()
 
     async def _shared_read(
         self, run_id: str, source: str, attempt: int, seq: int
@@ -151,6 +160,8 @@ class Following:
                 quiet = False
                 if (run.version, counts) == last:
                     woken = await wait_or_recheck(*events, within=idle or RECHECK_SECONDS)
+                    if self._stopping:
+                        return
                     if woken or idle is None:
                         continue
                     quiet = True

@@ -8,7 +8,8 @@ batch (the engine sends them in batches already), whose id is the position of it
 Every stream sends a comment after ``KEEPALIVE_SECONDS`` without an event, so proxies keep it
 open and a dead client is noticed, and ends with an ``end`` event the page closes on (an
 ``EventSource`` left open would reconnect for ever). When the server stops, streams end
-without ``end`` (every follower is woken: ``App.stop``): the browser reconnects and resumes.
+without ``end`` (``Following.stop`` wakes and ends every follower): the browser reconnects
+and resumes.
 
 Each stream is one coroutine from the database read to the socket: no task or queue of its
 own, so that many browsers following one run cost little more than one.
@@ -186,6 +187,8 @@ async def any_run(request: Request) -> Response:
         while True:
             with found.signals.waiting(ANY_RUN) as changed:
                 woken = await wait_or_recheck(changed, within=KEEPALIVE_SECONDS)
+            if found.stopping.is_set():
+                return
             if woken:
                 await asyncio.sleep(COALESCE_SECONDS)
                 yield event("changed", {})

@@ -4,7 +4,9 @@ Events, against the real control plane, agent and engine on each store."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,9 +18,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flowyard.v1 import control_plane_pb2 as pb
+from flowyard.v1 import types_pb2
 from tests.sse import Event, events
 
-from .conftest import POOL, System, running_system
+from .conftest import POOL, System, running_system, wait_for
 
 GATED = """
 import os
@@ -401,3 +404,35 @@ def test_many_followers_of_one_run_each_get_every_line_once(system: System, tmp_
     assert len(stored) > 2100
     for lines in received:
         assert [(line["attempt"], line["seq"]) for line in lines] == stored
+
+
+def test_a_stopping_server_ends_its_streams_without_an_end_and_without_errors(
+    system: System, tmp_path: Path
+) -> None:
+    system.deploy("gated", GATED)
+    system.start_agent()
+    run_id = system.create_run("gated", gate=str(tmp_path / "gate"), first=10)
+    seen: list[Event] = []
+    with http(system) as client, ThreadPoolExecutor(2) as pool:
+        logs = pool.submit(stream_lines, client, run_id)
+        changes = pool.submit(
+            lambda: [e.kind for e in events_of(client, f"/api/v1/runs/{run_id}/events")]
+        )
+        wait_for(lambda: system.run(run_id).state.type == types_pb2.STATE_TYPE_RUNNING)
+        engine = int(system.run(run_id).infrastructure_id.rsplit("/", 1)[1])
+        stream_lines(client, run_id, stop_after=10)
+        system.server.stop()
+        lines, seen = logs.result(timeout=60)
+        kinds = changes.result(timeout=60)
+    # The flow waits at its gate for ever; with its control plane gone, stop it here.
+    os.killpg(engine, signal.SIGKILL)
+    assert len(lines) >= 10
+    assert [e.kind for e in seen if e.kind == "end"] == [] and "end" not in kinds
+    log = (system.root / "server" / "server.log").read_text()
+    assert "Traceback" not in log and "Exception in ASGI" not in log, log[-3000:]
+
+
+def events_of(client: httpx.Client, path: str) -> list[Event]:
+    """Every event of a stream, until it ends."""
+    with client.stream("GET", path) as response:
+        return list(events(response))
