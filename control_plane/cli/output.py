@@ -13,6 +13,7 @@ than cut a whole column); anywhere else (a pipe, a file) nothing wraps and nothi
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC
@@ -206,13 +207,29 @@ def level_name(level: int) -> str:
     return LEVELS.get(level, f"LEVEL{level}")
 
 
+class _Clock:
+    """``HH:MM:SS.mmm`` (UTC) of Timestamps; lines come many to the second, so the
+    ``HH:MM:SS`` of the last second is kept."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def of(self, timestamp: Any) -> str:
+        if timestamp.seconds != self._second:
+            self._second = timestamp.seconds
+            self._text = time.strftime("%H:%M:%S", time.gmtime(timestamp.seconds))
+        return f"{self._text}.{timestamp.nanos // 1_000_000:03d}"
+
+
 def print_lines(lines: Iterable[types_pb2.LogLine], show_attempt: bool = False) -> None:
     """Print log lines as ``HH:MM:SS.mmm LEVEL    text``: coloured on a terminal; to a pipe
     or a file as plain text, written (and flushed, for a follower) once per call rather than
     rendered line by line."""
+    clock = _Clock()
     if not console.is_terminal:
         plain = "".join(
-            f"{line.timestamp.ToDatetime().strftime('%H:%M:%S.%f')[:-3]} "
+            f"{clock.of(line.timestamp)} "
             f"{f'[{line.attempt}] ' if show_attempt else ''}"
             f"{level_name(line.level):<8} {line.text}\n"
             for line in lines
@@ -221,7 +238,7 @@ def print_lines(lines: Iterable[types_pb2.LogLine], show_attempt: bool = False) 
         console.file.flush()
         return
     for line in lines:
-        when = line.timestamp.ToDatetime().strftime("%H:%M:%S.%f")[:-3]
+        when = clock.of(line.timestamp)
         level = level_name(line.level)
         text = Text(f"{when} ")
         if show_attempt:

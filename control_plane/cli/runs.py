@@ -115,17 +115,27 @@ def follow_logs(
                 )
             ):
                 failures = 0
+                # Printed a message at a time: a line at a time costs more than the line.
+                batch: list[types_pb2.LogLine] = []
                 for line in message.lines:
                     if task and not belongs_to(line, task):
                         continue
-                    if as_json:
-                        click.echo(json.dumps(documents.log_line(line), ensure_ascii=False))
-                        continue
-                    if headers and line.attempt != shown_attempt:
+                    if headers and line.attempt != shown_attempt and not as_json:
                         # One header per attempt, so a retried run's attempts stand apart.
+                        output.print_lines(batch, show_attempt)
+                        batch = []
                         shown_attempt = line.attempt
                         output.console.print(f"=== attempt {line.attempt} ===", style="bold")
-                    output.print_lines([line], show_attempt)
+                    batch.append(line)
+                if as_json and batch:
+                    click.echo(
+                        "\n".join(
+                            json.dumps(documents.log_line(line), ensure_ascii=False)
+                            for line in batch
+                        )
+                    )
+                elif batch:
+                    output.print_lines(batch, show_attempt)
                 if message.lines:
                     attempt, seq = message.lines[-1].attempt, message.lines[-1].seq
                 state = message.state
