@@ -54,13 +54,16 @@ class Following:
         *,
         follow: bool,
         idle: float | None = None,
+        stoppable: bool = False,
     ) -> AsyncGenerator[tuple[Run, list[LogRecord] | None]]:
         """The run's lines after (``after_attempt``, ``after_seq``), in order, in batches, each
         with the run as read just before it; then, once no line is left (and, if ``follow``,
         the run has ended), one last item with no lines and the run as it ended.
 
         With ``idle``, an item without lines (``None``) comes after every ``idle`` seconds
-        of waiting, so that a stream can show it is alive.
+        of waiting, so that a stream can show it is alive. With ``stoppable``, it ends as
+        soon as ``stop()`` is called, without its last item (the client resumes elsewhere);
+        otherwise the protocol's server ends it as it stops.
 
         Raises:
             InvalidArgument: a malformed run id or a negative position.
@@ -79,7 +82,7 @@ class Following:
                 run, lines = await self._shared_read(run.id, source, attempt, seq)
                 if not lines and follow and not run.is_terminal:
                     woken = await wait_or_recheck(changed, within=idle or RECHECK_SECONDS)
-                    if self._stopping:
+                    if self._stopping and stoppable:
                         return
                     if woken or idle is None:
                         continue
@@ -94,8 +97,8 @@ class Following:
             yield run, lines
 
     def stop(self) -> None:
-        """The server stops: every follower waiting for more ends its stream now (its client
-        reconnects and resumes, elsewhere or here once the server is back)."""
+        """The server stops: every stoppable follower waiting for more ends its stream now
+        (its client reconnects and resumes, elsewhere or here once the server is back)."""
         self._stopping = True
         self._signals.notify_all()
 
@@ -135,11 +138,12 @@ class Following:
         return run, lines
 
     async def changes(
-        self, run_id: str, *, idle: float | None = None
+        self, run_id: str, *, idle: float | None = None, stoppable: bool = False
     ) -> AsyncGenerator[tuple[Run, dict[TaskRunState, int]] | None]:
         """The run and its task-run counts now, then at every change, until it has ended.
 
-        With ``idle``, None comes after every ``idle`` seconds without a change.
+        With ``idle``, None comes after every ``idle`` seconds without a change; with
+        ``stoppable``, it ends when ``stop()`` is called (as ``lines`` does).
 
         Raises:
             InvalidArgument: a malformed run id.
@@ -160,7 +164,7 @@ class Following:
                 quiet = False
                 if (run.version, counts) == last:
                     woken = await wait_or_recheck(*events, within=idle or RECHECK_SECONDS)
-                    if self._stopping:
+                    if self._stopping and stoppable:
                         return
                     if woken or idle is None:
                         continue

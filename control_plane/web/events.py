@@ -120,7 +120,12 @@ async def logs(request: Request) -> Response:
     def source(found: Services) -> AsyncGenerator[tuple[Run, list[LogRecord] | None]]:
         attempt, seq = position(after) if after else (0, 0)
         return found.following.lines(
-            request.path_params["run_id"], attempt, seq, follow=follow, idle=KEEPALIVE_SECONDS
+            request.path_params["run_id"],
+            attempt,
+            seq,
+            follow=follow,
+            idle=KEEPALIVE_SECONDS,
+            stoppable=True,
         )
 
     def render(batch: tuple[Run, list[LogRecord] | None]) -> tuple[list[bytes], bool]:
@@ -159,7 +164,9 @@ async def changes(request: Request) -> Response:
     has ended."""
 
     def source(found: Services) -> AsyncGenerator[tuple[Run, dict[TaskRunState, int]] | None]:
-        return found.following.changes(request.path_params["run_id"], idle=KEEPALIVE_SECONDS)
+        return found.following.changes(
+            request.path_params["run_id"], idle=KEEPALIVE_SECONDS, stoppable=True
+        )
 
     def render(item: tuple[Run, dict[TaskRunState, int]] | None) -> tuple[list[bytes], bool]:
         if item is None:

@@ -7,6 +7,8 @@ import json
 import os
 import re
 import signal
+import socket
+import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +19,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from control_plane.cli.processes import script, start_server
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
 from tests.sse import Event, events
@@ -436,3 +439,44 @@ def events_of(client: httpx.Client, path: str) -> list[Event]:
     """Every event of a stream, until it ends."""
     with client.stream("GET", path) as response:
         return list(events(response))
+
+
+def test_a_cli_tail_outlives_a_graceful_restart_of_a_server_with_http(tmp_path: Path) -> None:
+    """Stopping ends the browsers' streams at once; a gRPC tail is ended by the gRPC server
+    as before, which the CLI takes as a reason to reconnect, not as the run's end."""
+    grpc_port, http_port = free_port(), free_port()
+    http_args = ["--http-port", str(http_port)]
+    with running_system(tmp_path, grpc_port, server_args=http_args) as system:
+        system.deploy("gated", GATED)
+        system.start_agent()
+        gate = tmp_path / "gate"
+        run_id = system.create_run("gated", gate=str(gate), first=5, second=5)
+        with http(system) as client:
+            stream_lines(client, run_id, stop_after=5)
+        tail = subprocess.Popen(
+            [*script("flowyard"), "--server", system.address, "logs", run_id, "--follow"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "FLOWYARD_TOKEN": system.admin_token},
+        )
+        assert tail.stdout is not None
+        seen = [tail.stdout.readline() for _ in range(5)]
+        assert all("before" in line for line in seen[-3:]), seen
+        system.server.stop()
+        system.server = start_server(system.root / "server", port=grpc_port, extra_args=http_args)
+        gate.touch()
+        # Read through the same buffer as the lines above (communicate() would skip it).
+        rest = tail.stdout.read()
+        assert tail.wait(timeout=60) == 0, rest
+        printed = [line for line in seen + rest.splitlines(keepends=True) if " INFO " in line]
+        assert [line.split(" INFO     ", 1)[1].strip() for line in printed] == [
+            line.text for line in system.logs(run_id)
+        ]
+        assert rest.splitlines()[-1] == "COMPLETED"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
