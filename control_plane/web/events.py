@@ -41,7 +41,7 @@ RENDERED_BATCHES = 256
 #: How soon a browser reconnects to a stream that broke.
 RECONNECT_MS = 1000
 #: Changes of many runs within this long go out as one "changed" event.
-COALESCE_SECONDS = 0.25
+COALESCE_SECONDS = 1.0
 #: Signals key notified whenever any run changes (see ``server.build``).
 ANY_RUN = "runs:*"
 T = TypeVar("T")
