@@ -4,11 +4,15 @@ across the whole range a Timestamp may hold."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import cast
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from control_plane.api import convert
 from control_plane.api.convert import MAX_SECONDS, MIN_SECONDS, from_timestamp, timestamp
+from control_plane.models import LogStream
+from flowyard.v1 import types_pb2
 
 
 @pytest.mark.parametrize(
@@ -33,3 +37,9 @@ def test_a_timestamp_becomes_the_utc_datetime_protobuf_would_make(seconds: int, 
     value = Timestamp(seconds=seconds, nanos=nanos)
     assert from_timestamp(value, "t") == value.ToDatetime(tzinfo=UTC)
     assert from_timestamp(value, "t").tzinfo is not None
+
+
+def test_every_log_stream_converts_back_and_unknown_ones_are_unspecified() -> None:
+    for stream in LogStream:
+        assert convert.log_stream(convert.LOG_STREAMS[stream]) is stream
+    assert convert.log_stream(cast(types_pb2.LogStream.ValueType, 99)) is LogStream.UNSPECIFIED
