@@ -35,9 +35,7 @@ import threading
 import traceback
 from typing import Any
 
-from engine.errors import SettingsError
-from engine.runner import ExitCode, execute
-from engine.settings import load_settings
+from engine.runner import ExitCode, execute_run
 from engine.takeover import take_on
 
 __all__ = ["serve"]
@@ -126,12 +124,7 @@ def _child(run_id: str, cwd: str, env: dict[str, str], log: str, selector: Any) 
         os.closerange(3, _max_fd() + 1)
         # The server changed no signal handler: the child's are an interpreter's defaults.
         take_on(run_id, cwd, env)
-        try:
-            settings = load_settings(os.environ, run_id)
-        except SettingsError as exc:
-            print(f"flowyard-engine: {exc}", file=sys.stderr, flush=True)
-        else:
-            code = int(execute(settings))
+        code = execute_run(run_id)
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else int(ExitCode.COULD_NOT_RUN)
     except BaseException:

@@ -24,10 +24,8 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from engine.errors import SettingsError
 from engine.forkserver import serve
-from engine.runner import ExitCode, execute
-from engine.settings import load_settings
+from engine.runner import ExitCode, execute_run
 from engine.takeover import take_on
 
 __all__ = ["main"]
@@ -85,12 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_id = args.run_id if args.command == "execute" else _take_run()
     if run_id is None:
         return ExitCode.COMPLETED
-    try:
-        settings = load_settings(os.environ, run_id)
-    except SettingsError as exc:
-        print(f"flowyard-engine: {exc}", file=sys.stderr, flush=True)
-        return ExitCode.COULD_NOT_RUN
-    code = int(execute(settings))
+    code = execute_run(run_id)
     _exit_if_threads_linger(code)
     return code
 

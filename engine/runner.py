@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import sys
 from pathlib import Path
 
 from engine.cancellation import Cancellation
 from engine.capture import Capture, capture_output
 from engine.children import EngineChildRuns
-from engine.errors import FlowCancelled, FlowSetupError, ReportError
+from engine.errors import FlowCancelled, FlowSetupError, ReportError, SettingsError
 from engine.flow import (
     Outcome,
     call_flow,
@@ -33,7 +34,7 @@ from engine.flow import (
 from engine.logbuffer import LogBuffer
 from engine.model import RunSpec, StateType
 from engine.reporter import Reporter
-from engine.settings import EngineSettings
+from engine.settings import EngineSettings, load_settings
 from engine.storage import scratch_directory
 from flowyard_sdk.children import hosting
 from flowyard_sdk.events import listening
@@ -61,6 +62,17 @@ _EXIT_CODES = {
     StateType.FAILED: ExitCode.FAILED,
     StateType.CANCELLED: ExitCode.CANCELLED,
 }
+
+
+def execute_run(run_id: str) -> int:
+    """Execute ``run_id`` as this process's environment configures it; COULD_NOT_RUN, said on
+    stderr, when that configuration is wrong."""
+    try:
+        settings = load_settings(os.environ, run_id)
+    except SettingsError as exc:
+        print(f"flowyard-engine: {exc}", file=sys.stderr, flush=True)
+        return ExitCode.COULD_NOT_RUN
+    return int(execute(settings))
 
 
 def execute(settings: EngineSettings) -> ExitCode:
