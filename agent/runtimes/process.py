@@ -227,6 +227,10 @@ class ProcessRuntime(Runtime):
         finally:
             # The child has its own copy of the descriptor.
             output.close()
+        return self._engine(key, process, log_path)
+
+    def _engine(self, key: RunKey, process: EngineProcess, log_path: Path) -> _Engine:
+        """The attempt's engine, named ``process/<host>/<pid>`` however it was started."""
         return _Engine(
             key=key,
             process=process,
@@ -250,19 +254,9 @@ class ProcessRuntime(Runtime):
         forks = self._forks
         if forks is None or not forks.available or not compatible(forks.env, env):
             return None
-        try:
-            await asyncio.to_thread(cwd.mkdir, parents=True, exist_ok=True)
-        except OSError as error:
-            raise SubmitError(f"cannot prepare the run directory {cwd}: {error}") from error
+        await _make_run_dir(cwd)
         process = await forks.fork(key.run_id, cwd, env, log_path)
-        if process is None:
-            return None
-        return _Engine(
-            key=key,
-            process=process,
-            infrastructure_id=f"process/{self._hostname}/{process.pid}",
-            log_path=log_path,
-        )
+        return None if process is None else self._engine(key, process, log_path)
 
     async def _hand_to_warm(
         self, key: RunKey, cwd: Path, env: dict[str, str], log_path: Path
@@ -274,21 +268,12 @@ class ProcessRuntime(Runtime):
             return None
         if await asyncio.to_thread(log_path.exists):
             return None
-        try:
-            await asyncio.to_thread(cwd.mkdir, parents=True, exist_ok=True)
-        except OSError as error:
-            raise SubmitError(f"cannot prepare the run directory {cwd}: {error}") from error
+        await _make_run_dir(cwd)
         standby = self._warm.take()
         if standby is None or not await standby.hand_over(key.run_id, cwd, env, log_path):
             return None
         self._warm.handed_over()
-        pid = standby.process.pid
-        return _Engine(
-            key=key,
-            process=standby.process,
-            infrastructure_id=f"process/{self._hostname}/{pid}",
-            log_path=log_path,
-        )
+        return self._engine(key, standby.process, log_path)
 
     async def _watch(self, engine: _Engine) -> None:
         returncode = await engine.process.wait()
@@ -337,6 +322,14 @@ async def _stopped_within(seconds: float, process: EngineProcess, pgid: int) -> 
     except TimeoutError:
         return False
     return True
+
+
+async def _make_run_dir(cwd: Path) -> None:
+    """Make the run's directory (an engine started another way opens its output itself)."""
+    try:
+        await asyncio.to_thread(cwd.mkdir, parents=True, exist_ok=True)
+    except OSError as error:
+        raise SubmitError(f"cannot prepare the run directory {cwd}: {error}") from error
 
 
 def _prepare(cwd: Path, log_path: Path) -> BinaryIO:
