@@ -368,7 +368,7 @@ async def build(config: ServerConfig) -> App:
     following = Following(db, runs, task_runs, signals)
     control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(
         ControlPlaneServicer(
-            db, catalog, runs, agents, signals, queues, schedules, tokens, task_runs, following
+            db, catalog, runs, agents, queues, schedules, tokens, task_runs, following
         ),
         server,
     )

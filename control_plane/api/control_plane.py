@@ -16,7 +16,6 @@ from control_plane.orchestration.following import Following
 from control_plane.orchestration.queues import Queues, QueueSpec
 from control_plane.orchestration.runs import RunRequest, Runs
 from control_plane.orchestration.scheduler import Schedules
-from control_plane.orchestration.signals import Signals
 from control_plane.orchestration.task_runs import TaskRuns
 from control_plane.store.db import Database
 from flowyard.v1 import control_plane_pb2 as pb
@@ -38,7 +37,6 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         catalog: Catalog,
         runs: Runs,
         agents: AgentRegistry,
-        signals: Signals,
         queues: Queues,
         schedules: Schedules,
         tokens: Tokens,
@@ -52,7 +50,6 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         self._catalog = catalog
         self._runs = runs
         self._agents = agents
-        self._signals = signals
         self._queues = queues
         self._schedules = schedules
 

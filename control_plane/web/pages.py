@@ -166,7 +166,6 @@ async def run_page(request: Request, found: Services) -> Response:
         title=f"Run {run.id[:8]}",
         nav="runs",
         run=run,
-        history=history,
         attempts=attempts,
         task_runs=task_runs,
         children=children,
