@@ -25,7 +25,7 @@ from control_plane.cli.client import open_channel
 from control_plane.cli.processes import Child, script, start_server
 from flowyard.v1 import agent_pb2, agent_pb2_grpc, control_plane_pb2_grpc, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
-from tests.faults.conftest import free_port
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 30.0

@@ -14,7 +14,7 @@ import pytest
 from flowyard.v1 import types_pb2
 
 from .conftest import System, engines_under, pid_alive, running_system, wait_for
-from .test_warm_engines import INTROSPECT, SLEEPY_FAMILY, introspect
+from .test_warm_engines import INTROSPECT, SLEEPY_FAMILY, cancel_kills_the_group, introspect
 
 SLEEPY = """
 import time
@@ -80,17 +80,7 @@ def test_cancel_kills_a_forked_engines_whole_process_group(system: System) -> No
     system.start_agent(extra_args=["--engine-start=fork"])
     system.deploy("family", SLEEPY_FAMILY)
     run_id = system.create_run("family")
-    wait_for(
-        lambda: any(line.text.startswith("child ") for line in system.logs(run_id)),
-        what="the flow's child started",
-    )
-    child = int(
-        next(line.text for line in system.logs(run_id) if line.text.startswith("child "))[6:]
-    )
-    engine = int(system.run(run_id).infrastructure_id.rsplit("/", 1)[1])
-    assert system.cli("cancel", run_id).returncode == 0
-    assert system.wait_terminal(run_id).state.type == types_pb2.STATE_TYPE_CANCELLED
-    wait_for(lambda: not pid_alive(engine) and not pid_alive(child), what="the group gone")
+    cancel_kills_the_group(system, run_id)
 
 
 def test_a_dead_fork_server_loses_no_run_and_is_started_again(system: System) -> None:

@@ -10,7 +10,6 @@ Control plane, agents and engines are real processes; the cluster is the fake on
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
 from tests.e2e.conftest import wait_for
 from tests.e2e.test_kubernetes import GATED, HELLO, POOL, KubeSystem, running_kube_system
+from tests.ports import free_port
 
 DEADLINE = 30.0
 INSTALL = "flowyard-agent"
@@ -55,7 +55,7 @@ def start_pod(kube: KubeSystem, pod_name: str) -> Child:
         "FLOWYARD_AGENT_HEALTH_FILE": str(kube.root / f"{pod_name}.health"),
         **{item["name"]: _value(item, pod_name, kube.agent_token) for item in container["env"]},
         # Each pod has an address of its own; here they share this machine's.
-        "FLOWYARD_AGENT_HTTP_PORT": str(_free_port()),
+        "FLOWYARD_AGENT_HTTP_PORT": str(free_port()),
     }
     # In the cluster the in-cluster config is used; here the fake cluster's kubeconfig.
     command = [*script("flowyard-agent"), *container["args"], "--kubeconfig"]
@@ -68,13 +68,6 @@ def start_pod(kube: KubeSystem, pod_name: str) -> Child:
     agent = Child(f"agent pod {pod_name}", process, log_path)
     kube.agents.append(agent)
     return agent
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _value(item: dict[str, Any], pod_name: str, token: str) -> str:

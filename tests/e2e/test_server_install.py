@@ -25,7 +25,7 @@ from control_plane.cli.client import open_channel
 from control_plane.cli.processes import Child, script
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import control_plane_pb2_grpc
-from tests.faults.conftest import free_port
+from tests.ports import free_port
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

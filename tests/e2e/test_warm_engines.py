@@ -102,6 +102,19 @@ def test_cancel_kills_the_whole_process_group_warm_or_cold(system: System, warm:
     system.deploy("family", SLEEPY_FAMILY)
     wait_for(lambda: len(standbys(system.root)) == warm, what=f"{warm} warm engines")
     run_id = system.create_run("family")
+    cancel_kills_the_group(system, run_id)
+
+
+def test_warm_engines_without_a_run_stop_with_the_agent(system: System) -> None:
+    agent = system.start_agent(extra_args=["--warm-engines=2"])
+    wait_for(lambda: len(standbys(system.root)) == 2, what="two warm engines")
+    waiting = standbys(system.root)
+    agent.stop()
+    wait_for(lambda: not any(pid_alive(pid) for pid in waiting), what="warm engines stopped")
+
+
+def cancel_kills_the_group(system: System, run_id: str) -> None:
+    """Cancel a running ``SLEEPY_FAMILY`` run; its engine and the flow's child both end."""
     wait_for(
         lambda: any(line.text.startswith("child ") for line in system.logs(run_id)),
         what="the flow's child started",
@@ -113,14 +126,6 @@ def test_cancel_kills_the_whole_process_group_warm_or_cold(system: System, warm:
     assert system.cli("cancel", run_id).returncode == 0
     assert system.wait_terminal(run_id).state.type == types_pb2.STATE_TYPE_CANCELLED
     wait_for(lambda: not pid_alive(engine) and not pid_alive(child), what="the group gone")
-
-
-def test_warm_engines_without_a_run_stop_with_the_agent(system: System) -> None:
-    agent = system.start_agent(extra_args=["--warm-engines=2"])
-    wait_for(lambda: len(standbys(system.root)) == 2, what="two warm engines")
-    waiting = standbys(system.root)
-    agent.stop()
-    wait_for(lambda: not any(pid_alive(pid) for pid in waiting), what="warm engines stopped")
 
 
 def standbys(root: Path) -> list[int]:

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from control_plane.cli.processes import script, start_server
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
+from tests.ports import free_port
 from tests.sse import Event, events
 
 from .conftest import POOL, System, running_system, wait_for
@@ -473,10 +473,3 @@ def test_a_cli_tail_outlives_a_graceful_restart_of_a_server_with_http(tmp_path: 
             line.text for line in system.logs(run_id)
         ]
         assert rest.splitlines()[-1] == "COMPLETED"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port

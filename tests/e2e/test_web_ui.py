@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from playwright.sync_api import (
 from control_plane.cli.processes import start_server
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
+from tests.ports import free_port
 
 from .conftest import System, running_system
 
@@ -211,7 +211,7 @@ def test_a_run_page_follows_the_lines_as_the_flow_prints_them(
 def test_live_lines_survive_a_server_restart_without_loss_or_doubles(
     page: Watched, tmp_path: Path
 ) -> None:
-    grpc_port, http_port = _free_port(), _free_port()
+    grpc_port, http_port = free_port(), free_port()
     with running_system(tmp_path, grpc_port, server_args=["--http-port", str(http_port)]) as system:
         system.deploy("gated", GATED)
         system.start_agent()
@@ -307,13 +307,6 @@ def test_pages_fit_a_phone_and_work_from_the_keyboard(page: Watched, system: Sys
 
 def _runs(system: System) -> list[types_pb2.FlowRun]:
     return list(system.stub.ListRuns(pb.ListRunsRequest()).runs)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def test_a_deployment_and_one_of_its_schedules_are_paused_and_resumed(

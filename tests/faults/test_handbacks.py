@@ -18,9 +18,9 @@ from control_plane.cli.processes import start_server
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
 from tests.e2e.conftest import System, running_system, wait_for
-from tests.faults.conftest import free_port
 from tests.faults.proxy import Relay
 from tests.faults.test_kills import TICKER, ticks
+from tests.ports import free_port
 
 HEARTBEAT = ["--heartbeat-seconds", "0.5"]
 COMPLETED = types_pb2.STATE_TYPE_COMPLETED
