@@ -49,10 +49,11 @@ from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.children import ChildRuns
 from control_plane.orchestration.cluster import Replica, Singleton
 from control_plane.orchestration.dispatch import Dispatcher
-from control_plane.orchestration.following import Following
+from control_plane.orchestration.following import LINES_BATCH, Following
 from control_plane.orchestration.heartbeats import Heartbeats
 from control_plane.orchestration.liveness import LivenessPolicy, Reaper
 from control_plane.orchestration.queues import Queues
+from control_plane.orchestration.recent_lines import RecentLines
 from control_plane.orchestration.reports import AgentReports, EngineReports
 from control_plane.orchestration.runs import Runs
 from control_plane.orchestration.scheduler import Scheduler, Schedules
@@ -365,7 +366,8 @@ async def build(config: ServerConfig) -> App:
         options=server_options(config),
     )
     task_runs = TaskRuns(db)
-    following = Following(db, runs, task_runs, signals)
+    recent_lines = RecentLines(keep=2 * LINES_BATCH)
+    following = Following(db, runs, task_runs, signals, recent_lines)
     control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(
         ControlPlaneServicer(
             db, catalog, runs, agents, queues, schedules, tokens, task_runs, following
@@ -388,7 +390,7 @@ async def build(config: ServerConfig) -> App:
         EngineServicer(
             db,
             catalog,
-            EngineReports(db, notifier, heartbeats),
+            EngineReports(db, notifier, heartbeats, recent_lines),
             signals,
             timedelta(seconds=config.engine_heartbeat_seconds),
             ChildRuns(db, notifier, runs),

@@ -92,14 +92,20 @@ class LineWriter(io.TextIOBase):
         """Write ``text`` to the original stream and capture its complete lines."""
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        # A closed or broken original stream must not fail the flow.
-        with suppress(OSError, ValueError):
+        # A closed or broken original stream must not fail the flow (try, not suppress(): a
+        # context manager per print costs more than the rest of the capture).
+        try:  # noqa: SIM105
             self._original.write(text)
+        except (OSError, ValueError):
+            pass
         if sys._getframe(1).f_code is _STREAM_HANDLER_EMIT:
             return len(text)
         with self._lock:
-            pending = self._pending + text
-            *lines, self._pending = pending.split("\n")
+            if "\n" in text:
+                *lines, self._pending = (self._pending + text).split("\n")
+            else:  # print() writes the text, then the newline
+                lines = []
+                self._pending += text
             while len(self._pending) > _MAX_PENDING_CHARS:
                 lines.append(self._pending[:_MAX_PENDING_CHARS])
                 self._pending = self._pending[_MAX_PENDING_CHARS:]

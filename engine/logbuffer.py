@@ -112,32 +112,28 @@ class LogBuffer:
     ) -> None:
         """Add one line; never blocks on the network, drops the oldest unnumbered if full."""
         text = truncate_line(text)
+        size = len(text) if text.isascii() else _size(text)
         entry = _Entry(
-            self._clock(),
-            level,
-            stream,
-            logger,
-            text,
-            _size(text),
-            task_run,
-            task_event,
-            subflow_run,
+            self._clock(), level, stream, logger, text, size, task_run, task_event, subflow_run
         )
         with self._lock:
+            queued = self._queued
             was_full = self._batch_full()
-            if len(self._queued) + len(self._numbered) >= self._capacity and self._queued:
-                dropped = self._queued.popleft()
+            if len(queued) + len(self._numbered) >= self._capacity and queued:
+                dropped = queued.popleft()
                 self._queued_bytes -= dropped.size
                 if self._dropped == 0:
                     self._dropped_since = dropped.timestamp
                 self._dropped += 1
-            self._queued.append(entry)
-            self._queued_bytes += entry.size
+            queued.append(entry)
+            self._queued_bytes += size
             # The reporter is woken when a batch starts, and when one fills (not for every
             # line written while it is full: a wake-up costs the writer more than the line).
-            notify = self._oldest_unsent_at is None or (not was_full and self._batch_full())
             if self._oldest_unsent_at is None:
                 self._oldest_unsent_at = self._monotonic()
+                notify = True
+            else:
+                notify = not was_full and self._batch_full()
             listener = self._listener
         if notify and listener is not None:
             listener()
@@ -186,54 +182,73 @@ class LogBuffer:
         with self._lock:
             batch: list[LogLine] = []
             size = 0
-            while len(batch) < max_lines:
-                if self._send_index < len(self._numbered):
-                    line_size = _size(self._numbered[self._send_index].text)
-                elif len(self._numbered) < self._max_in_flight and (self._dropped or self._queued):
-                    line_size = self._queued[0].size if not self._dropped else 0
-                else:
-                    break
+            # First the lines sent on a stream that broke, in order...
+            numbered = self._numbered
+            while self._send_index < len(numbered) and len(batch) < max_lines:
+                line = numbered[self._send_index]
+                line_size = _size(line.text)
                 # A batch stays under the limit; a single line is never over it (truncation).
                 if batch and size + line_size > max_bytes:
-                    break
-                if self._send_index < len(self._numbered):
-                    line = self._numbered[self._send_index]
-                else:
-                    line = self._number_next()
+                    return self._sent(batch)
                 self._send_index += 1
                 batch.append(line)
                 size += line_size
-            if not (self._queued or self._dropped or self._send_index < len(self._numbered)):
-                self._oldest_unsent_at = None
-            return batch
+            # ...then written lines, numbered now, as far as the in-flight window allows.
+            room = min(max_lines - len(batch), self._max_in_flight - len(numbered))
+            if room > 0 and self._dropped:
+                batch.append(self._number(self._dropped_marker()))
+                self._dropped = 0
+                room -= 1
+            queued = self._queued
+            seq = self._next_seq
+            taken_bytes = 0
+            while room > 0 and queued:
+                entry = queued[0]
+                if batch and size + entry.size > max_bytes:
+                    break
+                queued.popleft()
+                line = LogLine(
+                    seq,
+                    entry.timestamp,
+                    entry.level,
+                    entry.stream,
+                    entry.logger,
+                    entry.text,
+                    entry.task_run,
+                    entry.task_event,
+                    entry.subflow_run,
+                )
+                seq += 1
+                numbered.append(line)
+                batch.append(line)
+                size += entry.size
+                taken_bytes += entry.size
+                room -= 1
+            self._next_seq = seq
+            self._queued_bytes -= taken_bytes
+            self._send_index = len(numbered)
+            return self._sent(batch)
 
-    def _number_next(self) -> LogLine:
-        if self._dropped:
-            line = LogLine(
-                seq=self._next_seq,
-                timestamp=self._dropped_since,
-                level=30,
-                stream=LogStream.SYSTEM,
-                logger=SYSTEM_LOGGER,
-                text=f"{self._dropped} log lines dropped: the control plane was unreachable",
-            )
-            self._dropped = 0
-        else:
-            entry = self._queued.popleft()
-            self._queued_bytes -= entry.size
-            line = LogLine(
-                self._next_seq,
-                entry.timestamp,
-                entry.level,
-                entry.stream,
-                entry.logger,
-                entry.text,
-                entry.task_run,
-                entry.task_event,
-                entry.subflow_run,
-            )
+    def _sent(self, batch: list[LogLine]) -> list[LogLine]:
+        if not (self._queued or self._dropped or self._send_index < len(self._numbered)):
+            self._oldest_unsent_at = None
+        return batch
+
+    def _dropped_marker(self) -> LogLine:
+        return LogLine(
+            seq=0,
+            timestamp=self._dropped_since,
+            level=30,
+            stream=LogStream.SYSTEM,
+            logger=SYSTEM_LOGGER,
+            text=f"{self._dropped} log lines dropped: the control plane was unreachable",
+        )
+
+    def _number(self, line: LogLine) -> LogLine:
+        line.seq = self._next_seq
         self._next_seq += 1
         self._numbered.append(line)
+        self._send_index = len(self._numbered)
         return line
 
     def _has_sendable(self) -> bool:

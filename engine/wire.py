@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from datetime import UTC
 from pathlib import Path
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from engine.model import LogLine, LogStream, OpenedInfo, RunSpec, StateResult, StateType
 from engine.storage import CodeSource, LocalSource
 from flowyard.v1 import engine_pb2, types_pb2
@@ -94,26 +92,28 @@ def proposal_to_proto(
 
 def log_batch_to_proto(lines: Sequence[LogLine]) -> engine_pb2.ReportRequest:
     """A LogBatch request; run id and attempt are left for the server to fill from the stream."""
-    batch = engine_pb2.LogBatch()
+    request = engine_pb2.ReportRequest()
+    into = request.log_batch.lines
     for line in lines:
-        timestamp = Timestamp()
+        # Built in place, field by field, defaults left unset: a chatty flow sends every
+        # line it prints, and keyword construction and copying cost twice as much.
+        message = into.add()
+        message.seq = line.seq
         seconds = int(line.timestamp)
-        timestamp.seconds = seconds
-        timestamp.nanos = int((line.timestamp - seconds) * 1e9)
-        message = types_pb2.LogLine(
-            seq=line.seq,
-            timestamp=timestamp,
-            level=line.level,
-            stream=_STREAMS[line.stream],
-            logger=line.logger,
-            text=line.text,
-            task_run=line.task_run,
-            subflow_run=line.subflow_run,
-        )
+        message.timestamp.seconds = seconds
+        message.timestamp.nanos = int((line.timestamp - seconds) * 1e9)
+        message.level = line.level
+        message.stream = _STREAMS[line.stream]
+        if line.logger:
+            message.logger = line.logger
+        message.text = line.text
+        if line.task_run:
+            message.task_run = line.task_run
+        if line.subflow_run:
+            message.subflow_run = line.subflow_run
         if line.task_event is not None:
             message.task_run_event.CopyFrom(task_event_to_proto(line.task_event))
-        batch.lines.append(message)
-    return engine_pb2.ReportRequest(log_batch=batch)
+    return request
 
 
 _TASK_STATES = {

@@ -81,13 +81,37 @@ def required_timestamp(value: datetime) -> Timestamp:
 def from_timestamp(value: Timestamp, field: str) -> datetime:
     """A UTC datetime from a protobuf Timestamp; INVALID_ARGUMENT naming ``field`` if it is
     outside what a Timestamp may hold (0001-01-01 to 9999-12-31, nanos below one second)."""
-    if not (MIN_SECONDS <= value.seconds <= MAX_SECONDS and 0 <= value.nanos < 1_000_000_000):
+    time = timestamp_or_none(value)
+    if time is None:
         raise InvalidArgument(
             f"{field}: not a valid time (seconds={value.seconds}, nanos={value.nanos}): seconds "
             f"must be between {MIN_SECONDS} (0001-01-01) and {MAX_SECONDS} (9999-12-31), "
             "nanos between 0 and 999999999"
         )
-    return _EPOCH + timedelta(seconds=value.seconds, microseconds=value.nanos // 1_000)
+    return time
+
+
+def timestamp_or_none(value: Timestamp) -> datetime | None:
+    """``from_timestamp`` without the error: None for a time a Timestamp may not hold.
+
+    The datetime of each whole second is kept (a few thousand at most): the lines of a log
+    batch were mostly written within the same few seconds, and each needs its time.
+    """
+    seconds, nanos = value.seconds, value.nanos
+    if not 0 <= nanos < 1_000_000_000:
+        return None
+    second = _SECONDS.get(seconds)
+    if second is None:
+        if not MIN_SECONDS <= seconds <= MAX_SECONDS:
+            return None
+        if len(_SECONDS) >= _SECONDS_KEPT:
+            _SECONDS.clear()
+        second = _SECONDS[seconds] = _EPOCH + timedelta(seconds=seconds)
+    return second + timedelta(microseconds=nanos // 1_000)
+
+
+_SECONDS: dict[int, datetime] = {}
+_SECONDS_KEPT = 4_096
 
 
 def storable(text: str) -> str:

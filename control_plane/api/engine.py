@@ -344,6 +344,10 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                 await changed.wait()
 
 
+def _where(index: int) -> str:
+    return f"log_batch.lines[{index}]"
+
+
 def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
     """The lines of a batch that are not stored yet, checked as a whole before any is stored.
 
@@ -357,54 +361,63 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
     records: list[LogRecord] = []
     previous = 0
     for index, line in enumerate(batch.lines):
-        where = f"log_batch.lines[{index}]"
         if line.run_id and line.run_id != run.id:
             raise InvalidArgument(
-                f"{where}.run_id: this stream reports run {run.id}; leave run_id empty"
+                f"{_where(index)}.run_id: this stream reports run {run.id}; leave run_id empty"
             )
         if line.attempt and line.attempt != run.attempt:
             raise InvalidArgument(
-                f"{where}.attempt: this stream reports attempt {run.attempt}; leave attempt 0"
+                f"{_where(index)}.attempt: this stream reports attempt {run.attempt}; "
+                "leave attempt 0"
             )
-        if line.seq < 1:
-            raise InvalidArgument(f"{where}.seq: must be 1 or more, got {line.seq}")
-        if line.seq <= previous:
+        seq = line.seq
+        if seq < 1:
+            raise InvalidArgument(f"{_where(index)}.seq: must be 1 or more, got {seq}")
+        if seq <= previous:
             raise InvalidArgument(
-                f"{where}.seq: {line.seq} after {previous}: send lines in seq order"
+                f"{_where(index)}.seq: {seq} after {previous}: send lines in seq order"
             )
-        previous = line.seq
+        previous = seq
         # Resent lines are checked too: a batch is taken or refused as a whole.
-        task_run = convert.task_run_name(line.task_run, f"{where}.task_run")
+        task_run = (
+            convert.task_run_name(line.task_run, f"{_where(index)}.task_run")
+            if line.task_run
+            else ""
+        )
         event = (
-            convert.task_run_event(line.task_run_event, f"{where}.task_run_event")
+            convert.task_run_event(line.task_run_event, f"{_where(index)}.task_run_event")
             if line.HasField("task_run_event")
             else None
         )
-        if line.seq <= stored:
+        if seq <= stored:
             continue
         expected = stored + len(records) + 1
-        if line.seq != expected:
+        if seq != expected:
             raise InvalidArgument(
-                f"{where}.seq: expected {expected}, the next after the stored {expected - 1}: "
-                "seqs have no gaps"
+                f"{_where(index)}.seq: expected {expected}, the next after the stored "
+                f"{expected - 1}: seqs have no gaps"
             )
+        if line.HasField("timestamp"):
+            timestamp = convert.timestamp_or_none(line.timestamp) or convert.from_timestamp(
+                line.timestamp, f"{_where(index)}.timestamp"
+            )
+        else:
+            timestamp = clock.now()
         records.append(
             LogRecord(
-                run_id=run.id,
-                attempt=run.attempt,
-                seq=line.seq,
-                timestamp=convert.from_timestamp(line.timestamp, f"{where}.timestamp")
-                if line.HasField("timestamp")
-                else clock.now(),
+                run.id,
+                run.attempt,
+                seq,
+                timestamp,
                 # Levels are informational: an odd number is kept within logging's range.
-                level=min(max(line.level, 0), 100),
-                stream=convert.log_stream(line.stream),
-                logger=convert.storable(line.logger[:MAX_LOGGER_CHARS]),
+                min(max(line.level, 0), 100),
+                convert.log_stream(line.stream),
+                convert.storable(line.logger[:MAX_LOGGER_CHARS]),
                 # The engine's own rule: a line stored is never longer than one it sends.
-                text=convert.storable(truncate_line(line.text)),
-                task_run=task_run,
-                task_run_event=event,
-                subflow_run=line.subflow_run,
+                convert.storable(truncate_line(line.text)),
+                task_run,
+                line.subflow_run,
+                event,
             )
         )
     return records

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator
 from control_plane.errors import InvalidArgument
 from control_plane.models import LogRecord, Run, TaskRunState
 from control_plane.orchestration import validation
+from control_plane.orchestration.recent_lines import RecentLines
 from control_plane.orchestration.runs import Runs
 from control_plane.orchestration.signals import (
     RECHECK_SECONDS,
@@ -35,11 +36,19 @@ LINES_BATCH = 5_000
 class Following:
     """Streams of one run's lines and changes, shared by every protocol that offers them."""
 
-    def __init__(self, db: Database, runs: Runs, task_runs: TaskRuns, signals: Signals) -> None:
+    def __init__(
+        self,
+        db: Database,
+        runs: Runs,
+        task_runs: TaskRuns,
+        signals: Signals,
+        recent: RecentLines,
+    ) -> None:
         self._db = db
         self._runs = runs
         self._task_runs = task_runs
         self._signals = signals
+        self._recent = recent
         self._stopping = False
         #: Reads asked for and not yet begun, by run, source and position (_shared_read).
         self._pending: dict[
@@ -76,25 +85,26 @@ class Following:
         run = await self._db.shielded(self._runs.current(run_id))
         # A subflow's lines are stored with the attempt of the run whose engine runs it.
         source, _ = await self._db.shielded(self._runs.engine_run_of(run))
-        while True:
-            lines: list[LogRecord] | None
-            with self._signals.waiting(lines_key(source)) as changed:
-                run, lines = await self._shared_read(run.id, source, attempt, seq)
-                if not lines and follow and not run.is_terminal:
-                    woken = await wait_or_recheck(changed, within=idle or RECHECK_SECONDS)
-                    if self._stopping and stoppable:
-                        return
-                    if woken or idle is None:
-                        continue
-                    lines = None  # a quiet spell, said as such
-            if lines is None:
-                yield run, None
-                continue
-            if not lines:
-                yield run, []
-                return
-            attempt, seq = lines[-1].attempt, lines[-1].seq
-            yield run, lines
+        with self._recent.following(source):
+            while True:
+                lines: list[LogRecord] | None
+                with self._signals.waiting(lines_key(source)) as changed:
+                    run, lines = await self._shared_read(run.id, source, attempt, seq)
+                    if not lines and follow and not run.is_terminal:
+                        woken = await wait_or_recheck(changed, within=idle or RECHECK_SECONDS)
+                        if self._stopping and stoppable:
+                            return
+                        if woken or idle is None:
+                            continue
+                        lines = None  # a quiet spell, said as such
+                if lines is None:
+                    yield run, None
+                    continue
+                if not lines:
+                    yield run, []
+                    return
+                attempt, seq = lines[-1].attempt, lines[-1].seq
+                yield run, lines
 
     def stop(self) -> None:
         """The server stops: every stoppable follower waiting for more ends its stream now
@@ -131,10 +141,13 @@ class Following:
         # or the one whose engine runs this subflow, of whose lines the subflow's are read.
         run = await self._runs.current(run_id)
         subflow_run = run.id if run.subflow else None
-        async with self._db.read() as conn:
-            lines = await logs_repo.read_after(
-                conn, source, attempt, seq, LINES_BATCH, subflow_run=subflow_run
-            )
+        # The batch that woke the follower is usually the one just stored here.
+        lines = None if subflow_run else self._recent.after(source, attempt, seq, LINES_BATCH)
+        if lines is None:
+            async with self._db.read() as conn:
+                lines = await logs_repo.read_after(
+                    conn, source, attempt, seq, LINES_BATCH, subflow_run=subflow_run
+                )
         return run, lines
 
     async def changes(

@@ -28,6 +28,7 @@ from control_plane.orchestration.attempts import ended as attempt_ended
 from control_plane.orchestration.attempts import hand_back
 from control_plane.orchestration.changes import Notifier, claimed, retrying
 from control_plane.orchestration.heartbeats import Heartbeats
+from control_plane.orchestration.recent_lines import RecentLines
 from control_plane.states import (
     ASSIGNED,
     INFRASTRUCTURE_PENDING,
@@ -446,10 +447,13 @@ def _describe_end(report: InfraReport) -> str:
 class EngineReports:
     """Applies what engines report; every call is authenticated by the attempt's token."""
 
-    def __init__(self, db: Database, notifier: Notifier, heartbeats: Heartbeats) -> None:
+    def __init__(
+        self, db: Database, notifier: Notifier, heartbeats: Heartbeats, recent: RecentLines
+    ) -> None:
         self._db = db
         self._notifier = notifier
         self._heartbeats = heartbeats
+        self._recent = recent
         self._log_batches = GroupCommit(db, self._store_batches)
 
     async def current(self, run_id: str) -> Run | None:
@@ -483,6 +487,7 @@ class EngineReports:
                 in the same transaction as the insert, so no line lands after the end).
         """
         await self._log_batches.submit((run.id, run.attempt, lines))
+        self._recent.stored(run.id, lines)
         metrics.LOG_LINES.inc(len(lines))
         self._notifier.lines_added(run.id)
 

@@ -9,10 +9,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import LogRecord, LogStream
 from control_plane.store import task_runs
-from control_plane.store.dialects import insert_ignoring_duplicates
+from control_plane.store.dialects import BulkInsert, driver_time
 from control_plane.store.tables import log_lines
 
 _STREAMS = {stream.value: stream for stream in LogStream}
+_STREAM_VALUES = {stream: stream.value for stream in LogStream}
+#: A tail or a chatty flow stores thousands of lines a second: rows go to the driver as is.
+_INSERT = BulkInsert(log_lines)
 
 
 async def insert_lines(conn: AsyncConnection, lines: Sequence[LogRecord], dialect: str) -> None:
@@ -23,21 +26,22 @@ async def insert_lines(conn: AsyncConnection, lines: Sequence[LogRecord], dialec
     """
     if not lines:
         return
-    await conn.execute(
-        insert_ignoring_duplicates(log_lines, dialect),
+    time = driver_time(dialect)
+    await _INSERT.execute(
+        conn,
         [
-            {
-                "run_id": line.run_id,
-                "attempt": line.attempt,
-                "seq": line.seq,
-                "timestamp": line.timestamp,
-                "level": line.level,
-                "stream": line.stream.value,
-                "logger": line.logger,
-                "text": line.text,
-                "task_run": line.task_run or None,
-                "subflow_run": line.subflow_run or None,
-            }
+            (
+                line.run_id,
+                line.attempt,
+                line.seq,
+                time(line.timestamp),
+                line.level,
+                _STREAM_VALUES[line.stream],
+                line.logger,
+                line.text,
+                line.task_run or None,
+                line.subflow_run or None,
+            )
             for line in lines
         ],
     )
