@@ -437,16 +437,21 @@ def add_log_line(
 
 
 def _fill_log_line(message: types_pb2.LogLine, line: LogRecord) -> None:
-    # Field by field, the time by arithmetic: half the cost of keyword construction.
+    # Field by field, the time by arithmetic, empty fields left unset: half the cost of
+    # keyword construction.
     message.run_id = line.run_id
     message.attempt = line.attempt
     message.seq = line.seq
     since = line.timestamp - _EPOCH
-    message.timestamp.seconds = since.days * 86_400 + since.seconds
-    message.timestamp.nanos = since.microseconds * 1_000
+    timestamp = message.timestamp
+    timestamp.seconds = since.days * 86_400 + since.seconds
+    timestamp.nanos = since.microseconds * 1_000
     message.level = line.level
     message.stream = LOG_STREAMS[line.stream]
-    message.logger = line.logger
+    if line.logger:
+        message.logger = line.logger
     message.text = line.text
-    message.task_run = line.task_run
-    message.subflow_run = line.subflow_run
+    if line.task_run:
+        message.task_run = line.task_run
+    if line.subflow_run:
+        message.subflow_run = line.subflow_run

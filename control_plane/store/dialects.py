@@ -11,6 +11,7 @@ from sqlalchemy import ColumnElement, Dialect, Table, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import NullType
 
 
 def insert_ignoring_duplicates(table: Table, dialect: str) -> Any:
@@ -116,6 +117,30 @@ def driver_time(dialect: str) -> Callable[[datetime], Any]:
     if dialect == "postgresql":
         return _as_is
     raise NotImplementedError(f"unsupported database dialect {dialect!r}")
+
+
+def time_from_driver(dialect: str) -> Callable[[Any], datetime]:
+    """The UTC datetime of a ``UTCDateTime`` column's value as the driver of ``dialect`` returns
+    it when the column is read without SQLAlchemy's processing (``type_coerce(column,
+    RAW)``), for the reads of many rows."""
+    if dialect == "sqlite":
+        return _sqlite_time_read
+    if dialect == "postgresql":
+        return _in_utc
+    raise NotImplementedError(f"unsupported database dialect {dialect!r}")
+
+
+#: The type to read a column as, for ``time_from_driver``: the driver's value, unprocessed.
+RAW = NullType()
+
+
+def _sqlite_time_read(text: str) -> datetime:
+    # The text _sqlite_time writes (SQLAlchemy's), read by the C parser: a tenth of the cost.
+    return datetime.fromisoformat(text + "+00:00")
+
+
+def _in_utc(value: datetime) -> datetime:
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
 def _sqlite_time(value: datetime) -> str:

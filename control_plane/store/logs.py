@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, or_, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import LogRecord, LogStream
 from control_plane.store import task_runs
-from control_plane.store.dialects import BulkInsert, driver_time
+from control_plane.store.dialects import RAW, BulkInsert, driver_time, time_from_driver
 from control_plane.store.tables import log_lines
 
 _STREAMS = {stream.value: stream for stream in LogStream}
@@ -72,7 +72,7 @@ async def read_after(
         select(
             c.attempt,
             c.seq,
-            c.timestamp,
+            type_coerce(c.timestamp, RAW),
             c.level,
             c.stream,
             c.logger,
@@ -89,13 +89,15 @@ async def read_after(
     )
     if subflow_run is not None:
         query = query.where(c.subflow_run == subflow_run)
-    # Rows unpacked by position and streams looked up, not parsed: a tail reads every line.
+    # Rows unpacked by position, times and streams looked up or parsed by the driver's
+    # rules, not SQLAlchemy's: a tail reads every line.
+    time = time_from_driver(conn.dialect.name)
     return [
         LogRecord(
             run_id,
             line_attempt,
             line_seq,
-            timestamp,
+            time(timestamp),
             level,
             _STREAMS[stream],
             logger,
@@ -113,5 +115,5 @@ async def read_after(
             text,
             task_run,
             subflow,
-        ) in await conn.execute(query)
+        ) in (await conn.execute(query)).all()
     ]
