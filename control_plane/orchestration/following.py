@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator
 
 from control_plane.errors import InvalidArgument
 from control_plane.models import LogRecord, Run, TaskRunState
 from control_plane.orchestration import validation
+from control_plane.orchestration.feeds import STOPPED, Feed, Subscription, _Stopped
 from control_plane.orchestration.recent_lines import RecentLines
 from control_plane.orchestration.runs import Runs
 from control_plane.orchestration.signals import (
@@ -28,6 +30,8 @@ from control_plane.orchestration.signals import (
 from control_plane.orchestration.task_runs import TaskRuns
 from control_plane.store import logs as logs_repo
 from control_plane.store.db import Database
+
+log = logging.getLogger(__name__)
 
 #: Lines read at once: one read per engine batch, however large, rather than several.
 LINES_BATCH = 5_000
@@ -50,6 +54,8 @@ class Following:
         self._signals = signals
         self._recent = recent
         self._stopping = False
+        #: The feeds of followed runs, by run, source and idle time (_join).
+        self._feeds: dict[tuple[str, str, float | None], Feed] = {}
         #: Reads asked for and not yet begun, by run, source and position (_shared_read).
         self._pending: dict[
             tuple[str, str, int, int], asyncio.Future[tuple[Run, list[LogRecord]]]
@@ -88,15 +94,47 @@ class Following:
         with self._recent.following(source):
             while True:
                 lines: list[LogRecord] | None
+                subscription = None
                 with self._signals.waiting(lines_key(source)) as changed:
                     run, lines = await self._shared_read(run.id, source, attempt, seq)
                     if not lines and follow and not run.is_terminal:
-                        woken = await wait_or_recheck(changed, within=idle or RECHECK_SECONDS)
-                        if self._stopping and stoppable:
-                            return
-                        if woken or idle is None:
-                            continue
-                        lines = None  # a quiet spell, said as such
+                        # Caught up: the run's feed reads for every follower from here on.
+                        subscription = self._join(run.id, source, (attempt, seq), idle)
+                        if subscription is None and not self._stopping:
+                            continue  # the feed is ahead: read what it handed on already
+                        if subscription is None:
+                            if stoppable:
+                                return
+                            woken = await wait_or_recheck(changed, within=idle or RECHECK_SECONDS)
+                            if woken or idle is None:
+                                continue
+                            lines = None  # a quiet spell, said as such
+                if subscription is not None:
+                    try:
+                        while (item := await subscription.next()) is not None:
+                            if item is STOPPED:
+                                if stoppable:
+                                    return
+                                break
+                            assert not isinstance(item, _Stopped)
+                            run, lines = item
+                            if lines and (lines[0].attempt, lines[0].seq) <= (attempt, seq):
+                                # Skip what this follower had before it joined.
+                                lines = [
+                                    line
+                                    for line in lines
+                                    if (line.attempt, line.seq) > (attempt, seq)
+                                ]
+                                if not lines:
+                                    continue
+                            if lines:
+                                attempt, seq = lines[-1].attempt, lines[-1].seq
+                            yield run, lines
+                            if lines == []:
+                                return
+                    finally:
+                        subscription.leave()
+                    continue  # left the feed: read on its own again
                 if lines is None:
                     yield run, None
                     continue
@@ -105,6 +143,37 @@ class Following:
                     return
                 attempt, seq = lines[-1].attempt, lines[-1].seq
                 yield run, lines
+
+    def _join(
+        self, run_id: str, source: str, position: tuple[int, int], idle: float | None
+    ) -> Subscription | None:
+        """A place in the feed of ``run_id`` for a follower at ``position`` that has every
+        stored line; None if the feed is ahead of it, or the server stops."""
+        if self._stopping:
+            return None
+        key = (run_id, source, idle)
+        feed = self._feeds.get(key)
+        if feed is not None and not feed.ended:
+            return None if feed.position > position else feed.subscribe()
+        feed = self._feeds[key] = Feed(
+            self._shared_read, self._signals, run_id, source, position, idle, self._stopped
+        )
+        subscription = feed.subscribe()
+        feed.task = asyncio.ensure_future(self._run_feed(key, feed))
+        return subscription
+
+    async def _run_feed(self, key: tuple[str, str, float | None], feed: Feed) -> None:
+        try:
+            await feed.run()
+        except Exception:
+            # Its followers read on their own again, and meet the failure themselves.
+            log.warning("the feed of run %s failed", key[0], exc_info=True)
+        finally:
+            if self._feeds.get(key) is feed:
+                del self._feeds[key]
+
+    def _stopped(self) -> bool:
+        return self._stopping
 
     def stop(self) -> None:
         """The server stops: every stoppable follower waiting for more ends its stream now
