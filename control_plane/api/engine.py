@@ -323,11 +323,11 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         cancel_sent = False
         while True:
             with self._signals.waiting(run_key(run.id)) as changed:
-                current = await self._db.shielded(self._reports.current(run.id))
+                current = await self._db.shielded(self._reports.watched(run.id))
                 why = (
                     "the run no longer exists"
                     if current is None
-                    else attempts.ended(current, run.attempt)
+                    else attempts.ended_at(run.id, run.attempt, current.attempt, current.state_type)
                 )
                 if why:
                     if current is not None and current.last_transition_id in own:

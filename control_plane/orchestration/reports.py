@@ -158,52 +158,50 @@ class AgentReports:
     ) -> None:
         """The agent took the assignment: extend the lease until it submits."""
 
-        async def apply() -> Run | None:
-            async with self._db.write() as conn:
-                run = await self._held_run(conn, session, run_id, attempt, stale_cancel=True)
-                if run is None or run.state_type is not StateType.PENDING:
-                    return None
-                updated = await repo.set_columns(
-                    conn, run, accepted_at=at, lease_deadline=clock.now() + self._lease
-                )
-                return claimed(updated)
+        async def apply(conn: AsyncConnection) -> Run | None:
+            run = await self._held_run(conn, session, run_id, attempt, stale_cancel=True)
+            if run is None or run.state_type is not StateType.PENDING:
+                return None
+            updated = await repo.set_columns(
+                conn, run, accepted_at=at, lease_deadline=clock.now() + self._lease
+            )
+            return claimed(updated)
 
-        await retrying(apply)
+        await retrying(lambda: self._db.unit(apply))
 
     async def submitted(
         self, session: AgentSession, run_id: str, attempt: int, infrastructure_id: str
     ) -> None:
         """The run's infrastructure exists: PENDING/Submitted, no lease any more."""
 
-        async def apply() -> Run | None:
-            async with self._db.write() as conn:
-                run = await self._held_run(conn, session, run_id, attempt, stale_cancel=True)
-                if run is None:
+        async def apply(conn: AsyncConnection) -> Run | None:
+            run = await self._held_run(conn, session, run_id, attempt, stale_cancel=True)
+            if run is None:
+                return None
+            if run.is_terminal:
+                # It ended before this report arrived (a warm engine can finish a short
+                # flow first): it still says where it ran, and nothing else changes.
+                if run.infrastructure_id:
                     return None
-                if run.is_terminal:
-                    # It ended before this report arrived (a warm engine can finish a short
-                    # flow first): it still says where it ran, and nothing else changes.
-                    if run.infrastructure_id:
-                        return None
-                    return claimed(
-                        await repo.set_columns(conn, run, infrastructure_id=infrastructure_id[:300])
-                    )
-                columns = {"infrastructure_id": infrastructure_id[:300], "lease_deadline": None}
-                if run.state_type is StateType.PENDING and run.state_name == ASSIGNED:
-                    updated = await repo.compare_and_set(
-                        conn,
-                        run,
-                        State(StateType.PENDING, SUBMITTED, f"Submitted as {infrastructure_id}"),
-                        actor=Actor.AGENT,
-                        now=clock.now(),
-                        **columns,
-                    )
-                else:
-                    # The engine may already have reported RUNNING: keep its state.
-                    updated = await repo.set_columns(conn, run, **columns)
-                return claimed(updated)
+                return claimed(
+                    await repo.set_columns(conn, run, infrastructure_id=infrastructure_id[:300])
+                )
+            columns = {"infrastructure_id": infrastructure_id[:300], "lease_deadline": None}
+            if run.state_type is StateType.PENDING and run.state_name == ASSIGNED:
+                updated = await repo.compare_and_set(
+                    conn,
+                    run,
+                    State(StateType.PENDING, SUBMITTED, f"Submitted as {infrastructure_id}"),
+                    actor=Actor.AGENT,
+                    now=clock.now(),
+                    **columns,
+                )
+            else:
+                # The engine may already have reported RUNNING: keep its state.
+                updated = await repo.set_columns(conn, run, **columns)
+            return claimed(updated)
 
-        await self._notifier.apply(apply)
+        await self._notifier.apply(lambda: self._db.unit(apply))
 
     async def submit_failed(
         self, session: AgentSession, run_id: str, attempt: int, reason: str
@@ -461,6 +459,11 @@ class EngineReports:
         async with self._db.read() as conn:
             return await repo.get_run(conn, run_id)
 
+    async def watched(self, run_id: str) -> repo.AttemptWatch | None:
+        """What the stream of the run's engine watches of it, as stored now."""
+        async with self._db.read() as conn:
+            return await repo.attempt_watch(conn, run_id)
+
     def heartbeat(self, run: Run) -> None:
         """The engine of ``run`` is alive now (a liveness mark, not a state change: stored
         with the next batch, see ``heartbeats``)."""
@@ -472,9 +475,12 @@ class EngineReports:
         One transaction, so no line of the control plane's own can slip in between the seq
         the engine continues from and the mark that stops such lines (see ``infra_event``).
         """
-        async with self._db.write() as conn:
+
+        async def apply(conn: AsyncConnection) -> int:
             await repo.touch_heartbeat(conn, run.id, run.attempt, clock.now())
             return await logs_repo.max_seq(conn, run.id, run.attempt)
+
+        return await self._db.unit(apply)
 
     async def store_logs(self, run: Run, lines: list[LogRecord]) -> None:
         """Store a batch (duplicates of stored lines are dropped) and wake log tailers.
@@ -513,63 +519,62 @@ class EngineReports:
     async def propose(self, run_id: str, attempt: int, proposal: Proposal) -> ProposalResult:
         """Apply a state proposal of the engine of ``attempt``."""
 
-        async def apply() -> ProposalResult:
-            async with self._db.write() as conn:
-                run = await repo.get_run(conn, run_id)
-                if run is None:
-                    raise NotFound(f"run {run_id} not found")
-                if (
-                    proposal.transition_id
-                    and run.last_transition_id == proposal.transition_id
-                    and run.attempt in (attempt, attempt + 1)
-                ):
-                    # A repeat: of this answer, or of the FAILED that scheduled the retry.
-                    return ProposalResult(True, run)
-                if run.attempt != attempt:
-                    return ProposalResult(False, run, f"attempt {attempt} is no longer current")
-                refused = rejection(run.state_type, proposal.type, Actor.ENGINE)
-                if refused:
-                    return ProposalResult(False, run, refused)
-                if (
-                    proposal.type is StateType.FAILED
-                    and run.state_type is not StateType.CANCELLING
-                    and (failures := await repo.count_failed(conn, run.id)) < run.max_retries
-                ):
-                    retried = await attempts.retry(
-                        conn,
-                        run,
-                        State(StateType.FAILED, proposal.name, proposal.message),
-                        proposal.transition_id,
-                        failures + 1,
-                    )
-                    return ProposalResult(True, claimed(retried))
-                columns: dict[str, object] = {"lease_deadline": None}
-                if proposal.type is StateType.COMPLETED:
-                    columns["result_summary"] = proposal.result_summary[:2000]
-                if proposal.source_revision:
-                    columns["source_revision"] = proposal.source_revision
-                message = proposal.message
-                if proposal.type is StateType.CANCELLED:
-                    message = run.state_message  # the user's reason, not how the engine heard it
-                now = clock.now()
-                updated = await repo.compare_and_set(
+        async def apply(conn: AsyncConnection) -> ProposalResult:
+            run = await repo.get_run(conn, run_id)
+            if run is None:
+                raise NotFound(f"run {run_id} not found")
+            if (
+                proposal.transition_id
+                and run.last_transition_id == proposal.transition_id
+                and run.attempt in (attempt, attempt + 1)
+            ):
+                # A repeat: of this answer, or of the FAILED that scheduled the retry.
+                return ProposalResult(True, run)
+            if run.attempt != attempt:
+                return ProposalResult(False, run, f"attempt {attempt} is no longer current")
+            refused = rejection(run.state_type, proposal.type, Actor.ENGINE)
+            if refused:
+                return ProposalResult(False, run, refused)
+            if (
+                proposal.type is StateType.FAILED
+                and run.state_type is not StateType.CANCELLING
+                and (failures := await repo.count_failed(conn, run.id)) < run.max_retries
+            ):
+                retried = await attempts.retry(
                     conn,
                     run,
-                    State(proposal.type, proposal.name, message),
-                    actor=Actor.ENGINE,
-                    now=now,
-                    transition_id=proposal.transition_id or None,
-                    **columns,
+                    State(StateType.FAILED, proposal.name, proposal.message),
+                    proposal.transition_id,
+                    failures + 1,
                 )
-                if (
-                    updated is not None
-                    and proposal.type is StateType.RUNNING
-                    and run.state_type is StateType.PENDING
-                ):
-                    await _observe_start(conn, run, now)
-                return ProposalResult(True, claimed(updated))
+                return ProposalResult(True, claimed(retried))
+            columns: dict[str, object] = {"lease_deadline": None}
+            if proposal.type is StateType.COMPLETED:
+                columns["result_summary"] = proposal.result_summary[:2000]
+            if proposal.source_revision:
+                columns["source_revision"] = proposal.source_revision
+            message = proposal.message
+            if proposal.type is StateType.CANCELLED:
+                message = run.state_message  # the user's reason, not how the engine heard it
+            now = clock.now()
+            updated = await repo.compare_and_set(
+                conn,
+                run,
+                State(proposal.type, proposal.name, message),
+                actor=Actor.ENGINE,
+                now=now,
+                transition_id=proposal.transition_id or None,
+                **columns,
+            )
+            if (
+                updated is not None
+                and proposal.type is StateType.RUNNING
+                and run.state_type is StateType.PENDING
+            ):
+                await _observe_start(conn, run, now)
+            return ProposalResult(True, claimed(updated))
 
-        result = await retrying(apply)
+        result = await retrying(lambda: self._db.unit(apply))
         if result.accepted:
             self._notifier.changed(result.run)
         return result

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
@@ -241,6 +241,30 @@ async def attempt_states(
     )
     rows = (await conn.execute(query)).all()
     return {row.id: (row.attempt, StateType(row.state_type)) for row in rows}
+
+
+class AttemptWatch(NamedTuple):
+    """What an engine's stream watches of its run: whether its attempt ended, and how."""
+
+    attempt: int
+    state_type: StateType
+    state_message: str
+    last_transition_id: str | None
+
+
+async def attempt_watch(conn: AsyncConnection, run_id: str) -> AttemptWatch | None:
+    """The columns of a run an engine's stream watches (read at every change of the run,
+    so not the whole row); None if there is no such run."""
+    c = flow_runs.c
+    query = select(c.attempt, c.state_type, c.state_message, c.last_transition_id).where(
+        c.id == run_id
+    )
+    row = (await conn.execute(query)).first()
+    if row is None:
+        return None
+    return AttemptWatch(
+        row.attempt, StateType(row.state_type), row.state_message, row.last_transition_id
+    )
 
 
 async def assigned_at(conn: AsyncConnection, run_id: str, attempt: int) -> datetime | None:
