@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections import Counter
+from collections.abc import AsyncGenerator, Iterator
 
 from control_plane.errors import InvalidArgument
 from control_plane.models import LogRecord, Run, TaskRunState
@@ -54,7 +55,8 @@ class Following:
         self._signals = signals
         self._recent = recent
         self._stopping = False
-        #: The feeds of followed runs, by run, source and idle time (_join).
+        #: Followers of each run, by run, source and idle time, and their feeds (_join).
+        self._followers: Counter[tuple[str, str, float | None]] = Counter()
         self._feeds: dict[tuple[str, str, float | None], Feed] = {}
         #: Reads asked for and not yet begun, by run, source and position (_shared_read).
         self._pending: dict[
@@ -91,21 +93,19 @@ class Following:
         run = await self._db.shielded(self._runs.current(run_id))
         # A subflow's lines are stored with the attempt of the run whose engine runs it.
         source, _ = await self._db.shielded(self._runs.engine_run_of(run))
-        with self._recent.following(source):
+        with self._counted((run.id, source, idle)), self._recent.following(source):
             while True:
                 lines: list[LogRecord] | None
                 subscription = None
                 with self._signals.waiting(lines_key(source)) as changed:
                     run, lines = await self._shared_read(run.id, source, attempt, seq)
                     if not lines and follow and not run.is_terminal:
-                        # Caught up: the run's feed reads for every follower from here on.
+                        # Caught up: with others following, the run's feed reads for all.
                         subscription = self._join(run.id, source, (attempt, seq), idle)
-                        if subscription is None and not self._stopping:
-                            continue  # the feed is ahead: read what it handed on already
                         if subscription is None:
-                            if stoppable:
-                                return
                             woken = await wait_or_recheck(changed, within=idle or RECHECK_SECONDS)
+                            if self._stopping and stoppable:
+                                return
                             if woken or idle is None:
                                 continue
                             lines = None  # a quiet spell, said as such
@@ -144,14 +144,27 @@ class Following:
                 attempt, seq = lines[-1].attempt, lines[-1].seq
                 yield run, lines
 
+    @contextlib.contextmanager
+    def _counted(self, key: tuple[str, str, float | None]) -> Iterator[None]:
+        self._followers[key] += 1
+        try:
+            yield
+        finally:
+            self._followers[key] -= 1
+            if not self._followers[key]:
+                del self._followers[key]
+
     def _join(
         self, run_id: str, source: str, position: tuple[int, int], idle: float | None
     ) -> Subscription | None:
         """A place in the feed of ``run_id`` for a follower at ``position`` that has every
-        stored line; None if the feed is ahead of it, or the server stops."""
-        if self._stopping:
-            return None
+        stored line; None when it waits on its own: it follows the run alone (a feed would
+        only add a hop between its read and its client), the feed is ahead of it (what the
+        feed read was stored after its read began, so its signal is set already), or the
+        server stops."""
         key = (run_id, source, idle)
+        if self._stopping or self._followers[key] < 2:
+            return None
         feed = self._feeds.get(key)
         if feed is not None and not feed.ended:
             return None if feed.position > position else feed.subscribe()

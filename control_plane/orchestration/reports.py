@@ -413,6 +413,14 @@ async def append_system_lines(
     )
 
 
+#: Lines stored in one transaction from which SQLite works on them on a worker thread.
+OFFLOADED_LINES = 1_000
+
+
+def _many_lines(batches: Sequence[tuple[str, int, list[LogRecord]]]) -> bool:
+    return sum(len(lines) for _, _, lines in batches) >= OFFLOADED_LINES
+
+
 async def _observe_start(conn: AsyncConnection, run: Run, now: datetime) -> None:
     """Time the attempt took from its assignment to its engine running (once it commits):
     one indexed read of the attempt's history, once per attempt."""
@@ -452,7 +460,7 @@ class EngineReports:
         self._notifier = notifier
         self._heartbeats = heartbeats
         self._recent = recent
-        self._log_batches = GroupCommit(db, self._store_batches)
+        self._log_batches = GroupCommit(db, self._store_batches, offload=_many_lines)
 
     async def current(self, run_id: str) -> Run | None:
         """The run as stored now (for an already authenticated stream)."""

@@ -193,10 +193,11 @@ class GroupCommit(Generic[Item, T]):
         store: Callable[[AsyncConnection, Sequence[Item]], Awaitable[Sequence[T | Exception]]],
         max_items: int = 500,
         *,
-        offload: bool = True,
+        offload: bool | Callable[[Sequence[Item]], bool] = True,
     ) -> None:
-        """``offload``: on SQLite, a transaction of several items runs its statements on a
-        worker thread (for items that are each a large statement, not many small ones)."""
+        """``offload``: whether, on SQLite, a transaction of several items (or of these items,
+        if it is a function of them) runs its statements on a worker thread: for large
+        statements, where SQLite's time is worth a thread hop per statement."""
         self._db = db
         self._store = store
         self._max_items = max_items
@@ -261,7 +262,8 @@ class GroupCommit(Generic[Item, T]):
                 answer.set_result(outcome)
 
     async def _transaction(self, items: list[Item]) -> Sequence[T | Exception]:
-        async with self._db.write(large=self._offload and len(items) > 1) as conn:
+        offload = self._offload(items) if callable(self._offload) else self._offload
+        async with self._db.write(large=offload and len(items) > 1) as conn:
             return await self._store(conn, items)
 
 
