@@ -17,7 +17,18 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, and_, case, cast, func, literal, literal_column, or_, select, update
+from sqlalchemy import (
+    JSON,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    literal_column,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -188,11 +199,7 @@ async def list_page(
     if after is not None:
         attempt, seq, last_id = after
         query = query.where(
-            or_(
-                c.flow_attempt > attempt,
-                and_(c.flow_attempt == attempt, c.first_seq > seq),
-                and_(c.flow_attempt == attempt, c.first_seq == seq, c.id > last_id),
-            )
+            tuple_(c.flow_attempt, c.first_seq, c.id) > tuple_(attempt, seq, last_id)
         )
     query = query.order_by(c.flow_attempt, c.first_seq, c.id).limit(limit)
     return [
