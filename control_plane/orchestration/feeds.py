@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from control_plane.models import LogRecord, Run
 from control_plane.orchestration.signals import RECHECK_SECONDS, Signals, lines_key, wait_or_recheck
 
-__all__ = ["MAX_QUEUED", "STOPPED", "Feed", "Item", "Subscription"]
+__all__ = ["MAX_QUEUED", "STOPPED", "Feed", "Item", "Stopped", "Subscription"]
 
 #: Batches a follower may have waiting before it is told to read on its own.
 MAX_QUEUED = 64
@@ -34,11 +34,11 @@ MAX_QUEUED = 64
 Item = tuple[Run, list[LogRecord] | None]
 
 
-class _Stopped:
+class Stopped:
     """The server stops (``Following.stop``)."""
 
 
-STOPPED = _Stopped()
+STOPPED = Stopped()
 
 Read = Callable[[str, str, int, int], Awaitable[tuple[Run, list[LogRecord]]]]
 
@@ -48,11 +48,11 @@ class Subscription:
 
     def __init__(self, feed: Feed) -> None:
         self._feed = feed
-        self._items: deque[Item | _Stopped] = deque()
+        self._items: deque[Item | Stopped] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._left = False
 
-    async def next(self) -> Item | _Stopped | None:
+    async def next(self) -> Item | Stopped | None:
         """The next batch, STOPPED, or None when the follower must read on its own again (it
         fell behind, or the feed ended without the run's end)."""
         while not self._items:
@@ -70,7 +70,7 @@ class Subscription:
         self._left = True
         self._feed.left(self)
 
-    def _hand(self, item: Item | _Stopped) -> None:
+    def _hand(self, item: Item | Stopped) -> None:
         if len(self._items) >= MAX_QUEUED:
             self._items.clear()
             self.leave()
@@ -155,6 +155,6 @@ class Feed:
             for subscription in list(self._subscriptions):
                 subscription._end()
 
-    def _hand(self, item: Item | _Stopped) -> None:
+    def _hand(self, item: Item | Stopped) -> None:
         for subscription in list(self._subscriptions):
             subscription._hand(item)

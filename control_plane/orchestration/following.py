@@ -4,7 +4,9 @@ The gRPC ``TailLogs``/``WatchRun`` streams and the HTTP Server-Sent-Events strea
 are the same use case seen through two protocols, so both iterate these generators. Each one
 reads what is stored, then waits for the run's signal (set by this replica, or by another
 through the notification channel) before reading again; a missed signal costs at most
-``RECHECK_SECONDS`` (``orchestration.signals``), never a line.
+``RECHECK_SECONDS`` (``orchestration.signals``), never a line. Followers of one run that have
+caught up take new lines from the run's one reader instead (``orchestration.feeds``), and the
+lines just stored here are read from memory (``orchestration.recent_lines``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import AsyncGenerator, Iterator
 from control_plane.errors import InvalidArgument
 from control_plane.models import LogRecord, Run, TaskRunState
 from control_plane.orchestration import validation
-from control_plane.orchestration.feeds import STOPPED, Feed, Subscription, _Stopped
+from control_plane.orchestration.feeds import Feed, Stopped, Subscription
 from control_plane.orchestration.recent_lines import RecentLines
 from control_plane.orchestration.runs import Runs
 from control_plane.orchestration.signals import (
@@ -112,11 +114,10 @@ class Following:
                 if subscription is not None:
                     try:
                         while (item := await subscription.next()) is not None:
-                            if item is STOPPED:
+                            if isinstance(item, Stopped):
                                 if stoppable:
                                     return
                                 break
-                            assert not isinstance(item, _Stopped)
                             run, lines = item
                             if lines and (lines[0].attempt, lines[0].seq) <= (attempt, seq):
                                 # Skip what this follower had before it joined.
