@@ -366,7 +366,7 @@ async def build(config: ServerConfig) -> App:
         options=server_options(config),
     )
     task_runs = TaskRuns(db)
-    recent_lines = RecentLines(keep=2 * LINES_BATCH)
+    recent_lines = RecentLines(keep=2 * LINES_BATCH, most=20 * LINES_BATCH)
     following = Following(db, runs, task_runs, signals, recent_lines)
     control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(
         ControlPlaneServicer(

@@ -26,10 +26,13 @@ __all__ = ["RecentLines"]
 class RecentLines:
     """Per followed run, the latest stored lines (one attempt, consecutive seqs)."""
 
-    def __init__(self, keep: int) -> None:
+    def __init__(self, keep: int, most: int) -> None:
         #: Lines kept per run (at least one batch of the largest size, so a follower that
-        #: reads a batch at a time is never outrun by one).
+        #: reads a batch at a time is never outrun by one)...
         self._keep = keep
+        #: ...and in all: past it, the runs that stored least recently are forgotten (their
+        #: followers read the database), so many followed chatty runs cannot fill the memory.
+        self._most = most
         self._followers: Counter[str] = Counter()
         self._lines: dict[str, list[LogRecord]] = {}
 
@@ -62,6 +65,13 @@ class RecentLines:
         elif not kept or kept[-1].attempt != first.attempt or first.seq > kept[-1].seq + 1:
             # Another attempt, or a gap (lines stored elsewhere): start anew from here.
             self._lines[run_id] = list(lines[-self._keep :])
+        # The run that stored last goes last, and the first ones go first when over the limit.
+        self._lines[run_id] = self._lines.pop(run_id)
+        total = sum(len(kept) for kept in self._lines.values())
+        for other in list(self._lines):
+            if total <= self._most or other == run_id:
+                break
+            total -= len(self._lines.pop(other))
 
     def after(self, run_id: str, attempt: int, seq: int, limit: int) -> list[LogRecord] | None:
         """Up to ``limit`` lines after (``attempt``, ``seq``), if they are kept here and

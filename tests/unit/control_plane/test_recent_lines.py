@@ -23,14 +23,14 @@ def seqs(records: list[LogRecord] | None) -> list[int] | None:
 
 
 def test_lines_of_a_run_nobody_follows_are_not_kept() -> None:
-    recent = RecentLines(keep=100)
+    recent = RecentLines(keep=100, most=1_000)
     recent.stored(RUN, lines(1, 10))
     with recent.following(RUN):
         assert recent.after(RUN, 1, 0, 100) is None
 
 
 def test_a_follower_inside_the_kept_range_is_served_what_follows_it() -> None:
-    recent = RecentLines(keep=100)
+    recent = RecentLines(keep=100, most=1_000)
     with recent.following(RUN):
         recent.stored(RUN, lines(5, 10))
         recent.stored(RUN, lines(11, 12))
@@ -40,7 +40,7 @@ def test_a_follower_inside_the_kept_range_is_served_what_follows_it() -> None:
 
 def test_the_database_is_read_at_the_end_of_the_range_and_outside_it() -> None:
     """At the end, another replica may have stored more; before it, lines are not kept."""
-    recent = RecentLines(keep=100)
+    recent = RecentLines(keep=100, most=1_000)
     with recent.following(RUN):
         recent.stored(RUN, lines(5, 10))
         assert recent.after(RUN, 1, 10, 100) is None
@@ -50,7 +50,7 @@ def test_the_database_is_read_at_the_end_of_the_range_and_outside_it() -> None:
 
 
 def test_a_gap_or_another_attempt_starts_the_range_anew() -> None:
-    recent = RecentLines(keep=100)
+    recent = RecentLines(keep=100, most=1_000)
     with recent.following(RUN):
         recent.stored(RUN, lines(1, 10))
         recent.stored(RUN, lines(20, 25))  # 11 to 19 were stored elsewhere
@@ -62,7 +62,7 @@ def test_a_gap_or_another_attempt_starts_the_range_anew() -> None:
 
 
 def test_resent_lines_are_kept_once() -> None:
-    recent = RecentLines(keep=100)
+    recent = RecentLines(keep=100, most=1_000)
     with recent.following(RUN):
         recent.stored(RUN, lines(1, 10))
         recent.stored(RUN, lines(6, 14))
@@ -71,7 +71,7 @@ def test_resent_lines_are_kept_once() -> None:
 
 
 def test_only_the_latest_lines_are_kept_and_none_once_the_last_follower_leaves() -> None:
-    recent = RecentLines(keep=10)
+    recent = RecentLines(keep=10, most=1_000)
     with recent.following(RUN):
         with recent.following(RUN):
             for first in range(1, 100, 5):
@@ -81,3 +81,17 @@ def test_only_the_latest_lines_are_kept_and_none_once_the_last_follower_leaves()
         assert seqs(recent.after(RUN, 1, 95, 100)) == list(range(96, 101))
     with recent.following(RUN):
         assert recent.after(RUN, 1, 95, 100) is None
+
+
+def test_past_the_limit_the_run_that_stored_least_recently_is_forgotten() -> None:
+    recent = RecentLines(keep=100, most=25)
+    other = "c" * 32
+    with recent.following(RUN), recent.following(other):
+        recent.stored(RUN, lines(1, 10))
+        recent.stored(
+            other,
+            [LogRecord(other, 1, seq, WHEN, 20, LogStream.STDOUT, "", "x") for seq in range(1, 11)],
+        )
+        recent.stored(RUN, lines(11, 20))
+        assert seqs(recent.after(RUN, 1, 0, 100)) == list(range(1, 21))
+        assert recent.after(other, 1, 0, 100) is None
