@@ -167,6 +167,7 @@ flow_runs = Table(
     Index(None, "parent_run_id"),
     Index(None, "pool_id", "state_type", "scheduled_at"),
     Index(None, "deployment_id", "created_at"),
+    Index(None, "pool_id", "created_at"),
     Index(None, "created_at"),
     Index(None, "state_type", "lease_deadline"),
     Index(None, "deployment_id", "state_type"),
