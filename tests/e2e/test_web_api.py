@@ -279,6 +279,33 @@ def test_a_logs_stream_resumes_after_its_last_event_id_without_loss_or_duplicate
         assert rest == [] and seen[-1].kind == "end"
 
 
+def test_browsers_following_one_run_each_get_every_line_once(
+    system: System, tmp_path: Path
+) -> None:
+    """Followers that caught up share the run's one reader; one that leaves in the middle and
+    resumes from its last event id still gets every line once."""
+    system.deploy("gated", GATED)
+    system.start_agent()
+    gate = tmp_path / "gate"
+    run_id = system.create_run("gated", gate=str(gate), first=200, second=3000)
+
+    def follow() -> list[dict[str, Any]]:
+        with http(system) as client:
+            return stream_lines(client, run_id)[0]
+
+    with ThreadPoolExecutor(max_workers=4) as pool, http(system) as client:
+        whole = [pool.submit(follow) for _ in range(4)]
+        before, seen = stream_lines(client, run_id, stop_after=200)
+        last_id = [e.id for e in seen if e.kind == "lines"][-1]
+        gate.touch()
+        after, _ = stream_lines(client, run_id, last_id=last_id)
+        results = [future.result(timeout=120) for future in whole]
+    stored = [(line.seq, line.text) for line in system.logs(run_id)]
+    assert len(stored) > 3200
+    for lines in [*results, before + after]:
+        assert [(line["seq"], line["text"]) for line in lines] == stored
+
+
 def test_run_changes_stream_until_the_run_ends(system: System, tmp_path: Path) -> None:
     system.deploy("gated", GATED)
     gate = tmp_path / "gate"
