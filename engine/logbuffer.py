@@ -112,7 +112,7 @@ class LogBuffer:
     ) -> None:
         """Add one line; never blocks on the network, drops the oldest unnumbered if full."""
         text = truncate_line(text)
-        size = len(text) if text.isascii() else _size(text)
+        size = _size(text)
         entry = _Entry(
             self._clock(), level, stream, logger, text, size, task_run, task_event, subflow_run
         )
@@ -196,8 +196,7 @@ class LogBuffer:
             # ...then written lines, numbered now, as far as the in-flight window allows.
             room = min(max_lines - len(batch), self._max_in_flight - len(numbered))
             if room > 0 and self._dropped:
-                batch.append(self._number(self._dropped_marker()))
-                self._dropped = 0
+                batch.append(self._number_drop_marker())
                 room -= 1
             queued = self._queued
             seq = self._next_seq
@@ -234,21 +233,19 @@ class LogBuffer:
             self._oldest_unsent_at = None
         return batch
 
-    def _dropped_marker(self) -> LogLine:
-        return LogLine(
-            seq=0,
+    def _number_drop_marker(self) -> LogLine:
+        """The line that stands for the lines dropped, numbered next in their place."""
+        line = LogLine(
+            seq=self._next_seq,
             timestamp=self._dropped_since,
             level=30,
             stream=LogStream.SYSTEM,
             logger=SYSTEM_LOGGER,
             text=f"{self._dropped} log lines dropped: the control plane was unreachable",
         )
-
-    def _number(self, line: LogLine) -> LogLine:
-        line.seq = self._next_seq
         self._next_seq += 1
+        self._dropped = 0
         self._numbered.append(line)
-        self._send_index = len(self._numbered)
         return line
 
     def _has_sendable(self) -> bool:

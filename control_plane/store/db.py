@@ -59,7 +59,9 @@ class Database:
         self._in_flight: set[asyncio.Future[Any]] = set()
         #: Items waiting in, or being stored by, a ``GroupCommit`` of this database.
         self.grouped = 0
-        self._units: GroupCommit[Unit[Any], Any] = GroupCommit(self, _run_units, offload=False)
+        self._units: GroupCommit[Unit[Any], Any] = GroupCommit(
+            self, _run_units, offload=lambda _: False
+        )
 
     @classmethod
     async def open(cls, url: str) -> Database:
@@ -193,11 +195,11 @@ class GroupCommit(Generic[Item, T]):
         store: Callable[[AsyncConnection, Sequence[Item]], Awaitable[Sequence[T | Exception]]],
         max_items: int = 500,
         *,
-        offload: bool | Callable[[Sequence[Item]], bool] = True,
+        offload: Callable[[Sequence[Item]], bool] = lambda _: True,
     ) -> None:
-        """``offload``: whether, on SQLite, a transaction of several items (or of these items,
-        if it is a function of them) runs its statements on a worker thread: for large
-        statements, where SQLite's time is worth a thread hop per statement."""
+        """``offload(items)``: whether, on SQLite, a transaction of several items runs its
+        statements on a worker thread: for large statements, where SQLite's time is worth a
+        thread hop per statement."""
         self._db = db
         self._store = store
         self._max_items = max_items
@@ -262,8 +264,7 @@ class GroupCommit(Generic[Item, T]):
                 answer.set_result(outcome)
 
     async def _transaction(self, items: list[Item]) -> Sequence[T | Exception]:
-        offload = self._offload(items) if callable(self._offload) else self._offload
-        async with self._db.write(large=offload and len(items) > 1) as conn:
+        async with self._db.write(large=len(items) > 1 and self._offload(items)) as conn:
             return await self._store(conn, items)
 
 

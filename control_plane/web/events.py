@@ -11,8 +11,9 @@ open and a dead client is noticed, and ends with an ``end`` event the page close
 without ``end`` (``Following.stop`` wakes and ends every follower): the browser reconnects
 and resumes.
 
-Each stream is one coroutine from the database read to the socket: no task or queue of its
-own, so that many browsers following one run cost little more than one.
+Each stream is one coroutine from the read to the socket, with no task of its own; the
+streams of one run that have caught up share its feed (``orchestration.feeds``), so that many
+browsers following one run cost little more than one.
 """
 
 from __future__ import annotations
