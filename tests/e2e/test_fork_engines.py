@@ -14,7 +14,13 @@ import pytest
 from flowyard.v1 import types_pb2
 
 from .conftest import System, engines_under, pid_alive, running_system, wait_for
-from .test_warm_engines import INTROSPECT, SLEEPY_FAMILY, cancel_kills_the_group, introspect
+from .test_warm_engines import (
+    INTROSPECT,
+    SLEEPY_FAMILY,
+    assert_set_up_for_its_run,
+    cancel_kills_the_group,
+    introspect,
+)
 
 SLEEPY = """
 import time
@@ -55,12 +61,7 @@ def test_a_run_gets_the_same_process_setup_forked_or_cold(system: System, start:
     system.deploy("introspect", INTROSPECT, "main", "--job-variable", 'env={"GREETING": "hi"}')
     seen = [introspect(system, system.create_run("introspect")) for _ in range(3)]
     for one in seen:
-        assert one["cwd"] == str(system.root / "flows" / "introspect")
-        assert one["group_leader"] and one["session_leader"]
-        assert one["greeting"] == "hi"
-        assert one["token_hidden"]
-        assert one["stdin"] == ""
-        assert one["argv"] == ["execute", one["run_id"]]
+        assert_set_up_for_its_run(system, one)
         assert one["forked"] is (start == "fork")
     # One process per run, never reused.
     assert len({one["pid"] for one in seen}) == 3

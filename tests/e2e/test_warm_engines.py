@@ -64,6 +64,17 @@ def introspect(system: System, run_id: str) -> dict[str, object]:
     return seen
 
 
+def assert_set_up_for_its_run(system: System, seen: dict[str, object]) -> None:
+    """The process a run's flow saw was set up for that run, however its engine started."""
+    # A local source runs where it lies.
+    assert seen["cwd"] == str(system.root / "flows" / "introspect")
+    assert seen["group_leader"] and seen["session_leader"]
+    assert seen["greeting"] == "hi"
+    assert seen["token_hidden"]
+    assert seen["stdin"] == ""
+    assert seen["argv"] == ["execute", seen["run_id"]]
+
+
 @pytest.mark.parametrize("warm", [0, 2])
 def test_a_run_gets_the_same_process_setup_warm_or_cold(system: System, warm: int) -> None:
     system.start_agent(extra_args=[f"--warm-engines={warm}"])
@@ -76,13 +87,7 @@ def test_a_run_gets_the_same_process_setup_warm_or_cold(system: System, warm: in
         seen.append(introspect(system, run_id))
         assert seen[-1]["run_id"] == run_id
     for one in seen:
-        # A local source runs where it lies, as a cold start does.
-        assert one["cwd"] == str(system.root / "flows" / "introspect")
-        assert one["group_leader"] and one["session_leader"]
-        assert one["greeting"] == "hi"
-        assert one["token_hidden"]
-        assert one["stdin"] == ""
-        assert one["argv"] == ["execute", one["run_id"]]
+        assert_set_up_for_its_run(system, one)
         # Warm, each run went to an engine started ahead of it.
         assert one["standby"] is bool(warm)
     # One process per run, never reused.
