@@ -296,10 +296,14 @@ async def build(config: ServerConfig) -> App:
     scheduling, sweeping = Singleton("scheduler"), Singleton("reaper")
     agents_ref: list[AgentRegistry] = []
     replica = Replica(
-        db, bus, [scheduling, sweeping], on_ended=lambda: _close_sessions(agents_ref[0])
+        db,
+        bus,
+        [scheduling, sweeping],
+        on_ended=lambda: _close_sessions(agents_ref[0]),
     )
     agents = AgentRegistry(db, bus, replica.id)
     agents_ref.append(agents)
+    replica.sessions = agents
     await replica.register()
     lease = timedelta(seconds=config.lease_seconds)
     notifier = Notifier(bus)

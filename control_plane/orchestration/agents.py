@@ -117,6 +117,8 @@ class AgentRegistry:
         self._bus = bus
         self._replica_id = replica_id
         self._sessions: dict[str, AgentSession] = {}
+        # (credit, last seen) of each session as last recorded in its row
+        self._recorded: dict[str, tuple[int, datetime]] = {}
         # (lock, how many Hellos hold or wait for it) per name being admitted
         self._admitting: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
         bus.on(CANCEL, self._cancel_hint)
@@ -181,6 +183,8 @@ class AgentRegistry:
                     token_id=session.token_id,
                     capacity=session.credits,
                     connected_at=session.connected_at,
+                    free_credit=session.credits,
+                    last_seen_at=session.last_seen,
                 ),
             )
         replaced = None
@@ -199,6 +203,22 @@ class AgentRegistry:
     def forget(self, session: AgentSession) -> None:
         """Forget a session whose stream ended (``ended`` records it in the database)."""
         self._sessions.pop(session.id, None)
+        self._recorded.pop(session.id, None)
+
+    def activity(self) -> list[cluster_repo.SessionActivity]:
+        """The credit and last heartbeat of this replica's sessions whose row no longer says
+        so (``recorded`` once written), for every replica to show."""
+        return [
+            cluster_repo.SessionActivity(session.id, session.credits, session.last_seen)
+            for session in self._sessions.values()
+            if self._recorded.get(session.id) != (session.credits, session.last_seen)
+        ]
+
+    def recorded(self, activity: list[cluster_repo.SessionActivity]) -> None:
+        """``activity`` is in the database now."""
+        for item in activity:
+            if item.id in self._sessions:
+                self._recorded[item.id] = (item.free_credit, item.last_seen_at)
 
     async def ended(self, sessions: list[AgentSession]) -> None:
         """Record in the database that these sessions' streams ended."""

@@ -5,7 +5,9 @@ of them runs at a time (the hints between them are ``bus``).
   ``heartbeat``; a replica not seen for ``timeout`` (killed, cut off) is ended by the others,
   and the agent sessions it held with it, so its agents' runs are recognised as departed and
   the agents may connect elsewhere. A replica that finds itself ended (it was paused longer
-  than the timeout) closes its agent streams, whose agents reconnect, and serves on.
+  than the timeout) closes its agent streams, whose agents reconnect, and serves on. With
+  each heartbeat a replica also records the free credit and last heartbeat of the agents
+  connected to it, so that any replica can show them.
 - **Singleton passes** (``Singleton``). The scheduler and the reaper run on one replica at a
   time: the holder of their lease, renewed with every heartbeat. A replica takes a lease only
   once it ran out (its holder stopped renewing), which raises its fence; the reaper's writes
@@ -21,6 +23,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -41,6 +44,16 @@ TIMEOUT_SECONDS = 10.0
 #: grace that asks about them), by a prune every ``PRUNE_EVERY`` heartbeats.
 KEEP_ENDED = timedelta(days=1)
 PRUNE_EVERY = 150
+
+
+class SessionReporter(Protocol):
+    """The agent sessions this replica holds, as their rows should say (``AgentRegistry``)."""
+
+    def activity(self) -> list[repo.SessionActivity]:
+        """Sessions whose credit or last heartbeat changed since last recorded."""
+
+    def recorded(self, activity: list[repo.SessionActivity]) -> None:
+        """``activity`` was written."""
 
 
 class LostLease(Conflict):
@@ -114,6 +127,8 @@ class Replica:
         self.bus = bus
         self.singletons = singletons
         self._on_ended = on_ended
+        #: The agent sessions held here, whose activity each heartbeat records.
+        self.sessions: SessionReporter | None = None
         self._heartbeat = heartbeat
         self._timeout = timeout
         self.registered_at = clock.now()
@@ -165,8 +180,8 @@ class Replica:
             await repo.end_replica(conn, self.id, now)
 
     async def _beat(self) -> None:
-        """One heartbeat: this replica's row, silent replicas, old rows and the leases, in
-        one transaction."""
+        """One heartbeat: this replica's row, silent replicas, old rows, the leases and the
+        activity of the agents connected here, in one transaction."""
         now = clock.now()
         self._beats += 1
         async with self.db.write() as conn:
@@ -178,6 +193,10 @@ class Replica:
             if self._beats % PRUNE_EVERY == 0:
                 await repo.prune(conn, now - KEEP_ENDED)
             fences = await self._take_leases(conn, now)
+            activity = self.sessions.activity() if self.sessions else []
+            await repo.report_sessions(conn, activity)
+        if self.sessions:
+            self.sessions.recorded(activity)
         if ended:
             log.warning("replica(s) %s stopped answering; their agent sessions ended", ended)
         if not alive:

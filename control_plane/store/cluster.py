@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Exists, and_, case, delete, func, select, update
+from sqlalchemy import Exists, and_, bindparam, case, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.store.dialects import insert_ignoring_duplicates
@@ -32,6 +32,18 @@ class SessionRecord:
     token_id: str
     capacity: int
     connected_at: datetime
+    #: As of the holding replica's last heartbeat (``report_sessions``).
+    free_credit: int
+    last_seen_at: datetime
+
+
+@dataclass(frozen=True)
+class SessionActivity:
+    """What the replica holding an agent's stream reports of it with each heartbeat."""
+
+    id: str
+    free_credit: int
+    last_seen_at: datetime
 
 
 # --- replicas ---
@@ -137,7 +149,22 @@ async def open_session(conn: AsyncConnection, session: SessionRecord) -> None:
             token_id=session.token_id,
             capacity=session.capacity,
             connected_at=session.connected_at,
+            free_credit=session.free_credit,
+            last_seen_at=session.last_seen_at,
         )
+    )
+
+
+async def report_sessions(conn: AsyncConnection, activity: list[SessionActivity]) -> None:
+    """Record the credit and last heartbeat of connected sessions (one statement for all)."""
+    if not activity:
+        return
+    row = agent_sessions.c
+    await conn.execute(
+        update(agent_sessions)
+        .where(row.id == bindparam("session_id"), row.ended_at.is_(None))
+        .values(free_credit=bindparam("credit"), last_seen_at=bindparam("seen")),
+        [{"session_id": a.id, "credit": a.free_credit, "seen": a.last_seen_at} for a in activity],
     )
 
 
@@ -182,7 +209,7 @@ async def live_session_named(
         agent_sessions.c.ended_at.is_(None),
     )
     row = (await conn.execute(query)).first()
-    return SessionRecord(*row) if row is not None else None
+    return _record(row) if row is not None else None
 
 
 async def live_session(conn: AsyncConnection, session_id: str | None) -> SessionRecord | None:
@@ -193,7 +220,7 @@ async def live_session(conn: AsyncConnection, session_id: str | None) -> Session
         agent_sessions.c.id == session_id, agent_sessions.c.ended_at.is_(None)
     )
     row = (await conn.execute(query)).first()
-    return SessionRecord(*row) if row is not None else None
+    return _record(row) if row is not None else None
 
 
 async def live_sessions_by_pool(
@@ -217,7 +244,7 @@ async def live_sessions(conn: AsyncConnection, pool_ids: Iterable[str]) -> list[
         .where(agent_sessions.c.ended_at.is_(None), agent_sessions.c.pool_id.in_(sorted(pool_ids)))
         .order_by(agent_sessions.c.agent_name)
     )
-    return [SessionRecord(*row) for row in await conn.execute(query)]
+    return [_record(row) for row in await conn.execute(query)]
 
 
 def session_present(session_id: Any, since: datetime) -> Exists:
@@ -241,7 +268,14 @@ _SESSION_COLUMNS = (
     agent_sessions.c.token_id,
     agent_sessions.c.capacity,
     agent_sessions.c.connected_at,
+    # Rows written before these columns existed have neither: read as connect-time values.
+    func.coalesce(agent_sessions.c.free_credit, agent_sessions.c.capacity),
+    func.coalesce(agent_sessions.c.last_seen_at, agent_sessions.c.connected_at),
 )
+
+
+def _record(row: Any) -> SessionRecord:
+    return SessionRecord(*row)
 
 
 # --- singleton leases ---

@@ -266,7 +266,8 @@ replicas = Table(
 
 # Agent streams, on whichever replica holds them: which agent (pool and name) is connected,
 # so that a second instance is refused and a departed one's runs are recognised, wherever the
-# agent connects.
+# agent connects. ``free_credit`` and ``last_seen_at`` are written by the holding replica
+# with each of its heartbeats (so they are at most that old), for every replica to show.
 agent_sessions = Table(
     "agent_sessions",
     metadata,
@@ -279,6 +280,8 @@ agent_sessions = Table(
     Column("capacity", Integer, nullable=False),
     Column("connected_at", UTCDateTime, nullable=False),
     Column("ended_at", UTCDateTime, nullable=True),
+    Column("free_credit", Integer, nullable=True),
+    Column("last_seen_at", UTCDateTime, nullable=True),
     Index("ix_agent_sessions_live", "pool_id", "agent_name", "ended_at"),
     Index("ix_agent_sessions_replica", "replica_id", "ended_at"),
 )

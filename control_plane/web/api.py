@@ -88,7 +88,8 @@ def _object_json(body: dict[str, Any], name: str) -> str:
 
 
 async def agents_of(services: Services, pools: list[Pool]) -> dict[str, list[Document]]:
-    """The agents connected to each pool, over all replicas (credit only for this one's)."""
+    """The agents connected to each pool, over all replicas. Credit and last heartbeat are
+    live for this replica's agents, and as of their replica's last heartbeat for others'."""
     local = {session.id: session for session in services.agents.all()}
     async with services.db.read() as conn:
         sessions = await cluster_repo.live_sessions(conn, [pool.id for pool in pools])
@@ -99,10 +100,11 @@ async def agents_of(services: Services, pools: list[Pool]) -> dict[str, list[Doc
             {
                 "name": record.agent_name,
                 "capacity": record.capacity,
-                "free_credit": session.credits if session is not None else None,
+                "free_credit": session.credits if session else record.free_credit,
                 "connect_time": documents.time(record.connected_at),
-                # Known to the replica the agent is connected to.
-                "last_seen_time": documents.time(session.last_seen) if session else None,
+                "last_seen_time": documents.time(
+                    session.last_seen if session else record.last_seen_at
+                ),
                 "replica": record.replica_id,
             }
         )

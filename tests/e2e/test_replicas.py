@@ -16,8 +16,10 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
+import httpx
 import psycopg
 import pytest
 
@@ -266,8 +268,30 @@ def test_a_cancel_made_on_one_replica_reaches_an_engine_streaming_to_another(
         timeout=DEADLINE,
         what="the flow to start",
     )
+    # The agent's credit and heartbeats are known on the first replica only; the third
+    # shows them as of the first's last heartbeat: one of the four slots is taken.
+    wait_for(
+        lambda: _agent_on(users_replica, cluster.token)["free_credit"] == 3,
+        timeout=DEADLINE,
+        what="the third replica to show the agent's credit taken by the run",
+    )
+    agent = _agent_on(users_replica, cluster.token)
+    assert agent["capacity"] == 4
+    assert agent["last_seen_time"] >= agent["connect_time"]
     # Its engine streams to the second replica, its agent to the first; the cancel is made
     # on the third, and the run is watched on the first.
     users_replica.stub.CancelRun(pb.CancelRunRequest(run_id=run_id, reason="from another replica"))
     run = terminal(agents_replica.stub, run_id)
     assert run.state.type == types_pb2.STATE_TYPE_CANCELLED, run.state
+
+
+def _agent_on(replica: Replica, token: str) -> dict[str, Any]:
+    """The pool's one agent as the replica's JSON API shows it."""
+    response = httpx.get(
+        f"{replica.server.extra['http_url']}api/v1/pools/{POOL}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=DEADLINE,
+    )
+    response.raise_for_status()
+    [agent] = response.json()["agents"]
+    return dict(agent)

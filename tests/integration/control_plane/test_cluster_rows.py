@@ -9,6 +9,8 @@ import pytest
 
 from control_plane.orchestration import clock
 from control_plane.store import catalog, cluster
+from flowyard.v1 import agent_pb2
+from tests.waiting import eventually
 
 from .conftest import RECEIVE_TIMEOUT, Plane, agent_stream
 
@@ -23,6 +25,8 @@ def session(session_id: str, replica_id: str, pool_id: str, name: str) -> cluste
         token_id="",
         capacity=1,
         connected_at=clock.now() - timedelta(days=3),
+        free_credit=1,
+        last_seen_at=clock.now() - timedelta(days=3),
     )
 
 
@@ -59,6 +63,29 @@ async def test_a_silent_replica_is_ended_with_its_sessions_and_old_rows_are_prun
     assert ready.count_rows("replicas") == 1
     assert ready.count_rows("agent_sessions") == 1
     await live.close()
+
+
+async def test_a_replica_records_the_credit_and_last_heartbeat_of_its_agents(
+    ready: Plane,
+) -> None:
+    agent = agent_stream(ready, capacity=3)
+    await agent.receive("welcome")
+    connected = clock.now()
+    run = await ready.run()
+    assert (await agent.receive("assign")).run_id == run.id
+    agent.send(agent_pb2.ConnectRequest(heartbeat=agent_pb2.Heartbeat()))
+
+    async def recorded() -> cluster.SessionRecord | None:
+        async with ready.app.db.read() as conn:
+            pool = await catalog.get_pool(conn, name="pool-a")
+            assert pool is not None
+            [row] = await cluster.live_sessions(conn, [pool.id])
+        # What other replicas read: written with this replica's next heartbeat.
+        return row if row.free_credit == 2 and row.last_seen_at > connected else None
+
+    row = await eventually(recorded, within=RECEIVE_TIMEOUT, what="the session's activity")
+    assert row is not None and row.capacity == 3
+    await agent.close()
 
 
 async def test_a_replica_taken_for_gone_closes_its_agent_streams_and_serves_on(
