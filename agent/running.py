@@ -21,6 +21,7 @@ from agent.runtimes.base import Runtime
 from agent.runtimes.kubernetes import KubernetesRuntime
 from agent.runtimes.process import ProcessRuntime
 from agent.settings import Settings
+from flowyard_common.heap import freeze_startup_heap
 
 __all__ = ["make_runtime", "run_agent"]
 
@@ -47,6 +48,7 @@ async def _run(settings: Settings, stop: asyncio.Event) -> None:
     outbox = Outbox()
     manager = RunManager(runtime, outbox, settings.agent.capacity)
     await runtime.start(manager.on_event)
+    freeze_startup_heap()
     loop = asyncio.get_running_loop()
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, _request_stop, stop, signum)

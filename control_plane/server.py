@@ -76,6 +76,7 @@ from flowyard.v1 import (
     engine_pb2_grpc,
 )
 from flowyard_common.aiotasks import cancel_and_wait
+from flowyard_common.heap import freeze_startup_heap
 from flowyard_common.http_server import HttpServer
 
 log = logging.getLogger(__name__)
@@ -477,6 +478,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             loop.add_signal_handler(sig, stop.set)
     app = await build(config)
     await app.start()
+    # Started: what is alive now lives as long as the process (see flowyard_common.heap).
+    freeze_startup_heap()
     address = f"{config.host}:{app.port}"
     log.info(
         "Flowyard control plane listening on %s (%s; database %s)",

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from engine.forkserver import serve
 from engine.runner import ExitCode, execute_run
 from engine.takeover import take_on
+from flowyard_common.heap import freeze_startup_heap
 
 __all__ = ["main"]
 
@@ -78,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, run, and return the exit code."""
     args = _parser().parse_args(argv)
     _configure_engine_logging()
+    # Imports done: they are never garbage, and a forked engine inherits them frozen. An
+    # engine started for a run goes straight on (collecting would delay its flow).
+    freeze_startup_heap(collect=args.command != "execute")
     if args.command == "forkserver":
         return serve()
     run_id = args.run_id if args.command == "execute" else _take_run()
