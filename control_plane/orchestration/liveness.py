@@ -121,20 +121,24 @@ class Reaper:
                 await self._heartbeats.flush()
             changed += await self._apply(
                 "engine_silent",
-                lambda conn: repo.silent_engines(conn, now - self._policy.engine_grace, BATCH),
+                lambda conn, lock: repo.silent_engines(
+                    conn, now - self._policy.engine_grace, BATCH, lock=lock
+                ),
                 lambda run: _crash_silent(run, now),
             )
         if now - self._started_at >= self._policy.agent_grace:
             since = now - self._policy.agent_grace
             changed += await self._apply(
                 "agent_gone",
-                lambda conn: repo.orphaned_pending(conn, since, BATCH),
+                lambda conn, lock: repo.orphaned_pending(conn, since, BATCH, lock=lock),
                 lambda run: _crash_orphaned(run, self._policy.agent_grace),
             )
         waiting = _Waiting()
 
-        async def overdue(conn: AsyncConnection) -> list[Run]:
-            runs = await repo.overdue_scheduled(conn, now - self._policy.late_after, BATCH)
+        async def overdue(conn: AsyncConnection, lock: bool) -> list[Run]:
+            runs = await repo.overdue_scheduled(
+                conn, now - self._policy.late_after, BATCH, lock=lock
+            )
             if runs:
                 await waiting.load(conn)
             return runs
@@ -146,7 +150,9 @@ class Reaper:
         )
         forced = await self._apply(
             "cancel_timeout",
-            lambda conn: repo.stuck_cancelling(conn, now - self._policy.cancelling_timeout, BATCH),
+            lambda conn, lock: repo.stuck_cancelling(
+                conn, now - self._policy.cancelling_timeout, BATCH, lock=lock
+            ),
             lambda run: State(
                 StateType.CANCELLED,
                 message=f"{run.state_message} (forced: still cancelling after "
@@ -162,13 +168,14 @@ class Reaper:
     async def _apply(
         self,
         rule: str,
-        find: Callable[[AsyncConnection], Awaitable[list[Run]]],
+        find: Callable[[AsyncConnection, bool], Awaitable[list[Run]]],
         target: Callable[[Run], State],
     ) -> list[Run]:
-        """Change what ``find`` finds, ``BATCH`` runs per transaction: on SQLite a
-        transaction holds the one write lock, so a backlog goes in short turns that let the
-        calls waiting to write go between them, rather than in one long one. The runs changed
-        are counted under ``rule`` (one of ``metrics.REAP_RULES``)."""
+        """Change what ``find`` finds (``find(conn, lock)``; ``lock``: for this transaction),
+        ``BATCH`` runs per transaction, with one UPDATE and one history insert for all of
+        them: on SQLite a transaction holds the one write lock, so a backlog goes in short
+        turns that let the calls waiting to write go between them, rather than in one long
+        one. The runs changed are counted under ``rule`` (one of ``metrics.REAP_RULES``)."""
         reaped = metrics.REAPED.labels(rule)
         changed: list[Run] = []
         for _ in range(MAX_BATCHES):
@@ -181,24 +188,21 @@ class Reaper:
 
     async def _apply_batch(
         self,
-        find: Callable[[AsyncConnection], Awaitable[list[Run]]],
+        find: Callable[[AsyncConnection, bool], Awaitable[list[Run]]],
         target: Callable[[Run], State],
     ) -> tuple[int, list[Run]]:
         async with self._db.read() as conn:
-            if not await find(conn):
+            if not await find(conn, False):
                 return 0, []
-        changed: list[Run] = []
         async with self._db.write() as conn:
             if self._lease is not None:
                 await self._lease.check(conn)
-            runs = await find(conn)
-            for run in runs:
-                state = target(run)
-                updated = await repo.compare_and_set(
-                    conn, run, state, actor=Actor.SERVER, now=clock.now(), lease_deadline=None
-                )
-                if updated is not None:
-                    changed.append(updated)
+            runs = await find(conn, True)
+            changes = [
+                repo.Change(run, target(run), {"lease_deadline": None}, actor=Actor.SERVER)
+                for run in runs
+            ]
+            changed = await repo.apply_locked(conn, changes, clock.now())
         for run in changed:
             log.info("run %s: %s (%s)", run.id, run.state_name, run.state_message)
             self._notifier.changed(run)

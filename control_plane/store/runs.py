@@ -624,7 +624,9 @@ async def touch_heartbeats(conn: AsyncConnection, beats: dict[tuple[str, int], d
     )
 
 
-async def silent_engines(conn: AsyncConnection, before: datetime, limit: int) -> list[Run]:
+async def silent_engines(
+    conn: AsyncConnection, before: datetime, limit: int, *, lock: bool = False
+) -> list[Run]:
     """RUNNING runs whose engine has not said it is alive since ``before``."""
     last_sign = func.coalesce(flow_runs.c.last_heartbeat_at, flow_runs.c.started_at)
     query = (
@@ -637,10 +639,12 @@ async def silent_engines(conn: AsyncConnection, before: datetime, limit: int) ->
         .order_by(last_sign)
         .limit(limit)
     )
-    return [_run(row) for row in await conn.execute(query)]
+    return [_run(row) for row in await conn.execute(_locked(query, lock))]
 
 
-async def orphaned_pending(conn: AsyncConnection, before: datetime, limit: int) -> list[Run]:
+async def orphaned_pending(
+    conn: AsyncConnection, before: datetime, limit: int, *, lock: bool = False
+) -> list[Run]:
     """Submitted PENDING runs quiet since ``before`` whose agent session has been gone since
     before ``before`` (on whichever replica it was connected).
 
@@ -663,10 +667,19 @@ async def orphaned_pending(conn: AsyncConnection, before: datetime, limit: int) 
         .order_by(flow_runs.c.state_time)
         .limit(limit)
     )
-    return [_run(row) for row in await conn.execute(query)]
+    return [_run(row) for row in await conn.execute(_locked(query, lock))]
 
 
-async def overdue_scheduled(conn: AsyncConnection, before: datetime, limit: int) -> list[Run]:
+def _locked(query: Any, lock: bool) -> Any:
+    """``query``, locking the runs it finds for the transaction if ``lock`` (on PostgreSQL;
+    on SQLite the one writer holds them already); runs another transaction holds are left
+    for a later pass."""
+    return query.with_for_update(skip_locked=True, of=flow_runs) if lock else query
+
+
+async def overdue_scheduled(
+    conn: AsyncConnection, before: datetime, limit: int, *, lock: bool = False
+) -> list[Run]:
     """SCHEDULED runs still named "Scheduled" that were due before ``before``."""
     query = (
         _select_runs()
@@ -678,10 +691,12 @@ async def overdue_scheduled(conn: AsyncConnection, before: datetime, limit: int)
         .order_by(flow_runs.c.scheduled_at)
         .limit(limit)
     )
-    return [_run(row) for row in await conn.execute(query)]
+    return [_run(row) for row in await conn.execute(_locked(query, lock))]
 
 
-async def stuck_cancelling(conn: AsyncConnection, before: datetime, limit: int) -> list[Run]:
+async def stuck_cancelling(
+    conn: AsyncConnection, before: datetime, limit: int, *, lock: bool = False
+) -> list[Run]:
     """CANCELLING runs that entered CANCELLING before ``before``."""
     query = (
         _select_runs()
@@ -692,7 +707,7 @@ async def stuck_cancelling(conn: AsyncConnection, before: datetime, limit: int) 
         .order_by(flow_runs.c.state_time)
         .limit(limit)
     )
-    return [_run(row) for row in await conn.execute(query)]
+    return [_run(row) for row in await conn.execute(_locked(query, lock))]
 
 
 async def due_runs(

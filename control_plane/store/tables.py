@@ -171,6 +171,8 @@ flow_runs = Table(
     Index(None, "created_at"),
     Index(None, "state_type", "lease_deadline"),
     Index(None, "deployment_id", "state_type"),
+    # Overdue runs, oldest first (the reaper's late rule), read in pages whatever the backlog.
+    Index(None, "state_type", "state_name", "scheduled_at"),
 )
 
 run_states = Table(
