@@ -235,6 +235,10 @@ class LogRecord:
     #: The change of a task run this line records (not stored with the line: folded into
     #: the task run's row).
     task_run_event: TaskRunEvent | None = None
+    #: The ``LogLine`` message the line arrived as, when it says exactly what a tail sends
+    #: for this record: tails then send it as it is instead of building it again. Never
+    #: stored; None for lines read from the database.
+    wire: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,8 @@ def log_batch_to_proto(lines: Sequence[LogLine]) -> engine_pb2.ReportRequest:
         message.seq = line.seq
         seconds = int(line.timestamp)
         message.timestamp.seconds = seconds
-        message.timestamp.nanos = int((line.timestamp - seconds) * 1e9)
+        # Microseconds, as the control plane keeps times (a float clock holds no finer).
+        message.timestamp.nanos = int((line.timestamp - seconds) * 1e6) * 1_000
         message.level = line.level
         message.stream = _STREAMS[line.stream]
         if line.logger:

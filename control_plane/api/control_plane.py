@@ -26,6 +26,9 @@ Context = Any  # grpc.aio.ServicerContext, whose generic parameters the stubs do
 
 #: Bytes of lines per TailLogs message, far below a default client's 4 MiB receive limit.
 TAIL_MESSAGE_BYTES = 1 << 20
+#: At least the size of a LogLine's fields other than its texts (run id, numbers, a time),
+#: for bounding a message's size without serialising it.
+_LINE_FIELDS_BYTES = 96
 
 
 class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
@@ -321,12 +324,25 @@ def _tail_responses(lines: list[LogRecord], state: types_pb2.RunState) -> list[p
     responses = [pb.TailLogsResponse(state=state)]
     size = 0
     for line in lines:
-        message = convert.add_log_line(responses[-1].lines, line)
-        line_size = message.ByteSize()
+        into = responses[-1].lines
+        if line.wire is not None:
+            # As it arrived (copied by the C library), its size bounded from its texts'
+            # lengths (at most 4 bytes a character, 1 for ASCII) rather than serialised.
+            into.append(line.wire)
+            message = into[-1]
+            text = line.text
+            line_size = (
+                (len(text) if text.isascii() else 4 * len(text))
+                + 4 * (len(line.logger) + len(line.task_run) + len(line.subflow_run))
+                + _LINE_FIELDS_BYTES
+            )
+        else:
+            message = convert.add_log_line(into, line)
+            line_size = message.ByteSize()
         if size and size + line_size > TAIL_MESSAGE_BYTES:
-            del responses[-1].lines[-1]
+            del into[-1]
             responses.append(pb.TailLogsResponse(state=state))
-            convert.add_log_line(responses[-1].lines, line)
+            responses[-1].lines.append(message)
             size = 0
         size += line_size
     return responses

@@ -379,11 +379,8 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
             )
         previous = seq
         # Resent lines are checked too: a batch is taken or refused as a whole.
-        task_run = (
-            convert.task_run_name(line.task_run, f"{_where(index)}.task_run")
-            if line.task_run
-            else ""
-        )
+        named = line.task_run
+        task_run = convert.task_run_name(named, f"{_where(index)}.task_run") if named else ""
         event = (
             convert.task_run_event(line.task_run_event, f"{_where(index)}.task_run_event")
             if line.HasField("task_run_event")
@@ -397,27 +394,45 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
                 f"{_where(index)}.seq: expected {expected}, the next after the stored "
                 f"{expected - 1}: seqs have no gaps"
             )
-        if line.HasField("timestamp"):
-            timestamp = convert.timestamp_or_none(line.timestamp) or convert.from_timestamp(
-                line.timestamp, f"{_where(index)}.timestamp"
+        stamped = line.HasField("timestamp")
+        if stamped:
+            stamp = line.timestamp
+            timestamp = convert.timestamp_or_none(stamp) or convert.from_timestamp(
+                stamp, f"{_where(index)}.timestamp"
             )
         else:
             timestamp = clock.now()
-        records.append(
-            LogRecord(
-                run.id,
-                run.attempt,
-                seq,
-                timestamp,
-                # Levels are informational: an odd number is kept within logging's range.
-                min(max(line.level, 0), 100),
-                convert.log_stream(line.stream),
-                convert.storable(line.logger[:MAX_LOGGER_CHARS]),
-                # The engine's own rule: a line stored is never longer than one it sends.
-                convert.storable(truncate_line(line.text)),
-                task_run,
-                line.subflow_run,
-                event,
-            )
+        level, stream, logger, text = line.level, line.stream, line.logger, line.text
+        record = LogRecord(
+            run.id,
+            run.attempt,
+            seq,
+            timestamp,
+            # Levels are informational: an odd number is kept within logging's range.
+            min(max(level, 0), 100),
+            convert.log_stream(stream),
+            convert.storable(logger[:MAX_LOGGER_CHARS]),
+            # The engine's own rule: a line stored is never longer than one it sends.
+            convert.storable(truncate_line(text)),
+            task_run,
+            line.subflow_run,
+            event,
         )
+        # The message as it came says what a tail sends for the record (text, logger and
+        # task run kept as they were, a time in whole microseconds, no task-run event):
+        # tails send it as it is, once it names its run and attempt.
+        if (
+            stamped
+            and event is None
+            and record.text is text
+            and record.logger is logger
+            and task_run is named
+            and record.level == level
+            and stamp.nanos % 1_000 == 0
+            and convert.LOG_STREAMS[record.stream] == stream
+        ):
+            line.run_id = run.id
+            line.attempt = run.attempt
+            record.wire = line
+        records.append(record)
     return records

@@ -1,0 +1,76 @@
+"""What a tail sends for the lines an engine just sent: the same messages whether the lines
+are served as they arrived or read back from the database."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from control_plane.api.control_plane import TAIL_MESSAGE_BYTES, _tail_responses
+from control_plane.api.engine import _new_lines
+from control_plane.models import LogRecord
+from flowyard.v1 import engine_pb2, types_pb2
+
+RUN_ID = "0123456789abcdef0123456789abcdef"
+STATE = types_pb2.RunState(type=types_pb2.STATE_TYPE_RUNNING)
+
+
+class _Run:
+    id = RUN_ID
+    attempt = 2
+
+
+def _batch(*texts: str, nanos: int = 123_456_000, **fields: object) -> engine_pb2.LogBatch:
+    batch = engine_pb2.LogBatch()
+    for seq, text in enumerate(texts, start=1):
+        line = batch.lines.add(seq=seq, text=text, **{"level": 20, **fields})  # type: ignore[arg-type]
+        line.timestamp.seconds = 1_790_000_000
+        line.timestamp.nanos = nanos
+    # As the server gets it: parsed from the wire.
+    return engine_pb2.LogBatch.FromString(batch.SerializeToString())
+
+
+def _as_read_back(records: list[LogRecord]) -> list[LogRecord]:
+    """The same records as the database gives them: without the message they came in."""
+    return [replace(record, wire=None) for record in records]
+
+
+def _tailed(records: list[LogRecord]) -> list[bytes]:
+    return [message.SerializeToString() for message in _tail_responses(records, STATE)]
+
+
+def test_lines_as_an_engine_sends_them_are_tailed_as_they_arrived() -> None:
+    records = _new_lines(
+        _Run(), _batch("one", "twő", "three", stream=types_pb2.LOG_STREAM_STDERR), stored=0
+    )
+    assert all(record.wire is not None for record in records)
+    assert _tailed(records) == _tailed(_as_read_back(records))
+    [message] = _tail_responses(records, STATE)
+    assert [(line.run_id, line.attempt, line.text) for line in message.lines] == [
+        (RUN_ID, 2, "one"),
+        (RUN_ID, 2, "twő"),
+        (RUN_ID, 2, "three"),
+    ]
+
+
+def test_lines_that_storing_changes_are_tailed_as_stored() -> None:
+    changed = [
+        _batch("a\x00b"),  # NUL, which PostgreSQL refuses, becomes U+FFFD
+        _batch("x" * 300_000),  # cut to the longest line stored
+        _batch("late", nanos=123_456_789),  # nanoseconds: stored to the microsecond
+        _batch("odd", level=1_000),  # a level beyond logging's range
+        _batch("where", stream=99),  # type: ignore[arg-type]  # a stream nobody knows
+        _batch("who", logger="a\x00logger"),
+    ]
+    for batch in changed:
+        records = _new_lines(_Run(), batch, stored=0)
+        assert [record.wire for record in records] == [None]
+        assert _tailed(records) == _tailed(_as_read_back(records))
+
+
+def test_tail_messages_stay_within_their_size_whatever_the_characters() -> None:
+    wide = "字" * 20_000  # 60,000 bytes in UTF-8 for 20,000 characters
+    records = _new_lines(_Run(), _batch(*[wide] * 40, logger="ǉ" * 200), stored=0)
+    responses = _tail_responses(records, STATE)
+    assert len(responses) > 1
+    assert all(message.ByteSize() <= TAIL_MESSAGE_BYTES for message in responses)
+    assert [line.seq for message in responses for line in message.lines] == list(range(1, 41))
