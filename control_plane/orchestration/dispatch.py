@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane import metrics
-from control_plane.models import Collision, Deployment, Run
+from control_plane.models import Collision, Deployment, Run, WorkQueue
 from control_plane.orchestration import clock, sources, tokens
 from control_plane.orchestration.agents import AgentRegistry, AgentSession, AssignMessage
 from control_plane.orchestration.attempts import hand_back
@@ -198,7 +198,7 @@ class Dispatcher:
                     pool_id,
                     now,
                     room,
-                    queue_ids=open_queues,
+                    queues_by_priority=_by_priority(queues, open_queues),
                     blocked_deployments=blocked,
                 )
                 progressed = False
@@ -333,6 +333,16 @@ class Dispatcher:
         for run in changed:
             log.info("run %s: lease expired, now %s", run.id, run.state_type.value)
             self._notifier.changed(run)
+
+
+def _by_priority(queues: list[WorkQueue], ids: list[str]) -> list[list[str]]:
+    """The queues ``ids`` grouped by priority, highest first (the lowest number)."""
+    wanted = set(ids)
+    groups: dict[int, list[str]] = {}
+    for queue in queues:
+        if queue.id in wanted:
+            groups.setdefault(queue.priority, []).append(queue.id)
+    return [groups[priority] for priority in sorted(groups)]
 
 
 def _session_for(

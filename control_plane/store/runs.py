@@ -716,33 +716,42 @@ async def due_runs(
     now: datetime,
     limit: int,
     *,
-    queue_ids: Iterable[str] | None = None,
+    queues_by_priority: Sequence[Sequence[str]],
     blocked_deployments: Iterable[str] = (),
 ) -> list[Run]:
-    """SCHEDULED runs of a pool whose time has come: higher-priority queues first (lower
-    number), then oldest due first. Only runs of ``queue_ids`` (None: every queue) and none
-    of ``blocked_deployments``, so runs that cannot go never fill the page.
+    """SCHEDULED runs of a pool whose time has come: those of the first queues of
+    ``queues_by_priority`` (queue ids, highest priority first) first, then oldest due first.
+    Only runs of those queues and none of ``blocked_deployments``, so runs that cannot go
+    never fill the page.
+
+    Each priority is read in the order of the index on (pool, state, due time), so a page
+    costs what it holds, not the pool's backlog (ordered by the queue's priority, a join,
+    every due run of the pool was read and sorted for every page).
 
     On PostgreSQL the rows are locked for the transaction, skipping rows another transaction
     holds (FOR UPDATE SKIP LOCKED): what this returns, nobody else changes until the claims
     commit (``apply_locked``), and two passes at once claim different runs."""
-    query = (
-        _select_runs()
-        .where(
-            flow_runs.c.pool_id == pool_id,
-            flow_runs.c.state_type == StateType.SCHEDULED.value,
-            flow_runs.c.scheduled_at <= now,
-        )
-        .order_by(work_queues.c.priority, flow_runs.c.scheduled_at, flow_runs.c.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True, of=flow_runs)
-    )
-    if queue_ids is not None:
-        query = query.where(flow_runs.c.queue_id.in_(list(queue_ids)))
     blocked = list(blocked_deployments)
-    if blocked:
-        query = query.where(flow_runs.c.deployment_id.not_in(blocked))
-    return [_run(row) for row in await conn.execute(query)]
+    found: list[Run] = []
+    for queue_ids in queues_by_priority:
+        if len(found) >= limit:
+            break
+        query = (
+            _select_runs()
+            .where(
+                flow_runs.c.pool_id == pool_id,
+                flow_runs.c.state_type == StateType.SCHEDULED.value,
+                flow_runs.c.scheduled_at <= now,
+                flow_runs.c.queue_id.in_(list(queue_ids)),
+            )
+            .order_by(flow_runs.c.scheduled_at, flow_runs.c.id)
+            .limit(limit - len(found))
+            .with_for_update(skip_locked=True, of=flow_runs)
+        )
+        if blocked:
+            query = query.where(flow_runs.c.deployment_id.not_in(blocked))
+        found += [_run(row) for row in await conn.execute(query)]
+    return found
 
 
 async def due_runs_of_deployment(

@@ -134,6 +134,20 @@ async def test_a_higher_priority_run_created_later_goes_first(ready: Plane) -> N
     await agent.close()
 
 
+async def test_queues_of_one_priority_share_it_oldest_run_first(ready: Plane) -> None:
+    await queue(ready, "default", priority=10)
+    await queue(ready, "left", priority=1)
+    await queue(ready, "right", priority=1)
+    later = await run_in(ready, "default")
+    first = [await run_in(ready, name) for name in ("right", "left", "right", "left")]
+    # One pass takes every due run of the first priority, in the order they came, across
+    # its two queues; the older run of the lower priority comes after them.
+    agent = agent_stream(ready, capacity=5)
+    await agent.receive("welcome")
+    assert await assigned(agent, 5) == [*first, later]
+    await agent.close()
+
+
 async def test_an_agent_limited_to_a_queue_takes_only_its_runs(ready: Plane) -> None:
     await queue(ready, "gpu", priority=5)
     other = await run_in(ready, "default")
