@@ -28,7 +28,7 @@ from control_plane.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from control_plane.models import LogRecord, Run
+from control_plane.models import LogRecord, LogStream, Run
 from control_plane.orchestration import attempts, clock, validation
 from control_plane.orchestration.catalog import Catalog
 from control_plane.orchestration.children import ChildRuns
@@ -40,7 +40,7 @@ from control_plane.store.db import Database
 from flowyard.v1 import engine_pb2 as pb
 from flowyard.v1 import engine_pb2_grpc as pb_grpc
 from flowyard_common.aiotasks import cancel_and_wait
-from flowyard_common.loglines import truncate_line
+from flowyard_common.loglines import MAX_LINE_BYTES, truncate_line
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +348,10 @@ def _where(index: int) -> str:
     return f"log_batch.lines[{index}]"
 
 
+#: A text of at most this many characters fits in MAX_LINE_BYTES, whatever its characters.
+_NEVER_CUT_CHARS = MAX_LINE_BYTES // 4
+
+
 def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
     """The lines of a batch that are not stored yet, checked as a whole before any is stored.
 
@@ -358,17 +362,18 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
         raise InvalidArgument(
             f"log_batch.lines: at most {MAX_BATCH_LINES} lines per batch ({len(batch.lines)})"
         )
+    run_id, attempt = run.id, run.attempt
+    streams = convert.LOG_STREAMS_BY_WIRE
     records: list[LogRecord] = []
     previous = 0
     for index, line in enumerate(batch.lines):
-        if line.run_id and line.run_id != run.id:
+        if line.run_id and line.run_id != run_id:
             raise InvalidArgument(
-                f"{_where(index)}.run_id: this stream reports run {run.id}; leave run_id empty"
+                f"{_where(index)}.run_id: this stream reports run {run_id}; leave run_id empty"
             )
-        if line.attempt and line.attempt != run.attempt:
+        if line.attempt and line.attempt != attempt:
             raise InvalidArgument(
-                f"{_where(index)}.attempt: this stream reports attempt {run.attempt}; "
-                "leave attempt 0"
+                f"{_where(index)}.attempt: this stream reports attempt {attempt}; leave attempt 0"
             )
         seq = line.seq
         if seq < 1:
@@ -394,45 +399,60 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
                 f"{_where(index)}.seq: expected {expected}, the next after the stored "
                 f"{expected - 1}: seqs have no gaps"
             )
+        # A line is stored with what storing changes (rarely anything; each rule checked
+        # before the call that applies it, as every line of a chatty run passes here).
         stamped = line.HasField("timestamp")
         if stamped:
             stamp = line.timestamp
+            whole_micros = stamp.nanos % 1_000 == 0
             timestamp = convert.timestamp_or_none(stamp) or convert.from_timestamp(
                 stamp, f"{_where(index)}.timestamp"
             )
         else:
+            whole_micros = False
             timestamp = clock.now()
         level, stream, logger, text = line.level, line.stream, line.logger, line.text
+        # The engine's own rule: a line stored is never longer than one it sends.
+        kept_text = (
+            text
+            if len(text) <= _NEVER_CUT_CHARS and "\x00" not in text
+            else convert.storable(truncate_line(text))
+        )
+        kept_logger = (
+            logger
+            if len(logger) <= MAX_LOGGER_CHARS and "\x00" not in logger
+            else convert.storable(logger[:MAX_LOGGER_CHARS])
+        )
+        known_stream = streams.get(stream)
+        # Levels are informational: an odd number is kept within logging's range.
+        in_range = 0 <= level <= 100
         record = LogRecord(
-            run.id,
-            run.attempt,
+            run_id,
+            attempt,
             seq,
             timestamp,
-            # Levels are informational: an odd number is kept within logging's range.
-            min(max(level, 0), 100),
-            convert.log_stream(stream),
-            convert.storable(logger[:MAX_LOGGER_CHARS]),
-            # The engine's own rule: a line stored is never longer than one it sends.
-            convert.storable(truncate_line(text)),
+            level if in_range else min(max(level, 0), 100),
+            known_stream or LogStream.UNSPECIFIED,
+            kept_logger,
+            kept_text,
             task_run,
             line.subflow_run,
             event,
         )
-        # The message as it came says what a tail sends for the record (text, logger and
-        # task run kept as they were, a time in whole microseconds, no task-run event):
-        # tails send it as it is, once it names its run and attempt.
+        # The message as it came says what a tail sends for the record (nothing changed
+        # by storing, a time in whole microseconds, no task-run event): tails send it as
+        # it is, once it names its run and attempt.
         if (
-            stamped
+            whole_micros
             and event is None
-            and record.text is text
-            and record.logger is logger
+            and in_range
+            and known_stream is not None
+            and kept_text is text
+            and kept_logger is logger
             and task_run is named
-            and record.level == level
-            and stamp.nanos % 1_000 == 0
-            and convert.LOG_STREAMS[record.stream] == stream
         ):
-            line.run_id = run.id
-            line.attempt = run.attempt
+            line.run_id = run_id
+            line.attempt = attempt
             record.wire = line
         records.append(record)
     return records
