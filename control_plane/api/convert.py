@@ -94,23 +94,34 @@ def from_timestamp(value: Timestamp, field: str) -> datetime:
 def timestamp_or_none(value: Timestamp) -> datetime | None:
     """``from_timestamp`` without the error: None for a time a Timestamp may not hold.
 
-    The datetime of each whole second is kept (a few thousand at most): the lines of a log
-    batch were mostly written within the same few seconds, and each needs its time.
+    The calendar fields of each whole second are kept (a few thousand at most): the lines of
+    a log batch were mostly written within the same few seconds, and each needs its time
+    (built from its fields, the cheapest way to make a datetime: less than half the cost of
+    adding a timedelta).
     """
     seconds, nanos = value.seconds, value.nanos
     if not 0 <= nanos < 1_000_000_000:
         return None
-    second = _SECONDS.get(seconds)
-    if second is None:
+    fields = _SECONDS.get(seconds)
+    if fields is None:
         if not MIN_SECONDS <= seconds <= MAX_SECONDS:
             return None
         if len(_SECONDS) >= _SECONDS_KEPT:
             _SECONDS.clear()
-        second = _SECONDS[seconds] = _EPOCH + timedelta(seconds=seconds)
-    return second + timedelta(microseconds=nanos // 1_000)
+        second = _EPOCH + timedelta(seconds=seconds)
+        fields = _SECONDS[seconds] = (
+            second.year,
+            second.month,
+            second.day,
+            second.hour,
+            second.minute,
+            second.second,
+        )
+    year, month, day, hour, minute, whole = fields
+    return datetime(year, month, day, hour, minute, whole, nanos // 1_000, UTC)
 
 
-_SECONDS: dict[int, datetime] = {}
+_SECONDS: dict[int, tuple[int, int, int, int, int, int]] = {}
 _SECONDS_KEPT = 4_096
 
 
