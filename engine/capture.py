@@ -101,9 +101,12 @@ class LineWriter(io.TextIOBase):
         if sys._getframe(1).f_code is _STREAM_HANDLER_EMIT:
             return len(text)
         with self._lock:
-            if "\n" in text:
+            if text == "\n":  # print() writes the text, then the newline
+                lines = [self._pending]
+                self._pending = ""
+            elif "\n" in text:
                 *lines, self._pending = (self._pending + text).split("\n")
-            else:  # print() writes the text, then the newline
+            else:
                 lines = []
                 self._pending += text
             while len(self._pending) > _MAX_PENDING_CHARS:

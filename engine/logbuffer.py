@@ -19,7 +19,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from engine.model import LogLine, LogStream
 from flowyard_common.loglines import truncate_line
@@ -43,22 +42,6 @@ def _size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", errors="replace"))
 
 
-@dataclass(slots=True)
-class _Entry:
-    """A written line that has no seq yet (never changed once written; not frozen because a
-    frozen dataclass costs a third of a write to build)."""
-
-    timestamp: float
-    level: int
-    stream: LogStream
-    logger: str
-    text: str
-    size: int
-    task_run: str
-    task_event: TaskRunChange | None
-    subflow_run: str
-
-
 class LogBuffer:
     """Thread-safe store of the attempt's lines until the control plane acknowledges them."""
 
@@ -78,7 +61,8 @@ class LogBuffer:
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._queued: deque[_Entry] = deque()
+        # Written lines, not numbered yet (seq 0 until ``next_batch`` numbers them).
+        self._queued: deque[LogLine] = deque()
         self._queued_bytes = 0
         self._numbered: deque[LogLine] = deque()
         self._send_index = 0  # first line of _numbered not yet sent on the current stream
@@ -113,15 +97,15 @@ class LogBuffer:
         """Add one line; never blocks on the network, drops the oldest unnumbered if full."""
         text = truncate_line(text)
         size = _size(text)
-        entry = _Entry(
-            self._clock(), level, stream, logger, text, size, task_run, task_event, subflow_run
+        entry = LogLine(
+            0, self._clock(), level, stream, logger, text, task_run, task_event, subflow_run
         )
         with self._lock:
             queued = self._queued
             was_full = self._batch_full()
             if len(queued) + len(self._numbered) >= self._capacity and queued:
                 dropped = queued.popleft()
-                self._queued_bytes -= dropped.size
+                self._queued_bytes -= _size(dropped.text)
                 if self._dropped == 0:
                     self._dropped_since = dropped.timestamp
                 self._dropped += 1
@@ -202,26 +186,18 @@ class LogBuffer:
             seq = self._next_seq
             taken_bytes = 0
             while room > 0 and queued:
-                entry = queued[0]
-                if batch and size + entry.size > max_bytes:
+                line = queued[0]
+                line_size = _size(line.text)
+                if batch and size + line_size > max_bytes:
                     break
                 queued.popleft()
-                line = LogLine(
-                    seq,
-                    entry.timestamp,
-                    entry.level,
-                    entry.stream,
-                    entry.logger,
-                    entry.text,
-                    entry.task_run,
-                    entry.task_event,
-                    entry.subflow_run,
-                )
+                # Numbered in place: the line written is the line sent.
+                line.seq = seq
                 seq += 1
                 numbered.append(line)
                 batch.append(line)
-                size += entry.size
-                taken_bytes += entry.size
+                size += line_size
+                taken_bytes += line_size
                 room -= 1
             self._next_seq = seq
             self._queued_bytes -= taken_bytes

@@ -41,10 +41,11 @@ class LogStream(enum.Enum):
 
 @dataclass(slots=True)
 class LogLine:
-    """One numbered line of the attempt's logs (never changed once numbered; not frozen
-    because a frozen dataclass costs four times as much to build, and every line builds one)."""
+    """One line of the attempt's logs (never changed once numbered; not frozen because a
+    frozen dataclass costs four times as much to build, and every line builds one)."""
 
     seq: int
+    """Position within the attempt, from 1; 0 while the line waits to be numbered."""
     timestamp: float
     """Seconds since the epoch, by this machine's clock."""
     level: int
