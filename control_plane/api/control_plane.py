@@ -320,29 +320,40 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
 
 def _tail_responses(lines: list[LogRecord], state: types_pb2.RunState) -> list[pb.TailLogsResponse]:
     """``lines`` in TailLogs messages of at most TAIL_MESSAGE_BYTES (a larger line goes
-    alone), each with the run's state."""
-    responses = [pb.TailLogsResponse(state=state)]
+    alone), each with the run's state.
+
+    A line's size is bounded from its texts' lengths (at most 4 bytes a character, 1 for
+    ASCII) rather than measured, and lines that kept the message they arrived in are copied
+    into their message together, by the protobuf library."""
+    responses = []
+    chunk: list[LogRecord] = []
     size = 0
     for line in lines:
-        into = responses[-1].lines
-        if line.wire is not None:
-            # As it arrived (copied by the C library), its size bounded from its texts'
-            # lengths (at most 4 bytes a character, 1 for ASCII) rather than serialised.
-            into.append(line.wire)
-            message = into[-1]
-            text = line.text
-            line_size = (
-                (len(text) if text.isascii() else 4 * len(text))
-                + 4 * (len(line.logger) + len(line.task_run) + len(line.subflow_run))
-                + _LINE_FIELDS_BYTES
-            )
-        else:
-            message = convert.add_log_line(into, line)
-            line_size = message.ByteSize()
-        if size and size + line_size > TAIL_MESSAGE_BYTES:
-            del into[-1]
-            responses.append(pb.TailLogsResponse(state=state))
-            responses[-1].lines.append(message)
-            size = 0
+        text = line.text
+        line_size = (
+            (len(text) if text.isascii() else 4 * len(text))
+            + 4 * (len(line.logger) + len(line.task_run) + len(line.subflow_run))
+            + _LINE_FIELDS_BYTES
+        )
+        if chunk and size + line_size > TAIL_MESSAGE_BYTES:
+            responses.append(_tail_message(chunk, state))
+            chunk, size = [], 0
+        chunk.append(line)
         size += line_size
+    responses.append(_tail_message(chunk, state))
     return responses
+
+
+def _tail_message(lines: list[LogRecord], state: types_pb2.RunState) -> pb.TailLogsResponse:
+    message = pb.TailLogsResponse(state=state)
+    into = message.lines
+    arrived = [line.wire for line in lines if line.wire is not None]
+    if len(arrived) == len(lines):
+        into.extend(arrived)
+        return message
+    for line in lines:
+        if line.wire is not None:
+            into.append(line.wire)
+        else:
+            convert.add_log_line(into, line)
+    return message
