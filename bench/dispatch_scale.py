@@ -6,8 +6,11 @@ busy installation's table would be), connects one synthetic agent (bench/lifecyc
 creates ``--runs`` runs one at a time: p50 / p99 of create -> assignment, which is a whole
 dispatch pass. The figure to look at is the ratio of the two p50s.
 
+With ``--pool-limit N`` the pool has a concurrency limit, so every pass counts the pool's
+active runs (by deployment and queue, from an index); without one it counts nothing.
+
 Usage: python bench/dispatch_scale.py [--store sqlite|postgresql] [--stored 100 100000]
-       [--runs 200] [--flowyard PATH]
+       [--runs 200] [--pool-limit N] [--flowyard PATH]
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ import uuid
 from typing import Any
 
 from lifecycle import Clock, agent, create
-from plane import add_server_arguments, bench_plane, percentile, print_latencies
+from plane import POOL, add_server_arguments, bench_plane, percentile, print_latencies
 from sqlalchemy import create_engine, insert, select
 
 from control_plane.store.tables import deployments, flow_runs, work_queues
+from flowyard.v1 import control_plane_pb2 as pb
 
 #: Rows written per INSERT while filling the table.
 FILL_BATCH = 5_000
@@ -85,6 +89,12 @@ async def measure(args: argparse.Namespace, stored: int) -> list[float]:
     clock = Clock()
     async with bench_plane(args) as plane:
         await asyncio.to_thread(fill, plane.db_url, stored)
+        if args.pool_limit:
+            # A limit no run reaches, so that every pass counts the active runs.
+            await plane.control.UpdatePool(
+                pb.UpdatePoolRequest(name=POOL, concurrency_limit=args.pool_limit),
+                metadata=plane.admin,
+            )
         token = await plane.agent_token("bench")
         async with agent(plane, plane, token, "bench/agent", 1, clock):
             run_ids = []
@@ -101,10 +111,17 @@ async def main() -> None:
     add_server_arguments(parser)
     parser.add_argument("--stored", type=int, nargs="+", default=[100, 100_000])
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument(
+        "--pool-limit",
+        type=int,
+        default=0,
+        help="give the pool this concurrency limit (its passes then count the active runs)",
+    )
     args = parser.parse_args()
 
     rows = [(f"{n:,} stored: create -> assignment", await measure(args, n)) for n in args.stored]
-    print(f"Dispatch over stored runs on {args.store} (a tenth of them RUNNING)")
+    limit = f", pool limit {args.pool_limit:,}" if args.pool_limit else ""
+    print(f"Dispatch over stored runs on {args.store} (a tenth of them RUNNING{limit})")
     print_latencies(rows)
     medians = [percentile(seconds, 0.5) for _, seconds in rows]
     print(f"p50 ratio, largest / smallest: {medians[-1] / medians[0]:.2f}")

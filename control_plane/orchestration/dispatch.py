@@ -169,15 +169,15 @@ class Dispatcher:
             if pool is None or pool.paused:
                 return
             queues = await queues_repo.list_queues(conn, pool_id)
-            slots = Slots(
-                pool,
-                queues,
-                [
-                    DeploymentLimit(*row)
-                    for row in await queues_repo.limited_deployments(conn, pool_id)
-                ],
-                await repo.active_counts(conn, pool_id),
-            )
+            limits = [
+                DeploymentLimit(*row)
+                for row in await queues_repo.limited_deployments(conn, pool_id)
+            ]
+            # The active runs are counted only when something has a limit to count against:
+            # without one, a pass costs what it claims, however many runs are active.
+            limited = pool.concurrency_limit or limits or any(q.concurrency_limit for q in queues)
+            active = await repo.active_counts(conn, pool_id) if limited else []
+            slots = Slots(pool, queues, limits, active)
             # Queues some connected agent takes runs from; a paused queue dispatches nothing.
             served = {
                 q.id: q.name

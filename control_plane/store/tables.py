@@ -165,7 +165,17 @@ flow_runs = Table(
     Column("has_subflows", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("deployment_id", "idempotency_key"),
     Index(None, "parent_run_id"),
-    Index(None, "pool_id", "state_type", "scheduled_at"),
+    # Due runs of a pool in their order, and the active runs of a pool counted by deployment
+    # and queue from the index alone (``runs.active_counts``).
+    Index(
+        "ix_flow_runs_by_pool_state",
+        "pool_id",
+        "state_type",
+        "scheduled_at",
+        "subflow",
+        "deployment_id",
+        "queue_id",
+    ),
     Index(None, "deployment_id", "created_at"),
     Index(None, "pool_id", "created_at"),
     Index(None, "created_at"),
