@@ -28,9 +28,10 @@ __all__ = ["BATCH_DELAY", "BATCH_MAX_BYTES", "BATCH_MAX_LINES", "LogBuffer"]
 
 BATCH_DELAY = 0.05
 """A batch is sent at the latest this long after its first line was written..."""
-BATCH_MAX_LINES = 5_000
-"""...or as soon as this many lines are waiting (two such batches fit in the in-flight
-window, so one is stored while the next is sent)..."""
+BATCH_MAX_LINES = 2_500
+"""...or as soon as this many lines are waiting (four such batches fit in the in-flight
+window, so while one is stored the next ones are on their way: with two, a flow printing
+100,000 lines had its last line tailed a median 110 ms after printing it, 83 ms with four)..."""
 BATCH_MAX_BYTES = 1024 * 1024
 """...or this many bytes of text."""
 
