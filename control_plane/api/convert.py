@@ -45,7 +45,7 @@ LOG_STREAMS: dict[LogStream, types_pb2.LogStream.ValueType] = {
     s: types_pb2.LogStream.Value(f"LOG_STREAM_{s.name}") for s in LogStream
 }
 #: The other way round, for a line's stream: read on every log line received.
-LOG_STREAMS_BY_WIRE = {wire: domain for domain, wire in LOG_STREAMS.items()}
+_LOG_STREAMS_BY_WIRE = {wire: domain for domain, wire in LOG_STREAMS.items()}
 TASK_RUN_STATES: dict[TaskRunState, types_pb2.TaskRunState.ValueType] = {
     t: types_pb2.TaskRunState.Value(f"TASK_RUN_STATE_{t.value}") for t in TaskRunState
 }
@@ -159,7 +159,7 @@ def state_type(value: types_pb2.StateType.ValueType, field: str) -> StateType:
 
 def log_stream(value: types_pb2.LogStream.ValueType) -> LogStream:
     """The domain log stream (unknown values become UNSPECIFIED)."""
-    return LOG_STREAMS_BY_WIRE.get(value, LogStream.UNSPECIFIED)
+    return _LOG_STREAMS_BY_WIRE.get(value, LogStream.UNSPECIFIED)
 
 
 def task_run_name(value: str, field: str) -> str:

@@ -28,7 +28,7 @@ from control_plane.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from control_plane.models import LogRecord, LogStream, Run
+from control_plane.models import LogRecord, Run
 from control_plane.orchestration import attempts, clock, validation
 from control_plane.orchestration.catalog import Catalog
 from control_plane.orchestration.children import ChildRuns
@@ -363,7 +363,6 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
             f"log_batch.lines: at most {MAX_BATCH_LINES} lines per batch ({len(batch.lines)})"
         )
     run_id, attempt = run.id, run.attempt
-    streams = convert.LOG_STREAMS_BY_WIRE
     records: list[LogRecord] = []
     previous = 0
     for index, line in enumerate(batch.lines):
@@ -423,7 +422,7 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
             if len(logger) <= MAX_LOGGER_CHARS and "\x00" not in logger
             else convert.storable(logger[:MAX_LOGGER_CHARS])
         )
-        known_stream = streams.get(stream)
+        domain_stream = convert.log_stream(stream)
         # Levels are informational: an odd number is kept within logging's range.
         in_range = 0 <= level <= 100
         record = LogRecord(
@@ -432,7 +431,7 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
             seq,
             timestamp,
             level if in_range else min(max(level, 0), 100),
-            known_stream or LogStream.UNSPECIFIED,
+            domain_stream,
             kept_logger,
             kept_text,
             task_run,
@@ -446,7 +445,7 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
             whole_micros
             and event is None
             and in_range
-            and known_stream is not None
+            and convert.LOG_STREAMS[domain_stream] == stream
             and kept_text is text
             and kept_logger is logger
             and task_run is named
