@@ -746,11 +746,10 @@ async def due_runs(
             )
             .order_by(flow_runs.c.scheduled_at, flow_runs.c.id)
             .limit(limit - len(found))
-            .with_for_update(skip_locked=True, of=flow_runs)
         )
         if blocked:
             query = query.where(flow_runs.c.deployment_id.not_in(blocked))
-        found += [_run(row) for row in await conn.execute(query)]
+        found += [_run(row) for row in await conn.execute(_locked(query, lock=True))]
     return found
 
 
