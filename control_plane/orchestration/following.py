@@ -15,11 +15,12 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator
 
 from control_plane.errors import InvalidArgument
 from control_plane.models import LogRecord, Run, TaskRunState
 from control_plane.orchestration import validation
+from control_plane.orchestration.counting import counted
 from control_plane.orchestration.feeds import Feed, Stopped, Subscription
 from control_plane.orchestration.recent_lines import RecentLines
 from control_plane.orchestration.runs import Runs
@@ -95,7 +96,7 @@ class Following:
         run = await self._db.shielded(self._runs.current(run_id))
         # A subflow's lines are stored with the attempt of the run whose engine runs it.
         source, _ = await self._db.shielded(self._runs.engine_run_of(run))
-        with self._counted((run.id, source, idle)), self._recent.following(source):
+        with counted(self._followers, (run.id, source, idle)), self._recent.following(source):
             while True:
                 lines: list[LogRecord] | None
                 subscription = None
@@ -144,16 +145,6 @@ class Following:
                     return
                 attempt, seq = lines[-1].attempt, lines[-1].seq
                 yield run, lines
-
-    @contextlib.contextmanager
-    def _counted(self, key: tuple[str, str, float | None]) -> Iterator[None]:
-        self._followers[key] += 1
-        try:
-            yield
-        finally:
-            self._followers[key] -= 1
-            if not self._followers[key]:
-                del self._followers[key]
 
     def _join(
         self, run_id: str, source: str, position: tuple[int, int], idle: float | None

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from control_plane.models import LogRecord
+from control_plane.orchestration.counting import counted
 
 __all__ = ["RecentLines"]
 
@@ -39,13 +40,11 @@ class RecentLines:
     @contextmanager
     def following(self, run_id: str) -> Iterator[None]:
         """Keep the lines of ``run_id`` stored from now on, while the block runs."""
-        self._followers[run_id] += 1
         try:
-            yield
+            with counted(self._followers, run_id):
+                yield
         finally:
-            self._followers[run_id] -= 1
-            if not self._followers[run_id]:
-                del self._followers[run_id]
+            if run_id not in self._followers:
                 self._lines.pop(run_id, None)
 
     def stored(self, run_id: str, lines: Sequence[LogRecord]) -> None:
