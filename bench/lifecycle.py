@@ -8,7 +8,8 @@ back. So the figures are the control plane's: dispatch, state reports, log inges
 1. Idle: ``--probe`` runs (default 200), one at a time: create -> assignment at the agent.
 2. Load: ``--runs`` runs (default 3,000) created by ``--callers`` concurrent callers while
    ``--agents`` agents of ``--capacity`` each run them: completed runs/s (first create to last
-   COMPLETED) and create -> assignment under that load.
+   COMPLETED), create -> assignment under that load, and the control plane's CPU time per
+   completed run (steadier than the rate on a busy machine: the rate is bounded by it).
 
 With ``--replicas N`` (PostgreSQL) the work is spread over N control planes: agent ``i``
 connects to replica ``i mod N`` and its engines stream to the next replica, and callers
@@ -237,6 +238,7 @@ async def main() -> None:
             while next(counter) < args.runs:
                 loaded.append(await create(plane, clock))
 
+        cpu_before = sum(plane.cpu_seconds() for plane in planes)
         started = time.perf_counter()
         await asyncio.gather(
             *(caller(planes[index % len(planes)]) for index in range(args.callers))
@@ -245,6 +247,7 @@ async def main() -> None:
         waiting = [clock.done(r).wait() for r in loaded]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*waiting), 300)
+        cpu = sum(plane.cpu_seconds() for plane in planes) - cpu_before
         finished = [r for r in loaded if r in clock.completed]
         last = max((clock.completed[r] for r in finished), default=started)
         stored = stored_outcome(planes[0].db_url)
@@ -256,6 +259,11 @@ async def main() -> None:
     print(
         f"  completed at {len(finished) / (last - started):.0f} runs/s (first create to last COMPLETED)"
     )
+    if finished:
+        print(
+            f"  server CPU: {1000 * cpu / len(finished):.1f} ms per completed run "
+            f"({cpu:.1f} s in all{', every replica' if len(planes) > 1 else ''})"
+        )
     print(
         f"  stored: {stored['runs']} runs, {stored['completed_once']} COMPLETED exactly once, "
         f"{stored['completed_twice']} more than once, {stored['lines']} log lines "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import tempfile
 import uuid
@@ -72,6 +73,12 @@ class Plane:
     engines: Any
     #: The web UI's address, without the trailing slash: ``http://127.0.0.1:PORT``.
     http_url: str = ""
+    #: The server's process id.
+    pid: int = 0
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, every thread) the server process has used so far."""
+        return process_cpu_seconds(self.pid)
 
     @property
     def admin(self) -> tuple[tuple[str, str]]:
@@ -162,6 +169,7 @@ async def bench_planes(
                         agent_pb2_grpc.AgentServiceStub(channel),
                         engine_pb2_grpc.EngineServiceStub(channel),
                         server.extra.get("http_url", "").rstrip("/"),
+                        server.pid,
                     )
                 )
             plane = planes[0]
@@ -191,6 +199,13 @@ async def bench_plane(
     """The first replica's plane of ``bench_planes`` (one, unless ``--replicas`` says more)."""
     async with bench_planes(args, extra_args) as planes:
         yield planes[0]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used so far, from ``/proc`` (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # utime and stime: fields 14 and 15 of the line, 12 and 13 after the command's name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

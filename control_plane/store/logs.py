@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, tuple_, type_coerce
+from sqlalchemy import bindparam, func, select, tuple_, type_coerce
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import LogRecord, LogStream
@@ -51,10 +51,14 @@ async def insert_lines(conn: AsyncConnection, lines: Sequence[LogRecord], dialec
 
 async def max_seq(conn: AsyncConnection, run_id: str, attempt: int) -> int:
     """Highest stored seq of an attempt, 0 if it has no lines."""
-    query = select(func.max(log_lines.c.seq)).where(
-        log_lines.c.run_id == run_id, log_lines.c.attempt == attempt
-    )
-    return int((await conn.execute(query)).scalar_one_or_none() or 0)
+    seq = (await conn.execute(_MAX_SEQ, {"run_id": run_id, "attempt": attempt})).scalar()
+    return int(seq or 0)
+
+
+#: Built once: it is read as every engine stream opens.
+_MAX_SEQ = select(func.max(log_lines.c.seq)).where(
+    log_lines.c.run_id == bindparam("run_id"), log_lines.c.attempt == bindparam("attempt")
+)
 
 
 async def read_after(

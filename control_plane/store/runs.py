@@ -234,14 +234,17 @@ async def attempt_states(
     writer serializes them anyway.) Locked in id order, so batches of several runs never
     wait on each other in a cycle.
     """
-    query = (
-        select(flow_runs.c.id, flow_runs.c.attempt, flow_runs.c.state_type)
-        .where(flow_runs.c.id.in_(list(run_ids)))
-        .order_by(flow_runs.c.id)
-        .with_for_update(read=True)
-    )
-    rows = (await conn.execute(query)).all()
+    rows = (await conn.execute(_ATTEMPT_STATES, {"run_ids": list(run_ids)})).all()
     return {row.id: (row.attempt, StateType(row.state_type)) for row in rows}
+
+
+# The hot paths' statements are built once: building one costs more than running it.
+_ATTEMPT_STATES = (
+    select(flow_runs.c.id, flow_runs.c.attempt, flow_runs.c.state_type)
+    .where(flow_runs.c.id.in_(bindparam("run_ids", expanding=True)))
+    .order_by(flow_runs.c.id)
+    .with_for_update(read=True)
+)
 
 
 class AttemptWatch(NamedTuple):
@@ -256,11 +259,7 @@ class AttemptWatch(NamedTuple):
 async def attempt_watch(conn: AsyncConnection, run_id: str) -> AttemptWatch | None:
     """The columns of a run an engine's stream watches (read at every change of the run,
     so not the whole row); None if there is no such run."""
-    c = flow_runs.c
-    query = select(c.attempt, c.state_type, c.state_message, c.last_transition_id).where(
-        c.id == run_id
-    )
-    row = (await conn.execute(query)).first()
+    row = (await conn.execute(_ATTEMPT_WATCH, {"run_id": run_id})).first()
     if row is None:
         return None
     return AttemptWatch(
@@ -268,21 +267,33 @@ async def attempt_watch(conn: AsyncConnection, run_id: str) -> AttemptWatch | No
     )
 
 
+_ATTEMPT_WATCH = select(
+    flow_runs.c.attempt,
+    flow_runs.c.state_type,
+    flow_runs.c.state_message,
+    flow_runs.c.last_transition_id,
+).where(flow_runs.c.id == bindparam("run_id"))
+
+
 async def assigned_at(conn: AsyncConnection, run_id: str, attempt: int) -> datetime | None:
     """When the dispatcher last assigned this attempt of the run to an agent, if it did."""
-    query = (
-        select(run_states.c.created_at)
-        .where(
-            run_states.c.run_id == run_id,
-            run_states.c.attempt == attempt,
-            run_states.c.type == StateType.PENDING.value,
-            run_states.c.name == ASSIGNED,
-        )
-        .order_by(run_states.c.id.desc())
-        .limit(1)
-    )
-    at: datetime | None = (await conn.execute(query)).scalar()
+    at: datetime | None = (
+        await conn.execute(_ASSIGNED_AT, {"run_id": run_id, "attempt": attempt})
+    ).scalar()
     return at
+
+
+_ASSIGNED_AT = (
+    select(run_states.c.created_at)
+    .where(
+        run_states.c.run_id == bindparam("run_id"),
+        run_states.c.attempt == bindparam("attempt"),
+        run_states.c.type == StateType.PENDING.value,
+        run_states.c.name == ASSIGNED,
+    )
+    .order_by(run_states.c.id.desc())
+    .limit(1)
+)
 
 
 async def count_failed(conn: AsyncConnection, run_id: str) -> int:
@@ -602,11 +613,7 @@ def _history_row(run_id: str, attempt: int, state: State, now: datetime) -> dict
 
 async def touch_heartbeat(conn: AsyncConnection, run_id: str, attempt: int, now: datetime) -> None:
     """Record that the engine of the run's current attempt is alive (no version change)."""
-    await conn.execute(
-        update(flow_runs)
-        .where(flow_runs.c.id == run_id, flow_runs.c.attempt == attempt)
-        .values(last_heartbeat_at=now)
-    )
+    await touch_heartbeats(conn, {(run_id, attempt): now})
 
 
 async def touch_heartbeats(conn: AsyncConnection, beats: dict[tuple[str, int], datetime]) -> None:
@@ -614,14 +621,19 @@ async def touch_heartbeats(conn: AsyncConnection, beats: dict[tuple[str, int], d
     if not beats:
         return
     await conn.execute(
-        update(flow_runs)
-        .where(flow_runs.c.id == bindparam("w_id"), flow_runs.c.attempt == bindparam("w_attempt"))
-        .values(last_heartbeat_at=bindparam("b_at", type_=flow_runs.c.last_heartbeat_at.type)),
+        _TOUCH_HEARTBEAT,
         [
             {"w_id": run_id, "w_attempt": attempt, "b_at": at}
             for (run_id, attempt), at in sorted(beats.items())
         ],
     )
+
+
+_TOUCH_HEARTBEAT = (
+    update(flow_runs)
+    .where(flow_runs.c.id == bindparam("w_id"), flow_runs.c.attempt == bindparam("w_attempt"))
+    .values(last_heartbeat_at=bindparam("b_at", type_=flow_runs.c.last_heartbeat_at.type))
+)
 
 
 async def silent_engines(

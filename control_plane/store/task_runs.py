@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     and_,
+    bindparam,
     case,
     cast,
     func,
@@ -175,10 +176,22 @@ async def end_unfinished(
     what is unfinished belongs to the attempt that ends.
     """
     await conn.execute(
-        update(task_runs)
-        .where(task_runs.c.run_id.in_(list(run_ids)), task_runs.c.state.in_(_UNFINISHED))
-        .values(state=state.value, end_time=now)
+        _END_UNFINISHED, {"run_ids": list(run_ids), "b_state": state.value, "b_end": now}
     )
+
+
+#: Built once: it runs as every attempt ends.
+_END_UNFINISHED = (
+    update(task_runs)
+    .where(
+        task_runs.c.run_id.in_(bindparam("run_ids", expanding=True)),
+        task_runs.c.state.in_(_UNFINISHED),
+    )
+    .values(
+        state=bindparam("b_state"),
+        end_time=bindparam("b_end", type_=task_runs.c.end_time.type),
+    )
+)
 
 
 async def list_page(
