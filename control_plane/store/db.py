@@ -54,6 +54,8 @@ class Database:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        #: The same pool, for ``read()``: on SQLite its connections begin no transaction.
+        self._reader = engine.execution_options(**{READ_ONLY: True})
         self.dialect = engine.dialect.name
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
         self._in_flight: set[asyncio.Future[Any]] = set()
@@ -139,10 +141,15 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads; nothing written through it is committed."""
+        """A connection for reads only.
+
+        Each statement reads what is committed when it starts, as under PostgreSQL's READ
+        COMMITTED: on SQLite no transaction is begun around the block, so a read costs its
+        statements alone and holds no snapshot between them.
+        """
         started = time.perf_counter()
         try:
-            async with self.engine.connect() as connection:
+            async with self._reader.connect() as connection:
                 yield connection
         finally:
             metrics.DB_READ.observe(time.perf_counter() - started)
@@ -358,8 +365,19 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+#: The execution option that marks ``Database.read()``'s connections.
+READ_ONLY = "flowyard_read_only"
+
+
 def _sqlite_on_begin(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN")
+    if connection.get_execution_options().get(READ_ONLY):
+        return  # each statement is a transaction of its own (see Database.read)
+    driver = connection.connection.driver_connection
+    if isinstance(driver, sqlite_inline.Connection):
+        # Straight to sqlite3: a statement through SQLAlchemy costs more than SQLite's BEGIN.
+        driver.begin()
+    else:
+        connection.exec_driver_sql("BEGIN")
 
 
 def transient(error: BaseException) -> bool:

@@ -92,6 +92,10 @@ class Connection:
             self._worker, functools.partial(call, *args)
         )
 
+    def begin(self) -> None:
+        """Begin a transaction, on the calling thread (SQLite's deferred BEGIN takes no lock)."""
+        self._open.execute("BEGIN")
+
     async def commit(self) -> None:
         await self.run(self._open.commit)
 

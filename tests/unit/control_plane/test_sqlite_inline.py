@@ -60,6 +60,19 @@ async def test_a_failed_statement_raises_the_dbapi_error_and_rolls_back(
         assert (await conn.execute(text("SELECT k FROM t"))).scalars().all() == ["a"]
 
 
+async def test_a_write_is_one_transaction_and_a_read_holds_no_snapshot(db: Database) -> None:
+    async with db.write() as conn:
+        await conn.execute(text("CREATE TABLE t (k TEXT PRIMARY KEY)"))
+    async with db.read() as reader:
+        assert (await reader.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
+        async with db.write() as writer:
+            await writer.execute(text("INSERT INTO t VALUES ('a')"))
+            # Not committed yet: nobody else sees it.
+            assert (await reader.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
+        # Committed: the next statement of the same read sees it (READ COMMITTED).
+        assert (await reader.execute(text("SELECT count(*) FROM t"))).scalar_one() == 1
+
+
 async def test_rows_are_fetched_one_many_and_all(db: Database) -> None:
     async with db.write(large=True) as conn:
         await conn.execute(text("CREATE TABLE n (v INTEGER)"))
