@@ -37,6 +37,7 @@ from control_plane.orchestration.signals import Signals, run_key, wait_or_rechec
 from control_plane.states import StateType
 from control_plane.store import catalog as catalog_repo
 from control_plane.store.db import Database
+from control_plane.store.runs import AttemptWatch
 from flowyard.v1 import engine_pb2 as pb
 from flowyard.v1 import engine_pb2_grpc as pb_grpc
 from flowyard_common.aiotasks import cancel_and_wait
@@ -321,9 +322,9 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         proposed itself is its answer, not a refusal: it closes the stream on its own.
         """
         cancel_sent = False
-        while True:
-            with self._signals.waiting(run_key(run.id)) as changed:
-                current = await self._db.shielded(self._reports.watched(run.id))
+        with self._signals.tapping(run_key(run.id)) as tap:
+            current = await self._db.shielded(self._reports.watched(run.id))
+            while True:
                 why = (
                     "the run no longer exists"
                     if current is None
@@ -341,7 +342,14 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                     out.put_nowait(
                         pb.ReportResponse(cancel=pb.CancelFlow(reason=current.state_message))
                     )
-                await changed.wait()
+                await tap.event.wait()
+                notified, news = tap.taken()
+                if notified == 1 and isinstance(news, Run) and news.version == current.version + 1:
+                    # One change since the last look, made here, and the very next version
+                    # (a compare-and-set on this one): the run is what it committed.
+                    current = AttemptWatch.of(news)
+                else:
+                    current = await self._db.shielded(self._reports.watched(run.id))
 
 
 def _where(index: int) -> str:

@@ -7,6 +7,7 @@ from typing import TypeVar
 
 from control_plane.models import Run
 from control_plane.orchestration.bus import DISPATCH, LINES, RUN, Bus
+from control_plane.orchestration.signals import Signals, run_key
 from control_plane.states import StateType
 
 T = TypeVar("T")
@@ -37,11 +38,15 @@ async def retrying(operation: Callable[[], Awaitable[T]]) -> T:
 class Notifier:
     """Publishes committed run changes to waiters and dispatchers, on every replica."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, signals: Signals | None = None) -> None:
         self._bus = bus
+        self._signals = signals
 
     def changed(self, run: Run) -> None:
-        """A run's state changed (call after the commit)."""
+        """A run's state changed (call after the commit) to ``run``, as committed."""
+        if self._signals is not None:
+            # The news of the notification the hint brings here (see ``signals.tell``).
+            self._signals.tell(run_key(run.id), run)
         self._bus.publish(RUN, run.id)
         # A finished run frees a pool slot; a re-queued one is dispatchable again.
         if run.state_type.is_terminal or run.state_type is StateType.SCHEDULED:

@@ -13,6 +13,14 @@ handler suspended at a ``yield`` may never be resumed or closed.
 
 The bus (``orchestration.bus``) calls ``notify`` for changes committed by this replica and,
 on PostgreSQL, for those other replicas committed (``LISTEN/NOTIFY``).
+
+A waiter that must see every notification of a key, with none lost between a wake-up and its
+next wait, taps the key instead (``signals.tapping(key)``): a tap counts the notifications
+until it takes them. A change made by this replica can also leave its news on the key's taps
+(``signals.tell``, just before its notification): what was committed, which a tap may use
+instead of reading it again when it can prove nothing else changed in between (see
+``EngineServicer._watch``). News is never the only word: a notification without news (another
+replica's, or everyone's after missed hints) is read in full.
 """
 
 from __future__ import annotations
@@ -56,6 +64,28 @@ def lines_key(run_id: str) -> str:
     return f"lines:{run_id}"
 
 
+class Tap:
+    """The notifications of one key since they were last taken: how many, and the news the
+    latest change of this replica left with its own."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self._count = 0
+        self._news: object | None = None
+
+    def taken(self) -> tuple[int, object | None]:
+        """The notifications so far and the news they brought; counting starts again."""
+        taken = (self._count, self._news)
+        self._count, self._news = 0, None
+        self.event.clear()
+        return taken
+
+    def _notified(self, news: object | None) -> None:
+        self._count += 1
+        self._news = news
+        self.event.set()
+
+
 @dataclass
 class _Waiters:
     """The event of one key, and how many blocks hold it."""
@@ -69,6 +99,9 @@ class Signals:
 
     def __init__(self) -> None:
         self._waiting: dict[str, _Waiters] = {}
+        self._taps: dict[str, set[Tap]] = {}
+        #: News told for a key and not yet notified (``tell``), for its taps.
+        self._news: dict[str, object] = {}
 
     @contextlib.contextmanager
     def waiting(self, key: str) -> Iterator[asyncio.Event]:
@@ -85,18 +118,46 @@ class Signals:
             if waiters.count == 0 and self._waiting.get(key) is waiters:
                 del self._waiting[key]
 
+    @contextlib.contextmanager
+    def tapping(self, key: str) -> Iterator[Tap]:
+        """Inside the block: a tap that counts every ``notify(key)``."""
+        tap = Tap()
+        taps = self._taps.setdefault(key, set())
+        taps.add(tap)
+        try:
+            yield tap
+        finally:
+            taps.discard(tap)
+            if not taps and self._taps.get(key) is taps:
+                del self._taps[key]
+
+    def tell(self, key: str, news: object) -> None:
+        """What the next ``notify(key)`` is about, for the key's taps (only if tapped)."""
+        if key in self._taps:
+            self._news[key] = news
+
     def notify(self, key: str) -> None:
         """Wake everyone waiting on ``key``."""
         waiters = self._waiting.pop(key, None)
         if waiters is not None:
             waiters.event.set()
+        news = self._news.pop(key, None)
+        for tap in self._taps.get(key, ()):
+            tap._notified(news)
 
     def notify_all(self) -> None:
         """Wake everyone waiting on anything (changes may have been missed: re-read)."""
         waiting, self._waiting = self._waiting, {}
         for waiters in waiting.values():
             waiters.event.set()
+        self._news.clear()
+        for taps in self._taps.values():
+            for tap in taps:
+                tap._notified(None)
 
     def __len__(self) -> int:
-        """How many waiters are registered (those of a key notified since are not)."""
-        return sum(waiters.count for waiters in self._waiting.values())
+        """How many waiters and taps are registered (waiters of a key notified since are
+        not)."""
+        return sum(waiters.count for waiters in self._waiting.values()) + sum(
+            len(taps) for taps in self._taps.values()
+        )

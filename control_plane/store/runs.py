@@ -254,6 +254,14 @@ class AttemptWatch(NamedTuple):
     state_type: StateType
     state_message: str
     last_transition_id: str | None
+    version: int
+
+    @classmethod
+    def of(cls, run: Run) -> AttemptWatch:
+        """What is watched of ``run``."""
+        return cls(
+            run.attempt, run.state_type, run.state_message, run.last_transition_id, run.version
+        )
 
 
 async def attempt_watch(conn: AsyncConnection, run_id: str) -> AttemptWatch | None:
@@ -263,7 +271,11 @@ async def attempt_watch(conn: AsyncConnection, run_id: str) -> AttemptWatch | No
     if row is None:
         return None
     return AttemptWatch(
-        row.attempt, StateType(row.state_type), row.state_message, row.last_transition_id
+        row.attempt,
+        StateType(row.state_type),
+        row.state_message,
+        row.last_transition_id,
+        row.version,
     )
 
 
@@ -272,6 +284,7 @@ _ATTEMPT_WATCH = select(
     flow_runs.c.state_type,
     flow_runs.c.state_message,
     flow_runs.c.last_transition_id,
+    flow_runs.c.version,
 ).where(flow_runs.c.id == bindparam("run_id"))
 
 
