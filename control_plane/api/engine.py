@@ -224,6 +224,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         out: asyncio.Queue[Outgoing],
     ) -> None:
         subflows: set[str] = set()  # subflow runs of this attempt, checked once each
+        known = run  # the run as this stream last saw it committed
         try:
             async for request in requests:
                 kind = request.WhichOneof("message")
@@ -234,9 +235,11 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                     out.put_nowait(pb.ReportResponse(log_ack=pb.LogAck(stored_seq=stored)))
                 elif kind == "propose_state":
                     own.add(request.propose_state.transition_id)
-                    out.put_nowait(
-                        await self._db.shielded(self._propose(run, request.propose_state))
+                    answer, committed = await self._db.shielded(
+                        self._propose(run, known, request.propose_state)
                     )
+                    known = committed or known
+                    out.put_nowait(answer)
                 elif kind == "heartbeat":
                     self._reports.heartbeat(run)
         except Unauthenticated as exc:
@@ -263,7 +266,10 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
             stored = records[-1].seq
         return stored
 
-    async def _propose(self, run: Run, message: pb.ProposeState) -> pb.ReportResponse:
+    async def _propose(
+        self, run: Run, known: Run, message: pb.ProposeState
+    ) -> tuple[pb.ReportResponse, Run | None]:
+        """The answer to a proposal, and the run it committed if it was accepted."""
         try:
             proposed = convert.state_type(message.type, "propose_state.type")
         except InvalidArgument as exc:
@@ -271,7 +277,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                 state_result=pb.StateResult(
                     transition_id=message.transition_id, accepted=False, reason=str(exc)
                 )
-            )
+            ), None
         problem = None
         if len(message.transition_id) > MAX_TRANSITION_ID_CHARS:
             problem = f"transition_id: longer than {MAX_TRANSITION_ID_CHARS} characters"
@@ -289,7 +295,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                     state=convert.current_state(current or run),
                     reason=f"propose_state.{problem}",
                 )
-            )
+            ), None
         result = await self._reports.propose(
             run.id,
             run.attempt,
@@ -301,8 +307,9 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                 result_summary=convert.storable(message.result_summary),
                 source_revision=convert.storable(message.source_revision),
             ),
+            known,
         )
-        return pb.ReportResponse(
+        answer = pb.ReportResponse(
             state_result=pb.StateResult(
                 transition_id=message.transition_id,
                 accepted=result.accepted,
@@ -310,6 +317,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                 reason=result.reason,
             )
         )
+        return answer, result.run if result.accepted else None
 
     async def _watch(self, run: Run, own: set[str], out: asyncio.Queue[Outgoing]) -> None:
         """Push CancelFlow once the run is CANCELLING; end the stream once its attempt ends.

@@ -524,10 +524,23 @@ class EngineReports:
         await logs_repo.insert_lines(conn, lines, self._db.dialect)
         return outcomes
 
-    async def propose(self, run_id: str, attempt: int, proposal: Proposal) -> ProposalResult:
-        """Apply a state proposal of the engine of ``attempt``."""
+    async def propose(
+        self, run_id: str, attempt: int, proposal: Proposal, known: Run | None = None
+    ) -> ProposalResult:
+        """Apply a state proposal of the engine of ``attempt``.
+
+        ``known`` is the run as the engine's stream last saw it committed. While it is still
+        what is stored, the proposal is applied to it without reading the run first: the
+        compare-and-set on its version proves it current. When that fails, or the answer
+        would write nothing (a repeat, a refusal), the run is read and the proposal decided
+        on what is stored, as without ``known``.
+        """
 
         async def apply(conn: AsyncConnection) -> ProposalResult:
+            if known is not None and self._plain_transition(known, attempt, proposal):
+                updated = await self._transition(conn, known, proposal)
+                if updated is not None:
+                    return ProposalResult(True, updated)
             run = await repo.get_run(conn, run_id)
             if run is None:
                 raise NotFound(f"run {run_id} not found")
@@ -556,33 +569,48 @@ class EngineReports:
                     failures + 1,
                 )
                 return ProposalResult(True, claimed(retried))
-            columns: dict[str, object] = {"lease_deadline": None}
-            if proposal.type is StateType.COMPLETED:
-                columns["result_summary"] = proposal.result_summary[:2000]
-            if proposal.source_revision:
-                columns["source_revision"] = proposal.source_revision
-            message = proposal.message
-            if proposal.type is StateType.CANCELLED:
-                message = run.state_message  # the user's reason, not how the engine heard it
-            now = clock.now()
-            updated = await repo.compare_and_set(
-                conn,
-                run,
-                State(proposal.type, proposal.name, message),
-                actor=Actor.ENGINE,
-                now=now,
-                transition_id=proposal.transition_id or None,
-                **columns,
-            )
-            if (
-                updated is not None
-                and proposal.type is StateType.RUNNING
-                and run.state_type is StateType.PENDING
-            ):
-                await _observe_start(conn, run, now)
-            return ProposalResult(True, claimed(updated))
+            return ProposalResult(True, claimed(await self._transition(conn, run, proposal)))
 
         result = await retrying(lambda: self._db.unit(apply))
         if result.accepted:
             self._notifier.changed(result.run)
         return result
+
+    @staticmethod
+    def _plain_transition(run: Run, attempt: int, proposal: Proposal) -> bool:
+        """Whether, on ``run`` as it is, the proposal is a transition of the attempt's state
+        and nothing else: not a repeat, allowed, and not a failure (which may retry)."""
+        return (
+            proposal.type is not StateType.FAILED
+            and run.attempt == attempt
+            and not (proposal.transition_id and run.last_transition_id == proposal.transition_id)
+            and rejection(run.state_type, proposal.type, Actor.ENGINE) is None
+        )
+
+    async def _transition(self, conn: AsyncConnection, run: Run, proposal: Proposal) -> Run | None:
+        """Move ``run`` to the proposed state if it is still what is stored; None if not."""
+        columns: dict[str, object] = {"lease_deadline": None}
+        if proposal.type is StateType.COMPLETED:
+            columns["result_summary"] = proposal.result_summary[:2000]
+        if proposal.source_revision:
+            columns["source_revision"] = proposal.source_revision
+        message = proposal.message
+        if proposal.type is StateType.CANCELLED:
+            message = run.state_message  # the user's reason, not how the engine heard it
+        now = clock.now()
+        updated = await repo.compare_and_set(
+            conn,
+            run,
+            State(proposal.type, proposal.name, message),
+            actor=Actor.ENGINE,
+            now=now,
+            transition_id=proposal.transition_id or None,
+            **columns,
+        )
+        if (
+            updated is not None
+            and proposal.type is StateType.RUNNING
+            and run.state_type is StateType.PENDING
+        ):
+            await _observe_start(conn, run, now)
+        return updated

@@ -10,10 +10,18 @@ from sqlalchemy import update
 
 from control_plane.store import runs as runs_repo
 from control_plane.store.tables import flow_runs
+from flowyard.v1 import agent_pb2, engine_pb2, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
-from flowyard.v1 import engine_pb2, types_pb2
+from tests.waiting import eventually
 
-from .conftest import Plane, drive_to_running
+from .conftest import (
+    RECEIVE_TIMEOUT,
+    Plane,
+    agent_stream,
+    drive_to_running,
+    engine_stream,
+    submitted,
+)
 
 
 @pytest.fixture
@@ -82,5 +90,70 @@ async def test_a_change_another_replica_made_is_read_in_full(
     cancel = await engine.receive("cancel")
     assert cancel.reason == "cancelled on another replica"
     assert watch_reads.count(run_id) == reads + 1
+    await engine.close()
+    await agent.close()
+
+
+async def test_a_proposal_after_changes_the_stream_did_not_see_is_decided_on_the_stored_run(
+    ready: Plane,
+) -> None:
+    # The engine opens its stream before the agent reports Submitted: what the stream saw
+    # of the run is out of date when it proposes RUNNING.
+    agent = agent_stream(ready, capacity=1)
+    await agent.receive("welcome")
+    run = await ready.run()
+    assign = await agent.receive("assign")
+    agent.send(agent_pb2.ConnectRequest(accepted=agent_pb2.Accepted(run_id=run.id, attempt=1)))
+    engine = engine_stream(ready, run.id, 1, assign.engine_token)
+    await engine.receive("opened")
+    agent.send(
+        agent_pb2.ConnectRequest(
+            submitted=agent_pb2.Submitted(run_id=run.id, attempt=1, infrastructure_id="process/h/7")
+        )
+    )
+    await eventually(lambda: submitted(ready, run.id), within=RECEIVE_TIMEOUT, what="Submitted")
+    result = await propose(engine, "t-run", types_pb2.STATE_TYPE_RUNNING)
+    assert result.accepted, result.reason
+    stored = (await ready.get(run.id)).run
+    assert stored.state.type == types_pb2.STATE_TYPE_RUNNING
+    assert stored.infrastructure_id == "process/h/7"  # the Submitted it did not see is kept
+
+    # Cancelled after RUNNING: the engine's CANCELLED keeps the user's reason, which only
+    # the stored run knows.
+    await ready.control.CancelRun(pb.CancelRunRequest(run_id=run.id, reason="stop it"))
+    await engine.receive("cancel")
+    reason = (await ready.get(run.id)).run.state.message
+    assert "stop it" in reason
+    result = await propose(engine, "t-cancelled", types_pb2.STATE_TYPE_CANCELLED)
+    assert result.accepted, result.reason
+    stored = (await ready.get(run.id)).run
+    assert stored.state.type == types_pb2.STATE_TYPE_CANCELLED
+    assert stored.state.message == reason
+    # A repeat of an accepted proposal is answered from the stored run, as accepted.
+    again = await propose(engine, "t-cancelled", types_pb2.STATE_TYPE_CANCELLED)
+    assert again.accepted and again.state.type == types_pb2.STATE_TYPE_CANCELLED
+    await engine.close()
+    await agent.close()
+
+
+async def test_a_proposal_on_a_run_that_ended_meanwhile_is_refused(ready: Plane) -> None:
+    agent, engine, run_id, _ = await drive_to_running(ready)
+    # Another replica ended the run and its hint has not arrived: the stream still thinks
+    # the run is RUNNING, where COMPLETED would be allowed.
+    async with ready.app.db.write() as conn:
+        await conn.execute(
+            update(flow_runs)
+            .where(flow_runs.c.id == run_id)
+            .values(
+                state_type="CANCELLED",
+                state_name="Cancelled",
+                state_message="cancelled on another replica",
+                version=flow_runs.c.version + 1,
+            )
+        )
+    result = await propose(engine, "t-done", types_pb2.STATE_TYPE_COMPLETED)
+    assert not result.accepted
+    assert result.state.type == types_pb2.STATE_TYPE_CANCELLED
+    assert (await ready.get(run_id)).run.state.type == types_pb2.STATE_TYPE_CANCELLED
     await engine.close()
     await agent.close()
