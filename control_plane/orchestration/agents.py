@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.errors import AlreadyExists
+from control_plane.models import Run
 from control_plane.orchestration import clock
 from control_plane.orchestration.bus import CANCEL, CLOSE_SESSION, TOKEN_REVOKED, Bus
 from control_plane.store import cluster as cluster_repo
@@ -56,6 +57,9 @@ class CancelMessage:
 
 Outgoing = AssignMessage | CancelMessage
 
+#: Runs a session remembers (``AgentSession.held``): more than any agent holds unsubmitted.
+MAX_HELD = 1_000
+
 
 @dataclass(eq=False)
 class AgentSession:
@@ -85,6 +89,16 @@ class AgentSession:
     #: server stops): the agent may be running what it was assigned, so its unaccepted
     #: assignments wait for their lease instead of being handed back at once.
     keep_assignments: bool = False
+    #: Runs assigned to this session and not yet submitted, as last committed here: a report
+    #: about one is applied without reading it first while its version proves it current.
+    held: dict[str, Run] = field(default_factory=dict)
+
+    def hold(self, run: Run) -> None:
+        """Remember ``run`` as committed (a claim of this session, or a change it reported)."""
+        if len(self.held) >= MAX_HELD and run.id not in self.held:
+            # Assignments whose reports never came (handed back, taken over): the oldest go.
+            del self.held[next(iter(self.held))]
+        self.held[run.id] = run
 
     def send(self, message: Outgoing) -> None:
         """Queue a message for the agent."""

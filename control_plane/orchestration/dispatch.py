@@ -260,6 +260,7 @@ class Dispatcher:
         for session, run, token in claimed:
             deployment = deployments[run.deployment_id]
             session.credits -= 1
+            session.hold(run)
             metrics.DUE_TO_ASSIGNED.observe(max(0.0, (now - run.scheduled_at).total_seconds()))
             session.send(
                 AssignMessage(

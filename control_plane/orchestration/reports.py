@@ -159,6 +159,13 @@ class AgentReports:
         """The agent took the assignment: extend the lease until it submits."""
 
         async def apply(conn: AsyncConnection) -> Run | None:
+            known = self._known(session, run_id, attempt)
+            if known is not None and known.state_type is StateType.PENDING:
+                updated = await repo.set_columns(
+                    conn, known, accepted_at=at, lease_deadline=clock.now() + self._lease
+                )
+                if updated is not None:
+                    return updated
             run = await self._held_run(conn, session, run_id, attempt, stale_cancel=True)
             if run is None or run.state_type is not StateType.PENDING:
                 return None
@@ -167,7 +174,9 @@ class AgentReports:
             )
             return claimed(updated)
 
-        await retrying(lambda: self._db.unit(apply))
+        accepted = await retrying(lambda: self._db.unit(apply))
+        if accepted is not None:
+            session.hold(accepted)
 
     async def submitted(
         self, session: AgentSession, run_id: str, attempt: int, infrastructure_id: str
@@ -175,6 +184,15 @@ class AgentReports:
         """The run's infrastructure exists: PENDING/Submitted, no lease any more."""
 
         async def apply(conn: AsyncConnection) -> Run | None:
+            known = self._known(session, run_id, attempt)
+            if (
+                known is not None
+                and known.state_type is StateType.PENDING
+                and known.state_name == ASSIGNED
+            ):
+                updated = await self._submit(conn, known, infrastructure_id)
+                if updated is not None:
+                    return updated
             run = await self._held_run(conn, session, run_id, attempt, stale_cancel=True)
             if run is None:
                 return None
@@ -186,22 +204,46 @@ class AgentReports:
                 return claimed(
                     await repo.set_columns(conn, run, infrastructure_id=infrastructure_id[:300])
                 )
-            columns = {"infrastructure_id": infrastructure_id[:300], "lease_deadline": None}
             if run.state_type is StateType.PENDING and run.state_name == ASSIGNED:
-                updated = await repo.compare_and_set(
-                    conn,
-                    run,
-                    State(StateType.PENDING, SUBMITTED, f"Submitted as {infrastructure_id}"),
-                    actor=Actor.AGENT,
-                    now=clock.now(),
-                    **columns,
-                )
+                updated = await self._submit(conn, run, infrastructure_id)
             else:
                 # The engine may already have reported RUNNING: keep its state.
-                updated = await repo.set_columns(conn, run, **columns)
+                updated = await repo.set_columns(
+                    conn, run, infrastructure_id=infrastructure_id[:300], lease_deadline=None
+                )
             return claimed(updated)
 
-        await self._notifier.apply(lambda: self._db.unit(apply))
+        try:
+            await self._notifier.apply(lambda: self._db.unit(apply))
+        finally:
+            # Nothing more is reported that a remembered run would spare a read for.
+            session.held.pop(run_id, None)
+
+    async def _submit(self, conn: AsyncConnection, run: Run, infrastructure_id: str) -> Run | None:
+        """PENDING/Assigned becomes PENDING/Submitted, if ``run`` is still what is stored."""
+        return await repo.compare_and_set(
+            conn,
+            run,
+            State(StateType.PENDING, SUBMITTED, f"Submitted as {infrastructure_id}"),
+            actor=Actor.AGENT,
+            now=clock.now(),
+            infrastructure_id=infrastructure_id[:300],
+            lease_deadline=None,
+        )
+
+    def _known(self, session: AgentSession, run_id: str, attempt: int) -> Run | None:
+        """The run as this session last saw it committed, if it may report on it as it is:
+        connected, and the holder of this attempt. The version of what the report writes
+        proves the rest (see ``AgentSession.held``)."""
+        known = session.held.get(run_id)
+        if (
+            known is None
+            or known.attempt != attempt
+            or known.agent_session_id != session.id
+            or not self._agents.connected(session)
+        ):
+            return None
+        return known
 
     async def submit_failed(
         self, session: AgentSession, run_id: str, attempt: int, reason: str

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy import Row, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import Deployment, Pool, PoolType
@@ -45,10 +45,14 @@ async def get_pool(
     conn: AsyncConnection, *, name: str | None = None, id: str | None = None
 ) -> Pool | None:
     """The pool with this name or id, if any."""
-    query = select(pools)
-    query = query.where(pools.c.name == name) if name is not None else query.where(pools.c.id == id)
-    row = (await conn.execute(query)).first()
+    query, key = (_POOL_BY_NAME, name) if name is not None else (_POOL_BY_ID, id)
+    row = (await conn.execute(query, {"key": key})).first()
     return _pool(row) if row else None
+
+
+# Built once: every dispatch pass reads its pool.
+_POOL_BY_NAME = select(pools).where(pools.c.name == bindparam("key"))
+_POOL_BY_ID = select(pools).where(pools.c.id == bindparam("key"))
 
 
 async def list_pools(conn: AsyncConnection) -> list[Pool]:
@@ -70,6 +74,11 @@ def _select_deployments() -> Any:
         .join(pools, pools.c.id == deployments.c.pool_id)
         .outerjoin(work_queues, work_queues.c.id == deployments.c.queue_id)
     )
+
+
+# Built once: a dispatch pass reads the deployment of the runs it claims, an engine its own.
+_DEPLOYMENT_BY_NAME = _select_deployments().where(deployments.c.name == bindparam("key"))
+_DEPLOYMENT_BY_ID = _select_deployments().where(deployments.c.id == bindparam("key"))
 
 
 def _deployment(row: Row[Any]) -> Deployment:
@@ -97,13 +106,8 @@ async def get_deployment(
     conn: AsyncConnection, *, name: str | None = None, id: str | None = None
 ) -> Deployment | None:
     """The deployment with this name or id, if any."""
-    query = _select_deployments()
-    query = (
-        query.where(deployments.c.name == name)
-        if name is not None
-        else query.where(deployments.c.id == id)
-    )
-    row = (await conn.execute(query)).first()
+    query, key = (_DEPLOYMENT_BY_NAME, name) if name is not None else (_DEPLOYMENT_BY_ID, id)
+    row = (await conn.execute(query, {"key": key})).first()
     return _deployment(row) if row else None
 
 

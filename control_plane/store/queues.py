@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import Collision, Pool, Schedule, Scheduling, WorkQueue
@@ -67,11 +67,16 @@ async def get_queue(conn: AsyncConnection, pool_id: str, name: str) -> WorkQueue
 
 async def list_queues(conn: AsyncConnection, pool_id: str | None = None) -> list[WorkQueue]:
     """Queues (of one pool, or all), in dispatch order: priority, then name."""
-    query = select(work_queues)
-    if pool_id is not None:
-        query = query.where(work_queues.c.pool_id == pool_id)
-    rows = await conn.execute(query.order_by(work_queues.c.priority, work_queues.c.name))
+    if pool_id is None:
+        rows = await conn.execute(_QUEUES)
+    else:
+        rows = await conn.execute(_QUEUES_OF_POOL, {"pool_id": pool_id})
     return [_queue(row) for row in rows]
+
+
+# Built once: every dispatch pass reads its pool's queues and limits.
+_QUEUES = select(work_queues).order_by(work_queues.c.priority, work_queues.c.name)
+_QUEUES_OF_POOL = _QUEUES.where(work_queues.c.pool_id == bindparam("pool_id"))
 
 
 async def update_pool_switches(conn: AsyncConnection, pool: Pool) -> None:
@@ -91,16 +96,18 @@ async def limited_deployments(
     conn: AsyncConnection, pool_id: str
 ) -> list[tuple[str, str, int, Collision]]:
     """(id, name, limit, collision strategy) of a pool's deployments that have a limit."""
-    query = select(
-        deployments.c.id,
-        deployments.c.name,
-        deployments.c.concurrency_limit,
-        deployments.c.collision_strategy,
-    ).where(deployments.c.pool_id == pool_id, deployments.c.concurrency_limit > 0)
     return [
         (row.id, row.name, row.concurrency_limit, Collision(row.collision_strategy))
-        for row in await conn.execute(query)
+        for row in await conn.execute(_LIMITED_DEPLOYMENTS, {"pool_id": pool_id})
     ]
+
+
+_LIMITED_DEPLOYMENTS = select(
+    deployments.c.id,
+    deployments.c.name,
+    deployments.c.concurrency_limit,
+    deployments.c.collision_strategy,
+).where(deployments.c.pool_id == bindparam("pool_id"), deployments.c.concurrency_limit > 0)
 
 
 def scheduling_values(scheduling: Scheduling, queue_id: str) -> dict[str, Any]:

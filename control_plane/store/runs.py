@@ -896,13 +896,18 @@ async def next_scheduled_time(
     ids = list(pool_ids)
     if not ids:
         return None
-    query = select(func.min(flow_runs.c.scheduled_at)).where(
-        flow_runs.c.pool_id.in_(ids),
-        flow_runs.c.state_type == StateType.SCHEDULED.value,
-        flow_runs.c.scheduled_at > after,
-    )
-    value = (await conn.execute(query)).scalar_one_or_none()
+    value = (
+        await conn.execute(_NEXT_SCHEDULED, {"pool_ids": ids, "after": after})
+    ).scalar_one_or_none()
     return _as_utc(value)
+
+
+# Built once: read after every dispatch pass.
+_NEXT_SCHEDULED = select(func.min(flow_runs.c.scheduled_at)).where(
+    flow_runs.c.pool_id.in_(bindparam("pool_ids", expanding=True)),
+    flow_runs.c.state_type == StateType.SCHEDULED.value,
+    flow_runs.c.scheduled_at > bindparam("after", type_=flow_runs.c.scheduled_at.type),
+)
 
 
 async def expired_leases(conn: AsyncConnection, now: datetime, limit: int) -> list[Run]:
