@@ -7,7 +7,8 @@ token was revoked. The bus acts on a hint in this process at once and, on Postgr
 it to the other replicas with ``LISTEN/NOTIFY`` (``store.notifications``), which act on it
 the same way. A hint is never the data: whoever acts on one re-reads the database, so a lost
 hint costs latency, not correctness; when the listening connection was broken, everyone who
-waits is woken to re-read.
+waits is woken to re-read. (A run changed here also leaves the committed run with the taps of
+its key, which use it instead of a read only when its version proves it: ``signals.tell``.)
 """
 
 from __future__ import annotations
