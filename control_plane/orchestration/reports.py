@@ -347,6 +347,8 @@ class AgentReports:
     async def _end(
         self, session: AgentSession, run_id: str, attempt: int, detail: str, tail: tuple[str, ...]
     ) -> None:
+        session.held.pop(run_id, None)  # its infrastructure is gone: nothing more to confirm
+
         async def apply() -> Run | None:
             async with self._db.write() as conn:
                 run = await self._held_run(conn, session, run_id, attempt)

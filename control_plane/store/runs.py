@@ -122,14 +122,9 @@ async def catalog_as_read(
     that transaction says whether the checks still hold. On PostgreSQL the rows stay locked
     (FOR SHARE) until the transaction ends, so they cannot change before the run is in.
     """
-    query = (
-        select(deployments.c.updated_at, pools.c.updated_at.label("pool_updated_at"))
-        .join(pools, pools.c.id == deployments.c.pool_id)
-        .join(work_queues, and_(work_queues.c.id == queue_id, work_queues.c.pool_id == pools.c.id))
-        .where(deployments.c.id == deployment_id)
-        .with_for_update(read=True, of=[deployments, pools, work_queues])
-    )
-    row = (await conn.execute(query)).first()
+    row = (
+        await conn.execute(_CATALOG_AS_READ, {"deployment_id": deployment_id, "queue_id": queue_id})
+    ).first()
     if row is None:
         exists = await conn.scalar(
             select(deployments.c.id).where(deployments.c.id == deployment_id)
@@ -140,6 +135,17 @@ async def catalog_as_read(
         and _as_utc(row.pool_updated_at) == pool_updated_at
     )
 
+
+_CATALOG_AS_READ = (
+    select(deployments.c.updated_at, pools.c.updated_at.label("pool_updated_at"))
+    .join(pools, pools.c.id == deployments.c.pool_id)
+    .join(
+        work_queues,
+        and_(work_queues.c.id == bindparam("queue_id"), work_queues.c.pool_id == pools.c.id),
+    )
+    .where(deployments.c.id == bindparam("deployment_id"))
+    .with_for_update(read=True, of=[deployments, pools, work_queues])
+)
 
 #: Built once: the hottest statements are reused rather than built (and their SQLAlchemy
 #: cache keys computed) on every call.
