@@ -442,21 +442,32 @@ def test_a_stopping_server_ends_its_streams_without_an_end_and_without_errors(
     system.deploy("gated", GATED)
     system.start_agent()
     run_id = system.create_run("gated", gate=str(tmp_path / "gate"), first=10)
-    seen: list[Event] = []
+    lines: list[dict[str, Any]] = []
+
+    def follow() -> list[Event]:
+        seen: list[Event] = []
+        with client.stream("GET", f"/api/v1/runs/{run_id}/logs") as response:
+            assert response.status_code == 200, response.read()
+            for event in events(response):
+                seen.append(event)
+                if event.kind == "lines":
+                    lines.extend(event.data)
+        return seen
+
     with http(system) as client, ThreadPoolExecutor(2) as pool:
-        logs = pool.submit(stream_lines, client, run_id)
+        logs = pool.submit(follow)
         changes = pool.submit(
             lambda: [e.kind for e in events_of(client, f"/api/v1/runs/{run_id}/events")]
         )
         wait_for(lambda: system.run(run_id).state.type == types_pb2.STATE_TYPE_RUNNING)
         engine = int(system.run(run_id).infrastructure_id.rsplit("/", 1)[1])
-        stream_lines(client, run_id, stop_after=10)
+        # The server stops while both streams are open, the logs one with the flow's lines.
+        wait_for(lambda: len(lines) >= 10)
         system.server.stop()
-        lines, seen = logs.result(timeout=60)
+        seen = logs.result(timeout=60)
         kinds = changes.result(timeout=60)
     # The flow waits at its gate for ever; with its control plane gone, stop it here.
     os.killpg(engine, signal.SIGKILL)
-    assert len(lines) >= 10
     assert [e.kind for e in seen if e.kind == "end"] == [] and "end" not in kinds
     log = (system.root / "server" / "server.log").read_text()
     assert "Traceback" not in log and "Exception in ASGI" not in log, log[-3000:]
