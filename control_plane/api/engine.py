@@ -195,12 +195,15 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
             out: asyncio.Queue[Outgoing] = asyncio.Queue()
             # Transition ids this stream proposed: the end they bring is the engine's own doing.
             own: set[str] = set()
+            known = _Known(run)
             tasks = [
                 asyncio.create_task(
-                    self._read(request_iterator, run, stored, own, out),
+                    self._read(request_iterator, run, stored, own, known, out),
                     name=f"engine-reader-{run.id}",
                 ),
-                asyncio.create_task(self._watch(run, own, out), name=f"engine-watch-{run.id}"),
+                asyncio.create_task(
+                    self._watch(run, own, known, out), name=f"engine-watch-{run.id}"
+                ),
             ]
             try:
                 while (message := await out.get()) is not None:
@@ -221,10 +224,10 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         run: Run,
         stored: int,
         own: set[str],
+        known: _Known,
         out: asyncio.Queue[Outgoing],
     ) -> None:
         subflows: set[str] = set()  # subflow runs of this attempt, checked once each
-        known = run  # the run as this stream last saw it committed
         try:
             async for request in requests:
                 kind = request.WhichOneof("message")
@@ -236,9 +239,10 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                 elif kind == "propose_state":
                     own.add(request.propose_state.transition_id)
                     answer, committed = await self._db.shielded(
-                        self._propose(run, known, request.propose_state)
+                        self._propose(run, known.run, request.propose_state)
                     )
-                    known = committed or known
+                    if committed is not None:
+                        known.saw(committed)
                     out.put_nowait(answer)
                 elif kind == "heartbeat":
                     self._reports.heartbeat(run)
@@ -319,7 +323,9 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         )
         return answer, result.run if result.accepted else None
 
-    async def _watch(self, run: Run, own: set[str], out: asyncio.Queue[Outgoing]) -> None:
+    async def _watch(
+        self, run: Run, own: set[str], known: _Known, out: asyncio.Queue[Outgoing]
+    ) -> None:
         """Push CancelFlow once the run is CANCELLING; end the stream once its attempt ends.
 
         An attempt that ends while its engine's stream is open (the run CRASHED because its
@@ -356,8 +362,24 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                     # One change since the last look, made here, and the very next version
                     # (a compare-and-set on this one): the run is what it committed.
                     current = AttemptWatch.of(news)
+                    known.saw(news)
                 else:
                     current = await self._db.shielded(self._reports.watched(run.id))
+
+
+class _Known:
+    """The run as an engine's stream last saw it committed: what its token check read, then
+    the results of its accepted proposals and the changes its watch took from their commits
+    (an agent's Submitted, say). Its proposals are applied to it while its version proves it
+    current (``EngineReports.propose``)."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    def saw(self, run: Run) -> None:
+        """``run`` was committed: keep it if it is newer than what is known."""
+        if run.version > self.run.version:
+            self.run = run
 
 
 def _where(index: int) -> str:
