@@ -38,6 +38,21 @@ def watch_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return reads
 
 
+async def write_elsewhere(plane: Plane, run_id: str, state_type: str, name: str) -> None:
+    """Change the run's state as another replica would: in the database, with no news here."""
+    async with plane.app.db.write() as conn:
+        await conn.execute(
+            update(flow_runs)
+            .where(flow_runs.c.id == run_id)
+            .values(
+                state_type=state_type,
+                state_name=name,
+                state_message="cancelled on another replica",
+                version=flow_runs.c.version + 1,
+            )
+        )
+
+
 async def propose(engine: Any, transition_id: str, state: int) -> Any:
     engine.send(
         engine_pb2.ReportRequest(
@@ -75,17 +90,7 @@ async def test_a_change_another_replica_made_is_read_in_full(
     agent, engine, run_id, _ = await drive_to_running(ready)
     reads = watch_reads.count(run_id)
     # What another replica would commit, then the hint it sends: no news comes with it.
-    async with ready.app.db.write() as conn:
-        await conn.execute(
-            update(flow_runs)
-            .where(flow_runs.c.id == run_id)
-            .values(
-                state_type="CANCELLING",
-                state_name="Cancelling",
-                state_message="cancelled on another replica",
-                version=flow_runs.c.version + 1,
-            )
-        )
+    await write_elsewhere(ready, run_id, "CANCELLING", "Cancelling")
     ready.app.bus.receive([f"r:{run_id}"])
     cancel = await engine.receive("cancel")
     assert cancel.reason == "cancelled on another replica"
@@ -140,17 +145,7 @@ async def test_a_proposal_on_a_run_that_ended_meanwhile_is_refused(ready: Plane)
     agent, engine, run_id, _ = await drive_to_running(ready)
     # Another replica ended the run and its hint has not arrived: the stream still thinks
     # the run is RUNNING, where COMPLETED would be allowed.
-    async with ready.app.db.write() as conn:
-        await conn.execute(
-            update(flow_runs)
-            .where(flow_runs.c.id == run_id)
-            .values(
-                state_type="CANCELLED",
-                state_name="Cancelled",
-                state_message="cancelled on another replica",
-                version=flow_runs.c.version + 1,
-            )
-        )
+    await write_elsewhere(ready, run_id, "CANCELLED", "Cancelled")
     result = await propose(engine, "t-done", types_pb2.STATE_TYPE_COMPLETED)
     assert not result.accepted
     assert result.state.type == types_pb2.STATE_TYPE_CANCELLED
