@@ -316,17 +316,30 @@ async def submitted(plane: Plane, run_id: str) -> bool:
     return (await plane.get(run_id)).run.state.name == "Submitted"
 
 
-async def drive_to_running(plane: Plane) -> tuple[Stream, Stream, str, str]:
+async def accepted(plane: Plane) -> tuple[Stream, types_pb2.FlowRun, agent_pb2.Assign]:
+    """An agent of capacity 1, a new run assigned to it, and the agent's Accepted sent."""
     agent = agent_stream(plane, capacity=1)
     await agent.receive("welcome")
     run = await plane.run()
     assign = await agent.receive("assign")
     agent.send(agent_pb2.ConnectRequest(accepted=agent_pb2.Accepted(run_id=run.id, attempt=1)))
+    return agent, run, assign
+
+
+def submit(agent: Stream, run_id: str, infrastructure_id: str) -> None:
+    """Send the agent's Submitted for attempt 1 of the run."""
     agent.send(
         agent_pb2.ConnectRequest(
-            submitted=agent_pb2.Submitted(run_id=run.id, attempt=1, infrastructure_id="process/h/1")
+            submitted=agent_pb2.Submitted(
+                run_id=run_id, attempt=1, infrastructure_id=infrastructure_id
+            )
         )
     )
+
+
+async def drive_to_running(plane: Plane) -> tuple[Stream, Stream, str, str]:
+    agent, run, assign = await accepted(plane)
+    submit(agent, run.id, "process/h/1")
     # As with a real agent, the engine starts once the server knows the run was submitted.
     await eventually(lambda: submitted(plane, run.id), within=RECEIVE_TIMEOUT, what="Submitted")
     engine = engine_stream(plane, run.id, 1, assign.engine_token)

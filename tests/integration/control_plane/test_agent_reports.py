@@ -7,22 +7,14 @@ import pytest
 
 from flowyard.v1 import agent_pb2, types_pb2
 
-from .conftest import Plane, agent_stream
+from .conftest import Plane, accepted, agent_stream, submit
 
 S = types_pb2
 
 
 async def test_accepted_then_submitted_move_the_assignment_on(ready: Plane) -> None:
-    agent = agent_stream(ready, capacity=1)
-    await agent.receive("welcome")
-    run = await ready.run()
-    await agent.receive("assign")
-    agent.send(agent_pb2.ConnectRequest(accepted=agent_pb2.Accepted(run_id=run.id, attempt=1)))
-    agent.send(
-        agent_pb2.ConnectRequest(
-            submitted=agent_pb2.Submitted(run_id=run.id, attempt=1, infrastructure_id="process/h/3")
-        )
-    )
+    agent, run, _ = await accepted(ready)
+    submit(agent, run.id, "process/h/3")
     stored = await ready.wait_named(run.id, "Submitted")
     assert stored.infrastructure_id == "process/h/3"
     history = (await ready.get(run.id)).history
@@ -45,11 +37,7 @@ async def test_a_confirmation_of_an_attempt_handed_back_meanwhile_is_refused(rea
     cancel = await agent.receive("cancel")
     assert (cancel.run_id, cancel.attempt) == (run.id, 1)
     assert "handed back" in cancel.reason
-    agent.send(
-        agent_pb2.ConnectRequest(
-            submitted=agent_pb2.Submitted(run_id=run.id, attempt=1, infrastructure_id="process/h/4")
-        )
-    )
+    submit(agent, run.id, "process/h/4")
     await agent.receive("cancel")
     stored = (await ready.get(run.id)).run
     assert (stored.attempt, stored.state.type) == (2, S.STATE_TYPE_SCHEDULED)

@@ -10,16 +10,17 @@ from sqlalchemy import update
 
 from control_plane.store import runs as runs_repo
 from control_plane.store.tables import flow_runs
-from flowyard.v1 import agent_pb2, engine_pb2, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
+from flowyard.v1 import engine_pb2, types_pb2
 from tests.waiting import eventually
 
 from .conftest import (
     RECEIVE_TIMEOUT,
     Plane,
-    agent_stream,
+    accepted,
     drive_to_running,
     engine_stream,
+    submit,
     submitted,
 )
 
@@ -104,18 +105,10 @@ async def test_a_proposal_after_changes_the_stream_did_not_see_is_decided_on_the
 ) -> None:
     # The engine opens its stream before the agent reports Submitted: what the stream saw
     # of the run is out of date when it proposes RUNNING.
-    agent = agent_stream(ready, capacity=1)
-    await agent.receive("welcome")
-    run = await ready.run()
-    assign = await agent.receive("assign")
-    agent.send(agent_pb2.ConnectRequest(accepted=agent_pb2.Accepted(run_id=run.id, attempt=1)))
+    agent, run, assign = await accepted(ready)
     engine = engine_stream(ready, run.id, 1, assign.engine_token)
     await engine.receive("opened")
-    agent.send(
-        agent_pb2.ConnectRequest(
-            submitted=agent_pb2.Submitted(run_id=run.id, attempt=1, infrastructure_id="process/h/7")
-        )
-    )
+    submit(agent, run.id, "process/h/7")
     await eventually(lambda: submitted(ready, run.id), within=RECEIVE_TIMEOUT, what="Submitted")
     result = await propose(engine, "t-run", types_pb2.STATE_TYPE_RUNNING)
     assert result.accepted, result.reason

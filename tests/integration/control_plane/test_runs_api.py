@@ -13,7 +13,15 @@ from flowyard.v1 import agent_pb2, engine_pb2, engine_pb2_grpc, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
 from tests.waiting import eventually
 
-from .conftest import RECEIVE_TIMEOUT, Plane, agent_stream, drive_to_running, engine_stream
+from .conftest import (
+    RECEIVE_TIMEOUT,
+    Plane,
+    accepted,
+    agent_stream,
+    drive_to_running,
+    engine_stream,
+    submit,
+)
 
 S = types_pb2
 
@@ -349,16 +357,8 @@ async def test_agent_for_unknown_pool_is_refused(plane: Plane) -> None:
 async def test_infrastructure_that_never_starts_crashes_the_run_with_the_reason(
     ready: Plane,
 ) -> None:
-    agent = agent_stream(ready, capacity=1)
-    await agent.receive("welcome")
-    run = await ready.run()
-    await agent.receive("assign")
-    agent.send(agent_pb2.ConnectRequest(accepted=agent_pb2.Accepted(run_id=run.id, attempt=1)))
-    agent.send(
-        agent_pb2.ConnectRequest(
-            submitted=agent_pb2.Submitted(run_id=run.id, attempt=1, infrastructure_id="ns/job")
-        )
-    )
+    agent, run, _ = await accepted(ready)
+    submit(agent, run.id, "ns/job")
     # A diagnosis on its own is news for the logs, not the end of the run...
     agent.send(
         agent_pb2.ConnectRequest(
@@ -444,11 +444,7 @@ async def test_a_run_that_ends_before_its_submitted_report_still_records_where_i
     ready: Plane,
 ) -> None:
     # A warm engine can finish a short flow before the agent's Submitted reaches the server.
-    agent = agent_stream(ready, capacity=1)
-    await agent.receive("welcome")
-    run = await ready.run()
-    assign = await agent.receive("assign")
-    agent.send(agent_pb2.ConnectRequest(accepted=agent_pb2.Accepted(run_id=run.id, attempt=1)))
+    agent, run, assign = await accepted(ready)
     engine = engine_stream(ready, run.id, 1, assign.engine_token)
     await engine.receive("opened")
     for transition, state in (
