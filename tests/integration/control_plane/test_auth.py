@@ -80,31 +80,48 @@ async def first_answer(call: Any, first: Any, kind: str) -> tuple[Code, Any]:
     return OK, getattr(message, kind)
 
 
-async def connect_status(bare: Bare, token: str | None, pool: str) -> Code:
-    """Open an agent session for ``pool`` (capacity 0: it takes no run) and close it.
+async def opened(open_call: Callable[[], Any], first: Any, kind: str) -> tuple[Code, Any]:
+    """Open a bidirectional stream with ``open_call``, send ``first`` and read the answer:
+    the server's status and the call (still open when OK; the caller cancels it).
 
     A stream the server refuses at once may still see the client's own write fail and report
-    INTERNAL instead of the server's status (seen once on a loaded machine): such a probe is
-    made again, twice at most; a server that answers INTERNAL every time still fails.
+    INTERNAL instead of the server's status (seen on a loaded machine, on both the agent and
+    the engine stream): such a probe is made again, twice at most; a server that answers
+    INTERNAL every time still fails.
     """
-    hello = agent_pb2.Hello(agent_name="probe", pool=pool, capacity=0, runtime="process")
     for _ in range(3):
-        call = bare.agents.Connect(metadata=bearer(token))
+        call = open_call()
         try:
-            status, _ = await first_answer(call, agent_pb2.ConnectRequest(hello=hello), "welcome")
-        finally:
+            status, _ = await first_answer(call, first, kind)
+        except BaseException:
             call.cancel()
+            raise
         if status is not grpc.StatusCode.INTERNAL:
             break
+        call.cancel()
+    return status, call
+
+
+async def connect_status(bare: Bare, token: str | None, pool: str) -> Code:
+    """Open an agent session for ``pool`` (capacity 0: it takes no run) and close it."""
+    hello = agent_pb2.Hello(agent_name="probe", pool=pool, capacity=0, runtime="process")
+    status, call = await opened(
+        lambda: bare.agents.Connect(metadata=bearer(token)),
+        agent_pb2.ConnectRequest(hello=hello),
+        "welcome",
+    )
+    call.cancel()
     return status
 
 
 async def report_status(bare: Bare, token: str | None, run_id: str) -> Code:
     """Open the engine stream of ``run_id`` attempt 1; if it opens, write a line with it."""
-    call = bare.engines.Report(metadata=bearer(token))
-    opening = engine_pb2.ReportRequest(open=engine_pb2.Open(run_id=run_id, attempt=1))
+    status, call = await opened(
+        lambda: bare.engines.Report(metadata=bearer(token)),
+        engine_pb2.ReportRequest(open=engine_pb2.Open(run_id=run_id, attempt=1)),
+        "opened",
+    )
     try:
-        status, _ = await first_answer(call, opening, "opened")
         if status is OK:
             # The run's own engine: its stream takes lines (one after the stored ones).
             await call.write(
