@@ -14,6 +14,7 @@ from sqlalchemy import text
 from control_plane.models import Run
 from control_plane.store import runs, sqlite_inline
 from control_plane.store.db import Database
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -87,3 +88,32 @@ def test_a_run_row_holds_exactly_the_fields_of_a_run() -> None:
     # ``runs._run`` builds a Run from the whole row.
     columns = {column.key for column in runs._RUN_COLUMNS}
     assert columns == {field.name for field in dataclasses.fields(Run)}
+
+
+def _checkpointers() -> int:
+    return sum(thread.name == "sqlite-checkpoint" for thread in threading.enumerate())
+
+
+async def test_the_write_ahead_log_is_copied_into_the_file_beside_the_loop(tmp_path: Path) -> None:
+    """Commits leave the checkpoint to a thread of their own: a megabyte written (a quarter
+    of what SQLite lets the log hold before a commit checkpoints it) reaches the database file
+    soon after it commits, and the thread ends with the last connection."""
+    before = _checkpointers()
+    path = tmp_path / "wal.db"
+    db = await Database.open(f"sqlite:///{path}")
+    try:
+        async with db.write() as conn:
+            await conn.execute(text("CREATE TABLE blobs (b BLOB)"))
+        size = path.stat().st_size
+        async with db.write() as conn:
+            await conn.execute(text("INSERT INTO blobs VALUES (randomblob(1048576))"))
+            assert (
+                await conn.execute(text("PRAGMA wal_autocheckpoint"))
+            ).scalar_one() == sqlite_inline.Checkpointer.COMMIT_CHECKPOINTS_PAGES
+        assert _checkpointers() == before + 1
+        await eventually(
+            lambda: path.stat().st_size >= size + (1 << 20), what="the blob in the database file"
+        )
+    finally:
+        await db.close()
+    assert _checkpointers() == before
