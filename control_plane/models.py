@@ -239,6 +239,25 @@ class LogRecord:
     #: for this record: tails then send it as it is instead of building it again. Never
     #: stored; None for lines read from the database.
     wire: Any = field(default=None, compare=False, repr=False)
+    #: The whole batch the line arrived in, when every line of it kept its message.
+    batch: WireBatch | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(slots=True, eq=False)
+class WireBatch:
+    """A batch of log lines as it arrived, serialized once: its ``LogLine`` messages (each
+    naming its run and attempt) encoded as a ``repeated LogLine lines = 1`` field.
+
+    Every record of the batch points to it (``LogRecord.batch``), so a tail that sends the
+    whole batch parses it into its message at once instead of copying each line's message
+    (a third of the cost).
+    """
+
+    data: bytes
+    #: The seq of its first line; its lines' seqs follow without a gap...
+    first: int
+    #: ...``count`` of them.
+    count: int
 
 
 @dataclass(frozen=True)

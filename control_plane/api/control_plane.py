@@ -323,8 +323,9 @@ def _tail_responses(lines: list[LogRecord], state: types_pb2.RunState) -> list[p
     alone), each with the run's state.
 
     A line's size is bounded from its texts' lengths (at most 4 bytes a character, 1 for
-    ASCII) rather than measured, and lines that kept the message they arrived in are copied
-    into their message together, by the protobuf library."""
+    ASCII) rather than measured. A batch that arrived whole is parsed into its message from
+    its bytes (``WireBatch``), other lines that kept the message they arrived in are copied
+    into it together, by the protobuf library, and the rest are built."""
     responses = []
     chunk: list[LogRecord] = []
     size = 0
@@ -347,13 +348,30 @@ def _tail_responses(lines: list[LogRecord], state: types_pb2.RunState) -> list[p
 def _tail_message(lines: list[LogRecord], state: types_pb2.RunState) -> pb.TailLogsResponse:
     message = pb.TailLogsResponse(state=state)
     into = message.lines
-    arrived = [line.wire for line in lines if line.wire is not None]
-    if len(arrived) == len(lines):
-        into.extend(arrived)
-        return message
-    for line in lines:
+    kept: list[Any] = []  # messages of lines to copy together, in order
+    at, count = 0, len(lines)
+    while at < count:
+        line = lines[at]
+        whole = line.batch
+        if whole is not None and line.seq == whole.first:
+            # Lines are consecutive seqs of one attempt: if the batch's last line is here
+            # too, every line between is the batch's.
+            end = at + whole.count
+            if end <= count and lines[end - 1].batch is whole:
+                if kept:
+                    into.extend(kept)
+                    kept = []
+                message.MergeFromString(whole.data)  # appends the batch's lines
+                at = end
+                continue
         if line.wire is not None:
-            into.append(line.wire)
+            kept.append(line.wire)
         else:
+            if kept:
+                into.extend(kept)
+                kept = []
             convert.add_log_line(into, line)
+        at += 1
+    if kept:
+        into.extend(kept)
     return message

@@ -44,8 +44,9 @@ MAX_SECONDS = 253_402_300_799
 LOG_STREAMS: dict[LogStream, types_pb2.LogStream.ValueType] = {
     s: types_pb2.LogStream.Value(f"LOG_STREAM_{s.name}") for s in LogStream
 }
-#: The other way round, for a line's stream: read on every log line received.
-_LOG_STREAMS_BY_WIRE = {wire: domain for domain, wire in LOG_STREAMS.items()}
+#: The other way round, for a line's stream: read on every log line received (a stream that
+#: is not here is unknown, kept as UNSPECIFIED).
+LOG_STREAMS_BY_WIRE = {wire: domain for domain, wire in LOG_STREAMS.items()}
 TASK_RUN_STATES: dict[TaskRunState, types_pb2.TaskRunState.ValueType] = {
     t: types_pb2.TaskRunState.Value(f"TASK_RUN_STATE_{t.value}") for t in TaskRunState
 }
@@ -159,7 +160,7 @@ def state_type(value: types_pb2.StateType.ValueType, field: str) -> StateType:
 
 def log_stream(value: types_pb2.LogStream.ValueType) -> LogStream:
     """The domain log stream (unknown values become UNSPECIFIED)."""
-    return _LOG_STREAMS_BY_WIRE.get(value, LogStream.UNSPECIFIED)
+    return LOG_STREAMS_BY_WIRE.get(value, LogStream.UNSPECIFIED)
 
 
 def task_run_name(value: str, field: str) -> str:

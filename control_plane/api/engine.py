@@ -28,7 +28,7 @@ from control_plane.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from control_plane.models import LogRecord, Run
+from control_plane.models import LogRecord, LogStream, Run, WireBatch
 from control_plane.orchestration import attempts, clock, validation
 from control_plane.orchestration.catalog import Catalog
 from control_plane.orchestration.children import ChildRuns
@@ -396,14 +396,18 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
     Lines up to ``stored`` are resends and are dropped; the rest must continue the attempt's
     seqs without a gap, so that the acknowledged seq always means "every line up to here".
     """
-    if len(batch.lines) > MAX_BATCH_LINES:
+    lines = batch.lines
+    if len(lines) > MAX_BATCH_LINES:
         raise InvalidArgument(
-            f"log_batch.lines: at most {MAX_BATCH_LINES} lines per batch ({len(batch.lines)})"
+            f"log_batch.lines: at most {MAX_BATCH_LINES} lines per batch ({len(lines)})"
         )
     run_id, attempt = run.id, run.attempt
     records: list[LogRecord] = []
+    append = records.append
     previous = 0
-    for index, line in enumerate(batch.lines):
+    expected = stored + 1
+    wired = 0
+    for index, line in enumerate(lines):
         if line.run_id and line.run_id != run_id:
             raise InvalidArgument(
                 f"{_where(index)}.run_id: this stream reports run {run_id}; leave run_id empty"
@@ -413,9 +417,9 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
                 f"{_where(index)}.attempt: this stream reports attempt {attempt}; leave attempt 0"
             )
         seq = line.seq
-        if seq < 1:
-            raise InvalidArgument(f"{_where(index)}.seq: must be 1 or more, got {seq}")
         if seq <= previous:
+            if seq < 1:
+                raise InvalidArgument(f"{_where(index)}.seq: must be 1 or more, got {seq}")
             raise InvalidArgument(
                 f"{_where(index)}.seq: {seq} after {previous}: send lines in seq order"
             )
@@ -430,12 +434,12 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
         )
         if seq <= stored:
             continue
-        expected = stored + len(records) + 1
         if seq != expected:
             raise InvalidArgument(
                 f"{_where(index)}.seq: expected {expected}, the next after the stored "
                 f"{expected - 1}: seqs have no gaps"
             )
+        expected += 1
         # A line is stored with what storing changes (rarely anything; each rule checked
         # before the call that applies it, as every line of a chatty run passes here).
         stamped = line.HasField("timestamp")
@@ -460,7 +464,7 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
             if len(logger) <= MAX_LOGGER_CHARS and "\x00" not in logger
             else convert.storable(logger[:MAX_LOGGER_CHARS])
         )
-        domain_stream = convert.log_stream(stream)
+        known_stream = convert.LOG_STREAMS_BY_WIRE.get(stream)
         # Levels are informational: an odd number is kept within logging's range.
         in_range = 0 <= level <= 100
         record = LogRecord(
@@ -469,7 +473,7 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
             seq,
             timestamp,
             level if in_range else min(max(level, 0), 100),
-            domain_stream,
+            known_stream or LogStream.UNSPECIFIED,
             kept_logger,
             kept_text,
             task_run,
@@ -483,7 +487,7 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
             whole_micros
             and event is None
             and in_range
-            and convert.LOG_STREAMS[domain_stream] == stream
+            and known_stream is not None
             and kept_text is text
             and kept_logger is logger
             and task_run is named
@@ -491,5 +495,11 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
             line.run_id = run_id
             line.attempt = attempt
             record.wire = line
-        records.append(record)
+            wired += 1
+        append(record)
+    if wired == len(lines) and records:
+        # Every line is new and kept its message: tails may send the batch whole.
+        whole = WireBatch(batch.SerializeToString(), records[0].seq, wired)
+        for record in records:
+            record.batch = whole
     return records

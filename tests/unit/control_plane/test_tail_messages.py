@@ -19,9 +19,11 @@ class _Run:
     attempt = 2
 
 
-def _batch(*texts: str, nanos: int = 123_456_000, **fields: object) -> engine_pb2.LogBatch:
+def _batch(
+    *texts: str, nanos: int = 123_456_000, first: int = 1, **fields: object
+) -> engine_pb2.LogBatch:
     batch = engine_pb2.LogBatch()
-    for seq, text in enumerate(texts, start=1):
+    for seq, text in enumerate(texts, start=first):
         line = batch.lines.add(seq=seq, text=text, **{"level": 20, **fields})  # type: ignore[arg-type]
         line.timestamp.seconds = 1_790_000_000
         line.timestamp.nanos = nanos
@@ -31,7 +33,7 @@ def _batch(*texts: str, nanos: int = 123_456_000, **fields: object) -> engine_pb
 
 def _as_read_back(records: list[LogRecord]) -> list[LogRecord]:
     """The same records as the database gives them: without the message they came in."""
-    return [replace(record, wire=None) for record in records]
+    return [replace(record, wire=None, batch=None) for record in records]
 
 
 def _tailed(records: list[LogRecord]) -> list[bytes]:
@@ -74,3 +76,24 @@ def test_tail_messages_stay_within_their_size_whatever_the_characters() -> None:
     assert len(responses) > 1
     assert all(message.ByteSize() <= TAIL_MESSAGE_BYTES for message in responses)
     assert [line.seq for message in responses for line in message.lines] == list(range(1, 41))
+
+
+def test_whole_batches_are_tailed_from_their_bytes_and_parts_of_them_line_by_line() -> None:
+    """A batch whose every line is new and kept its message is tailed from the batch's own
+    bytes; wherever a tail's lines start or end, its messages are those of the same lines
+    read back from the database."""
+    first = _new_lines(_Run(), _batch("a", "b", "c"), stored=0)
+    second = _new_lines(_Run(), _batch("d", "e", first=4), stored=3)
+    # A resend: lines 4 and 5 are dropped, so this batch is not sent whole.
+    third = _new_lines(_Run(), _batch("d", "e", "f", "g", first=4), stored=5)
+    assert {id(record.batch) for record in first} == {id(first[0].batch)} != {None}
+    assert first[0].batch is not None and (first[0].batch.first, first[0].batch.count) == (1, 3)
+    assert [record.batch for record in third] == [None, None]
+    lines = first + second + third
+    for start in range(len(lines)):
+        for end in range(start + 1, len(lines) + 1):
+            part = lines[start:end]
+            assert _tailed(part) == _tailed(_as_read_back(part)), (start, end)
+    [message] = _tail_responses(lines, STATE)
+    assert [line.text for line in message.lines] == list("abcdefg")
+    assert {(line.run_id, line.attempt) for line in message.lines} == {(RUN_ID, 2)}
