@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from control_plane import metrics
 from control_plane.api import convert
@@ -497,8 +498,10 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
             record.wire = line
             wired += 1
         append(record)
-    if wired == len(lines) and records:
-        # Every line is new and kept its message: tails may send the batch whole.
+    if wired == len(lines) and records and not len(UnknownFieldSet(batch)):
+        # Every line is new and kept its message: tails may send the batch whole. (Not if
+        # the batch itself carries fields unknown here: in a tail's message, a field 2 would
+        # read as the run's state.)
         whole = WireBatch(batch.SerializeToString(), records[0].seq, wired)
         for record in records:
             record.batch = whole

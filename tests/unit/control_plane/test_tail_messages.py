@@ -97,3 +97,21 @@ def test_whole_batches_are_tailed_from_their_bytes_and_parts_of_them_line_by_lin
     [message] = _tail_responses(lines, STATE)
     assert [line.text for line in message.lines] == list("abcdefg")
     assert {(line.run_id, line.attempt) for line in message.lines} == {(RUN_ID, 2)}
+
+
+def test_a_batch_with_fields_unknown_here_cannot_forge_a_tails_state() -> None:
+    """A field 2 added to a batch would read as the state in a tail's message, were the
+    batch's bytes sent as they came: such a batch is sent line by line."""
+    forged = types_pb2.RunState(type=types_pb2.STATE_TYPE_CANCELLED, message="forged")
+    data = _batch("a", "b").SerializeToString() + b"\x12" + _length(forged.SerializeToString())
+    records = _new_lines(_Run(), engine_pb2.LogBatch.FromString(data), stored=0)
+    assert [record.batch for record in records] == [None, None]
+    [message] = _tail_responses(records, STATE)
+    assert message.state == STATE
+    assert [line.text for line in message.lines] == ["a", "b"]
+    assert _tailed(records) == _tailed(_as_read_back(records))
+
+
+def _length(field: bytes) -> bytes:
+    assert len(field) < 128  # a one-byte varint
+    return bytes([len(field)]) + field
