@@ -127,7 +127,16 @@ class Checkpointer:
             events[0].set()
 
     def _run(self, wanted: threading.Event, ending: threading.Event) -> None:
-        conn = self._connect()
+        try:
+            conn = self._connect()
+        except sqlite3.Error as error:
+            log.warning(
+                "cannot open the SQLite database to checkpoint its write-ahead log (%s); "
+                "commits checkpoint it instead",
+                error,
+            )
+            return
+        failing = False
         try:
             while not ending.is_set():
                 wanted.wait()
@@ -137,8 +146,13 @@ class Checkpointer:
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error as error:
-                    # The commits' own checkpoints still bound the log meanwhile.
-                    log.warning("checkpointing the SQLite write-ahead log failed: %s", error)
+                    # Said once until it works again; the commits' own checkpoints still
+                    # bound the log meanwhile.
+                    if not failing:
+                        log.warning("checkpointing the SQLite write-ahead log failed: %s", error)
+                    failing = True
+                else:
+                    failing = False
                 ending.wait(self.INTERVAL)
         finally:
             conn.close()
