@@ -245,19 +245,29 @@ class LogRecord:
 
 @dataclass(slots=True, eq=False)
 class WireBatch:
-    """A batch of log lines as it arrived, serialized once: its ``LogLine`` messages (each
-    naming its run and attempt) encoded as a ``repeated LogLine lines = 1`` field.
+    """A batch of log lines as it arrived, for tails to send whole: its ``LogBatch`` message,
+    each line naming its run and attempt.
 
     Every record of the batch points to it (``LogRecord.batch``), so a tail that sends the
-    whole batch parses it into its message at once instead of copying each line's message
-    (a third of the cost).
+    whole batch parses its bytes into its message at once instead of copying each line's
+    message (a third of the cost). The bytes are made the first time a tail asks for them:
+    a batch nobody follows costs nothing more.
     """
 
-    data: bytes
+    #: The ``LogBatch``; its only field is ``repeated LogLine lines = 1``.
+    message: Any
     #: The seq of its first line; its lines' seqs follow without a gap...
     first: int
     #: ...``count`` of them.
     count: int
+    _data: bytes | None = field(default=None, repr=False)
+
+    @property
+    def data(self) -> bytes:
+        """The batch serialized: its lines, encoded as a ``repeated LogLine lines = 1``."""
+        if self._data is None:
+            self._data = self.message.SerializeToString()
+        return self._data
 
 
 @dataclass(frozen=True)

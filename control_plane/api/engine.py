@@ -502,7 +502,7 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
         # Every line is new and kept its message: tails may send the batch whole. (Not if
         # the batch itself carries fields unknown here: in a tail's message, a field 2 would
         # read as the run's state.)
-        whole = WireBatch(batch.SerializeToString(), records[0].seq, wired)
+        whole = WireBatch(batch, records[0].seq, wired)
         for record in records:
             record.batch = whole
     return records
