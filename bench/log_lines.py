@@ -9,6 +9,9 @@ before the run starts and notes when each line arrives. Printed:
 - lines/s from the first ``print`` to the last line arriving at the tail;
 - how long after it was printed the last line arrived;
 - how long the flow took to print them (the engine's capture, the flow's side of the cost);
+- the control plane's CPU time per line, from the run's creation to the last line tailed
+  (user + system of the server process: steadier than the rate on a busy machine, where
+  the rate and the delay are bounded by it);
 - the seconds ``flowyard logs RUN`` takes to write every line to a file.
 
 Usage: python bench/log_lines.py [--lines 100000] [--tries 3]
@@ -27,7 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import bench_pool
+from harness import bench_system
+from plane import process_cpu_seconds
 
 from control_plane.cli.deploy import build_deployment
 from control_plane.cli.processes import script
@@ -60,7 +64,10 @@ def tail(stub: Any, run_id: str, lines: int, arrived: dict[str, float]) -> None:
             return
 
 
-def one_try(stub: Any, address: str, token: str, lines: int, notes: Path) -> dict[str, float]:
+def one_try(
+    stub: Any, address: str, token: str, server_pid: int, lines: int, notes: Path
+) -> dict[str, float]:
+    cpu_before = process_cpu_seconds(server_pid)
     run_id = stub.CreateRun(
         pb.CreateRunRequest(deployment_name="chatty", parameters_json=json.dumps({"lines": lines}))
     ).run.id
@@ -68,6 +75,7 @@ def one_try(stub: Any, address: str, token: str, lines: int, notes: Path) -> dic
     follower = threading.Thread(target=tail, args=(stub, run_id, lines, arrived))
     follower.start()
     follower.join(600)
+    cpu_tailed = process_cpu_seconds(server_pid) - cpu_before
     for message in stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=600):
         run = message.run
     if run.state.type != types_pb2.STATE_TYPE_COMPLETED:
@@ -87,6 +95,7 @@ def one_try(stub: Any, address: str, token: str, lines: int, notes: Path) -> dic
         "rate": lines / (arrived["last"] - printed["first"]),
         "last_after_ms": (arrived["last"] - printed["last"]) * 1000,
         "print_seconds": printed["last"] - printed["first"],
+        "server_cpu_us": cpu_tailed / lines * 1e6,
         "logs_seconds": logs_seconds,
         "logs_mb": written / 1e6,
     }
@@ -99,17 +108,15 @@ def main() -> None:
     args = parser.parse_args()
 
     notes = Path(tempfile.mkdtemp(prefix="flowyard-bench-notes-"))
-    with bench_pool({"flow.py": f"NOTES = {str(notes)!r}\n{FLOW}"}, capacity=1) as (
-        stub,
-        source,
-        address,
-        token,
-    ):
+    with bench_system({"flow.py": f"NOTES = {str(notes)!r}\n{FLOW}"}, capacity=1) as system:
         deployment = build_deployment(
-            "flow.py:chatty", name="chatty", pool="bench", source=source, parameters={}
+            "flow.py:chatty", name="chatty", pool="bench", source=system.source, parameters={}
         )
-        stub.UpsertDeployment(pb.UpsertDeploymentRequest(deployment=deployment))
-        results = [one_try(stub, address, token, args.lines, notes) for _ in range(args.tries)]
+        system.stub.UpsertDeployment(pb.UpsertDeploymentRequest(deployment=deployment))
+        results = [
+            one_try(system.stub, system.address, system.token, system.server.pid, args.lines, notes)
+            for _ in range(args.tries)
+        ]
     shutil.rmtree(notes, ignore_errors=True)
 
     print(f"a flow printing {args.lines:,} lines, {args.tries} tries")
@@ -117,6 +124,7 @@ def main() -> None:
         ("first print -> last line tailed", "rate", "{:>12,.0f}", "lines/s"),
         ("last print -> last line tailed", "last_after_ms", "{:>12.1f}", "ms"),
         ("the flow printing them", "print_seconds", "{:>12.2f}", "s"),
+        ("control plane CPU per line, until tailed", "server_cpu_us", "{:>12.2f}", "us"),
         (
             "flowyard logs RUN > file",
             "logs_seconds",
