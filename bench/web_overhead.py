@@ -124,7 +124,13 @@ async def one_side(args: argparse.Namespace, with_browser: bool) -> dict[str, An
                     await steady(plane, args.callers, 1.0)  # warm up connections and caches
                     latencies = await steady(plane, args.callers, args.seconds)
                 ingest = await asyncio.to_thread(
-                    one_try, system.stub, system.address, system.token, args.lines, notes
+                    one_try,
+                    system.stub,
+                    system.address,
+                    system.token,
+                    system.server.pid,
+                    args.lines,
+                    notes,
                 )
             system.stub.CancelRun(pb.CancelRunRequest(run_id=ticking))
     finally:
