@@ -5,8 +5,9 @@ are the same use case seen through two protocols, so both iterate these generato
 reads what is stored, then waits for the run's signal (set by this replica, or by another
 through the notification channel) before reading again; a missed signal costs at most
 ``RECHECK_SECONDS`` (``orchestration.signals``), never a line. Followers of one run that have
-caught up take new lines from the run's one reader instead (``orchestration.feeds``), and the
-lines just stored here are read from memory (``orchestration.recent_lines``).
+caught up take new lines from the run's one reader instead (``orchestration.feeds``), the
+lines just stored here are read from memory (``orchestration.recent_lines``), and the run's
+state is read again only when it changed (``_RunView``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 
 from control_plane.errors import InvalidArgument
 from control_plane.models import LogRecord, Run, TaskRunState
@@ -27,6 +28,7 @@ from control_plane.orchestration.runs import Runs
 from control_plane.orchestration.signals import (
     RECHECK_SECONDS,
     Signals,
+    Tap,
     lines_key,
     run_key,
     wait_or_recheck,
@@ -39,6 +41,29 @@ log = logging.getLogger(__name__)
 
 #: Lines read at once: one read per engine batch, however large, rather than several.
 LINES_BATCH = 5_000
+#: A followed run's state is read again at least this often without a notification: a change
+#: whose notification was missed is seen as late as a missed line is, never later.
+RUN_VIEW_SECONDS = RECHECK_SECONDS
+
+
+class _RunView:
+    """A followed run as last read, shared by every read of its lines on this replica.
+
+    Each read of lines first needs the run's state (read before the lines: see ``_read``).
+    Between two batches of a chatty run the state rarely changes, so it is read again only
+    when the run was notified as changed since the last read began (a tap counts every
+    notification: this replica's changes and other replicas' alike), or when the last read
+    is ``RUN_VIEW_SECONDS`` old. A read that begins after a notification sees that change,
+    so whoever waits for it gets a state no older than the notifications it knew of.
+    """
+
+    def __init__(self, tap: Tap, registration: contextlib.ExitStack) -> None:
+        self.tap = tap
+        self.registration = registration
+        self.followers = 0
+        #: The latest read, pending or done, and when it began (the loop's clock).
+        self.reading: asyncio.Future[Run] | None = None
+        self.read_at = 0.0
 
 
 class Following:
@@ -65,6 +90,8 @@ class Following:
         self._pending: dict[
             tuple[str, str, int, int], asyncio.Future[tuple[Run, list[LogRecord]]]
         ] = {}
+        #: The followed runs' states, by run (``_RunView``).
+        self._views: dict[str, _RunView] = {}
 
     async def lines(
         self,
@@ -96,7 +123,11 @@ class Following:
         run = await self._db.shielded(self._runs.current(run_id))
         # A subflow's lines are stored with the attempt of the run whose engine runs it.
         source, _ = await self._db.shielded(self._runs.engine_run_of(run))
-        with counted(self._followers, (run.id, source, idle)), self._recent.following(source):
+        with (
+            counted(self._followers, (run.id, source, idle)),
+            self._recent.following(source),
+            self._viewing(run.id),
+        ):
             while True:
                 lines: list[LogRecord] | None
                 subscription = None
@@ -213,7 +244,7 @@ class Following:
         # terminal state, so a terminal state read first means no line can be missed.
         # ``source`` is the run whose lines these are (``engine_run_of``): the run itself,
         # or the one whose engine runs this subflow, of whose lines the subflow's are read.
-        run = await self._runs.current(run_id)
+        run = await self._current(run_id)
         subflow_run = run.id if run.subflow else None
         # The batch that woke the follower is usually the one just stored here.
         lines = None if subflow_run else self._recent.after(source, attempt, seq, LINES_BATCH)
@@ -223,6 +254,47 @@ class Following:
                     conn, source, attempt, seq, LINES_BATCH, subflow_run=subflow_run
                 )
         return run, lines
+
+    @contextlib.contextmanager
+    def _viewing(self, run_id: str) -> Iterator[None]:
+        """Keep the view of ``run_id`` (and its tap) while the block runs."""
+        view = self._views.get(run_id)
+        if view is None:
+            registration = contextlib.ExitStack()
+            tap = registration.enter_context(self._signals.tapping(run_key(run_id)))
+            view = self._views[run_id] = _RunView(tap, registration)
+        view.followers += 1
+        try:
+            yield
+        finally:
+            view.followers -= 1
+            if not view.followers and self._views.get(run_id) is view:
+                del self._views[run_id]
+                view.registration.close()
+
+    async def _current(self, run_id: str) -> Run:
+        """The run's state for a read of its lines: as last read, unless it changed since
+        (see ``_RunView``).
+
+        Raises:
+            NotFound: no such run (any more).
+        """
+        view = self._views.get(run_id)
+        if view is None:
+            return await self._runs.current(run_id)
+        notified, _ = view.tap.taken()
+        now = asyncio.get_running_loop().time()
+        last = view.reading
+        if (
+            notified
+            or last is None
+            or now - view.read_at >= RUN_VIEW_SECONDS
+            or (last.done() and (last.cancelled() or last.exception() is not None))
+        ):
+            last = view.reading = self._db.background(self._runs.current(run_id))
+            last.add_done_callback(_retrieved)
+            view.read_at = now
+        return await asyncio.shield(last)
 
     async def changes(
         self, run_id: str, *, idle: float | None = None, stoppable: bool = False
@@ -267,3 +339,9 @@ class Following:
     async def _watched(self, run_id: str) -> tuple[Run, dict[TaskRunState, int]]:
         run = await self._runs.current(run_id)
         return run, await self._task_runs.counts(run_id)
+
+
+def _retrieved(read: asyncio.Future[Run]) -> None:
+    # A read whose every follower left meanwhile: its failure is nobody's to raise.
+    if not read.cancelled():
+        read.exception()
