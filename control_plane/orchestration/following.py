@@ -248,6 +248,14 @@ class Following:
         subflow_run = run.id if run.subflow else None
         # The batch that woke the follower is usually the one just stored here.
         lines = None if subflow_run else self._recent.after(source, attempt, seq, LINES_BATCH)
+        if lines is None and not subflow_run and self._recent.at_end(source, attempt, seq):
+            # Caught up with what this replica stored (the look for more after a batch):
+            # the database is only asked whether anyone stored more (another replica, the
+            # control plane's own lines). One this replica stored meanwhile is in memory
+            # by the time the answer comes (it is kept as it commits).
+            async with self._db.read() as conn:
+                more = await logs_repo.any_after(conn, source, attempt, seq)
+            lines = self._recent.after(source, attempt, seq, LINES_BATCH) if more else []
         if lines is None:
             async with self._db.read() as conn:
                 lines = await logs_repo.read_after(

@@ -82,3 +82,11 @@ class RecentLines:
         if not 0 <= start < len(kept):
             return None
         return kept[start : start + limit]
+
+    def at_end(self, run_id: str, attempt: int, seq: int) -> bool:
+        """Whether (``attempt``, ``seq``) is the last line kept for ``run_id``: a follower
+        there has every line this replica stored for the run."""
+        kept = self._lines.get(run_id)
+        if not kept:
+            return False
+        return kept[-1].attempt == attempt and kept[-1].seq == seq

@@ -504,7 +504,9 @@ class EngineReports:
         self._notifier = notifier
         self._heartbeats = heartbeats
         self._recent = recent
-        self._log_batches = GroupCommit(db, self._store_batches, offload=_many_lines)
+        self._log_batches = GroupCommit(
+            db, self._store_batches, offload=_many_lines, committed=self._batches_committed
+        )
 
     async def current(self, run_id: str) -> Run | None:
         """The run as stored now (for an already authenticated stream)."""
@@ -545,9 +547,20 @@ class EngineReports:
                 in the same transaction as the insert, so no line lands after the end).
         """
         await self._log_batches.submit((run.id, run.attempt, lines))
-        self._recent.stored(run.id, lines)
-        metrics.LOG_LINES.inc(len(lines))
-        self._notifier.lines_added(run.id)
+
+    def _batches_committed(
+        self,
+        batches: Sequence[tuple[str, int, list[LogRecord]]],
+        outcomes: Sequence[Exception | None],
+    ) -> None:
+        # At once, before any follower runs: one woken by something else, reading between
+        # the commit and the memory of what it stored, would find the batch only in the
+        # database, and read every later batch from there too, always a step ahead of memory.
+        for (run_id, _, lines), outcome in zip(batches, outcomes, strict=True):
+            if outcome is None:
+                self._recent.stored(run_id, lines)
+                metrics.LOG_LINES.inc(len(lines))
+                self._notifier.lines_added(run_id)
 
     async def _store_batches(
         self, conn: AsyncConnection, batches: Sequence[tuple[str, int, list[LogRecord]]]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -45,6 +46,7 @@ from control_plane.store.migrate import StoreError
 
 T = TypeVar("T")
 Item = TypeVar("Item")
+log = logging.getLogger(__name__)
 #: How long ``close()`` waits for shielded work still in flight.
 CLOSE_WAIT_SECONDS = 10.0
 
@@ -203,14 +205,21 @@ class GroupCommit(Generic[Item, T]):
         max_items: int = 500,
         *,
         offload: Callable[[Sequence[Item]], bool] = lambda _: True,
+        committed: Callable[[Sequence[Item], Sequence[T | Exception]], None] | None = None,
     ) -> None:
         """``offload(items)``: whether, on SQLite, a transaction of several items runs its
         statements on a worker thread: for large statements, where SQLite's time is worth a
-        thread hop per statement."""
+        thread hop per statement.
+
+        ``committed(items, outcomes)`` runs as soon as a transaction has committed, before
+        any caller is answered and before any other task runs: what must follow a commit
+        at once (memory that mirrors what is stored, say) happens there, where no reader can
+        come between the commit and it, and even if the callers have gone."""
         self._db = db
         self._store = store
         self._max_items = max_items
         self._offload = offload
+        self._committed = committed
         self._waiting: list[tuple[Item, asyncio.Future[T]]] = []
         self._draining = False
 
@@ -262,6 +271,12 @@ class GroupCommit(Generic[Item, T]):
             for _, answer in batch:
                 answer.cancel()
             raise
+        else:
+            if self._committed is not None:
+                try:
+                    self._committed([item for item, _ in batch], outcomes)
+                except Exception:
+                    log.exception("after a group commit")
         for (_, answer), outcome in zip(batch, outcomes, strict=True):
             if answer.done():
                 continue

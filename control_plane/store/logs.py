@@ -61,6 +61,24 @@ _MAX_SEQ = select(func.max(log_lines.c.seq)).where(
 )
 
 
+async def any_after(conn: AsyncConnection, run_id: str, attempt: int, seq: int) -> bool:
+    """Whether the run has a line after (attempt, seq): one probe of the index."""
+    found = await conn.execute(_ANY_AFTER, {"run_id": run_id, "attempt": attempt, "seq": seq})
+    return found.first() is not None
+
+
+#: Built once: a follower asks it after every batch it sends.
+_ANY_AFTER = (
+    select(log_lines.c.seq)
+    .where(
+        log_lines.c.run_id == bindparam("run_id"),
+        tuple_(log_lines.c.attempt, log_lines.c.seq)
+        > tuple_(bindparam("attempt"), bindparam("seq")),
+    )
+    .limit(1)
+)
+
+
 async def read_after(
     conn: AsyncConnection,
     run_id: str,

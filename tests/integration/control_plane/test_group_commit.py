@@ -4,6 +4,7 @@ answer: its own run, the run its idempotency key already names, or its own error
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.store.db import Database, GroupCommit
 from flowyard.v1 import control_plane_pb2 as pb
+from tests.waiting import eventually
 
 from .conftest import Plane
 
@@ -152,3 +154,45 @@ async def test_an_item_refused_by_its_outcome_does_not_undo_the_others(tmp_path:
         == [o for o in outcomes if not isinstance(o, Exception)]
         == [i for i in range(12) if i % 4]
     )
+
+
+async def test_what_follows_a_commit_runs_at_once_even_for_callers_that_left(
+    tmp_path: Path,
+) -> None:
+    """``committed`` sees each committed transaction's items and outcomes before any caller
+    is answered (and before any other task runs), including items whose caller has gone, and
+    never items whose transaction rolled back."""
+    db = await Database.open(f"sqlite:///{tmp_path / 'group.db'}")
+    async with db.write() as conn:
+        await conn.execute(text("CREATE TABLE items (n INTEGER PRIMARY KEY)"))
+    seen: list[tuple[int, int | Exception]] = []
+    answered: list[int] = []
+
+    async def store(conn: AsyncConnection, items: Sequence[int]) -> list[int | Exception]:
+        for item in items:
+            await conn.execute(text("INSERT INTO items VALUES (:n)"), {"n": item})
+            if item == 7:
+                raise ValueError("seven cannot be stored")
+        return [ValueError("odd") if item % 2 else item for item in items]
+
+    def committed(items: Sequence[int], outcomes: Sequence[int | Exception]) -> None:
+        # No caller has its answer yet, nor has anything else run since the commit.
+        assert not set(items) & set(answered)
+        seen.extend(zip(items, outcomes, strict=True))
+
+    async def submit(item: int) -> None:
+        with contextlib.suppress(ValueError):  # odd items, and seven
+            await group.submit(item)
+        answered.append(item)
+
+    group = GroupCommit(db, store, committed=committed)
+    try:
+        callers = [asyncio.ensure_future(submit(i)) for i in range(10)]
+        await asyncio.sleep(0)  # every caller has submitted its item
+        callers[4].cancel()  # its item is stored all the same
+        await asyncio.gather(*callers, return_exceptions=True)
+        await eventually(lambda: db.in_flight == 0, what="every item stored")
+    finally:
+        await db.close()
+    assert sorted(item for item, _ in seen) == [i for i in range(10) if i != 7]
+    assert all(isinstance(outcome, ValueError) == bool(item % 2) for item, outcome in seen)

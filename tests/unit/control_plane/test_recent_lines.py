@@ -95,3 +95,19 @@ def test_past_the_limit_the_run_that_stored_least_recently_is_forgotten() -> Non
         recent.stored(RUN, lines(11, 20))
         assert seqs(recent.after(RUN, 1, 0, 100)) == list(range(1, 21))
         assert recent.after(other, 1, 0, 100) is None
+
+
+def test_a_follower_at_the_last_line_kept_has_everything_this_replica_stored() -> None:
+    recent = RecentLines(keep=100, most=1_000)
+    with recent.following(RUN):
+        assert not recent.at_end(RUN, 1, 0)
+        recent.stored(RUN, lines(1, 10))
+        assert recent.at_end(RUN, 1, 10)
+        assert recent.after(RUN, 1, 10, 100) is None  # what follows is the database's to say
+        assert not recent.at_end(RUN, 1, 9)
+        assert not recent.at_end(RUN, 2, 10)
+        # Lines stored elsewhere in between: what is kept starts anew past the gap.
+        recent.stored(RUN, lines(13, 14))
+        assert not recent.at_end(RUN, 1, 10)
+        assert recent.at_end(RUN, 1, 14)
+    assert not recent.at_end(RUN, 1, 14)
