@@ -16,6 +16,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
+from tests.fakekube import errors
 from tests.fakekube.events import EventRecorder
 from tests.fakekube.resources import PODS
 from tests.fakekube.store import Store, timestamp
@@ -87,12 +88,18 @@ class Scheduler:
                 continue
             requests = pod_requests(pod)
             short = [r for r in RESOURCES if used[r] + requests[r] > self._capacity[r]]
-            if short:
-                self._unschedulable(pod, short)
-            else:
-                self._bind(pod)
-                for name in RESOURCES:
-                    used[name] += requests[name]
+            try:
+                if short:
+                    self._unschedulable(pod, short)
+                else:
+                    self._bind(pod)
+                    for name in RESOURCES:
+                        used[name] += requests[name]
+            except errors.ApiError as error:
+                # 404: deleted since the list (its Job removed); the next sync no longer sees
+                # it, as the real scheduler forgets a pod that went away.
+                if error.code != 404:
+                    raise
 
     def _unschedulable(self, pod: Obj, short: list[str]) -> None:
         reasons = ", ".join(f"1 Insufficient {name}" for name in short)
