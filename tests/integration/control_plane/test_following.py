@@ -103,8 +103,9 @@ async def test_a_follower_reads_the_runs_state_again_only_once_it_changed(ready:
             seen += len(message.lines)
     # Per batch, one read: after sending a batch, the follower looks in the database for
     # lines stored meanwhile by anyone else (the batch itself comes from memory). Reading
-    # the run again before each of its two reads would make three.
-    assert await reads() - before < 1.5 * batches
+    # the run again before each of its two reads would make three. (The margin is for the
+    # server's own periodic reads on a slow machine.)
+    assert await reads() - before < 2 * batches
 
     await ready.control.CancelRun(pb.CancelRunRequest(run_id=run_id, reason="enough"))
     await engine.receive("cancel")
