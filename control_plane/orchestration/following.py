@@ -60,7 +60,6 @@ class _RunView:
     def __init__(self, tap: Tap, registration: contextlib.ExitStack) -> None:
         self.tap = tap
         self.registration = registration
-        self.followers = 0
         #: The latest read, pending or done, and when it began (the loop's clock).
         self.reading: asyncio.Future[Run] | None = None
         self.read_at = 0.0
@@ -90,8 +89,9 @@ class Following:
         self._pending: dict[
             tuple[str, str, int, int], asyncio.Future[tuple[Run, list[LogRecord]]]
         ] = {}
-        #: The followed runs' states, by run (``_RunView``).
+        #: The followed runs' states, by run (``_RunView``), and how many follow each.
         self._views: dict[str, _RunView] = {}
+        self._viewers: Counter[str] = Counter()
 
     async def lines(
         self,
@@ -266,19 +266,16 @@ class Following:
     @contextlib.contextmanager
     def _viewing(self, run_id: str) -> Iterator[None]:
         """Keep the view of ``run_id`` (and its tap) while the block runs."""
-        view = self._views.get(run_id)
-        if view is None:
+        if run_id not in self._views:
             registration = contextlib.ExitStack()
             tap = registration.enter_context(self._signals.tapping(run_key(run_id)))
-            view = self._views[run_id] = _RunView(tap, registration)
-        view.followers += 1
+            self._views[run_id] = _RunView(tap, registration)
         try:
-            yield
+            with counted(self._viewers, run_id):
+                yield
         finally:
-            view.followers -= 1
-            if not view.followers and self._views.get(run_id) is view:
-                del self._views[run_id]
-                view.registration.close()
+            if run_id not in self._viewers:
+                self._views.pop(run_id).registration.close()
 
     async def _current(self, run_id: str) -> Run:
         """The run's state for a read of its lines: as last read, unless it changed since
