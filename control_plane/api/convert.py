@@ -158,11 +158,6 @@ def state_type(value: types_pb2.StateType.ValueType, field: str) -> StateType:
     raise InvalidArgument(f"{field}: {value} is not a state type; use one of {names}")
 
 
-def log_stream(value: types_pb2.LogStream.ValueType) -> LogStream:
-    """The domain log stream (unknown values become UNSPECIFIED)."""
-    return LOG_STREAMS_BY_WIRE.get(value, LogStream.UNSPECIFIED)
-
-
 def task_run_name(value: str, field: str) -> str:
     """The task run a log line names (empty outside a task); INVALID_ARGUMENT if too long."""
     if len(value) > MAX_TASK_RUN_NAME_CHARS:

@@ -11,8 +11,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from control_plane.api import convert
 from control_plane.api.convert import MAX_SECONDS, MIN_SECONDS, from_timestamp, timestamp
+from control_plane.api.engine import _new_lines
 from control_plane.models import LogStream
-from flowyard.v1 import types_pb2
+from flowyard.v1 import engine_pb2, types_pb2
 
 
 @pytest.mark.parametrize(
@@ -39,7 +40,16 @@ def test_a_timestamp_becomes_the_utc_datetime_protobuf_would_make(seconds: int, 
     assert from_timestamp(value, "t").tzinfo is not None
 
 
+class _Run:
+    id = "0123456789abcdef0123456789abcdef"
+    attempt = 1
+
+
 def test_every_log_stream_converts_back_and_unknown_ones_are_unspecified() -> None:
     for stream in LogStream:
-        assert convert.log_stream(convert.LOG_STREAMS[stream]) is stream
-    assert convert.log_stream(cast(types_pb2.LogStream.ValueType, 99)) is LogStream.UNSPECIFIED
+        assert convert.LOG_STREAMS_BY_WIRE[convert.LOG_STREAMS[stream]] is stream
+    # A line received with a stream nobody knows is stored as UNSPECIFIED.
+    unknown = cast(types_pb2.LogStream.ValueType, 99)
+    batch = engine_pb2.LogBatch(lines=[types_pb2.LogLine(seq=1, text="where", stream=unknown)])
+    [record] = _new_lines(_Run(), batch, stored=0)  # type: ignore[arg-type]
+    assert record.stream is LogStream.UNSPECIFIED
