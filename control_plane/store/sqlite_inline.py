@@ -56,10 +56,12 @@ def create_engine(url: URL, timeout: float) -> AsyncEngine:
 
     # One thread for every offloaded transaction: they are writes, which run one at a time.
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
-    checkpointer = Checkpointer(lambda: sqlite3.connect(database, **options))
+
+    open_file = functools.partial(sqlite3.connect, database, **options)
+    checkpointer = Checkpointer(open_file)
 
     async def connect() -> Connection:
-        conn = sqlite3.connect(database, **options)
+        conn = open_file()
         conn.execute(f"PRAGMA wal_autocheckpoint={Checkpointer.COMMIT_CHECKPOINTS_PAGES}")
         return Connection(conn, worker, checkpointer)
 
