@@ -293,7 +293,10 @@ def stored_outcome(db_url: str) -> dict[str, int]:
                 text("SELECT count(*) FROM run_states WHERE type = 'COMPLETED' GROUP BY run_id")
             ).scalars()
             completions = list(counts)
-            lines = conn.execute(text("SELECT count(*) FROM log_lines")).scalar_one()
+            # Each row holds consecutive lines, first_seq to last_seq.
+            lines = conn.execute(
+                text("SELECT coalesce(sum(last_seq - first_seq + 1), 0) FROM log_batches")
+            ).scalar_one()
     finally:
         engine.dispose()
     return {

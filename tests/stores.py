@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 
 from control_plane.store.migrate import upgrade_connection
 from control_plane.store.tables import metadata
+from flowyard.v1 import engine_pb2
 
 #: The maintenance database tests create their databases from (any database on the server).
 ADMIN_URL = os.environ.get(
@@ -116,6 +117,18 @@ def count_rows(data_dir: Path, db_url: str | None, table: str) -> int:
         row = connection.execute(query).fetchone()
         assert row is not None
         return int(row[0])
+
+
+def count_lines(data_dir: Path, db_url: str | None) -> int:
+    """How many log lines are stored (every row's messages counted), on either store."""
+    query = "SELECT lines FROM log_batches"
+    if db_url is None:
+        with contextlib.closing(sqlite3.connect(data_dir / "flowyard.db")) as db:
+            rows = db.execute(query).fetchall()
+    else:
+        with psycopg.connect(conninfo(db_url)) as connection:
+            rows = connection.execute(query).fetchall()
+    return sum(len(engine_pb2.LogBatch.FromString(bytes(data)).lines) for (data,) in rows)
 
 
 def row_where(

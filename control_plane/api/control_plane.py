@@ -17,6 +17,7 @@ from control_plane.orchestration.queues import Queues, QueueSpec
 from control_plane.orchestration.runs import RunRequest, Runs
 from control_plane.orchestration.scheduler import Schedules
 from control_plane.orchestration.task_runs import TaskRuns
+from control_plane.store import line_messages
 from control_plane.store.db import Database
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import control_plane_pb2_grpc as pb_grpc
@@ -370,7 +371,7 @@ def _tail_message(lines: list[LogRecord], state: types_pb2.RunState) -> pb.TailL
             if kept:
                 into.extend(kept)
                 kept = []
-            convert.add_log_line(into, line)
+            line_messages.add_log_line(into, line)
         at += 1
     if kept:
         into.extend(kept)

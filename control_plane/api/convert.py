@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from control_plane.errors import InvalidArgument
@@ -15,7 +14,6 @@ from control_plane.models import (
     Collision,
     Deployment,
     LogRecord,
-    LogStream,
     Pool,
     PoolType,
     Run,
@@ -29,6 +27,13 @@ from control_plane.models import (
 )
 from control_plane.orchestration import validation
 from control_plane.states import StateType
+from control_plane.store.line_messages import (
+    EPOCH,
+    MAX_SECONDS,
+    MIN_SECONDS,
+    fill_log_line,
+    timestamp_or_none,
+)
 from flowyard.v1 import types_pb2
 
 POOL_TYPES = {
@@ -38,15 +43,6 @@ POOL_TYPES = {
 STATE_TYPES: dict[StateType, types_pb2.StateType.ValueType] = {
     t: types_pb2.StateType.Value(f"STATE_TYPE_{t.value}") for t in StateType
 }
-#: The range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
-MIN_SECONDS = -62_135_596_800
-MAX_SECONDS = 253_402_300_799
-LOG_STREAMS: dict[LogStream, types_pb2.LogStream.ValueType] = {
-    s: types_pb2.LogStream.Value(f"LOG_STREAM_{s.name}") for s in LogStream
-}
-#: The other way round, for a line's stream: read on every log line received (a stream that
-#: is not here is unknown, kept as UNSPECIFIED).
-LOG_STREAMS_BY_WIRE = {wire: domain for domain, wire in LOG_STREAMS.items()}
 TASK_RUN_STATES: dict[TaskRunState, types_pb2.TaskRunState.ValueType] = {
     t: types_pb2.TaskRunState.Value(f"TASK_RUN_STATE_{t.value}") for t in TaskRunState
 }
@@ -61,11 +57,6 @@ MAX_TASK_TAGS = 100
 MAX_TASK_TAG_CHARS = 200
 
 
-#: Times are converted by arithmetic on the epoch rather than with Timestamp.FromDatetime and
-#: ToDatetime, which cost three times as much: every log line goes through them.
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 def timestamp(value: datetime | None) -> Timestamp | None:
     """A protobuf Timestamp, or None for an unset time."""
     if value is None:
@@ -75,7 +66,7 @@ def timestamp(value: datetime | None) -> Timestamp | None:
 
 def required_timestamp(value: datetime) -> Timestamp:
     """A protobuf Timestamp of a time that is always set (a naive time is taken as UTC)."""
-    since = value - (_EPOCH if value.tzinfo is not None else _EPOCH.replace(tzinfo=None))
+    since = value - (EPOCH if value.tzinfo is not None else EPOCH.replace(tzinfo=None))
     return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1_000)
 
 
@@ -90,40 +81,6 @@ def from_timestamp(value: Timestamp, field: str) -> datetime:
             "nanos between 0 and 999999999"
         )
     return time
-
-
-def timestamp_or_none(value: Timestamp) -> datetime | None:
-    """``from_timestamp`` without the error: None for a time a Timestamp may not hold.
-
-    The calendar fields of each whole second are kept (a few thousand at most): the lines of
-    a log batch were mostly written within the same few seconds, and each needs its time
-    (built from its fields, the cheapest way to make a datetime: less than half the cost of
-    adding a timedelta).
-    """
-    seconds, nanos = value.seconds, value.nanos
-    if not 0 <= nanos < 1_000_000_000:
-        return None
-    fields = _SECONDS.get(seconds)
-    if fields is None:
-        if not MIN_SECONDS <= seconds <= MAX_SECONDS:
-            return None
-        if len(_SECONDS) >= _SECONDS_KEPT:
-            _SECONDS.clear()
-        second = _EPOCH + timedelta(seconds=seconds)
-        fields = _SECONDS[seconds] = (
-            second.year,
-            second.month,
-            second.day,
-            second.hour,
-            second.minute,
-            second.second,
-        )
-    year, month, day, hour, minute, whole = fields
-    return datetime(year, month, day, hour, minute, whole, nanos // 1_000, UTC)
-
-
-_SECONDS: dict[int, tuple[int, int, int, int, int, int]] = {}
-_SECONDS_KEPT = 4_096
 
 
 def storable(text: str) -> str:
@@ -429,36 +386,5 @@ def run_to_proto(run: Run) -> types_pb2.FlowRun:
 def log_to_proto(line: LogRecord) -> types_pb2.LogLine:
     """A LogLine message."""
     message = types_pb2.LogLine()
-    _fill_log_line(message, line)
+    fill_log_line(message, line)
     return message
-
-
-def add_log_line(
-    into: RepeatedCompositeFieldContainer[types_pb2.LogLine], line: LogRecord
-) -> types_pb2.LogLine:
-    """Append the LogLine message of ``line`` to a repeated field, built in place (a tail
-    sends every line it reads: no message is built twice or copied)."""
-    message = into.add()
-    _fill_log_line(message, line)
-    return message
-
-
-def _fill_log_line(message: types_pb2.LogLine, line: LogRecord) -> None:
-    # Field by field, the time by arithmetic, empty fields left unset: half the cost of
-    # keyword construction.
-    message.run_id = line.run_id
-    message.attempt = line.attempt
-    message.seq = line.seq
-    since = line.timestamp - _EPOCH
-    timestamp = message.timestamp
-    timestamp.seconds = since.days * 86_400 + since.seconds
-    timestamp.nanos = since.microseconds * 1_000
-    message.level = line.level
-    message.stream = LOG_STREAMS[line.stream]
-    if line.logger:
-        message.logger = line.logger
-    message.text = line.text
-    if line.task_run:
-        message.task_run = line.task_run
-    if line.subflow_run:
-        message.subflow_run = line.subflow_run

@@ -37,6 +37,7 @@ from control_plane.orchestration.reports import EngineReports, Proposal
 from control_plane.orchestration.signals import Signals, run_key, wait_or_recheck
 from control_plane.states import StateType
 from control_plane.store import catalog as catalog_repo
+from control_plane.store import line_messages
 from control_plane.store.db import Database
 from control_plane.store.runs import AttemptWatch
 from flowyard.v1 import engine_pb2 as pb
@@ -447,7 +448,7 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
         if stamped:
             stamp = line.timestamp
             whole_micros = stamp.nanos % 1_000 == 0
-            timestamp = convert.timestamp_or_none(stamp) or convert.from_timestamp(
+            timestamp = line_messages.timestamp_or_none(stamp) or convert.from_timestamp(
                 stamp, f"{_where(index)}.timestamp"
             )
         else:
@@ -465,7 +466,7 @@ def _new_lines(run: Run, batch: pb.LogBatch, stored: int) -> list[LogRecord]:
             if len(logger) <= MAX_LOGGER_CHARS and "\x00" not in logger
             else convert.storable(logger[:MAX_LOGGER_CHARS])
         )
-        known_stream = convert.LOG_STREAMS_BY_WIRE.get(stream)
+        known_stream = line_messages.LOG_STREAMS_BY_WIRE.get(stream)
         # Levels are informational: an odd number is kept within logging's range.
         in_range = 0 <= level <= 100
         record = LogRecord(

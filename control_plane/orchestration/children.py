@@ -5,7 +5,7 @@ Two kinds, both recorded with the parent's id and attempt:
 - **Subflows** (a ``@flow`` called inside a flow) run in the parent's engine. Their run is
   stored RUNNING at once, never dispatched and not counted against concurrency limits; their
   log lines travel on the parent's stream and are stored with the parent's attempt
-  (``log_lines.subflow_run``); the engine ends them (``end_subflow``) and, if it cannot, the
+  (``log_batches.subflow_run``); the engine ends them (``end_subflow``) and, if it cannot, the
   parent's ending attempt does (``store.runs.end_subflows``).
 - **Deployment runs** (``run_deployment``) are ordinary runs created through
   :meth:`Runs.create`; the one the parent waits on is cancelled with it (``cancel_with_parent``).

@@ -445,15 +445,16 @@ async def append_system_lines(
     conn: AsyncConnection, dialect: str, run: Run, texts: list[str], level: int
 ) -> None:
     """Add lines written by Flowyard itself after the attempt's last line."""
-    seq = await logs_repo.max_seq(conn, run.id, run.attempt)
     now = clock.now()
-    await logs_repo.insert_lines(
+    await logs_repo.append_lines(
         conn,
-        [
-            LogRecord(run.id, run.attempt, seq + i, now, level, LogStream.SYSTEM, "flowyard", text)
-            for i, text in enumerate(texts, start=1)
-        ],
         dialect,
+        run.id,
+        run.attempt,
+        lambda first: [
+            LogRecord(run.id, run.attempt, seq, now, level, LogStream.SYSTEM, "flowyard", text)
+            for seq, text in enumerate(texts, start=first)
+        ],
     )
 
 
@@ -567,7 +568,7 @@ class EngineReports:
     ) -> list[Exception | None]:
         current = await repo.attempt_states(conn, {run_id for run_id, _, _ in batches})
         outcomes: list[Exception | None] = []
-        lines: list[LogRecord] = []
+        taken: list[list[LogRecord]] = []
         for run_id, attempt, batch in batches:
             state = current.get(run_id)
             why = (
@@ -577,8 +578,8 @@ class EngineReports:
                 outcomes.append(Unauthenticated(why))
             else:
                 outcomes.append(None)
-                lines.extend(batch)
-        await logs_repo.insert_lines(conn, lines, self._db.dialect)
+                taken.append(batch)
+        await logs_repo.insert_lines(conn, taken, self._db.dialect)
         return outcomes
 
     async def propose(

@@ -1,52 +1,95 @@
-"""Repository of log lines. Functions take a connection and never commit."""
+"""Repository of log lines. Functions take a connection and never commit.
+
+Lines are stored a row per run of consecutive lines of one attempt (``tables.log_batches``),
+as their ``LogLine`` messages (``line_messages``). Each row starts after the last line stored
+for its attempt, read in the same transaction with the run's row locked (PostgreSQL,
+``runs.lock_runs``; SQLite's one writer serialises them anyway): a line is stored once,
+whoever sends it again and through whichever replica, and a read by position finds every
+line once, in order."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from sqlalchemy import bindparam, func, select, tuple_, type_coerce
+from sqlalchemy import bindparam, func, insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from control_plane.models import LogRecord, LogStream
-from control_plane.store import task_runs
-from control_plane.store.dialects import RAW, BulkInsert, driver_time, time_from_driver
-from control_plane.store.tables import log_lines
+from control_plane.models import LogRecord
+from control_plane.store import line_messages, runs, task_runs
+from control_plane.store.tables import log_batches
 
-_STREAMS = {stream.value: stream for stream in LogStream}
-_STREAM_VALUES = {stream: stream.value for stream in LogStream}
-#: A tail or a chatty flow stores thousands of lines a second: rows go to the driver as is.
-_INSERT = BulkInsert(log_lines)
+#: Rows read at a time by ``read_after`` (each holds up to a batch of lines).
+ROWS_PER_READ = 8
+_INSERT = insert(log_batches)
 
 
-async def insert_lines(conn: AsyncConnection, lines: Sequence[LogRecord], dialect: str) -> None:
-    """Store lines in one statement; a line whose (run, attempt, seq) is stored is skipped.
+async def insert_lines(
+    conn: AsyncConnection, batches: Sequence[Sequence[LogRecord]], dialect: str
+) -> None:
+    """Store batches of lines, each of consecutive lines of one attempt in seq order; a line
+    whose (run, attempt, seq) is stored already is skipped.
 
     The task-run events the lines carry are applied to the task runs in the same
     transaction (``task_runs.apply_events``; a resent event changes nothing).
     """
-    if not lines:
-        return
-    time = driver_time(dialect)
-    await _INSERT.execute(
-        conn,
-        [
-            (
-                line.run_id,
-                line.attempt,
-                line.seq,
-                time(line.timestamp),
-                line.level,
-                _STREAM_VALUES[line.stream],
-                line.logger,
-                line.text,
-                line.task_run or None,
-                line.subflow_run or None,
+    attempts: dict[tuple[str, int], Sequence[LogRecord]] = {}
+    for batch in batches:
+        if not batch:
+            continue
+        key = (batch[0].run_id, batch[0].attempt)
+        same = attempts.get(key)
+        if same is None:
+            attempts[key] = batch
+        else:
+            # Two streams' batches of one attempt (its engine reconnected meanwhile): one
+            # run of lines, in seq order, each line once.
+            merged = {line.seq: line for line in [*same, *batch]}
+            attempts[key] = [merged[seq] for seq in sorted(merged)]
+    await runs.lock_runs(conn, dialect, {run_id for run_id, _ in attempts})
+    rows = []
+    for (run_id, attempt), records in attempts.items():
+        stored = await max_seq(conn, run_id, attempt)
+        if records[0].seq <= stored:
+            records = [record for record in records if record.seq > stored]
+        # A row holds consecutive lines of one subflow (or of none), so that a subflow's
+        # lines are read by their rows alone.
+        start = 0
+        for end in range(1, len(records) + 1):
+            if (
+                end < len(records)
+                and records[end].seq == records[end - 1].seq + 1
+                and records[end].subflow_run == records[start].subflow_run
+            ):
+                continue
+            part = records[start:end]
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "attempt": attempt,
+                    "first_seq": part[0].seq,
+                    "last_seq": part[-1].seq,
+                    "subflow_run": part[0].subflow_run or None,
+                    "lines": line_messages.encode(part),
+                }
             )
-            for line in lines
-        ],
-    )
-    if any(line.task_run_event is not None for line in lines):
-        await task_runs.apply_events(conn, lines, dialect)
+            start = end
+    if rows:
+        await conn.execute(_INSERT, rows)
+    events = [line for batch in batches for line in batch if line.task_run_event is not None]
+    if events:
+        await task_runs.apply_events(conn, events, dialect)
+
+
+async def append_lines(
+    conn: AsyncConnection,
+    dialect: str,
+    run_id: str,
+    attempt: int,
+    lines: Callable[[int], list[LogRecord]],
+) -> None:
+    """Store lines after the attempt's last: ``lines(seq)`` builds them, from ``seq`` on."""
+    await runs.lock_runs(conn, dialect, [run_id])
+    await insert_lines(conn, [lines(await max_seq(conn, run_id, attempt) + 1)], dialect)
 
 
 async def max_seq(conn: AsyncConnection, run_id: str, attempt: int) -> int:
@@ -55,9 +98,9 @@ async def max_seq(conn: AsyncConnection, run_id: str, attempt: int) -> int:
     return int(seq or 0)
 
 
-#: Built once: it is read as every engine stream opens.
-_MAX_SEQ = select(func.max(log_lines.c.seq)).where(
-    log_lines.c.run_id == bindparam("run_id"), log_lines.c.attempt == bindparam("attempt")
+#: Built once: it is read as every engine stream opens and every batch is stored.
+_MAX_SEQ = select(func.max(log_batches.c.last_seq)).where(
+    log_batches.c.run_id == bindparam("run_id"), log_batches.c.attempt == bindparam("attempt")
 )
 
 
@@ -69,10 +112,10 @@ async def any_after(conn: AsyncConnection, run_id: str, attempt: int, seq: int) 
 
 #: Built once: a follower asks it after every batch it sends.
 _ANY_AFTER = (
-    select(log_lines.c.seq)
+    select(log_batches.c.last_seq)
     .where(
-        log_lines.c.run_id == bindparam("run_id"),
-        tuple_(log_lines.c.attempt, log_lines.c.seq)
+        log_batches.c.run_id == bindparam("run_id"),
+        tuple_(log_batches.c.attempt, log_batches.c.last_seq)
         > tuple_(bindparam("attempt"), bindparam("seq")),
     )
     .limit(1)
@@ -89,56 +132,29 @@ async def read_after(
 ) -> list[LogRecord]:
     """Up to ``limit`` lines after (attempt, seq), ordered by attempt then seq; only those
     a subflow run wrote, if ``subflow_run`` is given."""
-    c = log_lines.c
+    c = log_batches.c
     query = (
-        select(
-            c.attempt,
-            c.seq,
-            type_coerce(c.timestamp, RAW),
-            c.level,
-            c.stream,
-            c.logger,
-            c.text,
-            c.task_run,
-            c.subflow_run,
-        )
+        select(c.attempt, c.last_seq, c.lines)
         .where(
             c.run_id == run_id,
-            # A row value, not "attempt > a OR (attempt = a AND seq > s)": that reads every
-            # line of the run before the position (the index serves only run_id), this one
-            # starts at the position (16 ms against 0.01 for the end of 100,000 lines).
-            tuple_(c.attempt, c.seq) > tuple_(attempt, seq),
+            # A row value, not "attempt > a OR (attempt = a AND last_seq > s)": the index
+            # serves it from the position on, not from the run's first row.
+            tuple_(c.attempt, c.last_seq) > tuple_(bindparam("attempt"), bindparam("seq")),
         )
-        .order_by(c.attempt, c.seq)
-        .limit(limit)
+        .order_by(c.attempt, c.last_seq)
+        .limit(ROWS_PER_READ)
     )
     if subflow_run is not None:
         query = query.where(c.subflow_run == subflow_run)
-    # Rows unpacked by position, times and streams looked up or parsed by the driver's
-    # rules, not SQLAlchemy's: a tail reads every line.
-    time = time_from_driver(conn.dialect.name)
-    return [
-        LogRecord(
-            run_id,
-            line_attempt,
-            line_seq,
-            time(timestamp),
-            level,
-            _STREAMS[stream],
-            logger,
-            text,
-            task_run or "",
-            subflow or "",
-        )
-        for (
-            line_attempt,
-            line_seq,
-            timestamp,
-            level,
-            stream,
-            logger,
-            text,
-            task_run,
-            subflow,
-        ) in (await conn.execute(query)).all()
-    ]
+    records: list[LogRecord] = []
+    while len(records) < limit:
+        rows = (await conn.execute(query, {"attempt": attempt, "seq": seq})).all()
+        for row_attempt, last, data in rows:
+            after = seq if row_attempt == attempt else 0
+            records.extend(line_messages.decode(run_id, data, after, limit - len(records)))
+            attempt, seq = row_attempt, last
+            if len(records) >= limit:
+                break
+        if len(rows) < ROWS_PER_READ:
+            break
+    return records

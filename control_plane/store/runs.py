@@ -47,7 +47,7 @@ from control_plane.store.tables import (
     UTCDateTime,
     deployments,
     flow_runs,
-    log_lines,
+    log_batches,
     pools,
     run_states,
     work_queues,
@@ -234,14 +234,26 @@ async def attempt_states(
     """The current attempt and state type of each run that exists, read alone (for every
     stored log batch).
 
-    On PostgreSQL the rows stay share-locked until the transaction ends: a change that ends
-    an attempt waits for a batch that found the attempt live, and then ends the task runs
-    that batch stored, so no line or task run lands after its attempt's end. (SQLite's one
-    writer serializes them anyway.) Locked in id order, so batches of several runs never
-    wait on each other in a cycle.
+    On PostgreSQL the rows stay locked until the transaction ends, as ``lock_runs`` locks
+    them: a change that ends an attempt waits for a batch that found the attempt live, and
+    then ends the task runs that batch stored, so no line or task run lands after its
+    attempt's end; and the stores of one run's lines run one after another, each after the
+    last line the other stored (``logs.insert_lines``).
     """
     rows = (await conn.execute(_ATTEMPT_STATES, {"run_ids": list(run_ids)})).all()
     return {row.id: (row.attempt, StateType(row.state_type)) for row in rows}
+
+
+async def lock_runs(conn: AsyncConnection, dialect: str, run_ids: Iterable[str]) -> None:
+    """Lock the runs' rows until the transaction ends (PostgreSQL; SQLite's one writer
+    serializes every write transaction already).
+
+    FOR NO KEY UPDATE: as an update of the run does, without blocking the inserts of rows
+    that refer to it. Locked in id order, so transactions that lock several runs never wait
+    on each other in a cycle.
+    """
+    if dialect == "postgresql":
+        await conn.execute(_LOCK_RUNS, {"run_ids": sorted(run_ids)})
 
 
 # The hot paths' statements are built once: building one costs more than running it.
@@ -249,7 +261,13 @@ _ATTEMPT_STATES = (
     select(flow_runs.c.id, flow_runs.c.attempt, flow_runs.c.state_type)
     .where(flow_runs.c.id.in_(bindparam("run_ids", expanding=True)))
     .order_by(flow_runs.c.id)
-    .with_for_update(read=True)
+    .with_for_update(key_share=True)
+)
+_LOCK_RUNS = (
+    select(flow_runs.c.id)
+    .where(flow_runs.c.id.in_(bindparam("run_ids", expanding=True)))
+    .order_by(flow_runs.c.id)
+    .with_for_update(key_share=True)
 )
 
 
@@ -854,7 +872,7 @@ async def delete_future_scheduled(
     ids = [row.id for row in await conn.execute(select(flow_runs.c.id).where(condition))]
     if not ids:
         return 0
-    await conn.execute(delete(log_lines).where(log_lines.c.run_id.in_(ids)))
+    await conn.execute(delete(log_batches).where(log_batches.c.run_id.in_(ids)))
     await conn.execute(delete(task_runs_table).where(task_runs_table.c.run_id.in_(ids)))
     await conn.execute(delete(run_states).where(run_states.c.run_id.in_(ids)))
     await conn.execute(delete(flow_runs).where(flow_runs.c.id.in_(ids)))
@@ -961,7 +979,7 @@ async def count_unfinished(conn: AsyncConnection, deployment_id: str) -> int:
 async def delete_runs_of_deployment(conn: AsyncConnection, deployment_id: str) -> None:
     """Remove every run of a deployment with its history, logs and task runs."""
     ids = select(flow_runs.c.id).where(flow_runs.c.deployment_id == deployment_id)
-    await conn.execute(delete(log_lines).where(log_lines.c.run_id.in_(ids)))
+    await conn.execute(delete(log_batches).where(log_batches.c.run_id.in_(ids)))
     await conn.execute(delete(task_runs_table).where(task_runs_table.c.run_id.in_(ids)))
     await conn.execute(delete(run_states).where(run_states.c.run_id.in_(ids)))
     await conn.execute(delete(flow_runs).where(flow_runs.c.deployment_id == deployment_id))

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -155,7 +156,7 @@ flow_runs = Table(
     Column("schedule_name", String(100), nullable=False, server_default=""),
     # A child run: started by the flow of ``parent_run_id``'s attempt ``parent_attempt``.
     # A subflow runs inside the parent's engine: never dispatched, its lines stored with the
-    # parent's (``log_lines.subflow_run``), not counted against concurrency limits.
+    # parent's (``log_batches.subflow_run``), not counted against concurrency limits.
     Column("parent_run_id", String(32), nullable=True),
     Column("parent_attempt", Integer, nullable=True),
     Column("subflow", Boolean, nullable=False, server_default=false()),
@@ -198,23 +199,24 @@ run_states = Table(
     Index(None, "run_id", "id"),
 )
 
-log_lines = Table(
-    "log_lines",
+# Log lines, a row per run of consecutive lines of one attempt (an engine's batch, mostly),
+# stored as their ``LogLine`` messages (``store/line_messages.py``): a chatty flow's lines
+# cost a row per batch, not per line, to store and to read back. Rows of an attempt never
+# overlap: (run, attempt, first_seq) is unique, and each row starts after the last stored.
+log_batches = Table(
+    "log_batches",
     metadata,
     Column("run_id", String(32), ForeignKey("flow_runs.id", ondelete="CASCADE"), nullable=False),
     Column("attempt", Integer, nullable=False),
-    Column("seq", BigInteger, nullable=False),
-    Column("timestamp", UTCDateTime, nullable=False),
-    Column("level", Integer, nullable=False),
-    Column("stream", String(8), nullable=False),
-    Column("logger", String(200), nullable=False),
-    Column("text", Text, nullable=False),
-    # The name of the task run that wrote the line (NULL outside a task).
-    Column("task_run", String(200), nullable=True),
-    # The subflow run that wrote the line (NULL outside a subflow).
+    Column("first_seq", BigInteger, nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    # The subflow run that wrote the lines (NULL outside a subflow): a row holds one's only.
     Column("subflow_run", String(32), nullable=True),
-    # (run, attempt, seq) identifies a line: a resent line is dropped, never stored twice.
-    PrimaryKeyConstraint("run_id", "attempt", "seq"),
+    # ``repeated LogLine lines = 1``, serialized.
+    Column("lines", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("run_id", "attempt", "first_seq"),
+    # Reads start at the row holding the line after a position.
+    Index(None, "run_id", "attempt", "last_seq", unique=True),
 )
 
 # Task runs (calls of a task inside a flow run). The engine reports their changes as log

@@ -33,7 +33,7 @@ from flowyard.v1 import (
 )
 from tests.bearer import admin_token, aio_channel
 from tests.hangs import report_hang_after
-from tests.stores import count_rows
+from tests.stores import count_lines, count_rows
 from tests.waiting import eventually
 
 FLOW = """
@@ -75,6 +75,10 @@ class Plane:
     def count_rows(self, table: str) -> int:
         """How many rows ``table`` holds, read past the server (on either store)."""
         return count_rows(self.data_dir, self.db_url, table)
+
+    def count_lines(self) -> int:
+        """How many log lines are stored, read past the server (on either store)."""
+        return count_lines(self.data_dir, self.db_url)
 
     async def pool(self, name: str = "pool-a") -> types_pb2.WorkPool:
         response = await self.control.CreatePool(

@@ -41,6 +41,7 @@ from control_plane.server import App, build
 from flowyard.v1 import (
     agent_pb2_grpc,
     control_plane_pb2_grpc,
+    engine_pb2,
     engine_pb2_grpc,
 )
 
@@ -64,14 +65,15 @@ SERVER_FAILURES = frozenset(
 )
 #: A status message is for a person; longer than this it is a dump.
 MAX_DETAILS = 2000
-#: Table -> ORDER BY, so that two snapshots of the same rows compare equal.
+#: Table -> ORDER BY, so that two snapshots of the same rows compare equal. "log_lines" are
+#: the lines stored in ``log_batches``, a row per line (``_stored_lines``).
 TABLES = {
     "pools": "id",
     "work_queues": "id",
     "deployments": "id",
     "flow_runs": "id",
     "run_states": "id",
-    "log_lines": "run_id, attempt, seq",
+    "log_lines": "run_id, attempt, first_seq",
     "task_runs": "run_id, flow_attempt, id",
     "api_tokens": "id",
 }
@@ -176,11 +178,38 @@ def snapshot(db_path: Path, ignore: frozenset[str] = frozenset()) -> Snapshot:
     result: Snapshot = {}
     with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as conn:
         for table, order in TABLES.items():
+            if table == "log_lines":
+                result[table] = _stored_lines(conn, order, ignore)
+                continue
             cursor = conn.execute(f"SELECT * FROM {table} ORDER BY {order}")
             columns = [d[0] for d in cursor.description]
             keep = [i for i, c in enumerate(columns) if f"{table}.{c}" not in ignore]
             result[table] = [tuple(row[i] for i in keep) for row in cursor]
     return result
+
+
+def _stored_lines(
+    conn: sqlite3.Connection, order: str, ignore: frozenset[str]
+) -> list[tuple[Any, ...]]:
+    rows = []
+    for (data,) in conn.execute(f"SELECT lines FROM log_batches ORDER BY {order}"):
+        for line in engine_pb2.LogBatch.FromString(data).lines:
+            fields = {
+                "run_id": line.run_id,
+                "attempt": line.attempt,
+                "seq": line.seq,
+                "timestamp": (line.timestamp.seconds, line.timestamp.nanos),
+                "level": line.level,
+                "stream": line.stream,
+                "logger": line.logger,
+                "text": line.text,
+                "task_run": line.task_run,
+                "subflow_run": line.subflow_run,
+            }
+            rows.append(
+                tuple(value for name, value in fields.items() if f"log_lines.{name}" not in ignore)
+            )
+    return rows
 
 
 def differences(before: Snapshot, after: Snapshot) -> str:

@@ -77,3 +77,72 @@ def test_scheduling_migration_gives_existing_pools_a_default_queue(tmp_path: Pat
         run = conn.execute(text("SELECT queue_id, max_retries, schedule_name FROM flow_runs")).one()
         assert tuple(run) == (queue.id, 0, "")
     engine.dispose()
+
+
+def test_log_lines_move_to_rows_of_batches_and_back(tmp_path: Path) -> None:
+    """Lines stored a row each before 0014 read back the same after it (and after going back):
+    runs of consecutive lines of one subflow (or none) become a row each."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from control_plane.store import line_messages
+    from control_plane.store.migrate import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'lines.db'}"
+    config = alembic_config(url)
+    command.upgrade(config, "0013")
+    engine = create_engine(url)
+    old = [
+        # run, attempt, seq, time, level, stream, logger, text, task run, subflow
+        ("r1", 1, 1, "2026-12-01 10:00:00.000001", 20, "stdout", "", "one", None, None),
+        ("r1", 1, 2, "2026-12-01 10:00:01.250000", 30, "logger", "flow", "two", "t-0", None),
+        ("r1", 1, 3, "2026-12-01 10:00:02.000000", 20, "stdout", "", "sub", None, "s1"),
+        ("r1", 1, 5, "2026-12-01 10:00:03.000000", 20, "stdout", "", "after a gap", None, "s1"),
+        ("r1", 1, 6, "2026-12-01 10:00:04.000000", 40, "system", "flowyard", "end", None, None),
+        ("r1", 2, 1, "2026-12-01 11:00:00.000000", 20, "stderr", "", "again", None, None),
+        ("r2", 1, 1, "2026-12-01 12:00:00.000000", 20, "unknown", "", "other", None, None),
+    ]
+    columns = "run_id, attempt, seq, timestamp, level, stream, logger, text, task_run, subflow_run"
+    with engine.begin() as conn:
+        for row in old:
+            conn.exec_driver_sql(
+                f"INSERT INTO log_lines ({columns}) VALUES ({', '.join('?' * 10)})", row
+            )
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT run_id, attempt, first_seq, last_seq, subflow_run, lines "
+                "FROM log_batches ORDER BY run_id, attempt, first_seq"
+            )
+        ).all()
+    assert [row[:5] for row in rows] == [
+        ("r1", 1, 1, 2, None),
+        ("r1", 1, 3, 3, "s1"),
+        ("r1", 1, 5, 5, "s1"),
+        ("r1", 1, 6, 6, None),
+        ("r1", 2, 1, 1, None),
+        ("r2", 1, 1, 1, None),
+    ]
+    read = [
+        (
+            record.run_id,
+            record.attempt,
+            record.seq,
+            record.timestamp.strftime("%Y-%m-%d %H:%M:%S.%f"),
+            record.level,
+            record.stream.value,
+            record.logger,
+            record.text,
+            record.task_run or None,
+            record.subflow_run or None,
+        )
+        for row in rows
+        for record in line_messages.decode(row.run_id, row.lines, 0, 100)
+    ]
+    assert read == old
+    command.downgrade(config, "0013")
+    with engine.connect() as conn:
+        back = conn.execute(text(f"SELECT {columns} FROM log_lines ORDER BY 1, 2, 3")).all()
+    assert [tuple(row) for row in back] == old
+    engine.dispose()

@@ -176,7 +176,7 @@ async def test_a_batch_resent_after_a_reconnect_changes_nothing(ready: Plane) ->
     assert (await again.receive("opened")).stored_seq == 3
     assert await store(again, *first) == 3
     assert await task_runs(ready, run_id) == before
-    assert ready.count_rows("log_lines") == 3
+    assert ready.count_lines() == 3
     assert ready.count_rows("task_runs") == 2
     await again.close()
     await agent.close()
@@ -242,7 +242,7 @@ async def test_an_older_event_after_a_newer_one_does_not_move_a_task_run_back(
     (extract,) = await task_runs(ready, run_id)
     assert (extract.state, extract.attempts) == (S.TASK_RUN_STATE_RUNNING, 2)
     assert (extract.error_type, extract.error_message) == ("E", "e")
-    assert ready.count_rows("log_lines") == 3
+    assert ready.count_lines() == 3
     await second.close()
     await engine.close()
     await agent.close()
@@ -270,7 +270,7 @@ async def test_the_store_applies_only_newer_events(ready: Plane) -> None:
 
     async def write(*lines: LogRecord) -> None:
         async with db.write() as conn:
-            await logs_repo.insert_lines(conn, list(lines), db.dialect)
+            await logs_repo.insert_lines(conn, [lines], db.dialect)
 
     try:
         older = [
@@ -474,7 +474,7 @@ async def test_bad_task_run_events_refuse_the_whole_batch(ready: Plane) -> None:
         details = error.value.details() or ""
         assert f"log_batch.lines[1]{words}" in details or words in details, (words, details)
         await stream.close()
-        assert ready.count_rows("log_lines") == 0, words
+        assert ready.count_lines() == 0, words
         assert ready.count_rows("task_runs") == 0, words
 
     # Free text over its bound is cut, not refused.
@@ -567,7 +567,7 @@ async def test_an_attempt_ending_waits_for_a_batch_that_found_it_live(ready: Pla
             ending = asyncio.create_task(crash())
             await until(waiting_on_a_lock, "the attempt's end to wait for the batch")
             assert not ending.done()
-            await logs_repo.insert_lines(batch, [started], db.dialect)
+            await logs_repo.insert_lines(batch, [[started]], db.dialect)
         await ending
         assert await states(ready, run_id) == {"a-0": "TASK_RUN_STATE_CRASHED"}
     finally:

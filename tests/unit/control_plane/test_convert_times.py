@@ -9,10 +9,10 @@ from typing import cast
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from control_plane.api import convert
 from control_plane.api.convert import MAX_SECONDS, MIN_SECONDS, from_timestamp, timestamp
 from control_plane.api.engine import _new_lines
 from control_plane.models import LogStream
+from control_plane.store import line_messages
 from flowyard.v1 import engine_pb2, types_pb2
 
 
@@ -47,7 +47,7 @@ class _Run:
 
 def test_every_log_stream_converts_back_and_unknown_ones_are_unspecified() -> None:
     for stream in LogStream:
-        assert convert.LOG_STREAMS_BY_WIRE[convert.LOG_STREAMS[stream]] is stream
+        assert line_messages.LOG_STREAMS_BY_WIRE[line_messages.LOG_STREAMS[stream]] is stream
     # A line received with a stream nobody knows is stored as UNSPECIFIED.
     unknown = cast(types_pb2.LogStream.ValueType, 99)
     batch = engine_pb2.LogBatch(lines=[types_pb2.LogLine(seq=1, text="where", stream=unknown)])
