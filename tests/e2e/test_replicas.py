@@ -127,7 +127,9 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    # How the agent starts engines (``--engine-start``): a test may ask for another way.
+    engine_start = getattr(request, "param", "fork")
     with postgres_database() as url, contextlib.ExitStack() as stack:
         cluster = Cluster(tmp_path, url, [], "")
         first = cluster.start(0)
@@ -152,7 +154,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             capacity=4,
             name="agent-1",
             token=token,
-            extra_args=["--engine-server", f"{b},{c},{a}"],
+            extra_args=["--engine-server", f"{b},{c},{a}", f"--engine-start={engine_start}"],
         )
         agents.append(agent)
         wait_for(
@@ -176,6 +178,7 @@ def terminal(
 # Its phases wait up to DEADLINE each, and the cluster's PostgreSQL database is dropped at the
 # end: the suite-wide hang guard (120 s) is shorter than what a loaded machine may need.
 @pytest.mark.timeout(10 * DEADLINE)
+@pytest.mark.parametrize("cluster", ["fork", "warm"], indirect=True)
 def test_a_burst_survives_the_replicas_its_engines_and_its_agent_stream_to_being_killed(
     cluster: Cluster,
 ) -> None:

@@ -57,8 +57,9 @@ def main() -> None:
 """
 
 
-def test_logs_arrive_complete_in_order_without_duplicates(system: System) -> None:
-    system.start_agent()
+@pytest.mark.parametrize("start", ["fork", "warm", "cold"])
+def test_logs_arrive_complete_in_order_without_duplicates(system: System, start: str) -> None:
+    system.start_agent(extra_args=[f"--engine-start={start}"])
     system.deploy("chatty", CHATTY)
     n = 600
     result = system.cli("run", "chatty", "--param", f"n={n}", "--watch")
