@@ -44,17 +44,21 @@ class BenchSystem:
 
 @contextlib.contextmanager
 def bench_system(
-    flows: dict[str, str], capacity: int, agent_options: list[str] | None = None
+    flows: dict[str, str],
+    capacity: int,
+    agent_options: list[str] | None = None,
+    db_url: str | None = None,
 ) -> Iterator[BenchSystem]:
-    """A control plane and an agent of pool ``bench`` with ``capacity`` slots (and
-    ``agent_options`` on its command line), holding ``flows`` (file name → code) in a directory
-    of their own; stops both processes and removes every file afterwards."""
+    """A control plane (on ``db_url``, SQLite in its directory if None) and an agent of pool
+    ``bench`` with ``capacity`` slots (and ``agent_options`` on its command line), holding
+    ``flows`` (file name → code) in a directory of their own; stops both processes and removes
+    every file afterwards."""
     root = Path(tempfile.mkdtemp(prefix="flowyard-bench-"))
     source = root / "flow"
     source.mkdir()
     for name, code in flows.items():
         (source / name).write_text(code)
-    server = start_server(root / "server")
+    server = start_server(root / "server", db_url=db_url)
     agent = None
     try:
         with open_channel(server.extra["address"], server.extra["token"]) as channel:

@@ -1,9 +1,10 @@
 """Benchmark: a flow that prints many lines, from its first ``print`` to every line stored and
 tailed, then ``flowyard logs RUN > file``.
 
-Starts a control plane (SQLite in a temporary directory) and one process agent, deploys a flow
-that prints ``--lines`` lines (default 100,000) as fast as it can and notes, on the machine's
-clock, when it printed the first and the last. A tail (``TailLogs`` with follow) is open from
+Starts a control plane (SQLite in a temporary directory, or with ``--store postgresql`` a
+database of its own on the local server) and one process agent, deploys a flow that prints
+``--lines`` lines (default 100,000) as fast as it can and notes, on the machine's clock, when
+it printed the first and the last. A tail (``TailLogs`` with follow) is open from
 before the run starts and notes when each line arrives. Printed:
 
 - lines/s from the first ``print`` to the last line arriving at the tail;
@@ -14,12 +15,13 @@ before the run starts and notes when each line arrives. Printed:
   the rate and the delay are bounded by it);
 - the seconds ``flowyard logs RUN`` takes to write every line to a file.
 
-Usage: python bench/log_lines.py [--lines 100000] [--tries 3]
+Usage: python bench/log_lines.py [--lines 100000] [--tries 3] [--store postgresql]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import bench_system
-from plane import process_cpu_seconds
+from plane import ADMIN_POSTGRES, postgres_database, process_cpu_seconds
 
 from control_plane.cli.deploy import build_deployment
 from control_plane.cli.processes import script
@@ -105,10 +107,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--tries", type=int, default=3)
+    parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument(
+        "--postgres", default=ADMIN_POSTGRES, help="a database on the server to create one from"
+    )
     args = parser.parse_args()
 
     notes = Path(tempfile.mkdtemp(prefix="flowyard-bench-notes-"))
-    with bench_system({"flow.py": f"NOTES = {str(notes)!r}\n{FLOW}"}, capacity=1) as system:
+    flows = {"flow.py": f"NOTES = {str(notes)!r}\n{FLOW}"}
+    with contextlib.ExitStack() as stack:
+        db_url = None
+        if args.store == "postgresql":
+            db_url = stack.enter_context(postgres_database(args.postgres))
+        system = stack.enter_context(bench_system(flows, capacity=1, db_url=db_url))
         deployment = build_deployment(
             "flow.py:chatty", name="chatty", pool="bench", source=system.source, parameters={}
         )
