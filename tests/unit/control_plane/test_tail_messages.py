@@ -99,13 +99,24 @@ def test_whole_batches_are_tailed_from_their_bytes_and_parts_of_them_line_by_lin
     assert {(line.run_id, line.attempt) for line in message.lines} == {(RUN_ID, 2)}
 
 
-def test_a_batch_with_fields_unknown_here_cannot_forge_a_tails_state() -> None:
+def test_fields_unknown_here_are_neither_stored_nor_sent_on() -> None:
     """A field 2 added to a batch would read as the state in a tail's message, were the
-    batch's bytes sent as they came: such a batch is sent line by line."""
+    batch's bytes sent as they came, and a line's unknown field would be stored with it and
+    handed to every reader: both are dropped as the batch arrives."""
     forged = types_pb2.RunState(type=types_pb2.STATE_TYPE_CANCELLED, message="forged")
-    data = _batch("a", "b").SerializeToString() + b"\x12" + _length(forged.SerializeToString())
+    extra = b"\xfa\x06" + _length(b"from a later version")  # field 111 of a line
+    first, second = (line.SerializeToString() for line in _batch("a", "b").lines)
+    data = (
+        b"\x0a"
+        + _length(first + extra)
+        + b"\x0a"
+        + _length(second)
+        + b"\x12"
+        + _length(forged.SerializeToString())
+    )
     records = _new_lines(_Run(), engine_pb2.LogBatch.FromString(data), stored=0)
-    assert [record.batch for record in records] == [None, None]
+    assert records[0].batch is not None and records[1].batch is records[0].batch
+    assert records[0].batch.data == _batch("a", "b", run_id=RUN_ID, attempt=2).SerializeToString()
     [message] = _tail_responses(records, STATE)
     assert message.state == STATE
     assert [line.text for line in message.lines] == ["a", "b"]
