@@ -18,8 +18,10 @@ from control_plane.models import LogRecord
 from control_plane.store import line_messages, runs, task_runs
 from control_plane.store.tables import log_batches
 
-#: Rows read at a time by ``read_after`` (each holds up to a batch of lines).
-ROWS_PER_READ = 8
+#: Rows a read looks at to choose those it fetches (``read_after``)...
+ROWS_PER_READ = 1_024
+#: ...and the bytes of lines it fetches at most, beyond its first row.
+BYTES_PER_READ = 8 << 20
 _INSERT = insert(log_batches)
 
 
@@ -131,30 +133,40 @@ async def read_after(
     subflow_run: str | None = None,
 ) -> list[LogRecord]:
     """Up to ``limit`` lines after (attempt, seq), ordered by attempt then seq; only those
-    a subflow run wrote, if ``subflow_run`` is given."""
+    a subflow run wrote, if ``subflow_run`` is given.
+
+    Two statements: which rows hold those lines (their seqs and sizes, without their lines),
+    then the lines of those rows only. Rows hold from one line (a quiet flow's) to a whole
+    batch, so a read neither fetches rows it does not need nor one row at a time; and it
+    fetches at most ``BYTES_PER_READ`` beyond its first row (fewer lines than ``limit`` then:
+    readers read on from the last line they got).
+    """
     c = log_batches.c
-    query = (
-        select(c.attempt, c.last_seq, c.lines)
-        .where(
-            c.run_id == run_id,
-            # A row value, not "attempt > a OR (attempt = a AND last_seq > s)": the index
-            # serves it from the position on, not from the run's first row.
-            tuple_(c.attempt, c.last_seq) > tuple_(bindparam("attempt"), bindparam("seq")),
-        )
-        .order_by(c.attempt, c.last_seq)
-        .limit(ROWS_PER_READ)
-    )
+    where = [
+        c.run_id == run_id,
+        # A row value, not "attempt > a OR (attempt = a AND last_seq > s)": the index serves
+        # it from the position on, not from the run's first row.
+        tuple_(c.attempt, c.last_seq) > tuple_(bindparam("attempt"), bindparam("seq")),
+    ]
     if subflow_run is not None:
-        query = query.where(c.subflow_run == subflow_run)
-    records: list[LogRecord] = []
-    while len(records) < limit:
-        rows = (await conn.execute(query, {"attempt": attempt, "seq": seq})).all()
-        for row_attempt, last, data in rows:
-            after = seq if row_attempt == attempt else 0
-            records.extend(line_messages.decode(run_id, data, after, limit - len(records)))
-            attempt, seq = row_attempt, last
-            if len(records) >= limit:
-                break
-        if len(rows) < ROWS_PER_READ:
+        where.append(c.subflow_run == subflow_run)
+    position = {"attempt": attempt, "seq": seq}
+    ordered = (c.attempt, c.last_seq)
+    sizes = select(c.attempt, c.first_seq, c.last_seq, func.length(c.lines)).where(*where)
+    rows = lines = size = 0
+    for row_attempt, first, last, length in await conn.execute(
+        sizes.order_by(*ordered).limit(ROWS_PER_READ), position
+    ):
+        rows += 1
+        lines += last - max(first - 1, seq if row_attempt == attempt else 0)
+        size += length
+        if lines >= limit or size >= BYTES_PER_READ:
             break
+    if not rows:
+        return []
+    records: list[LogRecord] = []
+    query = select(c.attempt, c.lines).where(*where).order_by(*ordered).limit(rows)
+    for row_attempt, data in await conn.execute(query, position):
+        after = seq if row_attempt == attempt else 0
+        records.extend(line_messages.decode(run_id, data, after, limit - len(records)))
     return records

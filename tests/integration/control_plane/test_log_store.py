@@ -181,3 +181,30 @@ async def test_stores_side_by_side_store_each_line_once(ready: Plane, db: Databa
     await second
     stored = await read(db, run_id)
     assert seen(stored) == expected([*lines(run_id, 1, 10), *lines(run_id, 11, 20, "again")])
+
+
+async def test_a_read_takes_the_rows_it_needs_within_its_bounds(
+    ready: Plane, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However the lines are spread over rows, reading on from the last line read gives every
+    line once, in order; a read looks at ``ROWS_PER_READ`` rows at most and fetches at most
+    ``BYTES_PER_READ`` past its first row (never less than one row)."""
+    run_id = (await ready.run()).id
+    written: list[LogRecord] = []
+    for first, last in [(1, 1), (2, 2), (3, 9), (10, 10), (11, 30), (31, 31), (32, 33)]:
+        batch = lines(run_id, first, last)
+        await write(db, batch)
+        written += batch
+    for rows, size, limit in [(2, 1 << 20, 100), (3, 1, 100), (1024, 1 << 20, 4), (5, 1, 1)]:
+        monkeypatch.setattr(logs_repo, "ROWS_PER_READ", rows)
+        monkeypatch.setattr(logs_repo, "BYTES_PER_READ", size)
+        got: list[LogRecord] = []
+        while part := await read(db, run_id, got[-1].seq if got else 0, limit):
+            assert len(part) <= limit
+            got += part
+        assert seen(got) == expected(written), (rows, size, limit)
+    monkeypatch.setattr(logs_repo, "ROWS_PER_READ", 2)
+    monkeypatch.setattr(logs_repo, "BYTES_PER_READ", 1 << 20)
+    assert [r.seq for r in await read(db, run_id, 0, 100)] == [1, 2]
+    monkeypatch.setattr(logs_repo, "BYTES_PER_READ", 1)
+    assert [r.seq for r in await read(db, run_id, 2, 100)] == list(range(3, 10))
