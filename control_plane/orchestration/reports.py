@@ -579,7 +579,7 @@ class EngineReports:
             else:
                 outcomes.append(None)
                 taken.append(batch)
-        await logs_repo.insert_lines(conn, taken, self._db.dialect)
+        await logs_repo.insert_lines(conn, taken, self._db.dialect, locked=True)
         return outcomes
 
     async def propose(

@@ -16,20 +16,26 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import LogRecord
 from control_plane.store import line_messages, runs, task_runs
+from control_plane.store.dialects import DriverStatement
 from control_plane.store.tables import log_batches
 
 #: Rows a read looks at to choose those it fetches (``read_after``)...
 ROWS_PER_READ = 1_024
 #: ...and the bytes of lines it fetches at most, beyond its first row.
 BYTES_PER_READ = 8 << 20
-_INSERT = insert(log_batches)
+#: Every batch stored runs these two: on the driver (``DriverStatement``).
+_INSERT = DriverStatement(insert(log_batches))
 
 
 async def insert_lines(
-    conn: AsyncConnection, batches: Sequence[Sequence[LogRecord]], dialect: str
+    conn: AsyncConnection,
+    batches: Sequence[Sequence[LogRecord]],
+    dialect: str,
+    locked: bool = False,
 ) -> None:
     """Store batches of lines, each of consecutive lines of one attempt in seq order; a line
-    whose (run, attempt, seq) is stored already is skipped.
+    whose (run, attempt, seq) is stored already is skipped. ``locked``: the transaction
+    holds the runs' rows locked already (``runs.attempt_states``).
 
     The task-run events the lines carry are applied to the task runs in the same
     transaction (``task_runs.apply_events``; a resent event changes nothing).
@@ -47,10 +53,12 @@ async def insert_lines(
             # run of lines, in seq order, each line once.
             merged = {line.seq: line for line in [*same, *batch]}
             attempts[key] = [merged[seq] for seq in sorted(merged)]
-    await runs.lock_runs(conn, dialect, {run_id for run_id, _ in attempts})
+    if not locked:
+        await runs.lock_runs(conn, dialect, {run_id for run_id, _ in attempts})
     rows = []
+    last = await _max_seqs(conn, list(attempts))
     for (run_id, attempt), records in attempts.items():
-        stored = await max_seq(conn, run_id, attempt)
+        stored = last.get((run_id, attempt), 0)
         if records[0].seq <= stored:
             records = [record for record in records if record.seq > stored]
         # A row holds consecutive lines of one subflow (or of none), so that a subflow's
@@ -76,7 +84,7 @@ async def insert_lines(
             )
             start = end
     if rows:
-        await conn.execute(_INSERT, rows)
+        await _INSERT.execute(conn, rows)
     events = [line for batch in batches for line in batch if line.task_run_event is not None]
     if events:
         await task_runs.apply_events(conn, events, dialect)
@@ -96,14 +104,33 @@ async def append_lines(
 
 async def max_seq(conn: AsyncConnection, run_id: str, attempt: int) -> int:
     """Highest stored seq of an attempt, 0 if it has no lines."""
-    seq = (await conn.execute(_MAX_SEQ, {"run_id": run_id, "attempt": attempt})).scalar()
-    return int(seq or 0)
+    result = await _MAX_SEQ.execute(conn, {"run_id": run_id, "attempt": attempt})
+    return int(result.scalar() or 0)
 
 
-#: Built once: it is read as every engine stream opens and every batch is stored.
-_MAX_SEQ = select(func.max(log_batches.c.last_seq)).where(
-    log_batches.c.run_id == bindparam("run_id"), log_batches.c.attempt == bindparam("attempt")
+#: It is read as every engine stream opens and every batch is stored.
+_MAX_SEQ = DriverStatement(
+    select(func.max(log_batches.c.last_seq)).where(
+        log_batches.c.run_id == bindparam("run_id"),
+        log_batches.c.attempt == bindparam("attempt"),
+    )
 )
+
+
+async def _max_seqs(
+    conn: AsyncConnection, attempts: Sequence[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    """The highest stored seq of each (run, attempt) that has lines: one statement."""
+    if len(attempts) == 1:
+        [(run_id, attempt)] = attempts
+        return {(run_id, attempt): await max_seq(conn, run_id, attempt)}
+    c = log_batches.c
+    query = (
+        select(c.run_id, c.attempt, func.max(c.last_seq))
+        .where(tuple_(c.run_id, c.attempt).in_(attempts))
+        .group_by(c.run_id, c.attempt)
+    )
+    return {(run_id, attempt): int(seq) for run_id, attempt, seq in await conn.execute(query)}
 
 
 async def any_after(conn: AsyncConnection, run_id: str, attempt: int, seq: int) -> bool:

@@ -120,6 +120,17 @@ async def test_a_line_is_stored_once_whoever_sends_it_again(ready: Plane, db: Da
         assert not await logs_repo.any_after(conn, run_id, 2, 0)
 
 
+async def test_batches_of_several_runs_are_stored_together_each_line_once(
+    ready: Plane, db: Database
+) -> None:
+    one, two, three = [(await ready.run()).id for _ in range(3)]
+    await write(db, lines(one, 1, 5), lines(two, 1, 2))
+    await write(db, lines(one, 3, 8, "again"), lines(two, 1, 4, "again"), lines(three, 1, 1))
+    assert seen(await read(db, one)) == expected([*lines(one, 1, 5), *lines(one, 6, 8, "again")])
+    assert seen(await read(db, two)) == expected([*lines(two, 1, 2), *lines(two, 3, 4, "again")])
+    assert seen(await read(db, three)) == expected(lines(three, 1, 1))
+
+
 async def test_a_read_starts_and_ends_at_any_line(ready: Plane, db: Database) -> None:
     run_id, child = (await ready.run()).id, (await ready.run()).id
     written: list[LogRecord] = []
