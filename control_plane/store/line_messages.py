@@ -143,7 +143,11 @@ def decode(run_id: str, data: bytes, after: int, room: int) -> list[LogRecord]:
     if count and lines[0].seq <= after:
         start = after + 1 - lines[0].seq
     end = min(count, start + room)
-    whole = WireBatch(message, lines[0].seq, count, data) if start == 0 and end == count else None
+    whole = (
+        WireBatch(message, lines[0].seq, count, data)
+        if count and start == 0 and end == count
+        else None
+    )
     streams = LOG_STREAMS_BY_WIRE
     unknown = LogStream.UNSPECIFIED
     records: list[LogRecord] = []

@@ -5,7 +5,8 @@ as their ``LogLine`` messages (``line_messages``). Each row starts after the las
 for its attempt, read in the same transaction with the run's row locked (PostgreSQL,
 ``runs.lock_runs``; SQLite's one writer serialises them anyway): a line is stored once,
 whoever sends it again and through whichever replica, and a read by position finds every
-line once, in order."""
+line once, in order.
+"""
 
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ async def append_lines(
 ) -> None:
     """Store lines after the attempt's last: ``lines(seq)`` builds them, from ``seq`` on."""
     await runs.lock_runs(conn, dialect, [run_id])
-    await insert_lines(conn, [lines(await max_seq(conn, run_id, attempt) + 1)], dialect)
+    first = await max_seq(conn, run_id, attempt) + 1
+    await insert_lines(conn, [lines(first)], dialect, locked=True)
 
 
 async def max_seq(conn: AsyncConnection, run_id: str, attempt: int) -> int:
