@@ -235,23 +235,24 @@ class LogRecord:
     #: The change of a task run this line records (not stored with the line: folded into
     #: the task run's row).
     task_run_event: TaskRunEvent | None = None
-    #: The ``LogLine`` message the line arrived as, when it says exactly what a tail sends
-    #: for this record: tails then send it as it is instead of building it again. Never
-    #: stored; None for lines read from the database.
+    #: The ``LogLine`` message of the line, as it arrived or as it was read back from the
+    #: database, when it says exactly what a tail sends for this record: tails then send it
+    #: as it is instead of building it again (and it is stored as it is).
     wire: Any = field(default=None, compare=False, repr=False)
-    #: The whole batch the line arrived in, when every line of it kept its message.
+    #: The whole batch (or stored row) the line came in, when every line of it kept its
+    #: message and is here.
     batch: WireBatch | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True, eq=False)
 class WireBatch:
-    """A batch of log lines as it arrived, for tails to send whole: its ``LogBatch`` message,
-    each line naming its run and attempt.
+    """A batch of log lines as it arrived, or a stored row as read back: its ``LogBatch``
+    message, each line naming its run and attempt.
 
-    Every record of the batch points to it (``LogRecord.batch``), so a tail that sends the
-    whole batch parses its bytes into its message at once instead of copying each line's
-    message (a third of the cost). The bytes are made the first time a tail asks for them:
-    a batch nobody follows costs nothing more.
+    Every record of the batch points to it (``LogRecord.batch``). Its bytes are what the
+    store writes (``line_messages.encode``), and a tail that sends the whole batch parses
+    them into its message at once instead of copying each line's message (a third of the
+    cost). They are made once, when the batch is stored; a row read back comes with them.
     """
 
     #: The ``LogBatch``; its only field is ``repeated LogLine lines = 1``.

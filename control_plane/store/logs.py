@@ -56,8 +56,31 @@ async def insert_lines(
             attempts[key] = [merged[seq] for seq in sorted(merged)]
     if not locked:
         await runs.lock_runs(conn, dialect, {run_id for run_id, _ in attempts})
+    await _store(conn, attempts, await _max_seqs(conn, list(attempts)), dialect)
+
+
+async def append_lines(
+    conn: AsyncConnection,
+    dialect: str,
+    run_id: str,
+    attempt: int,
+    lines: Callable[[int], list[LogRecord]],
+) -> None:
+    """Store lines after the attempt's last: ``lines(seq)`` builds them, from ``seq`` on."""
+    await runs.lock_runs(conn, dialect, [run_id])
+    stored = await max_seq(conn, run_id, attempt)
+    await _store(conn, {(run_id, attempt): lines(stored + 1)}, {(run_id, attempt): stored}, dialect)
+
+
+async def _store(
+    conn: AsyncConnection,
+    attempts: dict[tuple[str, int], Sequence[LogRecord]],
+    last: dict[tuple[str, int], int],
+    dialect: str,
+) -> None:
+    """Store each attempt's lines (in seq order) after its ``last`` stored seq, with the
+    task-run events they carry; the runs' rows are locked."""
     rows = []
-    last = await _max_seqs(conn, list(attempts))
     for (run_id, attempt), records in attempts.items():
         stored = last.get((run_id, attempt), 0)
         if records[0].seq <= stored:
@@ -86,22 +109,11 @@ async def insert_lines(
             start = end
     if rows:
         await _INSERT.execute(conn, rows)
-    events = [line for batch in batches for line in batch if line.task_run_event is not None]
+    events = [
+        line for lines in attempts.values() for line in lines if line.task_run_event is not None
+    ]
     if events:
         await task_runs.apply_events(conn, events, dialect)
-
-
-async def append_lines(
-    conn: AsyncConnection,
-    dialect: str,
-    run_id: str,
-    attempt: int,
-    lines: Callable[[int], list[LogRecord]],
-) -> None:
-    """Store lines after the attempt's last: ``lines(seq)`` builds them, from ``seq`` on."""
-    await runs.lock_runs(conn, dialect, [run_id])
-    first = await max_seq(conn, run_id, attempt) + 1
-    await insert_lines(conn, [lines(first)], dialect, locked=True)
 
 
 async def max_seq(conn: AsyncConnection, run_id: str, attempt: int) -> int:

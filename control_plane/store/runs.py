@@ -263,12 +263,7 @@ _ATTEMPT_STATES = (
     .order_by(flow_runs.c.id)
     .with_for_update(key_share=True)
 )
-_LOCK_RUNS = (
-    select(flow_runs.c.id)
-    .where(flow_runs.c.id.in_(bindparam("run_ids", expanding=True)))
-    .order_by(flow_runs.c.id)
-    .with_for_update(key_share=True)
-)
+_LOCK_RUNS = _ATTEMPT_STATES.with_only_columns(flow_runs.c.id)
 
 
 class AttemptWatch(NamedTuple):

@@ -15,9 +15,9 @@ from control_plane.store import line_messages
 from control_plane.store import logs as logs_repo
 from control_plane.store.db import Database
 from flowyard.v1 import engine_pb2
+from tests.waiting import eventually
 
 from .conftest import Plane
-from .test_task_runs import until
 
 BASE = 1_780_000_000
 
@@ -187,7 +187,7 @@ async def test_stores_side_by_side_store_each_line_once(ready: Plane, db: Databa
     async with db.write() as first:
         await logs_repo.insert_lines(first, [lines(run_id, 1, 10)], db.dialect)
         second = asyncio.create_task(write(db, lines(run_id, 1, 20, text="again")))
-        await until(waiting_on_a_lock, "the second store to wait for the first")
+        await eventually(waiting_on_a_lock, what="the second store to wait for the first")
         assert not second.done()
     await second
     stored = await read(db, run_id)
