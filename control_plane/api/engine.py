@@ -33,7 +33,7 @@ from control_plane.orchestration import attempts, clock, validation
 from control_plane.orchestration.catalog import Catalog
 from control_plane.orchestration.children import ChildRuns
 from control_plane.orchestration.reports import EngineReports, Proposal
-from control_plane.orchestration.signals import Signals, run_key, wait_or_recheck
+from control_plane.orchestration.signals import Signals, Tap, run_key, wait_or_recheck
 from control_plane.states import StateType
 from control_plane.store import catalog as catalog_repo
 from control_plane.store import line_messages
@@ -187,37 +187,41 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         run = await self._db.shielded(
             self._authorize(first.open.run_id, first.open.attempt, "open.")
         )
-        stored = await self._db.shielded(self._reports.open(run))
-        metrics.ENGINE_STREAMS.inc()
-        try:
-            yield pb.ReportResponse(
-                opened=pb.Opened(stored_seq=stored, state=convert.current_state(run))
-            )
-            out: asyncio.Queue[Outgoing] = asyncio.Queue()
-            # Transition ids this stream proposed: the end they bring is the engine's own doing.
-            own: set[str] = set()
-            known = _Known(run)
-            tasks = [
-                asyncio.create_task(
-                    self._read(request_iterator, run, stored, own, known, out),
-                    name=f"engine-reader-{run.id}",
-                ),
-                asyncio.create_task(
-                    self._watch(run, own, known, out), name=f"engine-watch-{run.id}"
-                ),
-            ]
+        # Tapped before the open reads what the watch starts from: no change after it is
+        # missed.
+        with self._signals.tapping(run_key(run.id)) as tap:
+            stored, current = await self._db.shielded(self._reports.open(run))
+            metrics.ENGINE_STREAMS.inc()
             try:
-                while (message := await out.get()) is not None:
-                    if isinstance(message, FlowyardError):
-                        raise message
-                    yield message
+                yield pb.ReportResponse(
+                    opened=pb.Opened(stored_seq=stored, state=convert.current_state(run))
+                )
+                out: asyncio.Queue[Outgoing] = asyncio.Queue()
+                # Transition ids this stream proposed: the end they bring is the engine's own doing.
+                own: set[str] = set()
+                known = _Known(run)
+                tasks = [
+                    asyncio.create_task(
+                        self._read(request_iterator, run, stored, own, known, out),
+                        name=f"engine-reader-{run.id}",
+                    ),
+                    asyncio.create_task(
+                        self._watch(run, own, known, out, tap, current),
+                        name=f"engine-watch-{run.id}",
+                    ),
+                ]
+                try:
+                    while (message := await out.get()) is not None:
+                        if isinstance(message, FlowyardError):
+                            raise message
+                        yield message
+                finally:
+                    await cancel_and_wait(tasks)
+                    for task in tasks:
+                        if not task.cancelled():
+                            task.result()  # what made a helper end early is this call's failure
             finally:
-                await cancel_and_wait(tasks)
-                for task in tasks:
-                    if not task.cancelled():
-                        task.result()  # what made a helper end early is this call's failure
-        finally:
-            metrics.ENGINE_STREAMS.dec()
+                metrics.ENGINE_STREAMS.dec()
 
     async def _read(
         self,
@@ -325,7 +329,13 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         return answer, result.run if result.accepted else None
 
     async def _watch(
-        self, run: Run, own: set[str], known: _Known, out: asyncio.Queue[Outgoing]
+        self,
+        run: Run,
+        own: set[str],
+        known: _Known,
+        out: asyncio.Queue[Outgoing],
+        tap: Tap,
+        current: AttemptWatch | None,
     ) -> None:
         """Push CancelFlow once the run is CANCELLING; end the stream once its attempt ends.
 
@@ -337,35 +347,33 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         proposed itself is its answer, not a refusal: it closes the stream on its own.
         """
         cancel_sent = False
-        with self._signals.tapping(run_key(run.id)) as tap:
-            current = await self._db.shielded(self._reports.watched(run.id))
-            while True:
-                why = (
-                    "the run no longer exists"
-                    if current is None
-                    else attempts.ended_at(run.id, run.attempt, current.attempt, current.state_type)
-                )
-                if why:
-                    if current is not None and current.last_transition_id in own:
-                        return
-                    out.put_nowait(pb.ReportResponse(cancel=pb.CancelFlow(reason=why)))
-                    out.put_nowait(Unauthenticated(why))
+        while True:
+            why = (
+                "the run no longer exists"
+                if current is None
+                else attempts.ended_at(run.id, run.attempt, current.attempt, current.state_type)
+            )
+            if why:
+                if current is not None and current.last_transition_id in own:
                     return
-                assert current is not None
-                if current.state_type is StateType.CANCELLING and not cancel_sent:
-                    cancel_sent = True
-                    out.put_nowait(
-                        pb.ReportResponse(cancel=pb.CancelFlow(reason=current.state_message))
-                    )
-                await tap.event.wait()
-                notified, news = tap.taken()
-                if notified == 1 and isinstance(news, Run) and news.version == current.version + 1:
-                    # One change since the last look, made here, and the very next version
-                    # (a compare-and-set on this one): the run is what it committed.
-                    current = AttemptWatch.of(news)
-                    known.saw(news)
-                else:
-                    current = await self._db.shielded(self._reports.watched(run.id))
+                out.put_nowait(pb.ReportResponse(cancel=pb.CancelFlow(reason=why)))
+                out.put_nowait(Unauthenticated(why))
+                return
+            assert current is not None
+            if current.state_type is StateType.CANCELLING and not cancel_sent:
+                cancel_sent = True
+                out.put_nowait(
+                    pb.ReportResponse(cancel=pb.CancelFlow(reason=current.state_message))
+                )
+            await tap.event.wait()
+            notified, news = tap.taken()
+            if notified == 1 and isinstance(news, Run) and news.version == current.version + 1:
+                # One change since the last look, made here, and the very next version
+                # (a compare-and-set on this one): the run is what it committed.
+                current = AttemptWatch.of(news)
+                known.saw(news)
+            else:
+                current = await self._db.shielded(self._reports.watched(run.id))
 
 
 class _Known:

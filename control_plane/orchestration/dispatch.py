@@ -251,7 +251,9 @@ class Dispatcher:
                     claimed.append((session, run, token))
                 if page_claims:
                     self._lease_granted(now + self._lease)
-                if not page or not progressed:
+                # A page shorter than asked for held every run that was due (and not locked
+                # by another replica's pass): a next page would find none this one did not.
+                if len(page) < room or not progressed:
                     break
             for limit in slots.full_deployments():
                 holders = await repo.active_of_deployment(conn, limit.id, SHOWN_IDS)

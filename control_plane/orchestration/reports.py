@@ -524,16 +524,17 @@ class EngineReports:
         with the next batch, see ``heartbeats``)."""
         self._heartbeats.mark(run.id, run.attempt)
 
-    async def open(self, run: Run) -> int:
-        """An engine stream opens: mark the engine alive and return the highest stored seq.
+    async def open(self, run: Run) -> tuple[int, repo.AttemptWatch | None]:
+        """An engine stream opens: mark the engine alive; the highest stored seq, and what
+        the stream watches of the run as it is now (None: the run is gone).
 
         One transaction, so no line of the control plane's own can slip in between the seq
         the engine continues from and the mark that stops such lines (see ``infra_event``).
         """
 
-        async def apply(conn: AsyncConnection) -> int:
-            await repo.touch_heartbeat(conn, run.id, run.attempt, clock.now())
-            return await logs_repo.max_seq(conn, run.id, run.attempt)
+        async def apply(conn: AsyncConnection) -> tuple[int, repo.AttemptWatch | None]:
+            watch = await repo.open_attempt(conn, run.id, run.attempt, clock.now())
+            return await logs_repo.max_seq(conn, run.id, run.attempt), watch
 
         return await self._db.unit(apply)
 

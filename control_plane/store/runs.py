@@ -287,8 +287,11 @@ async def attempt_watch(conn: AsyncConnection, run_id: str) -> AttemptWatch | No
     """The columns of a run an engine's stream watches (read at every change of the run,
     so not the whole row); None if there is no such run."""
     row = (await conn.execute(_ATTEMPT_WATCH, {"run_id": run_id})).first()
-    if row is None:
-        return None
+    return None if row is None else _attempt_watch(row)
+
+
+def _attempt_watch(row: Row[Any] | Row[Any, Any, Any, Any, Any]) -> AttemptWatch:
+    """The ``AttemptWatch`` of a row of its columns (as selected, or returned by an update)."""
     return AttemptWatch(
         row.attempt,
         StateType(row.state_type),
@@ -643,13 +646,27 @@ def _history_row(run_id: str, attempt: int, state: State, now: datetime) -> dict
     }
 
 
-async def touch_heartbeat(conn: AsyncConnection, run_id: str, attempt: int, now: datetime) -> None:
-    """Record that the engine of the run's current attempt is alive (no version change)."""
-    await touch_heartbeats(conn, {(run_id, attempt): now})
+async def open_attempt(
+    conn: AsyncConnection, run_id: str, attempt: int, now: datetime
+) -> AttemptWatch | None:
+    """Record that the engine of the run's current attempt is alive (no version change), and
+    read what its stream watches of the run (``attempt_watch``), in one statement while the
+    attempt is current; None if there is no such run."""
+    row = (
+        await conn.execute(
+            _TOUCH_HEARTBEAT.returning(*_ATTEMPT_WATCH.selected_columns),
+            {"w_id": run_id, "w_attempt": attempt, "b_at": now},
+        )
+    ).first()
+    if row is None:
+        # The attempt is no longer current (or the run is gone): nothing was marked.
+        return await attempt_watch(conn, run_id)
+    return _attempt_watch(row)
 
 
 async def touch_heartbeats(conn: AsyncConnection, beats: dict[tuple[str, int], datetime]) -> None:
-    """``touch_heartbeat`` for many attempts at once: one UPDATE, executed for each."""
+    """Record that the engines of these attempts are alive, if the attempts are current: one
+    UPDATE, executed for each."""
     if not beats:
         return
     await conn.execute(
