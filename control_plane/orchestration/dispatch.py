@@ -147,10 +147,22 @@ class Dispatcher:
                 self._lease_check_at = await repo.next_lease_deadline(conn)
             self._leases_read = True
         waiting = self._agents.with_credit()
-        for pool_id, sessions in waiting.items():
-            await self._dispatch_pool(pool_id, sessions, now)
+        # Most wake-ups (a run ended, credit came back) find nothing due: one indexed read
+        # per pool says so, and when the next run comes due, without the write transaction.
         async with self._db.read() as conn:
-            scheduled = await repo.next_scheduled_time(conn, self._agents.with_credit().keys(), now)
+            earliest = {
+                pool_id: await repo.earliest_scheduled(conn, pool_id) for pool_id in waiting
+            }
+        due = {p: s for p, s in waiting.items() if (at := earliest[p]) is not None and at <= now}
+        for pool_id, sessions in due.items():
+            await self._dispatch_pool(pool_id, sessions, now)
+        if due:
+            async with self._db.read() as conn:
+                scheduled = await repo.next_scheduled_time(
+                    conn, self._agents.with_credit().keys(), now
+                )
+        else:
+            scheduled = min((at for at in earliest.values() if at is not None), default=None)
         candidates = [t for t in (scheduled, self._lease_check_at) if t is not None]
         return min(candidates) if candidates else None
 

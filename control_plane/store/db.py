@@ -56,8 +56,13 @@ class Database:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        #: The same pool, for ``read()``: on SQLite its connections begin no transaction.
-        self._reader = engine.execution_options(**{READ_ONLY: True})
+        #: The same pool, for ``read()``: its connections begin no transaction (on
+        #: PostgreSQL, autocommit: no BEGIN and no ROLLBACK around the reads, each a round
+        #: trip, for what READ COMMITTED gives each statement anyway).
+        reader: dict[str, Any] = {READ_ONLY: True}
+        if engine.dialect.name == "postgresql":
+            reader["isolation_level"] = "AUTOCOMMIT"
+        self._reader = engine.execution_options(**reader)
         self.dialect = engine.dialect.name
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
         self._in_flight: set[asyncio.Future[Any]] = set()

@@ -938,6 +938,19 @@ async def next_scheduled_time(
     return _as_utc(value)
 
 
+async def earliest_scheduled(conn: AsyncConnection, pool_id: str) -> datetime | None:
+    """When the pool's first SCHEDULED run comes due (or came: runs a pass left waiting are
+    counted); None if it has none. One lookup in the index on (pool, state, due time)."""
+    value = (await conn.execute(_EARLIEST_SCHEDULED, {"pool_id": pool_id})).scalar_one_or_none()
+    return _as_utc(value)
+
+
+# Built once: read at every dispatch wake-up.
+_EARLIEST_SCHEDULED = select(func.min(flow_runs.c.scheduled_at)).where(
+    flow_runs.c.pool_id == bindparam("pool_id"),
+    flow_runs.c.state_type == StateType.SCHEDULED.value,
+)
+
 # Built once: read after every dispatch pass.
 _NEXT_SCHEDULED = select(func.min(flow_runs.c.scheduled_at)).where(
     flow_runs.c.pool_id.in_(bindparam("pool_ids", expanding=True)),
