@@ -185,12 +185,15 @@ class AgentReports:
 
         async def apply(conn: AsyncConnection) -> Run | None:
             known = self._known(session, run_id, attempt)
-            if (
-                known is not None
-                and known.state_type is StateType.PENDING
-                and known.state_name == ASSIGNED
-            ):
-                updated = await self._submit(conn, known, infrastructure_id)
+            if known is not None and not known.is_terminal:
+                # Written on the run as last committed here, if that is still what is
+                # stored (the version the write names proves it), as below on the stored run.
+                if known.state_type is StateType.PENDING and known.state_name == ASSIGNED:
+                    updated = await self._submit(conn, known, infrastructure_id)
+                else:
+                    updated = await repo.set_columns(
+                        conn, known, infrastructure_id=infrastructure_id[:300], lease_deadline=None
+                    )
                 if updated is not None:
                     return updated
             run = await self._held_run(conn, session, run_id, attempt, stale_cancel=True)
