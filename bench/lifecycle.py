@@ -1,9 +1,9 @@
 """Benchmark: whole run lifecycles with synthetic agents and engines over real gRPC.
 
 No process is spawned: each synthetic agent holds a real Connect stream and, for every
-assignment, confirms it (Accepted, Submitted) and plays the engine on a real Report stream
-with the assignment's token (Open, RUNNING, one log batch, COMPLETED), then gives its credit
-back. So the figures are the control plane's: dispatch, state reports, log ingest.
+assignment, confirms it (Accepted, Submitted) and, once its Submitted is on the stream (a real
+engine starts after its infrastructure), plays the engine on a real Report stream with the
+assignment's token (Open, RUNNING, one log batch, COMPLETED), then gives its credit back. So the figures are the control plane's: dispatch, state reports, log ingest.
 
 1. Idle: ``--probe`` runs (default 200), one at a time: create -> assignment at the agent.
 2. Load: ``--runs`` runs (default 3,000) created by ``--callers`` concurrent callers while
@@ -134,34 +134,38 @@ async def agent(
 ) -> AsyncIterator[None]:
     """A synthetic agent of pool ``bench`` connected to ``plane`` for the duration of the
     block; its engines stream to ``engines_to``."""
-    outbox: asyncio.Queue[agent_pb2.ConnectRequest] = asyncio.Queue()
-    outbox.put_nowait(
-        agent_pb2.ConnectRequest(
-            hello=agent_pb2.Hello(
-                agent_name=name,
-                pool=POOL,
-                capacity=capacity,
-                runtime="process",
-                instance_id=uuid.uuid4().hex,
-            )
-        )
+    # Each message with what to set once it is handed to the stream.
+    outbox: asyncio.Queue[tuple[agent_pb2.ConnectRequest, asyncio.Event | None]] = asyncio.Queue()
+    hello = agent_pb2.Hello(
+        agent_name=name,
+        pool=POOL,
+        capacity=capacity,
+        runtime="process",
+        instance_id=uuid.uuid4().hex,
     )
+    outbox.put_nowait((agent_pb2.ConnectRequest(hello=hello), None))
 
     async def requests() -> AsyncIterator[agent_pb2.ConnectRequest]:
         while True:
             try:
-                yield await asyncio.wait_for(outbox.get(), 1.0)
+                message, sent = await asyncio.wait_for(outbox.get(), 1.0)
             except TimeoutError:
                 yield agent_pb2.ConnectRequest(heartbeat=agent_pb2.Heartbeat())
+                continue
+            if sent is not None:
+                sent.set()
+            yield message
 
     engines: set[asyncio.Task[None]] = set()
 
-    async def run(assign: agent_pb2.Assign) -> None:
+    async def run(assign: agent_pb2.Assign, submitted: asyncio.Event) -> None:
         try:
+            # As with a real agent, the engine starts once its infrastructure was reported.
+            await submitted.wait()
             await engine(engines_to, assign, clock)
         except Exception as error:
             clock.failures.append(f"{assign.run_id}: {error}")
-        outbox.put_nowait(agent_pb2.ConnectRequest(credit=agent_pb2.CreditGrant(credits=1)))
+        outbox.put_nowait((agent_pb2.ConnectRequest(credit=agent_pb2.CreditGrant(credits=1)), None))
 
     async def receive() -> None:
         async for message in call:
@@ -169,20 +173,28 @@ async def agent(
                 continue
             assign = message.assign
             clock.assigned.setdefault(assign.run_id, time.perf_counter())
-            for confirm in (
-                agent_pb2.ConnectRequest(
-                    accepted=agent_pb2.Accepted(run_id=assign.run_id, attempt=assign.attempt)
-                ),
-                agent_pb2.ConnectRequest(
-                    submitted=agent_pb2.Submitted(
-                        run_id=assign.run_id,
-                        attempt=assign.attempt,
-                        infrastructure_id=f"synthetic/{assign.run_id}",
-                    )
-                ),
-            ):
-                outbox.put_nowait(confirm)
-            task = asyncio.create_task(run(assign))
+            outbox.put_nowait(
+                (
+                    agent_pb2.ConnectRequest(
+                        accepted=agent_pb2.Accepted(run_id=assign.run_id, attempt=assign.attempt)
+                    ),
+                    None,
+                )
+            )
+            submitted = asyncio.Event()
+            outbox.put_nowait(
+                (
+                    agent_pb2.ConnectRequest(
+                        submitted=agent_pb2.Submitted(
+                            run_id=assign.run_id,
+                            attempt=assign.attempt,
+                            infrastructure_id=f"synthetic/{assign.run_id}",
+                        )
+                    ),
+                    submitted,
+                )
+            )
+            task = asyncio.create_task(run(assign, submitted))
             engines.add(task)
             task.add_done_callback(engines.discard)
 
