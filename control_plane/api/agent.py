@@ -1,15 +1,17 @@
 """The ``AgentService`` servicer: one ``Connect`` stream per agent session.
 
-The stream handler owns two things: a reader task that applies what the agent reports, and the
-loop that drains the session's outbox (assignments, cancels) onto the wire, with a heartbeat
+The stream handler owns two things: a reader task that applies what the agent reports (its
+reports about runs at once across runs, in order within each: ``_RunReports``), and the loop
+that drains the session's outbox (assignments, cancels) onto the wire, with a heartbeat
 whenever the outbox has been quiet for one interval.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -115,8 +117,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             session.id,
             f", replacing its stale session {replaced.id}" if replaced else "",
         )
+        reports = _RunReports(self._db, session)
         reader = asyncio.create_task(
-            self._read(request_iterator, session), name=f"agent-reader-{session.id}"
+            self._read(request_iterator, session, reports), name=f"agent-reader-{session.id}"
         )
         try:
             yield pb.ConnectResponse(
@@ -158,6 +161,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             # invalid: then the stream ends with that error rather than quietly.
             if reader.done() and not reader.cancelled() and (failure := reader.result()):
                 raise failure
+            if reports.failure is not None:
+                raise reports.failure
         finally:
             self._agents.forget(session)
             # One shielded unit: a handler cancelled again while it cleans up (the client
@@ -217,9 +222,15 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         )
 
     async def _read(
-        self, requests: AsyncIterator[pb.ConnectRequest], session: AgentSession
+        self,
+        requests: AsyncIterator[pb.ConnectRequest],
+        session: AgentSession,
+        reports: _RunReports,
     ) -> FlowyardError | None:
-        """Apply reports until the agent hangs up; returns the error of an invalid one."""
+        """Apply reports until the agent hangs up; returns the error of an invalid one.
+
+        Reports on a run go through ``reports`` (in order within the run, at once across
+        runs); when the agent hangs up, they are applied before its session closes."""
         # The agent heartbeats at the interval Welcome told it; silence for this long means
         # the connection is dead without having failed (a partition): close the session so
         # that its runs are released and a new session of the agent can take them over.
@@ -242,7 +253,12 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                     session.keep_assignments = True
                     break
                 session.last_seen = clock.now()
-                await self._db.shielded(self._apply(session, request))
+                kind = request.WhichOneof("message")
+                if kind in RUN_REPORTS:
+                    await reports.add(getattr(request, kind).run_id, self._apply(session, request))
+                else:
+                    await self._db.shielded(self._apply(session, request))
+            await reports.drain()
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             raise
         except FlowyardError as exc:
@@ -311,6 +327,77 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             )
         elif kind == "hello":
             log.warning("agent %s sent a second Hello; ignored", session.agent_name)
+
+
+#: The reports about one run, which ``_RunReports`` applies in order within each run.
+RUN_REPORTS = frozenset({"accepted", "submitted", "submit_failed", "infra_event", "cancelled"})
+#: Reports of one agent being applied at once; past it, its stream is not read further until
+#: one is done.
+MAX_REPORTS_IN_FLIGHT = 64
+
+
+class _RunReports:
+    """An agent's reports about its runs, applied at once across runs, in order within one.
+
+    One agent serves a whole pool, so its one stream carries the confirmations and events of
+    every run it starts. Applied one after another, each waiting for a commit of its own,
+    they fell behind the runs' engines, which report on streams of their own: under load an
+    agent's Accepted reached the server after its run had COMPLETED, and the credit the agent
+    gave back waited behind them. A report waits only for the previous report on its run.
+    """
+
+    def __init__(self, db: Database, session: AgentSession) -> None:
+        self._db = db
+        self._session = session
+        self._room = asyncio.Semaphore(MAX_REPORTS_IN_FLIGHT)
+        #: The last report of each run still being applied.
+        self._last: dict[str, asyncio.Future[None]] = {}
+        self._in_flight: set[asyncio.Future[None]] = set()
+        #: What an invalid report raised: the session is closed and the stream ends with it.
+        self.failure: FlowyardError | None = None
+
+    async def add(self, run_id: str, report: Coroutine[Any, Any, None]) -> None:
+        """Apply ``report`` once the reports on ``run_id`` before it are applied."""
+        await self._room.acquire()
+        task = self._db.background(_after(self._last.get(run_id), report))
+        self._last[run_id] = task
+        self._in_flight.add(task)
+        task.add_done_callback(functools.partial(self._done, run_id))
+
+    async def drain(self) -> None:
+        """Wait until every report added so far is applied."""
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight))
+
+    def _done(self, run_id: str, task: asyncio.Future[None]) -> None:
+        self._room.release()
+        self._in_flight.discard(task)
+        if self._last.get(run_id) is task:
+            del self._last[run_id]
+        error = None if task.cancelled() else task.exception()
+        if error is None:
+            return
+        if isinstance(error, FlowyardError):
+            log.warning("agent %s sent an invalid report: %s", self._session.agent_name, error)
+            self.failure = self.failure or error
+        else:
+            # The agent reconnects and re-sends its reports; end this session cleanly.
+            log.error(
+                "agent %s: applying a report failed; ending the session",
+                self._session.agent_name,
+                exc_info=error,
+            )
+        self._session.close()
+
+
+async def _after(previous: asyncio.Future[None] | None, report: Coroutine[Any, Any, None]) -> None:
+    try:
+        if previous is not None:
+            await asyncio.wait([previous])
+    except BaseException:
+        report.close()
+        raise
+    await report
 
 
 def _outgoing(message: Outgoing) -> pb.ConnectResponse:

@@ -1,5 +1,6 @@
 """An agent's Accepted and Submitted count only for the attempt its session holds as stored,
-whatever the session remembers of the run it was assigned."""
+whatever the session remembers of the run it was assigned; reports on different runs are
+applied at once, and every report sent before the agent hangs up counts."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from flowyard.v1 import agent_pb2, engine_pb2, types_pb2
 from tests.waiting import eventually
 
 from .conftest import RECEIVE_TIMEOUT, Plane, accepted, agent_stream, engine_stream, submit
+from .test_agent_names import ended
 
 S = types_pb2
 
@@ -87,4 +89,29 @@ async def test_a_submitted_after_the_engines_running_is_written_without_reading_
     assert stored.state.type == S.STATE_TYPE_RUNNING  # the engine's state is kept
     assert reads == []
     await engine.close()
+    await agent.close()
+
+
+async def test_reports_sent_before_an_agent_hangs_up_count_before_its_session_ends(
+    ready: Plane,
+) -> None:
+    # Reports on different runs are applied at once; all of them before the session closes,
+    # which hands back what it never accepted.
+    agent = agent_stream(ready, capacity=3)
+    await agent.receive("welcome")
+    runs = [(await ready.run()).id for _ in range(3)]
+    assert {(await agent.receive("assign")).run_id for _ in runs} == set(runs)
+    first, second, third = runs
+    agent.send(agent_pb2.ConnectRequest(accepted=agent_pb2.Accepted(run_id=first, attempt=1)))
+    submit(agent, first, "process/h/5")
+    agent.send(agent_pb2.ConnectRequest(accepted=agent_pb2.Accepted(run_id=second, attempt=1)))
+    agent.send(None)  # the agent hangs up
+    await ended(agent)
+    stored = {run_id: (await ready.get(run_id)).run for run_id in runs}
+    assert (stored[first].attempt, stored[first].state.name) == (1, "Submitted")
+    assert stored[first].infrastructure_id == "process/h/5"
+    # Accepted: it waits for its lease, for the agent to come back.
+    assert (stored[second].attempt, stored[second].state.name) == (1, "Assigned")
+    # Never accepted: handed back at once.
+    assert (stored[third].attempt, stored[third].state.type) == (2, S.STATE_TYPE_SCHEDULED)
     await agent.close()
