@@ -174,7 +174,7 @@ class AgentReports:
             )
             return claimed(updated)
 
-        accepted = await retrying(lambda: self._db.unit(apply))
+        accepted = await retrying(lambda: self._db.unit(run_id, apply))
         if accepted is not None:
             session.hold(accepted)
 
@@ -217,7 +217,7 @@ class AgentReports:
             return claimed(updated)
 
         try:
-            await self._notifier.apply(lambda: self._db.unit(apply))
+            await self._notifier.apply(lambda: self._db.unit(run_id, apply))
         finally:
             # Nothing more is reported that a remembered run would spare a read for.
             session.held.pop(run_id, None)
@@ -539,7 +539,7 @@ class EngineReports:
             watch = await repo.open_attempt(conn, run.id, run.attempt, clock.now())
             return await logs_repo.max_seq(conn, run.id, run.attempt), watch
 
-        return await self._db.unit(apply)
+        return await self._db.unit(run.id, apply)
 
     async def store_logs(self, run: Run, lines: list[LogRecord]) -> None:
         """Store a batch (duplicates of stored lines are dropped) and wake log tailers.
@@ -633,7 +633,7 @@ class EngineReports:
                 return ProposalResult(True, claimed(retried))
             return ProposalResult(True, claimed(await self._transition(conn, run, proposal)))
 
-        result = await retrying(lambda: self._db.unit(apply))
+        result = await retrying(lambda: self._db.unit(run_id, apply))
         if result.accepted:
             self._notifier.changed(result.run)
         return result

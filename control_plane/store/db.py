@@ -68,7 +68,7 @@ class Database:
         self._in_flight: set[asyncio.Future[Any]] = set()
         #: Items waiting in, or being stored by, a ``GroupCommit`` of this database.
         self.grouped = 0
-        self._units: GroupCommit[Unit[Any], Any] = GroupCommit(
+        self._units: GroupCommit[tuple[str, Unit[Any]], Any] = GroupCommit(
             self, _run_units, offload=lambda _: False
         )
 
@@ -116,18 +116,21 @@ class Database:
             metrics.DB_WRITE.observe(time.perf_counter() - started)
         pending.apply()
 
-    async def unit(self, work: Unit[T]) -> T:
-        """Run ``work(conn)`` as a unit of work, group-committed: in one write transaction
-        with the units of other callers that wait meanwhile, one after another.
+    async def unit(self, run_id: str, work: Unit[T]) -> T:
+        """Run ``work(conn)``, a unit of work on the run ``run_id``, group-committed: in one
+        write transaction with the units of other callers that wait meanwhile, one after
+        another, in the order of their runs' ids.
 
         Each unit is still all-or-nothing for its caller: if one raises, the shared
         transaction rolls back and every unit runs again in a transaction of its own (see
         ``GroupCommit``), so only the one that raised fails. A unit must do nothing but its
         writes and reads (no waiting on anything else: the others wait for it). For the
         small, frequent writes of agents' and engines' reports, where a transaction's own
-        cost (the write lock, BEGIN, COMMIT) was most of the cost.
+        cost (the write lock, BEGIN, COMMIT) was most of the cost. On PostgreSQL the order
+        is that of every transaction that locks several runs (``runs.lock_runs``): two of
+        them never wait for each other's runs, each holding what the other waits for.
         """
-        return cast(T, await self._units.submit(work))
+        return cast(T, await self._units.submit((run_id, work)))
 
     @contextlib.asynccontextmanager
     async def _transaction(self, large: bool) -> AsyncIterator[AsyncConnection]:
@@ -299,8 +302,12 @@ class GroupCommit(Generic[Item, T]):
 Unit = Callable[[AsyncConnection], Awaitable[T]]
 
 
-async def _run_units(conn: AsyncConnection, units: Sequence[Unit[Any]]) -> list[Any]:
-    return [await work(conn) for work in units]
+async def _run_units(conn: AsyncConnection, units: Sequence[tuple[str, Unit[Any]]]) -> list[Any]:
+    outcomes: list[Any] = [None] * len(units)
+    # Stable: the units of one run keep the order they came in.
+    for index in sorted(range(len(units)), key=lambda index: units[index][0]):
+        outcomes[index] = await units[index][1](conn)
+    return outcomes
 
 
 def _retrieve(answer: asyncio.Future[Any]) -> None:

@@ -345,13 +345,24 @@ async def regrant_leases(conn: AsyncConnection, until: datetime) -> int:
     For a control plane that starts: the agents holding those assignments could not report
     while it was down, so each gets a whole lease to reconnect and say what it did.
     """
+    leased = (
+        flow_runs.c.state_type.in_([StateType.PENDING.value, StateType.CANCELLING.value]),
+        flow_runs.c.lease_deadline.is_not(None),
+        flow_runs.c.lease_deadline < until,
+    )
+    if conn.dialect.name == "postgresql":
+        # Locked in id order first, as every transaction that changes several runs does
+        # (``lock_runs``): in the order the update finds them, reports on those runs
+        # committing meanwhile could wait on it while it waits on them.
+        await conn.execute(
+            select(flow_runs.c.id)
+            .where(*leased)
+            .order_by(flow_runs.c.id)
+            .with_for_update(key_share=True)
+        )
     result = await conn.execute(
         update(flow_runs)
-        .where(
-            flow_runs.c.state_type.in_([StateType.PENDING.value, StateType.CANCELLING.value]),
-            flow_runs.c.lease_deadline.is_not(None),
-            flow_runs.c.lease_deadline < until,
-        )
+        .where(*leased)
         .values(lease_deadline=until, version=flow_runs.c.version + 1)
     )
     return int(result.rowcount or 0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -196,3 +196,35 @@ async def test_what_follows_a_commit_runs_at_once_even_for_callers_that_left(
         await db.close()
     assert sorted(item for item, _ in seen) == [i for i in range(10) if i != 7]
     assert all(isinstance(outcome, ValueError) == bool(item % 2) for item, outcome in seen)
+
+
+async def test_units_that_share_a_transaction_run_in_the_order_of_their_runs(
+    tmp_path: Path,
+) -> None:
+    # As every transaction that locks several runs does, so that on PostgreSQL two never
+    # wait for each other; the units of one run keep the order they came in.
+    db = await Database.open(f"sqlite:///{tmp_path / 'units.db'}")
+    order: list[str] = []
+
+    def unit(name: str) -> Callable[[AsyncConnection], Awaitable[str]]:
+        async def work(conn: AsyncConnection) -> str:
+            await conn.execute(text("SELECT 1"))
+            order.append(name)
+            return name
+
+        return work
+
+    submitted = [
+        ("run-c", "c1"),
+        ("run-a", "a1"),
+        ("run-c", "c2"),
+        ("run-b", "b1"),
+        ("run-a", "a2"),
+    ]
+    try:
+        # Submitted together: one transaction.
+        outcomes = await asyncio.gather(*(db.unit(run, unit(name)) for run, name in submitted))
+    finally:
+        await db.close()
+    assert outcomes == [name for _, name in submitted]  # each caller gets its own answer
+    assert order == ["a1", "a2", "b1", "c1", "c2"]
