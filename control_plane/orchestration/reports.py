@@ -159,7 +159,7 @@ class AgentReports:
         """The agent took the assignment: extend the lease until it submits."""
 
         async def apply(conn: AsyncConnection) -> Run | None:
-            known = self._known(session, run_id, attempt)
+            known = self._known(conn, session, run_id, attempt)
             if known is not None and known.state_type is StateType.PENDING:
                 updated = await repo.set_columns(
                     conn, known, accepted_at=at, lease_deadline=clock.now() + self._lease
@@ -184,7 +184,7 @@ class AgentReports:
         """The run's infrastructure exists: PENDING/Submitted, no lease any more."""
 
         async def apply(conn: AsyncConnection) -> Run | None:
-            known = self._known(session, run_id, attempt)
+            known = self._known(conn, session, run_id, attempt)
             if known is not None and not known.is_terminal:
                 # Written on the run as last committed here, if that is still what is
                 # stored (the version the write names proves it), as below on the stored run.
@@ -234,11 +234,16 @@ class AgentReports:
             lease_deadline=None,
         )
 
-    def _known(self, session: AgentSession, run_id: str, attempt: int) -> Run | None:
-        """The run as this session last saw it committed, if it may report on it as it is:
-        connected, and the holder of this attempt. The version of what the report writes
-        proves the rest (see ``AgentSession.held``)."""
+    def _known(
+        self, conn: AsyncConnection, session: AgentSession, run_id: str, attempt: int
+    ) -> Run | None:
+        """The run as this session last saw it committed (or as the transaction of
+        ``conn`` wrote it since), if it may report on it as it is: connected, and the holder
+        of this attempt. The version of what the report writes proves the rest (see
+        ``AgentSession.held``)."""
         known = session.held.get(run_id)
+        if known is not None:
+            known = repo.as_written(conn, known)
         if (
             known is None
             or known.attempt != attempt
@@ -599,8 +604,9 @@ class EngineReports:
         """
 
         async def apply(conn: AsyncConnection) -> ProposalResult:
-            if known is not None and self._plain_transition(known, attempt, proposal):
-                updated = await self._transition(conn, known, proposal)
+            latest = repo.as_written(conn, known) if known is not None else None
+            if latest is not None and self._plain_transition(latest, attempt, proposal):
+                updated = await self._transition(conn, latest, proposal)
                 if updated is not None:
                     return ProposalResult(True, updated)
             run = await repo.get_run(conn, run_id)

@@ -107,11 +107,13 @@ class Database:
         try:
             async with self._transaction(large) as connection:
                 connection.info[metrics.PENDING_KEY] = pending
+                connection.info[WRITTEN_RUNS] = {}
                 try:
                     yield connection
                 finally:
                     # The connection goes back to the pool, its ``info`` with it.
                     del connection.info[metrics.PENDING_KEY]
+                    del connection.info[WRITTEN_RUNS]
         finally:
             metrics.DB_WRITE.observe(time.perf_counter() - started)
         pending.apply()
@@ -297,6 +299,10 @@ class GroupCommit(Generic[Item, T]):
         async with self._db.write(large=len(items) > 1 and self._offload(items)) as conn:
             return await self._store(conn, items)
 
+
+#: The key, in a write transaction's ``connection.info``, of the runs it changed so far: id to
+#: the run as written (``runs.as_written``).
+WRITTEN_RUNS = "flowyard.written_runs"
 
 #: A unit of work for ``Database.unit``.
 Unit = Callable[[AsyncConnection], Awaitable[T]]

@@ -42,6 +42,7 @@ from control_plane.states import (
     rejection,
 )
 from control_plane.store import cluster, task_runs
+from control_plane.store.db import WRITTEN_RUNS
 from control_plane.store.dialects import insert_ignoring_duplicates
 from control_plane.store.tables import (
     UTCDateTime,
@@ -626,7 +627,20 @@ async def _guarded_update(conn: AsyncConnection, run: Run, changes: dict[str, An
     result = await conn.execute(_GUARDED_UPDATE, values)
     if result.first() is None:
         return None
-    return dataclasses.replace(run, **changes)
+    updated = dataclasses.replace(run, **changes)
+    written = conn.info.get(WRITTEN_RUNS)
+    if written is not None:
+        written[run.id] = updated
+    return updated
+
+
+def as_written(conn: AsyncConnection, run: Run) -> Run:
+    """``run``, or the run as this transaction changed it since, if it did: units of work
+    that share a transaction (``Database.unit``) see each other's compare-and-sets, so a
+    unit that remembered the run from before them need not lose its own."""
+    written: dict[str, Run] = conn.info.get(WRITTEN_RUNS) or {}
+    newer = written.get(run.id)
+    return newer if newer is not None and newer.version > run.version else run
 
 
 #: RETURNING says whether the UPDATE won the compare-and-set on every driver, where rowcount

@@ -13,6 +13,8 @@ import grpc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from control_plane.models import Run
+from control_plane.store import runs as runs_repo
 from control_plane.store.db import Database, GroupCommit
 from flowyard.v1 import control_plane_pb2 as pb
 from tests.waiting import eventually
@@ -228,3 +230,32 @@ async def test_units_that_share_a_transaction_run_in_the_order_of_their_runs(
         await db.close()
     assert outcomes == [name for _, name in submitted]  # each caller gets its own answer
     assert order == ["a1", "a2", "b1", "c1", "c2"]
+
+
+async def test_a_unit_writes_on_the_run_as_an_earlier_unit_of_its_transaction_left_it(
+    ready: Plane,
+) -> None:
+    # Both remember the run from before either; the second is not refused for the first's
+    # change (its compare-and-set names the version the first wrote).
+    run_id = (await ready.run()).id
+    async with ready.app.db.read() as conn:
+        run = await runs_repo.get_run(conn, run_id)
+    assert run is not None
+
+    async def first(conn: AsyncConnection) -> Run | None:
+        return await runs_repo.set_columns(conn, runs_repo.as_written(conn, run), agent_name="a")
+
+    async def second(conn: AsyncConnection) -> Run | None:
+        return await runs_repo.set_columns(
+            conn, runs_repo.as_written(conn, run), result_summary="b"
+        )
+
+    one, two = await asyncio.gather(
+        ready.app.db.unit(run_id, first), ready.app.db.unit(run_id, second)
+    )
+    assert one is not None and two is not None
+    assert two.version == run.version + 2
+    async with ready.app.db.read() as conn:
+        stored = await runs_repo.get_run(conn, run_id)
+    assert stored is not None
+    assert (stored.version, stored.agent_name, stored.result_summary) == (run.version + 2, "a", "b")
