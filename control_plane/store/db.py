@@ -108,12 +108,17 @@ class Database:
             async with self._transaction(large) as connection:
                 connection.info[metrics.PENDING_KEY] = pending
                 connection.info[WRITTEN_RUNS] = {}
+                finishing: list[Finish] = []
+                connection.info[BEFORE_COMMIT] = finishing
                 try:
                     yield connection
+                    for finish in finishing:
+                        await finish(connection)
                 finally:
                     # The connection goes back to the pool, its ``info`` with it.
                     del connection.info[metrics.PENDING_KEY]
                     del connection.info[WRITTEN_RUNS]
+                    del connection.info[BEFORE_COMMIT]
         finally:
             metrics.DB_WRITE.observe(time.perf_counter() - started)
         pending.apply()
@@ -303,6 +308,11 @@ class GroupCommit(Generic[Item, T]):
 #: The key, in a write transaction's ``connection.info``, of the runs it changed so far: id to
 #: the run as written (``runs.as_written``).
 WRITTEN_RUNS = "flowyard.written_runs"
+
+#: The key, in a write transaction's ``connection.info``, of what it runs once its work is
+#: done, before it commits (writes gathered on the way, written together: a ``Finish`` each).
+BEFORE_COMMIT = "flowyard.before_commit"
+Finish = Callable[[AsyncConnection], Awaitable[None]]
 
 #: A unit of work for ``Database.unit``.
 Unit = Callable[[AsyncConnection], Awaitable[T]]

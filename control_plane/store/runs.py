@@ -42,7 +42,7 @@ from control_plane.states import (
     rejection,
 )
 from control_plane.store import cluster, task_runs
-from control_plane.store.db import WRITTEN_RUNS
+from control_plane.store.db import BEFORE_COMMIT, WRITTEN_RUNS, Finish
 from control_plane.store.dialects import insert_ignoring_duplicates
 from control_plane.store.tables import (
     UTCDateTime,
@@ -103,7 +103,7 @@ async def insert_runs(
         if row["id"] in stored
     ]
     if history:
-        await conn.execute(insert(run_states), history)
+        await _add_history(conn, history)
         pending = metrics.counted(conn.info)
         pending.created(len(history))
         pending.entered(row["type"] for row in history)
@@ -313,6 +313,7 @@ _ATTEMPT_WATCH = select(
 
 async def assigned_at(conn: AsyncConnection, run_id: str, attempt: int) -> datetime | None:
     """When the dispatcher last assigned this attempt of the run to an agent, if it did."""
+    await flush_history(conn)
     at: datetime | None = (
         await conn.execute(_ASSIGNED_AT, {"run_id": run_id, "attempt": attempt})
     ).scalar()
@@ -334,6 +335,7 @@ _ASSIGNED_AT = (
 
 async def count_failed(conn: AsyncConnection, run_id: str) -> int:
     """How many attempts of a run failed (FAILED history rows; retried ones included)."""
+    await flush_history(conn)
     query = select(func.count()).where(
         run_states.c.run_id == run_id, run_states.c.type == StateType.FAILED.value
     )
@@ -371,6 +373,7 @@ async def regrant_leases(conn: AsyncConnection, until: datetime) -> int:
 
 async def history(conn: AsyncConnection, run_id: str) -> list[StateRecord]:
     """Every state the run has been in, oldest first."""
+    await flush_history(conn)
     rows = await conn.execute(
         select(run_states).where(run_states.c.run_id == run_id).order_by(run_states.c.id)
     )
@@ -500,8 +503,8 @@ async def apply_locked(conn: AsyncConnection, changes: list[Change], now: dateti
     updated = [
         dataclasses.replace(change.run, **row) for change, row in zip(changes, rows, strict=True)
     ]
-    await conn.execute(
-        insert(run_states),
+    await _add_history(
+        conn,
         [
             {
                 "run_id": run.id,
@@ -564,7 +567,7 @@ async def end_subflows(
             version=flow_runs.c.version + 1,
         )
     )
-    await conn.execute(insert(run_states), [_history_row(i, 1, state, now) for i in ids])
+    await _add_history(conn, [_history_row(i, 1, state, now) for i in ids])
     metrics.counted(conn.info).inc(metrics.STATE_TRANSITIONS.labels(state.type.value), len(ids))
     await task_runs.end_unfinished(conn, ids, end, now)
     await end_subflows(conn, ids, end, now)
@@ -656,8 +659,53 @@ _INSERT_HISTORY = insert(run_states)
 async def _insert_history(
     conn: AsyncConnection, run_id: str, attempt: int, state: State, now: datetime
 ) -> None:
-    await conn.execute(_INSERT_HISTORY, _history_row(run_id, attempt, state, now))
+    """Add a history row: in a write transaction of ``Database.write``, with the others of the
+    transaction in one insert before it commits (the units of a group commit each add their
+    own); anywhere else at once."""
+    await _add_history(conn, [_history_row(run_id, attempt, state, now)])
     metrics.counted(conn.info).entered((state.type.value,))
+
+
+async def _add_history(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    history = _pending_history(conn, create=True)
+    if history is None:
+        await conn.execute(_INSERT_HISTORY, rows)
+    else:
+        history.rows += rows
+
+
+class _PendingHistory:
+    """The history rows a write transaction has yet to insert; inserts them when called."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    async def __call__(self, conn: AsyncConnection) -> None:
+        if self.rows:
+            rows, self.rows = self.rows, []
+            await conn.execute(_INSERT_HISTORY, rows)
+
+
+def _pending_history(conn: AsyncConnection, *, create: bool = False) -> _PendingHistory | None:
+    finishing: list[Finish] | None = conn.info.get(BEFORE_COMMIT)
+    if finishing is None:
+        return None
+    for finish in finishing:
+        if isinstance(finish, _PendingHistory):
+            return finish
+    if not create:
+        return None
+    history = _PendingHistory()
+    finishing.append(history)
+    return history
+
+
+async def flush_history(conn: AsyncConnection) -> None:
+    """Insert the history rows this transaction added so far (see ``_insert_history``):
+    before anything of it reads or deletes history (it also happens before it commits)."""
+    history = _pending_history(conn)
+    if history is not None:
+        await history(conn)
 
 
 def _history_row(run_id: str, attempt: int, state: State, now: datetime) -> dict[str, Any]:
@@ -911,6 +959,7 @@ async def delete_future_scheduled(
         return 0
     await conn.execute(delete(log_batches).where(log_batches.c.run_id.in_(ids)))
     await conn.execute(delete(task_runs_table).where(task_runs_table.c.run_id.in_(ids)))
+    await flush_history(conn)
     await conn.execute(delete(run_states).where(run_states.c.run_id.in_(ids)))
     await conn.execute(delete(flow_runs).where(flow_runs.c.id.in_(ids)))
     return len(ids)
@@ -1031,6 +1080,7 @@ async def delete_runs_of_deployment(conn: AsyncConnection, deployment_id: str) -
     ids = select(flow_runs.c.id).where(flow_runs.c.deployment_id == deployment_id)
     await conn.execute(delete(log_batches).where(log_batches.c.run_id.in_(ids)))
     await conn.execute(delete(task_runs_table).where(task_runs_table.c.run_id.in_(ids)))
+    await flush_history(conn)
     await conn.execute(delete(run_states).where(run_states.c.run_id.in_(ids)))
     await conn.execute(delete(flow_runs).where(flow_runs.c.deployment_id == deployment_id))
 

@@ -1,5 +1,7 @@
 """Creations that arrive together share a transaction, and each caller still gets its own
-answer: its own run, the run its idempotency key already names, or its own error."""
+answer: its own run, the run its idempotency key already names, or its own error. Units of
+work on runs share transactions the same way, in the order of their runs, each seeing what
+the units before it wrote; a transaction's history rows go in together at its end."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import Run
+from control_plane.orchestration import clock
+from control_plane.states import State, StateType
 from control_plane.store import runs as runs_repo
 from control_plane.store.db import Database, GroupCommit
 from flowyard.v1 import control_plane_pb2 as pb
@@ -259,3 +263,27 @@ async def test_a_unit_writes_on_the_run_as_an_earlier_unit_of_its_transaction_le
         stored = await runs_repo.get_run(conn, run_id)
     assert stored is not None
     assert (stored.version, stored.agent_name, stored.result_summary) == (run.version + 2, "a", "b")
+
+
+async def test_history_a_transaction_adds_goes_in_at_its_end_and_is_read_in_it_before(
+    ready: Plane,
+) -> None:
+    run_id = (await ready.run()).id
+    added = [State(StateType.SCHEDULED, "Late", f"note {n}") for n in range(3)]
+    async with ready.app.db.write() as conn:
+        for state in added[:2]:
+            await runs_repo.record_history(conn, run_id, 1, state, clock.now())
+        seen = [record.message for record in await runs_repo.history(conn, run_id)]
+        await runs_repo.record_history(conn, run_id, 1, added[2], clock.now())
+    assert seen[-2:] == ["note 0", "note 1"]
+    async with ready.app.db.read() as conn:
+        stored = [record.message for record in await runs_repo.history(conn, run_id)]
+    assert stored[-3:] == ["note 0", "note 1", "note 2"]
+
+    # A transaction that fails adds none.
+    with contextlib.suppress(RuntimeError):
+        async with ready.app.db.write() as conn:
+            await runs_repo.record_history(conn, run_id, 1, added[0], clock.now())
+            raise RuntimeError("the work failed")
+    async with ready.app.db.read() as conn:
+        assert len(await runs_repo.history(conn, run_id)) == len(stored)
