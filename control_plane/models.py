@@ -151,6 +151,9 @@ class Run:
     cancel_with_parent: bool = False
     #: Whether this run's flow has started a subflow.
     has_subflows: bool = False
+    #: When the current attempt was assigned to an agent (None: not yet, or before this was
+    #: recorded).
+    assigned_at: datetime | None = None
 
     @property
     def is_terminal(self) -> bool:

@@ -244,6 +244,7 @@ class Dispatcher:
                             "agent_name": session.agent_name,
                             "lease_deadline": now + self._lease,
                             "engine_token_hash": token_hash,
+                            "assigned_at": now,
                             "accepted_at": None,
                             "infrastructure_id": "",
                         },

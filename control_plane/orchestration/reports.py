@@ -475,9 +475,10 @@ def _many_lines(batches: Sequence[tuple[str, int, list[LogRecord]]]) -> bool:
 
 
 async def _observe_start(conn: AsyncConnection, run: Run, now: datetime) -> None:
-    """Time the attempt took from its assignment to its engine running (once it commits):
-    one indexed read of the attempt's history, once per attempt."""
-    assigned = await repo.assigned_at(conn, run.id, run.attempt)
+    """Time the attempt took from its assignment to its engine running (once it commits): from
+    the claim's time on the run (or, for a claim from before it was kept there, one indexed
+    read of the attempt's history)."""
+    assigned = run.assigned_at or await repo.assigned_at(conn, run.id, run.attempt)
     if assigned is not None:
         seconds = max(0.0, (now - assigned).total_seconds())
         metrics.counted(conn.info).observe(metrics.ASSIGNED_TO_RUNNING, seconds)

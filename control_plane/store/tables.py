@@ -164,6 +164,9 @@ flow_runs = Table(
     # Set when the run's flow starts its first subflow: only such a run's ending attempt has
     # subflows to end (``runs.end_subflows``), so no other pays a query for it.
     Column("has_subflows", Boolean, nullable=False, server_default=false()),
+    # When the current attempt was assigned to an agent (the claim), for the time from there
+    # to its engine running, without a read of the history.
+    Column("assigned_at", UTCDateTime, nullable=True),
     UniqueConstraint("deployment_id", "idempotency_key"),
     Index(None, "parent_run_id"),
     # Due runs of a pool in their order, and the active runs of a pool counted by deployment
