@@ -320,12 +320,17 @@ async def submitted(plane: Plane, run_id: str) -> bool:
     return (await plane.get(run_id)).run.state.name == "Submitted"
 
 
-async def accepted(plane: Plane) -> tuple[Stream, types_pb2.FlowRun, agent_pb2.Assign]:
-    """An agent of capacity 1, a new run assigned to it, and the agent's Accepted sent."""
+async def assigned(plane: Plane) -> tuple[Stream, types_pb2.FlowRun, agent_pb2.Assign]:
+    """An agent of capacity 1 and a new run assigned to it, not confirmed yet."""
     agent = agent_stream(plane, capacity=1)
     await agent.receive("welcome")
     run = await plane.run()
-    assign = await agent.receive("assign")
+    return agent, run, await agent.receive("assign")
+
+
+async def accepted(plane: Plane) -> tuple[Stream, types_pb2.FlowRun, agent_pb2.Assign]:
+    """An agent of capacity 1, a new run assigned to it, and the agent's Accepted sent."""
+    agent, run, assign = await assigned(plane)
     agent.send(agent_pb2.ConnectRequest(accepted=agent_pb2.Accepted(run_id=run.id, attempt=1)))
     return agent, run, assign
 

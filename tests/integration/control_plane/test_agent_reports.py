@@ -14,7 +14,15 @@ from control_plane.store import runs as runs_repo
 from flowyard.v1 import agent_pb2, engine_pb2, types_pb2
 from tests.waiting import eventually
 
-from .conftest import RECEIVE_TIMEOUT, Plane, accepted, agent_stream, engine_stream, submit
+from .conftest import (
+    RECEIVE_TIMEOUT,
+    Plane,
+    accepted,
+    agent_stream,
+    assigned,
+    engine_stream,
+    submit,
+)
 from .test_agent_names import ended
 
 S = types_pb2
@@ -67,10 +75,7 @@ async def test_a_submitted_after_the_engines_running_is_written_without_reading_
         return await read(conn, run_id, *args, **kwargs)
 
     monkeypatch.setattr(runs_repo, "get_run", counted)
-    agent = agent_stream(ready, capacity=1)
-    await agent.receive("welcome")
-    run = await ready.run()
-    assign = await agent.receive("assign")
+    agent, run, assign = await assigned(ready)
     engine = engine_stream(ready, run.id, 1, assign.engine_token)
     await engine.receive("opened")
     engine.send(

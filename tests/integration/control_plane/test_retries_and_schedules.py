@@ -14,7 +14,7 @@ from control_plane.config import ServerConfig
 from control_plane.server import build
 from flowyard.v1 import agent_pb2, control_plane_pb2, engine_pb2, types_pb2
 
-from .conftest import Plane, agent_stream, connect, engine_stream
+from .conftest import Plane, agent_stream, assigned, connect, engine_stream
 from .test_queues_and_limits import eventually
 
 
@@ -122,10 +122,7 @@ async def test_a_handed_back_attempt_uses_no_retry(ready: Plane) -> None:
 
 async def test_a_repeated_failed_report_gets_the_same_answer(ready: Plane) -> None:
     await with_fields(ready, retries=3)
-    agent = agent_stream(ready, capacity=1)
-    await agent.receive("welcome")
-    run = await ready.run()
-    assign = await agent.receive("assign")
+    agent, run, assign = await assigned(ready)
     engine = engine_stream(ready, run.id, 1, assign.engine_token)
     await engine.receive("opened")
     proposal = engine_pb2.ProposeState(
