@@ -71,6 +71,9 @@ class Database:
         self._units: GroupCommit[tuple[str, Unit[Any]], Any] = GroupCommit(
             self, _run_units, offload=lambda _: False
         )
+        #: The runs write transactions of this process committed last, newest last (see
+        #: ``runs.as_written``).
+        self._committed_runs: dict[str, Any] = {}
 
     @classmethod
     async def open(cls, url: str) -> Database:
@@ -104,10 +107,12 @@ class Database:
         """
         started = time.perf_counter()
         pending = metrics.Pending()
+        written: dict[str, Any] = {}
         try:
             async with self._transaction(large) as connection:
                 connection.info[metrics.PENDING_KEY] = pending
-                connection.info[WRITTEN_RUNS] = {}
+                connection.info[WRITTEN_RUNS] = written
+                connection.info[COMMITTED_RUNS] = self._committed_runs
                 finishing: list[Finish] = []
                 connection.info[BEFORE_COMMIT] = finishing
                 try:
@@ -118,10 +123,21 @@ class Database:
                     # The connection goes back to the pool, its ``info`` with it.
                     del connection.info[metrics.PENDING_KEY]
                     del connection.info[WRITTEN_RUNS]
+                    del connection.info[COMMITTED_RUNS]
                     del connection.info[BEFORE_COMMIT]
         finally:
             metrics.DB_WRITE.observe(time.perf_counter() - started)
         pending.apply()
+        self._remember(written)
+
+    def _remember(self, written: dict[str, Any]) -> None:
+        """Keep the runs a transaction wrote, now committed, for the next units of work."""
+        recent = self._committed_runs
+        for run_id, run in written.items():
+            recent.pop(run_id, None)
+            recent[run_id] = run
+        while len(recent) > MAX_COMMITTED_RUNS:
+            del recent[next(iter(recent))]
 
     async def unit(self, run_id: str, work: Unit[T]) -> T:
         """Run ``work(conn)``, a unit of work on the run ``run_id``, group-committed: in one
@@ -308,6 +324,10 @@ class GroupCommit(Generic[Item, T]):
 #: The key, in a write transaction's ``connection.info``, of the runs it changed so far: id to
 #: the run as written (``runs.as_written``).
 WRITTEN_RUNS = "flowyard.written_runs"
+#: The key, in a write transaction's ``connection.info``, of the runs that transactions of
+#: this process changed and committed last (at most ``MAX_COMMITTED_RUNS``): id to the run.
+COMMITTED_RUNS = "flowyard.committed_runs"
+MAX_COMMITTED_RUNS = 4_096
 
 #: The key, in a write transaction's ``connection.info``, of what it runs once its work is
 #: done, before it commits (writes gathered on the way, written together: a ``Finish`` each).

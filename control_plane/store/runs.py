@@ -42,7 +42,7 @@ from control_plane.states import (
     rejection,
 )
 from control_plane.store import cluster, task_runs
-from control_plane.store.db import BEFORE_COMMIT, WRITTEN_RUNS, Finish
+from control_plane.store.db import BEFORE_COMMIT, COMMITTED_RUNS, WRITTEN_RUNS, Finish
 from control_plane.store.dialects import insert_ignoring_duplicates
 from control_plane.store.tables import (
     UTCDateTime,
@@ -638,11 +638,15 @@ async def _guarded_update(conn: AsyncConnection, run: Run, changes: dict[str, An
 
 
 def as_written(conn: AsyncConnection, run: Run) -> Run:
-    """``run``, or the run as this transaction changed it since, if it did: units of work
-    that share a transaction (``Database.unit``) see each other's compare-and-sets, so a
-    unit that remembered the run from before them need not lose its own."""
-    written: dict[str, Run] = conn.info.get(WRITTEN_RUNS) or {}
-    newer = written.get(run.id)
+    """``run``, or a later version of it written since: by this transaction, or by one of
+    this process that committed it. Units of work that share a transaction
+    (``Database.unit``) see each other's compare-and-sets, and units of the next see those
+    of the last, before their callers are answered: a unit that remembered the run from
+    before them need not lose its own. Only a hint: the compare-and-set on its version
+    proves it current."""
+    newer: Run | None = (conn.info.get(WRITTEN_RUNS) or {}).get(run.id)
+    if newer is None:
+        newer = (conn.info.get(COMMITTED_RUNS) or {}).get(run.id)
     return newer if newer is not None and newer.version > run.version else run
 
 

@@ -287,3 +287,26 @@ async def test_history_a_transaction_adds_goes_in_at_its_end_and_is_read_in_it_b
             raise RuntimeError("the work failed")
     async with ready.app.db.read() as conn:
         assert len(await runs_repo.history(conn, run_id)) == len(stored)
+
+
+async def test_a_unit_writes_on_the_run_as_this_process_last_committed_it(ready: Plane) -> None:
+    # The run it remembers is out of date: a transaction of this process changed it since.
+    run_id = (await ready.run()).id
+    async with ready.app.db.read() as conn:
+        run = await runs_repo.get_run(conn, run_id)
+    assert run is not None
+    async with ready.app.db.write() as conn:
+        assert await runs_repo.set_columns(conn, run, agent_name="a") is not None
+
+    async def later(conn: AsyncConnection) -> Run | None:
+        return await runs_repo.set_columns(
+            conn, runs_repo.as_written(conn, run), result_summary="b"
+        )
+
+    written = await ready.app.db.unit(run_id, later)
+    assert written is not None
+    assert (written.version, written.agent_name, written.result_summary) == (
+        run.version + 2,
+        "a",
+        "b",
+    )
