@@ -307,7 +307,7 @@ async def build(config: ServerConfig) -> App:
     replica.sessions = agents
     await replica.register()
     lease = timedelta(seconds=config.lease_seconds)
-    notifier = Notifier(bus, signals, agents.saw)
+    notifier = Notifier(bus, signals)
     heartbeats = Heartbeats(db)
     # Leases of running assignments are re-granted only after an outage of the whole control
     # plane, not when one replica joins others that serve.

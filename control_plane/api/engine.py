@@ -202,7 +202,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                 known = _Known(run)
                 tasks = [
                     asyncio.create_task(
-                        self._read(request_iterator, run, stored, own, known, out, tap),
+                        self._read(request_iterator, run, stored, own, known, out),
                         name=f"engine-reader-{run.id}",
                     ),
                     asyncio.create_task(
@@ -231,7 +231,6 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         own: set[str],
         known: _Known,
         out: asyncio.Queue[Outgoing],
-        tap: Tap,
     ) -> None:
         subflows: set[str] = set()  # subflow runs of this attempt, checked once each
         try:
@@ -244,10 +243,6 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                     out.put_nowait(pb.ReportResponse(log_ack=pb.LogAck(stored_seq=stored)))
                 elif kind == "propose_state":
                     own.add(request.propose_state.transition_id)
-                    if isinstance(tap.news, Run):
-                        # A change committed here that the watch has not taken yet (the
-                        # agent's Submitted, say): proposed on it, the proposal needs no read.
-                        known.saw(tap.news)
                     answer, committed = await self._db.shielded(
                         self._propose(run, known.run, request.propose_state)
                     )
@@ -372,12 +367,11 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                 )
             await tap.event.wait()
             notified, news = tap.taken()
-            if isinstance(news, Run):
-                known.saw(news)  # a hint for the next proposal, whatever came before it
             if notified == 1 and isinstance(news, Run) and news.version == current.version + 1:
                 # One change since the last look, made here, and the very next version
                 # (a compare-and-set on this one): the run is what it committed.
                 current = AttemptWatch.of(news)
+                known.saw(news)
             else:
                 current = await self._db.shielded(self._reports.watched(run.id))
 

@@ -260,15 +260,6 @@ class AgentRegistry:
         local = self._sessions.get(record.id)
         return local is not None and self.connected(local)
 
-    def saw(self, run: Run) -> None:
-        """A change of ``run`` committed on this replica: the session of this replica that
-        remembers the run (``AgentSession.held``) remembers it as it is now, so that its next
-        report on it needs no read even when the engine reported first."""
-        session = self._sessions.get(run.agent_session_id or "")
-        known = session.held.get(run.id) if session is not None else None
-        if session is not None and known is not None and known.version < run.version:
-            session.held[run.id] = run
-
     def all(self) -> list[AgentSession]:
         """Every session connected to this replica."""
         return list(self._sessions.values())

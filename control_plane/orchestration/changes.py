@@ -38,22 +38,12 @@ async def retrying(operation: Callable[[], Awaitable[T]]) -> T:
 class Notifier:
     """Publishes committed run changes to waiters and dispatchers, on every replica."""
 
-    def __init__(
-        self,
-        bus: Bus,
-        signals: Signals | None = None,
-        remember: Callable[[Run], None] | None = None,
-    ) -> None:
-        """``remember(run)`` is called with every run changed here, as committed (before
-        anyone is told)."""
+    def __init__(self, bus: Bus, signals: Signals | None = None) -> None:
         self._bus = bus
         self._signals = signals
-        self._remember = remember
 
     def changed(self, run: Run) -> None:
         """A run's state changed (call after the commit) to ``run``, as committed."""
-        if self._remember is not None:
-            self._remember(run)
         if self._signals is not None:
             # The news of the notification the hint brings here (see ``signals.tell``).
             self._signals.tell(run_key(run.id), run)

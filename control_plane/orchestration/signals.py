@@ -73,12 +73,6 @@ class Tap:
         self._count = 0
         self._news: object | None = None
 
-    @property
-    def news(self) -> object | None:
-        """The news of the latest notification not taken yet (None: none, or it brought
-        none)."""
-        return self._news
-
     def taken(self) -> tuple[int, object | None]:
         """The notifications so far and the news they brought; counting starts again."""
         taken = (self._count, self._news)

@@ -64,8 +64,8 @@ async def test_a_confirmation_of_an_attempt_handed_back_meanwhile_is_refused(rea
 async def test_a_submitted_after_the_engines_running_is_written_without_reading_the_run(
     ready: Plane, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A warm engine can report RUNNING before the agent's Submitted arrives: the session
-    # remembers the run as the engine's commit left it, and the report is written on that.
+    # A warm engine can report RUNNING before the agent's Submitted arrives: the report is
+    # written on the run as this process committed it last (the engine's RUNNING).
     reads: list[str] = []
     read = runs_repo.get_run
 
