@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import (
     ColumnElement,
     Row,
+    Select,
     and_,
     bindparam,
     delete,
@@ -257,12 +258,17 @@ async def lock_runs(conn: AsyncConnection, dialect: str, run_ids: Iterable[str])
         await conn.execute(_LOCK_RUNS, {"run_ids": sorted(run_ids)})
 
 
+def _locking_in_id_order(query: Select[Any]) -> Select[Any]:
+    """``query``, locking the runs it reads as ``lock_runs`` does: FOR NO KEY UPDATE, in id
+    order (PostgreSQL)."""
+    return query.order_by(flow_runs.c.id).with_for_update(key_share=True)
+
+
 # The hot paths' statements are built once: building one costs more than running it.
-_ATTEMPT_STATES = (
-    select(flow_runs.c.id, flow_runs.c.attempt, flow_runs.c.state_type)
-    .where(flow_runs.c.id.in_(bindparam("run_ids", expanding=True)))
-    .order_by(flow_runs.c.id)
-    .with_for_update(key_share=True)
+_ATTEMPT_STATES = _locking_in_id_order(
+    select(flow_runs.c.id, flow_runs.c.attempt, flow_runs.c.state_type).where(
+        flow_runs.c.id.in_(bindparam("run_ids", expanding=True))
+    )
 )
 _LOCK_RUNS = _ATTEMPT_STATES.with_only_columns(flow_runs.c.id)
 
@@ -357,12 +363,7 @@ async def regrant_leases(conn: AsyncConnection, until: datetime) -> int:
         # Locked in id order first, as every transaction that changes several runs does
         # (``lock_runs``): in the order the update finds them, reports on those runs
         # committing meanwhile could wait on it while it waits on them.
-        await conn.execute(
-            select(flow_runs.c.id)
-            .where(*leased)
-            .order_by(flow_runs.c.id)
-            .with_for_update(key_share=True)
-        )
+        await conn.execute(_locking_in_id_order(select(flow_runs.c.id).where(*leased)))
     result = await conn.execute(
         update(flow_runs)
         .where(*leased)
