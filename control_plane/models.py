@@ -154,6 +154,8 @@ class Run:
     #: When the current attempt was assigned to an agent (None: not yet, or before this was
     #: recorded).
     assigned_at: datetime | None = None
+    #: Whether the run has reported task runs (its ending attempt ends those unfinished).
+    has_task_runs: bool = False
 
     @property
     def is_terminal(self) -> bool:

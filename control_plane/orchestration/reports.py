@@ -542,8 +542,10 @@ class EngineReports:
         """
 
         async def apply(conn: AsyncConnection) -> tuple[int, repo.AttemptWatch | None]:
-            watch = await repo.open_attempt(conn, run.id, run.attempt, clock.now())
-            return await logs_repo.max_seq(conn, run.id, run.attempt), watch
+            watch, stored = await repo.open_attempt(conn, run.id, run.attempt, clock.now())
+            if stored is None:
+                stored = await logs_repo.max_seq(conn, run.id, run.attempt)
+            return stored, watch
 
         return await self._db.unit(run.id, apply)
 

@@ -465,7 +465,8 @@ async def compare_and_set(
         return None
     await _insert_history(conn, run.id, updated.attempt, state, now)
     if change.ends_attempt:
-        await task_runs.end_unfinished(conn, [run.id], change.task_runs_end, now)
+        if updated.has_task_runs:
+            await task_runs.end_unfinished(conn, [run.id], change.task_runs_end, now)
         if run.has_subflows:
             await end_subflows(conn, [run.id], change.task_runs_end, now)
     return updated
@@ -521,8 +522,9 @@ async def apply_locked(conn: AsyncConnection, changes: list[Change], now: dateti
     metrics.counted(conn.info).entered(change.state.type.value for change in changes)
     for end in TaskRunState:
         ending = [c.run for c in changes if c.ends_attempt and c.task_runs_end is end]
-        if ending:
-            await task_runs.end_unfinished(conn, [run.id for run in ending], end, now)
+        # Read locked: the flag is as stored.
+        if with_task_runs := [run.id for run in ending if run.has_task_runs]:
+            await task_runs.end_unfinished(conn, with_task_runs, end, now)
         if with_subflows := [run.id for run in ending if run.has_subflows]:
             await end_subflows(conn, with_subflows, end, now)
     return updated
@@ -628,10 +630,12 @@ async def _guarded_update(conn: AsyncConnection, run: Run, changes: dict[str, An
     values = {key: _plain(value) for key, value in changes.items()}
     # The columns set are the parameters' names (SQLAlchemy sets those that name columns).
     values.update(w_id=run.id, w_version=run.version)
-    result = await conn.execute(_GUARDED_UPDATE, values)
-    if result.first() is None:
+    row = (await conn.execute(_GUARDED_UPDATE, values)).first()
+    if row is None:
         return None
-    updated = dataclasses.replace(run, **changes)
+    # The flag as the update found it: set by a log batch since ``run`` was read, it does not
+    # change the version, and must not be missed by the end of the attempt.
+    updated = dataclasses.replace(run, has_task_runs=row.has_task_runs, **changes)
     written = conn.info.get(WRITTEN_RUNS)
     if written is not None:
         written[run.id] = updated
@@ -656,7 +660,7 @@ def as_written(conn: AsyncConnection, run: Run) -> Run:
 _GUARDED_UPDATE = (
     update(flow_runs)
     .where(flow_runs.c.id == bindparam("w_id"), flow_runs.c.version == bindparam("w_version"))
-    .returning(flow_runs.c.id)
+    .returning(flow_runs.c.has_task_runs)
 )
 _INSERT_HISTORY = insert(run_states)
 
@@ -726,20 +730,24 @@ def _history_row(run_id: str, attempt: int, state: State, now: datetime) -> dict
 
 async def open_attempt(
     conn: AsyncConnection, run_id: str, attempt: int, now: datetime
-) -> AttemptWatch | None:
+) -> tuple[AttemptWatch | None, int | None]:
     """Record that the engine of the run's current attempt is alive (no version change), and
     read what its stream watches of the run (``attempt_watch``), in one statement while the
-    attempt is current; None if there is no such run."""
-    row = (
-        await conn.execute(
-            _TOUCH_HEARTBEAT.returning(*_ATTEMPT_WATCH.selected_columns),
-            {"w_id": run_id, "w_attempt": attempt, "b_at": now},
-        )
-    ).first()
+    attempt is current; the watch (None if there is no such run), and on SQLite the highest
+    seq stored of the attempt's lines (0: none) read by the same statement.
+
+    The seq is None where the caller must read it after the mark (``logs.max_seq``): when the
+    attempt is not current (nothing was marked), and on PostgreSQL. There a statement that
+    waited for the run's lock reads other tables as they were when it started, and could
+    miss lines a transaction holding the run stored meanwhile; SQLite runs one write
+    transaction at a time, so nothing commits while a statement runs.
+    """
+    sqlite = conn.dialect.name == "sqlite"
+    params = {"w_id": run_id, "w_attempt": attempt, "b_at": now}
+    row = (await conn.execute(_OPEN_ATTEMPT if sqlite else _MARK_ATTEMPT, params)).first()
     if row is None:
-        # The attempt is no longer current (or the run is gone): nothing was marked.
-        return await attempt_watch(conn, run_id)
-    return _attempt_watch(row)
+        return await attempt_watch(conn, run_id), None
+    return _attempt_watch(row), int(row.stored_seq or 0) if sqlite else None
 
 
 async def touch_heartbeats(conn: AsyncConnection, beats: dict[tuple[str, int], datetime]) -> None:
@@ -760,6 +768,14 @@ _TOUCH_HEARTBEAT = (
     update(flow_runs)
     .where(flow_runs.c.id == bindparam("w_id"), flow_runs.c.attempt == bindparam("w_attempt"))
     .values(last_heartbeat_at=bindparam("b_at", type_=flow_runs.c.last_heartbeat_at.type))
+)
+_MARK_ATTEMPT = _TOUCH_HEARTBEAT.returning(*_ATTEMPT_WATCH.selected_columns)
+_OPEN_ATTEMPT = _TOUCH_HEARTBEAT.returning(
+    *_ATTEMPT_WATCH.selected_columns,
+    select(func.max(log_batches.c.last_seq))
+    .where(log_batches.c.run_id == flow_runs.c.id, log_batches.c.attempt == flow_runs.c.attempt)
+    .scalar_subquery()
+    .label("stored_seq"),
 )
 
 

@@ -167,6 +167,9 @@ flow_runs = Table(
     # When the current attempt was assigned to an agent (the claim), for the time from there
     # to its engine running, without a read of the history.
     Column("assigned_at", UTCDateTime, nullable=True),
+    # Set with the run's first task run (``task_runs.apply_events``): only such a run's ending
+    # attempt has task runs to end (``task_runs.end_unfinished``), so no other pays for it.
+    Column("has_task_runs", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("deployment_id", "idempotency_key"),
     Index(None, "parent_run_id"),
     # Due runs of a pool in their order, and the active runs of a pool counted by deployment

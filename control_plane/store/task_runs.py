@@ -7,7 +7,8 @@ for all the rows (compiled once and cached; SQLite's ``executemany``, psycopg's 
 in the transaction that stores the lines; a row moves only forward (a change older than the last
 one applied, as a resent batch brings, is ignored) and a finished task run never changes
 again. ``end_unfinished`` is what a run's ending attempt does to the task runs it leaves
-running (``runs.compare_and_set``).
+running (``runs.compare_and_set``), for runs flagged as having task runs
+(``flow_runs.has_task_runs``, set by ``apply_events``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from control_plane.models import (
     TaskRunState,
 )
 from control_plane.store.dialects import insert_or_update
-from control_plane.store.tables import task_runs
+from control_plane.store.tables import flow_runs, task_runs
 
 #: Failed attempts whose error a task run keeps, and characters of each.
 MAX_ATTEMPT_ERRORS = 50
@@ -116,6 +117,19 @@ async def apply_events(conn: AsyncConnection, lines: Sequence[LogRecord], dialec
     rows = fold(lines)
     if rows:
         await conn.execute(_upsert(dialect), rows)
+        await conn.execute(_FLAG_RUNS, {"run_ids": sorted({row["run_id"] for row in rows})})
+
+
+#: Marks the runs that have task runs (``flow_runs.has_task_runs``): only the first batch of a
+#: run's events changes its row; the flag does not change the run's version.
+_FLAG_RUNS = (
+    update(flow_runs)
+    .where(
+        flow_runs.c.id.in_(bindparam("run_ids", expanding=True)),
+        flow_runs.c.has_task_runs.is_(False),
+    )
+    .values(has_task_runs=True)
+)
 
 
 @functools.cache

@@ -3,8 +3,9 @@
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 
 from control_plane.store.db import Database
 from control_plane.store.tables import metadata
@@ -34,38 +35,9 @@ async def test_migrating_twice_is_a_no_op(tmp_path: Path) -> None:
 
 def test_scheduling_migration_gives_existing_pools_a_default_queue(tmp_path: Path) -> None:
     from alembic import command
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
 
-    from control_plane.store.migrate import alembic_config
-
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    config = alembic_config(url)
-    command.upgrade(config, "0002")
-    engine = create_engine(url)
-    now = "2026-01-01 00:00:00"
-    with engine.begin() as conn:
-        conn.execute(
-            text("INSERT INTO pools VALUES ('p1', 'old', 'process', '{}', 0, 0, :now, :now)"),
-            {"now": now},
-        )
-        conn.execute(
-            text(
-                "INSERT INTO deployments (id, name, flow_name, entrypoint, source, pool_id, "
-                "parameters, job_variables, tags, description, created_at, updated_at) VALUES "
-                "('d1', 'dep', 'f', 'flow.py:f', '{}', 'p1', '{}', '{}', '[]', '', :now, :now)"
-            ),
-            {"now": now},
-        )
-        conn.execute(
-            text(
-                "INSERT INTO flow_runs (id, deployment_id, pool_id, flow_name, parameters, "
-                "job_variables, state_type, state_name, state_message, state_time, version, "
-                "attempt, scheduled_at, created_at, agent_name, infrastructure_id, "
-                "result_summary) VALUES ('r1', 'd1', 'p1', 'f', '{}', '{}', 'SCHEDULED', "
-                "'Scheduled', '', :now, 1, 1, :now, :now, '', '', '')"
-            ),
-            {"now": now},
-        )
+    config, engine = _database_of_0002(tmp_path, "r1")
     command.upgrade(config, "head")
     with engine.connect() as conn:
         queue = conn.execute(text("SELECT id, name, priority FROM work_queues")).one()
@@ -77,6 +49,70 @@ def test_scheduling_migration_gives_existing_pools_a_default_queue(tmp_path: Pat
         run = conn.execute(text("SELECT queue_id, max_retries, schedule_name FROM flow_runs")).one()
         assert tuple(run) == (queue.id, 0, "")
     engine.dispose()
+
+
+def test_runs_with_task_runs_from_before_their_flag_get_it(tmp_path: Path) -> None:
+    """The end of an attempt ends its task runs only for runs flagged as having some: a run
+    that reported task runs before the flag existed is flagged by the migration that adds it."""
+    from alembic import command
+    from sqlalchemy import text
+
+    config, engine = _database_of_0002(tmp_path, "r1", "r2")
+    command.upgrade(config, "0015")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO task_runs (run_id, flow_attempt, id, name, task_name, state, "
+                "attempts, first_seq, last_seq) VALUES ('r1', 1, 't1', 'a-0', 'a', 'RUNNING', "
+                "1, 1, 1)"
+            )
+        )
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, has_task_runs FROM flow_runs")).all()
+    flags = {run_id: bool(flag) for run_id, flag in rows}
+    assert flags == {"r1": True, "r2": False}
+    engine.dispose()
+
+
+def _database_of_0002(tmp_path: Path, *run_ids: str) -> tuple[Config, Engine]:
+    """A SQLite file migrated to revision 0002 and holding a pool, a deployment and a
+    SCHEDULED run of each of ``run_ids``, as that revision stored them; the Alembic
+    configuration that migrates it further, and an engine on it."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from control_plane.store.migrate import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    config = alembic_config(url)
+    command.upgrade(config, "0002")
+    engine = create_engine(url)
+    now = {"now": "2026-01-01 00:00:00"}
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO pools VALUES ('p1', 'old', 'process', '{}', 0, 0, :now, :now)"), now
+        )
+        conn.execute(
+            text(
+                "INSERT INTO deployments (id, name, flow_name, entrypoint, source, pool_id, "
+                "parameters, job_variables, tags, description, created_at, updated_at) VALUES "
+                "('d1', 'dep', 'f', 'flow.py:f', '{}', 'p1', '{}', '{}', '[]', '', :now, :now)"
+            ),
+            now,
+        )
+        for run_id in run_ids:
+            conn.execute(
+                text(
+                    "INSERT INTO flow_runs (id, deployment_id, pool_id, flow_name, parameters, "
+                    "job_variables, state_type, state_name, state_message, state_time, version, "
+                    "attempt, scheduled_at, created_at, agent_name, infrastructure_id, "
+                    "result_summary) VALUES (:id, 'd1', 'p1', 'f', '{}', '{}', 'SCHEDULED', "
+                    "'Scheduled', '', :now, 1, 1, :now, :now, '', '', '')"
+                ),
+                {**now, "id": run_id},
+            )
+    return config, engine
 
 
 def test_log_lines_move_to_rows_of_batches_and_back(tmp_path: Path) -> None:

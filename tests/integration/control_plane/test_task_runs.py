@@ -548,18 +548,7 @@ async def test_an_attempt_ending_waits_for_a_batch_that_found_it_live(ready: Pla
                 conn, run, crashed, actor=Actor.SERVER, now=datetime.now(UTC)
             )
 
-    started = LogRecord(
-        run_id,
-        1,
-        1,
-        datetime.fromtimestamp(BASE + 1, UTC),
-        20,
-        LogStream.SYSTEM,
-        "flowyard.tasks",
-        "a-0 started",
-        task_run="a-0",
-        task_run_event=TaskRunEvent("t1", "a-0", "a", TaskRunState.RUNNING, 1),
-    )
+    started = task_run_started(run_id)
     try:
         async with db.write() as batch:
             live = await runs_repo.attempt_states(batch, [run_id])
@@ -574,6 +563,46 @@ async def test_an_attempt_ending_waits_for_a_batch_that_found_it_live(ready: Pla
         await db.close()
         await engine.close()
         await agent.close()
+
+
+async def test_an_end_read_before_the_first_task_run_still_ends_it(ready: Plane) -> None:
+    """Whether a run has task runs is set by the batch of its first one without changing the
+    run's version: a change that read the run before that batch still wins its
+    compare-and-set, and still ends the task run the batch stored."""
+    agent, engine, run_id, _ = await drive_to_running(ready)
+    db = ready.app.db
+    try:
+        async with db.read() as conn:
+            before = await runs_repo.get_run(conn, run_id)
+        assert before is not None and not before.has_task_runs
+        async with db.write() as conn:
+            await logs_repo.insert_lines(conn, [[task_run_started(run_id)]], db.dialect)
+        async with db.write() as conn:
+            crashed = State(StateType.CRASHED, message="the engine is gone")
+            ended = await runs_repo.compare_and_set(
+                conn, before, crashed, actor=Actor.SERVER, now=datetime.now(UTC)
+            )
+        assert ended is not None and ended.has_task_runs
+        assert await states(ready, run_id) == {"a-0": "TASK_RUN_STATE_CRASHED"}
+    finally:
+        await engine.close()
+        await agent.close()
+
+
+def task_run_started(run_id: str) -> LogRecord:
+    """Line 1 of attempt 1 of ``run_id``: task run ``a-0`` started."""
+    return LogRecord(
+        run_id,
+        1,
+        1,
+        datetime.fromtimestamp(BASE + 1, UTC),
+        20,
+        LogStream.SYSTEM,
+        "flowyard.tasks",
+        "a-0 started",
+        task_run="a-0",
+        task_run_event=TaskRunEvent("t1", "a-0", "a", TaskRunState.RUNNING, 1),
+    )
 
 
 async def until(condition: Any, what: str, within: float = 10.0) -> None:
