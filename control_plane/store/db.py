@@ -162,7 +162,7 @@ class Database:
                 yield connection
             return
         async with self._write_lock, self.engine.begin() as connection:
-            driver = await sqlite_inline.offloaded(connection) if large else None
+            driver = sqlite_inline.driver_of(connection) if large else None
             if driver is None:
                 yield connection
                 return

@@ -11,6 +11,7 @@ also ends the task runs the attempt left unfinished (``task_runs.end_unfinished`
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -44,7 +45,7 @@ from control_plane.states import (
 )
 from control_plane.store import cluster, task_runs
 from control_plane.store.db import BEFORE_COMMIT, COMMITTED_RUNS, WRITTEN_RUNS, Finish
-from control_plane.store.dialects import insert_ignoring_duplicates
+from control_plane.store.dialects import DriverStatement, insert_ignoring_duplicates
 from control_plane.store.tables import (
     UTCDateTime,
     deployments,
@@ -293,19 +294,15 @@ class AttemptWatch(NamedTuple):
 async def attempt_watch(conn: AsyncConnection, run_id: str) -> AttemptWatch | None:
     """The columns of a run an engine's stream watches (read at every change of the run,
     so not the whole row); None if there is no such run."""
-    row = (await conn.execute(_ATTEMPT_WATCH, {"run_id": run_id})).first()
-    return None if row is None else _attempt_watch(row)
+    rows = await _READ_ATTEMPT_WATCH.rows(conn, {"run_id": run_id})
+    return _attempt_watch(rows[0]) if rows else None
 
 
-def _attempt_watch(row: Row[Any] | Row[Any, Any, Any, Any, Any]) -> AttemptWatch:
-    """The ``AttemptWatch`` of a row of its columns (as selected, or returned by an update)."""
-    return AttemptWatch(
-        row.attempt,
-        StateType(row.state_type),
-        row.state_message,
-        row.last_transition_id,
-        row.version,
-    )
+def _attempt_watch(row: Sequence[Any]) -> AttemptWatch:
+    """The ``AttemptWatch`` of a row that starts with its columns (as selected, or returned
+    by an update), as the driver gives them."""
+    attempt, state_type, state_message, last_transition_id, version = row[:5]
+    return AttemptWatch(attempt, StateType(state_type), state_message, last_transition_id, version)
 
 
 _ATTEMPT_WATCH = select(
@@ -315,6 +312,7 @@ _ATTEMPT_WATCH = select(
     flow_runs.c.last_transition_id,
     flow_runs.c.version,
 ).where(flow_runs.c.id == bindparam("run_id"))
+_READ_ATTEMPT_WATCH = DriverStatement(_ATTEMPT_WATCH)
 
 
 async def assigned_at(conn: AsyncConnection, run_id: str, attempt: int) -> datetime | None:
@@ -627,15 +625,14 @@ async def set_columns(conn: AsyncConnection, run: Run, **columns: Any) -> Run | 
 
 
 async def _guarded_update(conn: AsyncConnection, run: Run, changes: dict[str, Any]) -> Run | None:
-    values = {key: _plain(value) for key, value in changes.items()}
-    # The columns set are the parameters' names (SQLAlchemy sets those that name columns).
+    values = {f"b_{key}": _plain(value) for key, value in changes.items()}
     values.update(w_id=run.id, w_version=run.version)
-    row = (await conn.execute(_GUARDED_UPDATE, values)).first()
-    if row is None:
+    rows = await _guarded_update_of(tuple(changes)).rows(conn, values)
+    if not rows:
         return None
     # The flag as the update found it: set by a log batch since ``run`` was read, it does not
     # change the version, and must not be missed by the end of the attempt.
-    updated = dataclasses.replace(run, has_task_runs=row.has_task_runs, **changes)
+    updated = dataclasses.replace(run, has_task_runs=bool(rows[0][0]), **changes)
     written = conn.info.get(WRITTEN_RUNS)
     if written is not None:
         written[run.id] = updated
@@ -657,11 +654,18 @@ def as_written(conn: AsyncConnection, run: Run) -> Run:
 
 #: RETURNING says whether the UPDATE won the compare-and-set on every driver, where rowcount
 #: is not reliable on all of them.
-_GUARDED_UPDATE = (
-    update(flow_runs)
-    .where(flow_runs.c.id == bindparam("w_id"), flow_runs.c.version == bindparam("w_version"))
-    .returning(flow_runs.c.has_task_runs)
-)
+@functools.cache
+def _guarded_update_of(columns: tuple[str, ...]) -> DriverStatement:
+    """The compare-and-set that sets ``columns`` (parameters ``b_<column>``): built once for
+    each set of columns a change sets, a few dozen at most."""
+    return DriverStatement(
+        update(flow_runs)
+        .where(flow_runs.c.id == bindparam("w_id"), flow_runs.c.version == bindparam("w_version"))
+        .values({name: bindparam(f"b_{name}", type_=flow_runs.c[name].type) for name in columns})
+        .returning(flow_runs.c.has_task_runs)
+    )
+
+
 _INSERT_HISTORY = insert(run_states)
 
 
@@ -744,10 +748,10 @@ async def open_attempt(
     """
     sqlite = conn.dialect.name == "sqlite"
     params = {"w_id": run_id, "w_attempt": attempt, "b_at": now}
-    row = (await conn.execute(_OPEN_ATTEMPT if sqlite else _MARK_ATTEMPT, params)).first()
-    if row is None:
+    rows = await (_OPEN_ATTEMPT if sqlite else _MARK_ATTEMPT).rows(conn, params)
+    if not rows:
         return await attempt_watch(conn, run_id), None
-    return _attempt_watch(row), int(row.stored_seq or 0) if sqlite else None
+    return _attempt_watch(rows[0]), int(rows[0][5] or 0) if sqlite else None
 
 
 async def touch_heartbeats(conn: AsyncConnection, beats: dict[tuple[str, int], datetime]) -> None:
@@ -769,13 +773,14 @@ _TOUCH_HEARTBEAT = (
     .where(flow_runs.c.id == bindparam("w_id"), flow_runs.c.attempt == bindparam("w_attempt"))
     .values(last_heartbeat_at=bindparam("b_at", type_=flow_runs.c.last_heartbeat_at.type))
 )
-_MARK_ATTEMPT = _TOUCH_HEARTBEAT.returning(*_ATTEMPT_WATCH.selected_columns)
-_OPEN_ATTEMPT = _TOUCH_HEARTBEAT.returning(
-    *_ATTEMPT_WATCH.selected_columns,
-    select(func.max(log_batches.c.last_seq))
-    .where(log_batches.c.run_id == flow_runs.c.id, log_batches.c.attempt == flow_runs.c.attempt)
-    .scalar_subquery()
-    .label("stored_seq"),
+_MARK_ATTEMPT = DriverStatement(_TOUCH_HEARTBEAT.returning(*_ATTEMPT_WATCH.selected_columns))
+_OPEN_ATTEMPT = DriverStatement(
+    _TOUCH_HEARTBEAT.returning(
+        *_ATTEMPT_WATCH.selected_columns,
+        select(func.max(log_batches.c.last_seq))
+        .where(log_batches.c.run_id == flow_runs.c.id, log_batches.c.attempt == flow_runs.c.attempt)
+        .scalar_subquery(),
+    )
 )
 
 

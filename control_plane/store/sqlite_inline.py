@@ -38,6 +38,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -201,6 +202,18 @@ class Connection:
             self._worker, functools.partial(call, *args)
         )
 
+    async def fetch(self, sql: str, parameters: Sequence[Any]) -> list[Any]:
+        """Execute ``sql`` and fetch every row it returns, in one call: the rows as ``sqlite3``
+        gives them. Errors are SQLAlchemy's, as a statement through it raises them (``sqlite3``'s
+        "database is locked" is an ``OperationalError``, which callers answer as busy)."""
+        try:
+            return await self.run(self._fetch, sql, parameters)
+        except sqlite3.Error as error:
+            raise sa_exc.DBAPIError.instance(sql, parameters, error, sqlite3.Error) from error
+
+    def _fetch(self, sql: str, parameters: Sequence[Any]) -> list[Any]:
+        return self._open.execute(sql, parameters).fetchall()
+
     def begin(self) -> None:
         """Begin a transaction, on the calling thread (SQLite's deferred BEGIN takes no lock)."""
         self._open.execute("BEGIN")
@@ -286,10 +299,11 @@ class Cursor:
             yield row
 
 
-async def offloaded(connection: AsyncConnection) -> Connection | None:
-    """The driver connection behind ``connection`` if it is one of this module's."""
-    raw = await connection.get_raw_connection()
-    driver = raw.driver_connection
+def driver_of(connection: AsyncConnection) -> Connection | None:
+    """The driver connection behind ``connection`` if it is one of this module's (the
+    connection has begun: it holds a driver connection)."""
+    sync = connection.sync_connection
+    driver = None if sync is None else sync.connection.driver_connection
     return driver if isinstance(driver, Connection) else None
 
 

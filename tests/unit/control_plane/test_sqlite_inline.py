@@ -4,16 +4,21 @@ thread for a large transaction, behind SQLAlchemy's asyncio API."""
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import threading
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Column, MetaData, String, Table, insert, select, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
 
+from control_plane.api.errors import busy_database
 from control_plane.models import Run
 from control_plane.store import runs, sqlite_inline
-from control_plane.store.db import Database
+from control_plane.store.db import SQLITE_BUSY_TIMEOUT_MS, Database
+from control_plane.store.dialects import DriverStatement
+from control_plane.store.tables import UTCDateTime
 from tests.waiting import eventually
 
 
@@ -34,7 +39,7 @@ async def test_statements_run_on_the_loop_thread_unless_the_transaction_is_large
         return 1
 
     async with db.write() as conn:
-        driver = await sqlite_inline.offloaded(conn)
+        driver = sqlite_inline.driver_of(conn)
         assert driver is not None
         await driver.create_function("where_am_i", 0, where)
         await conn.execute(text("SELECT where_am_i()"))
@@ -59,6 +64,39 @@ async def test_a_failed_statement_raises_the_dbapi_error_and_rolls_back(
             await conn.execute(text("INSERT INTO t VALUES ('a')"))
     async with db.read() as conn:
         assert (await conn.execute(text("SELECT k FROM t"))).scalars().all() == ["a"]
+
+
+async def test_a_driver_statement_converts_its_parameters_and_raises_sqlalchemys_errors(
+    db: Database, tmp_path: Path
+) -> None:
+    """``DriverStatement.rows`` goes straight to sqlite3, yet stores what SQLAlchemy would and
+    fails as it would: a locked database is still answered as busy."""
+    table = Table("t", MetaData(), Column("k", String, primary_key=True), Column("at", UTCDateTime))
+    async with db.write() as conn:
+        await conn.run_sync(table.metadata.create_all)
+    insert_one = DriverStatement(insert(table).returning(table.c.k))
+    at = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=2)))
+    async with db.write() as conn:
+        assert await insert_one.rows(conn, {"k": "a", "at": at}) == [("a",)]
+    async with db.read() as conn:
+        assert (await conn.execute(select(table.c.at))).scalar_one() == at
+    with pytest.raises(sa_exc.IntegrityError, match="UNIQUE"):
+        async with db.write() as conn:
+            await insert_one.rows(conn, {"k": "a", "at": at})
+    other = sqlite3.connect(tmp_path / "inline.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        async with db.write() as conn:
+            await conn.exec_driver_sql("PRAGMA busy_timeout=0")
+            with pytest.raises(sa_exc.OperationalError) as locked:
+                await insert_one.rows(conn, {"k": "b", "at": at})
+            await conn.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        assert busy_database(locked.value) == (
+            "the database is busy (locked by another writer); retry in a moment"
+        )
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
 
 
 async def test_a_write_is_one_transaction_and_a_read_holds_no_snapshot(db: Database) -> None:
