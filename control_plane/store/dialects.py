@@ -64,6 +64,8 @@ class DriverStatement:
     def __init__(self, statement: Any) -> None:
         self._statement = statement
         self._compiled: dict[str, _Compiled] = {}
+        #: The names of the columns the statement returns, in order.
+        self.names: list[str] = list(statement.exported_columns.keys())
 
     async def execute(
         self, conn: AsyncConnection, parameters: Sequence[dict[str, Any]] | dict[str, Any]
@@ -77,6 +79,20 @@ class DriverStatement:
         return await conn.exec_driver_sql(
             compiled.sql, [compiled.positional(row) for row in parameters]
         )
+
+    async def typed_rows(self, conn: AsyncConnection, parameters: dict[str, Any]) -> list[Any]:
+        """``rows``, with each value converted by its column's type, as SQLAlchemy returns it
+        (a time read from SQLite's text, a JSON document parsed)."""
+        compiled = self._compiled_for(conn.dialect)
+        found = await self.rows(conn, parameters)
+        results = compiled.results
+        return [
+            tuple(
+                value if convert is None else convert(value)
+                for convert, value in zip(results, row, strict=True)
+            )
+            for row in found
+        ]
 
     async def rows(self, conn: AsyncConnection, parameters: dict[str, Any]) -> list[Any]:
         """Execute with ``parameters`` (converted by their columns' types) and fetch every row
@@ -105,7 +121,13 @@ class DriverStatement:
                 process = bind.type.dialect_impl(dialect).bind_processor(dialect)
                 if process is not None:
                     processors[name] = process
-            compiled = self._compiled[dialect.name] = _Compiled(str(statement), order, processors)
+            results = [
+                column.type.dialect_impl(dialect).result_processor(dialect, None)
+                for column in self._statement.exported_columns
+            ]
+            compiled = self._compiled[dialect.name] = _Compiled(
+                str(statement), order, processors, results
+            )
         return compiled
 
 
@@ -118,6 +140,8 @@ class _Compiled:
     order: tuple[str, ...] | None
     #: How the types of the parameters that have one convert a value for the driver.
     processors: dict[str, Callable[[Any], Any]]
+    #: How the type of each column returned converts the driver's value (None: as it is).
+    results: list[Callable[[Any], Any] | None]
 
     def positional(self, parameters: dict[str, Any]) -> tuple[Any, ...]:
         assert self.order is not None

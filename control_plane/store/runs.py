@@ -74,9 +74,9 @@ def _select_runs() -> Any:
     )
 
 
-def _run(row: Row[Any]) -> Run:
+def _run(row: Row[Any] | dict[str, Any]) -> Run:
     # The row's columns are exactly the Run's fields (see ``_RUN_COLUMNS``).
-    values = row._asdict()
+    values = row if isinstance(row, dict) else row._asdict()
     values["state_type"] = StateType(values["state_type"])
     values["queue_name"] = values["queue_name"] or "default"
     return Run(**values)
@@ -152,13 +152,13 @@ _CATALOG_AS_READ = (
 
 #: Built once: the hottest statements are reused rather than built (and their SQLAlchemy
 #: cache keys computed) on every call.
-_GET_RUN = _select_runs().where(flow_runs.c.id == bindparam("run_id"))
+_GET_RUN = DriverStatement(_select_runs().where(flow_runs.c.id == bindparam("run_id")))
 
 
 async def get_run(conn: AsyncConnection, run_id: str) -> Run | None:
     """The run with this id, if any."""
-    row = (await conn.execute(_GET_RUN, {"run_id": run_id})).first()
-    return _run(row) if row else None
+    rows = await _GET_RUN.typed_rows(conn, {"run_id": run_id})
+    return _run(dict(zip(_GET_RUN.names, rows[0], strict=True))) if rows else None
 
 
 async def get_run_by_key(conn: AsyncConnection, deployment_id: str, key: str) -> Run | None:

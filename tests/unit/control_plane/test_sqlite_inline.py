@@ -80,6 +80,10 @@ async def test_a_driver_statement_converts_its_parameters_and_raises_sqlalchemys
         assert await insert_one.rows(conn, {"k": "a", "at": at}) == [("a",)]
     async with db.read() as conn:
         assert (await conn.execute(select(table.c.at))).scalar_one() == at
+        # Read back on the driver: its text, or, converted by the column's type, the time.
+        read_back = DriverStatement(select(table.c.k, table.c.at))
+        assert await read_back.rows(conn, {}) == [("a", "2026-01-02 01:04:05.000006")]
+        assert await read_back.typed_rows(conn, {}) == [("a", at)]
     with pytest.raises(sa_exc.IntegrityError, match="UNIQUE"):
         async with db.write() as conn:
             await insert_one.rows(conn, {"k": "a", "at": at})
