@@ -49,6 +49,12 @@ def insert_or_update(
     raise NotImplementedError(f"unsupported database dialect {dialect!r}")
 
 
+def padded(count: int) -> int:
+    """``count`` rounded up to a power of two: a ``DriverStatement`` for a list of values of any
+    length, built once for each of a few lengths (the list padded with a repeat of its last)."""
+    return 1 << (count - 1).bit_length()
+
+
 class DriverStatement:
     """A statement compiled once per dialect and executed on the driver, for the statements of
     the hottest paths: SQLAlchemy's execution of a statement (its cache lookup, execution
@@ -111,13 +117,26 @@ class DriverStatement:
         result = await conn.exec_driver_sql(compiled.sql, args)
         return list(result.all()) if result.returns_rows else []
 
+    async def execute_many(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+        """Execute once for each of ``rows`` (parameters converted as ``rows`` converts them),
+        as one call of the driver: on SQLite straight on ``sqlite3``."""
+        compiled = self._compiled_for(conn.dialect)
+        converted = [compiled.converted(row) for row in rows]
+        driver = sqlite_inline.driver_of(conn)
+        if driver is not None:
+            await driver.execute_many(compiled.sql, [compiled.positional(v) for v in converted])
+        elif compiled.order is None:
+            await conn.exec_driver_sql(compiled.sql, converted)
+        else:
+            await conn.exec_driver_sql(compiled.sql, [compiled.positional(v) for v in converted])
+
     def _compiled_for(self, dialect: Dialect) -> _Compiled:
         compiled = self._compiled.get(dialect.name)
         if compiled is None:
             statement = self._statement.compile(dialect=dialect)
             order = tuple(statement.positiontup) if dialect.positional else None
             processors = {}
-            for name, bind in statement.binds.items():
+            for bind, name in statement.bind_names.items():
                 process = bind.type.dialect_impl(dialect).bind_processor(dialect)
                 if process is not None:
                     processors[name] = process
@@ -125,8 +144,15 @@ class DriverStatement:
                 column.type.dialect_impl(dialect).result_processor(dialect, None)
                 for column in self._statement.exported_columns
             ]
+            # The values the statement holds itself (a constant in a WHERE), for the
+            # parameters no caller gives.
+            fixed = {
+                name: bind.value
+                for bind, name in statement.bind_names.items()
+                if not bind.required and bind.value is not None
+            }
             compiled = self._compiled[dialect.name] = _Compiled(
-                str(statement), order, processors, results
+                str(statement), order, processors, results, fixed
             )
         return compiled
 
@@ -142,6 +168,8 @@ class _Compiled:
     processors: dict[str, Callable[[Any], Any]]
     #: How the type of each column returned converts the driver's value (None: as it is).
     results: list[Callable[[Any], Any] | None]
+    #: The values of the parameters the statement holds itself.
+    fixed: dict[str, Any]
 
     def positional(self, parameters: dict[str, Any]) -> tuple[Any, ...]:
         assert self.order is not None
@@ -149,7 +177,8 @@ class _Compiled:
 
     def converted(self, parameters: dict[str, Any]) -> dict[str, Any]:
         processors = self.processors
+        given = {**self.fixed, **parameters} if self.fixed else parameters
         return {
             name: value if value is None or name not in processors else processors[name](value)
-            for name, value in parameters.items()
+            for name, value in given.items()
         }

@@ -10,14 +10,16 @@ line once, in order.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import LogRecord
 from control_plane.store import line_messages, runs, task_runs
-from control_plane.store.dialects import DriverStatement
+from control_plane.store.dialects import DriverStatement, padded
 from control_plane.store.tables import log_batches
 
 #: Rows a read looks at to choose those it fetches (``read_after``)...
@@ -134,17 +136,39 @@ _MAX_SEQ = DriverStatement(
 async def _max_seqs(
     conn: AsyncConnection, attempts: Sequence[tuple[str, int]]
 ) -> dict[tuple[str, int], int]:
-    """The highest stored seq of each (run, attempt) that has lines: one statement."""
+    """The highest stored seq of each (run, attempt) that has lines: one statement, one
+    lookup in the (run, attempt, last seq) index per attempt."""
     if len(attempts) == 1:
         [(run_id, attempt)] = attempts
         return {(run_id, attempt): await max_seq(conn, run_id, attempt)}
+    count = padded(len(attempts))
+    # The last attempt fills the places past the given ones (asked twice, answered the same).
+    asked = [*attempts, *[attempts[-1]] * (count - len(attempts))]
+    parameters: dict[str, Any] = {}
+    for index, (run_id, attempt) in enumerate(asked):
+        parameters[f"r{index}"] = run_id
+        parameters[f"a{index}"] = attempt
+    [seqs] = await _max_seqs_of(count).rows(conn, parameters)
+    return {key: int(seq) for key, seq in zip(attempts, seqs, strict=False) if seq is not None}
+
+
+@functools.cache
+def _max_seqs_of(count: int) -> DriverStatement:
+    """The highest seq of ``count`` attempts (parameters ``r<i>``, ``a<i>``), one column each:
+    a lookup in the index apiece. A GROUP BY of the rows whose (run, attempt) is in a list
+    made SQLite scan the whole index instead, in every transaction that stored lines."""
     c = log_batches.c
-    query = (
-        select(c.run_id, c.attempt, func.max(c.last_seq))
-        .where(tuple_(c.run_id, c.attempt).in_(attempts))
-        .group_by(c.run_id, c.attempt)
+    return DriverStatement(
+        select(
+            *[
+                select(func.max(c.last_seq))
+                .where(c.run_id == bindparam(f"r{i}"), c.attempt == bindparam(f"a{i}"))
+                .scalar_subquery()
+                .label(f"m{i}")
+                for i in range(count)
+            ]
+        )
     )
-    return {(run_id, attempt): int(seq) for run_id, attempt, seq in await conn.execute(query)}
 
 
 async def any_after(conn: AsyncConnection, run_id: str, attempt: int, seq: int) -> bool:

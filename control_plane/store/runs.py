@@ -45,7 +45,7 @@ from control_plane.states import (
 )
 from control_plane.store import cluster, task_runs
 from control_plane.store.db import BEFORE_COMMIT, COMMITTED_RUNS, WRITTEN_RUNS, Finish
-from control_plane.store.dialects import DriverStatement, insert_ignoring_duplicates
+from control_plane.store.dialects import DriverStatement, insert_ignoring_duplicates, padded
 from control_plane.store.tables import (
     UTCDateTime,
     deployments,
@@ -243,8 +243,13 @@ async def attempt_states(
     attempt's end; and the stores of one run's lines run one after another, each after the
     last line the other stored (``logs.insert_lines``).
     """
-    rows = (await conn.execute(_ATTEMPT_STATES, {"run_ids": list(run_ids)})).all()
-    return {row.id: (row.attempt, StateType(row.state_type)) for row in rows}
+    ids = list(run_ids)
+    if not ids:
+        return {}
+    count = padded(len(ids))
+    ids += [ids[-1]] * (count - len(ids))  # asked twice, found once
+    rows = await _attempt_states_of(count).rows(conn, {f"r{i}": id for i, id in enumerate(ids)})
+    return {run_id: (attempt, StateType(state)) for run_id, attempt, state in rows}
 
 
 async def lock_runs(conn: AsyncConnection, dialect: str, run_ids: Iterable[str]) -> None:
@@ -265,13 +270,22 @@ def _locking_in_id_order(query: Select[Any]) -> Select[Any]:
     return query.order_by(flow_runs.c.id).with_for_update(key_share=True)
 
 
-# The hot paths' statements are built once: building one costs more than running it.
-_ATTEMPT_STATES = _locking_in_id_order(
-    select(flow_runs.c.id, flow_runs.c.attempt, flow_runs.c.state_type).where(
-        flow_runs.c.id.in_(bindparam("run_ids", expanding=True))
+@functools.cache
+def _attempt_states_of(count: int) -> DriverStatement:
+    """``attempt_states`` of ``count`` runs (parameters ``r<i>``), built once per count."""
+    return DriverStatement(
+        _locking_in_id_order(
+            select(flow_runs.c.id, flow_runs.c.attempt, flow_runs.c.state_type).where(
+                flow_runs.c.id.in_([bindparam(f"r{i}") for i in range(count)])
+            )
+        )
     )
+
+
+# The hot paths' statements are built once: building one costs more than running it.
+_LOCK_RUNS = _locking_in_id_order(
+    select(flow_runs.c.id).where(flow_runs.c.id.in_(bindparam("run_ids", expanding=True)))
 )
-_LOCK_RUNS = _ATTEMPT_STATES.with_only_columns(flow_runs.c.id)
 
 
 class AttemptWatch(NamedTuple):
@@ -666,7 +680,16 @@ def _guarded_update_of(columns: tuple[str, ...]) -> DriverStatement:
     )
 
 
-_INSERT_HISTORY = insert(run_states)
+_INSERT_HISTORY = DriverStatement(
+    insert(run_states)
+    .inline()
+    .values(
+        {
+            name: bindparam(name, type_=run_states.c[name].type)
+            for name in ("run_id", "attempt", "type", "name", "message", "created_at")
+        }
+    )
+)
 
 
 async def _insert_history(
@@ -682,7 +705,7 @@ async def _insert_history(
 async def _add_history(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     history = _pending_history(conn, create=True)
     if history is None:
-        await conn.execute(_INSERT_HISTORY, rows)
+        await _INSERT_HISTORY.execute_many(conn, rows)
     else:
         history.rows += rows
 
@@ -696,7 +719,7 @@ class _PendingHistory:
     async def __call__(self, conn: AsyncConnection) -> None:
         if self.rows:
             rows, self.rows = self.rows, []
-            await conn.execute(_INSERT_HISTORY, rows)
+            await _INSERT_HISTORY.execute_many(conn, rows)
 
 
 def _pending_history(conn: AsyncConnection, *, create: bool = False) -> _PendingHistory | None:
@@ -1041,14 +1064,16 @@ async def next_scheduled_time(
 async def earliest_scheduled(conn: AsyncConnection, pool_id: str) -> datetime | None:
     """When the pool's first SCHEDULED run comes due (or came: runs a pass left waiting are
     counted); None if it has none. One lookup in the index on (pool, state, due time)."""
-    value = (await conn.execute(_EARLIEST_SCHEDULED, {"pool_id": pool_id})).scalar_one_or_none()
+    [(value,)] = await _EARLIEST_SCHEDULED.typed_rows(conn, {"pool_id": pool_id})
     return _as_utc(value)
 
 
 # Built once: read at every dispatch wake-up.
-_EARLIEST_SCHEDULED = select(func.min(flow_runs.c.scheduled_at)).where(
-    flow_runs.c.pool_id == bindparam("pool_id"),
-    flow_runs.c.state_type == StateType.SCHEDULED.value,
+_EARLIEST_SCHEDULED = DriverStatement(
+    select(func.min(flow_runs.c.scheduled_at)).where(
+        flow_runs.c.pool_id == bindparam("pool_id"),
+        flow_runs.c.state_type == StateType.SCHEDULED.value,
+    )
 )
 
 # Built once: read after every dispatch pass.

@@ -206,8 +206,15 @@ class Connection:
         """Execute ``sql`` and fetch every row it returns, in one call: the rows as ``sqlite3``
         gives them. Errors are SQLAlchemy's, as a statement through it raises them (``sqlite3``'s
         "database is locked" is an ``OperationalError``, which callers answer as busy)."""
+        return await self._driver_call(self._fetch, sql, parameters)
+
+    async def execute_many(self, sql: str, parameters: Sequence[Sequence[Any]]) -> None:
+        """Execute ``sql`` once for each set of ``parameters``, as ``fetch`` does."""
+        await self._driver_call(self._open.executemany, sql, parameters)
+
+    async def _driver_call(self, call: Callable[[str, Any], T], sql: str, parameters: Any) -> T:
         try:
-            return await self.run(self._fetch, sql, parameters)
+            return await self.run(call, sql, parameters)
         except sqlite3.Error as error:
             raise sa_exc.DBAPIError.instance(sql, parameters, error, sqlite3.Error) from error
 
