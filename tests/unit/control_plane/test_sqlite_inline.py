@@ -133,6 +133,29 @@ async def test_a_write_is_one_transaction_and_a_read_holds_no_snapshot(db: Datab
         assert (await reader.execute(text("SELECT count(*) FROM t"))).scalar_one() == 1
 
 
+async def test_a_read_connection_kept_for_the_next_read_sees_what_was_committed_since(
+    db: Database,
+) -> None:
+    """Reads on SQLite keep their connection open for the next read (taking one from the pool
+    cost more than a read by key): what it reads is still what is committed now, and a read
+    that failed gives its connection back to the pool instead."""
+    async with db.write() as conn:
+        await conn.execute(text("CREATE TABLE t (k TEXT PRIMARY KEY)"))
+    async with db.read() as first:
+        assert (await first.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
+    async with db.write() as writer:
+        await writer.execute(text("INSERT INTO t VALUES ('a')"))
+    async with db.read() as second:
+        assert second is first
+        assert (await second.execute(text("SELECT count(*) FROM t"))).scalar_one() == 1
+    with pytest.raises(sa_exc.OperationalError, match="no such table"):
+        async with db.read() as failed:
+            await failed.execute(text("SELECT * FROM missing"))
+    async with db.read() as third:
+        assert third is not failed
+        assert (await third.execute(text("SELECT k FROM t"))).scalar_one() == "a"
+
+
 async def test_rows_are_fetched_one_many_and_all(db: Database) -> None:
     async with db.write(large=True) as conn:
         await conn.execute(text("CREATE TABLE n (v INTEGER)"))
