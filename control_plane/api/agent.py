@@ -257,7 +257,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 if kind in RUN_REPORTS:
                     await reports.add(getattr(request, kind).run_id, self._apply(session, request))
                 else:
-                    await self._db.shielded(self._apply(session, request))
+                    # Applied in memory at once: no task of its own to shield.
+                    self._apply_to_session(session, request)
             await reports.drain()
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             raise
@@ -273,7 +274,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             session.close()
         return None
 
-    async def _apply(self, session: AgentSession, request: pb.ConnectRequest) -> None:
+    def _apply_to_session(self, session: AgentSession, request: pb.ConnectRequest) -> None:
+        """A message that is not a report about a run: credit, heartbeat, a second Hello."""
         kind = request.WhichOneof("message")
         if kind == "credit":
             if request.credit.credits < 1 or request.credit.credits > MAX_CAPACITY:
@@ -281,7 +283,13 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 return
             session.credits = min(MAX_CAPACITY, session.credits + request.credit.credits)
             self._notifier.wake_dispatcher()
-        elif kind == "accepted":
+        elif kind == "hello":
+            log.warning("agent %s sent a second Hello; ignored", session.agent_name)
+
+    async def _apply(self, session: AgentSession, request: pb.ConnectRequest) -> None:
+        """A report about a run (one of ``RUN_REPORTS``)."""
+        kind = request.WhichOneof("message")
+        if kind == "accepted":
             accepted = request.accepted
             at = (
                 convert.from_timestamp(accepted.receive_time, "accepted.receive_time")
@@ -325,8 +333,6 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             await self._reports.cancelled(
                 session, request.cancelled.run_id, request.cancelled.attempt
             )
-        elif kind == "hello":
-            log.warning("agent %s sent a second Hello; ignored", session.agent_name)
 
 
 #: The reports about one run, which ``_RunReports`` applies in order within each run.

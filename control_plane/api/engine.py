@@ -184,9 +184,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
             raise InvalidArgument("the first message of Report must be Open") from None
         if first.WhichOneof("message") != "open":
             raise InvalidArgument("the first message of Report must be Open")
-        run = await self._db.shielded(
-            self._authorize(first.open.run_id, first.open.attempt, "open.")
-        )
+        run = await self._authorize(first.open.run_id, first.open.attempt, "open.")
         # Tapped before the open reads what the watch starts from: no change after it is
         # missed.
         with self._signals.tapping(run_key(run.id)) as tap:
