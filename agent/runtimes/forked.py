@@ -74,7 +74,8 @@ class _Server:
     process: asyncio.subprocess.Process
     children: dict[int, ForkedProcess] = field(default_factory=dict)
     answer: asyncio.Future[dict[str, Any]] | None = None
-    #: Stopped by the runtime for a failure already counted: its exit is not another one.
+    #: Failed, and its failure counted (once, whether the runtime or its exit noticed it
+    #: first): no run goes to it any more.
     stopped: bool = False
 
     @property
@@ -112,33 +113,46 @@ class ForkServer:
     async def fork(
         self, run_id: str, cwd: Path, env: Mapping[str, str], log: Path
     ) -> ForkedProcess | None:
-        """The engine process started for ``run_id``, or None: start the run cold."""
+        """The engine process started for ``run_id``, or None: start the run cold.
+
+        A server found dead by the request (it died before the agent noticed its end) is
+        started again once for it: the run is forked by the new one, not started cold.
+        """
         async with self._lock:
-            if not self.available:
-                return None
-            gone = self._server is None or not self._server.running
-            if gone and not await self._start():
-                return None
-            server = self._server
-            assert server is not None and server.process.stdin is not None
-            request = {"run_id": run_id, "cwd": str(cwd), "env": dict(env), "log": str(log)}
-            server.answer = asyncio.get_running_loop().create_future()
-            try:
-                server.process.stdin.write((json.dumps(request) + "\n").encode())
-                await server.process.stdin.drain()
-                async with asyncio.timeout(FORK_TIMEOUT_SECONDS):
-                    answer = await server.answer
-            except (OSError, ConnectionError, TimeoutError, EOFError) as error:
-                self._failed(server, f"the fork server did not answer: {error!r}")
-                return None
-            finally:
-                server.answer = None
-            if "started" not in answer:
-                self._failed(server, f"the fork server refused run {run_id}: {answer.get('error')}")
-                return None
-            self._failures = 0
-            child: ForkedProcess = answer["process"]
-            return child
+            for last_try in (False, True):
+                if not self.available:
+                    return None
+                server = self._server
+                gone = server is None or server.stopped or not server.running
+                if gone and not await self._start():
+                    return None
+                server = self._server
+                assert server is not None and server.process.stdin is not None
+                request = {"run_id": run_id, "cwd": str(cwd), "env": dict(env), "log": str(log)}
+                server.answer = asyncio.get_running_loop().create_future()
+                try:
+                    server.process.stdin.write((json.dumps(request) + "\n").encode())
+                    await server.process.stdin.drain()
+                    async with asyncio.timeout(FORK_TIMEOUT_SECONDS):
+                        answer = await server.answer
+                except TimeoutError as error:
+                    self._failed(server, f"the fork server did not answer: {error!r}")
+                    return None
+                except (OSError, ConnectionError, EOFError) as error:
+                    self._failed(server, f"the fork server is gone: {error!r}")
+                    if last_try:
+                        return None
+                    continue
+                finally:
+                    server.answer = None
+                if "started" not in answer:
+                    reason = f"the fork server refused run {run_id}: {answer.get('error')}"
+                    self._failed(server, reason)
+                    return None
+                self._failures = 0
+                child: ForkedProcess = answer["process"]
+                return child
+            return None
 
     async def close(self) -> None:
         """Stop the fork server (engines it forked keep running, like cold ones)."""
@@ -208,9 +222,11 @@ class ForkServer:
             self._failed(server, f"the fork server exited ({server.process.returncode}: {tail})")
 
     def _failed(self, server: _Server, reason: str) -> None:
+        if server.stopped:
+            return  # this server's failure is counted already
+        server.stopped = True
         self._failures += 1
         if server.running:
-            server.stopped = True
             with contextlib.suppress(ProcessLookupError):
                 server.process.kill()
         if self._failures >= MAX_FAILURES:
