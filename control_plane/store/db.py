@@ -58,19 +58,17 @@ class Database:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.dialect = engine.dialect.name
         #: The same pool, for ``read()``: its connections begin no transaction (on
         #: PostgreSQL, autocommit: no BEGIN and no ROLLBACK around the reads, each a round
         #: trip, for what READ COMMITTED gives each statement anyway).
         reader: dict[str, Any] = {READ_ONLY: True}
-        if engine.dialect.name == "postgresql":
+        if self.dialect == "postgresql":
             reader["isolation_level"] = "AUTOCOMMIT"
         self._reader = engine.execution_options(**reader)
         #: On SQLite, read connections kept open between reads (``read``): taking one from
         #: the pool and giving it back cost more than a read of a run by its key.
-        self._idle_readers: list[AsyncConnection] | None = (
-            [] if engine.dialect.name == "sqlite" else None
-        )
-        self.dialect = engine.dialect.name
+        self._idle_readers: list[AsyncConnection] | None = [] if self.dialect == "sqlite" else None
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
         self._in_flight: set[asyncio.Future[Any]] = set()
         #: Items waiting in, or being stored by, a ``GroupCommit`` of this database.

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Dialect, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.store import sqlite_inline
+
+T = TypeVar("T")
 
 
 def insert_ignoring_duplicates(table: Table, dialect: str) -> Any:
@@ -49,10 +51,11 @@ def insert_or_update(
     raise NotImplementedError(f"unsupported database dialect {dialect!r}")
 
 
-def padded(count: int) -> int:
-    """``count`` rounded up to a power of two: a ``DriverStatement`` for a list of values of any
-    length, built once for each of a few lengths (the list padded with a repeat of its last)."""
-    return 1 << (count - 1).bit_length()
+def padded(values: Sequence[T]) -> list[T]:
+    """``values`` (not empty), its last repeated up to a power-of-two length: a
+    ``DriverStatement`` for a list of any length is built once for each of a few lengths."""
+    count = 1 << (len(values) - 1).bit_length()
+    return [*values, *[values[-1]] * (count - len(values))]
 
 
 class DriverStatement:
@@ -61,10 +64,9 @@ class DriverStatement:
     context, parameter and result processing) costs more than the database spends on a
     small one.
 
-    ``execute`` takes parameters as the driver takes them (no type of SQLAlchemy's is applied
-    to them). ``rows`` takes them as SQLAlchemy would, and applies their columns' types to
-    them once (a time becomes SQLite's text, say); what a statement returns is always as the
-    driver gives it.
+    Parameters are given as SQLAlchemy takes them, and their columns' types are applied to
+    them (a time becomes SQLite's text, say); what a statement returns is as the driver
+    gives it (``rows``), or converted by its columns' types (``typed_rows``).
     """
 
     def __init__(self, statement: Any) -> None:
@@ -72,19 +74,6 @@ class DriverStatement:
         self._compiled: dict[str, _Compiled] = {}
         #: The names of the columns the statement returns, in order.
         self.names: list[str] = list(statement.exported_columns.keys())
-
-    async def execute(
-        self, conn: AsyncConnection, parameters: Sequence[dict[str, Any]] | dict[str, Any]
-    ) -> Any:
-        """Execute with one set of ``parameters``, or each of a list of them."""
-        compiled = self._compiled_for(conn.dialect)
-        if compiled.order is None:
-            return await conn.exec_driver_sql(compiled.sql, parameters)
-        if isinstance(parameters, dict):
-            return await conn.exec_driver_sql(compiled.sql, compiled.positional(parameters))
-        return await conn.exec_driver_sql(
-            compiled.sql, [compiled.positional(row) for row in parameters]
-        )
 
     async def typed_rows(self, conn: AsyncConnection, parameters: dict[str, Any]) -> list[Any]:
         """``rows``, with each value converted by its column's type, as SQLAlchemy returns it

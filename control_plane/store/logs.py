@@ -110,7 +110,7 @@ async def _store(
             )
             start = end
     if rows:
-        await _INSERT.execute(conn, rows)
+        await _INSERT.execute_many(conn, rows)
     events = [
         line for lines in attempts.values() for line in lines if line.task_run_event is not None
     ]
@@ -120,8 +120,8 @@ async def _store(
 
 async def max_seq(conn: AsyncConnection, run_id: str, attempt: int) -> int:
     """Highest stored seq of an attempt, 0 if it has no lines."""
-    result = await _MAX_SEQ.execute(conn, {"run_id": run_id, "attempt": attempt})
-    return int(result.scalar() or 0)
+    [(seq,)] = await _MAX_SEQ.rows(conn, {"run_id": run_id, "attempt": attempt})
+    return int(seq or 0)
 
 
 #: It is read as every engine stream opens and every batch is stored.
@@ -141,14 +141,12 @@ async def _max_seqs(
     if len(attempts) == 1:
         [(run_id, attempt)] = attempts
         return {(run_id, attempt): await max_seq(conn, run_id, attempt)}
-    count = padded(len(attempts))
-    # The last attempt fills the places past the given ones (asked twice, answered the same).
-    asked = [*attempts, *[attempts[-1]] * (count - len(attempts))]
+    asked = padded(attempts)  # an attempt asked twice is answered the same
     parameters: dict[str, Any] = {}
     for index, (run_id, attempt) in enumerate(asked):
         parameters[f"r{index}"] = run_id
         parameters[f"a{index}"] = attempt
-    [seqs] = await _max_seqs_of(count).rows(conn, parameters)
+    [seqs] = await _max_seqs_of(len(asked)).rows(conn, parameters)
     return {key: int(seq) for key, seq in zip(attempts, seqs, strict=False) if seq is not None}
 
 

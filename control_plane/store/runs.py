@@ -246,9 +246,8 @@ async def attempt_states(
     ids = list(run_ids)
     if not ids:
         return {}
-    count = padded(len(ids))
-    ids += [ids[-1]] * (count - len(ids))  # asked twice, found once
-    rows = await _attempt_states_of(count).rows(conn, {f"r{i}": id for i, id in enumerate(ids)})
+    ids = padded(ids)  # a run asked twice is found once
+    rows = await _attempt_states_of(len(ids)).rows(conn, {f"r{i}": id for i, id in enumerate(ids)})
     return {run_id: (attempt, StateType(state)) for run_id, attempt, state in rows}
 
 
