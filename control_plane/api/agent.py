@@ -262,14 +262,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             await reports.drain()
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             raise
-        except FlowyardError as exc:
-            log.warning("agent %s sent an invalid report: %s", session.agent_name, exc)
-            return exc
-        except Exception:
-            # The agent reconnects and re-sends its reports; end this session cleanly.
-            log.exception(
-                "agent %s: applying a report failed; ending the session", session.agent_name
-            )
+        except Exception as exc:
+            return _report_failed(session, exc)
         finally:
             session.close()
         return None
@@ -383,17 +377,23 @@ class _RunReports:
         error = None if task.cancelled() else task.exception()
         if error is None:
             return
-        if isinstance(error, FlowyardError):
-            log.warning("agent %s sent an invalid report: %s", self._session.agent_name, error)
-            self.failure = self.failure or error
-        else:
-            # The agent reconnects and re-sends its reports; end this session cleanly.
-            log.error(
-                "agent %s: applying a report failed; ending the session",
-                self._session.agent_name,
-                exc_info=error,
-            )
+        self.failure = self.failure or _report_failed(self._session, error)
         self._session.close()
+
+
+def _report_failed(session: AgentSession, error: BaseException) -> FlowyardError | None:
+    """Say why what the agent sent could not be applied; the error its stream ends with when
+    the agent sent something invalid (None: our failure, the stream just ends)."""
+    if isinstance(error, FlowyardError):
+        log.warning("agent %s sent an invalid report: %s", session.agent_name, error)
+        return error
+    # The agent reconnects and re-sends its reports; end this session cleanly.
+    log.error(
+        "agent %s: applying a report failed; ending the session",
+        session.agent_name,
+        exc_info=error,
+    )
+    return None
 
 
 async def _after(previous: asyncio.Future[None] | None, report: Coroutine[Any, Any, None]) -> None:
