@@ -8,7 +8,6 @@ probe and is restarted, without the probe needing network access or credentials.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -27,9 +26,10 @@ class HealthFile:
     def touch(self) -> None:
         """Set the file's modification time to now, creating it if needed."""
         try:
-            # A metadata update on a local file: cheap enough to do on the event loop.
+            # A metadata update on a local file: cheap enough to do on the event loop. One
+            # step (it sets the time of a file that exists, or creates it): a reader never
+            # sees the file between its creation and a later setting of its time.
             self.path.touch()
-            os.utime(self.path)
         except OSError as error:
             if not self._warned:
                 logger.warning("cannot touch the health file %s: %s", self.path, error)
