@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -161,6 +161,21 @@ class Run:
     def is_terminal(self) -> bool:
         """Whether the run can never change again."""
         return self.state_type.is_terminal
+
+
+_RUN_FIELDS = frozenset(field.name for field in fields(Run))
+
+
+def replaced(run: Run, changes: dict[str, Any]) -> Run:
+    """``dataclasses.replace(run, **changes)``, for the runs of the hot paths: a copy of the
+    run's fields with ``changes`` over them, at a fraction of its cost (it calls no
+    ``__init__``: a run checks nothing on creation)."""
+    if not changes.keys() <= _RUN_FIELDS:
+        raise TypeError(f"not fields of a run: {sorted(changes.keys() - _RUN_FIELDS)}")
+    copy = object.__new__(Run)
+    copy.__dict__.update(run.__dict__)
+    copy.__dict__.update(changes)
+    return copy
 
 
 @dataclass(frozen=True)

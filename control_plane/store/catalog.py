@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import Deployment, Pool, PoolType
 from control_plane.store import queues as queues_repo
+from control_plane.store.dialects import DriverStatement
 from control_plane.store.tables import deployments, pools, work_queues
 
 
@@ -46,13 +47,13 @@ async def get_pool(
 ) -> Pool | None:
     """The pool with this name or id, if any."""
     query, key = (_POOL_BY_NAME, name) if name is not None else (_POOL_BY_ID, id)
-    row = (await conn.execute(query, {"key": key})).first()
-    return _pool(row) if row else None
+    rows = await query.records(conn, {"key": key})
+    return _pool(rows[0]) if rows else None
 
 
 # Built once: every dispatch pass reads its pool.
-_POOL_BY_NAME = select(pools).where(pools.c.name == bindparam("key"))
-_POOL_BY_ID = select(pools).where(pools.c.id == bindparam("key"))
+_POOL_BY_NAME = DriverStatement(select(pools).where(pools.c.name == bindparam("key")))
+_POOL_BY_ID = DriverStatement(select(pools).where(pools.c.id == bindparam("key")))
 
 
 async def list_pools(conn: AsyncConnection) -> list[Pool]:
@@ -77,8 +78,12 @@ def _select_deployments() -> Any:
 
 
 # Built once: a dispatch pass reads the deployment of the runs it claims, an engine its own.
-_DEPLOYMENT_BY_NAME = _select_deployments().where(deployments.c.name == bindparam("key"))
-_DEPLOYMENT_BY_ID = _select_deployments().where(deployments.c.id == bindparam("key"))
+_DEPLOYMENT_BY_NAME = DriverStatement(
+    _select_deployments().where(deployments.c.name == bindparam("key"))
+)
+_DEPLOYMENT_BY_ID = DriverStatement(
+    _select_deployments().where(deployments.c.id == bindparam("key"))
+)
 
 
 def _deployment(row: Row[Any]) -> Deployment:
@@ -107,8 +112,8 @@ async def get_deployment(
 ) -> Deployment | None:
     """The deployment with this name or id, if any."""
     query, key = (_DEPLOYMENT_BY_NAME, name) if name is not None else (_DEPLOYMENT_BY_ID, id)
-    row = (await conn.execute(query, {"key": key})).first()
-    return _deployment(row) if row else None
+    rows = await query.records(conn, {"key": key})
+    return _deployment(rows[0]) if rows else None
 
 
 async def list_deployments(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -74,6 +75,15 @@ class DriverStatement:
         self._compiled: dict[str, _Compiled] = {}
         #: The names of the columns the statement returns, in order.
         self.names: list[str] = list(statement.exported_columns.keys())
+        self._record: Any = None
+
+    async def records(self, conn: AsyncConnection, parameters: dict[str, Any]) -> list[Any]:
+        """``typed_rows``, each a named tuple: its values read by column name, as from a row
+        SQLAlchemy returns (``row.id``, ``row._asdict()``)."""
+        if self._record is None:
+            self._record = namedtuple("Record", self.names, rename=True)  # type: ignore[misc]
+        make = self._record._make
+        return [make(row) for row in await self.typed_rows(conn, parameters)]
 
     async def typed_rows(self, conn: AsyncConnection, parameters: dict[str, Any]) -> list[Any]:
         """``rows``, with each value converted by its column's type, as SQLAlchemy returns it
@@ -106,18 +116,24 @@ class DriverStatement:
         result = await conn.exec_driver_sql(compiled.sql, args)
         return list(result.all()) if result.returns_rows else []
 
-    async def execute_many(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    async def execute_many(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> int:
         """Execute once for each of ``rows`` (parameters converted as ``rows`` converts them),
-        as one call of the driver: on SQLite straight on ``sqlite3``."""
+        as one call of the driver: on SQLite straight on ``sqlite3``. The number of rows it
+        changed, or -1 where the driver does not count them."""
         compiled = self._compiled_for(conn.dialect)
         converted = [compiled.converted(row) for row in rows]
         driver = sqlite_inline.driver_of(conn)
         if driver is not None:
-            await driver.execute_many(compiled.sql, [compiled.positional(v) for v in converted])
-        elif compiled.order is None:
-            await conn.exec_driver_sql(compiled.sql, converted)
+            return await driver.execute_many(
+                compiled.sql, [compiled.positional(v) for v in converted]
+            )
+        if compiled.order is None:
+            result = await conn.exec_driver_sql(compiled.sql, converted)
         else:
-            await conn.exec_driver_sql(compiled.sql, [compiled.positional(v) for v in converted])
+            result = await conn.exec_driver_sql(
+                compiled.sql, [compiled.positional(v) for v in converted]
+            )
+        return result.rowcount
 
     def _compiled_for(self, dialect: Dialect) -> _Compiled:
         compiled = self._compiled.get(dialect.name)

@@ -12,6 +12,7 @@ from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.models import Collision, Pool, Schedule, Scheduling, WorkQueue
+from control_plane.store.dialects import DriverStatement
 from control_plane.store.tables import deployments, pools, work_queues
 
 
@@ -68,15 +69,13 @@ async def get_queue(conn: AsyncConnection, pool_id: str, name: str) -> WorkQueue
 async def list_queues(conn: AsyncConnection, pool_id: str | None = None) -> list[WorkQueue]:
     """Queues (of one pool, or all), in dispatch order: priority, then name."""
     if pool_id is None:
-        rows = await conn.execute(_QUEUES)
-    else:
-        rows = await conn.execute(_QUEUES_OF_POOL, {"pool_id": pool_id})
-    return [_queue(row) for row in rows]
+        return [_queue(row) for row in await conn.execute(_QUEUES)]
+    return [_queue(row) for row in await _QUEUES_OF_POOL.records(conn, {"pool_id": pool_id})]
 
 
 # Built once: every dispatch pass reads its pool's queues and limits.
 _QUEUES = select(work_queues).order_by(work_queues.c.priority, work_queues.c.name)
-_QUEUES_OF_POOL = _QUEUES.where(work_queues.c.pool_id == bindparam("pool_id"))
+_QUEUES_OF_POOL = DriverStatement(_QUEUES.where(work_queues.c.pool_id == bindparam("pool_id")))
 
 
 async def update_pool_switches(conn: AsyncConnection, pool: Pool) -> None:
@@ -97,17 +96,21 @@ async def limited_deployments(
 ) -> list[tuple[str, str, int, Collision]]:
     """(id, name, limit, collision strategy) of a pool's deployments that have a limit."""
     return [
-        (row.id, row.name, row.concurrency_limit, Collision(row.collision_strategy))
-        for row in await conn.execute(_LIMITED_DEPLOYMENTS, {"pool_id": pool_id})
+        (id, name, limit, Collision(collision))
+        for id, name, limit, collision in await _LIMITED_DEPLOYMENTS.rows(
+            conn, {"pool_id": pool_id}
+        )
     ]
 
 
-_LIMITED_DEPLOYMENTS = select(
-    deployments.c.id,
-    deployments.c.name,
-    deployments.c.concurrency_limit,
-    deployments.c.collision_strategy,
-).where(deployments.c.pool_id == bindparam("pool_id"), deployments.c.concurrency_limit > 0)
+_LIMITED_DEPLOYMENTS = DriverStatement(
+    select(
+        deployments.c.id,
+        deployments.c.name,
+        deployments.c.concurrency_limit,
+        deployments.c.collision_strategy,
+    ).where(deployments.c.pool_id == bindparam("pool_id"), deployments.c.concurrency_limit > 0)
+)
 
 
 def scheduling_values(scheduling: Scheduling, queue_id: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Row,
     Select,
     and_,
@@ -33,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane import metrics
-from control_plane.models import Run, StateRecord, TaskRunState
+from control_plane.models import Run, StateRecord, TaskRunState, replaced
 from control_plane.states import (
     ACTIVE,
     ASSIGNED,
@@ -493,14 +494,6 @@ async def apply_locked(conn: AsyncConnection, changes: list[Change], now: dateti
     keys = list(rows[0])
     if any(list(row) != keys for row in rows):
         raise ValueError("apply_locked: every change must set the same columns")
-    statement = (
-        update(flow_runs)
-        .where(
-            flow_runs.c.id == bindparam("w_id"),
-            flow_runs.c.version == bindparam("w_version"),
-        )
-        .values({key: bindparam(f"b_{key}", type_=flow_runs.c[key].type) for key in keys})
-    )
     params = [
         {
             "w_id": change.run.id,
@@ -509,13 +502,11 @@ async def apply_locked(conn: AsyncConnection, changes: list[Change], now: dateti
         }
         for change, row in zip(changes, rows, strict=True)
     ]
-    result = await conn.execute(statement, params)
+    count = await _locked_update_of(tuple(keys)).execute_many(conn, params)
     # Locked rows cannot have moved on; a driver that counts rows confirms it.
-    if result.rowcount not in (-1, len(changes)):
-        raise RuntimeError(f"apply_locked: {result.rowcount} of {len(changes)} runs changed")
-    updated = [
-        dataclasses.replace(change.run, **row) for change, row in zip(changes, rows, strict=True)
-    ]
+    if count not in (-1, len(changes)):
+        raise RuntimeError(f"apply_locked: {count} of {len(changes)} runs changed")
+    updated = [replaced(change.run, row) for change, row in zip(changes, rows, strict=True)]
     await _add_history(
         conn,
         [
@@ -645,7 +636,7 @@ async def _guarded_update(conn: AsyncConnection, run: Run, changes: dict[str, An
         return None
     # The flag as the update found it: set by a log batch since ``run`` was read, it does not
     # change the version, and must not be missed by the end of the attempt.
-    updated = dataclasses.replace(run, has_task_runs=bool(rows[0][0]), **changes)
+    updated = replaced(run, {**changes, "has_task_runs": bool(rows[0][0])})
     written = conn.info.get(WRITTEN_RUNS)
     if written is not None:
         written[run.id] = updated
@@ -671,11 +662,20 @@ def as_written(conn: AsyncConnection, run: Run) -> Run:
 def _guarded_update_of(columns: tuple[str, ...]) -> DriverStatement:
     """The compare-and-set that sets ``columns`` (parameters ``b_<column>``): built once for
     each set of columns a change sets, a few dozen at most."""
-    return DriverStatement(
+    return DriverStatement(_update_of(columns).returning(flow_runs.c.has_task_runs))
+
+
+@functools.cache
+def _locked_update_of(columns: tuple[str, ...]) -> DriverStatement:
+    """``_guarded_update_of`` for runs the transaction holds, executed for many at once."""
+    return DriverStatement(_update_of(columns))
+
+
+def _update_of(columns: tuple[str, ...]) -> Any:
+    return (
         update(flow_runs)
         .where(flow_runs.c.id == bindparam("w_id"), flow_runs.c.version == bindparam("w_version"))
         .values({name: bindparam(f"b_{name}", type_=flow_runs.c[name].type) for name in columns})
-        .returning(flow_runs.c.has_task_runs)
     )
 
 
@@ -918,21 +918,39 @@ async def due_runs(
     for queue_ids in queues_by_priority:
         if len(found) >= limit:
             break
-        query = (
-            _select_runs()
-            .where(
-                flow_runs.c.pool_id == pool_id,
-                flow_runs.c.state_type == StateType.SCHEDULED.value,
-                flow_runs.c.scheduled_at <= now,
-                flow_runs.c.queue_id.in_(list(queue_ids)),
-            )
-            .order_by(flow_runs.c.scheduled_at, flow_runs.c.id)
-            .limit(limit - len(found))
-        )
-        if blocked:
-            query = query.where(flow_runs.c.deployment_id.not_in(blocked))
-        found += [_run(row) for row in await conn.execute(_locked(query, lock=True))]
+        queue_ids = padded(queue_ids)
+        statement = _due_runs_of(len(queue_ids), len(padded(blocked)) if blocked else 0)
+        parameters: dict[str, Any] = {"pool_id": pool_id, "now": now, "limit": limit - len(found)}
+        parameters.update((f"q{i}", id) for i, id in enumerate(queue_ids))
+        parameters.update((f"b{i}", id) for i, id in enumerate(padded(blocked) if blocked else ()))
+        names = statement.names
+        found += [
+            _run(dict(zip(names, row, strict=True)))
+            for row in await statement.typed_rows(conn, parameters)
+        ]
     return found
+
+
+@functools.cache
+def _due_runs_of(queues: int, blocked: int) -> DriverStatement:
+    """``due_runs`` of one priority: ``queues`` queues (parameters ``q<i>``), none of
+    ``blocked`` deployments (``b<i>``); built once per count of each (lists padded)."""
+    query = (
+        _select_runs()
+        .where(
+            flow_runs.c.pool_id == bindparam("pool_id"),
+            flow_runs.c.state_type == StateType.SCHEDULED.value,
+            flow_runs.c.scheduled_at <= bindparam("now", type_=flow_runs.c.scheduled_at.type),
+            flow_runs.c.queue_id.in_([bindparam(f"q{i}") for i in range(queues)]),
+        )
+        .order_by(flow_runs.c.scheduled_at, flow_runs.c.id)
+        .limit(bindparam("limit", type_=Integer))
+    )
+    if blocked:
+        query = query.where(
+            flow_runs.c.deployment_id.not_in([bindparam(f"b{i}") for i in range(blocked)])
+        )
+    return DriverStatement(_locked(query, lock=True))
 
 
 async def due_runs_of_deployment(
@@ -1054,9 +1072,9 @@ async def next_scheduled_time(
     ids = list(pool_ids)
     if not ids:
         return None
-    value = (
-        await conn.execute(_NEXT_SCHEDULED, {"pool_ids": ids, "after": after})
-    ).scalar_one_or_none()
+    ids = padded(ids)
+    parameters: dict[str, Any] = {f"p{i}": id for i, id in enumerate(ids)}
+    [(value,)] = await _next_scheduled_of(len(ids)).typed_rows(conn, {**parameters, "after": after})
     return _as_utc(value)
 
 
@@ -1075,12 +1093,18 @@ _EARLIEST_SCHEDULED = DriverStatement(
     )
 )
 
-# Built once: read after every dispatch pass.
-_NEXT_SCHEDULED = select(func.min(flow_runs.c.scheduled_at)).where(
-    flow_runs.c.pool_id.in_(bindparam("pool_ids", expanding=True)),
-    flow_runs.c.state_type == StateType.SCHEDULED.value,
-    flow_runs.c.scheduled_at > bindparam("after", type_=flow_runs.c.scheduled_at.type),
-)
+
+@functools.cache
+def _next_scheduled_of(count: int) -> DriverStatement:
+    """``next_scheduled_time`` of ``count`` pools (parameters ``p<i>``): read after every
+    dispatch pass, built once per count."""
+    return DriverStatement(
+        select(func.min(flow_runs.c.scheduled_at)).where(
+            flow_runs.c.pool_id.in_([bindparam(f"p{i}") for i in range(count)]),
+            flow_runs.c.state_type == StateType.SCHEDULED.value,
+            flow_runs.c.scheduled_at > bindparam("after", type_=flow_runs.c.scheduled_at.type),
+        )
+    )
 
 
 async def expired_leases(conn: AsyncConnection, now: datetime, limit: int) -> list[Run]:

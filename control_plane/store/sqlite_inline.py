@@ -208,9 +208,10 @@ class Connection:
         "database is locked" is an ``OperationalError``, which callers answer as busy)."""
         return await self._driver_call(self._fetch, sql, parameters)
 
-    async def execute_many(self, sql: str, parameters: Sequence[Sequence[Any]]) -> None:
-        """Execute ``sql`` once for each set of ``parameters``, as ``fetch`` does."""
-        await self._driver_call(self._open.executemany, sql, parameters)
+    async def execute_many(self, sql: str, parameters: Sequence[Sequence[Any]]) -> int:
+        """Execute ``sql`` once for each set of ``parameters``, as ``fetch`` does; the number
+        of rows it changed."""
+        return await self._driver_call(self._execute_many, sql, parameters)
 
     async def _driver_call(self, call: Callable[[str, Any], T], sql: str, parameters: Any) -> T:
         try:
@@ -220,6 +221,9 @@ class Connection:
 
     def _fetch(self, sql: str, parameters: Sequence[Any]) -> list[Any]:
         return self._open.execute(sql, parameters).fetchall()
+
+    def _execute_many(self, sql: str, parameters: Sequence[Sequence[Any]]) -> int:
+        return self._open.executemany(sql, parameters).rowcount
 
     def begin(self) -> None:
         """Begin a transaction, on the calling thread (SQLite's deferred BEGIN takes no lock)."""
