@@ -76,7 +76,7 @@ from flowyard.v1 import (
     engine_pb2_grpc,
 )
 from flowyard_common.aiotasks import cancel_and_wait
-from flowyard_common.heap import freeze_startup_heap
+from flowyard_common.heap import collect_young_objects_less_often, freeze_startup_heap
 from flowyard_common.http_server import HttpServer
 
 log = logging.getLogger(__name__)
@@ -480,6 +480,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     await app.start()
     # Started: what is alive now lives as long as the process (see flowyard_common.heap).
     freeze_startup_heap()
+    collect_young_objects_less_often()
     address = f"{config.host}:{app.port}"
     log.info(
         "Flowyard control plane listening on %s (%s; database %s)",

@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import gc
 
-__all__ = ["freeze_startup_heap"]
+__all__ = ["YOUNG_GENERATION_THRESHOLD", "collect_young_objects_less_often", "freeze_startup_heap"]
+
+#: Container objects allocated, less those freed, before the youngest generation is collected
+#: (CPython's default is 700). A server's calls allocate thousands each second, nearly all freed
+#: by their reference counts before a collection would find them: at 700 the control plane
+#: collected the young generation every few runs under the lifecycle benchmark, 0.5 s of
+#: collections in all for 3,000 runs, against 0.2 s at this threshold.
+YOUNG_GENERATION_THRESHOLD = 10_000
 
 
 def freeze_startup_heap(*, collect: bool = True) -> None:
@@ -27,3 +34,10 @@ def freeze_startup_heap(*, collect: bool = True) -> None:
     if collect:
         gc.collect()
     gc.freeze()
+
+
+def collect_young_objects_less_often() -> None:
+    """Collect the youngest generation after ``YOUNG_GENERATION_THRESHOLD`` allocations (the
+    older generations keep their own thresholds)."""
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, middle, oldest)

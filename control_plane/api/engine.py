@@ -5,6 +5,10 @@
 heartbeats) and a watcher task that pushes ``CancelFlow`` as soon as the run is CANCELLING
 and ends the stream when the attempt ends under it; both feed one queue that the handler
 drains onto the wire, in order.
+
+What a stream writes is a unit of a group commit (``Database.unit``, ``GroupCommit``), which
+is stored even when the stream ends while it waits: a message's work needs no task of its
+own to survive its stream (``Database.shielded``), and its reads may stop half-way.
 """
 
 from __future__ import annotations
@@ -188,7 +192,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         # Tapped before the open reads what the watch starts from: no change after it is
         # missed.
         with self._signals.tapping(run_key(run.id)) as tap:
-            stored, current = await self._db.shielded(self._reports.open(run))
+            stored, current = await self._reports.open(run)
             metrics.ENGINE_STREAMS.inc()
             try:
                 yield pb.ReportResponse(
@@ -235,15 +239,11 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
             async for request in requests:
                 kind = request.WhichOneof("message")
                 if kind == "log_batch":
-                    stored = await self._db.shielded(
-                        self._store(run, request.log_batch, stored, subflows)
-                    )
+                    stored = await self._store(run, request.log_batch, stored, subflows)
                     out.put_nowait(pb.ReportResponse(log_ack=pb.LogAck(stored_seq=stored)))
                 elif kind == "propose_state":
                     own.add(request.propose_state.transition_id)
-                    answer, committed = await self._db.shielded(
-                        self._propose(run, known.run, request.propose_state)
-                    )
+                    answer, committed = await self._propose(run, known.run, request.propose_state)
                     if committed is not None:
                         known.saw(committed)
                     out.put_nowait(answer)
@@ -371,7 +371,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                 current = AttemptWatch.of(news)
                 known.saw(news)
             else:
-                current = await self._db.shielded(self._reports.watched(run.id))
+                current = await self._reports.watched(run.id)
 
 
 class _Known:
