@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import namedtuple
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Dialect, Table
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -105,7 +107,8 @@ class DriverStatement:
 
         On SQLite the statement goes straight to ``sqlite3`` (``sqlite_inline.Connection.
         fetch``): even SQLAlchemy's execution of a driver statement costs three times what
-        SQLite spends on an update of one run by its key.
+        SQLite spends on an update of one run by its key. Elsewhere it runs on a cursor of
+        the driver's own connection (``_driver_cursor``).
         """
         compiled = self._compiled_for(conn.dialect)
         values = compiled.converted(parameters)
@@ -113,8 +116,9 @@ class DriverStatement:
         if driver is not None:
             return await driver.fetch(compiled.sql, compiled.positional(values))
         args = values if compiled.order is None else compiled.positional(values)
-        result = await conn.exec_driver_sql(compiled.sql, args)
-        return list(result.all()) if result.returns_rows else []
+        async with _driver_cursor(conn, compiled.sql, args) as cursor:
+            await cursor.execute(compiled.sql, args)
+            return await cursor.fetchall() if cursor.description is not None else []
 
     async def execute_many(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> int:
         """Execute once for each of ``rows`` (parameters converted as ``rows`` converts them),
@@ -127,13 +131,10 @@ class DriverStatement:
             return await driver.execute_many(
                 compiled.sql, [compiled.positional(v) for v in converted]
             )
-        if compiled.order is None:
-            result = await conn.exec_driver_sql(compiled.sql, converted)
-        else:
-            result = await conn.exec_driver_sql(
-                compiled.sql, [compiled.positional(v) for v in converted]
-            )
-        return result.rowcount
+        many = converted if compiled.order is None else [compiled.positional(v) for v in converted]
+        async with _driver_cursor(conn, compiled.sql, many) as cursor:
+            await cursor.executemany(compiled.sql, many)
+            return int(cursor.rowcount)
 
     def _compiled_for(self, dialect: Dialect) -> _Compiled:
         compiled = self._compiled.get(dialect.name)
@@ -160,6 +161,27 @@ class DriverStatement:
                 str(statement), order, processors, results, fixed
             )
         return compiled
+
+
+@contextlib.asynccontextmanager
+async def _driver_cursor(conn: AsyncConnection, sql: str, parameters: Any) -> AsyncIterator[Any]:
+    """A cursor of the async driver's connection behind ``conn`` (psycopg's), in the
+    transaction ``conn`` is in; its errors raised as SQLAlchemy raises them.
+
+    SQLAlchemy's own execution of a driver statement on PostgreSQL cost 160 µs of a read by
+    key that takes 100 µs on the driver, round trip included.
+    """
+    sync = conn.sync_connection
+    assert sync is not None  # the connection holds a driver connection: it is in use
+    driver: Any = sync.connection.driver_connection
+    try:
+        async with driver.cursor() as cursor:
+            yield cursor
+    except Exception as error:
+        dbapi = conn.dialect.loaded_dbapi
+        if not isinstance(error, dbapi.Error):
+            raise
+        raise sa_exc.DBAPIError.instance(sql, parameters, error, dbapi.Error) from error
 
 
 @dataclass(frozen=True)

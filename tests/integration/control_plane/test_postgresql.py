@@ -16,13 +16,16 @@ import grpc
 import psycopg
 import pytest
 from psycopg import sql
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from control_plane.api.errors import busy_database
 from control_plane.cli.processes import script
-from control_plane.store.db import Database
+from control_plane.store.db import Database, unique_violation
 from control_plane.store.migrate import SchemaTooNew, alembic_config
 from flowyard.v1 import control_plane_pb2 as pb
+from tests.driver_statements import INSERT_ONE, PROBE, READ, check_records_and_counts
 from tests.stores import ADMIN_URL, conninfo, empty, postgres_database
 
 from .conftest import Plane, agent_stream, make_ready, running_plane
@@ -220,6 +223,31 @@ async def test_both_url_forms_reach_postgresql(postgres_url: str) -> None:
             assert db.engine.dialect.driver == "psycopg"
         finally:
             await db.close()
+
+
+async def test_driver_statements_read_write_and_fail_as_sqlalchemy_does(postgres_url: str) -> None:
+    """``DriverStatement`` runs on psycopg's own cursor, yet reads the values SQLAlchemy would,
+    counts what it changed, and raises SQLAlchemy's errors: a unique key taken is told apart,
+    and a lock held elsewhere is answered as busy."""
+    db = await Database.open(postgres_url)
+    try:
+        await check_records_and_counts(db)
+        with pytest.raises(sa_exc.IntegrityError) as taken:
+            async with db.write() as conn:
+                await INSERT_ONE.rows(conn, {"k": "a", "on": True, "doc": {}})
+        assert unique_violation(taken.value)
+        with psycopg.connect(conninfo(postgres_url)) as holder:
+            holder.execute(f"LOCK TABLE {PROBE.name} IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(sa_exc.OperationalError) as locked:
+                async with db.write() as conn:
+                    await conn.exec_driver_sql("SET LOCAL lock_timeout = '100ms'")
+                    await READ.rows(conn, {"key": "a"})
+            holder.rollback()
+        assert busy_database(locked.value) is not None
+        async with db.write() as conn:
+            await conn.run_sync(PROBE.metadata.drop_all)
+    finally:
+        await db.close()
 
 
 async def test_sessions_never_wait_for_ever_on_a_lock_or_an_idle_transaction(

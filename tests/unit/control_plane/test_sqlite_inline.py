@@ -10,19 +10,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    Column,
-    MetaData,
-    String,
-    Table,
-    bindparam,
-    insert,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import Column, MetaData, String, Table, insert, select, text
 from sqlalchemy import exc as sa_exc
 
 from control_plane.api.errors import busy_database
@@ -31,6 +19,7 @@ from control_plane.store import logs, runs, sqlite_inline
 from control_plane.store.db import SQLITE_BUSY_TIMEOUT_MS, Database
 from control_plane.store.dialects import DriverStatement
 from control_plane.store.tables import UTCDateTime
+from tests.driver_statements import check_records_and_counts
 from tests.waiting import eventually
 
 
@@ -118,33 +107,7 @@ async def test_a_driver_statement_converts_its_parameters_and_raises_sqlalchemys
 async def test_a_driver_statement_reads_named_typed_records_and_counts_what_it_changed(
     db: Database,
 ) -> None:
-    """``records`` reads each row by column name with the values SQLAlchemy would give (a
-    flag as a bool, a document parsed); ``execute_many`` says how many rows it changed."""
-    table = Table(
-        "t",
-        MetaData(),
-        Column("k", String, primary_key=True),
-        Column("on", Boolean),
-        Column("doc", JSON),
-    )
-    async with db.write() as conn:
-        await conn.run_sync(table.metadata.create_all)
-        await conn.execute(insert(table), [{"k": "a", "on": True, "doc": {"x": [1]}}])
-    read = DriverStatement(select(table).where(table.c.k == bindparam("key")))
-    async with db.read() as conn:
-        [record] = await read.records(conn, {"key": "a"})
-    assert (record.k, record.on, record.doc) == ("a", True, {"x": [1]})
-    assert record._asdict() == {"k": "a", "on": True, "doc": {"x": [1]}}
-    switch = DriverStatement(
-        update(table).where(table.c.k == bindparam("key")).values(on=bindparam("on"))
-    )
-    async with db.write() as conn:
-        changed = await switch.execute_many(
-            conn, [{"key": "a", "on": False}, {"key": "z", "on": False}]
-        )
-    assert changed == 1
-    async with db.read() as conn:
-        assert [r.on for r in await read.records(conn, {"key": "a"})] == [False]
+    await check_records_and_counts(db)
 
 
 async def test_the_last_seqs_of_a_transactions_attempts_are_looked_up_not_scanned(
