@@ -33,7 +33,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from plane import DEPLOYMENT, POOL, Plane, add_server_arguments, bench_planes, print_latencies
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from flowyard.v1 import agent_pb2, engine_pb2, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
@@ -305,9 +305,13 @@ def stored_outcome(db_url: str) -> dict[str, int]:
                 text("SELECT count(*) FROM run_states WHERE type = 'COMPLETED' GROUP BY run_id")
             ).scalars()
             completions = list(counts)
-            # Each row holds consecutive lines, first_seq to last_seq.
+            # Each row holds consecutive lines, first_seq to last_seq (a line a row in the
+            # schema before log batches, which a release measured with --flowyard may have).
+            tables = inspect(conn).get_table_names()
             lines = conn.execute(
                 text("SELECT coalesce(sum(last_seq - first_seq + 1), 0) FROM log_batches")
+                if "log_batches" in tables
+                else text("SELECT count(*) FROM log_lines")
             ).scalar_one()
     finally:
         engine.dispose()
