@@ -914,15 +914,16 @@ async def due_runs(
     holds (FOR UPDATE SKIP LOCKED): what this returns, nobody else changes until the claims
     commit (``apply_locked``), and two passes at once claim different runs."""
     blocked = list(blocked_deployments)
+    blocked = padded(blocked) if blocked else []
     found: list[Run] = []
     for queue_ids in queues_by_priority:
         if len(found) >= limit:
             break
         queue_ids = padded(queue_ids)
-        statement = _due_runs_of(len(queue_ids), len(padded(blocked)) if blocked else 0)
+        statement = _due_runs_of(len(queue_ids), len(blocked))
         parameters: dict[str, Any] = {"pool_id": pool_id, "now": now, "limit": limit - len(found)}
         parameters.update((f"q{i}", id) for i, id in enumerate(queue_ids))
-        parameters.update((f"b{i}", id) for i, id in enumerate(padded(blocked) if blocked else ()))
+        parameters.update((f"b{i}", id) for i, id in enumerate(blocked))
         names = statement.names
         found += [
             _run(dict(zip(names, row, strict=True)))
