@@ -150,6 +150,8 @@ class Stream:
     def __init__(self, call_factory: Any, metadata: Any = None) -> None:
         self._outgoing: asyncio.Queue[Any] = asyncio.Queue()
         self._incoming: asyncio.Queue[Any] = asyncio.Queue()
+        #: Set once the server has answered (or ended the call): heartbeats start then.
+        self._answered = asyncio.Event()
         self.call = call_factory(self._requests(), metadata=metadata)
         # A timed-out read must not cancel the call, so one task reads and the test waits on
         # the queue it fills.
@@ -158,10 +160,13 @@ class Stream:
     async def _read(self) -> None:
         try:
             while (message := await self.call.read()) is not grpc.aio.EOF:
+                self._answered.set()
                 self._incoming.put_nowait(message)
             self._incoming.put_nowait(grpc.aio.EOF)
         except grpc.aio.AioRpcError as error:
             self._incoming.put_nowait(error)
+        finally:
+            self._answered.set()
 
     async def _requests(self) -> AsyncIterator[Any]:
         first = await self._outgoing.get()
@@ -170,13 +175,17 @@ class Stream:
         yield first
         # Like a real agent or engine, say "still here" whenever there is nothing else to
         # send: the server ends a session that stays silent for a few heartbeat intervals,
-        # which a loaded machine can make a test do between two of its messages.
+        # which a loaded machine can make a test do between two of its messages. Like a real
+        # agent, only once the server has answered (its Welcome gives the interval): a write
+        # racing the server's refusal of the first message makes grpc.aio's client report
+        # INTERNAL instead of the server's status (grpc/grpc#36066).
         heartbeat = type(first)(heartbeat={})
         while True:
             try:
                 message = await asyncio.wait_for(self._outgoing.get(), HEARTBEAT_SECONDS)
             except TimeoutError:
-                yield heartbeat
+                if self._answered.is_set():
+                    yield heartbeat
                 continue
             if message is None:
                 return
