@@ -130,6 +130,15 @@ def _check_template_text(text: str) -> None:
         )
 
 
+def compact_json(value: Any) -> str:
+    """Compact JSON text for a JSON field, keys in the order they were given.
+
+    Never sorted: the order of a job template's ``env`` object becomes the order of the
+    container's ``env`` list, and Kubernetes expands ``$(VAR)`` only from earlier entries.
+    """
+    return json.dumps(value, separators=(",", ":"))
+
+
 def check_job_variables(values: dict[str, Any], template: dict[str, Any]) -> None:
     """Raise :class:`TemplateError` unless ``values`` fit the template's ``variables``.
 

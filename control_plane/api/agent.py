@@ -415,7 +415,7 @@ def _outgoing(message: Outgoing) -> pb.ConnectResponse:
                 lease_deadline=convert.timestamp(message.lease_deadline),
                 deployment_name=message.deployment_name,
                 flow_name=message.flow_name,
-                base_job_template_json=convert.dumps(message.base_job_template),
+                base_job_template_json=message.base_job_template_json,
                 job_variables_json=convert.dumps(message.job_variables),
                 engine_token=message.engine_token,
                 secret_env=[

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +34,7 @@ from control_plane.store.line_messages import (
     timestamp_or_none,
 )
 from flowyard.v1 import types_pb2
+from flowyard_common.templates import compact_json
 
 POOL_TYPES = {
     PoolType.PROCESS: types_pb2.POOL_TYPE_PROCESS,
@@ -90,12 +90,8 @@ def storable(text: str) -> str:
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON text for a JSON field, keys in the order they were given.
-
-    Never sorted: the order of a job template's ``env`` object becomes the order of the
-    container's ``env`` list, and Kubernetes expands ``$(VAR)`` only from earlier entries.
-    """
-    return json.dumps(value, separators=(",", ":"))
+    """Compact JSON text for a JSON field (``flowyard_common.templates.compact_json``)."""
+    return compact_json(value)
 
 
 def pool_type(value: types_pb2.PoolType.ValueType) -> PoolType:

@@ -45,7 +45,7 @@ from control_plane.store import queues as queues_repo
 from control_plane.store import runs as repo
 from control_plane.store.db import Database
 from flowyard_common.aiotasks import cancel_and_wait
-from flowyard_common.templates import resolve_variables
+from flowyard_common.templates import compact_json, resolve_variables
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +272,7 @@ class Dispatcher:
                 holders = await repo.active_of_deployment(conn, limit.id, SHOWN_IDS)
                 reason = slots.reason(limit, holders)
                 changed += await self._hold_back(conn, limit, reason, now)
+        template_json = compact_json(pool.base_job_template) if claimed else ""
         for session, run, token in claimed:
             deployment = deployments[run.deployment_id]
             session.credits -= 1
@@ -284,7 +285,7 @@ class Dispatcher:
                     lease_deadline=run.lease_deadline or now,
                     deployment_name=run.deployment_name,
                     flow_name=run.flow_name,
-                    base_job_template=pool.base_job_template,
+                    base_job_template_json=template_json,
                     job_variables=resolve_variables(
                         pool.base_job_template,
                         deployment.job_variables if deployment else {},
