@@ -229,6 +229,7 @@ def agent_stream(
     name: str = "agent-1",
     observed: list[agent_pb2.ObservedRun] | None = None,
     instance: str = "",
+    runtime: str = "process",
 ) -> Stream:
     stream = Stream(plane.agents.Connect)
     stream.send(
@@ -238,7 +239,7 @@ def agent_stream(
                 instance_id=instance,
                 pool=pool,
                 capacity=capacity,
-                runtime="process",
+                runtime=runtime,
                 observed_runs=observed or [],
             )
         )

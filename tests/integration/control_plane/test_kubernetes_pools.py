@@ -9,7 +9,7 @@ import pytest
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import types_pb2
 
-from .conftest import Plane
+from .conftest import Plane, agent_stream
 
 K8S_VERSION = "1.30"
 
@@ -133,6 +133,26 @@ async def test_job_variables_keep_their_order_through_storage_and_the_dry_run(
     names = [e["name"] for e in container["env"]]
     # The deployment's in its order, the run's new names after them, then the engine's.
     assert names[:4] == ["SERVICE_HOST", "API_URL", "B", "Z"]
+
+
+async def test_assignments_carry_the_pools_template_as_stored_keys_in_order(
+    plane: Plane,
+) -> None:
+    """Every assignment of a dispatch pass carries its pool's whole template, the text the
+    pool's own read gives (so a ``$(VAR)`` of the env still follows what it names)."""
+    pool = await kubernetes_pool(plane)
+    await deploy(plane, {"image": "reg/flows:1"})
+    created = [
+        (await plane.control.CreateRun(pb.CreateRunRequest(deployment_name="etl"))).run.id
+        for _ in range(3)
+    ]
+    stream = agent_stream(plane, pool="k8s", capacity=3, runtime="kubernetes")
+    await stream.receive("welcome")
+    assigned = [await stream.receive("assign") for _ in created]
+    assert sorted(a.run_id for a in assigned) == sorted(created)
+    for assign in assigned:
+        assert assign.base_job_template_json == pool.base_job_template_json
+    stream.send(None)
 
 
 async def test_the_dry_run_of_a_process_pool_says_what_runs(plane: Plane) -> None:
