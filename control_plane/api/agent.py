@@ -45,6 +45,7 @@ from control_plane.store.db import Database
 from flowyard.v1 import agent_pb2 as pb
 from flowyard.v1 import agent_pb2_grpc as pb_grpc
 from flowyard_common.aiotasks import cancel_and_wait
+from flowyard_common.templates import compact_json
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +417,7 @@ def _outgoing(message: Outgoing) -> pb.ConnectResponse:
                 deployment_name=message.deployment_name,
                 flow_name=message.flow_name,
                 base_job_template_json=message.base_job_template_json,
-                job_variables_json=convert.dumps(message.job_variables),
+                job_variables_json=compact_json(message.job_variables),
                 engine_token=message.engine_token,
                 secret_env=[
                     pb.SecretEnv(name=name, secret_name=secret, secret_key=key)

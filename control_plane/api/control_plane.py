@@ -22,6 +22,7 @@ from control_plane.store.db import Database
 from flowyard.v1 import control_plane_pb2 as pb
 from flowyard.v1 import control_plane_pb2_grpc as pb_grpc
 from flowyard.v1 import types_pb2
+from flowyard_common.templates import compact_json
 
 Context = Any  # grpc.aio.ServicerContext, whose generic parameters the stubs do not use
 
@@ -223,7 +224,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             request.deployment_name, request.job_variables_json
         )
         return pb.RenderDeploymentResponse(
-            manifest_json=convert.dumps(manifest), job_variables_json=convert.dumps(variables)
+            manifest_json=compact_json(manifest), job_variables_json=compact_json(variables)
         )
 
     @unary

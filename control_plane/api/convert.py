@@ -89,11 +89,6 @@ def storable(text: str) -> str:
     return text.replace("\x00", "\ufffd")
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON text for a JSON field (``flowyard_common.templates.compact_json``)."""
-    return compact_json(value)
-
-
 def pool_type(value: types_pb2.PoolType.ValueType) -> PoolType:
     """The domain pool type; INVALID_ARGUMENT for UNSPECIFIED or unknown values."""
     for domain, wire in POOL_TYPES.items():
@@ -205,7 +200,7 @@ def pool_to_proto(
     return types_pb2.WorkPool(
         name=pool.name,
         type=POOL_TYPES[pool.type],
-        base_job_template_json=dumps(pool.base_job_template),
+        base_job_template_json=compact_json(pool.base_job_template),
         concurrency_limit=pool.concurrency_limit,
         paused=pool.paused,
         create_time=timestamp(pool.created_at),
@@ -275,7 +270,7 @@ def schedule_to_proto(schedule: Schedule) -> types_pb2.Schedule:
     message = types_pb2.Schedule(
         name=schedule.name,
         paused=schedule.paused,
-        parameters_json=dumps(schedule.parameters) if schedule.parameters else "",
+        parameters_json=compact_json(schedule.parameters) if schedule.parameters else "",
     )
     if schedule.cron:
         message.cron.CopyFrom(
@@ -310,11 +305,11 @@ def deployment_to_proto(deployment: Deployment) -> types_pb2.Deployment:
         entrypoint=deployment.entrypoint,
         source=source_to_proto(deployment.source),
         pool=deployment.pool_name,
-        parameters_json=dumps(deployment.parameters),
-        parameter_schema_json=dumps(deployment.parameter_schema)
+        parameters_json=compact_json(deployment.parameters),
+        parameter_schema_json=compact_json(deployment.parameter_schema)
         if deployment.parameter_schema
         else "",
-        job_variables_json=dumps(deployment.job_variables),
+        job_variables_json=compact_json(deployment.job_variables),
         tags=deployment.tags,
         description=deployment.description,
         create_time=timestamp(deployment.created_at),
@@ -356,8 +351,8 @@ def run_to_proto(run: Run) -> types_pb2.FlowRun:
         deployment_name=run.deployment_name,
         flow_name=run.flow_name,
         pool=run.pool_name,
-        parameters_json=dumps(run.parameters),
-        job_variables_json=dumps(run.job_variables),
+        parameters_json=compact_json(run.parameters),
+        job_variables_json=compact_json(run.job_variables),
         idempotency_key=run.idempotency_key or "",
         state=current_state(run),
         attempt=run.attempt,

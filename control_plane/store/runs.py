@@ -158,8 +158,17 @@ _GET_RUN = DriverStatement(_select_runs().where(flow_runs.c.id == bindparam("run
 
 async def get_run(conn: AsyncConnection, run_id: str) -> Run | None:
     """The run with this id, if any."""
-    rows = await _GET_RUN.typed_rows(conn, {"run_id": run_id})
-    return _run(dict(zip(_GET_RUN.names, rows[0], strict=True))) if rows else None
+    found = await _read_runs(_GET_RUN, conn, {"run_id": run_id})
+    return found[0] if found else None
+
+
+async def _read_runs(
+    statement: DriverStatement, conn: AsyncConnection, parameters: dict[str, Any]
+) -> list[Run]:
+    """The runs a ``DriverStatement`` of ``_select_runs`` reads."""
+    names = statement.names
+    rows = await statement.typed_rows(conn, parameters)
+    return [_run(dict(zip(names, row, strict=True))) for row in rows]
 
 
 async def get_run_by_key(conn: AsyncConnection, deployment_id: str, key: str) -> Run | None:
@@ -924,11 +933,7 @@ async def due_runs(
         parameters: dict[str, Any] = {"pool_id": pool_id, "now": now, "limit": limit - len(found)}
         parameters.update((f"q{i}", id) for i, id in enumerate(queue_ids))
         parameters.update((f"b{i}", id) for i, id in enumerate(blocked))
-        names = statement.names
-        found += [
-            _run(dict(zip(names, row, strict=True)))
-            for row in await statement.typed_rows(conn, parameters)
-        ]
+        found += await _read_runs(statement, conn, parameters)
     return found
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Column, MetaData, String, Table, insert, select, text
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.api.errors import busy_database
 from control_plane.models import Run
@@ -127,17 +128,25 @@ async def test_the_last_seqs_of_a_transactions_attempts_are_looked_up_not_scanne
     assert sum("SEARCH log_batches" in step for step in steps) == 4, steps
 
 
-async def test_a_write_is_one_transaction_and_a_read_holds_no_snapshot(db: Database) -> None:
+async def _create_t(db: Database) -> None:
     async with db.write() as conn:
         await conn.execute(text("CREATE TABLE t (k TEXT PRIMARY KEY)"))
+
+
+async def _rows_in_t(conn: AsyncConnection) -> int:
+    return int((await conn.execute(text("SELECT count(*) FROM t"))).scalar_one())
+
+
+async def test_a_write_is_one_transaction_and_a_read_holds_no_snapshot(db: Database) -> None:
+    await _create_t(db)
     async with db.read() as reader:
-        assert (await reader.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
+        assert await _rows_in_t(reader) == 0
         async with db.write() as writer:
             await writer.execute(text("INSERT INTO t VALUES ('a')"))
             # Not committed yet: nobody else sees it.
-            assert (await reader.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
+            assert await _rows_in_t(reader) == 0
         # Committed: the next statement of the same read sees it (READ COMMITTED).
-        assert (await reader.execute(text("SELECT count(*) FROM t"))).scalar_one() == 1
+        assert await _rows_in_t(reader) == 1
 
 
 async def test_a_read_connection_kept_for_the_next_read_sees_what_was_committed_since(
@@ -146,15 +155,14 @@ async def test_a_read_connection_kept_for_the_next_read_sees_what_was_committed_
     """Reads on SQLite keep their connection open for the next read (taking one from the pool
     cost more than a read by key): what it reads is still what is committed now, and a read
     that failed gives its connection back to the pool instead."""
-    async with db.write() as conn:
-        await conn.execute(text("CREATE TABLE t (k TEXT PRIMARY KEY)"))
+    await _create_t(db)
     async with db.read() as first:
-        assert (await first.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
+        assert await _rows_in_t(first) == 0
     async with db.write() as writer:
         await writer.execute(text("INSERT INTO t VALUES ('a')"))
     async with db.read() as second:
         assert second is first
-        assert (await second.execute(text("SELECT count(*) FROM t"))).scalar_one() == 1
+        assert await _rows_in_t(second) == 1
     with pytest.raises(sa_exc.OperationalError, match="no such table"):
         async with db.read() as failed:
             await failed.execute(text("SELECT * FROM missing"))
