@@ -32,6 +32,8 @@ from typing import Any, Final
 
 from jsonschema import Draft202012Validator, SchemaError, ValidationError
 
+from flowyard_common import schemas
+
 __all__ = [
     "PLACEHOLDER",
     "TemplateError",
@@ -163,11 +165,16 @@ def check_job_variables(values: dict[str, Any], template: dict[str, Any]) -> Non
     expanded = expand_dot_keys(values, properties)
     # A None value means "no value", which is always allowed: it unsets the variable.
     present = {key: value for key, value in expanded.items() if value is not None}
-    error = _first_error(Draft202012Validator({**schema, "required": []}), present)
+    error = _first_error(schemas.validator(schema, "optional", _optional_validator), present)
     if error is not None:
         path = [str(part) for part in error.absolute_path]
         where = ".".join(path) if path else "(all)"
         raise TemplateError(f"job variable {where}: {error.message}")
+
+
+def _optional_validator(schema: dict[str, Any]) -> Draft202012Validator:
+    # Deployments and runs set some variables only: nothing is required of them.
+    return Draft202012Validator({**schema, "required": []})
 
 
 def resolve_variables(template: dict[str, Any], *layers: dict[str, Any]) -> dict[str, Any]:

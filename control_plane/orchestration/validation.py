@@ -31,6 +31,7 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 
 from control_plane.errors import FailedPrecondition, FlowyardError, InvalidArgument
+from flowyard_common import schemas
 
 POOL_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -466,14 +467,18 @@ def _parameters(values: dict[str, Any], schema: dict[str, Any] | None, flow: str
     if missing:
         names = ", ".join(shown(name) for name in missing)
         raise InvalidArgument(f"parameters: missing required parameter {names} for flow {flow!r}")
-    validator = Draft202012Validator(
-        schema, registry=_NO_RETRIEVAL, format_checker=Draft202012Validator.FORMAT_CHECKER
-    )
+    validator = schemas.validator(schema, "parameters", _parameters_validator)
     errors = sorted(validator.iter_errors(values), key=lambda e: [str(p) for p in e.path])
     if errors:
         error = errors[0]
         where = ".".join(str(part) for part in error.absolute_path) or "(parameters)"
         raise InvalidArgument(f"parameters: {where}: {_problem(error)}")
+
+
+def _parameters_validator(schema: dict[str, Any]) -> Draft202012Validator:
+    return Draft202012Validator(
+        schema, registry=_NO_RETRIEVAL, format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
 
 
 def _problem(error: ValidationError) -> str:
