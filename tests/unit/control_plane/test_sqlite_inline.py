@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, MetaData, String, Table, insert, select, text
+from sqlalchemy import Column, MetaData, String, Table, func, insert, select, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -169,6 +169,57 @@ async def test_a_read_connection_kept_for_the_next_read_sees_what_was_committed_
     async with db.read() as third:
         assert third is not failed
         assert (await third.execute(text("SELECT k FROM t"))).scalar_one() == "a"
+
+
+_T = Table("t", MetaData(), Column("k", String, primary_key=True))
+_COUNT_T = DriverStatement(select(func.count()).select_from(_T))
+
+
+async def _count_t(db: Database) -> tuple[int, sqlite3.Connection, sqlite_inline.Connection]:
+    """The rows in t by a driver statement read: the count, the connection it ran on and the
+    read's own."""
+    async with db.read() as conn:
+        own = sqlite_inline.driver_of(conn)
+        assert own is not None
+        ran_on = own._reading()
+        (count,) = (await _COUNT_T.rows(conn, {}))[0]
+    return count, ran_on, own
+
+
+async def test_a_driver_statement_read_runs_where_the_cache_is_warm_and_reads_only_what_is_committed(
+    db: Database,
+) -> None:
+    """A read by driver statement runs on the connection that committed last, whose pages
+    SQLite has not dropped, while that one is idle; never inside its open transaction, nor
+    beside a cursor of its part-way through its rows."""
+    await _create_t(db)
+    assert (await _count_t(db))[0] == 0  # the read keeps a connection of its own
+    async with db.write() as writer:
+        await writer.execute(insert(_T), [{"k": "a"}])
+        last = sqlite_inline.driver_of(writer)
+    assert last is not None
+    count, ran_on, own = await _count_t(db)
+    assert count == 1
+    assert own is not last and ran_on is last._open
+
+    async with db.write() as writer:
+        await writer.execute(insert(_T), [{"k": "b"}])
+        # Whichever connection the read takes, the row is not committed: nobody sees it.
+        count, _, _ = await _count_t(db)
+        assert count == 1
+        last = sqlite_inline.driver_of(writer)
+        assert last is not None
+        assert (await _count_t(db))[1] is not last._open
+    count, ran_on, _ = await _count_t(db)
+    assert count == 2 and ran_on is last._open
+
+    cursor = last.cursor()
+    await cursor.execute("SELECT k FROM t ORDER BY k")
+    assert await cursor.fetchone() == ("a",)
+    count, ran_on, own = await _count_t(db)
+    assert count == 2 and ran_on is own._open
+    await cursor.close()
+    assert (await _count_t(db))[1] is last._open
 
 
 async def test_rows_are_fetched_one_many_and_all(db: Database) -> None:
