@@ -244,6 +244,10 @@ class Database:
         await self.engine.dispose()
 
 
+#: Turns of the event loop a group commit lets pass before it takes its batch.
+GATHER_TURNS = 2
+
+
 class GroupCommit(Generic[Item, T]):
     """Items stored by ``store`` in shared transactions, each caller answered on its own.
 
@@ -301,6 +305,10 @@ class GroupCommit(Generic[Item, T]):
     async def _drain(self) -> None:
         try:
             while self._waiting:
+                # Requests that arrived with this one are still on their way here (parsed,
+                # authenticated, checked): they join its transaction if it waits for them.
+                for _ in range(GATHER_TURNS):
+                    await asyncio.sleep(0)
                 batch = self._waiting[: self._max_items]
                 del self._waiting[: self._max_items]
                 await self._commit(batch)
