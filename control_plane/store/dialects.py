@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Dialect, Table
+from sqlalchemy import BindParameter, ColumnElement, Dialect, Table, bindparam
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -59,6 +59,17 @@ def padded(values: Sequence[T]) -> list[T]:
     ``DriverStatement`` for a list of any length is built once for each of a few lengths."""
     count = 1 << (len(values) - 1).bit_length()
     return [*values, *[values[-1]] * (count - len(values))]
+
+
+def numbered(prefix: str, count: int) -> list[BindParameter[Any]]:
+    """``count`` parameters named ``<prefix>0``, ``<prefix>1``, ...: a list in a statement
+    built once per length (see ``padded``); ``numbered_values`` gives their values."""
+    return [bindparam(f"{prefix}{i}") for i in range(count)]
+
+
+def numbered_values(prefix: str, values: Sequence[Any]) -> dict[str, Any]:
+    """The parameters of ``numbered(prefix, len(values))``, one for each of ``values``."""
+    return {f"{prefix}{i}": value for i, value in enumerate(values)}
 
 
 class DriverStatement:

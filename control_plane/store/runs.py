@@ -46,7 +46,13 @@ from control_plane.states import (
 )
 from control_plane.store import cluster, task_runs
 from control_plane.store.db import BEFORE_COMMIT, COMMITTED_RUNS, WRITTEN_RUNS, Finish
-from control_plane.store.dialects import DriverStatement, insert_ignoring_duplicates, padded
+from control_plane.store.dialects import (
+    DriverStatement,
+    insert_ignoring_duplicates,
+    numbered,
+    numbered_values,
+    padded,
+)
 from control_plane.store.tables import (
     UTCDateTime,
     deployments,
@@ -274,7 +280,7 @@ async def attempt_states(
     if not ids:
         return {}
     ids = padded(ids)  # a run asked twice is found once
-    rows = await _attempt_states_of(len(ids)).rows(conn, {f"r{i}": id for i, id in enumerate(ids)})
+    rows = await _attempt_states_of(len(ids)).rows(conn, numbered_values("r", ids))
     return {run_id: (attempt, StateType(state)) for run_id, attempt, state in rows}
 
 
@@ -302,7 +308,7 @@ def _attempt_states_of(count: int) -> DriverStatement:
     return DriverStatement(
         _locking_in_id_order(
             select(flow_runs.c.id, flow_runs.c.attempt, flow_runs.c.state_type).where(
-                flow_runs.c.id.in_([bindparam(f"r{i}") for i in range(count)])
+                flow_runs.c.id.in_(numbered("r", count))
             )
         )
     )
@@ -947,9 +953,13 @@ async def due_runs(
             break
         queue_ids = padded(queue_ids)
         statement = _due_runs_of(len(queue_ids), len(blocked))
-        parameters: dict[str, Any] = {"pool_id": pool_id, "now": now, "limit": limit - len(found)}
-        parameters.update((f"q{i}", id) for i, id in enumerate(queue_ids))
-        parameters.update((f"b{i}", id) for i, id in enumerate(blocked))
+        parameters = {
+            "pool_id": pool_id,
+            "now": now,
+            "limit": limit - len(found),
+            **numbered_values("q", queue_ids),
+            **numbered_values("b", blocked),
+        }
         found += await _read_runs(statement, conn, parameters)
     return found
 
@@ -964,15 +974,13 @@ def _due_runs_of(queues: int, blocked: int) -> DriverStatement:
             flow_runs.c.pool_id == bindparam("pool_id"),
             flow_runs.c.state_type == StateType.SCHEDULED.value,
             flow_runs.c.scheduled_at <= bindparam("now", type_=flow_runs.c.scheduled_at.type),
-            flow_runs.c.queue_id.in_([bindparam(f"q{i}") for i in range(queues)]),
+            flow_runs.c.queue_id.in_(numbered("q", queues)),
         )
         .order_by(flow_runs.c.scheduled_at, flow_runs.c.id)
         .limit(bindparam("limit", type_=Integer))
     )
     if blocked:
-        query = query.where(
-            flow_runs.c.deployment_id.not_in([bindparam(f"b{i}") for i in range(blocked)])
-        )
+        query = query.where(flow_runs.c.deployment_id.not_in(numbered("b", blocked)))
     return DriverStatement(_locked(query, lock=True))
 
 
@@ -1096,8 +1104,8 @@ async def next_scheduled_time(
     if not ids:
         return None
     ids = padded(ids)
-    parameters: dict[str, Any] = {f"p{i}": id for i, id in enumerate(ids)}
-    [(value,)] = await _next_scheduled_of(len(ids)).typed_rows(conn, {**parameters, "after": after})
+    parameters = {**numbered_values("p", ids), "after": after}
+    [(value,)] = await _next_scheduled_of(len(ids)).typed_rows(conn, parameters)
     return _as_utc(value)
 
 
@@ -1123,7 +1131,7 @@ def _next_scheduled_of(count: int) -> DriverStatement:
     dispatch pass, built once per count."""
     return DriverStatement(
         select(func.min(flow_runs.c.scheduled_at)).where(
-            flow_runs.c.pool_id.in_([bindparam(f"p{i}") for i in range(count)]),
+            flow_runs.c.pool_id.in_(numbered("p", count)),
             flow_runs.c.state_type == StateType.SCHEDULED.value,
             flow_runs.c.scheduled_at > bindparam("after", type_=flow_runs.c.scheduled_at.type),
         )
