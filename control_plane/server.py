@@ -182,6 +182,8 @@ class App:
     bus: Bus
     #: Engine heartbeats noted, stored in batches.
     heartbeats: Heartbeats
+    #: Which user calls the server takes now (``control_plane.admission``).
+    admission: Admission
     #: The mutual-TLS agent port, if the server has one.
     agent_port: int | None = None
     #: The HTTP listener (web UI, JSON API, health, metrics), if the server has one.
@@ -256,12 +258,12 @@ class App:
             await asyncio.wait(http_tasks, timeout=grace)
         await cancel_and_wait(self.tasks)
         try:
-            await self.db.shielded(self.heartbeats.flush())
+            await self.db.shielded(self.heartbeats.flush(), counted=False)
         except Exception as error:
             log.warning("could not store the last engine heartbeats: %s", error)
         try:
             # Another replica takes over the singleton passes at once, not after a timeout.
-            await self.db.shielded(self.replica.stop())
+            await self.db.shielded(self.replica.stop(), counted=False)
         except Exception as error:
             log.warning("could not record that this replica stopped: %s", error)
         await self.db.close()
@@ -430,6 +432,7 @@ async def build(config: ServerConfig) -> App:
         replica,
         bus,
         heartbeats,
+        admission,
         agent_port,
     )
     if config.http_port is not None:

@@ -164,7 +164,7 @@ class Replica:
             try:
                 # Shielded like every background unit of work: a stop that cancels this
                 # task must not cut a transaction in half (see ``Database.shielded``).
-                await self.db.shielded(self._beat())
+                await self.db.shielded(self._beat(), counted=False)
             except Exception as error:
                 if not transient(error):
                     raise

@@ -83,7 +83,7 @@ class Dispatcher:
         self._lease_check_at: datetime | None = None
         self._leases_read = False
         self._loop = WakeLoop(
-            lambda: self._db.shielded(self.dispatch_once()),
+            lambda: self._db.shielded(self.dispatch_once(), counted=False),
             what="dispatch",
             max_sleep_seconds=MAX_SLEEP_SECONDS,
         )

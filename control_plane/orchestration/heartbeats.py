@@ -59,7 +59,7 @@ class Heartbeats:
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
             try:
-                await self._db.shielded(self.flush())
+                await self._db.shielded(self.flush(), counted=False)
             except Exception as error:
                 if not transient(error):
                     raise

@@ -94,7 +94,7 @@ class Reaper:
             if self._lease is not None:
                 await self._lease.acquired()
             try:
-                await self._db.shielded(self.sweep_once())
+                await self._db.shielded(self.sweep_once(), counted=False)
             except LostLease:
                 log.info("another replica took over the liveness sweeps")
             except Exception as error:

@@ -52,7 +52,7 @@ class Scheduler:
         if lease is not None:
             lease.on_gained(self.wake)
         self._loop = WakeLoop(
-            lambda: self._db.shielded(self.schedule_once()),
+            lambda: self._db.shielded(self.schedule_once(), counted=False),
             what="scheduling",
             max_sleep_seconds=MAX_SLEEP_SECONDS,
         )

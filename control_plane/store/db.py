@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -45,6 +46,11 @@ from control_plane.store import migrate, sqlite_inline
 from control_plane.store.migrate import StoreError
 
 T = TypeVar("T")
+#: Set in the tasks ``Database.background`` starts: what they submit to a group commit is
+#: part of work that ``Database.in_flight`` counts already, or of the server's own.
+_COUNTED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "flowyard_work_counted", default=False
+)
 Item = TypeVar("Item")
 log = logging.getLogger(__name__)
 #: How long ``close()`` waits for shielded work still in flight.
@@ -71,7 +77,10 @@ class Database:
         self._idle_readers: list[AsyncConnection] | None = [] if self.dialect == "sqlite" else None
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
         self._in_flight: set[asyncio.Future[Any]] = set()
-        #: Items waiting in, or being stored by, a ``GroupCommit`` of this database.
+        #: Tasks of ``_in_flight`` that ``in_flight`` does not count.
+        self._uncounted = 0
+        #: Items waiting in, or being stored by, a ``GroupCommit`` of this database, that
+        #: no task of ``_in_flight`` submitted (those count as part of it).
         self.grouped = 0
         self._units: GroupCommit[tuple[str, Unit[Any]], Any] = GroupCommit(
             self, _run_units, offload=lambda _: False
@@ -199,7 +208,7 @@ class Database:
                 yield connection
             except BaseException:
                 # Whatever state it is in, it goes back to the pool closed.
-                self.background(connection.close())
+                self.background(connection.close(), counted=False)
                 raise
             if connection.in_transaction():
                 await connection.rollback()  # SQLAlchemy's own: SQLite began none
@@ -212,28 +221,43 @@ class Database:
 
     @property
     def in_flight(self) -> int:
-        """Units of work started through ``shielded`` or submitted to a ``GroupCommit`` and
-        not yet finished, queued or running.
+        """Units of work done for callers and not yet finished, queued or running: each
+        started through ``shielded`` or ``background`` counts once, with what it submits to
+        a ``GroupCommit`` on the way, and an item submitted from anywhere else counts alone.
+        The server's own passes (``counted=False``) do not count.
 
         It includes work whose caller has gone, which is why admission control weighs it
         rather than the calls it is answering.
         """
-        return len(self._in_flight) + self.grouped
+        return len(self._in_flight) - self._uncounted + self.grouped
 
-    async def shielded(self, work: Awaitable[T]) -> T:
+    async def shielded(self, work: Awaitable[T], *, counted: bool = True) -> T:
         """Run ``work`` to its end even if the caller is cancelled meanwhile.
 
         The caller still sees its own cancellation at once; the work finishes in the
         background and ``close()`` waits for it.
         """
-        return await asyncio.shield(self.background(work))
+        return await asyncio.shield(self.background(work, counted=counted))
 
-    def background(self, work: Awaitable[T]) -> asyncio.Future[T]:
-        """Start ``work`` as a task that ``close()`` waits for."""
-        task = asyncio.ensure_future(work)
+    def background(self, work: Awaitable[T], *, counted: bool = True) -> asyncio.Future[T]:
+        """Start ``work`` as a task that ``close()`` waits for; ``counted``: whether it is
+        work done for a caller, which ``in_flight`` counts (the server's own passes, and
+        what carries work counted already, are not)."""
+        if asyncio.iscoroutine(work):
+            context = contextvars.copy_context()
+            context.run(_COUNTED.set, True)
+            task: asyncio.Future[T] = asyncio.get_running_loop().create_task(work, context=context)
+        else:
+            task = asyncio.ensure_future(work)
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
+        if not counted:
+            self._uncounted += 1
+            task.add_done_callback(self._counted_again)
         return task
+
+    def _counted_again(self, _: asyncio.Future[Any]) -> None:
+        self._uncounted -= 1
 
     async def close(self) -> None:
         """Wait for shielded work still in flight, then close every pooled connection."""
@@ -286,12 +310,13 @@ class GroupCommit(Generic[Item, T]):
     async def submit(self, item: Item) -> T:
         """Store ``item`` with whatever else is waiting; its outcome."""
         answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._db.grouped += 1
-        answer.add_done_callback(self._answered)
+        if not _COUNTED.get():
+            self._db.grouped += 1
+            answer.add_done_callback(self._answered)
         self._waiting.append((item, answer))
         if not self._draining:
             self._draining = True
-            self._db.background(self._drain())
+            self._db.background(self._drain(), counted=False)
         try:
             return await asyncio.shield(answer)
         except asyncio.CancelledError:

@@ -28,6 +28,7 @@ from flowyard.v1 import (
     types_pb2,
 )
 from tests.bearer import admin_token, aio_channel
+from tests.waiting import eventually
 
 from .conftest import STOP_TIMEOUT, Plane, agent_stream, connect, drive_to_running, engine_stream
 
@@ -51,8 +52,7 @@ RETRY_POLICY = {
 }
 
 
-#: Admission limit of the ``tight`` plane: room for the background loops' own units of work
-#: (the dispatcher's, the reapers'), which count against it too.
+#: Admission limit of the ``tight`` plane.
 TIGHT_LIMIT = 5
 
 
@@ -126,6 +126,26 @@ async def test_a_busy_server_refuses_user_calls_at_once_with_a_retry_hint(tight:
     await work
     assert await stored_runs(tight) == []
     assert (await tight.run()).id
+
+
+async def test_as_many_calls_at_once_as_the_limit_are_all_admitted(tight: Plane) -> None:
+    admission = tight.app.admission
+    request = pb.CreateRunRequest(deployment_name="hello", parameters_json='{"name": "x"}')
+    async with tight.app.db.write():
+        # The writer is busy: every creation is admitted and waits in its group commit, while
+        # the server's own passes run (the dispatcher each creation wakes). A call's work
+        # counts once, however it is done; the server's own does not count.
+        calls = [
+            asyncio.ensure_future(tight.control.CreateRun(request)) for _ in range(TIGHT_LIMIT)
+        ]
+        await eventually(
+            lambda: admission.active == TIGHT_LIMIT or any(call.done() for call in calls),
+            what="every call admitted, or one answered",
+        )
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(answer, pb.CreateRunResponse) for answer in answers), answers
+    assert len(await stored_runs(tight)) == TIGHT_LIMIT
+    await eventually(lambda: tight.app.db.in_flight == 0, what="no work left in flight")
 
 
 async def test_a_client_with_a_retry_policy_gets_through_by_itself(tight: Plane) -> None:
