@@ -178,6 +178,8 @@ class LogBuffer:
                 self._send_index += 1
                 batch.append(line)
                 size += line_size
+            if self._send_index < len(numbered):
+                return self._sent(batch)  # full of resends: the rest go in the next batches
             # ...then written lines, numbered now, as far as the in-flight window allows.
             room = min(max_lines - len(batch), self._max_in_flight - len(numbered))
             if room > 0 and self._dropped:

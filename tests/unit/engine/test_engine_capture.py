@@ -165,6 +165,22 @@ def test_unacknowledged_lines_are_resent_on_a_new_stream() -> None:
     assert [line.seq for line in drain(buffer)] == [6]
 
 
+def test_more_unacknowledged_lines_than_a_batch_are_all_resent_in_order() -> None:
+    # A fast writer fills the in-flight window, then the stream breaks before any ack: the
+    # next stream gets every line again, batch after batch, with no seq skipped.
+    buffer = LogBuffer()
+    buffer.opened(0)
+    unacknowledged = 3 * BATCH_MAX_LINES + 7
+    write_n(buffer, unacknowledged)
+    assert [line.seq for line in drain(buffer)] == list(range(1, unacknowledged + 1))
+
+    buffer.opened(stored_seq=5)
+    write_n(buffer, 3, start=unacknowledged)
+    resent = drain(buffer)
+    assert [line.seq for line in resent] == list(range(6, unacknowledged + 4))
+    assert [line.text for line in resent] == [f"line {i}" for i in range(5, unacknowledged + 3)]
+
+
 def test_batches_are_due_after_the_delay_or_when_full() -> None:
     clock = FakeClock()
     notified: list[int] = []
