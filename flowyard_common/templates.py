@@ -117,7 +117,7 @@ def _check_template_text(text: str) -> None:
     properties = _properties(schema)
     for name, prop in properties.items():
         if isinstance(prop, dict) and prop.get("default") is not None:
-            invalid = _first_error(Draft202012Validator(prop), prop["default"])
+            invalid = _first_error(schemas.Validator(prop), prop["default"])
             if invalid is not None:
                 where = "".join(f"[{part!r}]" for part in invalid.absolute_path)
                 raise TemplateError(
@@ -172,9 +172,9 @@ def check_job_variables(values: dict[str, Any], template: dict[str, Any]) -> Non
         raise TemplateError(f"job variable {where}: {error.message}")
 
 
-def _optional_validator(schema: dict[str, Any]) -> Draft202012Validator:
+def _optional_validator(schema: dict[str, Any]) -> Any:
     # Deployments and runs set some variables only: nothing is required of them.
-    return Draft202012Validator({**schema, "required": []})
+    return schemas.Validator({**schema, "required": []})
 
 
 def resolve_variables(template: dict[str, Any], *layers: dict[str, Any]) -> dict[str, Any]:
@@ -297,10 +297,10 @@ def _properties(schema: Mapping[str, Any]) -> dict[str, Any]:
     return properties if isinstance(properties, dict) else {}
 
 
-def _first_error(validator: Draft202012Validator, instance: Any) -> ValidationError | None:
+def _first_error(validator: Any, instance: Any) -> ValidationError | None:
     """The first error in path order, so that messages do not depend on dict ordering."""
     errors = sorted(
-        validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path]
+        schemas.errors(validator, instance), key=lambda e: [str(p) for p in e.absolute_path]
     )
     return errors[0] if errors else None
 

@@ -13,7 +13,9 @@ loops back to itself without descending into the value is refused before it can 
 Their regular expressions (``pattern``, ``patternProperties``) nest groups at most
 ``MAX_PATTERN_NESTING`` deep: Python compiles a regular expression recursively, one level of
 its stack per group, so a short pattern of nested groups could otherwise exhaust the stack of
-the request that compiles it.
+the request that compiles it. Values are matched against them in bounded time
+(``flowyard_common.schemas``), which is why ``unevaluatedProperties``, whose matching cannot
+be bounded, may not be used beside ``patternProperties``.
 """
 
 from __future__ import annotations
@@ -217,6 +219,7 @@ def schema_patterns(schema: Any, field: str) -> None:
     if not isinstance(schema, dict):
         return
     stack: list[tuple[str, Any]] = [("", schema)]
+    unevaluated = keyed = ""
     while stack:
         where, node = stack.pop()
         if not isinstance(node, dict):
@@ -224,6 +227,16 @@ def schema_patterns(schema: Any, field: str) -> None:
         patterns = [(f"{where}/pattern", node.get("pattern"))]
         if isinstance(node.get("patternProperties"), dict):
             patterns += [(f"{where}/patternProperties", key) for key in node["patternProperties"]]
+            keyed = keyed or f"{where}/patternProperties"
+        if "unevaluatedProperties" in node:
+            unevaluated = unevaluated or f"{where}/unevaluatedProperties"
+        if unevaluated and keyed:
+            # That keyword matches patternProperties' keys with Python's ``re``, which a
+            # pattern that backtracks holds for as long as it takes (flowyard_common.schemas).
+            raise InvalidArgument(
+                f"{field}: {unevaluated} cannot be used in a schema with patternProperties "
+                f"({keyed}); use additionalProperties beside them instead"
+            )
         for at, pattern in patterns:
             if isinstance(pattern, str) and (depth := _nesting(pattern)) > MAX_PATTERN_NESTING:
                 raise InvalidArgument(
@@ -455,7 +468,7 @@ def _parameters(values: dict[str, Any], schema: dict[str, Any] | None, flow: str
         return
     properties = schema.get("properties", {})
     accepted = ", ".join(sorted(properties)) or "none"
-    if schema.get("additionalProperties") is False:
+    if schema.get("additionalProperties") is False and not schema.get("patternProperties"):
         unknown = sorted(set(values) - set(properties))
         if unknown:
             names = ", ".join(shown(name) for name in unknown)
@@ -468,15 +481,15 @@ def _parameters(values: dict[str, Any], schema: dict[str, Any] | None, flow: str
         names = ", ".join(shown(name) for name in missing)
         raise InvalidArgument(f"parameters: missing required parameter {names} for flow {flow!r}")
     validator = schemas.validator(schema, "parameters", _parameters_validator)
-    errors = sorted(validator.iter_errors(values), key=lambda e: [str(p) for p in e.path])
+    errors = sorted(schemas.errors(validator, values), key=lambda e: [str(p) for p in e.path])
     if errors:
         error = errors[0]
         where = ".".join(str(part) for part in error.absolute_path) or "(parameters)"
         raise InvalidArgument(f"parameters: {where}: {_problem(error)}")
 
 
-def _parameters_validator(schema: dict[str, Any]) -> Draft202012Validator:
-    return Draft202012Validator(
+def _parameters_validator(schema: dict[str, Any]) -> Any:
+    return schemas.Validator(
         schema, registry=_NO_RETRIEVAL, format_checker=Draft202012Validator.FORMAT_CHECKER
     )
 

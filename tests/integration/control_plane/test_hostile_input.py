@@ -160,3 +160,84 @@ async def test_a_deeply_nested_pattern_in_a_pool_template_is_an_invalid_argument
         )
     assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "nests groups 300 deep" in (failed.value.details() or "")
+
+
+#: A pattern that backtracks: Python's ``re`` takes time doubling with each "a" of a value
+#: that almost matches (about a day for this one).
+BACKTRACKING = "^(a|aa)+$"
+ALMOST = "a" * 60 + "!"
+
+
+@pytest.mark.parametrize("where", ["pattern", "patternProperties"])
+async def test_a_pattern_that_backtracks_refuses_the_value_and_holds_no_one_up(
+    ready: Plane, where: str
+) -> None:
+    deployment = await ready.deployment()
+    schema = _schema(BACKTRACKING, where)
+    if where == "patternProperties":
+        schema["additionalProperties"] = False
+    deployment.parameter_schema_json = json.dumps(schema)
+    deployment.parameters_json = ""
+    await ready.control.UpsertDeployment(
+        control_plane_pb2.UpsertDeploymentRequest(deployment=deployment)
+    )
+    value = {"name": ALMOST} if where == "pattern" else {ALMOST: "x"}
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await ready.run(**value)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = refused.value.details() or ""
+    assert details.startswith("parameters: ")
+    assert f"could not be matched against the pattern '{BACKTRACKING}'" in details
+    assert "backtracks" in details
+    # Values the pattern can tell about are taken or refused as before.
+    ok = {"name": "aaa"} if where == "pattern" else {"aaa": "x"}
+    assert (await ready.run(**ok)).id
+    with pytest.raises(grpc.aio.AioRpcError) as mismatch:
+        await ready.run(**({"name": "b"} if where == "pattern" else {"b": "x"}))
+    assert mismatch.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_job_variable_checked_against_a_pattern_that_backtracks_is_refused(
+    plane: Plane,
+) -> None:
+    template = {
+        "job_configuration": {"command": "{{ tag }}"},
+        "variables": {
+            "type": "object",
+            "properties": {"tag": {"type": "string", "pattern": BACKTRACKING}},
+        },
+    }
+    await plane.control.CreatePool(
+        control_plane_pb2.CreatePoolRequest(
+            name="tags",
+            type=types_pb2.POOL_TYPE_PROCESS,
+            base_job_template_json=json.dumps(template),
+        )
+    )
+    deployment = await plane.deployment(pool="tags")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await plane.control.CreateRun(
+            control_plane_pb2.CreateRunRequest(
+                deployment_name=deployment.name,
+                parameters_json='{"name": "x"}',
+                job_variables_json=json.dumps({"tag": ALMOST}),
+            )
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "could not be matched against the pattern" in (refused.value.details() or "")
+
+
+async def test_unevaluated_properties_beside_pattern_properties_are_refused(ready: Plane) -> None:
+    deployment = await ready.deployment()
+    schema = _schema(BACKTRACKING, "patternProperties")
+    schema["unevaluatedProperties"] = False
+    deployment.parameter_schema_json = json.dumps(schema)
+    deployment.parameters_json = ""
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await ready.control.UpsertDeployment(
+            control_plane_pb2.UpsertDeploymentRequest(deployment=deployment)
+        )
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "/unevaluatedProperties cannot be used in a schema with patternProperties" in (
+        failed.value.details() or ""
+    )
