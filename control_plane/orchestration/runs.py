@@ -362,6 +362,9 @@ class Runs:
         created_until: datetime | None = None,
     ) -> tuple[list[Run], str]:
         """One page of runs, newest first, and the token of the next page ("" at the end)."""
+        # Each type is a parameter of the query: a list repeating one type 70,000 times
+        # would be more than PostgreSQL takes in one statement.
+        state_types = list(dict.fromkeys(state_types))
         if run_id_prefix:
             validation.run_id_prefix(run_id_prefix)
         if page_size < 0 or page_size > MAX_PAGE_SIZE:

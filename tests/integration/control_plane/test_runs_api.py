@@ -89,6 +89,18 @@ async def test_list_runs_pages_newest_first(ready: Plane) -> None:
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_list_runs_takes_a_state_type_given_many_times_as_once(ready: Plane) -> None:
+    run = await ready.run()
+    # More copies than PostgreSQL takes parameters in one statement.
+    scheduled = [types_pb2.STATE_TYPE_SCHEDULED] * 70_000
+    page = await ready.control.ListRuns(pb.ListRunsRequest(state_types=scheduled))
+    assert [r.id for r in page.runs] == [run.id]
+    page = await ready.control.ListRuns(
+        pb.ListRunsRequest(state_types=[types_pb2.STATE_TYPE_RUNNING] * 70_000)
+    )
+    assert list(page.runs) == []
+
+
 @pytest.mark.short_lease
 async def test_run_is_pushed_to_an_agent_with_credit_only(ready: Plane) -> None:
     agent = agent_stream(ready, capacity=1)
