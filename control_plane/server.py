@@ -61,7 +61,7 @@ from control_plane.orchestration.scrape import CONTENT_TYPE as METRICS_CONTENT_T
 from control_plane.orchestration.scrape import scrape
 from control_plane.orchestration.signals import Signals, lines_key, run_key
 from control_plane.orchestration.task_runs import TaskRuns
-from control_plane.store.db import Database
+from control_plane.store.db import Database, connect_params
 from control_plane.store.migrate import behind_head
 from control_plane.store.notifications import PostgresChannel
 from control_plane.web.app import build_app
@@ -346,7 +346,7 @@ async def build(config: ServerConfig) -> App:
 
     bus.on_gap(missed_hints)
     if db.dialect == "postgresql":
-        bus.channel = PostgresChannel(db.engine.url, replica.id, bus.receive, bus.gap)
+        bus.channel = PostgresChannel(connect_params(db.engine), replica.id, bus.receive, bus.gap)
 
     def deployment_changed() -> None:
         # New schedules are the scheduler's business; a raised limit, the dispatcher's.

@@ -443,14 +443,18 @@ def normalise_url(url: str) -> URL:
 def create_engine(url: str) -> AsyncEngine:
     """An async engine for ``url`` (see ``normalise_url`` for the forms it takes).
 
+    On PostgreSQL the engine's URL carries ``POSTGRES_SESSION_OPTIONS`` as its ``options``
+    unless ``url`` sets its own (the operator's: they win), so that ``connect_params`` gives
+    connections of one's own the very parameters of the pool's.
+
     Raises ``StoreError`` when the URL's driver is not installed.
     """
     parsed = normalise_url(url)
     if parsed.get_backend_name() != "sqlite":
-        # Settings in the URL's own ``options`` are the operator's: they win.
-        session = {} if "options" in parsed.query else {"options": POSTGRES_SESSION_OPTIONS}
+        if "options" not in parsed.query:
+            parsed = parsed.update_query_dict({"options": POSTGRES_SESSION_OPTIONS})
         try:
-            return create_async_engine(parsed, pool_pre_ping=True, connect_args=session)
+            return create_async_engine(parsed, pool_pre_ping=True)
         except (ImportError, sa_exc.NoSuchModuleError) as error:
             raise StoreError(
                 f"--db-url: the driver {parsed.drivername!r} is not installed ({error}); "
@@ -462,6 +466,14 @@ def create_engine(url: str) -> AsyncEngine:
     event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
     event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
     return engine
+
+
+def connect_params(engine: AsyncEngine) -> dict[str, Any]:
+    """The keyword arguments with which ``engine``'s pool (PostgreSQL, psycopg) connects: the
+    URL's parts and every query option, as the pool's connections give them to PostgreSQL, for
+    connections outside the pool (``LISTEN/NOTIFY``) that must reach it the same way."""
+    _, params = engine.dialect.create_connect_args(engine.url)
+    return dict(params)
 
 
 #: Every PostgreSQL session of the control plane gives up waiting for a lock after 30 s, and

@@ -6,7 +6,9 @@ re-reads the database. Hints are sent in batches, several to a notification, eac
 notification saying which replica sent it so that a replica skips its own (it has acted on
 them already, in process).
 
-Two connections of their own, outside the pool: one that only listens, one that only sends.
+Two connections of their own, outside the pool: one that only listens, one that only sends,
+opened with the pool's own connection parameters (``db.connect_params``), so that the URL's
+query options (``options``, ``sslmode``...) reach PostgreSQL as the pool's connections give them.
 When the listening connection breaks (the database restarted, the network blipped), it is
 opened again with a growing pause, and ``on_gap`` is called once it listens again: what was
 notified meanwhile was lost, so everyone waiting must re-read.
@@ -16,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import psycopg
-from sqlalchemy.engine import URL
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +29,6 @@ CHANNEL = "flowyard"
 #: PostgreSQL refuses a payload of 8,000 bytes or more.
 MAX_PAYLOAD_BYTES = 7_900
 RECONNECT_PAUSES = (0.1, 0.5, 1.0, 2.0, 5.0)
-
-
-def libpq_url(url: URL) -> str:
-    """The libpq connection string of a SQLAlchemy PostgreSQL URL."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def payloads(sender: str, hints: Iterable[str]) -> list[str]:
@@ -56,12 +53,13 @@ class PostgresChannel:
 
     def __init__(
         self,
-        url: URL,
+        params: Mapping[str, Any],
         replica_id: str,
         on_hints: Callable[[list[str]], None],
         on_gap: Callable[[], None],
     ) -> None:
-        self._conninfo = libpq_url(url)
+        """``params``: psycopg's keyword arguments to connect with (``db.connect_params``)."""
+        self._params = dict(params)
         self._replica_id = replica_id
         self._on_hints = on_hints
         self._on_gap = on_gap
@@ -86,7 +84,7 @@ class PostgresChannel:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True
+                    **self._params, autocommit=True
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     failures = 0
@@ -119,7 +117,7 @@ class PostgresChannel:
                 try:
                     if conn is None or conn.closed:
                         conn = await psycopg.AsyncConnection.connect(
-                            self._conninfo, autocommit=True
+                            **self._params, autocommit=True
                         )
                     for payload in payloads(self._replica_id, hints):
                         await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))

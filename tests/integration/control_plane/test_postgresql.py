@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 from control_plane.api.errors import busy_database
 from control_plane.cli.processes import script
-from control_plane.store.db import Database, unique_violation
+from control_plane.store.db import Database, connect_params, unique_violation
 from control_plane.store.migrate import SchemaTooNew, alembic_config
 from flowyard.v1 import control_plane_pb2 as pb
 from tests.driver_statements import INSERT_ONE, PROBE, READ, check_records_and_counts
@@ -261,6 +261,26 @@ async def test_sessions_never_wait_for_ever_on_a_lock_or_an_idle_transaction(
     finally:
         await db.close()
     assert (lock, idle) == ("30s", "1min")
+
+
+@pytest.mark.parametrize(
+    ("options", "lock_timeout"), [("", "30s"), ("?options=-c%20lock_timeout%3D3s", "3s")]
+)
+async def test_connections_outside_the_pool_get_the_session_options_of_the_pools(
+    postgres_url: str, options: str, lock_timeout: str
+) -> None:
+    """LISTEN/NOTIFY's connections (``connect_params``) get the URL's options, spaces and
+    all, or our own when it has none, as the pool's connections do."""
+    db = await Database.open(postgres_url + options)
+    try:
+        async with db.read() as conn:
+            pooled = (await conn.execute(text("SHOW lock_timeout"))).scalar()
+        async with await psycopg.AsyncConnection.connect(**connect_params(db.engine)) as own:
+            row = await (await own.execute("SHOW lock_timeout")).fetchone()
+    finally:
+        await db.close()
+    assert row is not None
+    assert (pooled, row[0]) == (lock_timeout, lock_timeout)
 
 
 async def test_a_call_blocked_by_a_lock_held_elsewhere_answers_unavailable(

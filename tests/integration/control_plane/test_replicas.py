@@ -170,12 +170,32 @@ async def test_a_tail_on_one_replica_follows_lines_written_through_another(
     replicas: list[Plane],
 ) -> None:
     a, b, c = replicas
-    agent = agent_stream(a)
+    await follows_lines(agents_on=a, engine_on=b, tail_on=c)
+
+
+async def test_replicas_whose_url_sets_session_options_still_notify_each_other(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The ``options`` parameter as docs/scale-out.md writes it, spaces and all, reaches the
+    LISTEN/NOTIFY connections as it reaches the pool's: hints still cross between replicas."""
+    empty(postgres_url)
+    async with contextlib.AsyncExitStack() as stack:
+        url = f"{postgres_url}?options=-c%20lock_timeout%3D3s"
+        a, b = await start_replicas(stack, tmp_path, url, 2)
+        await make_ready(a)
+        # A tail re-reads by the clock only every 30 s: the lines come by a hint, or late.
+        await follows_lines(agents_on=a, engine_on=b, tail_on=a)
+
+
+async def follows_lines(*, agents_on: Plane, engine_on: Plane, tail_on: Plane) -> None:
+    """Lines an engine writes through ``engine_on`` reach a tail on ``tail_on`` within the
+    hint deadline (the run goes to an agent of ``agents_on``)."""
+    agent = agent_stream(agents_on)
     await agent.receive("welcome")
-    run = await a.run()
+    run = await agents_on.run()
     assign = await accept_and_submit(agent, run.id)
-    engine = await running(b, run.id, assign.engine_token)
-    tail = c.control.TailLogs(pb.TailLogsRequest(run_id=run.id, follow=True))
+    engine = await running(engine_on, run.id, assign.engine_token)
+    tail = tail_on.control.TailLogs(pb.TailLogsRequest(run_id=run.id, follow=True))
     lines: list[str] = []
 
     async def read(count: int) -> None:
