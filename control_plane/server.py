@@ -61,7 +61,7 @@ from control_plane.orchestration.scrape import CONTENT_TYPE as METRICS_CONTENT_T
 from control_plane.orchestration.scrape import scrape
 from control_plane.orchestration.signals import Signals, lines_key, run_key
 from control_plane.orchestration.task_runs import TaskRuns
-from control_plane.store.db import Database, connect_params
+from control_plane.store.db import Database, connect_params, shown_url
 from control_plane.store.migrate import behind_head
 from control_plane.store.notifications import PostgresChannel
 from control_plane.web.app import build_app
@@ -489,7 +489,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         "Flowyard control plane listening on %s (%s; database %s)",
         address,
         "TLS" if config.tls_cert else "plaintext",
-        _safe_url(config),
+        shown_url(config.resolved_db_url()),
     )
     ready = address
     if app.agent_port is not None:
@@ -508,12 +508,6 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         log.info("shutting down")
         await app.stop(config.shutdown_grace_seconds)
         log.info("stopped")
-
-
-def _safe_url(config: ServerConfig) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(config.resolved_db_url()).render_as_string(hide_password=True)
 
 
 def _url_host(host: str) -> str:

@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from control_plane import metrics
 from control_plane.store import migrate, sqlite_inline
 from control_plane.store.migrate import StoreError
+from flowyard_common.urls import redact_url
 
 T = TypeVar("T")
 #: Set in the tasks ``Database.background`` starts: what they submit to a group commit is
@@ -102,9 +103,8 @@ class Database:
             await migrate.upgrade(engine)
         except sa_exc.OperationalError as error:
             await engine.dispose()
-            where = engine.url.render_as_string(hide_password=True)
             raise StoreError(
-                f"cannot use the database {where}: {_first_line(error.orig)}"
+                f"cannot use the database {shown_url(url)}: {_first_line(error.orig)}"
             ) from error
         except BaseException:
             await engine.dispose()
@@ -438,6 +438,12 @@ def normalise_url(url: str) -> URL:
     if driver in ("", "psycopg2", "pysqlite"):
         parsed = parsed.set(drivername=f"{backend}+{ASYNC_DRIVERS[backend]}")
     return parsed
+
+
+def shown_url(url: str) -> str:
+    """``url`` as messages and logs show it: without its password, in the userinfo or in a
+    query parameter."""
+    return redact_url(url, keep_user=True)
 
 
 def create_engine(url: str) -> AsyncEngine:

@@ -21,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from control_plane.api.errors import busy_database
-from control_plane.cli.processes import script
+from control_plane.cli.processes import script, start_server
 from control_plane.store.db import Database, connect_params, unique_violation
 from control_plane.store.migrate import SchemaTooNew, alembic_config
 from flowyard.v1 import control_plane_pb2 as pb
@@ -201,6 +201,14 @@ def _server_start(data_dir: Path, url: str) -> subprocess.CompletedProcess[str]:
     ("url", "expected"),
     [
         ("postgresql://postgres@127.0.0.1:1/flowyard", "cannot use the database"),
+        (
+            "postgresql://postgres@127.0.0.1:1/flowyard?password=S3cretPW",
+            "cannot use the database postgresql://postgres@127.0.0.1:1/flowyard?password=***: ",
+        ),
+        (
+            "postgresql://postgres:S3cretPW@127.0.0.1:1/flowyard",
+            "cannot use the database postgresql://postgres:***@127.0.0.1:1/flowyard: ",
+        ),
         ("postgresql+asyncpg://postgres@127.0.0.1/flowyard", "is not installed"),
         ("mysql://root@127.0.0.1/flowyard", "unsupported database 'mysql'"),
     ],
@@ -211,8 +219,23 @@ def test_an_unusable_db_url_is_one_line_at_server_start(
     started = _server_start(tmp_path, url)
     assert started.returncode == 1
     assert "Traceback" not in started.stderr
+    assert "S3cretPW" not in started.stderr + started.stdout
     last = started.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and expected in last, started.stderr
+
+
+def test_the_server_names_its_database_without_a_password_given_as_a_parameter(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    empty(postgres_url)
+    # The test server trusts every local connection: the password is never checked.
+    server = start_server(tmp_path, db_url=f"{postgres_url}?password=S3cretPW")
+    try:
+        log = server.log_path.read_text()
+    finally:
+        assert server.stop() == 0
+    assert f"(plaintext; database {postgres_url}?password=***)" in log, log
+    assert "S3cretPW" not in log + server.log_path.read_text()
 
 
 async def test_both_url_forms_reach_postgresql(postgres_url: str) -> None:

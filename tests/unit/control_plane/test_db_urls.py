@@ -2,7 +2,7 @@
 
 import pytest
 
-from control_plane.store.db import normalise_url
+from control_plane.store.db import normalise_url, shown_url
 from control_plane.store.migrate import StoreError
 
 
@@ -37,3 +37,19 @@ def test_unusable_urls_are_one_clear_line_without_the_password(given: str, said:
         normalise_url(given)
     assert said in str(error.value) and "secret" not in str(error.value)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        ("postgresql://u:secret@h/d", "postgresql://u:***@h/d"),
+        ("postgresql://u@h/d?password=secret", "postgresql://u@h/d?password=***"),
+        (
+            "postgresql://u@h/d?sslmode=require&sslpassword=secret&application_name=x",
+            "postgresql://u@h/d?sslmode=require&sslpassword=***&application_name=x",
+        ),
+        ("sqlite:///x/flowyard.db", "sqlite:///x/flowyard.db"),
+    ],
+)
+def test_urls_are_shown_without_their_password(given: str, shown: str) -> None:
+    assert shown_url(given) == shown

@@ -112,6 +112,9 @@ def test_git_token_env_missing_is_explained(
 def test_urls_are_redacted() -> None:
     assert redact_url("https://user:pw@host.example/r.git") == "https://***@host.example/r.git"
     assert redact_url("git@github.com:org/r.git") == "git@github.com:org/r.git"
+    assert redact_url("https://h.example/a.tgz?password=pw&v=1") == (
+        "https://h.example/a.tgz?password=***&v=1"
+    )
     said = "fatal: unable to access 'https://u:tok@h.example/r.git/': 403"
     assert "tok" not in redact_text(said) and "***@h.example" in redact_text(said)
     assert GitSource("https://u:pw@h.example/r.git").describe() == "git https://***@h.example/r.git"
