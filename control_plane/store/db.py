@@ -98,8 +98,15 @@ class Database:
         """
         engine = create_engine(url)
         try:
-            async with engine.connect() as connection:
+            try:
+                connection = await engine.connect()
+            except sa_exc.ProgrammingError as error:
+                # psycopg refused a value of the URL's options before reaching the server.
+                raise StoreError(f"--db-url: {_first_line(error.orig)}") from error
+            try:
                 await connection.execute(text("SELECT 1"))
+            finally:
+                await connection.close()
             await migrate.upgrade(engine)
         except sa_exc.OperationalError as error:
             await engine.dispose()
@@ -417,7 +424,9 @@ def normalise_url(url: str) -> URL:
     """``url`` with the async driver we ship: ``postgresql://`` and ``postgres://`` become
     ``postgresql+psycopg://``, ``sqlite://`` becomes ``sqlite+aiosqlite://``.
 
-    Raises ``StoreError`` for a URL that is not one, or names a database we do not support.
+    Raises ``StoreError`` for a URL that is not one, names a database we do not support, names
+    no database (or SQLite in memory, whose state would be lost at exit), or has a query option
+    that psycopg does not know.
     """
     try:
         parsed = make_url(url)
@@ -427,17 +436,57 @@ def normalise_url(url: str) -> URL:
             "--db-url is not a database URL; use postgresql://user:password@host/dbname "
             "or sqlite:///path/to/file.db"
         ) from error
+    except ValueError as error:
+        # SQLAlchemy takes what follows the host's last ':' for the port: "[::1:5432" too.
+        raise StoreError(
+            "--db-url: the port is not a number; use postgresql://user@host:5432/dbname "
+            "(an IPv6 address in brackets: [::1]:5432)"
+        ) from error
     backend = "postgresql" if parsed.get_backend_name() == "postgres" else parsed.get_backend_name()
     if backend not in ASYNC_DRIVERS:
         raise StoreError(
             f"--db-url: unsupported database {backend!r}; use postgresql://user@host/dbname "
             "or sqlite:///path/to/file.db"
         )
+    if backend == "sqlite" and (
+        parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
+    ):
+        raise StoreError(
+            "--db-url names no SQLite file (a database in memory is lost at exit); "
+            "use sqlite:///path/to/file.db"
+        )
+    # libpq would pick a database named after the OS user: the schema would go there.
+    if backend == "postgresql" and not parsed.database and "dbname" not in parsed.query:
+        raise StoreError("--db-url names no database; use postgresql://user@host/dbname")
     driver = parsed.drivername.partition("+")[2]
     # A bare URL (or psycopg2's name, which people copy from other tools) gets our driver.
     if driver in ("", "psycopg2", "pysqlite"):
         parsed = parsed.set(drivername=f"{backend}+{ASYNC_DRIVERS[backend]}")
+    if parsed.drivername == "postgresql+psycopg":
+        _check_libpq_options(parsed)
     return parsed
+
+
+def _check_libpq_options(url: URL) -> None:
+    """Raise ``StoreError`` when libpq would refuse the connection parameters that psycopg
+    gets for ``url`` (its query options among them), before any connection is tried."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    try:
+        _, params = url.get_dialect()().create_connect_args(url)
+        make_conninfo("", **params)
+    except sa_exc.ArgumentError as error:
+        # Several hosts (?host=a:5432&host=b:5432), one of whose ports is not a number.
+        raise StoreError(
+            "--db-url: a port of its host parameters is not a number; use ?host=a:5432&host=b:5432"
+        ) from error
+    except psycopg.ProgrammingError as error:
+        # An unknown option, named (never a value, which may be a password).
+        raise StoreError(
+            f"--db-url: {_first_line(error)}; libpq's options are listed at "
+            "https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS"
+        ) from error
 
 
 def shown_url(url: str) -> str:
@@ -466,8 +515,8 @@ def create_engine(url: str) -> AsyncEngine:
                 f"--db-url: the driver {parsed.drivername!r} is not installed ({error}); "
                 "use postgresql+psycopg://, whose driver Flowyard ships"
             ) from error
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    assert parsed.database is not None  # normalise_url refuses SQLite in memory
+    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = sqlite_inline.create_engine(parsed, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
     event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
     event.listen(engine.sync_engine, "begin", _sqlite_on_begin)

@@ -145,6 +145,26 @@ def test_with_an_existing_secret_nothing_secret_is_printed() -> None:
     assert result.stderr == ""
 
 
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("postgresql://flowyard:S3cretPW@db.example.com:notaport/x", "the port is not a number"),
+        ("postgresql://flowyard@db.example.com/x?password=S3cretPW&sslmod=require", "sslmod"),
+        ("postgresql://flowyard:S3cretPW@db.example.com", "names no database"),
+        ("sqlite:///", "names no SQLite file"),
+    ],
+)
+def test_a_malformed_db_url_is_refused_naming_the_flag_not_the_password(
+    url: str, said: str
+) -> None:
+    refused = flowyard("--replicas", "1", "--db-url", url)
+    assert refused.returncode == 2
+    assert refused.stdout == ""  # nothing half-printed into kubectl
+    assert "Traceback" not in refused.stderr and "S3cretPW" not in refused.stderr
+    [error] = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+    assert error.startswith("error: --db-url") and said in error, refused.stderr
+
+
 def test_several_replicas_on_sqlite_are_refused_and_one_is_warned_about() -> None:
     refused = flowyard("--replicas", "2", "--db-url", "sqlite:////var/lib/flowyard/f.db")
     assert refused.returncode == 2

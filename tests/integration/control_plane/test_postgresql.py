@@ -211,6 +211,21 @@ def _server_start(data_dir: Path, url: str) -> subprocess.CompletedProcess[str]:
         ),
         ("postgresql+asyncpg://postgres@127.0.0.1/flowyard", "is not installed"),
         ("mysql://root@127.0.0.1/flowyard", "unsupported database 'mysql'"),
+        ("postgresql://postgres:S3cretPW@127.0.0.1:notaport/x", "--db-url: the port is not a"),
+        ("postgresql://postgres:S3cretPW@[::1:5432/x", "--db-url: the port is not a number"),
+        (
+            "postgresql://postgres@127.0.0.1:1/x?password=S3cretPW&sslmod=require",
+            '--db-url: invalid connection option "sslmod"',
+        ),
+        (
+            "postgresql://postgres@127.0.0.1:1/x?password=S3cretPW&connect_timeout=abc",
+            "--db-url: bad value for connect_timeout: 'abc'",
+        ),
+        # Port 1: were it accepted, no database would be reached, nor created into.
+        ("postgresql://postgres:S3cretPW@127.0.0.1:1", "--db-url names no database"),
+        ("sqlite://", "--db-url names no SQLite file"),
+        ("sqlite:///", "--db-url names no SQLite file"),
+        ("sqlite:///:memory:", "--db-url names no SQLite file"),
     ],
 )
 def test_an_unusable_db_url_is_one_line_at_server_start(

@@ -30,6 +30,16 @@ def test_urls_get_the_async_driver(given: str, used: str) -> None:
     [
         ("mysql://root@h/d", "unsupported database 'mysql'"),
         ("not a url :secret@", "is not a database URL"),
+        ("postgresql://u:secret@h:notaport/d", "--db-url: the port is not a number"),
+        ("postgresql://u:secret@[::1:5432/d", "an IPv6 address in brackets"),
+        ("postgresql://u@h/d?password=secret&host=a:x&host=b:1", "a port of its host parameters"),
+        ("postgresql://u@h/d?password=secret&sslmod=require", 'invalid connection option "sslmod"'),
+        ("postgresql://", "--db-url names no database; use postgresql://user@host/dbname"),
+        ("postgres://u:secret@h:5432/", "--db-url names no database"),
+        ("sqlite://", "--db-url names no SQLite file"),
+        ("sqlite:///", "--db-url names no SQLite file"),
+        ("sqlite:///:memory:", "--db-url names no SQLite file"),
+        ("sqlite+aiosqlite:///x.db?mode=memory&uri=true", "--db-url names no SQLite file"),
     ],
 )
 def test_unusable_urls_are_one_clear_line_without_the_password(given: str, said: str) -> None:
@@ -37,6 +47,10 @@ def test_unusable_urls_are_one_clear_line_without_the_password(given: str, said:
         normalise_url(given)
     assert said in str(error.value) and "secret" not in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_a_database_named_in_the_query_is_named() -> None:
+    assert normalise_url("postgresql://u@h/?dbname=d").query == {"dbname": "d"}
 
 
 @pytest.mark.parametrize(
