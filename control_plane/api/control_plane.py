@@ -147,7 +147,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
         self, request: pb.UpsertDeploymentRequest, context: Context
     ) -> pb.UpsertDeploymentResponse:
         d = request.deployment
-        deployment, created = await self._catalog.upsert_deployment(
+        deployment, previous = await self._catalog.upsert_deployment(
             DeploymentSpec(
                 name=d.name,
                 entrypoint=d.entrypoint,
@@ -164,7 +164,9 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServiceServicer):
             )
         )
         return pb.UpsertDeploymentResponse(
-            deployment=convert.deployment_to_proto(deployment), created=created
+            deployment=convert.deployment_to_proto(deployment),
+            created=previous is None,
+            previous=None if previous is None else convert.deployment_to_proto(previous),
         )
 
     @unary

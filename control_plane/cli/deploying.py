@@ -4,6 +4,10 @@
 differs, and prints ``created``, ``unchanged``, or each changed field with its old and new
 value. The comparison is on what the server stored, so a field the server normalizes (a
 lowercase sha256, a trailing ``/``) does not show up as a change on every deploy.
+
+What is printed is what this deploy did, as the server tells it: of several deploys of a new
+deployment at once, only the one whose call created it says ``created``; the others say
+``unchanged``, or ``updated`` with what they changed in what the first one stored.
 """
 
 from __future__ import annotations
@@ -69,9 +73,11 @@ def apply_deployment(stub: Any, deployment: types_pb2.Deployment) -> Applied:
     if existing is not None and not changes(existing, deployment):
         return Applied(deployment.name, False, [])
     response = stub.UpsertDeployment(pb.UpsertDeploymentRequest(deployment=deployment))
-    if existing is None or response.created:
+    if response.created:
         return Applied(deployment.name, True, [])
-    return Applied(deployment.name, False, changes(existing, response.deployment))
+    # Compared with what the server had just before this call, not with what was read above:
+    # another deploy may have created or changed it in between.
+    return Applied(deployment.name, False, changes(response.previous, response.deployment))
 
 
 def _current(stub: Any, name: str) -> types_pb2.Deployment | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from control_plane.orchestration import (
 from control_plane.store import catalog as repo
 from control_plane.store import queues as queues_repo
 from control_plane.store import runs as runs_repo
-from control_plane.store.db import Database
+from control_plane.store.db import Database, unique_violation
 from flowyard_common.entrypoints import InvalidEntrypoint, parse_entrypoint
 
 MAX_ENTRYPOINT_CHARS = 1000
@@ -30,6 +31,9 @@ MAX_TAGS = 100
 MAX_TAG_CHARS = 100
 MAX_DESCRIPTION_CHARS = 10_000
 MAX_VERSION_CHARS = 200
+#: How many times an upsert of a deployment is tried when another call created its name
+#: first (the second try finds it: a third happens only if it was deleted meanwhile).
+UPSERT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -108,8 +112,30 @@ class Catalog:
         async with self._db.read() as conn:
             return await repo.list_pools(conn)
 
-    async def upsert_deployment(self, spec: DeploymentSpec) -> tuple[Deployment, bool]:
-        """Create or replace a deployment; returns it and whether it is new."""
+    async def upsert_deployment(self, spec: DeploymentSpec) -> tuple[Deployment, Deployment | None]:
+        """Create or replace a deployment; returns it as stored and as it was before this
+        call: None when the call created it, the stored one itself when it changed nothing.
+
+        Calls that create the same new name at once all succeed: the name's unique key lets
+        one insert through, and each of the others starts again and finds that deployment,
+        which it then updates or leaves as it is, as if it had come just after.
+        """
+        draft = self._checked(spec)
+        for attempt in range(1, UPSERT_ATTEMPTS + 1):
+            try:
+                stored, previous = await self._store_deployment(draft)
+            except Exception as error:
+                if attempt < UPSERT_ATTEMPTS and unique_violation(error):
+                    continue
+                raise
+            if stored is not previous:
+                self._deployment_changed()
+            return stored, previous
+        raise AssertionError("unreachable")
+
+    def _checked(self, spec: DeploymentSpec) -> Deployment:
+        """The deployment ``spec`` describes, checked as far as it can be without the
+        database (its id, pool and times are filled in when it is stored)."""
         validation.deployment_name(spec.name, "deployment.name")
         validation.text(spec.entrypoint, "deployment.entrypoint", MAX_ENTRYPOINT_CHARS)
         try:
@@ -146,11 +172,34 @@ class Catalog:
         schedules.check(spec.scheduling)
         schedules.check_parameters(spec.scheduling, parameters, schema, flow_name)
         now = clock.now()
+        return Deployment(
+            id="",
+            name=spec.name,
+            flow_name=flow_name,
+            entrypoint=spec.entrypoint,
+            source=source,
+            pool_id="",
+            pool_name=spec.pool,
+            parameters=parameters,
+            parameter_schema=schema,
+            job_variables=job_variables,
+            tags=list(spec.tags),
+            description=spec.description,
+            created_at=now,
+            updated_at=now,
+            scheduling=spec.scheduling,
+            version=spec.version,
+        )
+
+    async def _store_deployment(self, draft: Deployment) -> tuple[Deployment, Deployment | None]:
+        """One unit of work of ``upsert_deployment``: insert, update or leave as it is."""
+        now = clock.now()
         async with self._db.write() as conn:
-            pool = await repo.get_pool(conn, name=spec.pool)
+            pool = await repo.get_pool(conn, name=draft.pool_name)
             if pool is None:
                 raise NotFound(
-                    f"pool {spec.pool!r} not found: create it first with 'flowyard pool create {spec.pool}'"
+                    f"pool {draft.pool_name!r} not found: "
+                    f"create it first with 'flowyard pool create {draft.pool_name}'"
                 )
             with validation.evaluating(
                 f"the job variables schema of pool {pool.name!r}",
@@ -158,42 +207,31 @@ class Catalog:
                 validation.POOL_FIX,
             ):
                 templates.check_job_variables(
-                    job_variables, pool.base_job_template, "deployment.job_variables_json"
+                    draft.job_variables, pool.base_job_template, "deployment.job_variables_json"
                 )
-            queue = await queues.resolve(conn, pool, spec.scheduling.queue, "deployment.queue")
-            existing = await repo.get_deployment(conn, name=spec.name)
-            deployment = Deployment(
+            queue = await queues.resolve(conn, pool, draft.scheduling.queue, "deployment.queue")
+            existing = await repo.get_deployment(conn, name=draft.name)
+            deployment = dataclasses.replace(
+                draft,
                 id=existing.id if existing else uuid.uuid4().hex,
-                name=spec.name,
-                flow_name=flow_name,
-                entrypoint=spec.entrypoint,
-                source=source,
                 pool_id=pool.id,
                 pool_name=pool.name,
-                parameters=parameters,
-                parameter_schema=schema,
-                job_variables=job_variables,
-                tags=list(spec.tags),
-                description=spec.description,
                 created_at=existing.created_at if existing else now,
                 updated_at=now,
-                scheduling=spec.scheduling,
-                version=spec.version,
             )
             if existing is None:
                 await repo.insert_deployment(conn, deployment, queue.id)
             elif redeploy.same(existing, deployment):
                 # Applying a project file again must not look like a change to anyone
                 # watching update_time, nor disturb the runs its schedules created.
-                return existing, False
+                return existing, existing
             else:
                 await repo.update_deployment(conn, deployment, queue.id)
                 stale = redeploy.stale_schedules(existing, deployment)
                 # The scheduler creates them again from the new definition.
                 for schedule in [None] if stale is None else sorted(stale):
                     await runs_repo.delete_future_scheduled(conn, deployment.id, now, schedule)
-        self._deployment_changed()
-        return deployment, existing is None
+        return deployment, existing
 
     async def get_deployment(self, name: str) -> Deployment:
         """The deployment with this name; NOT_FOUND otherwise."""

@@ -684,21 +684,33 @@ class UpsertDeploymentResponse(_message.Message):
 
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
     created: _builtins.bool
-    """True if the deployment did not exist before this call."""
+    """True if the deployment did not exist before this call. Of several calls that create
+    the same new deployment at once, exactly one is told it created it.
+    """
     @_builtins.property
     def deployment(self) -> _types_pb2.Deployment:
         """The deployment as stored."""
+
+    @_builtins.property
+    def previous(self) -> _types_pb2.Deployment:
+        """The deployment as it was just before this call changed it; unset when this call
+        created it. Equal to deployment when the call changed nothing (it already said the
+        same), so that a client tells a user what this call did, whatever other calls did
+        before it.
+        """
 
     def __init__(
         self,
         *,
         deployment: _types_pb2.Deployment | None = ...,
         created: _builtins.bool = ...,
+        previous: _types_pb2.Deployment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "previous", b"previous"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "deployment", b"deployment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "deployment", b"deployment", "previous", b"previous"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

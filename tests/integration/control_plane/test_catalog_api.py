@@ -72,24 +72,44 @@ async def test_unknown_pool_is_not_found(plane: Plane) -> None:
     assert "pool 'nope' not found" in (error.value.details() or "")
 
 
-async def test_upsert_creates_then_updates(plane: Plane) -> None:
+async def test_upsert_creates_then_updates_and_says_what_it_replaced(plane: Plane) -> None:
     await plane.pool()
     first = await plane.deployment()
     assert first.flow_name == "hello"
-    response = await plane.control.UpsertDeployment(
-        pb.UpsertDeploymentRequest(
-            deployment=types_pb2.Deployment(
-                name="hello",
-                entrypoint="flow.py:hello",
-                source=first.source,
-                pool="pool-a",
-                description="v2",
-            )
+    request = pb.UpsertDeploymentRequest(
+        deployment=types_pb2.Deployment(
+            name="hello",
+            entrypoint="flow.py:hello",
+            source=first.source,
+            pool="pool-a",
+            description="v2",
         )
     )
+    response = await plane.control.UpsertDeployment(request)
     assert not response.created
     assert response.deployment.id == first.id
     assert response.deployment.description == "v2"
+    assert response.previous == first
+    # The same again changes nothing, and says so: what it found is what is stored.
+    again = await plane.control.UpsertDeployment(request)
+    assert not again.created
+    assert again.previous == again.deployment == response.deployment
+
+
+async def test_an_upsert_that_creates_has_no_previous_deployment(plane: Plane) -> None:
+    await plane.pool()
+    response = await plane.control.UpsertDeployment(
+        pb.UpsertDeploymentRequest(
+            deployment=types_pb2.Deployment(
+                name="new",
+                entrypoint="flow.py:hello",
+                source=types_pb2.Source(local=types_pb2.LocalSource(path=str(plane.data_dir))),
+                pool="pool-a",
+            )
+        )
+    )
+    assert response.created
+    assert not response.HasField("previous")
 
 
 @pytest.mark.parametrize(

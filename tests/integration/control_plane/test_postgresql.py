@@ -25,6 +25,7 @@ from control_plane.cli.processes import script, start_server
 from control_plane.store.db import Database, connect_params, unique_violation
 from control_plane.store.migrate import SchemaTooNew, alembic_config
 from flowyard.v1 import control_plane_pb2 as pb
+from flowyard.v1 import types_pb2
 from tests.driver_statements import INSERT_ONE, PROBE, READ, check_records_and_counts
 from tests.stores import ADMIN_URL, conninfo, empty, postgres_database
 
@@ -371,3 +372,31 @@ async def test_concurrent_creates_of_one_name_are_never_internal(postgres_ready:
         grpc.StatusCode.ALREADY_EXISTS,
         grpc.StatusCode.ABORTED,
     }, codes
+
+
+async def test_concurrent_upserts_of_one_new_deployment_all_succeed_and_one_creates(
+    postgres_ready: Plane,
+) -> None:
+    async def deploy(name: str) -> list[pb.UpsertDeploymentResponse]:
+        request = pb.UpsertDeploymentRequest(
+            deployment=types_pb2.Deployment(
+                name=name,
+                entrypoint="flow.py:hello",
+                source=types_pb2.Source(local=types_pb2.LocalSource(path="/srv/flows")),
+                pool="pool-a",
+            )
+        )
+        calls = (postgres_ready.control.UpsertDeployment(request) for _ in range(CALLS // 4))
+        return list(await asyncio.gather(*calls))
+
+    # Several names: each race is short, and one that no two calls happened to run together
+    # would prove nothing.
+    for name in [f"same-{n}" for n in range(5)]:
+        responses = await deploy(name)
+        assert sum(response.created for response in responses) == 1, name
+        assert len({response.deployment.id for response in responses}) == 1
+        # The others found it as they would have asked for it, and changed nothing.
+        for response in responses:
+            if not response.created:
+                assert response.previous == response.deployment
+    assert postgres_ready.count_rows("deployments") == 1 + 5
