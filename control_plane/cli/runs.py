@@ -61,8 +61,14 @@ def run_command(
         )
     )
     run = response.run
-    note = "" if response.created else " (existing run for this idempotency key)"
-    output.errors.print(f"Created run {run.id} of {deployment_name!r}{note}")
+    if response.created:
+        output.errors.print(f"Created run {run.id} of {deployment_name!r}")
+    else:
+        # The key names that run: this call's parameters and job variables are not applied.
+        output.errors.print(
+            f"Run {run.id} of {deployment_name!r} already exists for idempotency key "
+            f"{idempotency_key!r} (its parameters are those it was created with)"
+        )
     if not watch:
         output.console.print(run.id)
         return

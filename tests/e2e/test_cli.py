@@ -431,3 +431,25 @@ def test_logs_follow_of_a_completed_run_ends_with_its_state_and_exit_0(system: S
     started = next(line for line in lines if line["text"] == "started")
     assert started["stream"] == "stdout" and started["attempt"] == 1
     rfc3339(started["time"])
+
+
+# What a repeated idempotency key says.
+
+
+def test_a_run_with_a_taken_idempotency_key_says_it_exists_and_kept_its_parameters(
+    system: System,
+) -> None:
+    system.deploy("greet", "def main(name: str = 'x'):\n    return name\n")
+    first = flowyard(system, "run", "greet", "--idempotency-key", "k1", "--param", "name=Ada")
+    assert first.returncode == 0, first.stderr
+    run_id = first.stdout.strip()
+    assert first.stderr == f"Created run {run_id} of 'greet'\n"
+
+    again = flowyard(system, "run", "greet", "--idempotency-key", "k1", "--param", "name=Bob")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == run_id
+    assert again.stderr == (
+        f"Run {run_id} of 'greet' already exists for idempotency key 'k1' "
+        "(its parameters are those it was created with)\n"
+    )
+    assert json.loads(system.run(run_id).parameters_json) == {"name": "Ada"}
