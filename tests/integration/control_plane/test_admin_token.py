@@ -122,3 +122,69 @@ def test_a_malformed_token_stops_the_server_before_it_starts(tmp_path: Path) -> 
     assert "FLOWYARD_ADMIN_TOKEN" in result.output and "openssl rand" in result.output
     assert "short-secret" not in result.output
     assert list(tmp_path.iterdir()) == []  # no database made
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "control_plane.auth.bootstrap" and record.levelno == logging.WARNING
+    ]
+
+
+async def test_a_replica_without_a_file_says_whose_token_to_use_not_that_its_file_is_bad(
+    tmp_path: Path, started: Started, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with started(tmp_path / "s0", "") as tokens_:
+        [first] = await tokens_.list()
+    caplog.set_level(logging.WARNING, logger="control_plane.auth.bootstrap")
+    async with started(tmp_path / "s1", ""):
+        pass
+    path = admin_token_path(tmp_path / "s1")
+    assert not path.exists()
+    [warning] = _warnings(caplog)
+    assert warning.startswith(
+        f"no admin token file {path}: this database has admin token {first.id}, "
+        "made by another server on this database"
+    ), warning
+    assert "admin.token file of the data directory of the server that made it" in warning
+    assert "FLOWYARD_ADMIN_TOKEN" in warning and "holds" not in warning
+
+
+async def test_a_replica_without_a_file_beside_replicas_given_a_token_says_to_give_it_too(
+    tmp_path: Path, started: Started, caplog: pytest.LogCaptureFixture
+) -> None:
+    given = tokens.mint()[0]
+    async with started(tmp_path / "s0", given):
+        pass
+    caplog.set_level(logging.WARNING, logger="control_plane.auth.bootstrap")
+    async with started(tmp_path / "s1", ""):
+        pass
+    [warning] = _warnings(caplog)
+    assert warning == (
+        f"no admin token file {admin_token_path(tmp_path / 's1')}: this database has admin "
+        f"token {tokens.token_id(given)}, given to a replica as FLOWYARD_ADMIN_TOKEN. Use that "
+        "token (FLOWYARD_TOKEN for the CLI), and give this server the same "
+        "FLOWYARD_ADMIN_TOKEN as the others"
+    )
+
+
+async def test_a_file_whose_token_the_database_does_not_know_says_so_once(
+    tmp_path: Path, started: Started, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with started(tmp_path / "s0", "") as tokens_:
+        [first] = await tokens_.list()
+    foreign = tokens.mint()[0]  # e.g. the file of a server on another database
+    path = admin_token_path(tmp_path / "s1")
+    path.parent.mkdir()
+    path.write_text(foreign + "\n")
+    caplog.set_level(logging.WARNING, logger="control_plane.auth.bootstrap")
+    async with started(tmp_path / "s1", ""):
+        pass
+    [warning] = _warnings(caplog)
+    assert warning.startswith(
+        f"{path} holds no admin token this database accepts "
+        f"(unknown token {tokens.token_id(foreign)!r}); this database has admin token "
+        f"{first.id}, and the server makes no other"
+    ), warning
+    assert path.read_text() == foreign + "\n"  # left as it was
