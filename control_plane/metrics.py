@@ -124,6 +124,12 @@ AGENT_CREDIT = Gauge(
     ["pool"],
     registry=REGISTRY,
 )
+REPLICA_INFO = Gauge(
+    "flowyard_replica_info",
+    "Always 1: this replica's id (as the log and /api/v1/pools show it) and where it serves.",
+    ["replica", "host"],
+    registry=REGISTRY,
+)
 ENGINE_STREAMS = Gauge(
     "flowyard_engine_streams_open",
     "Engine Report streams open on this replica.",

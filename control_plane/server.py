@@ -47,7 +47,7 @@ from control_plane.orchestration.bus import DISPATCH, LINES, RUN, SCHEDULES, Bus
 from control_plane.orchestration.catalog import Catalog
 from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.children import ChildRuns
-from control_plane.orchestration.cluster import Replica, Singleton
+from control_plane.orchestration.cluster import Replica, Singleton, serving_at
 from control_plane.orchestration.dispatch import Dispatcher
 from control_plane.orchestration.following import LINES_BATCH, Following
 from control_plane.orchestration.heartbeats import Heartbeats
@@ -307,7 +307,6 @@ async def build(config: ServerConfig) -> App:
     agents = AgentRegistry(db, bus, replica.id)
     agents_ref.append(agents)
     replica.sessions = agents
-    await replica.register()
     lease = timedelta(seconds=config.lease_seconds)
     notifier = Notifier(bus, signals)
     heartbeats = Heartbeats(db)
@@ -419,6 +418,8 @@ async def build(config: ServerConfig) -> App:
         agent_port = server.add_secure_port(
             f"{config.host}:{config.agent_port}", tls.server_credentials(mutual=True)
         )
+    # Registered once its port is known: the row tells replicas on one machine apart by it.
+    await replica.register(serving_at(port))
     app = App(
         db,
         agents,
@@ -438,7 +439,7 @@ async def build(config: ServerConfig) -> App:
     if config.http_port is not None:
 
         async def exposition() -> tuple[bytes, str]:
-            return await scrape(db, agents), METRICS_CONTENT_TYPE
+            return await scrape(db, agents, replica), METRICS_CONTENT_TYPE
 
         app.services = Services(
             db=db,
@@ -486,10 +487,12 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     collect_young_objects_less_often()
     address = f"{config.host}:{app.port}"
     log.info(
-        "Flowyard control plane listening on %s (%s; database %s)",
+        "Flowyard control plane listening on %s (%s; database %s); replica %s at %s",
         address,
         "TLS" if config.tls_cert else "plaintext",
         shown_url(config.resolved_db_url()),
+        app.replica.id,
+        app.replica.host,
     )
     ready = address
     if app.agent_port is not None:

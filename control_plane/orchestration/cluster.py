@@ -1,8 +1,9 @@
 """Several control-plane replicas on one database: who is serving, and the passes only one
 of them runs at a time (the hints between them are ``bus``).
 
-- **Replicas** (``Replica``). Each process records itself and refreshes its row every
-  ``heartbeat``; a replica not seen for ``timeout`` (killed, cut off) is ended by the others,
+- **Replicas** (``Replica``). Each process records itself, with where it serves (host,
+  port and process id: ``serving_at``, which tells replicas on one machine apart), and
+  refreshes its row every ``heartbeat``; a replica not seen for ``timeout`` (killed, cut off) is ended by the others,
   and the agent sessions it held with it, so its agents' runs are recognised as departed and
   the agents may connect elsewhere. A replica that finds itself ended (it was paused longer
   than the timeout) closes its agent streams, whose agents reconnect, and serves on. With
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import uuid
 from collections.abc import Callable
@@ -44,6 +46,15 @@ TIMEOUT_SECONDS = 10.0
 #: grace that asks about them), by a prune every ``PRUNE_EVERY`` heartbeats.
 KEEP_ENDED = timedelta(days=1)
 PRUNE_EVERY = 150
+#: The longest ``replicas.host`` holds.
+MAX_HOST_CHARS = 255
+
+
+def serving_at(port: int) -> str:
+    """Where this process serves, as its replica row records it: ``host:port pid N``. The
+    machine's name alone is the same for every replica on one machine."""
+    where = f":{port} pid {os.getpid()}"
+    return socket.gethostname()[: MAX_HOST_CHARS - len(where)] + where
 
 
 class SessionReporter(Protocol):
@@ -132,18 +143,22 @@ class Replica:
         self._heartbeat = heartbeat
         self._timeout = timeout
         self.registered_at = clock.now()
+        #: Where this replica serves (``serving_at``), once registered.
+        self.host = ""
         self._beats = 0
         for singleton in singletons:
             singleton._replica = self
 
-    async def register(self) -> None:
-        """Record this replica as serving, and take the singleton leases that are free."""
+    async def register(self, host: str) -> None:
+        """Record this replica as serving at ``host`` (``serving_at``), and take the
+        singleton leases that are free."""
         now = clock.now()
         async with self.db.write() as conn:
             await repo.end_silent_replicas(conn, now - self._timeout)
-            await repo.register_replica(conn, self.id, socket.gethostname()[:255], now)
+            await repo.register_replica(conn, self.id, host, now)
             fences = await self._take_leases(conn, now)
         self.registered_at = now
+        self.host = host
         self._leases_taken(fences, now)
 
     async def alone(self) -> bool:

@@ -58,6 +58,15 @@ async def register_replica(
     )
 
 
+async def replica_hosts(conn: AsyncConnection, replica_ids: Iterable[str]) -> dict[str, str]:
+    """Where each of these replicas serves (or served), as it recorded itself."""
+    ids = sorted(set(replica_ids))
+    if not ids:
+        return {}
+    query = select(replicas.c.id, replicas.c.host).where(replicas.c.id.in_(ids))
+    return {replica_id: host for replica_id, host in await conn.execute(query)}
+
+
 async def beat(conn: AsyncConnection, replica_id: str, now: datetime) -> bool:
     """Refresh a replica's ``seen_at``; False if it was ended meanwhile (found silent)."""
     result = await conn.execute(

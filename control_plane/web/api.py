@@ -93,6 +93,7 @@ async def agents_of(services: Services, pools: list[Pool]) -> dict[str, list[Doc
     local = {session.id: session for session in services.agents.all()}
     async with services.db.read() as conn:
         sessions = await cluster_repo.live_sessions(conn, [pool.id for pool in pools])
+        hosts = await cluster_repo.replica_hosts(conn, [record.replica_id for record in sessions])
     agents: dict[str, list[Document]] = {}
     for record in sessions:
         session = local.get(record.id)
@@ -106,6 +107,8 @@ async def agents_of(services: Services, pools: list[Pool]) -> dict[str, list[Doc
                     session.last_seen if session else record.last_seen_at
                 ),
                 "replica": record.replica_id,
+                # Where that replica serves (host:port pid N), to tell it among others.
+                "replica_host": hosts.get(record.replica_id, ""),
             }
         )
     return agents

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ import grpc
 import httpx
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from control_plane.cli.client import open_channel
 from control_plane.cli.processes import Child, script, start_agent, start_server
@@ -286,6 +289,49 @@ def test_a_cancel_made_on_one_replica_reaches_an_engine_streaming_to_another(
     users_replica.stub.CancelRun(pb.CancelRunRequest(run_id=run_id, reason="from another replica"))
     run = terminal(agents_replica.stub, run_id)
     assert run.state.type == types_pb2.STATE_TYPE_CANCELLED, run.state
+
+
+def test_the_replica_an_agent_is_on_is_named_as_its_log_metrics_and_rows_name_it(
+    cluster: Cluster,
+) -> None:
+    # Three replicas on one machine: the machine's name alone would not tell them apart.
+    announced = [_announced(replica) for replica in cluster.replicas]
+    for replica, (_, host) in zip(cluster.replicas, announced, strict=True):
+        assert host == f"{socket.gethostname()}:{replica.port} pid {replica.server.pid}"
+    assert len({replica_id for replica_id, _ in announced}) == 3
+    with psycopg.connect(conninfo(cluster.db_url)) as conn:
+        rows = conn.execute("SELECT id, host FROM replicas WHERE ended_at IS NULL").fetchall()
+    assert sorted(rows) == sorted(announced)
+
+    # The agent streams to the first replica; the third shows it there, as the first's log does.
+    agents_replica, _, users_replica = cluster.replicas
+    agent = _agent_on(users_replica, cluster.token)
+    assert (agent["replica"], agent["replica_host"]) == announced[0]
+    headers = {"Authorization": f"Bearer {cluster.token}"}
+    page = httpx.get(
+        f"{users_replica.server.extra['http_url']}pools", headers=headers, timeout=DEADLINE
+    )
+    assert page.status_code == 200, page.text
+    assert announced[0][1] in page.text and announced[0][0] in page.text
+    scraped = httpx.get(f"{agents_replica.server.extra['http_url']}metrics", timeout=DEADLINE)
+    [info] = [
+        sample
+        for family in text_string_to_metric_families(scraped.text)
+        for sample in family.samples
+        if sample.name == "flowyard_replica_info"
+    ]
+    assert (info.labels, info.value) == ({"replica": announced[0][0], "host": announced[0][1]}, 1)
+
+
+def _announced(replica: Replica) -> tuple[str, str]:
+    """(id, where it serves) as the replica's start-up log line says."""
+    found = re.search(
+        r"Flowyard control plane listening on \S+ \(.*\); replica ([0-9a-f]{32}) at (.+)$",
+        replica.server.log_path.read_text(),
+        re.MULTILINE,
+    )
+    assert found, replica.server.log_tail()
+    return found[1], found[2]
 
 
 def _agent_on(replica: Replica, token: str) -> dict[str, Any]:
