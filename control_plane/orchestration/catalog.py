@@ -22,7 +22,7 @@ from control_plane.orchestration import (
 from control_plane.store import catalog as repo
 from control_plane.store import queues as queues_repo
 from control_plane.store import runs as runs_repo
-from control_plane.store.db import Database, unique_violation
+from control_plane.store.db import Database, after_lost_races
 from flowyard_common.entrypoints import InvalidEntrypoint, parse_entrypoint
 
 MAX_ENTRYPOINT_CHARS = 1000
@@ -31,9 +31,6 @@ MAX_TAGS = 100
 MAX_TAG_CHARS = 100
 MAX_DESCRIPTION_CHARS = 10_000
 MAX_VERSION_CHARS = 200
-#: How many times an upsert of a deployment is tried when another call created its name
-#: first (the second try finds it: a third happens only if it was deleted meanwhile).
-UPSERT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -91,12 +88,15 @@ class Catalog:
             created_at=now,
             updated_at=now,
         )
+        await after_lost_races(lambda: self._insert_pool(pool))
+        return pool
+
+    async def _insert_pool(self, pool: Pool) -> None:
         async with self._db.write() as conn:
-            if await repo.get_pool(conn, name=name) is not None:
-                raise AlreadyExists(f"pool {name!r} already exists")
+            if await repo.get_pool(conn, name=pool.name) is not None:
+                raise AlreadyExists(f"pool {pool.name!r} already exists")
             await repo.insert_pool(conn, pool)
             await queues_repo.insert_queue(conn, queues.default_queue(pool.id))
-        return pool
 
     async def get_pool(self, name: str) -> Pool:
         """The pool with this name; NOT_FOUND otherwise."""
@@ -121,17 +121,10 @@ class Catalog:
         which it then updates or leaves as it is, as if it had come just after.
         """
         draft = self._checked(spec)
-        for attempt in range(1, UPSERT_ATTEMPTS + 1):
-            try:
-                stored, previous = await self._store_deployment(draft)
-            except Exception as error:
-                if attempt < UPSERT_ATTEMPTS and unique_violation(error):
-                    continue
-                raise
-            if stored is not previous:
-                self._deployment_changed()
-            return stored, previous
-        raise AssertionError("unreachable")
+        stored, previous = await after_lost_races(lambda: self._store_deployment(draft))
+        if stored is not previous:
+            self._deployment_changed()
+        return stored, previous
 
     def _checked(self, spec: DeploymentSpec) -> Deployment:
         """The deployment ``spec`` describes, checked as far as it can be without the

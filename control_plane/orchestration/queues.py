@@ -18,7 +18,7 @@ from control_plane.models import DEFAULT_QUEUE, Pool, WorkQueue
 from control_plane.orchestration import clock, validation
 from control_plane.store import catalog as catalog_repo
 from control_plane.store import queues as repo
-from control_plane.store.db import Database
+from control_plane.store.db import Database, after_lost_races
 
 MAX_PRIORITY = 1_000_000
 #: Priority of the default queue and of a new queue given none: room above it (1-9) for
@@ -100,6 +100,12 @@ class Queues:
                 f"priority, or {DEFAULT_PRIORITY} for a new queue), got {spec.priority}"
             )
         validation.concurrency_limit(spec.concurrency_limit, "queue.concurrency_limit")
+        pool, created = await after_lost_races(lambda: self._store(spec))
+        self._changed()
+        return pool, created
+
+    async def _store(self, spec: QueueSpec) -> tuple[Pool, bool]:
+        """One unit of work of ``upsert``: insert the queue or change it."""
         now = clock.now()
         async with self._db.write() as conn:
             pool = await _pool(conn, spec.pool)
@@ -129,7 +135,6 @@ class Queues:
                     updated_at=now,
                 )
                 await repo.update_queue(conn, queue)
-        self._changed()
         return pool, existing is None
 
     async def update_pool(

@@ -592,6 +592,25 @@ def transient(error: BaseException) -> bool:
     return unique_violation(error)
 
 
+#: How many times ``after_lost_races`` tries a unit of work (the second try finds what the
+#: winner stored: a third happens only if that was deleted meanwhile).
+RACE_ATTEMPTS = 3
+
+
+async def after_lost_races(work: Callable[[], Awaitable[T]]) -> T:
+    """``work()``, started again when it lost a race on a unique key: another call stored
+    the same name first (on PostgreSQL writers are not queued, so a check before an insert
+    can race). The next try reads what the winner stored and answers as if it had come
+    just after it: an upsert updates it or leaves it as it is, a create is ALREADY_EXISTS."""
+    for attempt in range(1, RACE_ATTEMPTS + 1):
+        try:
+            return await work()
+        except Exception as error:
+            if attempt == RACE_ATTEMPTS or not unique_violation(error):
+                raise
+    raise AssertionError("unreachable")
+
+
 def unique_violation(error: BaseException) -> bool:
     """Whether ``error`` is a unique key refusing what another writer stored first."""
     if not isinstance(error, sa_exc.IntegrityError):
