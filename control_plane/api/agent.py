@@ -20,7 +20,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from control_plane import __version__
 from control_plane.api import convert
-from control_plane.api.errors import streaming
+from control_plane.api.errors import busy_database, streaming
 from control_plane.auth.principals import caller
 from control_plane.errors import (
     AlreadyExists,
@@ -227,8 +227,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         requests: AsyncIterator[pb.ConnectRequest],
         session: AgentSession,
         reports: _RunReports,
-    ) -> FlowyardError | None:
-        """Apply reports until the agent hangs up; returns the error of an invalid one.
+    ) -> Exception | None:
+        """Apply reports until the agent hangs up; returns the error the stream ends with
+        (``_report_failed``), if any.
 
         Reports on a run go through ``reports`` (in order within the run, at once across
         runs); when the agent hangs up, they are applied before its session closes."""
@@ -354,8 +355,9 @@ class _RunReports:
         #: The last report of each run still being applied.
         self._last: dict[str, asyncio.Future[None]] = {}
         self._in_flight: set[asyncio.Future[None]] = set()
-        #: What an invalid report raised: the session is closed and the stream ends with it.
-        self.failure: FlowyardError | None = None
+        #: What a report raised that ends the stream (``_report_failed``): the session is
+        #: closed and the stream ends with it.
+        self.failure: Exception | None = None
 
     async def add(self, run_id: str, report: Coroutine[Any, Any, None]) -> None:
         """Apply ``report`` once the reports on ``run_id`` before it are applied."""
@@ -382,11 +384,15 @@ class _RunReports:
         self._session.close()
 
 
-def _report_failed(session: AgentSession, error: BaseException) -> FlowyardError | None:
-    """Say why what the agent sent could not be applied; the error its stream ends with when
-    the agent sent something invalid (None: our failure, the stream just ends)."""
+def _report_failed(session: AgentSession, error: BaseException) -> Exception | None:
+    """Say why what the agent sent could not be applied; the error its stream ends with: the
+    agent's own when it sent something invalid, the database's when it could not apply the
+    report now (UNAVAILABLE, logged in one line as the call ends: the agent reconnects and
+    re-sends), None for our own failure (the stream just ends)."""
     if isinstance(error, FlowyardError):
         log.warning("agent %s sent an invalid report: %s", session.agent_name, error)
+        return error
+    if isinstance(error, Exception) and busy_database(error) is not None:
         return error
     # The agent reconnects and re-sends its reports; end this session cleanly.
     log.error(

@@ -12,9 +12,11 @@ Every call to a Flowyard service must carry ``authorization: Bearer <token>``:
 ==========================  ==================================================================
 
 No token, or an unknown, revoked or expired one, is UNAUTHENTICATED; a valid token outside its
-scope is PERMISSION_DENIED. Health checking and reflection stay open: probes and ``buf curl``
-need them, and they reveal nothing stored. The verified caller is handed to the servicer
-through ``control_plane.auth.principals.caller()``.
+scope is PERMISSION_DENIED; a call whose token the database cannot check now (unreachable,
+locked) is UNAVAILABLE with a retry hint, as in the servicers (``api.errors``). Health checking
+and reflection stay open: probes and ``buf curl`` need them, and they reveal nothing stored.
+The verified caller is handed to the servicer through
+``control_plane.auth.principals.caller()``.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from typing import Any, cast
 
 import grpc
 
-from control_plane.api.errors import abort
+from control_plane.api.errors import abort_failed
 from control_plane.auth.principals import Principal, set_caller
 from control_plane.auth.registry import HOW_TO_AUTHENTICATE, Tokens
-from control_plane.errors import FlowyardError, PermissionDenied, Unauthenticated
+from control_plane.errors import PermissionDenied, Unauthenticated
 from control_plane.interceptors import Handler, MethodWrapper
 from control_plane.models import TokenKind
 
@@ -78,6 +80,14 @@ class Authenticator(MethodWrapper):
         self._tokens = tokens
         self._require_agent_cert = require_agent_cert
 
+    async def _admit(self, service: str, method: str, context: Context) -> None:
+        """Authenticate the call, or end it with why not (UNAVAILABLE when the database could
+        not check its token now, INTERNAL for a bug)."""
+        try:
+            await self._authenticate(service, method, context)
+        except Exception as exc:
+            await abort_failed(context, f"{method} (checking its token)", exc)
+
     async def _authenticate(self, service: str, method: str, context: Context) -> None:
         if service == AGENT and self._require_agent_cert and not context.peer_identities():
             raise Unauthenticated(
@@ -99,10 +109,7 @@ class Authenticator(MethodWrapper):
             unary = cast(Callable[[Any, Context], Awaitable[Any]], handler.unary_unary)
 
             async def unary_unary(request: Any, context: Context) -> Any:
-                try:
-                    await self._authenticate(service, method, context)
-                except FlowyardError as exc:
-                    await abort(context, exc)
+                await self._admit(service, method, context)
                 return await unary(request, context)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, **options)
@@ -117,10 +124,7 @@ class Authenticator(MethodWrapper):
             client_stream = cast(Callable[[Any, Context], Awaitable[Any]], behavior)
 
             async def stream_unary(requests: Any, context: Context) -> Any:
-                try:
-                    await self._authenticate(service, method, context)
-                except FlowyardError as exc:
-                    await abort(context, exc)
+                await self._admit(service, method, context)
                 return await client_stream(requests, context)
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, **options)
@@ -128,10 +132,7 @@ class Authenticator(MethodWrapper):
         server_stream = cast(Callable[[Any, Context], AsyncIterator[Any]], behavior)
 
         async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
-            try:
-                await self._authenticate(service, method, context)
-            except FlowyardError as exc:
-                await abort(context, exc)
+            await self._admit(service, method, context)
             async for response in server_stream(request, context):
                 yield response
 

@@ -14,8 +14,7 @@ own to survive its stream (``Database.shielded``), and its reads may stop half-w
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from typing import Any
 
@@ -26,7 +25,6 @@ from control_plane.api import convert
 from control_plane.api.errors import streaming, unary
 from control_plane.auth.principals import caller
 from control_plane.errors import (
-    FlowyardError,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -48,8 +46,6 @@ from flowyard.v1 import engine_pb2_grpc as pb_grpc
 from flowyard_common.aiotasks import cancel_and_wait
 from flowyard_common.loglines import MAX_LINE_BYTES, truncate_line
 
-log = logging.getLogger(__name__)
-
 Context = Any
 OPEN_TIMEOUT_SECONDS = 30.0
 MAX_BATCH_LINES = 10_000
@@ -60,8 +56,10 @@ MAX_SOURCE_REVISION_CHARS = 128
 MAX_STATE_MESSAGE_CHARS = 100_000
 MAX_LOGGER_CHARS = 200
 
-#: What the reader hands the stream: an answer, the error that ends the stream, or its end.
-Outgoing = pb.ReportResponse | FlowyardError | None
+#: What the reader and the watcher hand the stream: an answer, the error that ends the stream
+#: (a domain error's status; UNAVAILABLE for a database that could not do the work now, so the
+#: engine reconnects and resends; INTERNAL for a bug: ``api.errors.streaming``), or its end.
+Outgoing = pb.ReportResponse | Exception | None
 
 
 class EngineServicer(pb_grpc.EngineServiceServicer):
@@ -208,13 +206,13 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                         name=f"engine-reader-{run.id}",
                     ),
                     asyncio.create_task(
-                        self._watch(run, own, known, out, tap, current),
+                        _ending_with(out, self._watch(run, own, known, out, tap, current)),
                         name=f"engine-watch-{run.id}",
                     ),
                 ]
                 try:
                     while (message := await out.get()) is not None:
-                        if isinstance(message, FlowyardError):
+                        if isinstance(message, Exception):
                             raise message
                         yield message
                 finally:
@@ -254,11 +252,9 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
             # the watcher sees the end first, the engine is told to stop, then refused.
             out.put_nowait(pb.ReportResponse(cancel=pb.CancelFlow(reason=str(exc))))
             out.put_nowait(exc)
-        except FlowyardError as exc:
+        except Exception as exc:
             # Ends the stream with the error's status once what was answered before is sent.
             out.put_nowait(exc)
-        except Exception:
-            log.exception("engine stream of run %s failed", run.id)
         finally:
             out.put_nowait(None)
 
@@ -372,6 +368,14 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                 known.saw(news)
             else:
                 current = await self._reports.watched(run.id)
+
+
+async def _ending_with(out: asyncio.Queue[Outgoing], work: Awaitable[None]) -> None:
+    """Do ``work``; should it fail, the stream ends with its error."""
+    try:
+        await work
+    except Exception as exc:
+        out.put_nowait(exc)
 
 
 class _Known:

@@ -12,7 +12,7 @@ import grpc
 from sqlalchemy import exc as sa_exc
 
 from control_plane import errors
-from control_plane.store.db import unique_violation
+from control_plane.store.db import unavailable, unique_violation
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +57,25 @@ def message_of(error: errors.FlowyardError) -> str:
 
 def busy_database(error: BaseException) -> str | None:
     """What to tell a client when ``error`` means the database could not serve the call now
-    (locked, its connection pool exhausted, the server unreachable), or None for a bug.
+    (locked, its connection pool exhausted, the server unreachable, a connection broken:
+    ``store.db.unavailable``), or None for anything else.
 
     Those are not the caller's fault and pass: UNAVAILABLE with a retry hint, not INTERNAL.
     """
+    if not unavailable(error):
+        return None
     if isinstance(error, sa_exc.TimeoutError):
         return "the database is busy (no free connection); retry in a moment"
-    if isinstance(error, sa_exc.OperationalError):
-        if "locked" in str(error.orig).lower():
-            return "the database is busy (locked by another writer); retry in a moment"
-        return "the database is unavailable right now; retry in a moment"
-    return None
+    if isinstance(error, sa_exc.OperationalError) and "locked" in str(error.orig).lower():
+        return "the database is busy (locked by another writer); retry in a moment"
+    return "the database is unavailable right now; retry in a moment"
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message: drivers' messages run over several lines (a
+    hint, the SQL, a link), and the first says what failed."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 async def abort_unavailable(context: grpc.aio.ServicerContext[Any, Any], reason: str) -> None:
@@ -86,7 +94,8 @@ async def abort_unexpected(
     retry hint when the database was too busy, ABORTED when a concurrent call took the same
     unique key first, INTERNAL (and the traceback in the log) for a bug."""
     if (reason := busy_database(error)) is not None:
-        log.warning("%s: %s (%s)", name, reason, error)
+        # It passes by itself: one line in the log, not a traceback.
+        log.warning("%s: %s (%s)", name, reason, first_line(error))
         await abort_unavailable(context, reason)
         return
     if unique_violation(error):
@@ -105,6 +114,17 @@ async def abort_unexpected(
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.FlowyardError) -> None:
     """End the call with the error's status and message (never a traceback)."""
     await context.abort(status_of(error), message_of(error))
+
+
+async def abort_failed(
+    context: grpc.aio.ServicerContext[Any, Any], name: str, error: Exception
+) -> None:
+    """End a call that failed with ``error``, whatever it is: a domain error's own status,
+    else as ``abort_unexpected`` does."""
+    if isinstance(error, errors.FlowyardError):
+        await abort(context, error)
+    else:
+        await abort_unexpected(context, name, error)
 
 
 def unary(

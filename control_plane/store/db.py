@@ -570,11 +570,17 @@ def _sqlite_on_begin(connection: Any) -> None:
 
 def transient(error: BaseException) -> bool:
     """Whether ``error`` says the database could not do the work now, so that the same work
-    may succeed later: it was unreachable, locked or out of connections, a connection broke,
-    or another writer took a unique key first.
+    may succeed later: it was unavailable (``unavailable``), or another writer took a unique
+    key first.
 
     Anything else (a bug, stored data that cannot be read) would fail the same way again.
     """
+    return unavailable(error) or unique_violation(error)
+
+
+def unavailable(error: BaseException) -> bool:
+    """Whether ``error`` says the database could not serve at all just now: it was
+    unreachable, locked or out of connections, or a connection broke."""
     if isinstance(
         error,
         (
@@ -587,9 +593,7 @@ def transient(error: BaseException) -> bool:
         ),
     ):
         return True
-    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
-        return True
-    return unique_violation(error)
+    return isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated
 
 
 #: How many times ``after_lost_races`` tries a unit of work (the second try finds what the

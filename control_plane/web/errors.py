@@ -10,12 +10,19 @@ error, so a client reads it one way::
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 import grpc
 from starlette.responses import JSONResponse
 
 from control_plane import errors
-from control_plane.api.errors import BUSY_RETRY_MS, busy_database, message_of, status_of
+from control_plane.api.errors import (
+    BUSY_RETRY_MS,
+    busy_database,
+    first_line,
+    message_of,
+    status_of,
+)
 from control_plane.store.db import unique_violation
 
 log = logging.getLogger(__name__)
@@ -50,19 +57,41 @@ def domain_error(error: errors.FlowyardError) -> JSONResponse:
     return error_response(status_of(error), message_of(error))
 
 
-def unexpected_error(name: str, error: Exception) -> JSONResponse:
-    """The answer for anything else: 503 with Retry-After when the database was too busy,
-    409 when a concurrent request took the same unique key first, 500 (and the traceback in
-    the log) for a bug."""
+@dataclass(frozen=True)
+class Answer:
+    """What to answer a request that failed: a status, a message and headers."""
+
+    code: grpc.StatusCode
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def http_status(self) -> int:
+        """The HTTP status of ``code``."""
+        return HTTP_STATUS.get(self.code, 500)
+
+
+def unexpected(name: str, error: Exception) -> Answer:
+    """What to answer for anything but a domain error: UNAVAILABLE (503) with Retry-After
+    when the database could not serve the request now, ABORTED (409) when a concurrent
+    request took the same unique key first, INTERNAL (500, and the traceback in the log) for
+    a bug."""
     if (reason := busy_database(error)) is not None:
-        log.warning("%s: %s (%s)", name, reason, error)
+        # It passes by itself: one line in the log, not a traceback.
+        log.warning("%s: %s (%s)", name, reason, first_line(error))
         retry = str(max(1, BUSY_RETRY_MS // 1000))
-        return error_response(grpc.StatusCode.UNAVAILABLE, reason, {"Retry-After": retry})
+        return Answer(grpc.StatusCode.UNAVAILABLE, reason, {"Retry-After": retry})
     if unique_violation(error):
         log.warning("%s: lost a race on a unique key (%s)", name, error)
-        return error_response(
+        return Answer(
             grpc.StatusCode.ABORTED,
             "a concurrent request changed the same object; retry to see its result",
         )
     log.exception("%s failed", name)
-    return error_response(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+    return Answer(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+
+def unexpected_error(name: str, error: Exception) -> JSONResponse:
+    """The JSON answer for anything but a domain error (``unexpected``)."""
+    answer = unexpected(name, error)
+    return error_response(answer.code, answer.message, answer.headers)

@@ -189,6 +189,8 @@ async def any_run(request: Request) -> Response:
         await authenticated(request)
     except FlowyardError as error:
         return domain_error(error)
+    except Exception as error:
+        return unexpected_error("events", error)
 
     async def items() -> AsyncIterator[bytes]:
         yield event("ready", {})

@@ -28,7 +28,13 @@ from control_plane.orchestration import clock
 from control_plane.states import StateType
 from control_plane.web import auth, documents
 from control_plane.web.api import UPCOMING, agents_of, state_types, time_param
-from control_plane.web.errors import HTTP_STATUS, domain_error, error_response, unexpected_error
+from control_plane.web.errors import (
+    HTTP_STATUS,
+    domain_error,
+    error_response,
+    unexpected,
+    unexpected_error,
+)
 from control_plane.web.services import Services, admitted, busy, services
 
 TEMPLATES = Environment(
@@ -92,6 +98,8 @@ def page(handler: Any) -> Any:
         except (Unauthenticated, PermissionDenied):
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+        except Exception as error:
+            return failure_page(handler.__name__, error)
         try:
             response: Response = await found.db.shielded(handler(request, found))
             return response
@@ -104,13 +112,20 @@ def page(handler: Any) -> Any:
                 message=str(error),
             )
         except Exception as error:
-            unexpected_error(handler.__name__, error)
-            return render(
-                "error.html", 500, title="Error", message="internal error; see the server log"
-            )
+            return failure_page(handler.__name__, error)
 
     endpoint.__name__ = handler.__name__
     return endpoint
+
+
+def failure_page(name: str, error: Exception) -> Response:
+    """The page for anything but a domain error: 503 with Retry-After when the database could
+    not serve it now, 500 for a bug (``web.errors.unexpected``)."""
+    answer = unexpected(name, error)
+    title = "Unavailable" if answer.code is grpc.StatusCode.UNAVAILABLE else "Error"
+    response = render("error.html", answer.http_status, title=title, message=answer.message)
+    response.headers.update(answer.headers)
+    return response
 
 
 @page
@@ -186,6 +201,8 @@ async def run_logs_text(request: Request) -> Response:
             )
     except FlowyardError as error:
         return domain_error(error)
+    except Exception as error:
+        return unexpected_error("run_logs_text", error)
     run_id = request.path_params["run_id"]
     return PlainTextResponse(
         "\n".join(lines) + ("\n" if lines else ""),
@@ -252,6 +269,13 @@ async def login(request: Request) -> Response:
             raise PermissionDenied(f"{principal.describe()} cannot log in: it needs an admin token")
     except (Unauthenticated, PermissionDenied) as error:
         return render("login.html", 401, title="Log in", next=target, error=str(error))
+    except Exception as error:
+        answer = unexpected("login", error)
+        refused = render(
+            "login.html", answer.http_status, title="Log in", next=target, error=answer.message
+        )
+        refused.headers.update(answer.headers)
+        return refused
     response = RedirectResponse(target, status_code=303)
     auth.start_session(response, request, token)
     return response

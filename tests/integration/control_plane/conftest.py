@@ -272,15 +272,17 @@ def connect(app: App, data_dir: Path, db_url: str | None = None) -> Plane:
 
 @contextlib.asynccontextmanager
 async def running_plane(
-    data_dir: Path, db_url: str | None, lease_seconds: float = LEASE_SECONDS
+    data_dir: Path, db_url: str | None, lease_seconds: float = LEASE_SECONDS, http: bool = False
 ) -> AsyncIterator[Plane]:
-    """A started control plane on ``db_url`` (None: SQLite in ``data_dir``), stopped after."""
+    """A started control plane on ``db_url`` (None: SQLite in ``data_dir``), stopped after;
+    with ``http``, serving its HTTP port too (``app.http.port``)."""
     config = ServerConfig(
         port=0,
         data_dir=data_dir,
         db_url=db_url,
         lease_seconds=lease_seconds,
         agent_heartbeat_seconds=1.0,
+        http_port=0 if http else None,
     )
     app = await build(config)
     await app.start()
