@@ -139,13 +139,49 @@ class Client:
         self.channel.close()
 
 
+#: Words of the details gRPC gives a call that no server answered: the connection could not be
+#: made (refused, no route, a name that does not resolve, a TLS handshake that failed) or broke
+#: under the call (the server went away, a proxy reset it).
+CONNECTION_FAILURES = (
+    "failed to connect",
+    "connections to all backends failing",
+    "errors resolving",
+    "dns resolution failed",
+    "empty address list",
+    "connection refused",
+    "connection reset",
+    "socket closed",
+    "broken pipe",
+    "goaway",
+    "keepalive",
+    "cancelling all calls",
+    "handshake",
+)
+TLS_FAILURES = ("ssl", "handshake", "certificate", "tls")
+
+
+def unreached(error: grpc.RpcError) -> bool:
+    """Whether ``error`` says that no server answered the call, as opposed to a server that
+    answered UNAVAILABLE itself (say, its database was unavailable).
+
+    gRPC reports both as UNAVAILABLE. A server's answer carries metadata (Flowyard's a retry
+    hint, ``grpc-retry-pushback-ms``); gRPC's own says what broke in words of its own.
+    """
+    if not isinstance(error, grpc.Call) or error.code() is not grpc.StatusCode.UNAVAILABLE:
+        return False
+    if error.trailing_metadata() or error.initial_metadata():
+        return False
+    details = (error.details() or "").lower()
+    return any(words in details for words in CONNECTION_FAILURES)
+
+
 def describe(error: grpc.RpcError, address: str) -> str:
     """One line for a person: what the server said, or why it could not be reached."""
     code = error.code() if isinstance(error, grpc.Call) else None
     details = error.details() if isinstance(error, grpc.Call) else str(error)
-    if code is grpc.StatusCode.UNAVAILABLE:
+    if unreached(error):
         text = (details or "").lower()
-        if any(word in text for word in ("ssl", "handshake", "certificate", "tls")):
+        if any(word in text for word in TLS_FAILURES):
             return (
                 f"cannot reach the control plane at {address} over TLS ({details}): pass "
                 "--tls-ca or FLOWYARD_TLS_CA with the CA that signed the server's certificate"
@@ -153,7 +189,7 @@ def describe(error: grpc.RpcError, address: str) -> str:
         return (
             f"cannot reach the control plane at {address}: is 'flowyard server start' running "
             "there? (set --server or FLOWYARD_SERVER; a server with TLS needs --tls-ca or "
-            "FLOWYARD_TLS_CA)"
+            f"FLOWYARD_TLS_CA) ({details})"
         )
     name = code.name if code is not None else "ERROR"
     return f"{details} ({name})"
