@@ -508,8 +508,10 @@ def create_engine(url: str) -> AsyncEngine:
     if parsed.get_backend_name() != "sqlite":
         if "options" not in parsed.query:
             parsed = parsed.update_query_dict({"options": POSTGRES_SESSION_OPTIONS})
+        # Errors name the statement, never its values (job variables, parameters: maybe
+        # secrets), in the log and in what a database error passes on.
         try:
-            return create_async_engine(parsed, pool_pre_ping=True)
+            return create_async_engine(parsed, pool_pre_ping=True, hide_parameters=True)
         except (ImportError, sa_exc.NoSuchModuleError) as error:
             raise StoreError(
                 f"--db-url: the driver {parsed.drivername!r} is not installed ({error}); "

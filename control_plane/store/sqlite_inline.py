@@ -70,7 +70,8 @@ def create_engine(url: URL, timeout: float) -> AsyncEngine:
         conn.execute(f"PRAGMA wal_autocheckpoint={Checkpointer.COMMIT_CHECKPOINTS_PAGES}")
         return Connection(conn, worker, checkpointer)
 
-    return create_async_engine(url, async_creator=connect)
+    # Errors name the statement, never its values (job variables, parameters: maybe secrets).
+    return create_async_engine(url, async_creator=connect, hide_parameters=True)
 
 
 class Checkpointer:

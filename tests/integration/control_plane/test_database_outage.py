@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from control_plane.store import db
@@ -357,3 +358,15 @@ async def test_http_requests_whose_token_the_database_cannot_check_are_unavailab
         # Back: the same token is checked and the request answered.
         listed = await client.get("/api/v1/runs", headers=headers)
         assert listed.status_code == 200, listed.text
+
+
+async def test_a_database_error_names_the_statement_but_never_its_values(plane: Plane) -> None:
+    # What fails in the database is logged; the values bound to it may be secrets (job
+    # variables, parameters) and stay out.
+    with pytest.raises(Exception) as failed:
+        async with plane.app.db.write() as conn:
+            await conn.execute(
+                text("INSERT INTO no_such_table (x) VALUES (:x)"), {"x": "hunter2-secret"}
+            )
+    assert "no_such_table" in str(failed.value)
+    assert "hunter2-secret" not in str(failed.value)
