@@ -61,7 +61,7 @@ from control_plane.orchestration.scrape import CONTENT_TYPE as METRICS_CONTENT_T
 from control_plane.orchestration.scrape import scrape
 from control_plane.orchestration.signals import Signals, lines_key, run_key
 from control_plane.orchestration.task_runs import TaskRuns
-from control_plane.store.db import Database, connect_params, shown_url
+from control_plane.store.db import Database, connect_params, first_line, shown_url
 from control_plane.store.migrate import behind_head
 from control_plane.store.notifications import PostgresChannel
 from control_plane.web.app import build_app
@@ -155,7 +155,7 @@ class RootTaskFailed(Exception):
         if task.cancelled():
             how = "was cancelled"
         elif error is not None:
-            how = f"failed: {type(error).__name__}: {_first_line(error)}"
+            how = f"failed: {type(error).__name__}: {first_line(error)}"
         else:
             how = "ended"
         super().__init__(f"the {self.task_name} {how}")
@@ -278,7 +278,7 @@ class App:
             async with self.db.read() as conn:
                 return await conn.run_sync(behind_head)
         except Exception as error:
-            return f"the database is unreachable: {_first_line(error)}"
+            return f"the database is unreachable: {first_line(error)}"
 
     async def _serving(self) -> None:
         await self.server.wait_for_termination()
@@ -518,11 +518,6 @@ def _url_host(host: str) -> str:
     if host in ("0.0.0.0", "", "::"):
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else "(no message)"
 
 
 def _write_atomically(path: os.PathLike[str], text: str) -> None:

@@ -12,7 +12,7 @@ import grpc
 from sqlalchemy import exc as sa_exc
 
 from control_plane import errors
-from control_plane.store.db import unavailable, unique_violation
+from control_plane.store.db import first_line, unavailable, unique_violation
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,6 @@ def busy_database(error: BaseException) -> str | None:
     if isinstance(error, sa_exc.OperationalError) and "locked" in str(error.orig).lower():
         return "the database is busy (locked by another writer); retry in a moment"
     return "the database is unavailable right now; retry in a moment"
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of ``error``'s message: drivers' messages run over several lines (a
-    hint, the SQL, a link), and the first says what failed."""
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 async def abort_unavailable(context: grpc.aio.ServicerContext[Any, Any], reason: str) -> None:

@@ -4,13 +4,14 @@
   becomes CRASHED with the time of its last sign of life. Only the engine's silence counts:
   a run whose agent is disconnected is not crashed while its engine still reports. The clock
   starts no earlier than this control plane did, so a restart (engines could not reach it
-  meanwhile) never crashes runs that are fine.
+  meanwhile) never crashes runs that are fine; nor earlier than the database came back after
+  a sweep found it unavailable, since the heartbeats of that time could not be stored.
 - **Orphaned submissions.** A PENDING run whose infrastructure was submitted, but whose agent
   has been gone for ``agent_grace`` while its engine never reported (the node died during an
   image pull, the agent was uninstalled), becomes CRASHED: nobody is left who could say what
   happened to it. An agent that comes back later reports the run's Job among its observed
   runs and is told to delete it. Like the engine rule, the clock starts no earlier than this
-  control plane did.
+  control plane did, or than the database came back.
 - **Late runs.** A SCHEDULED run still waiting ``late_after`` past its time is marked Late;
   it stays dispatchable.
 - **Stuck cancels.** A run CANCELLING for longer than ``cancelling_timeout`` is forced to
@@ -44,7 +45,7 @@ from control_plane.store import catalog as catalog_repo
 from control_plane.store import cluster as cluster_repo
 from control_plane.store import queues as queues_repo
 from control_plane.store import runs as repo
-from control_plane.store.db import Database
+from control_plane.store.db import Database, first_line
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,10 @@ class Reaper:
         self._agents = agents
         self._notifier = notifier
         self._policy = policy
-        self._started_at = started_at or clock.now()
+        #: Silence counts from here on at the earliest: the start, or the end of a time when
+        #: the database could not be used (and heartbeats not stored).
+        self._watching_since = started_at or clock.now()
+        self._database_was_away = False
         #: With several replicas, only the holder of this lease sweeps.
         self._lease = lease
         #: This replica's heartbeats not yet stored, flushed before engines are judged.
@@ -100,7 +104,8 @@ class Reaper:
             except Exception as error:
                 if not transient(error):
                     raise
-                log.exception("liveness sweep failed; trying again")
+                log.warning("liveness sweep failed (%s); trying again", first_line(error))
+                self._database_was_away = True
             await asyncio.sleep(self._sleep_seconds())
 
     def _sleep_seconds(self) -> float:
@@ -115,8 +120,13 @@ class Reaper:
     async def sweep_once(self) -> list[Run]:
         """Apply every rule once; returns the runs it changed."""
         now = clock.now()
+        if self._database_was_away:
+            # Back (or this sweep fails too, and it stays away): engines that heartbeated
+            # meanwhile were not heard, so none is judged silent for that time.
+            self._watching_since = now
+            self._database_was_away = False
         changed: list[Run] = []
-        if now - self._started_at >= self._policy.engine_grace:
+        if now - self._watching_since >= self._policy.engine_grace:
             if self._heartbeats is not None:
                 await self._heartbeats.flush()
             changed += await self._apply(
@@ -126,7 +136,7 @@ class Reaper:
                 ),
                 lambda run: _crash_silent(run, now),
             )
-        if now - self._started_at >= self._policy.agent_grace:
+        if now - self._watching_since >= self._policy.agent_grace:
             since = now - self._policy.agent_grace
             changed += await self._apply(
                 "agent_gone",

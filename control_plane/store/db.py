@@ -102,7 +102,7 @@ class Database:
                 connection = await engine.connect()
             except sa_exc.ProgrammingError as error:
                 # psycopg refused a value of the URL's options before reaching the server.
-                raise StoreError(f"--db-url: {_first_line(error.orig)}") from error
+                raise StoreError(f"--db-url: {first_line(error.orig)}") from error
             try:
                 await connection.execute(text("SELECT 1"))
             finally:
@@ -111,7 +111,7 @@ class Database:
         except sa_exc.OperationalError as error:
             await engine.dispose()
             raise StoreError(
-                f"cannot use the database {shown_url(url)}: {_first_line(error.orig)}"
+                f"cannot use the database {shown_url(url)}: {first_line(error.orig)}"
             ) from error
         except BaseException:
             await engine.dispose()
@@ -484,7 +484,7 @@ def _check_libpq_options(url: URL) -> None:
     except psycopg.ProgrammingError as error:
         # An unknown option, named (never a value, which may be a password).
         raise StoreError(
-            f"--db-url: {_first_line(error)}; libpq's options are listed at "
+            f"--db-url: {first_line(error)}; libpq's options are listed at "
             "https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS"
         ) from error
 
@@ -627,7 +627,8 @@ def unique_violation(error: BaseException) -> bool:
     )
 
 
-def _first_line(error: BaseException | None) -> str:
-    # Drivers' messages run over several lines (hints, the SQL); the first says what failed.
+def first_line(error: BaseException | None) -> str:
+    """The first line of ``error``'s message: drivers' messages run over several lines (a
+    hint, the SQL, a link), and the first says what failed."""
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__

@@ -19,11 +19,10 @@ from control_plane import errors
 from control_plane.api.errors import (
     BUSY_RETRY_MS,
     busy_database,
-    first_line,
     message_of,
     status_of,
 )
-from control_plane.store.db import unique_violation
+from control_plane.store.db import first_line, unique_violation
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,16 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from control_plane.orchestration import clock
+from control_plane.orchestration.changes import Notifier
+from control_plane.orchestration.liveness import LivenessPolicy, Reaper
 from control_plane.store import db
 from flowyard.v1 import agent_pb2, engine_pb2, types_pb2
 from flowyard.v1 import control_plane_pb2 as pb
+from flowyard_common.aiotasks import cancel_and_wait
 from tests.faults.proxy import Relay
 from tests.stores import STORES, empty
+from tests.waiting import eventually
 
 from .conftest import (
     RECEIVE_TIMEOUT,
@@ -370,3 +376,42 @@ async def test_a_database_error_names_the_statement_but_never_its_values(plane: 
             )
     assert "no_such_table" in str(failed.value)
     assert "hunter2-secret" not in str(failed.value)
+
+
+async def test_engines_are_not_judged_silent_for_the_time_the_database_was_away(
+    outage: Outage, caplog: pytest.LogCaptureFixture
+) -> None:
+    plane = outage.plane
+    agent, engine, run_id, _ = await drive_to_running(plane)
+    grace = timedelta(seconds=1)
+    reap = Reaper(
+        plane.app.db,
+        plane.app.agents,
+        Notifier(plane.app.bus),
+        LivenessPolicy(engine_grace=grace),
+        started_at=clock.now() - timedelta(hours=1),
+    )
+    caplog.set_level(logging.WARNING, logger="control_plane.orchestration.liveness")
+    sweeping = asyncio.create_task(reap.run())
+    heard = clock.now()
+    with outage.down():
+        # Longer than the grace: the engine's heartbeats could not have been stored.
+        await eventually(
+            lambda: clock.now() - heard > grace and "liveness sweep failed" in caplog.text,
+            what="a sweep that found the database away, past the grace",
+        )
+        await cancel_and_wait([sweeping])
+    # The first sweep once it is back judges no engine by the time it was away...
+    assert await reap.sweep_once() == []
+    assert (await plane.get(run_id)).run.state.type == types_pb2.STATE_TYPE_RUNNING
+    # ...and an engine that is then gone for the grace is crashed as ever.
+    await engine.close()
+    await eventually(
+        lambda: _crashed_by(reap, plane, run_id), what="the silent engine's run CRASHED"
+    )
+    await agent.close()
+
+
+async def _crashed_by(reap: Reaper, plane: Plane, run_id: str) -> bool:
+    await reap.sweep_once()
+    return (await plane.get(run_id)).run.state.type == types_pb2.STATE_TYPE_CRASHED
