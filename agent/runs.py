@@ -49,10 +49,12 @@ _FINISHED_MEMORY = 1024
 
 @dataclass(frozen=True)
 class HelloState:
-    """What a new session announces: free slots and the infrastructure still running."""
+    """What a new session announces: free slots, all slots, and the infrastructure still
+    running."""
 
     capacity: int
     observed: tuple[RunningInfra, ...]
+    slots: int = 0
 
 
 @dataclass(eq=False)
@@ -109,7 +111,7 @@ class RunManager:
                     infra.infrastructure_id,
                 )
                 self._held[infra.key] = _HeldRun(None, infra.infrastructure_id)
-        return HelloState(capacity=self.free_slots, observed=observed)
+        return HelloState(capacity=self.free_slots, observed=observed, slots=self._capacity)
 
     def assign(self, assignment: Assignment, received: datetime) -> None:
         """Take an assignment: acknowledge it now and submit it in the background."""

@@ -179,6 +179,7 @@ class Session:
             queues=list(self._agent.queues),
             instance_id=self._agent.instance_id,
             capacity=state.capacity,
+            slots=state.slots,
             runtime=self._runtime_name,
             version=__version__,
             observed_runs=[

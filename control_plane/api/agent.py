@@ -199,6 +199,11 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             raise InvalidArgument(
                 f"hello.capacity: must be between 0 and {MAX_CAPACITY}, got {hello.capacity}"
             )
+        if hello.slots and not hello.capacity <= hello.slots <= MAX_CAPACITY:
+            raise InvalidArgument(
+                f"hello.slots: must be between hello.capacity ({hello.capacity}) and "
+                f"{MAX_CAPACITY}, or 0, got {hello.slots}"
+            )
         if len(hello.observed_runs) > MAX_OBSERVED_RUNS:
             raise InvalidArgument(
                 f"hello.observed_runs: at most {MAX_OBSERVED_RUNS} runs "
@@ -217,6 +222,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             pool_name=pool.name,
             runtime=hello.runtime,
             credits=hello.capacity,
+            slots=hello.slots,
             queues=await queues.check_names(self._db, pool, list(hello.queues), "hello.queues"),
             token_id=principal.token_id,
             instance_id=hello.instance_id,

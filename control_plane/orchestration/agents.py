@@ -72,6 +72,8 @@ class AgentSession:
     pool_name: str
     runtime: str
     credits: int
+    #: How many runs the agent runs at once in all (``Hello.slots``; 0: it did not say).
+    slots: int = 0
     #: Names of the pool queues the agent takes runs from; empty means every queue.
     queues: frozenset[str] = frozenset()
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -197,7 +199,7 @@ class AgentRegistry:
                     agent_name=session.agent_name,
                     instance_id=session.instance_id,
                     token_id=session.token_id,
-                    capacity=session.credits,
+                    capacity=session.slots or session.credits,
                     connected_at=session.connected_at,
                     free_credit=session.credits,
                     last_seen_at=session.last_seen,

@@ -26,15 +26,15 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lowyard/v1/agent.proto\x12\x0b\x66lowyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x03\n\x0e\x43onnectRequest\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.flowyard.v1.HelloH\x00\x12*\n\x06\x63redit\x18\x02 \x01(\x0b\x32\x18.flowyard.v1.CreditGrantH\x00\x12)\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x0b\x32\x15.flowyard.v1.AcceptedH\x00\x12+\n\tsubmitted\x18\x04 \x01(\x0b\x32\x16.flowyard.v1.SubmittedH\x00\x12\x32\n\rsubmit_failed\x18\x05 \x01(\x0b\x32\x19.flowyard.v1.SubmitFailedH\x00\x12.\n\x0binfra_event\x18\x06 \x01(\x0b\x32\x17.flowyard.v1.InfraEventH\x00\x12+\n\tcancelled\x18\x07 \x01(\x0b\x32\x16.flowyard.v1.CancelledH\x00\x12+\n\theartbeat\x18\x08 \x01(\x0b\x32\x16.flowyard.v1.HeartbeatH\x00\x42\t\n\x07message\"\xc0\x01\n\x0f\x43onnectResponse\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.flowyard.v1.WelcomeH\x00\x12%\n\x06\x61ssign\x18\x02 \x01(\x0b\x32\x13.flowyard.v1.AssignH\x00\x12%\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x13.flowyard.v1.CancelH\x00\x12+\n\theartbeat\x18\x04 \x01(\x0b\x32\x16.flowyard.v1.HeartbeatH\x00\x42\t\n\x07message\"I\n\x0bObservedRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x19\n\x11infrastructure_id\x18\x03 \x01(\t\"\xb3\x01\n\x05Hello\x12\x12\n\nagent_name\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0f\n\x07runtime\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12/\n\robserved_runs\x18\x06 \x03(\x0b\x32\x18.flowyard.v1.ObservedRun\x12\x0e\n\x06queues\x18\x07 \x03(\t\x12\x13\n\x0binstance_id\x18\x08 \x01(\t\"\x9f\x01\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eserver_version\x18\x04 \x01(\t\"\x1e\n\x0b\x43reditGrant\x12\x0f\n\x07\x63redits\x18\x01 \x01(\x05\"\x87\x02\n\x06\x41ssign\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x32\n\x0elease_deadline\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64\x65ployment_name\x18\x04 \x01(\t\x12\x11\n\tflow_name\x18\x05 \x01(\t\x12\x1e\n\x16\x62\x61se_job_template_json\x18\x06 \x01(\t\x12\x1a\n\x12job_variables_json\x18\x07 \x01(\t\x12\x14\n\x0c\x65ngine_token\x18\x08 \x01(\t\x12*\n\nsecret_env\x18\t \x03(\x0b\x32\x16.flowyard.v1.SecretEnv\"B\n\tSecretEnv\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bsecret_name\x18\x02 \x01(\t\x12\x12\n\nsecret_key\x18\x03 \x01(\t\"9\n\x06\x43\x61ncel\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\":\n\tHeartbeat\x12-\n\tsent_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x08\x41\x63\x63\x65pted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x30\n\x0creceive_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\tSubmitted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x19\n\x11infrastructure_id\x18\x03 \x01(\t\"?\n\x0cSubmitFailed\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xe1\x01\n\nInfraEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12)\n\x04kind\x18\x03 \x01(\x0e\x32\x1b.flowyard.v1.InfraEventKind\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x11\n\texit_code\x18\x06 \x01(\x05\x12\x10\n\x08log_tail\x18\x07 \x03(\t\x12\x30\n\x0cobserve_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07gave_up\x18\t \x01(\x08\",\n\tCancelled\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05*\xd6\x02\n\x0eInfraEventKind\x12 \n\x1cINFRA_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18INFRA_EVENT_KIND_PENDING\x10\x01\x12\"\n\x1eINFRA_EVENT_KIND_UNSCHEDULABLE\x10\x02\x12%\n!INFRA_EVENT_KIND_IMAGE_PULL_ERROR\x10\x03\x12\x1f\n\x1bINFRA_EVENT_KIND_CRASH_LOOP\x10\x04\x12\x1f\n\x1bINFRA_EVENT_KIND_OOM_KILLED\x10\x05\x12\x1c\n\x18INFRA_EVENT_KIND_EVICTED\x10\x06\x12\x1b\n\x17INFRA_EVENT_KIND_FAILED\x10\x07\x12\x1e\n\x1aINFRA_EVENT_KIND_SUCCEEDED\x10\x08\x12\x1c\n\x18INFRA_EVENT_KIND_DELETED\x10\t2X\n\x0c\x41gentService\x12H\n\x07\x43onnect\x12\x1b.flowyard.v1.ConnectRequest\x1a\x1c.flowyard.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lowyard/v1/agent.proto\x12\x0b\x66lowyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x03\n\x0e\x43onnectRequest\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.flowyard.v1.HelloH\x00\x12*\n\x06\x63redit\x18\x02 \x01(\x0b\x32\x18.flowyard.v1.CreditGrantH\x00\x12)\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x0b\x32\x15.flowyard.v1.AcceptedH\x00\x12+\n\tsubmitted\x18\x04 \x01(\x0b\x32\x16.flowyard.v1.SubmittedH\x00\x12\x32\n\rsubmit_failed\x18\x05 \x01(\x0b\x32\x19.flowyard.v1.SubmitFailedH\x00\x12.\n\x0binfra_event\x18\x06 \x01(\x0b\x32\x17.flowyard.v1.InfraEventH\x00\x12+\n\tcancelled\x18\x07 \x01(\x0b\x32\x16.flowyard.v1.CancelledH\x00\x12+\n\theartbeat\x18\x08 \x01(\x0b\x32\x16.flowyard.v1.HeartbeatH\x00\x42\t\n\x07message\"\xc0\x01\n\x0f\x43onnectResponse\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.flowyard.v1.WelcomeH\x00\x12%\n\x06\x61ssign\x18\x02 \x01(\x0b\x32\x13.flowyard.v1.AssignH\x00\x12%\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x13.flowyard.v1.CancelH\x00\x12+\n\theartbeat\x18\x04 \x01(\x0b\x32\x16.flowyard.v1.HeartbeatH\x00\x42\t\n\x07message\"I\n\x0bObservedRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x19\n\x11infrastructure_id\x18\x03 \x01(\t\"\xc2\x01\n\x05Hello\x12\x12\n\nagent_name\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0f\n\x07runtime\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12/\n\robserved_runs\x18\x06 \x03(\x0b\x32\x18.flowyard.v1.ObservedRun\x12\x0e\n\x06queues\x18\x07 \x03(\t\x12\x13\n\x0binstance_id\x18\x08 \x01(\t\x12\r\n\x05slots\x18\t \x01(\x05\"\x9f\x01\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eserver_version\x18\x04 \x01(\t\"\x1e\n\x0b\x43reditGrant\x12\x0f\n\x07\x63redits\x18\x01 \x01(\x05\"\x87\x02\n\x06\x41ssign\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x32\n\x0elease_deadline\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64\x65ployment_name\x18\x04 \x01(\t\x12\x11\n\tflow_name\x18\x05 \x01(\t\x12\x1e\n\x16\x62\x61se_job_template_json\x18\x06 \x01(\t\x12\x1a\n\x12job_variables_json\x18\x07 \x01(\t\x12\x14\n\x0c\x65ngine_token\x18\x08 \x01(\t\x12*\n\nsecret_env\x18\t \x03(\x0b\x32\x16.flowyard.v1.SecretEnv\"B\n\tSecretEnv\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bsecret_name\x18\x02 \x01(\t\x12\x12\n\nsecret_key\x18\x03 \x01(\t\"9\n\x06\x43\x61ncel\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\":\n\tHeartbeat\x12-\n\tsent_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x08\x41\x63\x63\x65pted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x30\n\x0creceive_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\tSubmitted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x19\n\x11infrastructure_id\x18\x03 \x01(\t\"?\n\x0cSubmitFailed\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xe1\x01\n\nInfraEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12)\n\x04kind\x18\x03 \x01(\x0e\x32\x1b.flowyard.v1.InfraEventKind\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x11\n\texit_code\x18\x06 \x01(\x05\x12\x10\n\x08log_tail\x18\x07 \x03(\t\x12\x30\n\x0cobserve_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07gave_up\x18\t \x01(\x08\",\n\tCancelled\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05*\xd6\x02\n\x0eInfraEventKind\x12 \n\x1cINFRA_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18INFRA_EVENT_KIND_PENDING\x10\x01\x12\"\n\x1eINFRA_EVENT_KIND_UNSCHEDULABLE\x10\x02\x12%\n!INFRA_EVENT_KIND_IMAGE_PULL_ERROR\x10\x03\x12\x1f\n\x1bINFRA_EVENT_KIND_CRASH_LOOP\x10\x04\x12\x1f\n\x1bINFRA_EVENT_KIND_OOM_KILLED\x10\x05\x12\x1c\n\x18INFRA_EVENT_KIND_EVICTED\x10\x06\x12\x1b\n\x17INFRA_EVENT_KIND_FAILED\x10\x07\x12\x1e\n\x1aINFRA_EVENT_KIND_SUCCEEDED\x10\x08\x12\x1c\n\x18INFRA_EVENT_KIND_DELETED\x10\t2X\n\x0c\x41gentService\x12H\n\x07\x43onnect\x12\x1b.flowyard.v1.ConnectRequest\x1a\x1c.flowyard.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flowyard.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INFRAEVENTKIND']._serialized_start=2101
-  _globals['_INFRAEVENTKIND']._serialized_end=2443
+  _globals['_INFRAEVENTKIND']._serialized_start=2116
+  _globals['_INFRAEVENTKIND']._serialized_end=2458
   _globals['_CONNECTREQUEST']._serialized_start=106
   _globals['_CONNECTREQUEST']._serialized_end=492
   _globals['_CONNECTRESPONSE']._serialized_start=495
@@ -42,29 +42,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OBSERVEDRUN']._serialized_start=689
   _globals['_OBSERVEDRUN']._serialized_end=762
   _globals['_HELLO']._serialized_start=765
-  _globals['_HELLO']._serialized_end=944
-  _globals['_WELCOME']._serialized_start=947
-  _globals['_WELCOME']._serialized_end=1106
-  _globals['_CREDITGRANT']._serialized_start=1108
-  _globals['_CREDITGRANT']._serialized_end=1138
-  _globals['_ASSIGN']._serialized_start=1141
-  _globals['_ASSIGN']._serialized_end=1404
-  _globals['_SECRETENV']._serialized_start=1406
-  _globals['_SECRETENV']._serialized_end=1472
-  _globals['_CANCEL']._serialized_start=1474
-  _globals['_CANCEL']._serialized_end=1531
-  _globals['_HEARTBEAT']._serialized_start=1533
-  _globals['_HEARTBEAT']._serialized_end=1591
-  _globals['_ACCEPTED']._serialized_start=1593
-  _globals['_ACCEPTED']._serialized_end=1686
-  _globals['_SUBMITTED']._serialized_start=1688
-  _globals['_SUBMITTED']._serialized_end=1759
-  _globals['_SUBMITFAILED']._serialized_start=1761
-  _globals['_SUBMITFAILED']._serialized_end=1824
-  _globals['_INFRAEVENT']._serialized_start=1827
-  _globals['_INFRAEVENT']._serialized_end=2052
-  _globals['_CANCELLED']._serialized_start=2054
-  _globals['_CANCELLED']._serialized_end=2098
-  _globals['_AGENTSERVICE']._serialized_start=2445
-  _globals['_AGENTSERVICE']._serialized_end=2533
+  _globals['_HELLO']._serialized_end=959
+  _globals['_WELCOME']._serialized_start=962
+  _globals['_WELCOME']._serialized_end=1121
+  _globals['_CREDITGRANT']._serialized_start=1123
+  _globals['_CREDITGRANT']._serialized_end=1153
+  _globals['_ASSIGN']._serialized_start=1156
+  _globals['_ASSIGN']._serialized_end=1419
+  _globals['_SECRETENV']._serialized_start=1421
+  _globals['_SECRETENV']._serialized_end=1487
+  _globals['_CANCEL']._serialized_start=1489
+  _globals['_CANCEL']._serialized_end=1546
+  _globals['_HEARTBEAT']._serialized_start=1548
+  _globals['_HEARTBEAT']._serialized_end=1606
+  _globals['_ACCEPTED']._serialized_start=1608
+  _globals['_ACCEPTED']._serialized_end=1701
+  _globals['_SUBMITTED']._serialized_start=1703
+  _globals['_SUBMITTED']._serialized_end=1774
+  _globals['_SUBMITFAILED']._serialized_start=1776
+  _globals['_SUBMITFAILED']._serialized_end=1839
+  _globals['_INFRAEVENT']._serialized_start=1842
+  _globals['_INFRAEVENT']._serialized_end=2067
+  _globals['_CANCELLED']._serialized_start=2069
+  _globals['_CANCELLED']._serialized_end=2113
+  _globals['_AGENTSERVICE']._serialized_start=2460
+  _globals['_AGENTSERVICE']._serialized_end=2548
 # @@protoc_insertion_point(module_scope)

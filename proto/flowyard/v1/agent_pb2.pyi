@@ -229,6 +229,7 @@ class Hello(_message.Message):
     OBSERVED_RUNS_FIELD_NUMBER: _builtins.int
     QUEUES_FIELD_NUMBER: _builtins.int
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    SLOTS_FIELD_NUMBER: _builtins.int
     agent_name: _builtins.str
     """Name of this agent: its identity in the pool, stable across restarts and rollouts (the
     host name for an agent on a machine; for one installed by `flowyard agent install`,
@@ -251,6 +252,10 @@ class Hello(_message.Message):
     same agent_name (refused while the first is connected). Empty (older agents) counts
     as an instance of its own: such an agent is refused while its name is connected and
     retries until the earlier session ends.
+    """
+    slots: _builtins.int
+    """How many runs the agent runs at once in all (its --capacity); `capacity` is the part of
+    it free now. Shown as the session's capacity. 0 (older agents): `capacity` is shown.
     """
     @_builtins.property
     def observed_runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ObservedRun]:
@@ -275,10 +280,11 @@ class Hello(_message.Message):
         observed_runs: _abc.Iterable[Global___ObservedRun] | None = ...,
         queues: _abc.Iterable[_builtins.str] | None = ...,
         instance_id: _builtins.str = ...,
+        slots: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_name", b"agent_name", "capacity", b"capacity", "instance_id", b"instance_id", "observed_runs", b"observed_runs", "pool", b"pool", "queues", b"queues", "runtime", b"runtime", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_name", b"agent_name", "capacity", b"capacity", "instance_id", b"instance_id", "observed_runs", b"observed_runs", "pool", b"pool", "queues", b"queues", "runtime", b"runtime", "slots", b"slots", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

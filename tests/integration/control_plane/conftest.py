@@ -230,6 +230,7 @@ def agent_stream(
     observed: list[agent_pb2.ObservedRun] | None = None,
     instance: str = "",
     runtime: str = "process",
+    slots: int = 0,
 ) -> Stream:
     stream = Stream(plane.agents.Connect)
     stream.send(
@@ -239,6 +240,7 @@ def agent_stream(
                 instance_id=instance,
                 pool=pool,
                 capacity=capacity,
+                slots=slots,
                 runtime=runtime,
                 observed_runs=observed or [],
             )

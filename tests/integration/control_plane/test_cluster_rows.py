@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import grpc
 import pytest
 
 from control_plane.orchestration import clock
@@ -86,6 +87,26 @@ async def test_a_replica_records_the_credit_and_last_heartbeat_of_its_agents(
     row = await eventually(recorded, within=RECEIVE_TIMEOUT, what="the session's activity")
     assert row is not None and row.capacity == 3
     await agent.close()
+
+
+async def test_a_reconnecting_agent_is_recorded_with_all_its_slots_not_only_the_free_ones(
+    ready: Plane,
+) -> None:
+    # Back on a new stream while it runs two of its three runs: one slot is free.
+    agent = agent_stream(ready, capacity=1, slots=3)
+    await agent.receive("welcome")
+    async with ready.app.db.read() as conn:
+        pool = await catalog.get_pool(conn, name="pool-a")
+        assert pool is not None
+        [row] = await cluster.live_sessions(conn, [pool.id])
+    assert (row.capacity, row.free_credit) == (3, 1)
+    await agent.close()
+    refused = agent_stream(ready, capacity=2, slots=1, name="agent-2")
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await refused.receive("welcome")
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "hello.slots: must be between hello.capacity (2) and" in (error.value.details() or "")
+    await refused.close()
 
 
 async def test_a_replica_taken_for_gone_closes_its_agent_streams_and_serves_on(

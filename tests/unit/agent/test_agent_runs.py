@@ -257,6 +257,7 @@ async def test_hello_restates_free_slots_and_running_infrastructure(
 
     state = manager.hello()
     assert state.capacity == 1
+    assert state.slots == 2  # all of them, free or not: what the agent was started with
     assert state.observed == (RunningInfra(RunKey("r1", 1), "fake/r1"),)
     # The freed slot is in capacity now, so its pending grant must not be sent as well.
     assert not any(isinstance(r, CreditGranted) for r in outbox.pending())
