@@ -27,6 +27,8 @@ import regex
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 
+from flowyard_common.messages import shown
+
 #: Validators kept at most; past it the oldest half is dropped.
 MAX_KEPT = 256
 
@@ -107,14 +109,10 @@ def _search(pattern: str, text: str) -> bool:
         return compiled.search(text, timeout=left) is not None
     except TimeoutError:
         raise _NoMatch(
-            f"{_shown(text)} could not be matched against the pattern {pattern!r} in "
+            f"{shown(text)} could not be matched against the pattern {pattern!r} in "
             f"{PATTERN_SECONDS:g} s: the pattern backtracks too much (nested or overlapping "
             "repetitions such as (a|aa)+); write it so that it does not"
         ) from None
-
-
-def _shown(text: str) -> str:
-    return repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
 
 
 def _pattern(
@@ -124,7 +122,7 @@ def _pattern(
         return
     try:
         if not _search(pattern, instance):
-            yield ValidationError(f"{_shown(instance)} does not match {pattern!r}")
+            yield ValidationError(f"{shown(instance)} does not match {pattern!r}")
     except _NoMatch as why:
         yield ValidationError(str(why))
 

@@ -20,7 +20,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from control_plane import __version__
 from control_plane.api import convert
-from control_plane.api.errors import busy_database, streaming
+from control_plane.api.errors import streaming
 from control_plane.auth.principals import caller
 from control_plane.errors import (
     AlreadyExists,
@@ -41,7 +41,7 @@ from control_plane.orchestration.agents import (
 from control_plane.orchestration.catalog import Catalog
 from control_plane.orchestration.changes import Notifier
 from control_plane.orchestration.reports import AgentReports, InfraKind, InfraReport
-from control_plane.store.db import Database
+from control_plane.store.db import Database, unavailable
 from flowyard.v1 import agent_pb2 as pb
 from flowyard.v1 import agent_pb2_grpc as pb_grpc
 from flowyard_common.aiotasks import cancel_and_wait
@@ -398,7 +398,7 @@ def _report_failed(session: AgentSession, error: BaseException) -> Exception | N
     if isinstance(error, FlowyardError):
         log.warning("agent %s sent an invalid report: %s", session.agent_name, error)
         return error
-    if isinstance(error, Exception) and busy_database(error) is not None:
+    if isinstance(error, Exception) and unavailable(error):
         return error
     # The agent reconnects and re-sends its reports; end this session cleanly.
     log.error(

@@ -34,6 +34,7 @@ from referencing.exceptions import Unresolvable
 
 from control_plane.errors import FailedPrecondition, FlowyardError, InvalidArgument
 from flowyard_common import schemas
+from flowyard_common.messages import shown as shown  # quoted values, for every check
 
 POOL_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -50,19 +51,9 @@ MAX_JSON_NUMBER_DIGITS = 100
 MAX_PATTERN_NESTING = 32
 #: What to do about a pool whose template cannot be evaluated (pools cannot be changed).
 POOL_FIX = "create a pool with a corrected base_job_template_json and move the deployment there"
-#: How much of a rejected value an error message quotes.
-SHOWN_CHARS = 60
 
 #: Evaluating a schema never retrieves anything: references resolve within the schema only.
 _NO_RETRIEVAL: Registry[Any] = Registry()
-
-
-def shown(value: object, limit: int = SHOWN_CHARS) -> str:
-    """``repr(value)`` for an error message, cut short when it is long."""
-    if isinstance(value, str) and len(value) > limit:
-        return f"{value[:limit]!r}… ({len(value)} characters)"
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}…"
 
 
 def pool_name(value: str, field: str = "name") -> str:
